@@ -1,0 +1,195 @@
+//! Reading a JSON object field by field, collecting every problem with its path.
+//!
+//! serde's derive stops at the first error and cannot name all unknown fields; the contract
+//! wants each bad field named (`definition.steps[1].type`), so request bodies are read with
+//! [`Obj`] instead. Every field that is read is "known"; [`Obj::finish`] reports the rest.
+
+use crate::envelope::{ApiError, ErrorCode, FieldError};
+use serde_json::{Map, Value};
+
+pub type Errors = Vec<FieldError>;
+
+/// Parse a request body that must be a JSON object.
+pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(ErrorCode::InvalidJson, "the request body is empty; a JSON object is required"));
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::new(ErrorCode::InvalidJson, "the request body must be a JSON object")),
+        Err(e) => Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("the request body is not valid JSON: {e}"),
+        )),
+    }
+}
+
+/// `Ok(value)` when no error was collected, else the 400 naming every field.
+pub fn finish<T>(errors: Errors, value: impl FnOnce() -> T) -> Result<T, ApiError> {
+    if errors.is_empty() {
+        Ok(value())
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
+pub fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+pub fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A view of one JSON object at a path, tracking which fields were read.
+pub struct Obj<'a> {
+    prefix: String,
+    map: &'a Map<String, Value>,
+    known: Vec<&'static str>,
+}
+
+impl<'a> Obj<'a> {
+    pub fn new(map: &'a Map<String, Value>, prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into(), map, known: Vec::new() }
+    }
+
+    pub fn path(&self, key: &str) -> String {
+        join(&self.prefix, key)
+    }
+
+    /// The value of `key`; `null` counts as absent (the field takes its default).
+    pub fn optional(&mut self, key: &'static str) -> Option<&'a Value> {
+        self.known.push(key);
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    pub fn required(&mut self, key: &'static str, errors: &mut Errors) -> Option<&'a Value> {
+        let v = self.optional(key);
+        if v.is_none() {
+            errors.push(FieldError::new(self.path(key), "is required"));
+        }
+        v
+    }
+
+    fn typed<T>(
+        &self,
+        key: &str,
+        v: Option<&'a Value>,
+        errors: &mut Errors,
+        expected: &str,
+        cast: impl FnOnce(&'a Value) -> Option<T>,
+    ) -> Option<T> {
+        let v = v?;
+        let out = cast(v);
+        if out.is_none() {
+            errors.push(FieldError::new(
+                self.path(key),
+                format!("must be {expected}, not {}", type_name(v)),
+            ));
+        }
+        out
+    }
+
+    pub fn opt_str(&mut self, key: &'static str, errors: &mut Errors) -> Option<&'a str> {
+        let v = self.optional(key);
+        self.typed(key, v, errors, "a string", Value::as_str)
+    }
+
+    pub fn req_str(&mut self, key: &'static str, errors: &mut Errors) -> Option<&'a str> {
+        let v = self.required(key, errors);
+        self.typed(key, v, errors, "a string", Value::as_str)
+    }
+
+    pub fn opt_bool(&mut self, key: &'static str, errors: &mut Errors) -> Option<bool> {
+        let v = self.optional(key);
+        self.typed(key, v, errors, "a boolean", Value::as_bool)
+    }
+
+    pub fn opt_f64(&mut self, key: &'static str, errors: &mut Errors) -> Option<f64> {
+        let v = self.optional(key);
+        self.typed(key, v, errors, "a number", Value::as_f64)
+    }
+
+    pub fn opt_object(&mut self, key: &'static str, errors: &mut Errors) -> Option<&'a Map<String, Value>> {
+        let v = self.optional(key);
+        self.typed(key, v, errors, "an object", Value::as_object)
+    }
+
+    pub fn req_object(&mut self, key: &'static str, errors: &mut Errors) -> Option<&'a Map<String, Value>> {
+        let v = self.required(key, errors);
+        self.typed(key, v, errors, "an object", Value::as_object)
+    }
+
+    pub fn opt_array(&mut self, key: &'static str, errors: &mut Errors) -> Option<&'a Vec<Value>> {
+        let v = self.optional(key);
+        self.typed(key, v, errors, "an array", Value::as_array)
+    }
+
+    pub fn req_array(&mut self, key: &'static str, errors: &mut Errors) -> Option<&'a Vec<Value>> {
+        let v = self.required(key, errors);
+        self.typed(key, v, errors, "an array", Value::as_array)
+    }
+
+    /// Report every field that no one asked for: a misspelt field is never silently ignored.
+    pub fn finish(self, errors: &mut Errors) {
+        let mut unknown: Vec<&String> =
+            self.map.keys().filter(|k| !self.known.contains(&k.as_str())).collect();
+        unknown.sort();
+        for key in unknown {
+            let mut expected = self.known.clone();
+            expected.sort_unstable();
+            expected.dedup();
+            errors.push(FieldError::new(
+                join(&self.prefix, key),
+                format!("is not a known field (expected one of: {})", expected.join(", ")),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn names_every_unknown_and_missing_field() {
+        let v = json!({"nmae": "x", "extra": 1});
+        let mut errors = Errors::new();
+        let mut obj = Obj::new(v.as_object().unwrap(), "body");
+        obj.req_str("name", &mut errors);
+        obj.finish(&mut errors);
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["body.name", "body.extra", "body.nmae"]);
+    }
+
+    #[test]
+    fn null_means_absent_and_types_are_checked() {
+        let v = json!({"a": null, "b": 3});
+        let mut errors = Errors::new();
+        let mut obj = Obj::new(v.as_object().unwrap(), "");
+        assert!(obj.opt_object("a", &mut errors).is_none());
+        assert!(obj.opt_str("b", &mut errors).is_none());
+        obj.finish(&mut errors);
+        assert_eq!(errors, vec![FieldError::new("b", "must be a string, not a number")]);
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_invalid_json() {
+        assert_eq!(parse_object(b"[1]").unwrap_err().code, ErrorCode::InvalidJson);
+        assert_eq!(parse_object(b"{").unwrap_err().code, ErrorCode::InvalidJson);
+        assert_eq!(parse_object(b"").unwrap_err().code, ErrorCode::InvalidJson);
+        assert!(parse_object(b" {} ").is_ok());
+    }
+}

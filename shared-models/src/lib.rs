@@ -1,0 +1,36 @@
+//! Everything the three Thygon deployables must agree on. Services never import each
+//! other's crates; they meet here, in the database and on the queue.
+//!
+//! - [`envelope`]: the JSON envelope every response wears, and the error type behind it.
+//! - [`http`]: actix-web helpers shared by both HTTP services (body and query parsing,
+//!   404/405 handlers, limits), so both edges behave the same.
+//! - [`body`]: a field-by-field JSON object reader that collects every problem with its path.
+//! - [`ids`]: parsed identifiers (`WorkflowName`, `RunId`, ...).
+//! - [`time`]: the one timestamp format (RFC 3339, milliseconds, `Z`).
+//! - [`status`]: run and step states.
+//! - [`graph`]: parsing, validating and compiling workflow definitions (one graph model).
+//! - [`template`]: MiniJinja templates and conditions over a run's context.
+//! - [`pagination`]: opaque cursors and `limit` rules.
+//! - [`schema`], [`models`]: the diesel schema and row types of the shared database.
+//! - [`db`]: connection pools and the embedded migrations (applied under an advisory lock).
+//! - [`queue`]: queue topology and the versioned job message (`RunJob`).
+//! - [`config`]: environment variables with local defaults.
+//! - [`testing`] (feature `testing`): a fresh database per test.
+
+pub mod body;
+pub mod config;
+pub mod db;
+pub mod envelope;
+pub mod graph;
+pub mod http;
+pub mod ids;
+pub mod models;
+pub mod pagination;
+pub mod queue;
+pub mod schema;
+pub mod status;
+pub mod template;
+pub mod time;
+
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -1,0 +1,142 @@
+//! Row types of the shared database. Storage code in each service reads and writes these;
+//! HTTP views are built from them in the owning service.
+
+use crate::schema::*;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = workflows, check_for_backend(diesel::pg::Pg))]
+pub struct WorkflowRow {
+    pub org_id: String,
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub is_active: bool,
+    pub version: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = workflow_versions, check_for_backend(diesel::pg::Pg))]
+pub struct WorkflowVersionRow {
+    pub org_id: String,
+    pub workflow_id: String,
+    pub version: i32,
+    pub definition: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = runs, check_for_backend(diesel::pg::Pg))]
+pub struct RunRow {
+    pub id: String,
+    pub org_id: String,
+    pub workflow_id: String,
+    pub workflow_version: i32,
+    pub status: String,
+    pub variables: Value,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub idempotency_key: Option<String>,
+    pub request_hash: Option<String>,
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = outbox, check_for_backend(diesel::pg::Pg))]
+pub struct OutboxRow {
+    pub id: i64,
+    pub run_id: String,
+    pub payload: Value,
+    pub created_at: DateTime<Utc>,
+    pub claimed_until: Option<DateTime<Utc>>,
+    pub attempts: i32,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = outbox)]
+pub struct NewOutbox<'a> {
+    pub run_id: &'a str,
+    pub payload: &'a Value,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = step_runs, check_for_backend(diesel::pg::Pg))]
+pub struct StepRunRow {
+    pub run_id: String,
+    pub name: String,
+    pub position: i32,
+    pub step_type: String,
+    pub status: String,
+    pub attempt: i32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = run_events, check_for_backend(diesel::pg::Pg))]
+pub struct RunEventRow {
+    pub id: i64,
+    pub run_id: String,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub step: Option<String>,
+    pub from_status: Option<String>,
+    pub to_status: Option<String>,
+    pub level: Option<String>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = run_events)]
+pub struct NewRunEvent {
+    pub run_id: String,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub step: Option<String>,
+    pub from_status: Option<String>,
+    pub to_status: Option<String>,
+    pub level: Option<String>,
+    pub message: Option<String>,
+}
+
+impl NewRunEvent {
+    pub fn transition(run_id: &str, at: DateTime<Utc>, step: Option<&str>, from: &str, to: &str) -> Self {
+        Self {
+            run_id: run_id.to_string(),
+            at,
+            kind: "transition".into(),
+            step: step.map(str::to_string),
+            from_status: Some(from.to_string()),
+            to_status: Some(to.to_string()),
+            level: None,
+            message: None,
+        }
+    }
+
+    pub fn log(run_id: &str, at: DateTime<Utc>, step: Option<&str>, level: &str, message: impl Into<String>) -> Self {
+        Self {
+            run_id: run_id.to_string(),
+            at,
+            kind: "log".into(),
+            step: step.map(str::to_string),
+            from_status: None,
+            to_status: None,
+            level: Some(level.to_string()),
+            message: Some(message.into()),
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The diesel schema of the shared database (written by hand to match `migrations/`;
+//! `schema_matches_the_migrations` in the tests checks them against each other).
+
+diesel::table! {
+    workflows (org_id, id) {
+        org_id -> Text,
+        id -> Text,
+        name -> Text,
+        description -> Nullable<Text>,
+        is_active -> Bool,
+        version -> Int4,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        deleted_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    workflow_versions (org_id, workflow_id, version) {
+        org_id -> Text,
+        workflow_id -> Text,
+        version -> Int4,
+        definition -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    runs (id) {
+        id -> Text,
+        org_id -> Text,
+        workflow_id -> Text,
+        workflow_version -> Int4,
+        status -> Text,
+        variables -> Jsonb,
+        output -> Nullable<Jsonb>,
+        error -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        started_at -> Nullable<Timestamptz>,
+        completed_at -> Nullable<Timestamptz>,
+        lease_owner -> Nullable<Text>,
+        lease_expires_at -> Nullable<Timestamptz>,
+        idempotency_key -> Nullable<Text>,
+        request_hash -> Nullable<Text>,
+        request_id -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    outbox (id) {
+        id -> Int8,
+        run_id -> Text,
+        payload -> Jsonb,
+        created_at -> Timestamptz,
+        claimed_until -> Nullable<Timestamptz>,
+        attempts -> Int4,
+        sent_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    step_runs (run_id, name) {
+        run_id -> Text,
+        name -> Text,
+        position -> Int4,
+        step_type -> Text,
+        status -> Text,
+        attempt -> Int4,
+        started_at -> Nullable<Timestamptz>,
+        completed_at -> Nullable<Timestamptz>,
+        output -> Nullable<Jsonb>,
+        error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    run_events (id) {
+        id -> Int8,
+        run_id -> Text,
+        at -> Timestamptz,
+        kind -> Text,
+        step -> Nullable<Text>,
+        from_status -> Nullable<Text>,
+        to_status -> Nullable<Text>,
+        level -> Nullable<Text>,
+        message -> Nullable<Text>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(workflows, workflow_versions, runs, outbox, step_runs, run_events);

@@ -1,0 +1,137 @@
+//! Templates and conditions in Jinja syntax, as MiniJinja implements it
+//! (CONTRACT.md "Workflow graphs"). The context is `variables`, `steps.<name>.output|status`
+//! and `run`; undefined names are errors, never empty strings.
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde_json::Value;
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env
+}
+
+fn is_templated(s: &str) -> bool {
+    s.contains("{{") || s.contains("{%") || s.contains("{#")
+}
+
+/// The expression of a string that is exactly one `{{ expression }}`, which keeps its JSON type.
+fn sole_expression(s: &str) -> Option<&str> {
+    let inner = s.trim().strip_prefix("{{")?.strip_suffix("}}")?;
+    (!inner.contains("{{") && !inner.contains("}}")).then_some(inner.trim())
+}
+
+/// Compile without rendering: the create/update check that turns a typo into a 400.
+pub fn check(src: &str) -> Result<(), String> {
+    if !is_templated(src) {
+        return Ok(());
+    }
+    let env = environment();
+    match sole_expression(src) {
+        Some(expr) => env.compile_expression(expr).map(|_| ()),
+        None => env.template_from_str(src).map(|_| ()),
+    }
+    .map_err(|e| describe(&e))
+}
+
+/// Check every string inside a templated JSON value; errors carry the JSON path below `path`.
+pub fn check_json(v: &Value, path: &str) -> Result<(), (String, String)> {
+    match v {
+        Value::String(s) => check(s).map_err(|e| (path.to_string(), e)),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, item)| check_json(item, &format!("{path}[{i}]"))),
+        Value::Object(map) => map
+            .iter()
+            .try_for_each(|(k, item)| check_json(item, &crate::body::join(path, k))),
+        _ => Ok(()),
+    }
+}
+
+/// Render one string. A string that is exactly one `{{ expression }}` keeps the value's JSON
+/// type; any other string renders to a string.
+pub fn render_str(src: &str, ctx: &Value) -> Result<Value, String> {
+    if !is_templated(src) {
+        return Ok(Value::String(src.to_string()));
+    }
+    let env = environment();
+    match sole_expression(src) {
+        Some(expr) => {
+            let compiled = env.compile_expression(expr).map_err(|e| describe(&e))?;
+            let value = compiled.eval(ctx).map_err(|e| describe(&e))?;
+            serde_json::to_value(&value).map_err(|e| format!("template value is not JSON: {e}"))
+        }
+        None => env.render_str(src, ctx).map(Value::String).map_err(|e| describe(&e)),
+    }
+}
+
+/// Render every string inside a templated JSON value.
+pub fn render_json(v: &Value, ctx: &Value) -> Result<Value, String> {
+    Ok(match v {
+        Value::String(s) => render_str(s, ctx)?,
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|i| render_json(i, ctx)).collect::<Result<_, _>>()?)
+        }
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, i)| Ok((k.clone(), render_json(i, ctx)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// Render to text: the templated string, or the JSON of a value that is not a string.
+pub fn render_text(src: &str, ctx: &Value) -> Result<String, String> {
+    Ok(match render_str(src, ctx)? {
+        Value::String(s) => s,
+        other => other.to_string(),
+    })
+}
+
+fn describe(e: &minijinja::Error) -> String {
+    match e.detail() {
+        Some(detail) => format!("{}: {detail}", e.kind()),
+        None => e.kind().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ctx() -> Value {
+        json!({"variables": {"ticketId": "TCK-101", "n": 3, "o": {"a": 1}}, "steps": {}, "run": {"id": "run_x"}})
+    }
+
+    #[test]
+    fn a_sole_expression_keeps_its_json_type() {
+        assert_eq!(render_str("{{ variables.n }}", &ctx()).unwrap(), json!(3));
+        assert_eq!(render_str(" {{ variables.o }} ", &ctx()).unwrap(), json!({"a": 1}));
+        assert_eq!(render_str("n={{ variables.n }}", &ctx()).unwrap(), json!("n=3"));
+        assert_eq!(render_str("plain", &ctx()).unwrap(), json!("plain"));
+    }
+
+    #[test]
+    fn undefined_names_are_errors() {
+        assert!(render_str("{{ variables.missing }}", &ctx()).is_err());
+        assert!(render_str("x {{ nope }}", &ctx()).is_err());
+    }
+
+    #[test]
+    fn syntax_errors_are_caught_by_check() {
+        assert!(check("{{ variables.ticketId ").is_err());
+        assert!(check("{% if %}").is_err());
+        assert!(check("Ticket {{ variables.ticketId }}").is_ok());
+        let err = check_json(&json!({"a": ["ok", "{{ ("]}), "inputs").unwrap_err();
+        assert_eq!(err.0, "inputs.a[1]");
+    }
+
+    #[test]
+    fn render_json_walks_nested_values() {
+        let out = render_json(&json!({"t": "{{ variables.ticketId }}", "l": [1, "{{ run.id }}"]}), &ctx()).unwrap();
+        assert_eq!(out, json!({"t": "TCK-101", "l": [1, "run_x"]}));
+    }
+}

@@ -1,0 +1,90 @@
+//! Test support: every test gets its own database and its own queue names, so tests run in
+//! parallel and share nothing. The database is dropped when the [`TestDb`] is.
+
+use crate::db::{self, PgPool};
+use diesel::prelude::*;
+use diesel::PgConnection;
+
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+    admin_url: String,
+}
+
+/// `DATABASE_URL` (or the local default) with its database name replaced.
+pub fn url_with_database(base: &str, database: &str) -> String {
+    let (head, query) = match base.split_once('?') {
+        Some((h, q)) => (h, format!("?{q}")),
+        None => (base, String::new()),
+    };
+    let prefix = match head.rfind('/') {
+        Some(i) if i > head.find("//").map(|j| j + 1).unwrap_or(0) => &head[..i],
+        _ => head,
+    };
+    format!("{prefix}/{database}{query}")
+}
+
+pub fn base_database_url() -> String {
+    crate::config::env_or("DATABASE_URL", crate::config::DEFAULT_DATABASE_URL)
+}
+
+/// A unique, lowercase token for database and queue names.
+pub fn unique_token() -> String {
+    ulid::Ulid::new().to_string().to_lowercase()
+}
+
+impl TestDb {
+    /// Create a fresh database with every migration applied.
+    pub fn create() -> Self {
+        let base = base_database_url();
+        let admin_url = url_with_database(&base, "postgres");
+        let name = format!("thygon_test_{}", unique_token());
+        let mut admin = PgConnection::establish(&admin_url)
+            .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at {admin_url} (run `make test`, which starts it): {e}"));
+        diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).expect("create test database");
+        let url = url_with_database(&base, &name);
+        db::run_migrations(&url).expect("migrate test database");
+        let pool = db::pool(&url, 8);
+        TestDb { name, url, pool, admin_url }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = PgConnection::establish(&self.admin_url) {
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name)).execute(&mut admin);
+        }
+    }
+}
+
+/// A queue prefix no other test uses.
+pub fn unique_queue_prefix() -> String {
+    format!("thygon-test-{}", unique_token())
+}
+
+/// Delete a test's queues and exchange (they are durable, so they would outlive the test).
+pub async fn delete_queues(amqp_url: &str, prefix: &str) {
+    let names = crate::queue::QueueNames::new(prefix);
+    if let Ok(conn) = crate::queue::connect(amqp_url, "thygon-test-cleanup").await {
+        if let Ok(ch) = conn.create_channel().await {
+            for q in [&names.jobs, &names.dead_letter_queue] {
+                let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+            }
+            let _ = ch.exchange_delete(names.dead_letter_exchange.as_str().into(), Default::default()).await;
+        }
+        let _ = conn.close(200, "done".into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_only_the_database_name() {
+        assert_eq!(url_with_database("postgres://u:p@h:5432/thygon", "x"), "postgres://u:p@h:5432/x");
+        assert_eq!(url_with_database("postgres://u@h/thygon?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+        assert_eq!(url_with_database("postgres://u@h", "x"), "postgres://u@h/x");
+    }
+}
