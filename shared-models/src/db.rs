@@ -92,9 +92,10 @@ impl From<diesel::result::Error> for StorageError {
     }
 }
 
-impl From<StorageError> for crate::envelope::ApiError {
-    fn from(e: StorageError) -> Self {
-        match e {
+impl StorageError {
+    /// The client's view: 503 for an outage, 500 for the rest; the cause goes to the log only.
+    pub fn to_api(&self) -> crate::envelope::ApiError {
+        match self {
             StorageError::Unavailable(cause) => {
                 log::warn!("database unavailable: {cause}");
                 crate::envelope::ApiError::unavailable()

@@ -196,13 +196,13 @@ pub fn envelope_errors<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHan
 }
 
 /// Default service: the envelope 404 for routes no one serves.
-pub async fn route_not_found(req: HttpRequest) -> ApiError {
-    ApiError::new(ErrorCode::NotFound, format!("no route for {} {}", req.method(), req.path()))
+pub async fn route_not_found(req: HttpRequest) -> HttpResponse {
+    ApiError::new(ErrorCode::NotFound, format!("no route for {} {}", req.method(), req.path())).error_response()
 }
 
 /// Default of a known resource: the envelope 405.
-pub async fn method_not_allowed(req: HttpRequest) -> ApiError {
-    ApiError::new(ErrorCode::MethodNotAllowed, format!("method {} is not allowed on {}", req.method(), req.path()))
+pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    ApiError::new(ErrorCode::MethodNotAllowed, format!("method {} is not allowed on {}", req.method(), req.path())).error_response()
 }
 
 /// `GET /healthz`: the process is alive.
@@ -210,18 +210,46 @@ pub async fn healthz() -> HttpResponse {
     crate::envelope::ok(serde_json::json!({ "status": "ok" }))
 }
 
-/// `GET /readyz` answer from the checks a service made: 200 when all pass, else 503.
-pub fn readiness(database: bool, broker: bool) -> HttpResponse {
-    let body = serde_json::json!({ "database": database, "broker": broker });
-    if database && broker {
-        crate::envelope::ok(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(serde_json::json!({
-            "success": false,
-            "error": { "code": ErrorCode::Unavailable, "message": "not ready", "details": [
-                { "field": "database", "message": if database { "ok" } else { "unreachable" } },
-                { "field": "broker", "message": if broker { "ok" } else { "unreachable" } },
-            ]},
-        }))
+/// `GET /readyz` answer from the checks a service made (name, passed): 200 when all pass,
+/// else 503 naming what is unreachable.
+pub fn readiness(checks: &[(&str, bool)]) -> HttpResponse {
+    let body: Map<String, Value> = checks.iter().map(|(name, ok)| (name.to_string(), Value::Bool(*ok))).collect();
+    if checks.iter().all(|(_, ok)| *ok) {
+        return crate::envelope::ok(body);
+    }
+    let details = checks
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(name, _)| FieldError::new(*name, "unreachable"))
+        .collect();
+    ApiError { code: ErrorCode::Unavailable, message: "not ready".into(), details }.error_response()
+}
+
+/// The org a request acts for. Until API keys exist every caller acts for the deployment's
+/// default org (`DEFAULT_ORG_ID`); the tenancy work swaps this resolution for key lookup,
+/// and no handler changes.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub org_id: String,
+}
+
+/// App data: how callers are resolved.
+#[derive(Debug, Clone)]
+pub struct CallerResolver {
+    pub default_org_id: String,
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(match req.app_data::<actix_web::web::Data<CallerResolver>>() {
+            Some(r) => Ok(Caller { org_id: r.default_org_id.clone() }),
+            None => {
+                log::error!("CallerResolver is not registered as app data");
+                Err(ApiError::internal())
+            }
+        })
     }
 }

@@ -1,0 +1,26 @@
+//! HTTP in and out: one file per resource.
+
+mod health;
+mod workflows;
+
+use actix_web::web;
+use shared_models::http::{method_not_allowed, route_not_found};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(shared_models::http::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .service(
+            web::resource("/workflows")
+                .route(web::get().to(workflows::list_workflows))
+                .route(web::post().to(workflows::create_workflow))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/workflows/{id}")
+                .route(web::get().to(workflows::get_workflow))
+                .route(web::put().to(workflows::update_workflow))
+                .route(web::delete().to(workflows::delete_workflow))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .default_service(web::to(route_not_found));
+}

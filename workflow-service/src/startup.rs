@@ -1,0 +1,57 @@
+//! Builds the HTTP server. The listener is bound here (port 0 in tests) so callers can ask
+//! for the port before the server runs.
+
+use crate::config::Settings;
+use crate::routes;
+use actix_web::dev::Server;
+use actix_web::middleware::{from_fn, ErrorHandlers, Logger};
+use actix_web::{web, App, HttpServer};
+use shared_models::db::{self, PgPool};
+use shared_models::http::{envelope_errors, request_id_middleware, CallerResolver};
+use std::net::TcpListener;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    pub fn build(settings: &Settings) -> std::io::Result<Self> {
+        let pool = db::pool(&settings.common.database_url, settings.common.db_pool_size);
+        let listener = TcpListener::bind(&settings.http_addr)?;
+        let resolver = CallerResolver { default_org_id: settings.common.default_org_id.clone() };
+        Self::with_parts(listener, pool, resolver)
+    }
+
+    pub fn with_parts(listener: TcpListener, pool: PgPool, resolver: CallerResolver) -> std::io::Result<Self> {
+        let port = listener.local_addr()?.port();
+        let pool = web::Data::new(pool);
+        let resolver = web::Data::new(resolver);
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(ErrorHandlers::new().default_handler(envelope_errors))
+                .wrap(Logger::new(r#"%a "%r" %s %b %Dms req=%{x-request-id}o"#))
+                .wrap(from_fn(request_id_middleware))
+                .app_data(pool.clone())
+                .app_data(resolver.clone())
+                .configure(routes::configure)
+        })
+        .listen(listener)?
+        .shutdown_timeout(10)
+        .run();
+        Ok(Self { port, server })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Runs until SIGINT/SIGTERM; actix then stops accepting and drains in-flight requests.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+
+    pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+}

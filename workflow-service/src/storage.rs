@@ -1,0 +1,161 @@
+//! Plain diesel functions over `&mut PgConnection`. This service owns `workflows` and
+//! `workflow_versions`; nothing else writes them.
+
+use crate::domain::{ListWorkflows, NewWorkflow, WorkflowUpdate};
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::result::Error;
+use serde_json::Value;
+use shared_models::models::{WorkflowRow, WorkflowVersionRow};
+use shared_models::schema::{workflow_versions, workflows};
+
+/// A workflow with the definition of its current version.
+#[derive(Debug, Clone)]
+pub struct StoredWorkflow {
+    pub row: WorkflowRow,
+    pub definition: Option<Value>,
+}
+
+pub enum CreateOutcome {
+    Created(StoredWorkflow),
+    NameTaken,
+}
+
+/// Insert a workflow at version 1, or bring a deleted one back: it keeps its id and its
+/// versions continue the old numbering, so old runs still point at the version they ran.
+pub fn insert_workflow(conn: &mut PgConnection, org_id: &str, new: &NewWorkflow, now: DateTime<Utc>) -> Result<CreateOutcome, Error> {
+    let id = new.id();
+    conn.transaction(|conn| {
+        let existing: Option<WorkflowRow> = workflows::table
+            .find((org_id, id.as_str()))
+            .select(WorkflowRow::as_select())
+            .for_update()
+            .first(conn)
+            .optional()?;
+        let version = match existing {
+            Some(row) if row.deleted_at.is_none() => return Ok(CreateOutcome::NameTaken),
+            Some(row) => {
+                let version = row.version + 1;
+                diesel::update(workflows::table.find((org_id, id.as_str())))
+                    .set((
+                        workflows::description.eq(&new.description),
+                        workflows::is_active.eq(new.is_active),
+                        workflows::version.eq(version),
+                        workflows::created_at.eq(now),
+                        workflows::updated_at.eq(now),
+                        workflows::deleted_at.eq(None::<DateTime<Utc>>),
+                    ))
+                    .execute(conn)?;
+                version
+            }
+            None => {
+                let row = WorkflowRow {
+                    org_id: org_id.to_string(),
+                    id: id.as_str().to_string(),
+                    name: new.name.as_str().to_string(),
+                    description: new.description.clone(),
+                    is_active: new.is_active,
+                    version: 1,
+                    created_at: now,
+                    updated_at: now,
+                    deleted_at: None,
+                };
+                // A concurrent create of the same name loses here instead of failing.
+                let inserted = diesel::insert_into(workflows::table).values(&row).on_conflict_do_nothing().execute(conn)?;
+                if inserted == 0 {
+                    return Ok(CreateOutcome::NameTaken);
+                }
+                1
+            }
+        };
+        insert_version(conn, org_id, id.as_str(), version, &new.definition.json, now)?;
+        let stored = get_workflow(conn, org_id, id.as_str())?.ok_or(Error::NotFound)?;
+        Ok(CreateOutcome::Created(stored))
+    })
+}
+
+fn insert_version(conn: &mut PgConnection, org_id: &str, id: &str, version: i32, definition: &Value, now: DateTime<Utc>) -> Result<(), Error> {
+    diesel::insert_into(workflow_versions::table)
+        .values(WorkflowVersionRow {
+            org_id: org_id.to_string(),
+            workflow_id: id.to_string(),
+            version,
+            definition: definition.clone(),
+            created_at: now,
+        })
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// A live (not deleted) workflow with its current definition.
+pub fn get_workflow(conn: &mut PgConnection, org_id: &str, id: &str) -> Result<Option<StoredWorkflow>, Error> {
+    workflows::table
+        .inner_join(
+            workflow_versions::table.on(workflow_versions::org_id
+                .eq(workflows::org_id)
+                .and(workflow_versions::workflow_id.eq(workflows::id))
+                .and(workflow_versions::version.eq(workflows::version))),
+        )
+        .filter(workflows::org_id.eq(org_id))
+        .filter(workflows::id.eq(id))
+        .filter(workflows::deleted_at.is_null())
+        .select((WorkflowRow::as_select(), workflow_versions::definition))
+        .first::<(WorkflowRow, Value)>(conn)
+        .optional()
+        .map(|found| found.map(|(row, definition)| StoredWorkflow { row, definition: Some(definition) }))
+}
+
+/// Newest first; fetches one more than the limit to tell whether another page exists.
+pub fn list_workflows(conn: &mut PgConnection, org_id: &str, q: &ListWorkflows) -> Result<(Vec<WorkflowRow>, bool), Error> {
+    let mut query = workflows::table
+        .filter(workflows::org_id.eq(org_id))
+        .filter(workflows::deleted_at.is_null())
+        .select(WorkflowRow::as_select())
+        .order((workflows::created_at.desc(), workflows::id.desc()))
+        .limit(q.limit + 1)
+        .into_boxed();
+    if let Some(active) = q.is_active {
+        query = query.filter(workflows::is_active.eq(active));
+    }
+    if let Some((at, id)) = &q.after {
+        query = query.filter(workflows::created_at.lt(at).or(workflows::created_at.eq(at).and(workflows::id.lt(id))));
+    }
+    let mut rows = query.load(conn)?;
+    let more = rows.len() as i64 > q.limit;
+    rows.truncate(q.limit as usize);
+    Ok((rows, more))
+}
+
+/// Make the update's definition the next version. `None` when there is no such workflow.
+pub fn update_workflow(conn: &mut PgConnection, org_id: &str, id: &str, update: &WorkflowUpdate, now: DateTime<Utc>) -> Result<Option<StoredWorkflow>, Error> {
+    conn.transaction(|conn| {
+        let current: Option<WorkflowRow> = workflows::table
+            .find((org_id, id))
+            .filter(workflows::deleted_at.is_null())
+            .select(WorkflowRow::as_select())
+            .for_update()
+            .first(conn)
+            .optional()?;
+        let Some(current) = current else { return Ok(None) };
+        let version = current.version + 1;
+        diesel::update(workflows::table.find((org_id, id)))
+            .set((
+                workflows::description.eq(update.description.clone().or(current.description)),
+                workflows::is_active.eq(update.is_active.unwrap_or(current.is_active)),
+                workflows::version.eq(version),
+                workflows::updated_at.eq(now),
+            ))
+            .execute(conn)?;
+        insert_version(conn, org_id, id, version, &update.definition.json, now)?;
+        get_workflow(conn, org_id, id)
+    })
+}
+
+/// Soft delete: the row stays so runs keep pointing at their versions. `false` when there
+/// was no live workflow to delete.
+pub fn delete_workflow(conn: &mut PgConnection, org_id: &str, id: &str, now: DateTime<Utc>) -> Result<bool, Error> {
+    diesel::update(workflows::table.find((org_id, id)).filter(workflows::deleted_at.is_null()))
+        .set((workflows::deleted_at.eq(now), workflows::updated_at.eq(now)))
+        .execute(conn)
+        .map(|n| n == 1)
+}
