@@ -1,1 +1,33 @@
-fn main() {}
+use runtime_service::config::Settings;
+use runtime_service::startup::Application;
+
+#[actix_web::main]
+async fn main() -> std::process::ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("configuration: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = shared_models::db::run_migrations(&settings.common.database_url) {
+        log::error!("migrations: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let app = match Application::build(&settings) {
+        Ok(app) => app,
+        Err(e) => {
+            log::error!("cannot start: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    log::info!("runtime-service listening on {}", settings.http_addr);
+    match app.run_until_stopped().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("server error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,38 @@
+use shared_models::config::{env_or, env_parse, env_seconds, CommonConfig};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub common: CommonConfig,
+    /// Health and readiness address (`HTTP_ADDR`, default 127.0.0.1:8083).
+    pub http_addr: String,
+    /// Jobs executed at once by this process, and the broker prefetch (`WORKER_CONCURRENCY`).
+    pub concurrency: usize,
+    /// How long a claim holds a run without a heartbeat (`LEASE_SECONDS`).
+    pub lease: Duration,
+    /// Per-attempt agent timeout when the agent's entry sets none (`AGENT_TIMEOUT_SECONDS`).
+    pub agent_timeout: Duration,
+    /// How long SIGTERM waits for in-flight jobs before handing them back (`SHUTDOWN_GRACE_SECONDS`).
+    pub shutdown_grace: Duration,
+    /// This process's name in leases and logs (`WORKER_ID`, default host-pid).
+    pub worker_id: String,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, String> {
+        let concurrency: usize = env_parse("WORKER_CONCURRENCY", 8)?;
+        if !(1..=1000).contains(&concurrency) {
+            return Err("WORKER_CONCURRENCY must be from 1 to 1000".into());
+        }
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "worker".into());
+        Ok(Self {
+            common: CommonConfig::from_env()?,
+            http_addr: env_or("HTTP_ADDR", "127.0.0.1:8083"),
+            concurrency,
+            lease: env_seconds("LEASE_SECONDS", 30.0)?.max(Duration::from_secs(1)),
+            agent_timeout: env_seconds("AGENT_TIMEOUT_SECONDS", 60.0)?,
+            shutdown_grace: env_seconds("SHUTDOWN_GRACE_SECONDS", 30.0)?,
+            worker_id: env_or("WORKER_ID", &format!("{host}-{}", std::process::id())),
+        })
+    }
+}

@@ -1,0 +1,159 @@
+//! The queue side of the worker: consume jobs with a prefetch equal to the concurrency,
+//! process each on its own task, and ack only after its effects are committed.
+//! Survives broker restarts (reconnect with backoff); on shutdown it stops taking jobs,
+//! lets in-flight ones finish within the grace period, and hands back the rest.
+
+use crate::engine::{Engine, JobOutcome};
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
+use shared_models::db::blocking;
+use shared_models::queue::{self, QueueNames, RunJob};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Semaphore};
+
+/// What the health endpoints and ops views read about this worker.
+#[derive(Default)]
+pub struct WorkerState {
+    pub consuming: AtomicBool,
+    /// Runs being executed now.
+    pub in_flight: Mutex<HashSet<String>>,
+}
+
+impl WorkerState {
+    pub fn in_flight(&self) -> Vec<String> {
+        self.in_flight.lock().map(|s| s.iter().cloned().collect()).unwrap_or_default()
+    }
+}
+
+pub struct Consumer {
+    pub amqp_url: String,
+    pub names: QueueNames,
+    pub concurrency: usize,
+    pub shutdown_grace: Duration,
+    pub engine: Arc<Engine>,
+    pub state: Arc<WorkerState>,
+}
+
+/// A transient failure is retried after this pause, so a database outage is not a hot loop.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(10);
+
+impl Consumer {
+    /// Consume until `shutdown` turns true, then drain.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let permits = Arc::new(Semaphore::new(self.concurrency));
+        let mut backoff = Duration::from_millis(250);
+        while !*shutdown.borrow() {
+            match self.consume(&permits, &mut shutdown).await {
+                Ok(()) => break,
+                Err(e) => {
+                    self.state.consuming.store(false, Ordering::SeqCst);
+                    log::warn!("broker connection lost ({e}); reconnecting in {backoff:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
+                }
+            }
+        }
+        self.state.consuming.store(false, Ordering::SeqCst);
+        self.drain(&permits).await;
+    }
+
+    async fn consume(&self, permits: &Arc<Semaphore>, shutdown: &mut watch::Receiver<bool>) -> Result<(), String> {
+        let e = |e: lapin::Error| e.to_string();
+        let connection = queue::connect(&self.amqp_url, &format!("thygon-worker-{}", self.engine.me.worker_id)).await.map_err(e)?;
+        let channel = connection.create_channel().await.map_err(e)?;
+        queue::declare_topology(&channel, &self.names).await.map_err(e)?;
+        channel.basic_qos(self.concurrency.min(u16::MAX as usize) as u16, BasicQosOptions::default()).await.map_err(e)?;
+        let mut deliveries = channel
+            .basic_consume(
+                self.names.jobs.as_str().into(),
+                self.engine.me.worker_id.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(e)?;
+        self.state.consuming.store(true, Ordering::SeqCst);
+        log::info!("consuming {} with concurrency {}", self.names.jobs, self.concurrency);
+        loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return Ok(()) },
+                _ = shutdown.changed() => return Ok(()),
+            };
+            let delivery = tokio::select! {
+                d = deliveries.next() => d,
+                _ = shutdown.changed() => return Ok(()),
+            };
+            match delivery {
+                Some(Ok(delivery)) => {
+                    let (engine, state) = (self.engine.clone(), self.state.clone());
+                    tokio::spawn(async move {
+                        handle(&engine, &state, delivery).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(err)) => return Err(err.to_string()),
+                None => return Err("the broker cancelled the consumer".into()),
+            }
+        }
+    }
+
+    /// Wait for in-flight jobs up to the grace period; hand back what is still running by
+    /// ending its lease, so the redelivered job is taken over at once.
+    async fn drain(&self, permits: &Arc<Semaphore>) {
+        let all = self.concurrency.min(u32::MAX as usize) as u32;
+        if tokio::time::timeout(self.shutdown_grace, permits.acquire_many(all)).await.is_ok() {
+            log::info!("all in-flight jobs finished");
+            return;
+        }
+        let left = self.state.in_flight();
+        log::warn!("grace period over; handing back {} run(s)", left.len());
+        for run_id in left {
+            let me = self.engine.me.clone();
+            let now = shared_models::time::now();
+            if let Err(e) = blocking(&self.engine.pool, move |conn| crate::storage::release_lease(conn, &run_id, &me, now)).await {
+                log::warn!("could not hand back a run: {e}");
+            }
+        }
+    }
+}
+
+async fn handle(engine: &Engine, state: &WorkerState, delivery: Delivery) {
+    let outcome = match RunJob::decode(&delivery.data) {
+        Err(e) => JobOutcome::Poison(e),
+        Ok(job) => {
+            if let Ok(mut s) = state.in_flight.lock() {
+                s.insert(job.run_id.clone());
+            }
+            let outcome = engine.process(&job).await;
+            if let Ok(mut s) = state.in_flight.lock() {
+                s.remove(&job.run_id);
+            }
+            outcome
+        }
+    };
+    let acked = match outcome {
+        JobOutcome::Done => delivery.ack(BasicAckOptions::default()).await,
+        JobOutcome::Poison(reason) => {
+            log::error!("dead-lettering a job: {reason}");
+            delivery.reject(BasicRejectOptions { requeue: false }).await
+        }
+        JobOutcome::Retry(reason) => {
+            log::warn!("job will be retried: {reason}");
+            tokio::time::sleep(RETRY_PAUSE).await;
+            delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
+        }
+    };
+    if let Err(e) = acked {
+        // The channel is gone; the broker redelivers the message, and the claim makes that safe.
+        log::warn!("could not settle a delivery: {e}");
+    }
+}

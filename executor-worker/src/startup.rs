@@ -1,0 +1,77 @@
+//! Wires a worker process: the engine, the queue consumer and the health endpoints.
+
+use crate::agents::AgentRegistry;
+use crate::config::Settings;
+use crate::consumer::{Consumer, WorkerState};
+use crate::engine::Engine;
+use crate::storage::LeaseHolder;
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use shared_models::db::{self, PgPool};
+use shared_models::queue::QueueNames;
+use std::net::TcpListener;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub fn build_engine(settings: &Settings, pool: PgPool, agents: AgentRegistry) -> Result<Engine, String> {
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("thygon-executor-worker/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    Ok(Engine {
+        pool,
+        agents,
+        http,
+        me: LeaseHolder { worker_id: settings.worker_id.clone(), lease: settings.lease },
+        agent_timeout: settings.agent_timeout,
+    })
+}
+
+pub fn build_consumer(settings: &Settings, engine: Arc<Engine>, state: Arc<WorkerState>) -> Arc<Consumer> {
+    Arc::new(Consumer {
+        amqp_url: settings.common.amqp_url.clone(),
+        names: QueueNames::new(&settings.common.queue_prefix),
+        concurrency: settings.concurrency,
+        shutdown_grace: settings.shutdown_grace,
+        engine,
+        state,
+    })
+}
+
+struct HealthState {
+    pool: PgPool,
+    worker: Arc<WorkerState>,
+    worker_id: String,
+}
+
+/// `/healthz`, `/readyz` (database reachable and consuming) and `/status` for one worker.
+pub fn health_server(listener: TcpListener, pool: PgPool, worker: Arc<WorkerState>, worker_id: String) -> std::io::Result<Server> {
+    let state = web::Data::new(HealthState { pool, worker, worker_id });
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/healthz", web::get().to(shared_models::http::healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/status", web::get().to(status))
+            .default_service(web::to(shared_models::http::route_not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run())
+}
+
+async fn readyz(state: web::Data<HealthState>) -> HttpResponse {
+    let pool = state.pool.clone();
+    let database = tokio::task::spawn_blocking(move || db::ping(&pool)).await.unwrap_or(false);
+    let broker = state.worker.consuming.load(Ordering::SeqCst);
+    shared_models::http::readiness(&[("database", database), ("broker", broker)])
+}
+
+async fn status(state: web::Data<HealthState>) -> HttpResponse {
+    shared_models::envelope::ok(serde_json::json!({
+        "workerId": state.worker_id,
+        "consuming": state.worker.consuming.load(Ordering::SeqCst),
+        "inFlight": state.worker.in_flight(),
+    }))
+}

@@ -1,0 +1,25 @@
+//! `agent`: ask the agent named by `agentId` to carry out the (templated) instructions.
+
+use super::StepEnv;
+use crate::agents::{self, AgentCall};
+use serde_json::Value;
+use shared_models::template;
+
+pub async fn execute(agent_id: &str, instructions: &str, inputs: Option<&Value>, ctx: &Value, env: &StepEnv<'_>) -> Result<Value, String> {
+    let instructions = template::render_text(instructions, ctx).map_err(|e| format!("instructions: {e}"))?;
+    let inputs = match inputs {
+        Some(inputs) => template::render_json(inputs, ctx).map_err(|e| format!("inputs: {e}"))?,
+        None => Value::Null,
+    };
+    let call = AgentCall {
+        run_id: env.run_id.to_string(),
+        workflow_id: env.workflow_id.to_string(),
+        step: env.step.to_string(),
+        agent_id: agent_id.to_string(),
+        instructions,
+        variables: ctx.get("variables").cloned().unwrap_or(Value::Null),
+        inputs,
+        attempt: env.attempt,
+    };
+    agents::invoke(env.agents, env.http, &call, env.agent_timeout).await.map_err(|e| e.to_string())
+}

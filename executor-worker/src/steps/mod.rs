@@ -1,0 +1,29 @@
+//! Step executors: one function per step type, each turning a step's config and the run's
+//! context into an output or an error message (which fails the attempt).
+
+mod agent;
+mod transform;
+
+use crate::agents::AgentRegistry;
+use serde_json::Value;
+use shared_models::graph::StepKind;
+use std::time::Duration;
+
+/// What executors may use besides the step itself.
+pub struct StepEnv<'a> {
+    pub agents: &'a AgentRegistry,
+    pub http: &'a reqwest::Client,
+    pub agent_timeout: Duration,
+    pub run_id: &'a str,
+    pub workflow_id: &'a str,
+    pub step: &'a str,
+    pub attempt: i32,
+}
+
+/// `ctx` is the template context: `variables`, `steps.<name>.output|status`, `run`.
+pub async fn execute(kind: &StepKind, ctx: &Value, env: &StepEnv<'_>) -> Result<Value, String> {
+    match kind {
+        StepKind::Agent { agent_id, instructions, inputs } => agent::execute(agent_id, instructions, inputs.as_ref(), ctx, env).await,
+        StepKind::Transform { value } => transform::execute(value, ctx),
+    }
+}

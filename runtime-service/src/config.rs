@@ -1,0 +1,25 @@
+use shared_models::config::{env_or, env_seconds, CommonConfig};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub common: CommonConfig,
+    /// Where this service listens (`HTTP_ADDR`, default 127.0.0.1:8082).
+    pub http_addr: String,
+    /// How often the outbox relay looks for unpublished jobs (`OUTBOX_RELAY_INTERVAL_SECONDS`).
+    pub relay_interval: Duration,
+    /// How long a job may sit unpublished before the relay takes it from the request path
+    /// (`OUTBOX_RELAY_GRACE_SECONDS`).
+    pub relay_grace: Duration,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, String> {
+        Ok(Self {
+            common: CommonConfig::from_env()?,
+            http_addr: env_or("HTTP_ADDR", "127.0.0.1:8082"),
+            relay_interval: env_seconds("OUTBOX_RELAY_INTERVAL_SECONDS", 1.0)?,
+            relay_grace: env_seconds("OUTBOX_RELAY_GRACE_SECONDS", 2.0)?,
+        })
+    }
+}

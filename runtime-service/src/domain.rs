@@ -1,0 +1,154 @@
+//! Request bodies, headers and queries parsed into known-good values. No I/O here.
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use shared_models::body::{Errors, Obj};
+use shared_models::envelope::{ApiError, FieldError};
+use shared_models::http::Query;
+use shared_models::ids::{RunId, WorkflowId};
+use shared_models::pagination;
+use shared_models::status::RunStatus;
+
+/// What a new run needs, from either trigger endpoint.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// As the client wrote it; a malformed id is simply a workflow that is not found.
+    pub workflow_id: String,
+    pub variables: Map<String, Value>,
+    /// Set when the body named an org; it must be the caller's.
+    pub org_id: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+impl RunRequest {
+    /// A hash of what the request asks for, to tell a retry (same body) from a reuse of the
+    /// key for something else.
+    pub fn fingerprint(&self) -> String {
+        // serde_json's map is ordered by key, so equal variables serialize equally.
+        let canonical = serde_json::json!({ "workflowId": self.workflow_id, "variables": self.variables });
+        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    }
+
+    pub fn workflow_id(&self) -> Option<WorkflowId> {
+        WorkflowId::parse(&self.workflow_id)
+    }
+}
+
+fn variables(obj: &mut Obj, errors: &mut Errors) -> Map<String, Value> {
+    obj.opt_object("variables", errors).cloned().unwrap_or_default()
+}
+
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// The `Idempotency-Key` header, if any: 1-255 visible ASCII characters.
+pub fn idempotency_key(raw: Option<&[u8]>) -> Result<Option<String>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    match std::str::from_utf8(raw) {
+        Ok(k) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(k.to_string()))
+        }
+        _ => Err(ApiError::validation(vec![FieldError::new(
+            "Idempotency-Key",
+            format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"),
+        )])),
+    }
+}
+
+/// `POST /workflows/{id}/trigger` body: `{ "variables": {...} }`, all optional.
+pub fn trigger_request(workflow_id: String, body: &Map<String, Value>, idempotency_key: Option<String>) -> Result<RunRequest, ApiError> {
+    let mut errors = Errors::new();
+    let mut obj = Obj::new(body, "");
+    let variables = variables(&mut obj, &mut errors);
+    obj.finish(&mut errors);
+    shared_models::body::finish(errors, || RunRequest { workflow_id, variables, org_id: None, idempotency_key })
+}
+
+/// `POST /workflows/runs` body: `workflowId` (required), `variables`, `orgId`.
+pub fn create_run_request(body: &Map<String, Value>, idempotency_key: Option<String>) -> Result<RunRequest, ApiError> {
+    let mut errors = Errors::new();
+    let mut obj = Obj::new(body, "");
+    let workflow_id = obj.req_str("workflowId", &mut errors).map(str::to_string);
+    let variables = variables(&mut obj, &mut errors);
+    let org_id = obj.opt_str("orgId", &mut errors).map(str::to_string);
+    obj.finish(&mut errors);
+    match workflow_id {
+        Some(workflow_id) if errors.is_empty() => Ok(RunRequest { workflow_id, variables, org_id, idempotency_key }),
+        _ => Err(ApiError::validation(errors)),
+    }
+}
+
+/// `GET /workflows/runs` parameters.
+#[derive(Debug, Clone)]
+pub struct ListRuns {
+    pub limit: i64,
+    /// The id of the last run of the previous page (ids sort by creation time).
+    pub before_id: Option<String>,
+    pub workflow_id: Option<String>,
+    pub status: Option<RunStatus>,
+    pub org_id: Option<String>,
+}
+
+impl TryFrom<Query> for ListRuns {
+    type Error = ApiError;
+
+    fn try_from(mut q: Query) -> Result<Self, ApiError> {
+        let mut errors = Errors::new();
+        let limit = pagination::parse_limit(q.get("limit")).unwrap_or_else(|e| {
+            errors.push(FieldError::new("limit", e));
+            pagination::DEFAULT_LIMIT
+        });
+        let before_id = q.get("cursor").and_then(|c| match pagination::decode_cursor(c).ok().and_then(|id| RunId::parse(&id)) {
+            Some(id) => Some(id.as_str().to_string()),
+            None => {
+                errors.push(FieldError::new("cursor", "is not a cursor this API returned"));
+                None
+            }
+        });
+        let workflow_id = q.get("workflowId").map(str::to_string);
+        let status = q.get("status").and_then(|s| match RunStatus::parse(s) {
+            Some(st) => Some(st),
+            None => {
+                let all: Vec<_> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+                errors.push(FieldError::new("status", format!("must be one of: {}", all.join(", "))));
+                None
+            }
+        });
+        let org_id = q.get("orgId").map(str::to_string);
+        q.finish(errors)?;
+        Ok(ListRuns { limit, before_id, workflow_id, status, org_id })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn trigger_bodies_default_variables_and_refuse_unknown_fields() {
+        let r = trigger_request("wf_a".into(), json!({}).as_object().unwrap(), None).unwrap();
+        assert!(r.variables.is_empty());
+        let r = trigger_request("wf_a".into(), json!({"variables": null}).as_object().unwrap(), None).unwrap();
+        assert!(r.variables.is_empty());
+        let e = trigger_request("wf_a".into(), json!({"variables": [1], "vars": {}}).as_object().unwrap(), None).unwrap_err();
+        let fields: Vec<_> = e.details.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(fields, ["variables", "vars"]);
+    }
+
+    #[test]
+    fn fingerprints_ignore_key_order_but_not_values() {
+        let a = create_run_request(json!({"workflowId": "wf_a", "variables": {"x": 1, "y": 2}}).as_object().unwrap(), None).unwrap();
+        let b = create_run_request(json!({"variables": {"y": 2, "x": 1}, "workflowId": "wf_a"}).as_object().unwrap(), None).unwrap();
+        let c = create_run_request(json!({"workflowId": "wf_a", "variables": {"x": 2}}).as_object().unwrap(), None).unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), c.fingerprint());
+    }
+
+    #[test]
+    fn idempotency_keys_are_checked() {
+        assert_eq!(idempotency_key(None).unwrap(), None);
+        assert_eq!(idempotency_key(Some(b"abc-1")).unwrap(), Some("abc-1".into()));
+        assert!(idempotency_key(Some(b"")).is_err());
+        assert!(idempotency_key(Some(b"has space")).is_err());
+    }
+}

@@ -1,0 +1,48 @@
+//! Everything this service can fail with, and how each failure looks on the wire.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use shared_models::db::StorageError;
+use shared_models::envelope::{ApiError, ErrorCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A body, header or query that did not parse; the envelope names each field.
+    #[error("{0}")]
+    Request(#[from] ApiError),
+    #[error("workflow '{0}' was not found")]
+    WorkflowNotFound(String),
+    #[error("workflow '{0}' is inactive; activate it before triggering runs")]
+    WorkflowInactive(String),
+    #[error("run '{0}' was not found")]
+    RunNotFound(String),
+    #[error("orgId '{0}' is not the caller's org")]
+    OtherOrg(String),
+    #[error("Idempotency-Key '{0}' was already used with a different request body")]
+    IdempotencyKeyReused(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl RuntimeError {
+    fn to_api(&self) -> ApiError {
+        match self {
+            RuntimeError::Request(e) => e.clone(),
+            RuntimeError::WorkflowNotFound(id) => ApiError::not_found("workflow", id),
+            RuntimeError::RunNotFound(id) => ApiError::not_found("run", id),
+            RuntimeError::WorkflowInactive(_) | RuntimeError::IdempotencyKeyReused(_) => ApiError::conflict(self.to_string()),
+            RuntimeError::OtherOrg(_) => ApiError::new(ErrorCode::Forbidden, self.to_string()),
+            RuntimeError::Storage(e) => e.to_api(),
+        }
+    }
+}
+
+impl ResponseError for RuntimeError {
+    fn status_code(&self) -> StatusCode {
+        self.to_api().code.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        self.to_api().error_response()
+    }
+}

@@ -1,0 +1,19 @@
+//! Runtime Service: creates runs, queues them on RabbitMQ, and serves their progress.
+//!
+//! - [`config`]: settings from the environment.
+//! - [`startup`]: builds the actix `App`, binds its listener, starts the outbox relay.
+//! - [`routes`]: HTTP in and out (trigger, runs, health).
+//! - [`domain`]: request bodies and queries parsed into known-good values (no I/O).
+//! - [`storage`]: plain diesel functions; this service owns `runs` (creation) and `outbox`.
+//! - [`publisher`]: the broker behind a small trait, so the HTTP layer is testable alone.
+//! - [`relay`]: publishes what the request path could not (broker down, crash after commit).
+//! - [`error`]: the one error enum of this service.
+
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod publisher;
+pub mod relay;
+pub mod routes;
+pub mod startup;
+pub mod storage;

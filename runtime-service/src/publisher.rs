@@ -1,0 +1,134 @@
+//! Publishing jobs to RabbitMQ: persistent messages, publisher confirms, topology declared
+//! once per connection. The HTTP layer sees only [`JobPublisher`].
+
+use futures_util::future::BoxFuture;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Connection};
+use shared_models::queue::{self, QueueNames, RunJob};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker unreachable: {0}")]
+    Unreachable(String),
+    #[error("broker refused the message (nack)")]
+    Nacked,
+    #[error("no confirm from the broker within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Where jobs go. A failed publish is never fatal to a trigger: the job waits in the outbox.
+pub trait JobPublisher: Send + Sync + 'static {
+    fn publish<'a>(&'a self, job: &'a RunJob) -> BoxFuture<'a, Result<(), PublishError>>;
+    /// Can a publish succeed now? (The broker half of `/readyz`.)
+    fn ready(&self) -> BoxFuture<'_, bool>;
+}
+
+/// Timeouts keep a stuck broker (memory alarm, half-open socket) from holding requests.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// During an outage, try to reconnect at most this often instead of on every request.
+const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
+
+struct Link {
+    // Kept so the connection lives as long as its channel.
+    _connection: Connection,
+    channel: Channel,
+}
+
+#[derive(Default)]
+struct State {
+    link: Option<Arc<Link>>,
+    last_attempt: Option<Instant>,
+}
+
+pub struct AmqpPublisher {
+    amqp_url: String,
+    names: QueueNames,
+    state: Mutex<State>,
+}
+
+impl AmqpPublisher {
+    /// Does not connect yet: a service starts during a broker outage and recovers after it.
+    pub fn new(amqp_url: &str, names: QueueNames) -> Self {
+        Self { amqp_url: amqp_url.to_string(), names, state: Mutex::new(State::default()) }
+    }
+
+    async fn link(&self) -> Result<Arc<Link>, PublishError> {
+        let mut state = self.state.lock().await;
+        if let Some(link) = &state.link {
+            if link.channel.status().connected() {
+                return Ok(link.clone());
+            }
+            state.link = None;
+        }
+        if state.last_attempt.is_some_and(|t| t.elapsed() < RECONNECT_BACKOFF) {
+            return Err(PublishError::Unreachable("reconnect backing off".into()));
+        }
+        state.last_attempt = Some(Instant::now());
+        let link = tokio::time::timeout(CONNECT_TIMEOUT, self.connect())
+            .await
+            .map_err(|_| PublishError::Unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| PublishError::Unreachable(e.to_string()))?;
+        log::info!("publisher connected to the broker; queue {}", self.names.jobs);
+        let link = Arc::new(link);
+        state.link = Some(link.clone());
+        Ok(link)
+    }
+
+    async fn connect(&self) -> Result<Link, lapin::Error> {
+        let connection = queue::connect(&self.amqp_url, "thygon-runtime-publisher").await?;
+        let channel = connection.create_channel().await?;
+        queue::declare_topology(&channel, &self.names).await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Link { _connection: connection, channel })
+    }
+
+    async fn forget(&self, failed: &Arc<Link>) {
+        let mut state = self.state.lock().await;
+        if state.link.as_ref().is_some_and(|l| Arc::ptr_eq(l, failed)) {
+            state.link = None;
+        }
+    }
+
+    async fn publish_job(&self, job: &RunJob) -> Result<(), PublishError> {
+        let link = self.link().await?;
+        let props = BasicProperties::default()
+            .with_delivery_mode(2) // persistent
+            .with_content_type("application/json".into())
+            .with_message_id(job.run_id.as_str().into());
+        let result = async {
+            let confirm = link
+                .channel
+                .basic_publish("".into(), self.names.jobs.as_str().into(), BasicPublishOptions::default(), &job.encode(), props)
+                .await
+                .map_err(|e| PublishError::Unreachable(e.to_string()))?;
+            let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+                .await
+                .map_err(|_| PublishError::Timeout(CONFIRM_TIMEOUT))?
+                .map_err(|e| PublishError::Unreachable(e.to_string()))?;
+            if confirmation.is_ack() {
+                Ok(())
+            } else {
+                Err(PublishError::Nacked)
+            }
+        }
+        .await;
+        if matches!(result, Err(PublishError::Unreachable(_) | PublishError::Timeout(_))) {
+            self.forget(&link).await;
+        }
+        result
+    }
+}
+
+impl JobPublisher for AmqpPublisher {
+    fn publish<'a>(&'a self, job: &'a RunJob) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(self.publish_job(job))
+    }
+
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move { self.link().await.is_ok() })
+    }
+}

@@ -1,0 +1,31 @@
+//! HTTP in and out: one file per resource.
+
+mod health;
+mod runs;
+mod trigger;
+mod views;
+
+use actix_web::web;
+use shared_models::http::{method_not_allowed, route_not_found};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(shared_models::http::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .service(
+            web::resource("/workflows/runs")
+                .route(web::get().to(runs::list_runs))
+                .route(web::post().to(trigger::create_run))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/workflows/runs/{id}")
+                .route(web::get().to(runs::get_run))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/workflows/{id}/trigger")
+                .route(web::post().to(trigger::trigger_run))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .default_service(web::to(route_not_found));
+}

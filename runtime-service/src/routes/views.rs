@@ -1,0 +1,134 @@
+//! Runs as clients see them (CONTRACT.md "Runs").
+
+use crate::storage::RunDetail;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use shared_models::models::{RunEventRow, RunRow};
+use shared_models::time::{rfc3339, rfc3339_opt};
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunView {
+    id: String,
+    workflow_id: String,
+    workflow_version: i32,
+    org_id: String,
+    status: String,
+    variables: Value,
+    output: Option<Value>,
+    error: Option<String>,
+    #[serde(with = "rfc3339")]
+    created_at: DateTime<Utc>,
+    #[serde(with = "rfc3339")]
+    updated_at: DateTime<Utc>,
+    #[serde(with = "rfc3339_opt")]
+    started_at: Option<DateTime<Utc>>,
+    #[serde(with = "rfc3339_opt")]
+    completed_at: Option<DateTime<Utc>>,
+}
+
+impl From<RunRow> for RunView {
+    fn from(r: RunRow) -> Self {
+        RunView {
+            id: r.id,
+            workflow_id: r.workflow_id,
+            workflow_version: r.workflow_version,
+            org_id: r.org_id,
+            status: r.status,
+            variables: r.variables,
+            output: r.output,
+            error: r.error,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            started_at: r.started_at,
+            completed_at: r.completed_at,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StepView {
+    name: String,
+    #[serde(rename = "type")]
+    step_type: String,
+    status: String,
+    attempt: i32,
+    #[serde(with = "rfc3339_opt")]
+    started_at: Option<DateTime<Utc>>,
+    #[serde(with = "rfc3339_opt")]
+    completed_at: Option<DateTime<Utc>>,
+    output: Option<Value>,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct TransitionView {
+    #[serde(with = "rfc3339")]
+    at: DateTime<Utc>,
+    step: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+#[derive(Serialize)]
+struct LogView {
+    #[serde(with = "rfc3339")]
+    at: DateTime<Utc>,
+    level: Option<String>,
+    step: Option<String>,
+    message: Option<String>,
+}
+
+/// The run object plus its progress: every step of its version (those not started yet as
+/// `PENDING`, attempt 0), the transitions and the log lines, oldest first.
+#[derive(Serialize)]
+pub struct RunDetailView {
+    #[serde(flatten)]
+    run: RunView,
+    steps: Vec<StepView>,
+    transitions: Vec<TransitionView>,
+    logs: Vec<LogView>,
+}
+
+impl From<RunDetail> for RunDetailView {
+    fn from(d: RunDetail) -> Self {
+        let mut started = d.steps.into_iter().peekable();
+        let mut steps = Vec::new();
+        for (name, step_type) in shared_models::graph::step_outline(&d.definition) {
+            match started.next_if(|s| s.name == name) {
+                Some(s) => steps.push(StepView {
+                    name: s.name,
+                    step_type: s.step_type,
+                    status: s.status,
+                    attempt: s.attempt,
+                    started_at: s.started_at,
+                    completed_at: s.completed_at,
+                    output: s.output,
+                    error: s.error,
+                }),
+                None => steps.push(StepView {
+                    name,
+                    step_type,
+                    status: "PENDING".into(),
+                    attempt: 0,
+                    started_at: None,
+                    completed_at: None,
+                    output: None,
+                    error: None,
+                }),
+            }
+        }
+        let (transitions, logs): (Vec<RunEventRow>, Vec<RunEventRow>) = d.events.into_iter().partition(|e| e.kind == "transition");
+        RunDetailView {
+            run: RunView::from(d.run),
+            steps,
+            transitions: transitions
+                .into_iter()
+                .map(|e| TransitionView { at: e.at, step: e.step, from: e.from_status, to: e.to_status })
+                .collect(),
+            logs: logs.into_iter().map(|e| LogView { at: e.at, level: e.level, step: e.step, message: e.message }).collect(),
+        }
+    }
+}

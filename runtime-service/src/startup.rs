@@ -1,0 +1,85 @@
+//! Builds the HTTP server and the outbox relay. The listener is bound here (port 0 in
+//! tests) so callers can ask for the port before the server runs.
+
+use crate::config::Settings;
+use crate::publisher::{AmqpPublisher, JobPublisher};
+use crate::{relay, routes};
+use actix_web::dev::Server;
+use actix_web::middleware::{from_fn, ErrorHandlers, Logger};
+use actix_web::{web, App, HttpServer};
+use shared_models::db::{self, PgPool};
+use shared_models::http::{envelope_errors, request_id_middleware, CallerResolver};
+use shared_models::queue::QueueNames;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    relay: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What the HTTP layer needs besides the request.
+pub struct AppState {
+    pub pool: PgPool,
+    pub publisher: Arc<dyn JobPublisher>,
+}
+
+impl Application {
+    pub fn build(settings: &Settings) -> std::io::Result<Self> {
+        let pool = db::pool(&settings.common.database_url, settings.common.db_pool_size);
+        let publisher: Arc<dyn JobPublisher> =
+            Arc::new(AmqpPublisher::new(&settings.common.amqp_url, QueueNames::new(&settings.common.queue_prefix)));
+        let listener = TcpListener::bind(&settings.http_addr)?;
+        let resolver = CallerResolver { default_org_id: settings.common.default_org_id.clone() };
+        let mut app = Self::with_parts(listener, pool.clone(), publisher.clone(), resolver)?;
+        app.relay = Some(tokio::spawn(relay::run(pool, publisher, settings.relay_interval, settings.relay_grace)));
+        Ok(app)
+    }
+
+    /// The HTTP server alone (no relay): tests drive the relay themselves.
+    pub fn with_parts(
+        listener: TcpListener,
+        pool: PgPool,
+        publisher: Arc<dyn JobPublisher>,
+        resolver: CallerResolver,
+    ) -> std::io::Result<Self> {
+        let port = listener.local_addr()?.port();
+        let state = web::Data::new(AppState { pool, publisher });
+        let resolver = web::Data::new(resolver);
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(ErrorHandlers::new().default_handler(envelope_errors))
+                .wrap(Logger::new(r#"%a "%r" %s %b %Dms req=%{x-request-id}o"#))
+                .wrap(from_fn(request_id_middleware))
+                .app_data(state.clone())
+                .app_data(resolver.clone())
+                .configure(routes::configure)
+        })
+        .listen(listener)?
+        .shutdown_timeout(10)
+        .run();
+        Ok(Self { port, server, relay: None })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Runs until SIGINT/SIGTERM: the server drains in-flight requests, then the relay stops.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        if let Some(relay) = self.relay {
+            relay.abort();
+        }
+        result
+    }
+}
+
+/// How long `/readyz` waits for the broker before calling it unreachable.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(3);

@@ -1,0 +1,207 @@
+//! Plain diesel functions over `&mut PgConnection`. This service creates `runs` and owns
+//! `outbox`; it only reads workflows (owned by workflow-service) and progress (owned by the
+//! worker).
+
+use crate::domain::{ListRuns, RunRequest};
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::result::Error;
+use diesel::sql_types::{BigInt, Double, Jsonb};
+use serde_json::Value;
+use shared_models::ids::{RunId, WorkflowId};
+use shared_models::models::{NewOutbox, RunEventRow, RunRow, StepRunRow};
+use shared_models::queue::RunJob;
+use shared_models::schema::{outbox, run_events, runs, step_runs, workflow_versions, workflows};
+use shared_models::status::RunStatus;
+
+pub enum CreateOutcome {
+    /// A new run, and the outbox row of its job.
+    Created { run: RunRow, job: RunJob, outbox_id: i64 },
+    /// The same Idempotency-Key with the same body: the first run again.
+    Replayed(RunRow),
+    KeyReused,
+    WorkflowNotFound,
+    WorkflowInactive,
+}
+
+/// In ONE transaction: read the workflow's current version, insert the run (PENDING) and
+/// its outbox row. Publishing happens after commit, so a crash in between loses nothing.
+pub fn create_run(
+    conn: &mut PgConnection,
+    org_id: &str,
+    req: &RunRequest,
+    workflow_id: &WorkflowId,
+    request_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<CreateOutcome, Error> {
+    let fingerprint = req.fingerprint();
+    conn.transaction(|conn| {
+        if let Some(key) = &req.idempotency_key {
+            if let Some(outcome) = replay(conn, org_id, key, &fingerprint)? {
+                return Ok(outcome);
+            }
+        }
+        let current: Option<(i32, bool)> = workflows::table
+            .find((org_id, workflow_id.as_str()))
+            .filter(workflows::deleted_at.is_null())
+            .select((workflows::version, workflows::is_active))
+            .first(conn)
+            .optional()?;
+        let version = match current {
+            None => return Ok(CreateOutcome::WorkflowNotFound),
+            Some((_, false)) => return Ok(CreateOutcome::WorkflowInactive),
+            Some((version, true)) => version,
+        };
+        let run = RunRow {
+            id: RunId::generate().to_string(),
+            org_id: org_id.to_string(),
+            workflow_id: workflow_id.to_string(),
+            workflow_version: version,
+            status: RunStatus::Pending.as_str().to_string(),
+            variables: Value::Object(req.variables.clone()),
+            output: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            completed_at: None,
+            lease_owner: None,
+            lease_expires_at: None,
+            idempotency_key: req.idempotency_key.clone(),
+            request_hash: req.idempotency_key.as_ref().map(|_| fingerprint.clone()),
+            request_id: request_id.map(str::to_string),
+        };
+        // Two requests racing with one key: the loser inserts nothing and replays the winner.
+        let inserted = diesel::insert_into(runs::table).values(&run).on_conflict_do_nothing().execute(conn)?;
+        if inserted == 0 {
+            let key = req.idempotency_key.as_deref().ok_or(Error::NotFound)?;
+            return replay(conn, org_id, key, &fingerprint)?.ok_or(Error::NotFound);
+        }
+        let job = RunJob::new(&run.id, org_id, run.request_id.clone());
+        let payload = serde_json::to_value(&job).map_err(|e| Error::SerializationError(Box::new(e)))?;
+        let outbox_id = diesel::insert_into(outbox::table)
+            .values(NewOutbox { run_id: &run.id, payload: &payload })
+            .returning(outbox::id)
+            .get_result(conn)?;
+        Ok(CreateOutcome::Created { run, job, outbox_id })
+    })
+}
+
+fn replay(conn: &mut PgConnection, org_id: &str, key: &str, fingerprint: &str) -> Result<Option<CreateOutcome>, Error> {
+    let existing: Option<RunRow> = runs::table
+        .filter(runs::org_id.eq(org_id))
+        .filter(runs::idempotency_key.eq(key))
+        .select(RunRow::as_select())
+        .first(conn)
+        .optional()?;
+    Ok(existing.map(|run| {
+        if run.request_hash.as_deref() == Some(fingerprint) {
+            CreateOutcome::Replayed(run)
+        } else {
+            CreateOutcome::KeyReused
+        }
+    }))
+}
+
+pub fn mark_outbox_sent(conn: &mut PgConnection, outbox_id: i64, now: DateTime<Utc>) -> Result<(), Error> {
+    diesel::update(outbox::table.find(outbox_id).filter(outbox::sent_at.is_null()))
+        .set(outbox::sent_at.eq(now))
+        .execute(conn)
+        .map(|_| ())
+}
+
+#[derive(QueryableByName, Debug)]
+pub struct PendingJob {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = Jsonb)]
+    pub payload: Value,
+}
+
+/// Take up to `limit` unsent jobs older than `grace_secs` for publishing. A claim lasts 30 s;
+/// other relays (other replicas) skip claimed rows, and an abandoned claim expires.
+pub fn claim_unsent(conn: &mut PgConnection, grace_secs: f64, limit: i64) -> Result<Vec<PendingJob>, Error> {
+    diesel::sql_query(
+        "UPDATE outbox SET claimed_until = now() + interval '30 seconds', attempts = attempts + 1
+         WHERE id IN (
+             SELECT id FROM outbox
+             WHERE sent_at IS NULL
+               AND created_at < now() - make_interval(secs => $1)
+               AND (claimed_until IS NULL OR claimed_until < now())
+             ORDER BY id LIMIT $2
+             FOR UPDATE SKIP LOCKED)
+         RETURNING id, payload",
+    )
+    .bind::<Double, _>(grace_secs)
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+}
+
+/// Give claimed rows back after a failed publish, so the next pass retries them at once.
+pub fn release_claims(conn: &mut PgConnection, ids: &[i64]) -> Result<(), Error> {
+    diesel::update(outbox::table.filter(outbox::id.eq_any(ids)).filter(outbox::sent_at.is_null()))
+        .set(outbox::claimed_until.eq(None::<DateTime<Utc>>))
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// Newest first; one more than the limit tells whether another page exists.
+pub fn list_runs(conn: &mut PgConnection, org_id: &str, q: &ListRuns) -> Result<(Vec<RunRow>, bool), Error> {
+    let mut query = runs::table
+        .filter(runs::org_id.eq(org_id))
+        .select(RunRow::as_select())
+        .order(runs::id.desc())
+        .limit(q.limit + 1)
+        .into_boxed();
+    if let Some(wf) = &q.workflow_id {
+        query = query.filter(runs::workflow_id.eq(wf));
+    }
+    if let Some(status) = q.status {
+        query = query.filter(runs::status.eq(status.as_str()));
+    }
+    if let Some(before) = &q.before_id {
+        query = query.filter(runs::id.lt(before));
+    }
+    let mut rows = query.load(conn)?;
+    let more = rows.len() as i64 > q.limit;
+    rows.truncate(q.limit as usize);
+    Ok((rows, more))
+}
+
+/// A run with everything its detail view shows.
+pub struct RunDetail {
+    pub run: RunRow,
+    /// Steps that have started, in definition order.
+    pub steps: Vec<StepRunRow>,
+    pub events: Vec<RunEventRow>,
+    /// The run's version of the definition, to list steps that have not started.
+    pub definition: Value,
+}
+
+pub fn get_run(conn: &mut PgConnection, org_id: &str, run_id: &str) -> Result<Option<RunRow>, Error> {
+    runs::table
+        .find(run_id)
+        .filter(runs::org_id.eq(org_id))
+        .select(RunRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub fn get_run_detail(conn: &mut PgConnection, org_id: &str, run_id: &str) -> Result<Option<RunDetail>, Error> {
+    let Some(run) = get_run(conn, org_id, run_id)? else { return Ok(None) };
+    let steps = step_runs::table
+        .filter(step_runs::run_id.eq(run_id))
+        .select(StepRunRow::as_select())
+        .order(step_runs::position)
+        .load(conn)?;
+    let events = run_events::table
+        .filter(run_events::run_id.eq(run_id))
+        .select(RunEventRow::as_select())
+        .order(run_events::id)
+        .load(conn)?;
+    let definition = workflow_versions::table
+        .find((&run.org_id, &run.workflow_id, run.workflow_version))
+        .select(workflow_versions::definition)
+        .first(conn)?;
+    Ok(Some(RunDetail { run, steps, events, definition }))
+}
