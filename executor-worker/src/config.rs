@@ -24,7 +24,9 @@ impl Settings {
         if !(1..=1000).contains(&concurrency) {
             return Err("WORKER_CONCURRENCY must be from 1 to 1000".into());
         }
-        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "worker".into());
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "worker".into());
         Ok(Self {
             common: CommonConfig::from_env()?,
             http_addr: env_or("HTTP_ADDR", "127.0.0.1:8083"),

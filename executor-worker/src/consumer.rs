@@ -6,7 +6,9 @@
 use crate::engine::{Engine, JobOutcome};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+};
 use lapin::types::FieldTable;
 use shared_models::db::blocking;
 use shared_models::queue::{self, QueueNames, RunJob};
@@ -26,7 +28,10 @@ pub struct WorkerState {
 
 impl WorkerState {
     pub fn in_flight(&self) -> Vec<String> {
-        self.in_flight.lock().map(|s| s.iter().cloned().collect()).unwrap_or_default()
+        self.in_flight
+            .lock()
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -66,12 +71,29 @@ impl Consumer {
         self.drain(&permits).await;
     }
 
-    async fn consume(&self, permits: &Arc<Semaphore>, shutdown: &mut watch::Receiver<bool>) -> Result<(), String> {
+    async fn consume(
+        &self,
+        permits: &Arc<Semaphore>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), String> {
         let e = |e: lapin::Error| e.to_string();
-        let connection = queue::connect(&self.amqp_url, &format!("thygon-worker-{}", self.engine.me.worker_id)).await.map_err(e)?;
+        let connection = queue::connect(
+            &self.amqp_url,
+            &format!("thygon-worker-{}", self.engine.me.worker_id),
+        )
+        .await
+        .map_err(e)?;
         let channel = connection.create_channel().await.map_err(e)?;
-        queue::declare_topology(&channel, &self.names).await.map_err(e)?;
-        channel.basic_qos(self.concurrency.min(u16::MAX as usize) as u16, BasicQosOptions::default()).await.map_err(e)?;
+        queue::declare_topology(&channel, &self.names)
+            .await
+            .map_err(e)?;
+        channel
+            .basic_qos(
+                self.concurrency.min(u16::MAX as usize) as u16,
+                BasicQosOptions::default(),
+            )
+            .await
+            .map_err(e)?;
         let mut deliveries = channel
             .basic_consume(
                 self.names.jobs.as_str().into(),
@@ -82,7 +104,11 @@ impl Consumer {
             .await
             .map_err(e)?;
         self.state.consuming.store(true, Ordering::SeqCst);
-        log::info!("consuming {} with concurrency {}", self.names.jobs, self.concurrency);
+        log::info!(
+            "consuming {} with concurrency {}",
+            self.names.jobs,
+            self.concurrency
+        );
         loop {
             let permit = tokio::select! {
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return Ok(()) },
@@ -110,7 +136,10 @@ impl Consumer {
     /// ending its lease, so the redelivered job is taken over at once.
     async fn drain(&self, permits: &Arc<Semaphore>) {
         let all = self.concurrency.min(u32::MAX as usize) as u32;
-        if tokio::time::timeout(self.shutdown_grace, permits.acquire_many(all)).await.is_ok() {
+        if tokio::time::timeout(self.shutdown_grace, permits.acquire_many(all))
+            .await
+            .is_ok()
+        {
             log::info!("all in-flight jobs finished");
             return;
         }
@@ -119,7 +148,11 @@ impl Consumer {
         for run_id in left {
             let me = self.engine.me.clone();
             let now = shared_models::time::now();
-            if let Err(e) = blocking(&self.engine.pool, move |conn| crate::storage::release_lease(conn, &run_id, &me, now)).await {
+            if let Err(e) = blocking(&self.engine.pool, move |conn| {
+                crate::storage::release_lease(conn, &run_id, &me, now)
+            })
+            .await
+            {
                 log::warn!("could not hand back a run: {e}");
             }
         }
@@ -149,7 +182,12 @@ async fn handle(engine: &Engine, state: &WorkerState, delivery: Delivery) {
         JobOutcome::Retry(reason) => {
             log::warn!("job will be retried: {reason}");
             tokio::time::sleep(RETRY_PAUSE).await;
-            delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
         }
     };
     if let Err(e) = acked {

@@ -19,21 +19,37 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), String> {
     let settings = Settings::from_env()?;
-    shared_models::db::run_migrations(&settings.common.database_url).map_err(|e| format!("migrations: {e}"))?;
+    shared_models::db::run_migrations(&settings.common.database_url)
+        .map_err(|e| format!("migrations: {e}"))?;
     let agents = AgentRegistry::from_env()?;
-    let pool = shared_models::db::pool(&settings.common.database_url, settings.common.db_pool_size.max(settings.concurrency as u32 + 2));
+    let pool = shared_models::db::pool(
+        &settings.common.database_url,
+        settings
+            .common
+            .db_pool_size
+            .max(settings.concurrency as u32 + 2),
+    );
     let engine = Arc::new(startup::build_engine(&settings, pool.clone(), agents)?);
     let state = Arc::new(WorkerState::default());
-    let listener = std::net::TcpListener::bind(&settings.http_addr).map_err(|e| format!("cannot bind {}: {e}", settings.http_addr))?;
-    let health = startup::health_server(listener, pool, state.clone(), settings.worker_id.clone()).map_err(|e| e.to_string())?;
+    let listener = std::net::TcpListener::bind(&settings.http_addr)
+        .map_err(|e| format!("cannot bind {}: {e}", settings.http_addr))?;
+    let health = startup::health_server(listener, pool, state.clone(), settings.worker_id.clone())
+        .map_err(|e| e.to_string())?;
     let health_handle = health.handle();
     tokio::spawn(health);
-    log::info!("worker {} up; health on {}", settings.worker_id, settings.http_addr);
+    log::info!(
+        "worker {} up; health on {}",
+        settings.worker_id,
+        settings.http_addr
+    );
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let consumer = tokio::spawn(startup::build_consumer(&settings, engine, state).run(stopped));
     shutdown_signal().await;
-    log::info!("shutting down: no new jobs; waiting up to {:?} for in-flight ones", settings.shutdown_grace);
+    log::info!(
+        "shutting down: no new jobs; waiting up to {:?} for in-flight ones",
+        settings.shutdown_grace
+    );
     let _ = stop.send(true);
     let _ = consumer.await;
     health_handle.stop(true).await;

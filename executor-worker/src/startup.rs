@@ -13,21 +13,35 @@ use std::net::TcpListener;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-pub fn build_engine(settings: &Settings, pool: PgPool, agents: AgentRegistry) -> Result<Engine, String> {
+pub fn build_engine(
+    settings: &Settings,
+    pool: PgPool,
+    agents: AgentRegistry,
+) -> Result<Engine, String> {
     let http = reqwest::Client::builder()
-        .user_agent(concat!("thygon-executor-worker/", env!("CARGO_PKG_VERSION")))
+        .user_agent(concat!(
+            "thygon-executor-worker/",
+            env!("CARGO_PKG_VERSION")
+        ))
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     Ok(Engine {
         pool,
         agents,
         http,
-        me: LeaseHolder { worker_id: settings.worker_id.clone(), lease: settings.lease },
+        me: LeaseHolder {
+            worker_id: settings.worker_id.clone(),
+            lease: settings.lease,
+        },
         agent_timeout: settings.agent_timeout,
     })
 }
 
-pub fn build_consumer(settings: &Settings, engine: Arc<Engine>, state: Arc<WorkerState>) -> Arc<Consumer> {
+pub fn build_consumer(
+    settings: &Settings,
+    engine: Arc<Engine>,
+    state: Arc<WorkerState>,
+) -> Arc<Consumer> {
     Arc::new(Consumer {
         amqp_url: settings.common.amqp_url.clone(),
         names: QueueNames::new(&settings.common.queue_prefix),
@@ -45,8 +59,17 @@ struct HealthState {
 }
 
 /// `/healthz`, `/readyz` (database reachable and consuming) and `/status` for one worker.
-pub fn health_server(listener: TcpListener, pool: PgPool, worker: Arc<WorkerState>, worker_id: String) -> std::io::Result<Server> {
-    let state = web::Data::new(HealthState { pool, worker, worker_id });
+pub fn health_server(
+    listener: TcpListener,
+    pool: PgPool,
+    worker: Arc<WorkerState>,
+    worker_id: String,
+) -> std::io::Result<Server> {
+    let state = web::Data::new(HealthState {
+        pool,
+        worker,
+        worker_id,
+    });
     Ok(HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -63,7 +86,9 @@ pub fn health_server(listener: TcpListener, pool: PgPool, worker: Arc<WorkerStat
 
 async fn readyz(state: web::Data<HealthState>) -> HttpResponse {
     let pool = state.pool.clone();
-    let database = tokio::task::spawn_blocking(move || db::ping(&pool)).await.unwrap_or(false);
+    let database = tokio::task::spawn_blocking(move || db::ping(&pool))
+        .await
+        .unwrap_or(false);
     let broker = state.worker.consuming.load(Ordering::SeqCst);
     shared_models::http::readiness(&[("database", database), ("broker", broker)])
 }

@@ -55,7 +55,13 @@ pub enum Fenced {
 
 /// Take the run: PENDING -> RUNNING, or resume a RUNNING run whose lease expired (its
 /// worker died) or that this worker already holds (a redelivery to the same worker).
-pub fn claim_run(conn: &mut PgConnection, run_id: &str, org_id: &str, me: &LeaseHolder, now: DateTime<Utc>) -> Result<Claim, Error> {
+pub fn claim_run(
+    conn: &mut PgConnection,
+    run_id: &str,
+    org_id: &str,
+    me: &LeaseHolder,
+    now: DateTime<Utc>,
+) -> Result<Claim, Error> {
     conn.transaction(|conn| {
         let run: Option<RunRow> = runs::table
             .find(run_id)
@@ -64,7 +70,9 @@ pub fn claim_run(conn: &mut PgConnection, run_id: &str, org_id: &str, me: &Lease
             .for_update()
             .first(conn)
             .optional()?;
-        let Some(run) = run else { return Ok(Claim::Missing) };
+        let Some(run) = run else {
+            return Ok(Claim::Missing);
+        };
         let status = RunStatus::parse(&run.status).unwrap_or(RunStatus::Failed);
         if status.is_terminal() {
             return Ok(Claim::Ended);
@@ -87,15 +95,37 @@ pub fn claim_run(conn: &mut PgConnection, run_id: &str, org_id: &str, me: &Lease
             insert_events(
                 conn,
                 vec![
-                    NewRunEvent::transition(run_id, now, None, RunStatus::Pending.as_str(), RunStatus::Running.as_str()),
-                    NewRunEvent::log(run_id, now, None, "INFO", format!("run started on worker {}", me.worker_id)),
+                    NewRunEvent::transition(
+                        run_id,
+                        now,
+                        None,
+                        RunStatus::Pending.as_str(),
+                        RunStatus::Running.as_str(),
+                    ),
+                    NewRunEvent::log(
+                        run_id,
+                        now,
+                        None,
+                        "INFO",
+                        format!("run started on worker {}", me.worker_id),
+                    ),
                 ],
             )?;
         } else if !mine {
-            let message = format!("run resumed on worker {} after {} stopped holding it", me.worker_id, run.lease_owner.as_deref().unwrap_or("another worker"));
-            insert_events(conn, vec![NewRunEvent::log(run_id, now, None, "WARN", message)])?;
+            let message = format!(
+                "run resumed on worker {} after {} stopped holding it",
+                me.worker_id,
+                run.lease_owner.as_deref().unwrap_or("another worker")
+            );
+            insert_events(
+                conn,
+                vec![NewRunEvent::log(run_id, now, None, "WARN", message)],
+            )?;
         }
-        let run = runs::table.find(run_id).select(RunRow::as_select()).first(conn)?;
+        let run = runs::table
+            .find(run_id)
+            .select(RunRow::as_select())
+            .first(conn)?;
         let definition = workflow_versions::table
             .find((&run.org_id, &run.workflow_id, run.workflow_version))
             .select(workflow_versions::definition)
@@ -105,28 +135,64 @@ pub fn claim_run(conn: &mut PgConnection, run_id: &str, org_id: &str, me: &Lease
             .select(StepRunRow::as_select())
             .order(step_runs::position)
             .load(conn)?;
-        Ok(Claim::Claimed(Box::new(ClaimedRun { run, definition, steps })))
+        Ok(Claim::Claimed(Box::new(ClaimedRun {
+            run,
+            definition,
+            steps,
+        })))
     })
 }
 
 fn insert_events(conn: &mut PgConnection, events: Vec<NewRunEvent>) -> Result<(), Error> {
-    diesel::insert_into(run_events::table).values(events).execute(conn).map(|_| ())
+    diesel::insert_into(run_events::table)
+        .values(events)
+        .execute(conn)
+        .map(|_| ())
 }
 
 /// Touch the run while holding its lease: extends the lease and moves `updatedAt`.
-fn touch(conn: &mut PgConnection, run_id: &str, me: &LeaseHolder, now: DateTime<Utc>) -> Result<Fenced, Error> {
-    let n = diesel::update(runs::table.find(run_id).filter(runs::lease_owner.eq(&me.worker_id)))
-        .set((runs::updated_at.eq(now), runs::lease_expires_at.eq(me.expires(now))))
-        .execute(conn)?;
-    Ok(if n == 1 { Fenced::Written } else { Fenced::LeaseLost })
+fn touch(
+    conn: &mut PgConnection,
+    run_id: &str,
+    me: &LeaseHolder,
+    now: DateTime<Utc>,
+) -> Result<Fenced, Error> {
+    let n = diesel::update(
+        runs::table
+            .find(run_id)
+            .filter(runs::lease_owner.eq(&me.worker_id)),
+    )
+    .set((
+        runs::updated_at.eq(now),
+        runs::lease_expires_at.eq(me.expires(now)),
+    ))
+    .execute(conn)?;
+    Ok(if n == 1 {
+        Fenced::Written
+    } else {
+        Fenced::LeaseLost
+    })
 }
 
 /// The heartbeat: keep holding the run during a long step.
-pub fn renew_lease(conn: &mut PgConnection, run_id: &str, me: &LeaseHolder, now: DateTime<Utc>) -> Result<Fenced, Error> {
-    let n = diesel::update(runs::table.find(run_id).filter(runs::lease_owner.eq(&me.worker_id)))
-        .set(runs::lease_expires_at.eq(me.expires(now)))
-        .execute(conn)?;
-    Ok(if n == 1 { Fenced::Written } else { Fenced::LeaseLost })
+pub fn renew_lease(
+    conn: &mut PgConnection,
+    run_id: &str,
+    me: &LeaseHolder,
+    now: DateTime<Utc>,
+) -> Result<Fenced, Error> {
+    let n = diesel::update(
+        runs::table
+            .find(run_id)
+            .filter(runs::lease_owner.eq(&me.worker_id)),
+    )
+    .set(runs::lease_expires_at.eq(me.expires(now)))
+    .execute(conn)?;
+    Ok(if n == 1 {
+        Fenced::Written
+    } else {
+        Fenced::LeaseLost
+    })
 }
 
 /// What is being recorded about one step.
@@ -139,7 +205,12 @@ pub struct StepRecord<'a> {
 
 /// Record an attempt starting: RUNNING, attempt + 1, with its transition and log line.
 /// Returns the attempt number.
-pub fn start_step(conn: &mut PgConnection, step: &StepRecord, me: &LeaseHolder, now: DateTime<Utc>) -> Result<Result<i32, Fenced>, Error> {
+pub fn start_step(
+    conn: &mut PgConnection,
+    step: &StepRecord,
+    me: &LeaseHolder,
+    now: DateTime<Utc>,
+) -> Result<Result<i32, Fenced>, Error> {
     conn.transaction(|conn| {
         if touch(conn, step.run_id, me, now)? == Fenced::LeaseLost {
             return Ok(Err(Fenced::LeaseLost));
@@ -178,17 +249,32 @@ pub fn start_step(conn: &mut PgConnection, step: &StepRecord, me: &LeaseHolder, 
                 step_runs::error.eq(None::<String>),
             ))
             .execute(conn)?;
-        let mut events = vec![NewRunEvent::transition(step.run_id, now, Some(step.name), &from, StepStatus::Running.as_str())];
+        let mut events = vec![NewRunEvent::transition(
+            step.run_id,
+            now,
+            Some(step.name),
+            &from,
+            StepStatus::Running.as_str(),
+        )];
         if from == StepStatus::Running.as_str() {
             events.push(NewRunEvent::log(
                 step.run_id,
                 now,
                 Some(step.name),
                 "WARN",
-                format!("attempt {} was cut off before it finished; trying again", attempt - 1),
+                format!(
+                    "attempt {} was cut off before it finished; trying again",
+                    attempt - 1
+                ),
             ));
         }
-        events.push(NewRunEvent::log(step.run_id, now, Some(step.name), "INFO", format!("{} step started (attempt {attempt})", step.step_type)));
+        events.push(NewRunEvent::log(
+            step.run_id,
+            now,
+            Some(step.name),
+            "INFO",
+            format!("{} step started (attempt {attempt})", step.step_type),
+        ));
         insert_events(conn, events)?;
         Ok(Ok(attempt))
     })
@@ -207,8 +293,20 @@ pub fn finish_step(
             return Ok(Fenced::LeaseLost);
         }
         let (status, output, error, level, message) = match result {
-            Ok(output) => (StepStatus::Completed, Some(output.clone()), None, "INFO", "step completed".to_string()),
-            Err(e) => (StepStatus::Failed, None, Some(e.clone()), "ERROR", format!("step failed: {e}")),
+            Ok(output) => (
+                StepStatus::Completed,
+                Some(output.clone()),
+                None,
+                "INFO",
+                "step completed".to_string(),
+            ),
+            Err(e) => (
+                StepStatus::Failed,
+                None,
+                Some(e.clone()),
+                "ERROR",
+                format!("step failed: {e}"),
+            ),
         };
         diesel::update(step_runs::table.find((step.run_id, step.name)))
             .set((
@@ -221,7 +319,13 @@ pub fn finish_step(
         insert_events(
             conn,
             vec![
-                NewRunEvent::transition(step.run_id, now, Some(step.name), StepStatus::Running.as_str(), status.as_str()),
+                NewRunEvent::transition(
+                    step.run_id,
+                    now,
+                    Some(step.name),
+                    StepStatus::Running.as_str(),
+                    status.as_str(),
+                ),
                 NewRunEvent::log(step.run_id, now, Some(step.name), level, message),
             ],
         )?;
@@ -239,19 +343,29 @@ pub struct RunEnd<'a> {
 }
 
 /// Finish the run and release its lease, with the cancelled steps and transitions.
-pub fn finish_run(conn: &mut PgConnection, run_id: &str, end: &RunEnd, me: &LeaseHolder, now: DateTime<Utc>) -> Result<Fenced, Error> {
+pub fn finish_run(
+    conn: &mut PgConnection,
+    run_id: &str,
+    end: &RunEnd,
+    me: &LeaseHolder,
+    now: DateTime<Utc>,
+) -> Result<Fenced, Error> {
     conn.transaction(|conn| {
-        let n = diesel::update(runs::table.find(run_id).filter(runs::lease_owner.eq(&me.worker_id)))
-            .set((
-                runs::status.eq(end.status.as_str()),
-                runs::output.eq(&end.output),
-                runs::error.eq(&end.error),
-                runs::completed_at.eq(now),
-                runs::updated_at.eq(now),
-                runs::lease_owner.eq(None::<String>),
-                runs::lease_expires_at.eq(None::<DateTime<Utc>>),
-            ))
-            .execute(conn)?;
+        let n = diesel::update(
+            runs::table
+                .find(run_id)
+                .filter(runs::lease_owner.eq(&me.worker_id)),
+        )
+        .set((
+            runs::status.eq(end.status.as_str()),
+            runs::output.eq(&end.output),
+            runs::error.eq(&end.error),
+            runs::completed_at.eq(now),
+            runs::updated_at.eq(now),
+            runs::lease_owner.eq(None::<String>),
+            runs::lease_expires_at.eq(None::<DateTime<Utc>>),
+        ))
+        .execute(conn)?;
         if n == 0 {
             return Ok(Fenced::LeaseLost);
         }
@@ -278,17 +392,36 @@ pub fn finish_run(conn: &mut PgConnection, run_id: &str, end: &RunEnd, me: &Leas
                 .values(&row)
                 .on_conflict((step_runs::run_id, step_runs::name))
                 .do_update()
-                .set((step_runs::status.eq(&row.status), step_runs::completed_at.eq(now)))
+                .set((
+                    step_runs::status.eq(&row.status),
+                    step_runs::completed_at.eq(now),
+                ))
                 .execute(conn)?;
             let from = from.unwrap_or_else(|| StepStatus::Pending.as_str().to_string());
-            events.push(NewRunEvent::transition(run_id, now, Some(step.name), &from, StepStatus::Cancelled.as_str()));
+            events.push(NewRunEvent::transition(
+                run_id,
+                now,
+                Some(step.name),
+                &from,
+                StepStatus::Cancelled.as_str(),
+            ));
         }
-        events.push(NewRunEvent::transition(run_id, now, None, RunStatus::Running.as_str(), end.status.as_str()));
+        events.push(NewRunEvent::transition(
+            run_id,
+            now,
+            None,
+            RunStatus::Running.as_str(),
+            end.status.as_str(),
+        ));
         let message = match &end.error {
             Some(e) => format!("run {}: {e}", end.status.as_str().to_lowercase()),
             None => format!("run {}", end.status.as_str().to_lowercase()),
         };
-        let level = if end.status == RunStatus::Completed { "INFO" } else { "ERROR" };
+        let level = if end.status == RunStatus::Completed {
+            "INFO"
+        } else {
+            "ERROR"
+        };
         events.push(NewRunEvent::log(run_id, now, None, level, message));
         insert_events(conn, events)?;
         Ok(Fenced::Written)
@@ -296,9 +429,18 @@ pub fn finish_run(conn: &mut PgConnection, run_id: &str, end: &RunEnd, me: &Leas
 }
 
 /// Hand the run back at shutdown: the lease ends now, so the redelivered job is taken at once.
-pub fn release_lease(conn: &mut PgConnection, run_id: &str, me: &LeaseHolder, now: DateTime<Utc>) -> Result<(), Error> {
-    diesel::update(runs::table.find(run_id).filter(runs::lease_owner.eq(&me.worker_id)))
-        .set(runs::lease_expires_at.eq(now))
-        .execute(conn)
-        .map(|_| ())
+pub fn release_lease(
+    conn: &mut PgConnection,
+    run_id: &str,
+    me: &LeaseHolder,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    diesel::update(
+        runs::table
+            .find(run_id)
+            .filter(runs::lease_owner.eq(&me.worker_id)),
+    )
+    .set(runs::lease_expires_at.eq(now))
+    .execute(conn)
+    .map(|_| ())
 }

@@ -25,7 +25,8 @@ impl RunRequest {
     /// key for something else.
     pub fn fingerprint(&self) -> String {
         // serde_json's map is ordered by key, so equal variables serialize equally.
-        let canonical = serde_json::json!({ "workflowId": self.workflow_id, "variables": self.variables });
+        let canonical =
+            serde_json::json!({ "workflowId": self.workflow_id, "variables": self.variables });
         hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
     }
 
@@ -35,7 +36,9 @@ impl RunRequest {
 }
 
 fn variables(obj: &mut Obj, errors: &mut Errors) -> Map<String, Value> {
-    obj.opt_object("variables", errors).cloned().unwrap_or_default()
+    obj.opt_object("variables", errors)
+        .cloned()
+        .unwrap_or_default()
 }
 
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
@@ -44,7 +47,11 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 pub fn idempotency_key(raw: Option<&[u8]>) -> Result<Option<String>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
     match std::str::from_utf8(raw) {
-        Ok(k) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic()) => {
+        Ok(k)
+            if !k.is_empty()
+                && k.len() <= MAX_IDEMPOTENCY_KEY_LEN
+                && k.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
             Ok(Some(k.to_string()))
         }
         _ => Err(ApiError::validation(vec![FieldError::new(
@@ -55,16 +62,28 @@ pub fn idempotency_key(raw: Option<&[u8]>) -> Result<Option<String>, ApiError> {
 }
 
 /// `POST /workflows/{id}/trigger` body: `{ "variables": {...} }`, all optional.
-pub fn trigger_request(workflow_id: String, body: &Map<String, Value>, idempotency_key: Option<String>) -> Result<RunRequest, ApiError> {
+pub fn trigger_request(
+    workflow_id: String,
+    body: &Map<String, Value>,
+    idempotency_key: Option<String>,
+) -> Result<RunRequest, ApiError> {
     let mut errors = Errors::new();
     let mut obj = Obj::new(body, "");
     let variables = variables(&mut obj, &mut errors);
     obj.finish(&mut errors);
-    shared_models::body::finish(errors, || RunRequest { workflow_id, variables, org_id: None, idempotency_key })
+    shared_models::body::finish(errors, || RunRequest {
+        workflow_id,
+        variables,
+        org_id: None,
+        idempotency_key,
+    })
 }
 
 /// `POST /workflows/runs` body: `workflowId` (required), `variables`, `orgId`.
-pub fn create_run_request(body: &Map<String, Value>, idempotency_key: Option<String>) -> Result<RunRequest, ApiError> {
+pub fn create_run_request(
+    body: &Map<String, Value>,
+    idempotency_key: Option<String>,
+) -> Result<RunRequest, ApiError> {
     let mut errors = Errors::new();
     let mut obj = Obj::new(body, "");
     let workflow_id = obj.req_str("workflowId", &mut errors).map(str::to_string);
@@ -72,7 +91,12 @@ pub fn create_run_request(body: &Map<String, Value>, idempotency_key: Option<Str
     let org_id = obj.opt_str("orgId", &mut errors).map(str::to_string);
     obj.finish(&mut errors);
     match workflow_id {
-        Some(workflow_id) if errors.is_empty() => Ok(RunRequest { workflow_id, variables, org_id, idempotency_key }),
+        Some(workflow_id) if errors.is_empty() => Ok(RunRequest {
+            workflow_id,
+            variables,
+            org_id,
+            idempotency_key,
+        }),
         _ => Err(ApiError::validation(errors)),
     }
 }
@@ -97,11 +121,19 @@ impl TryFrom<Query> for ListRuns {
             errors.push(FieldError::new("limit", e));
             pagination::DEFAULT_LIMIT
         });
-        let before_id = q.get("cursor").and_then(|c| match pagination::decode_cursor(c).ok().and_then(|id| RunId::parse(&id)) {
-            Some(id) => Some(id.as_str().to_string()),
-            None => {
-                errors.push(FieldError::new("cursor", "is not a cursor this API returned"));
-                None
+        let before_id = q.get("cursor").and_then(|c| {
+            match pagination::decode_cursor(c)
+                .ok()
+                .and_then(|id| RunId::parse(&id))
+            {
+                Some(id) => Some(id.as_str().to_string()),
+                None => {
+                    errors.push(FieldError::new(
+                        "cursor",
+                        "is not a cursor this API returned",
+                    ));
+                    None
+                }
             }
         });
         let workflow_id = q.get("workflowId").map(str::to_string);
@@ -109,13 +141,22 @@ impl TryFrom<Query> for ListRuns {
             Some(st) => Some(st),
             None => {
                 let all: Vec<_> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
-                errors.push(FieldError::new("status", format!("must be one of: {}", all.join(", "))));
+                errors.push(FieldError::new(
+                    "status",
+                    format!("must be one of: {}", all.join(", ")),
+                ));
                 None
             }
         });
         let org_id = q.get("orgId").map(str::to_string);
         q.finish(errors)?;
-        Ok(ListRuns { limit, before_id, workflow_id, status, org_id })
+        Ok(ListRuns {
+            limit,
+            before_id,
+            workflow_id,
+            status,
+            org_id,
+        })
     }
 }
 
@@ -128,18 +169,46 @@ mod tests {
     fn trigger_bodies_default_variables_and_refuse_unknown_fields() {
         let r = trigger_request("wf_a".into(), json!({}).as_object().unwrap(), None).unwrap();
         assert!(r.variables.is_empty());
-        let r = trigger_request("wf_a".into(), json!({"variables": null}).as_object().unwrap(), None).unwrap();
+        let r = trigger_request(
+            "wf_a".into(),
+            json!({"variables": null}).as_object().unwrap(),
+            None,
+        )
+        .unwrap();
         assert!(r.variables.is_empty());
-        let e = trigger_request("wf_a".into(), json!({"variables": [1], "vars": {}}).as_object().unwrap(), None).unwrap_err();
+        let e = trigger_request(
+            "wf_a".into(),
+            json!({"variables": [1], "vars": {}}).as_object().unwrap(),
+            None,
+        )
+        .unwrap_err();
         let fields: Vec<_> = e.details.iter().map(|d| d.field.as_str()).collect();
         assert_eq!(fields, ["variables", "vars"]);
     }
 
     #[test]
     fn fingerprints_ignore_key_order_but_not_values() {
-        let a = create_run_request(json!({"workflowId": "wf_a", "variables": {"x": 1, "y": 2}}).as_object().unwrap(), None).unwrap();
-        let b = create_run_request(json!({"variables": {"y": 2, "x": 1}, "workflowId": "wf_a"}).as_object().unwrap(), None).unwrap();
-        let c = create_run_request(json!({"workflowId": "wf_a", "variables": {"x": 2}}).as_object().unwrap(), None).unwrap();
+        let a = create_run_request(
+            json!({"workflowId": "wf_a", "variables": {"x": 1, "y": 2}})
+                .as_object()
+                .unwrap(),
+            None,
+        )
+        .unwrap();
+        let b = create_run_request(
+            json!({"variables": {"y": 2, "x": 1}, "workflowId": "wf_a"})
+                .as_object()
+                .unwrap(),
+            None,
+        )
+        .unwrap();
+        let c = create_run_request(
+            json!({"workflowId": "wf_a", "variables": {"x": 2}})
+                .as_object()
+                .unwrap(),
+            None,
+        )
+        .unwrap();
         assert_eq!(a.fingerprint(), b.fingerprint());
         assert_ne!(a.fingerprint(), c.fingerprint());
     }
@@ -147,7 +216,10 @@ mod tests {
     #[test]
     fn idempotency_keys_are_checked() {
         assert_eq!(idempotency_key(None).unwrap(), None);
-        assert_eq!(idempotency_key(Some(b"abc-1")).unwrap(), Some("abc-1".into()));
+        assert_eq!(
+            idempotency_key(Some(b"abc-1")).unwrap(),
+            Some("abc-1".into())
+        );
         assert!(idempotency_key(Some(b"")).is_err());
         assert!(idempotency_key(Some(b"has space")).is_err());
     }

@@ -30,7 +30,9 @@ impl RuntimeError {
             RuntimeError::Request(e) => e.clone(),
             RuntimeError::WorkflowNotFound(id) => ApiError::not_found("workflow", id),
             RuntimeError::RunNotFound(id) => ApiError::not_found("run", id),
-            RuntimeError::WorkflowInactive(_) | RuntimeError::IdempotencyKeyReused(_) => ApiError::conflict(self.to_string()),
+            RuntimeError::WorkflowInactive(_) | RuntimeError::IdempotencyKeyReused(_) => {
+                ApiError::conflict(self.to_string())
+            }
             RuntimeError::OtherOrg(_) => ApiError::new(ErrorCode::Forbidden, self.to_string()),
             RuntimeError::Storage(e) => e.to_api(),
         }

@@ -53,7 +53,11 @@ pub struct AmqpPublisher {
 impl AmqpPublisher {
     /// Does not connect yet: a service starts during a broker outage and recovers after it.
     pub fn new(amqp_url: &str, names: QueueNames) -> Self {
-        Self { amqp_url: amqp_url.to_string(), names, state: Mutex::new(State::default()) }
+        Self {
+            amqp_url: amqp_url.to_string(),
+            names,
+            state: Mutex::new(State::default()),
+        }
     }
 
     async fn link(&self) -> Result<Arc<Link>, PublishError> {
@@ -64,15 +68,23 @@ impl AmqpPublisher {
             }
             state.link = None;
         }
-        if state.last_attempt.is_some_and(|t| t.elapsed() < RECONNECT_BACKOFF) {
+        if state
+            .last_attempt
+            .is_some_and(|t| t.elapsed() < RECONNECT_BACKOFF)
+        {
             return Err(PublishError::Unreachable("reconnect backing off".into()));
         }
         state.last_attempt = Some(Instant::now());
         let link = tokio::time::timeout(CONNECT_TIMEOUT, self.connect())
             .await
-            .map_err(|_| PublishError::Unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|_| {
+                PublishError::Unreachable(format!("no connection within {CONNECT_TIMEOUT:?}"))
+            })?
             .map_err(|e| PublishError::Unreachable(e.to_string()))?;
-        log::info!("publisher connected to the broker; queue {}", self.names.jobs);
+        log::info!(
+            "publisher connected to the broker; queue {}",
+            self.names.jobs
+        );
         let link = Arc::new(link);
         state.link = Some(link.clone());
         Ok(link)
@@ -82,8 +94,13 @@ impl AmqpPublisher {
         let connection = queue::connect(&self.amqp_url, "thygon-runtime-publisher").await?;
         let channel = connection.create_channel().await?;
         queue::declare_topology(&channel, &self.names).await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Link { _connection: connection, channel })
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Link {
+            _connection: connection,
+            channel,
+        })
     }
 
     async fn forget(&self, failed: &Arc<Link>) {
@@ -102,7 +119,13 @@ impl AmqpPublisher {
         let result = async {
             let confirm = link
                 .channel
-                .basic_publish("".into(), self.names.jobs.as_str().into(), BasicPublishOptions::default(), &job.encode(), props)
+                .basic_publish(
+                    "".into(),
+                    self.names.jobs.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &job.encode(),
+                    props,
+                )
                 .await
                 .map_err(|e| PublishError::Unreachable(e.to_string()))?;
             let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
@@ -116,7 +139,10 @@ impl AmqpPublisher {
             }
         }
         .await;
-        if matches!(result, Err(PublishError::Unreachable(_) | PublishError::Timeout(_))) {
+        if matches!(
+            result,
+            Err(PublishError::Unreachable(_) | PublishError::Timeout(_))
+        ) {
             self.forget(&link).await;
         }
         result

@@ -14,9 +14,16 @@ const BATCH: i64 = 200;
 
 /// One pass: claim what waited longer than `grace`, publish it, mark it sent. Stops at the
 /// first publish failure (the broker is likely down) and hands the rest back.
-pub async fn relay_once(pool: &PgPool, publisher: &dyn JobPublisher, grace: Duration) -> Result<usize, StorageError> {
+pub async fn relay_once(
+    pool: &PgPool,
+    publisher: &dyn JobPublisher,
+    grace: Duration,
+) -> Result<usize, StorageError> {
     let grace_secs = grace.as_secs_f64();
-    let jobs = blocking(pool, move |conn| storage::claim_unsent(conn, grace_secs, BATCH)).await?;
+    let jobs = blocking(pool, move |conn| {
+        storage::claim_unsent(conn, grace_secs, BATCH)
+    })
+    .await?;
     let mut published = 0;
     for (i, pending) in jobs.iter().enumerate() {
         let job = match serde_json::from_value::<RunJob>(pending.payload.clone()) {
@@ -36,7 +43,10 @@ pub async fn relay_once(pool: &PgPool, publisher: &dyn JobPublisher, grace: Dura
                 published += 1;
             }
             Err(e) => {
-                log::warn!("outbox relay: publishing run {} failed ({e}); will retry", job.run_id);
+                log::warn!(
+                    "outbox relay: publishing run {} failed ({e}); will retry",
+                    job.run_id
+                );
                 let rest: Vec<i64> = jobs[i..].iter().map(|j| j.id).collect();
                 blocking(pool, move |conn| storage::release_claims(conn, &rest)).await?;
                 break;
@@ -51,7 +61,12 @@ pub async fn relay_once(pool: &PgPool, publisher: &dyn JobPublisher, grace: Dura
 
 /// Run passes forever, `interval` apart; the caller aborts the task at shutdown (safe: an
 /// interrupted claim simply expires).
-pub async fn run(pool: PgPool, publisher: Arc<dyn JobPublisher>, interval: Duration, grace: Duration) {
+pub async fn run(
+    pool: PgPool,
+    publisher: Arc<dyn JobPublisher>,
+    interval: Duration,
+    grace: Duration,
+) {
     loop {
         tokio::time::sleep(interval).await;
         if let Err(e) = relay_once(&pool, publisher.as_ref(), grace).await {

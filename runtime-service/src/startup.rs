@@ -29,12 +29,21 @@ pub struct AppState {
 impl Application {
     pub fn build(settings: &Settings) -> std::io::Result<Self> {
         let pool = db::pool(&settings.common.database_url, settings.common.db_pool_size);
-        let publisher: Arc<dyn JobPublisher> =
-            Arc::new(AmqpPublisher::new(&settings.common.amqp_url, QueueNames::new(&settings.common.queue_prefix)));
+        let publisher: Arc<dyn JobPublisher> = Arc::new(AmqpPublisher::new(
+            &settings.common.amqp_url,
+            QueueNames::new(&settings.common.queue_prefix),
+        ));
         let listener = TcpListener::bind(&settings.http_addr)?;
-        let resolver = CallerResolver { default_org_id: settings.common.default_org_id.clone() };
+        let resolver = CallerResolver {
+            default_org_id: settings.common.default_org_id.clone(),
+        };
         let mut app = Self::with_parts(listener, pool.clone(), publisher.clone(), resolver)?;
-        app.relay = Some(tokio::spawn(relay::run(pool, publisher, settings.relay_interval, settings.relay_grace)));
+        app.relay = Some(tokio::spawn(relay::run(
+            pool,
+            publisher,
+            settings.relay_interval,
+            settings.relay_grace,
+        )));
         Ok(app)
     }
 
@@ -60,7 +69,11 @@ impl Application {
         .listen(listener)?
         .shutdown_timeout(10)
         .run();
-        Ok(Self { port, server, relay: None })
+        Ok(Self {
+            port,
+            server,
+            relay: None,
+        })
     }
 
     pub fn port(&self) -> u16 {

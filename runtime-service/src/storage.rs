@@ -16,7 +16,11 @@ use shared_models::status::RunStatus;
 
 pub enum CreateOutcome {
     /// A new run, and the outbox row of its job.
-    Created { run: RunRow, job: RunJob, outbox_id: i64 },
+    Created {
+        run: RunRow,
+        job: RunJob,
+        outbox_id: i64,
+    },
     /// The same Idempotency-Key with the same body: the first run again.
     Replayed(RunRow),
     KeyReused,
@@ -72,22 +76,38 @@ pub fn create_run(
             request_id: request_id.map(str::to_string),
         };
         // Two requests racing with one key: the loser inserts nothing and replays the winner.
-        let inserted = diesel::insert_into(runs::table).values(&run).on_conflict_do_nothing().execute(conn)?;
+        let inserted = diesel::insert_into(runs::table)
+            .values(&run)
+            .on_conflict_do_nothing()
+            .execute(conn)?;
         if inserted == 0 {
             let key = req.idempotency_key.as_deref().ok_or(Error::NotFound)?;
             return replay(conn, org_id, key, &fingerprint)?.ok_or(Error::NotFound);
         }
         let job = RunJob::new(&run.id, org_id, run.request_id.clone());
-        let payload = serde_json::to_value(&job).map_err(|e| Error::SerializationError(Box::new(e)))?;
+        let payload =
+            serde_json::to_value(&job).map_err(|e| Error::SerializationError(Box::new(e)))?;
         let outbox_id = diesel::insert_into(outbox::table)
-            .values(NewOutbox { run_id: &run.id, payload: &payload })
+            .values(NewOutbox {
+                run_id: &run.id,
+                payload: &payload,
+            })
             .returning(outbox::id)
             .get_result(conn)?;
-        Ok(CreateOutcome::Created { run, job, outbox_id })
+        Ok(CreateOutcome::Created {
+            run,
+            job,
+            outbox_id,
+        })
     })
 }
 
-fn replay(conn: &mut PgConnection, org_id: &str, key: &str, fingerprint: &str) -> Result<Option<CreateOutcome>, Error> {
+fn replay(
+    conn: &mut PgConnection,
+    org_id: &str,
+    key: &str,
+    fingerprint: &str,
+) -> Result<Option<CreateOutcome>, Error> {
     let existing: Option<RunRow> = runs::table
         .filter(runs::org_id.eq(org_id))
         .filter(runs::idempotency_key.eq(key))
@@ -103,11 +123,19 @@ fn replay(conn: &mut PgConnection, org_id: &str, key: &str, fingerprint: &str) -
     }))
 }
 
-pub fn mark_outbox_sent(conn: &mut PgConnection, outbox_id: i64, now: DateTime<Utc>) -> Result<(), Error> {
-    diesel::update(outbox::table.find(outbox_id).filter(outbox::sent_at.is_null()))
-        .set(outbox::sent_at.eq(now))
-        .execute(conn)
-        .map(|_| ())
+pub fn mark_outbox_sent(
+    conn: &mut PgConnection,
+    outbox_id: i64,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    diesel::update(
+        outbox::table
+            .find(outbox_id)
+            .filter(outbox::sent_at.is_null()),
+    )
+    .set(outbox::sent_at.eq(now))
+    .execute(conn)
+    .map(|_| ())
 }
 
 #[derive(QueryableByName, Debug)]
@@ -120,7 +148,11 @@ pub struct PendingJob {
 
 /// Take up to `limit` unsent jobs older than `grace_secs` for publishing. A claim lasts 30 s;
 /// other relays (other replicas) skip claimed rows, and an abandoned claim expires.
-pub fn claim_unsent(conn: &mut PgConnection, grace_secs: f64, limit: i64) -> Result<Vec<PendingJob>, Error> {
+pub fn claim_unsent(
+    conn: &mut PgConnection,
+    grace_secs: f64,
+    limit: i64,
+) -> Result<Vec<PendingJob>, Error> {
     diesel::sql_query(
         "UPDATE outbox SET claimed_until = now() + interval '30 seconds', attempts = attempts + 1
          WHERE id IN (
@@ -139,14 +171,22 @@ pub fn claim_unsent(conn: &mut PgConnection, grace_secs: f64, limit: i64) -> Res
 
 /// Give claimed rows back after a failed publish, so the next pass retries them at once.
 pub fn release_claims(conn: &mut PgConnection, ids: &[i64]) -> Result<(), Error> {
-    diesel::update(outbox::table.filter(outbox::id.eq_any(ids)).filter(outbox::sent_at.is_null()))
-        .set(outbox::claimed_until.eq(None::<DateTime<Utc>>))
-        .execute(conn)
-        .map(|_| ())
+    diesel::update(
+        outbox::table
+            .filter(outbox::id.eq_any(ids))
+            .filter(outbox::sent_at.is_null()),
+    )
+    .set(outbox::claimed_until.eq(None::<DateTime<Utc>>))
+    .execute(conn)
+    .map(|_| ())
 }
 
 /// Newest first; one more than the limit tells whether another page exists.
-pub fn list_runs(conn: &mut PgConnection, org_id: &str, q: &ListRuns) -> Result<(Vec<RunRow>, bool), Error> {
+pub fn list_runs(
+    conn: &mut PgConnection,
+    org_id: &str,
+    q: &ListRuns,
+) -> Result<(Vec<RunRow>, bool), Error> {
     let mut query = runs::table
         .filter(runs::org_id.eq(org_id))
         .select(RunRow::as_select())
@@ -178,7 +218,11 @@ pub struct RunDetail {
     pub definition: Value,
 }
 
-pub fn get_run(conn: &mut PgConnection, org_id: &str, run_id: &str) -> Result<Option<RunRow>, Error> {
+pub fn get_run(
+    conn: &mut PgConnection,
+    org_id: &str,
+    run_id: &str,
+) -> Result<Option<RunRow>, Error> {
     runs::table
         .find(run_id)
         .filter(runs::org_id.eq(org_id))
@@ -187,8 +231,14 @@ pub fn get_run(conn: &mut PgConnection, org_id: &str, run_id: &str) -> Result<Op
         .optional()
 }
 
-pub fn get_run_detail(conn: &mut PgConnection, org_id: &str, run_id: &str) -> Result<Option<RunDetail>, Error> {
-    let Some(run) = get_run(conn, org_id, run_id)? else { return Ok(None) };
+pub fn get_run_detail(
+    conn: &mut PgConnection,
+    org_id: &str,
+    run_id: &str,
+) -> Result<Option<RunDetail>, Error> {
+    let Some(run) = get_run(conn, org_id, run_id)? else {
+        return Ok(None);
+    };
     let steps = step_runs::table
         .filter(step_runs::run_id.eq(run_id))
         .select(StepRunRow::as_select())
@@ -203,5 +253,10 @@ pub fn get_run_detail(conn: &mut PgConnection, org_id: &str, run_id: &str) -> Re
         .find((&run.org_id, &run.workflow_id, run.workflow_version))
         .select(workflow_versions::definition)
         .first(conn)?;
-    Ok(Some(RunDetail { run, steps, events, definition }))
+    Ok(Some(RunDetail {
+        run,
+        steps,
+        events,
+        definition,
+    }))
 }

@@ -12,11 +12,17 @@ pub type Errors = Vec<FieldError>;
 /// Parse a request body that must be a JSON object.
 pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::new(ErrorCode::InvalidJson, "the request body is empty; a JSON object is required"));
+        return Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            "the request body is empty; a JSON object is required",
+        ));
     }
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::new(ErrorCode::InvalidJson, "the request body must be a JSON object")),
+        Ok(_) => Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            "the request body must be a JSON object",
+        )),
         Err(e) => Err(ApiError::new(
             ErrorCode::InvalidJson,
             format!("the request body is not valid JSON: {e}"),
@@ -61,7 +67,11 @@ pub struct Obj<'a> {
 
 impl<'a> Obj<'a> {
     pub fn new(map: &'a Map<String, Value>, prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into(), map, known: Vec::new() }
+        Self {
+            prefix: prefix.into(),
+            map,
+            known: Vec::new(),
+        }
     }
 
     pub fn path(&self, key: &str) -> String {
@@ -121,12 +131,20 @@ impl<'a> Obj<'a> {
         self.typed(key, v, errors, "a number", Value::as_f64)
     }
 
-    pub fn opt_object(&mut self, key: &'static str, errors: &mut Errors) -> Option<&'a Map<String, Value>> {
+    pub fn opt_object(
+        &mut self,
+        key: &'static str,
+        errors: &mut Errors,
+    ) -> Option<&'a Map<String, Value>> {
         let v = self.optional(key);
         self.typed(key, v, errors, "an object", Value::as_object)
     }
 
-    pub fn req_object(&mut self, key: &'static str, errors: &mut Errors) -> Option<&'a Map<String, Value>> {
+    pub fn req_object(
+        &mut self,
+        key: &'static str,
+        errors: &mut Errors,
+    ) -> Option<&'a Map<String, Value>> {
         let v = self.required(key, errors);
         self.typed(key, v, errors, "an object", Value::as_object)
     }
@@ -143,8 +161,11 @@ impl<'a> Obj<'a> {
 
     /// Report every field that no one asked for: a misspelt field is never silently ignored.
     pub fn finish(self, errors: &mut Errors) {
-        let mut unknown: Vec<&String> =
-            self.map.keys().filter(|k| !self.known.contains(&k.as_str())).collect();
+        let mut unknown: Vec<&String> = self
+            .map
+            .keys()
+            .filter(|k| !self.known.contains(&k.as_str()))
+            .collect();
         unknown.sort();
         for key in unknown {
             let mut expected = self.known.clone();
@@ -152,7 +173,10 @@ impl<'a> Obj<'a> {
             expected.dedup();
             errors.push(FieldError::new(
                 join(&self.prefix, key),
-                format!("is not a known field (expected one of: {})", expected.join(", ")),
+                format!(
+                    "is not a known field (expected one of: {})",
+                    expected.join(", ")
+                ),
             ));
         }
     }
@@ -182,12 +206,18 @@ mod tests {
         assert!(obj.opt_object("a", &mut errors).is_none());
         assert!(obj.opt_str("b", &mut errors).is_none());
         obj.finish(&mut errors);
-        assert_eq!(errors, vec![FieldError::new("b", "must be a string, not a number")]);
+        assert_eq!(
+            errors,
+            vec![FieldError::new("b", "must be a string, not a number")]
+        );
     }
 
     #[test]
     fn a_body_that_is_not_an_object_is_invalid_json() {
-        assert_eq!(parse_object(b"[1]").unwrap_err().code, ErrorCode::InvalidJson);
+        assert_eq!(
+            parse_object(b"[1]").unwrap_err().code,
+            ErrorCode::InvalidJson
+        );
         assert_eq!(parse_object(b"{").unwrap_err().code, ErrorCode::InvalidJson);
         assert_eq!(parse_object(b"").unwrap_err().code, ErrorCode::InvalidJson);
         assert!(parse_object(b" {} ").is_ok());

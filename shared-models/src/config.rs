@@ -30,7 +30,9 @@ pub fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> Result<T, Stri
 pub fn env_seconds(name: &str, default_secs: f64) -> Result<Duration, String> {
     let secs: f64 = env_parse(name, default_secs)?;
     if !(secs.is_finite() && secs >= 0.0) {
-        return Err(format!("environment variable {name} must be a non-negative number of seconds"));
+        return Err(format!(
+            "environment variable {name} must be a non-negative number of seconds"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }

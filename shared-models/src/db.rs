@@ -44,28 +44,37 @@ pub fn pool(database_url: &str, max_size: u32) -> PgPool {
 /// once, one migrates and the rest wait, then find nothing to do.
 pub fn run_migrations(database_url: &str) -> Result<usize, DbSetupError> {
     let mut conn = PgConnection::establish(database_url)?;
-    diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")).execute(&mut conn)?;
+    diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
+        .execute(&mut conn)?;
     let applied = conn
         .run_pending_migrations(MIGRATIONS)
         .map(|v| v.len())
         .map_err(|e| DbSetupError::Migrate(e.to_string()));
-    diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")).execute(&mut conn)?;
+    diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
+        .execute(&mut conn)?;
     applied
 }
 
 /// `SELECT 1` through the pool: the database half of `/readyz`.
 pub fn ping(pool: &PgPool) -> bool {
-    pool.get().map(|mut c| diesel::sql_query("SELECT 1").execute(&mut c).is_ok()).unwrap_or(false)
+    pool.get()
+        .map(|mut c| diesel::sql_query("SELECT 1").execute(&mut c).is_ok())
+        .unwrap_or(false)
 }
 
 /// Is this diesel error the database being unreachable (503) rather than a bug (500)?
 pub fn is_unavailable(e: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error};
     match e {
-        Error::DatabaseError(DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand, _) => true,
+        Error::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            _,
+        ) => true,
         Error::DatabaseError(_, info) => {
             let m = info.message();
-            m.contains("terminating connection") || m.contains("server closed the connection") || m.contains("the database system is")
+            m.contains("terminating connection")
+                || m.contains("server closed the connection")
+                || m.contains("the database system is")
         }
         _ => false,
     }
@@ -116,7 +125,9 @@ where
 {
     let pool = pool.clone();
     tokio::task::spawn_blocking(move || {
-        let mut conn = pool.get().map_err(|e| StorageError::Unavailable(e.to_string()))?;
+        let mut conn = pool
+            .get()
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
         f(&mut conn).map_err(StorageError::from)
     })
     .await

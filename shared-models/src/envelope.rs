@@ -53,7 +53,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -69,7 +72,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), details: Vec::new() }
+        Self {
+            code,
+            message: message.into(),
+            details: Vec::new(),
+        }
     }
 
     pub fn validation(details: Vec<FieldError>) -> Self {
@@ -77,7 +84,11 @@ impl ApiError {
             [one] => format!("{}: {}", one.field, one.message),
             _ => format!("{} fields are invalid", details.len()),
         };
-        Self { code: ErrorCode::ValidationError, message, details }
+        Self {
+            code: ErrorCode::ValidationError,
+            message,
+            details,
+        }
     }
 
     pub fn not_found(what: &str, id: &str) -> Self {
@@ -118,7 +129,10 @@ impl ResponseError for ApiError {
         if self.code == ErrorCode::RateLimited {
             res.insert_header(("Retry-After", "1"));
         }
-        res.json(ErrorEnvelope { success: false, error: self })
+        res.json(ErrorEnvelope {
+            success: false,
+            error: self,
+        })
     }
 }
 
@@ -151,7 +165,12 @@ fn respond<T: Serialize>(
     data: T,
     pagination: Option<Pagination>,
 ) -> HttpResponse {
-    HttpResponse::build(status).json(SuccessEnvelope { success: true, message, data, pagination })
+    HttpResponse::build(status).json(SuccessEnvelope {
+        success: true,
+        message,
+        data,
+        pagination,
+    })
 }
 
 /// 200 `{ "success": true, "data": ... }`
@@ -165,7 +184,11 @@ pub fn created<T: Serialize>(data: T) -> HttpResponse {
 }
 
 /// `{ "success": true, "message": ..., "data": ... }` with the given status.
-pub fn with_message<T: Serialize>(status: StatusCode, message: &'static str, data: T) -> HttpResponse {
+pub fn with_message<T: Serialize>(
+    status: StatusCode,
+    message: &'static str,
+    data: T,
+) -> HttpResponse {
     respond(status, Some(message), data, None)
 }
 
@@ -176,7 +199,10 @@ pub fn page<T: Serialize>(data: Vec<T>, pagination: Pagination) -> HttpResponse 
 
 /// Parse an envelope in tests and clients: `(success, data or error)`.
 pub fn split(body: &Value) -> (bool, &Value) {
-    let success = body.get("success").and_then(Value::as_bool).unwrap_or(false);
+    let success = body
+        .get("success")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let key = if success { "data" } else { "error" };
     (success, body.get(key).unwrap_or(&Value::Null))
 }

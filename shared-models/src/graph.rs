@@ -22,7 +22,11 @@ pub const STEP_TYPES: &[&str] = &["agent", "transform"];
 pub enum StepKind {
     /// Ask the agent `agent_id` to carry out `instructions` (templated), with optional
     /// templated `inputs`.
-    Agent { agent_id: String, instructions: String, inputs: Option<Value> },
+    Agent {
+        agent_id: String,
+        instructions: String,
+        inputs: Option<Value>,
+    },
     /// Output the templated `value`.
     Transform { value: Value },
 }
@@ -56,20 +60,31 @@ impl WorkflowGraph {
     pub fn parse(value: &Value, prefix: &str) -> Result<Self, Errors> {
         let mut errors = Errors::new();
         let Some(map) = value.as_object() else {
-            errors.push(FieldError::new(prefix, format!("must be an object, not {}", crate::body::type_name(value))));
+            errors.push(FieldError::new(
+                prefix,
+                format!("must be an object, not {}", crate::body::type_name(value)),
+            ));
             return Err(errors);
         };
         let mut obj = Obj::new(map, prefix);
         let raw_steps = obj.req_array("steps", &mut errors);
         obj.finish(&mut errors);
-        let Some(raw_steps) = raw_steps else { return Err(errors) };
+        let Some(raw_steps) = raw_steps else {
+            return Err(errors);
+        };
         let steps_path = crate::body::join(prefix, "steps");
         if raw_steps.is_empty() {
-            errors.push(FieldError::new(&steps_path, "must contain at least one step"));
+            errors.push(FieldError::new(
+                &steps_path,
+                "must contain at least one step",
+            ));
             return Err(errors);
         }
         if raw_steps.len() > MAX_STEPS {
-            errors.push(FieldError::new(&steps_path, format!("may contain at most {MAX_STEPS} steps")));
+            errors.push(FieldError::new(
+                &steps_path,
+                format!("may contain at most {MAX_STEPS} steps"),
+            ));
             return Err(errors);
         }
 
@@ -122,7 +137,11 @@ impl WorkflowGraph {
                     deps
                 }
             };
-            steps.push(Step { name: step.name, depends_on, kind: step.kind });
+            steps.push(Step {
+                name: step.name,
+                depends_on,
+                kind: step.kind,
+            });
         }
         if !errors.is_empty() {
             return Err(errors);
@@ -131,7 +150,10 @@ impl WorkflowGraph {
         if let Some(i) = graph.step_on_a_cycle() {
             errors.push(FieldError::new(
                 format!("{steps_path}[{i}].dependsOn"),
-                format!("step '{}' is part of a dependency cycle", graph.steps[i].name),
+                format!(
+                    "step '{}' is part of a dependency cycle",
+                    graph.steps[i].name
+                ),
             ));
             return Err(errors);
         }
@@ -142,7 +164,10 @@ impl WorkflowGraph {
     /// stored, so a failure here means the stored data is corrupt.
     pub fn from_stored(value: &Value) -> Result<Self, String> {
         Self::parse(value, "definition").map_err(|errors| {
-            let parts: Vec<String> = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
+            let parts: Vec<String> = errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect();
             format!("stored definition is invalid: {}", parts.join("; "))
         })
     }
@@ -161,7 +186,9 @@ impl WorkflowGraph {
     /// Kahn's algorithm; returns a step that can never become ready, if any.
     fn step_on_a_cycle(&self) -> Option<usize> {
         let mut remaining: Vec<usize> = self.steps.iter().map(|s| s.depends_on.len()).collect();
-        let mut ready: Vec<usize> = (0..self.steps.len()).filter(|&i| remaining[i] == 0).collect();
+        let mut ready: Vec<usize> = (0..self.steps.len())
+            .filter(|&i| remaining[i] == 0)
+            .collect();
         let mut done = 0;
         while let Some(i) = ready.pop() {
             done += 1;
@@ -174,7 +201,9 @@ impl WorkflowGraph {
                 }
             }
         }
-        (done < self.steps.len()).then(|| remaining.iter().position(|&r| r > 0)).flatten()
+        (done < self.steps.len())
+            .then(|| remaining.iter().position(|&r| r > 0))
+            .flatten()
     }
 }
 
@@ -188,18 +217,23 @@ struct RawStep {
 impl RawStep {
     fn parse(raw: &Value, path: &str, errors: &mut Errors) -> Option<Self> {
         let Some(map) = raw.as_object() else {
-            errors.push(FieldError::new(path, format!("must be an object, not {}", crate::body::type_name(raw))));
+            errors.push(FieldError::new(
+                path,
+                format!("must be an object, not {}", crate::body::type_name(raw)),
+            ));
             return None;
         };
         let before = errors.len();
         let mut obj = Obj::new(map, path);
-        let name = obj.req_str("name", errors).and_then(|n| match StepName::parse(n) {
-            Ok(n) => Some(n),
-            Err(problem) => {
-                errors.push(FieldError::new(obj.path("name"), problem));
-                None
-            }
-        });
+        let name = obj
+            .req_str("name", errors)
+            .and_then(|n| match StepName::parse(n) {
+                Ok(n) => Some(n),
+                Err(problem) => {
+                    errors.push(FieldError::new(obj.path("name"), problem));
+                    None
+                }
+            });
         let depends_on = obj.opt_array("dependsOn", errors).map(|items| {
             items
                 .iter()
@@ -207,7 +241,10 @@ impl RawStep {
                 .filter_map(|(j, v)| match v.as_str() {
                     Some(s) => Some(s.to_string()),
                     None => {
-                        errors.push(FieldError::new(format!("{path}.dependsOn[{j}]"), "must be a step name (a string)"));
+                        errors.push(FieldError::new(
+                            format!("{path}.dependsOn[{j}]"),
+                            "must be a step name (a string)",
+                        ));
                         None
                     }
                 })
@@ -219,7 +256,10 @@ impl RawStep {
             Some(other) => {
                 errors.push(FieldError::new(
                     obj.path("type"),
-                    format!("'{other}' is not a step type (expected one of: {})", STEP_TYPES.join(", ")),
+                    format!(
+                        "'{other}' is not a step type (expected one of: {})",
+                        STEP_TYPES.join(", ")
+                    ),
                 ));
                 None
             }
@@ -232,28 +272,41 @@ impl RawStep {
         if errors.len() > before {
             return None;
         }
-        Some(RawStep { name: name?, depends_on, kind: kind? })
+        Some(RawStep {
+            name: name?,
+            depends_on,
+            kind: kind?,
+        })
     }
 }
 
 fn templated_string(obj: &mut Obj, key: &'static str, errors: &mut Errors) -> Option<String> {
     let s = obj.req_str(key, errors)?;
     if let Err(e) = template::check(s) {
-        errors.push(FieldError::new(obj.path(key), format!("template does not compile: {e}")));
+        errors.push(FieldError::new(
+            obj.path(key),
+            format!("template does not compile: {e}"),
+        ));
     }
     Some(s.to_string())
 }
 
 fn templated_json(obj: &mut Obj, key: &'static str, v: &Value, errors: &mut Errors) {
     if let Err((path, e)) = template::check_json(v, &obj.path(key)) {
-        errors.push(FieldError::new(path, format!("template does not compile: {e}")));
+        errors.push(FieldError::new(
+            path,
+            format!("template does not compile: {e}"),
+        ));
     }
 }
 
 fn parse_agent(obj: &mut Obj, errors: &mut Errors) -> Option<StepKind> {
     let agent_id = obj.req_str("agentId", errors).and_then(|id| {
         if id.trim().is_empty() || id.len() > 128 {
-            errors.push(FieldError::new(obj.path("agentId"), "must be 1 to 128 characters long"));
+            errors.push(FieldError::new(
+                obj.path("agentId"),
+                "must be 1 to 128 characters long",
+            ));
             None
         } else {
             Some(id.to_string())
@@ -264,7 +317,11 @@ fn parse_agent(obj: &mut Obj, errors: &mut Errors) -> Option<StepKind> {
     if let Some(inputs) = &inputs {
         templated_json(obj, "inputs", inputs, errors);
     }
-    Some(StepKind::Agent { agent_id: agent_id?, instructions: instructions?, inputs })
+    Some(StepKind::Agent {
+        agent_id: agent_id?,
+        instructions: instructions?,
+        inputs,
+    })
 }
 
 fn parse_transform(obj: &mut Obj, errors: &mut Errors) -> Option<StepKind> {
@@ -284,7 +341,10 @@ pub fn step_outline(definition: &Value) -> Vec<(String, String)> {
                 .iter()
                 .filter_map(|s| {
                     let s: &Map<String, Value> = s.as_object()?;
-                    Some((s.get("name")?.as_str()?.to_string(), s.get("type")?.as_str()?.to_string()))
+                    Some((
+                        s.get("name")?.as_str()?.to_string(),
+                        s.get("type")?.as_str()?.to_string(),
+                    ))
                 })
                 .collect()
         })
@@ -332,16 +392,28 @@ mod tests {
         let errors = WorkflowGraph::parse(&def, "definition").unwrap_err();
         assert_eq!(
             fields(&errors),
-            ["definition.steps[0].type", "definition.steps[2].instructions", "definition.steps[2].dependson", "definition.steps[3].name"]
+            [
+                "definition.steps[0].type",
+                "definition.steps[2].instructions",
+                "definition.steps[2].dependson",
+                "definition.steps[3].name"
+            ]
         );
     }
 
     #[test]
     fn duplicate_names_missing_dependencies_and_cycles_are_refused() {
         let dup = json!({"steps": [{"name": "a", "type": "transform", "value": 1}, {"name": "a", "type": "transform", "value": 1}]});
-        assert_eq!(fields(&WorkflowGraph::parse(&dup, "d").unwrap_err()), ["d.steps[1].name"]);
-        let missing = json!({"steps": [{"name": "a", "type": "transform", "value": 1, "dependsOn": ["zz"]}]});
-        assert_eq!(fields(&WorkflowGraph::parse(&missing, "d").unwrap_err()), ["d.steps[0].dependsOn[0]"]);
+        assert_eq!(
+            fields(&WorkflowGraph::parse(&dup, "d").unwrap_err()),
+            ["d.steps[1].name"]
+        );
+        let missing =
+            json!({"steps": [{"name": "a", "type": "transform", "value": 1, "dependsOn": ["zz"]}]});
+        assert_eq!(
+            fields(&WorkflowGraph::parse(&missing, "d").unwrap_err()),
+            ["d.steps[0].dependsOn[0]"]
+        );
         let cycle = json!({"steps": [
             {"name": "a", "type": "transform", "value": 1, "dependsOn": ["b"]},
             {"name": "b", "type": "transform", "value": 1, "dependsOn": ["a"]}]});
@@ -351,15 +423,29 @@ mod tests {
 
     #[test]
     fn empty_and_oversized_step_lists_are_refused() {
-        assert_eq!(fields(&WorkflowGraph::parse(&json!({"steps": []}), "d").unwrap_err()), ["d.steps"]);
-        let many: Vec<Value> = (0..=MAX_STEPS).map(|i| json!({"name": format!("s{i}"), "type": "transform", "value": i})).collect();
-        assert_eq!(fields(&WorkflowGraph::parse(&json!({"steps": many}), "d").unwrap_err()), ["d.steps"]);
-        assert_eq!(fields(&WorkflowGraph::parse(&json!([]), "d").unwrap_err()), ["d"]);
+        assert_eq!(
+            fields(&WorkflowGraph::parse(&json!({"steps": []}), "d").unwrap_err()),
+            ["d.steps"]
+        );
+        let many: Vec<Value> = (0..=MAX_STEPS)
+            .map(|i| json!({"name": format!("s{i}"), "type": "transform", "value": i}))
+            .collect();
+        assert_eq!(
+            fields(&WorkflowGraph::parse(&json!({"steps": many}), "d").unwrap_err()),
+            ["d.steps"]
+        );
+        assert_eq!(
+            fields(&WorkflowGraph::parse(&json!([]), "d").unwrap_err()),
+            ["d"]
+        );
     }
 
     #[test]
     fn outline_lists_names_and_types() {
         let def = json!({"steps": [{"name": "a", "type": "transform", "value": 1}]});
-        assert_eq!(step_outline(&def), vec![("a".to_string(), "transform".to_string())]);
+        assert_eq!(
+            step_outline(&def),
+            vec![("a".to_string(), "transform".to_string())]
+        );
     }
 }

@@ -25,9 +25,15 @@ pub struct JsonObject(pub Map<String, Value>);
 pub struct OptionalJsonObject(pub Map<String, Value>);
 
 fn content_type_error(req: &HttpRequest) -> Option<ApiError> {
-    let ct = req.headers().get(header::CONTENT_TYPE)?.to_str().unwrap_or("").to_ascii_lowercase();
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)?
+        .to_str()
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let essence = ct.split(';').next().unwrap_or("").trim().to_string();
-    let is_json = essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"));
+    let is_json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
     (!is_json).then(|| {
         ApiError::new(
             ErrorCode::UnsupportedMediaType,
@@ -37,10 +43,17 @@ fn content_type_error(req: &HttpRequest) -> Option<ApiError> {
 }
 
 fn too_large() -> ApiError {
-    ApiError::new(ErrorCode::PayloadTooLarge, format!("the request body is larger than {MAX_BODY_BYTES} bytes"))
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+    )
 }
 
-async fn read_body(req: HttpRequest, mut payload: Payload, allow_empty: bool) -> Result<Map<String, Value>, ApiError> {
+async fn read_body(
+    req: HttpRequest,
+    mut payload: Payload,
+    allow_empty: bool,
+) -> Result<Map<String, Value>, ApiError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -51,7 +64,12 @@ async fn read_body(req: HttpRequest, mut payload: Payload, allow_empty: bool) ->
     }
     let mut body = Vec::with_capacity(declared.unwrap_or(0));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("could not read the request body: {e}")))?;
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidJson,
+                format!("could not read the request body: {e}"),
+            )
+        })?;
         if body.len() + chunk.len() > MAX_BODY_BYTES {
             return Err(too_large());
         }
@@ -96,7 +114,10 @@ pub struct Query {
 impl Query {
     pub fn get(&mut self, key: &'static str) -> Option<&str> {
         self.known.push(key);
-        self.pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn finish(self, mut errors: Vec<FieldError>) -> Result<(), ApiError> {
@@ -104,7 +125,13 @@ impl Query {
             if !self.known.contains(&k.as_str()) {
                 let mut expected = self.known.clone();
                 expected.sort_unstable();
-                errors.push(FieldError::new(k, format!("is not a known query parameter (expected one of: {})", expected.join(", "))));
+                errors.push(FieldError::new(
+                    k,
+                    format!(
+                        "is not a known query parameter (expected one of: {})",
+                        expected.join(", ")
+                    ),
+                ));
             } else if self.pairs[..i].iter().any(|(earlier, _)| earlier == k) {
                 errors.push(FieldError::new(k, "may be given only once"));
             }
@@ -120,8 +147,16 @@ impl FromRequest for Query {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(
             actix_web::web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-                .map(|q| Query { pairs: q.into_inner(), known: Vec::new() })
-                .map_err(|e| ApiError::validation(vec![FieldError::new("query", format!("is not a valid query string: {e}"))])),
+                .map(|q| Query {
+                    pairs: q.into_inner(),
+                    known: Vec::new(),
+                })
+                .map_err(|e| {
+                    ApiError::validation(vec![FieldError::new(
+                        "query",
+                        format!("is not a valid query string: {e}"),
+                    )])
+                }),
         )
     }
 }
@@ -136,7 +171,11 @@ impl FromRequest for RequestId {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(Ok(req.extensions().get::<RequestId>().cloned().unwrap_or_else(|| RequestId(new_request_id()))))
+        ready(Ok(req
+            .extensions()
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(|| RequestId(new_request_id()))))
     }
 }
 
@@ -153,13 +192,19 @@ pub async fn request_id_middleware(
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)))
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        })
         .map(str::to_string)
         .unwrap_or_else(new_request_id);
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut res = next.call(req).await?;
     if let Ok(v) = HeaderValue::from_str(&id) {
-        res.headers_mut().insert(header::HeaderName::from_static("x-request-id"), v);
+        res.headers_mut()
+            .insert(header::HeaderName::from_static("x-request-id"), v);
     }
     Ok(res)
 }
@@ -176,33 +221,63 @@ pub fn envelope_errors<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHan
     }
     let status = res.status();
     let (code, message) = match status {
-        StatusCode::NOT_FOUND => (ErrorCode::NotFound, format!("no route for {} {}", res.request().method(), res.request().path())),
+        StatusCode::NOT_FOUND => (
+            ErrorCode::NotFound,
+            format!(
+                "no route for {} {}",
+                res.request().method(),
+                res.request().path()
+            ),
+        ),
         StatusCode::METHOD_NOT_ALLOWED => (
             ErrorCode::MethodNotAllowed,
-            format!("method {} is not allowed on {}", res.request().method(), res.request().path()),
+            format!(
+                "method {} is not allowed on {}",
+                res.request().method(),
+                res.request().path()
+            ),
         ),
-        StatusCode::PAYLOAD_TOO_LARGE => (ErrorCode::PayloadTooLarge, "the request body is too large".into()),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => (ErrorCode::UnsupportedMediaType, "unsupported media type".into()),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            ErrorCode::PayloadTooLarge,
+            "the request body is too large".into(),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            ErrorCode::UnsupportedMediaType,
+            "unsupported media type".into(),
+        ),
         StatusCode::UNAUTHORIZED => (ErrorCode::Unauthorized, "authentication is required".into()),
         StatusCode::FORBIDDEN => (ErrorCode::Forbidden, "forbidden".into()),
         StatusCode::SERVICE_UNAVAILABLE => (ErrorCode::Unavailable, "service unavailable".into()),
-        s if s.is_client_error() => (ErrorCode::ValidationError, "the request is not valid".into()),
+        s if s.is_client_error() => (
+            ErrorCode::ValidationError,
+            "the request is not valid".into(),
+        ),
         _ => (ErrorCode::Internal, "an internal error occurred".into()),
     };
     let (req, _) = res.into_parts();
     let mut response = ApiError::new(code, message).error_response();
     *response.status_mut() = status;
-    Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, response).map_into_right_body()))
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(req, response).map_into_right_body(),
+    ))
 }
 
 /// Default service: the envelope 404 for routes no one serves.
 pub async fn route_not_found(req: HttpRequest) -> HttpResponse {
-    ApiError::new(ErrorCode::NotFound, format!("no route for {} {}", req.method(), req.path())).error_response()
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("no route for {} {}", req.method(), req.path()),
+    )
+    .error_response()
 }
 
 /// Default of a known resource: the envelope 405.
 pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    ApiError::new(ErrorCode::MethodNotAllowed, format!("method {} is not allowed on {}", req.method(), req.path())).error_response()
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("method {} is not allowed on {}", req.method(), req.path()),
+    )
+    .error_response()
 }
 
 /// `GET /healthz`: the process is alive.
@@ -213,7 +288,10 @@ pub async fn healthz() -> HttpResponse {
 /// `GET /readyz` answer from the checks a service made (name, passed): 200 when all pass,
 /// else 503 naming what is unreachable.
 pub fn readiness(checks: &[(&str, bool)]) -> HttpResponse {
-    let body: Map<String, Value> = checks.iter().map(|(name, ok)| (name.to_string(), Value::Bool(*ok))).collect();
+    let body: Map<String, Value> = checks
+        .iter()
+        .map(|(name, ok)| (name.to_string(), Value::Bool(*ok)))
+        .collect();
     if checks.iter().all(|(_, ok)| *ok) {
         return crate::envelope::ok(body);
     }
@@ -222,7 +300,12 @@ pub fn readiness(checks: &[(&str, bool)]) -> HttpResponse {
         .filter(|(_, ok)| !ok)
         .map(|(name, _)| FieldError::new(*name, "unreachable"))
         .collect();
-    ApiError { code: ErrorCode::Unavailable, message: "not ready".into(), details }.error_response()
+    ApiError {
+        code: ErrorCode::Unavailable,
+        message: "not ready".into(),
+        details,
+    }
+    .error_response()
 }
 
 /// The org a request acts for. Until API keys exist every caller acts for the deployment's
@@ -244,12 +327,16 @@ impl FromRequest for Caller {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(match req.app_data::<actix_web::web::Data<CallerResolver>>() {
-            Some(r) => Ok(Caller { org_id: r.default_org_id.clone() }),
-            None => {
-                log::error!("CallerResolver is not registered as app data");
-                Err(ApiError::internal())
-            }
-        })
+        ready(
+            match req.app_data::<actix_web::web::Data<CallerResolver>>() {
+                Some(r) => Ok(Caller {
+                    org_id: r.default_org_id.clone(),
+                }),
+                None => {
+                    log::error!("CallerResolver is not registered as app data");
+                    Err(ApiError::internal())
+                }
+            },
+        )
     }
 }

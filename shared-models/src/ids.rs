@@ -12,7 +12,10 @@ pub fn name_problem(s: &str) -> Option<String> {
     if !s.starts_with(|c: char| c.is_ascii_alphabetic()) {
         return Some("must start with a letter".into());
     }
-    if !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         return Some("may contain only letters, digits, '_' and '-'".into());
     }
     None
@@ -94,14 +97,21 @@ impl RunId {
     pub const PREFIX: &'static str = "run_";
 
     pub fn generate() -> Self {
-        Self(format!("{}{}", Self::PREFIX, ulid::Ulid::new().to_string().to_lowercase()))
+        Self(format!(
+            "{}{}",
+            Self::PREFIX,
+            ulid::Ulid::new().to_string().to_lowercase()
+        ))
     }
 
     /// Parse an id from a path or body; `None` when it cannot name any run.
     pub fn parse(s: &str) -> Option<Self> {
         let token = s.strip_prefix(Self::PREFIX)?;
-        (token.len() == 26 && token.chars().all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()))
-            .then(|| Self(s.to_string()))
+        (token.len() == 26
+            && token
+                .chars()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()))
+        .then(|| Self(s.to_string()))
     }
 
     pub fn as_str(&self) -> &str {

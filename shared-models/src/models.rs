@@ -114,7 +114,13 @@ pub struct NewRunEvent {
 }
 
 impl NewRunEvent {
-    pub fn transition(run_id: &str, at: DateTime<Utc>, step: Option<&str>, from: &str, to: &str) -> Self {
+    pub fn transition(
+        run_id: &str,
+        at: DateTime<Utc>,
+        step: Option<&str>,
+        from: &str,
+        to: &str,
+    ) -> Self {
         Self {
             run_id: run_id.to_string(),
             at,
@@ -127,7 +133,13 @@ impl NewRunEvent {
         }
     }
 
-    pub fn log(run_id: &str, at: DateTime<Utc>, step: Option<&str>, level: &str, message: impl Into<String>) -> Self {
+    pub fn log(
+        run_id: &str,
+        at: DateTime<Utc>,
+        step: Option<&str>,
+        level: &str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             run_id: run_id.to_string(),
             at,

@@ -49,7 +49,12 @@ impl RunJob {
     pub const VERSION: u32 = 1;
 
     pub fn new(run_id: &str, org_id: &str, request_id: Option<String>) -> Self {
-        Self { v: Self::VERSION, run_id: run_id.into(), org_id: org_id.into(), request_id }
+        Self {
+            v: Self::VERSION,
+            run_id: run_id.into(),
+            org_id: org_id.into(),
+            request_id,
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -58,34 +63,49 @@ impl RunJob {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let job: RunJob = serde_json::from_slice(bytes).map_err(|e| format!("undecodable job message: {e}"))?;
+        let job: RunJob =
+            serde_json::from_slice(bytes).map_err(|e| format!("undecodable job message: {e}"))?;
         if job.v != Self::VERSION {
-            return Err(format!("job message version {} is not supported (expected {})", job.v, Self::VERSION));
+            return Err(format!(
+                "job message version {} is not supported (expected {})",
+                job.v,
+                Self::VERSION
+            ));
         }
         Ok(job)
     }
 }
 
 pub async fn connect(amqp_url: &str, name: &str) -> Result<Connection, lapin::Error> {
-    let props = ConnectionProperties::default()
-        .with_connection_name(LongString::from(name));
+    let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
     Connection::connect(amqp_url, props).await
 }
 
 /// Declare the exchanges and queues once, at start-up (idempotent with the same arguments).
 pub async fn declare_topology(channel: &Channel, names: &QueueNames) -> Result<(), lapin::Error> {
-    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     channel
         .exchange_declare(
             names.dead_letter_exchange.as_str().into(),
             ExchangeKind::Fanout,
-            ExchangeDeclareOptions { durable: true, ..Default::default() },
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await?;
     let mut dlq_args = FieldTable::default();
-    dlq_args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
-    channel.queue_declare(names.dead_letter_queue.as_str().into(), durable, dlq_args).await?;
+    dlq_args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    channel
+        .queue_declare(names.dead_letter_queue.as_str().into(), durable, dlq_args)
+        .await?;
     channel
         .queue_bind(
             names.dead_letter_queue.as_str().into(),
@@ -96,13 +116,21 @@ pub async fn declare_topology(channel: &Channel, names: &QueueNames) -> Result<(
         )
         .await?;
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
-    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DELIVERY_LIMIT),
+    );
     args.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(LongString::from(names.dead_letter_exchange.as_str())),
     );
-    channel.queue_declare(names.jobs.as_str().into(), durable, args).await?;
+    channel
+        .queue_declare(names.jobs.as_str().into(), durable, args)
+        .await?;
     Ok(())
 }
 

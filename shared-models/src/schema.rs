@@ -88,4 +88,11 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(workflows, workflow_versions, runs, outbox, step_runs, run_events);
+diesel::allow_tables_to_appear_in_same_query!(
+    workflows,
+    workflow_versions,
+    runs,
+    outbox,
+    step_runs,
+    run_events
+);

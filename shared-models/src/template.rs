@@ -62,7 +62,10 @@ pub fn render_str(src: &str, ctx: &Value) -> Result<Value, String> {
             let value = compiled.eval(ctx).map_err(|e| describe(&e))?;
             serde_json::to_value(&value).map_err(|e| format!("template value is not JSON: {e}"))
         }
-        None => env.render_str(src, ctx).map(Value::String).map_err(|e| describe(&e)),
+        None => env
+            .render_str(src, ctx)
+            .map(Value::String)
+            .map_err(|e| describe(&e)),
     }
 }
 
@@ -70,9 +73,12 @@ pub fn render_str(src: &str, ctx: &Value) -> Result<Value, String> {
 pub fn render_json(v: &Value, ctx: &Value) -> Result<Value, String> {
     Ok(match v {
         Value::String(s) => render_str(s, ctx)?,
-        Value::Array(items) => {
-            Value::Array(items.iter().map(|i| render_json(i, ctx)).collect::<Result<_, _>>()?)
-        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|i| render_json(i, ctx))
+                .collect::<Result<_, _>>()?,
+        ),
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, i)| Ok((k.clone(), render_json(i, ctx)?)))
@@ -109,8 +115,14 @@ mod tests {
     #[test]
     fn a_sole_expression_keeps_its_json_type() {
         assert_eq!(render_str("{{ variables.n }}", &ctx()).unwrap(), json!(3));
-        assert_eq!(render_str(" {{ variables.o }} ", &ctx()).unwrap(), json!({"a": 1}));
-        assert_eq!(render_str("n={{ variables.n }}", &ctx()).unwrap(), json!("n=3"));
+        assert_eq!(
+            render_str(" {{ variables.o }} ", &ctx()).unwrap(),
+            json!({"a": 1})
+        );
+        assert_eq!(
+            render_str("n={{ variables.n }}", &ctx()).unwrap(),
+            json!("n=3")
+        );
         assert_eq!(render_str("plain", &ctx()).unwrap(), json!("plain"));
     }
 
@@ -131,7 +143,11 @@ mod tests {
 
     #[test]
     fn render_json_walks_nested_values() {
-        let out = render_json(&json!({"t": "{{ variables.ticketId }}", "l": [1, "{{ run.id }}"]}), &ctx()).unwrap();
+        let out = render_json(
+            &json!({"t": "{{ variables.ticketId }}", "l": [1, "{{ run.id }}"]}),
+            &ctx(),
+        )
+        .unwrap();
         assert_eq!(out, json!({"t": "TCK-101", "l": [1, "run_x"]}));
     }
 }

@@ -42,18 +42,29 @@ impl TestDb {
         let name = format!("thygon_test_{}", unique_token());
         let mut admin = PgConnection::establish(&admin_url)
             .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at {admin_url} (run `make test`, which starts it): {e}"));
-        diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).expect("create test database");
+        diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .expect("create test database");
         let url = url_with_database(&base, &name);
         db::run_migrations(&url).expect("migrate test database");
         let pool = db::pool(&url, 8);
-        TestDb { name, url, pool, admin_url }
+        TestDb {
+            name,
+            url,
+            pool,
+            admin_url,
+        }
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Ok(mut admin) = PgConnection::establish(&self.admin_url) {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name)).execute(&mut admin);
+            let _ = diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut admin);
         }
     }
 }
@@ -71,7 +82,12 @@ pub async fn delete_queues(amqp_url: &str, prefix: &str) {
             for q in [&names.jobs, &names.dead_letter_queue] {
                 let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
             }
-            let _ = ch.exchange_delete(names.dead_letter_exchange.as_str().into(), Default::default()).await;
+            let _ = ch
+                .exchange_delete(
+                    names.dead_letter_exchange.as_str().into(),
+                    Default::default(),
+                )
+                .await;
         }
         let _ = conn.close(200, "done".into()).await;
     }
@@ -83,8 +99,94 @@ mod tests {
 
     #[test]
     fn replaces_only_the_database_name() {
-        assert_eq!(url_with_database("postgres://u:p@h:5432/thygon", "x"), "postgres://u:p@h:5432/x");
-        assert_eq!(url_with_database("postgres://u@h/thygon?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+        assert_eq!(
+            url_with_database("postgres://u:p@h:5432/thygon", "x"),
+            "postgres://u:p@h:5432/x"
+        );
+        assert_eq!(
+            url_with_database("postgres://u@h/thygon?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
         assert_eq!(url_with_database("postgres://u@h", "x"), "postgres://u@h/x");
+    }
+}
+
+/// Fixtures: rows another service would have written, inserted directly so each service's
+/// tests stand alone (services never import each other).
+pub mod fixtures {
+    use crate::models::{RunRow, WorkflowRow, WorkflowVersionRow};
+    use crate::schema::{runs, workflow_versions, workflows};
+    use diesel::prelude::*;
+    use serde_json::Value;
+
+    /// A live workflow `wf_<name>` at version 1 with `definition`.
+    pub fn insert_workflow(
+        conn: &mut PgConnection,
+        org_id: &str,
+        name: &str,
+        definition: Value,
+        is_active: bool,
+    ) -> String {
+        let now = crate::time::now();
+        let id = format!("wf_{name}");
+        diesel::insert_into(workflows::table)
+            .values(WorkflowRow {
+                org_id: org_id.into(),
+                id: id.clone(),
+                name: name.into(),
+                description: None,
+                is_active,
+                version: 1,
+                created_at: now,
+                updated_at: now,
+                deleted_at: None,
+            })
+            .execute(conn)
+            .expect("insert workflow");
+        diesel::insert_into(workflow_versions::table)
+            .values(WorkflowVersionRow {
+                org_id: org_id.into(),
+                workflow_id: id.clone(),
+                version: 1,
+                definition,
+                created_at: now,
+            })
+            .execute(conn)
+            .expect("insert workflow version");
+        id
+    }
+
+    /// A PENDING run of version 1 of `workflow_id`, as the runtime service creates it.
+    pub fn insert_run(
+        conn: &mut PgConnection,
+        org_id: &str,
+        workflow_id: &str,
+        variables: Value,
+    ) -> String {
+        let now = crate::time::now();
+        let id = crate::ids::RunId::generate().to_string();
+        diesel::insert_into(runs::table)
+            .values(RunRow {
+                id: id.clone(),
+                org_id: org_id.into(),
+                workflow_id: workflow_id.into(),
+                workflow_version: 1,
+                status: "PENDING".into(),
+                variables,
+                output: None,
+                error: None,
+                created_at: now,
+                updated_at: now,
+                started_at: None,
+                completed_at: None,
+                lease_owner: None,
+                lease_expires_at: None,
+                idempotency_key: None,
+                request_hash: None,
+                request_id: None,
+            })
+            .execute(conn)
+            .expect("insert run");
+        id
     }
 }

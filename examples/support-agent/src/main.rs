@@ -1,1 +1,117 @@
-fn main() {}
+//! An EXAMPLE agent for the Thygon demo, not part of the platform: a deterministic keyword
+//! stand-in for a real AI agent, speaking the HTTP agent protocol (see CONTRACT.md, "Agents").
+//!
+//! - `POST /classify`: ticket text -> `{ category, priority, confidence, reason }`
+//! - `POST /draft-reply`: category/priority (+ name, ticket id) -> `{ reply }`
+//! - `POST /route`: category/priority -> `{ team, queue }`
+//! - `GET /healthz`: 200
+//!
+//! Listens on `SUPPORT_AGENT_ADDR` (default `127.0.0.1:9000`); `examples/agents.toml` maps
+//! the agent ids `support-classifier`, `reply-drafter` and `ticket-router` to these routes.
+
+mod tickets;
+
+use actix_web::{error, web, App, HttpRequest, HttpResponse, HttpServer};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+/// The request every agent gets. Every field is required so that anything else is a 400,
+/// though these keyword rules read only some of them.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct AgentCall {
+    run_id: String,
+    workflow_id: String,
+    step: String,
+    agent_id: String,
+    instructions: String,
+    variables: Map<String, Value>,
+    inputs: Value,
+    attempt: i32,
+}
+
+impl AgentCall {
+    /// A field from `inputs` (step-specific, so it wins) or else `variables`, as text.
+    fn text(&self, name: &str) -> Option<String> {
+        let input = self.inputs.get(name).filter(|v| !v.is_null());
+        match input.or_else(|| self.variables.get(name))? {
+            Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+
+    /// All the ticket text there is, from both places.
+    fn ticket_text(&self) -> String {
+        let fields = ["subject", "body", "text", "message", "description"];
+        let variables = fields
+            .iter()
+            .filter_map(|f| self.variables.get(*f)?.as_str());
+        let inputs = fields.iter().filter_map(|f| self.inputs.get(*f)?.as_str());
+        variables.chain(inputs).collect::<Vec<_>>().join("\n")
+    }
+}
+
+fn log_call(route: &str, call: &AgentCall) {
+    let (run_id, step, attempt) = (&call.run_id, &call.step, call.attempt);
+    log::info!("{route}: run {run_id} step {step} attempt {attempt}");
+}
+
+fn output(value: Value) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "output": value }))
+}
+
+async fn classify(call: web::Json<AgentCall>) -> HttpResponse {
+    log_call("classify", &call);
+    let (text, priority_override) = (call.ticket_text(), call.text("priorityOverride"));
+    output(tickets::classify(&text, priority_override.as_deref()))
+}
+
+async fn draft_reply(call: web::Json<AgentCall>) -> HttpResponse {
+    log_call("draft-reply", &call);
+    let name = call.text("customerName").or_else(|| call.text("name"));
+    let category = call.text("category").unwrap_or_else(|| "general".into());
+    let priority = call.text("priority").unwrap_or_else(|| "normal".into());
+    let ticket_id = call.text("ticketId");
+    let reply = tickets::draft_reply(name.as_deref(), ticket_id.as_deref(), &category, &priority);
+    output(json!({ "reply": reply }))
+}
+
+async fn route(call: web::Json<AgentCall>) -> HttpResponse {
+    log_call("route", &call);
+    let category = call.text("category").unwrap_or_else(|| "general".into());
+    let priority = call.text("priority").unwrap_or_else(|| "normal".into());
+    let (team, queue) = tickets::route(&category, &priority);
+    output(json!({ "team": team, "queue": queue }))
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// Anything that is not the protocol's JSON is a 400 with a JSON error, whatever the cause.
+fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default().error_handler(|err, _req: &HttpRequest| {
+        let body = json!({ "error": "not an agent call", "details": err.to_string() });
+        error::InternalError::from_response(err, HttpResponse::BadRequest().json(body)).into()
+    })
+}
+
+#[actix_web::main]
+async fn main() -> std::io::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let addr = std::env::var("SUPPORT_AGENT_ADDR").unwrap_or_else(|_| "127.0.0.1:9000".into());
+    let server = HttpServer::new(|| {
+        App::new()
+            .app_data(json_config())
+            .route("/classify", web::post().to(classify))
+            .route("/draft-reply", web::post().to(draft_reply))
+            .route("/route", web::post().to(route))
+            .route("/healthz", web::get().to(healthz))
+    })
+    .bind(&addr)
+    .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    log::info!("example support agent listening on http://{addr}");
+    server.run().await
+}

@@ -5,8 +5,15 @@ use crate::agents::{self, AgentCall};
 use serde_json::Value;
 use shared_models::template;
 
-pub async fn execute(agent_id: &str, instructions: &str, inputs: Option<&Value>, ctx: &Value, env: &StepEnv<'_>) -> Result<Value, String> {
-    let instructions = template::render_text(instructions, ctx).map_err(|e| format!("instructions: {e}"))?;
+pub async fn execute(
+    agent_id: &str,
+    instructions: &str,
+    inputs: Option<&Value>,
+    ctx: &Value,
+    env: &StepEnv<'_>,
+) -> Result<Value, String> {
+    let instructions =
+        template::render_text(instructions, ctx).map_err(|e| format!("instructions: {e}"))?;
     let inputs = match inputs {
         Some(inputs) => template::render_json(inputs, ctx).map_err(|e| format!("inputs: {e}"))?,
         None => Value::Null,
@@ -21,5 +28,7 @@ pub async fn execute(agent_id: &str, instructions: &str, inputs: Option<&Value>,
         inputs,
         attempt: env.attempt,
     };
-    agents::invoke(env.agents, env.http, &call, env.agent_timeout).await.map_err(|e| e.to_string())
+    agents::invoke(env.agents, env.http, &call, env.agent_timeout)
+        .await
+        .map_err(|e| e.to_string())
 }

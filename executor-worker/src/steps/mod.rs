@@ -23,7 +23,11 @@ pub struct StepEnv<'a> {
 /// `ctx` is the template context: `variables`, `steps.<name>.output|status`, `run`.
 pub async fn execute(kind: &StepKind, ctx: &Value, env: &StepEnv<'_>) -> Result<Value, String> {
     match kind {
-        StepKind::Agent { agent_id, instructions, inputs } => agent::execute(agent_id, instructions, inputs.as_ref(), ctx, env).await,
+        StepKind::Agent {
+            agent_id,
+            instructions,
+            inputs,
+        } => agent::execute(agent_id, instructions, inputs.as_ref(), ctx, env).await,
         StepKind::Transform { value } => transform::execute(value, ctx),
     }
 }

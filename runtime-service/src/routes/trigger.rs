@@ -15,7 +15,9 @@ use shared_models::http::{Caller, JsonObject, OptionalJsonObject, RequestId};
 pub const QUEUED_MESSAGE: &str = "Run queued — execution is asynchronous";
 
 fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, RuntimeError> {
-    Ok(domain::idempotency_key(req.headers().get("idempotency-key").map(|v| v.as_bytes()))?)
+    Ok(domain::idempotency_key(
+        req.headers().get("idempotency-key").map(|v| v.as_bytes()),
+    )?)
 }
 
 /// `POST /workflows/{id}/trigger`
@@ -43,13 +45,20 @@ pub async fn create_run(
     queue_run(&state, caller, request_id, request).await
 }
 
-async fn queue_run(state: &AppState, caller: Caller, request_id: RequestId, request: RunRequest) -> Result<HttpResponse, RuntimeError> {
+async fn queue_run(
+    state: &AppState,
+    caller: Caller,
+    request_id: RequestId,
+    request: RunRequest,
+) -> Result<HttpResponse, RuntimeError> {
     if let Some(org) = &request.org_id {
         if *org != caller.org_id {
             return Err(RuntimeError::OtherOrg(org.clone()));
         }
     }
-    let workflow_id = request.workflow_id().ok_or_else(|| RuntimeError::WorkflowNotFound(request.workflow_id.clone()))?;
+    let workflow_id = request
+        .workflow_id()
+        .ok_or_else(|| RuntimeError::WorkflowNotFound(request.workflow_id.clone()))?;
     let now = shared_models::time::now();
     let org_id = caller.org_id.clone();
     let req = request.clone();
@@ -58,22 +67,43 @@ async fn queue_run(state: &AppState, caller: Caller, request_id: RequestId, requ
     })
     .await?;
     match outcome {
-        CreateOutcome::Created { run, job, outbox_id } => {
+        CreateOutcome::Created {
+            run,
+            job,
+            outbox_id,
+        } => {
             // Committed: from here the run cannot be lost. Publish now for low latency; if
             // the broker is down, the outbox relay publishes it when the broker returns.
             match state.publisher.publish(&job).await {
                 Ok(()) => {
                     let sent_at = shared_models::time::now();
-                    if let Err(e) = blocking(&state.pool, move |conn| storage::mark_outbox_sent(conn, outbox_id, sent_at)).await {
+                    if let Err(e) = blocking(&state.pool, move |conn| {
+                        storage::mark_outbox_sent(conn, outbox_id, sent_at)
+                    })
+                    .await
+                    {
                         log::warn!("run {}: published but not marked sent ({e}); the relay may publish it again", run.id);
                     }
                 }
-                Err(e) => log::warn!("run {}: publish failed ({e}); left to the outbox relay", run.id),
+                Err(e) => log::warn!(
+                    "run {}: publish failed ({e}); left to the outbox relay",
+                    run.id
+                ),
             }
-            Ok(envelope::with_message(StatusCode::CREATED, QUEUED_MESSAGE, RunView::from(run)))
+            Ok(envelope::with_message(
+                StatusCode::CREATED,
+                QUEUED_MESSAGE,
+                RunView::from(run),
+            ))
         }
-        CreateOutcome::Replayed(run) => Ok(envelope::with_message(StatusCode::OK, QUEUED_MESSAGE, RunView::from(run))),
-        CreateOutcome::KeyReused => Err(RuntimeError::IdempotencyKeyReused(request.idempotency_key.unwrap_or_default())),
+        CreateOutcome::Replayed(run) => Ok(envelope::with_message(
+            StatusCode::OK,
+            QUEUED_MESSAGE,
+            RunView::from(run),
+        )),
+        CreateOutcome::KeyReused => Err(RuntimeError::IdempotencyKeyReused(
+            request.idempotency_key.unwrap_or_default(),
+        )),
         CreateOutcome::WorkflowNotFound => Err(RuntimeError::WorkflowNotFound(request.workflow_id)),
         CreateOutcome::WorkflowInactive => Err(RuntimeError::WorkflowInactive(request.workflow_id)),
     }

@@ -120,15 +120,29 @@ impl From<RunDetail> for RunDetailView {
                 }),
             }
         }
-        let (transitions, logs): (Vec<RunEventRow>, Vec<RunEventRow>) = d.events.into_iter().partition(|e| e.kind == "transition");
+        let (transitions, logs): (Vec<RunEventRow>, Vec<RunEventRow>) =
+            d.events.into_iter().partition(|e| e.kind == "transition");
         RunDetailView {
             run: RunView::from(d.run),
             steps,
             transitions: transitions
                 .into_iter()
-                .map(|e| TransitionView { at: e.at, step: e.step, from: e.from_status, to: e.to_status })
+                .map(|e| TransitionView {
+                    at: e.at,
+                    step: e.step,
+                    from: e.from_status,
+                    to: e.to_status,
+                })
                 .collect(),
-            logs: logs.into_iter().map(|e| LogView { at: e.at, level: e.level, step: e.step, message: e.message }).collect(),
+            logs: logs
+                .into_iter()
+                .map(|e| LogView {
+                    at: e.at,
+                    level: e.level,
+                    step: e.step,
+                    message: e.message,
+                })
+                .collect(),
         }
     }
 }

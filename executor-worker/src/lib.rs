@@ -1,0 +1,18 @@
+//! Executor worker: consumes run jobs from RabbitMQ and executes workflow graphs, writing
+//! every step's state, the transitions and the log lines back through diesel.
+//!
+//! - [`config`]: settings from the environment.
+//! - [`startup`]: wiring of the engine, the consumer and the health endpoints.
+//! - [`consumer`]: the queue loop (prefetch, manual ack after commit, reconnects, drain).
+//! - [`engine`]: one job: claim the run, resume from checkpoints, execute ready steps, finish.
+//! - [`steps`]: one executor per step type.
+//! - [`agents`]: the agent registry and the HTTP and OpenAI-compatible agent protocols.
+//! - [`storage`]: plain diesel functions, every write fenced by the run's lease.
+
+pub mod agents;
+pub mod config;
+pub mod consumer;
+pub mod engine;
+pub mod startup;
+pub mod steps;
+pub mod storage;

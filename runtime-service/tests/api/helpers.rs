@@ -1,0 +1,151 @@
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use runtime_service::publisher::{AmqpPublisher, JobPublisher};
+use runtime_service::startup::Application;
+use serde_json::{json, Value};
+use shared_models::http::CallerResolver;
+use shared_models::queue::QueueNames;
+use shared_models::testing::{self, fixtures, TestDb};
+use std::net::TcpListener;
+use std::sync::Arc;
+
+pub const ORG: &str = "org_test";
+
+pub fn amqp_url() -> String {
+    shared_models::config::env_or("AMQP_URL", shared_models::config::DEFAULT_AMQP_URL)
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub db: TestDb,
+    pub prefix: String,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let (url, prefix) = (amqp_url(), self.prefix.clone());
+        // Queues are durable: remove this test's from the broker.
+        std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(testing::delete_queues(&url, &prefix));
+            }
+        })
+        .join()
+        .ok();
+    }
+}
+
+/// The app with a real publisher; `amqp` lets a test point it at a broker that is not there.
+pub async fn spawn_app_with_broker(amqp: &str) -> TestApp {
+    let db = TestDb::create();
+    let prefix = testing::unique_queue_prefix();
+    let publisher: Arc<dyn JobPublisher> =
+        Arc::new(AmqpPublisher::new(amqp, QueueNames::new(&prefix)));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let app = Application::with_parts(
+        listener,
+        db.pool.clone(),
+        publisher,
+        CallerResolver {
+            default_org_id: ORG.into(),
+        },
+    )
+    .expect("build app");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        db,
+        prefix,
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with_broker(&amqp_url()).await
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl TestApp {
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = self.client.request(
+            method.parse().expect("method"),
+            format!("{}{path}", self.address),
+        );
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status().as_u16();
+        let text = res.text().await.expect("body");
+        Reply {
+            status,
+            body: serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}")),
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.send("POST", path, Some(body), &[]).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send("GET", path, None, &[]).await
+    }
+
+    pub fn workflow(&self, name: &str, active: bool) -> String {
+        let mut conn = self.db.pool.get().expect("conn");
+        let def = json!({"steps": [{"name": "classify", "type": "agent", "agentId": "support-classifier",
+            "instructions": "Determine ticket category and priority."}]});
+        fixtures::insert_workflow(&mut conn, ORG, name, def, active)
+    }
+
+    /// Messages waiting in this test's job queue (a passive declare: creates nothing).
+    pub async fn queued(&self) -> u32 {
+        let conn = shared_models::queue::connect(&amqp_url(), "test-probe")
+            .await
+            .expect("amqp");
+        let ch = conn.create_channel().await.expect("channel");
+        let q = ch
+            .queue_declare(
+                QueueNames::new(&self.prefix).jobs.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("the job queue exists");
+        let n = q.message_count();
+        let _ = conn.close(200, "done".into()).await;
+        n
+    }
+}
+
+pub fn fields(body: &Value) -> Vec<String> {
+    body["error"]["details"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|e| e["field"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}

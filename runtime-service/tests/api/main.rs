@@ -1,0 +1,4 @@
+mod helpers;
+mod queueing;
+mod runs;
+mod trigger;
