@@ -9,6 +9,9 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_env() -> Result<Self, String> {
-        Ok(Self { common: CommonConfig::from_env()?, http_addr: env_or("HTTP_ADDR", "127.0.0.1:8081") })
+        Ok(Self {
+            common: CommonConfig::from_env()?,
+            http_addr: env_or("HTTP_ADDR", "127.0.0.1:8081"),
+        })
     }
 }

@@ -21,7 +21,10 @@ pub struct Definition {
 fn definition(obj: &mut Obj, errors: &mut Errors) -> Option<Definition> {
     let raw = obj.required("definition", errors)?;
     match WorkflowGraph::parse(raw, &obj.path("definition")) {
-        Ok(graph) => Some(Definition { json: raw.clone(), graph }),
+        Ok(graph) => Some(Definition {
+            json: raw.clone(),
+            graph,
+        }),
         Err(mut problems) => {
             errors.append(&mut problems);
             None
@@ -32,7 +35,10 @@ fn definition(obj: &mut Obj, errors: &mut Errors) -> Option<Definition> {
 fn description(obj: &mut Obj, errors: &mut Errors) -> Option<String> {
     let d = obj.opt_str("description", errors)?;
     if d.chars().count() > MAX_DESCRIPTION_CHARS {
-        errors.push(FieldError::new(obj.path("description"), format!("may be at most {MAX_DESCRIPTION_CHARS} characters long")));
+        errors.push(FieldError::new(
+            obj.path("description"),
+            format!("may be at most {MAX_DESCRIPTION_CHARS} characters long"),
+        ));
     }
     Some(d.to_string())
 }
@@ -58,13 +64,15 @@ impl TryFrom<&Map<String, Value>> for NewWorkflow {
     fn try_from(map: &Map<String, Value>) -> Result<Self, ApiError> {
         let mut errors = Errors::new();
         let mut obj = Obj::new(map, "");
-        let name = obj.req_str("name", &mut errors).and_then(|n| match WorkflowName::parse(n) {
-            Ok(n) => Some(n),
-            Err(problem) => {
-                errors.push(FieldError::new("name", problem));
-                None
-            }
-        });
+        let name = obj
+            .req_str("name", &mut errors)
+            .and_then(|n| match WorkflowName::parse(n) {
+                Ok(n) => Some(n),
+                Err(problem) => {
+                    errors.push(FieldError::new("name", problem));
+                    None
+                }
+            });
         let description = description(&mut obj, &mut errors);
         let definition = definition(&mut obj, &mut errors);
         let is_active = obj.opt_bool("isActive", &mut errors).unwrap_or(true);
@@ -73,7 +81,12 @@ impl TryFrom<&Map<String, Value>> for NewWorkflow {
             return Err(ApiError::validation(errors));
         }
         match (name, definition) {
-            (Some(name), Some(definition)) => Ok(NewWorkflow { name, description, definition, is_active }),
+            (Some(name), Some(definition)) => Ok(NewWorkflow {
+                name,
+                description,
+                definition,
+                is_active,
+            }),
             _ => Err(ApiError::internal()),
         }
     }
@@ -94,7 +107,10 @@ impl WorkflowUpdate {
         let mut obj = Obj::new(map, "");
         if let Some(name) = obj.opt_str("name", &mut errors) {
             if WorkflowId::parse(&format!("{}{name}", WorkflowId::PREFIX)).as_ref() != Some(id) {
-                errors.push(FieldError::new("name", "cannot be changed (create a new workflow instead)"));
+                errors.push(FieldError::new(
+                    "name",
+                    "cannot be changed (create a new workflow instead)",
+                ));
             }
         }
         let description = description(&mut obj, &mut errors);
@@ -102,7 +118,11 @@ impl WorkflowUpdate {
         let is_active = obj.opt_bool("isActive", &mut errors);
         obj.finish(&mut errors);
         match definition {
-            Some(definition) if errors.is_empty() => Ok(WorkflowUpdate { definition, description, is_active }),
+            Some(definition) if errors.is_empty() => Ok(WorkflowUpdate {
+                definition,
+                description,
+                is_active,
+            }),
             _ => Err(ApiError::validation(errors)),
         }
     }
@@ -129,7 +149,10 @@ impl TryFrom<Query> for ListWorkflows {
         let after = q.get("cursor").and_then(|c| match decode_cursor(c) {
             Some(key) => Some(key),
             None => {
-                errors.push(FieldError::new("cursor", "is not a cursor this API returned"));
+                errors.push(FieldError::new(
+                    "cursor",
+                    "is not a cursor this API returned",
+                ));
                 None
             }
         });
@@ -142,7 +165,11 @@ impl TryFrom<Query> for ListWorkflows {
             }
         });
         q.finish(errors)?;
-        Ok(ListWorkflows { limit, after, is_active })
+        Ok(ListWorkflows {
+            limit,
+            after,
+            is_active,
+        })
     }
 }
 
@@ -153,7 +180,10 @@ pub fn encode_cursor(created_at: &DateTime<Utc>, id: &str) -> String {
 fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, String)> {
     let key = pagination::decode_cursor(cursor).ok()?;
     let (micros, id) = key.split_once('|')?;
-    Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, id.to_string()))
+    Some((
+        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        id.to_string(),
+    ))
 }
 
 /// A workflow id from a path: anything that cannot name a workflow is simply not found.
@@ -203,6 +233,9 @@ mod tests {
     #[test]
     fn cursors_round_trip() {
         let t = DateTime::from_timestamp_micros(1_750_000_000_123_000).unwrap();
-        assert_eq!(decode_cursor(&encode_cursor(&t, "wf_a")), Some((t, "wf_a".to_string())));
+        assert_eq!(
+            decode_cursor(&encode_cursor(&t, "wf_a")),
+            Some((t, "wf_a".to_string()))
+        );
     }
 }

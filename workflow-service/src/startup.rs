@@ -19,11 +19,17 @@ impl Application {
     pub fn build(settings: &Settings) -> std::io::Result<Self> {
         let pool = db::pool(&settings.common.database_url, settings.common.db_pool_size);
         let listener = TcpListener::bind(&settings.http_addr)?;
-        let resolver = CallerResolver { default_org_id: settings.common.default_org_id.clone() };
+        let resolver = CallerResolver {
+            default_org_id: settings.common.default_org_id.clone(),
+        };
         Self::with_parts(listener, pool, resolver)
     }
 
-    pub fn with_parts(listener: TcpListener, pool: PgPool, resolver: CallerResolver) -> std::io::Result<Self> {
+    pub fn with_parts(
+        listener: TcpListener,
+        pool: PgPool,
+        resolver: CallerResolver,
+    ) -> std::io::Result<Self> {
         let port = listener.local_addr()?.port();
         let pool = web::Data::new(pool);
         let resolver = web::Data::new(resolver);

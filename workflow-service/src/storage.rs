@@ -23,7 +23,12 @@ pub enum CreateOutcome {
 
 /// Insert a workflow at version 1, or bring a deleted one back: it keeps its id and its
 /// versions continue the old numbering, so old runs still point at the version they ran.
-pub fn insert_workflow(conn: &mut PgConnection, org_id: &str, new: &NewWorkflow, now: DateTime<Utc>) -> Result<CreateOutcome, Error> {
+pub fn insert_workflow(
+    conn: &mut PgConnection,
+    org_id: &str,
+    new: &NewWorkflow,
+    now: DateTime<Utc>,
+) -> Result<CreateOutcome, Error> {
     let id = new.id();
     conn.transaction(|conn| {
         let existing: Option<WorkflowRow> = workflows::table
@@ -61,20 +66,37 @@ pub fn insert_workflow(conn: &mut PgConnection, org_id: &str, new: &NewWorkflow,
                     deleted_at: None,
                 };
                 // A concurrent create of the same name loses here instead of failing.
-                let inserted = diesel::insert_into(workflows::table).values(&row).on_conflict_do_nothing().execute(conn)?;
+                let inserted = diesel::insert_into(workflows::table)
+                    .values(&row)
+                    .on_conflict_do_nothing()
+                    .execute(conn)?;
                 if inserted == 0 {
                     return Ok(CreateOutcome::NameTaken);
                 }
                 1
             }
         };
-        insert_version(conn, org_id, id.as_str(), version, &new.definition.json, now)?;
+        insert_version(
+            conn,
+            org_id,
+            id.as_str(),
+            version,
+            &new.definition.json,
+            now,
+        )?;
         let stored = get_workflow(conn, org_id, id.as_str())?.ok_or(Error::NotFound)?;
         Ok(CreateOutcome::Created(stored))
     })
 }
 
-fn insert_version(conn: &mut PgConnection, org_id: &str, id: &str, version: i32, definition: &Value, now: DateTime<Utc>) -> Result<(), Error> {
+fn insert_version(
+    conn: &mut PgConnection,
+    org_id: &str,
+    id: &str,
+    version: i32,
+    definition: &Value,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
     diesel::insert_into(workflow_versions::table)
         .values(WorkflowVersionRow {
             org_id: org_id.to_string(),
@@ -88,7 +110,11 @@ fn insert_version(conn: &mut PgConnection, org_id: &str, id: &str, version: i32,
 }
 
 /// A live (not deleted) workflow with its current definition.
-pub fn get_workflow(conn: &mut PgConnection, org_id: &str, id: &str) -> Result<Option<StoredWorkflow>, Error> {
+pub fn get_workflow(
+    conn: &mut PgConnection,
+    org_id: &str,
+    id: &str,
+) -> Result<Option<StoredWorkflow>, Error> {
     workflows::table
         .inner_join(
             workflow_versions::table.on(workflow_versions::org_id
@@ -102,11 +128,20 @@ pub fn get_workflow(conn: &mut PgConnection, org_id: &str, id: &str) -> Result<O
         .select((WorkflowRow::as_select(), workflow_versions::definition))
         .first::<(WorkflowRow, Value)>(conn)
         .optional()
-        .map(|found| found.map(|(row, definition)| StoredWorkflow { row, definition: Some(definition) }))
+        .map(|found| {
+            found.map(|(row, definition)| StoredWorkflow {
+                row,
+                definition: Some(definition),
+            })
+        })
 }
 
 /// Newest first; fetches one more than the limit to tell whether another page exists.
-pub fn list_workflows(conn: &mut PgConnection, org_id: &str, q: &ListWorkflows) -> Result<(Vec<WorkflowRow>, bool), Error> {
+pub fn list_workflows(
+    conn: &mut PgConnection,
+    org_id: &str,
+    q: &ListWorkflows,
+) -> Result<(Vec<WorkflowRow>, bool), Error> {
     let mut query = workflows::table
         .filter(workflows::org_id.eq(org_id))
         .filter(workflows::deleted_at.is_null())
@@ -118,7 +153,11 @@ pub fn list_workflows(conn: &mut PgConnection, org_id: &str, q: &ListWorkflows) 
         query = query.filter(workflows::is_active.eq(active));
     }
     if let Some((at, id)) = &q.after {
-        query = query.filter(workflows::created_at.lt(at).or(workflows::created_at.eq(at).and(workflows::id.lt(id))));
+        query = query.filter(
+            workflows::created_at
+                .lt(at)
+                .or(workflows::created_at.eq(at).and(workflows::id.lt(id))),
+        );
     }
     let mut rows = query.load(conn)?;
     let more = rows.len() as i64 > q.limit;
@@ -127,7 +166,13 @@ pub fn list_workflows(conn: &mut PgConnection, org_id: &str, q: &ListWorkflows) 
 }
 
 /// Make the update's definition the next version. `None` when there is no such workflow.
-pub fn update_workflow(conn: &mut PgConnection, org_id: &str, id: &str, update: &WorkflowUpdate, now: DateTime<Utc>) -> Result<Option<StoredWorkflow>, Error> {
+pub fn update_workflow(
+    conn: &mut PgConnection,
+    org_id: &str,
+    id: &str,
+    update: &WorkflowUpdate,
+    now: DateTime<Utc>,
+) -> Result<Option<StoredWorkflow>, Error> {
     conn.transaction(|conn| {
         let current: Option<WorkflowRow> = workflows::table
             .find((org_id, id))
@@ -136,7 +181,9 @@ pub fn update_workflow(conn: &mut PgConnection, org_id: &str, id: &str, update: 
             .for_update()
             .first(conn)
             .optional()?;
-        let Some(current) = current else { return Ok(None) };
+        let Some(current) = current else {
+            return Ok(None);
+        };
         let version = current.version + 1;
         diesel::update(workflows::table.find((org_id, id)))
             .set((
@@ -153,9 +200,18 @@ pub fn update_workflow(conn: &mut PgConnection, org_id: &str, id: &str, update: 
 
 /// Soft delete: the row stays so runs keep pointing at their versions. `false` when there
 /// was no live workflow to delete.
-pub fn delete_workflow(conn: &mut PgConnection, org_id: &str, id: &str, now: DateTime<Utc>) -> Result<bool, Error> {
-    diesel::update(workflows::table.find((org_id, id)).filter(workflows::deleted_at.is_null()))
-        .set((workflows::deleted_at.eq(now), workflows::updated_at.eq(now)))
-        .execute(conn)
-        .map(|n| n == 1)
+pub fn delete_workflow(
+    conn: &mut PgConnection,
+    org_id: &str,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, Error> {
+    diesel::update(
+        workflows::table
+            .find((org_id, id))
+            .filter(workflows::deleted_at.is_null()),
+    )
+    .set((workflows::deleted_at.eq(now), workflows::updated_at.eq(now)))
+    .execute(conn)
+    .map(|n| n == 1)
 }

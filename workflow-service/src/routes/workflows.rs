@@ -57,34 +57,60 @@ fn not_found(raw_id: &str) -> WorkflowError {
 }
 
 /// `POST /workflows`
-pub async fn create_workflow(pool: web::Data<PgPool>, caller: Caller, body: JsonObject) -> Result<HttpResponse, WorkflowError> {
+pub async fn create_workflow(
+    pool: web::Data<PgPool>,
+    caller: Caller,
+    body: JsonObject,
+) -> Result<HttpResponse, WorkflowError> {
     let new = NewWorkflow::try_from(&body.0)?;
     let name = new.name.to_string();
     let now = shared_models::time::now();
-    match blocking(&pool, move |conn| storage::insert_workflow(conn, &caller.org_id, &new, now)).await? {
+    match blocking(&pool, move |conn| {
+        storage::insert_workflow(conn, &caller.org_id, &new, now)
+    })
+    .await?
+    {
         CreateOutcome::Created(w) => Ok(envelope::created(WorkflowView::from(w))),
         CreateOutcome::NameTaken => Err(WorkflowError::NameTaken(name)),
     }
 }
 
 /// `GET /workflows`
-pub async fn list_workflows(pool: web::Data<PgPool>, caller: Caller, query: Query) -> Result<HttpResponse, WorkflowError> {
+pub async fn list_workflows(
+    pool: web::Data<PgPool>,
+    caller: Caller,
+    query: Query,
+) -> Result<HttpResponse, WorkflowError> {
     let q = ListWorkflows::try_from(query)?;
     let limit = q.limit;
-    let (rows, more) = blocking(&pool, move |conn| storage::list_workflows(conn, &caller.org_id, &q)).await?;
-    let next_cursor = more.then(|| rows.last().map(|r| domain::encode_cursor(&r.created_at, &r.id))).flatten();
+    let (rows, more) = blocking(&pool, move |conn| {
+        storage::list_workflows(conn, &caller.org_id, &q)
+    })
+    .await?;
+    let next_cursor = more
+        .then(|| {
+            rows.last()
+                .map(|r| domain::encode_cursor(&r.created_at, &r.id))
+        })
+        .flatten();
     let views: Vec<WorkflowView> = rows.into_iter().map(WorkflowView::from).collect();
     Ok(envelope::page(views, Pagination { limit, next_cursor }))
 }
 
 /// `GET /workflows/{id}`
-pub async fn get_workflow(pool: web::Data<PgPool>, caller: Caller, path: web::Path<String>) -> Result<HttpResponse, WorkflowError> {
+pub async fn get_workflow(
+    pool: web::Data<PgPool>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, WorkflowError> {
     let raw = path.into_inner();
     let id = domain::parse_id(&raw).ok_or_else(|| not_found(&raw))?;
-    blocking(&pool, move |conn| storage::get_workflow(conn, &caller.org_id, id.as_str()))
-        .await?
-        .map(|w| envelope::ok(WorkflowView::from(w)))
-        .ok_or_else(|| not_found(&raw))
+    blocking(&pool, move |conn| {
+        storage::get_workflow(conn, &caller.org_id, id.as_str())
+    })
+    .await?
+    .map(|w| envelope::ok(WorkflowView::from(w)))
+    .ok_or_else(|| not_found(&raw))
 }
 
 /// `PUT /workflows/{id}`: a new version of the definition.
@@ -98,20 +124,32 @@ pub async fn update_workflow(
     let id = domain::parse_id(&raw).ok_or_else(|| not_found(&raw))?;
     let update = WorkflowUpdate::parse(&body.0, &id)?;
     let now = shared_models::time::now();
-    blocking(&pool, move |conn| storage::update_workflow(conn, &caller.org_id, id.as_str(), &update, now))
-        .await?
-        .map(|w| envelope::ok(WorkflowView::from(w)))
-        .ok_or_else(|| not_found(&raw))
+    blocking(&pool, move |conn| {
+        storage::update_workflow(conn, &caller.org_id, id.as_str(), &update, now)
+    })
+    .await?
+    .map(|w| envelope::ok(WorkflowView::from(w)))
+    .ok_or_else(|| not_found(&raw))
 }
 
 /// `DELETE /workflows/{id}`: runs already made stay readable.
-pub async fn delete_workflow(pool: web::Data<PgPool>, caller: Caller, path: web::Path<String>) -> Result<HttpResponse, WorkflowError> {
+pub async fn delete_workflow(
+    pool: web::Data<PgPool>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, WorkflowError> {
     let raw = path.into_inner();
     let id = domain::parse_id(&raw).ok_or_else(|| not_found(&raw))?;
     let now = shared_models::time::now();
     let key = id.to_string();
-    if blocking(&pool, move |conn| storage::delete_workflow(conn, &caller.org_id, &key, now)).await? {
-        Ok(envelope::ok(serde_json::json!({ "id": id.as_str(), "deleted": true })))
+    if blocking(&pool, move |conn| {
+        storage::delete_workflow(conn, &caller.org_id, &key, now)
+    })
+    .await?
+    {
+        Ok(envelope::ok(
+            serde_json::json!({ "id": id.as_str(), "deleted": true }),
+        ))
     } else {
         Err(not_found(&raw))
     }

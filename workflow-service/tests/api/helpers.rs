@@ -14,11 +14,21 @@ pub struct TestApp {
 pub async fn spawn_app() -> TestApp {
     let db = TestDb::create();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let app = Application::with_parts(listener, db.pool.clone(), CallerResolver { default_org_id: "org_test".into() })
-        .expect("build app");
+    let app = Application::with_parts(
+        listener,
+        db.pool.clone(),
+        CallerResolver {
+            default_org_id: "org_test".into(),
+        },
+    )
+    .expect("build app");
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
-    TestApp { address, client: reqwest::Client::new(), _db: db }
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        _db: db,
+    }
 }
 
 pub struct Reply {
@@ -28,7 +38,10 @@ pub struct Reply {
 
 impl TestApp {
     pub async fn send(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
-        let mut req = self.client.request(method.parse().expect("method"), format!("{}{path}", self.address));
+        let mut req = self.client.request(
+            method.parse().expect("method"),
+            format!("{}{path}", self.address),
+        );
         if let Some(body) = body {
             req = req.json(&body);
         }
@@ -42,7 +55,10 @@ impl TestApp {
     pub async fn raw(&self, method: &str, path: &str, content_type: &str, body: Vec<u8>) -> Reply {
         let res = self
             .client
-            .request(method.parse().expect("method"), format!("{}{path}", self.address))
+            .request(
+                method.parse().expect("method"),
+                format!("{}{path}", self.address),
+            )
             .header("content-type", content_type)
             .body(body)
             .send()
@@ -50,7 +66,10 @@ impl TestApp {
             .expect("request");
         let status = res.status().as_u16();
         let text = res.text().await.expect("body");
-        Reply { status, body: serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}")) }
+        Reply {
+            status,
+            body: serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}")),
+        }
     }
 }
 
@@ -67,6 +86,10 @@ pub fn workflow(name: &str) -> Value {
 pub fn fields(body: &Value) -> Vec<String> {
     body["error"]["details"]
         .as_array()
-        .map(|d| d.iter().filter_map(|e| e["field"].as_str().map(str::to_string)).collect())
+        .map(|d| {
+            d.iter()
+                .filter_map(|e| e["field"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
