@@ -3,7 +3,7 @@ use workflow_service::startup::Application;
 
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    shared_models::config::init_logging();
     let settings = match Settings::from_env() {
         Ok(s) => s,
         Err(e) => {
