@@ -7,7 +7,8 @@ use crate::engine::{Engine, JobOutcome};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions,
 };
 use lapin::types::FieldTable;
 use shared_models::db::blocking;
@@ -55,7 +56,8 @@ impl Consumer {
         let mut backoff = Duration::from_millis(250);
         while !*shutdown.borrow() {
             match self.consume(&permits, &mut shutdown).await {
-                Ok(()) => break,
+                // `consume` drained before it closed its channel.
+                Ok(()) => return,
                 Err(e) => {
                     self.state.consuming.store(false, Ordering::SeqCst);
                     log::warn!("broker connection lost ({e}); reconnecting in {backoff:?}");
@@ -67,6 +69,8 @@ impl Consumer {
                 }
             }
         }
+        // Shutdown came while no channel was open (reconnecting): jobs of the lost channel
+        // may still be running.
         self.state.consuming.store(false, Ordering::SeqCst);
         self.drain(&permits).await;
     }
@@ -112,11 +116,11 @@ impl Consumer {
         loop {
             let permit = tokio::select! {
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return Ok(()) },
-                _ = shutdown.changed() => return Ok(()),
+                _ = shutdown.changed() => break,
             };
             let delivery = tokio::select! {
                 d = deliveries.next() => d,
-                _ = shutdown.changed() => return Ok(()),
+                _ = shutdown.changed() => break,
             };
             match delivery {
                 Some(Ok(delivery)) => {
@@ -130,6 +134,21 @@ impl Consumer {
                 None => return Err("the broker cancelled the consumer".into()),
             }
         }
+        // Shutdown, in this order: take no more deliveries; let in-flight jobs finish and ack
+        // on this still-open channel (or hand their runs back); only then close, so the
+        // broker requeues what is unsettled after its lease was released.
+        self.state.consuming.store(false, Ordering::SeqCst);
+        let tag = self.engine.me.worker_id.as_str().into();
+        if let Err(e) = channel
+            .basic_cancel(tag, BasicCancelOptions::default())
+            .await
+        {
+            log::warn!("could not cancel the consumer: {e}");
+        }
+        self.drain(permits).await;
+        let _ = channel.close(200, "worker shutting down".into()).await;
+        let _ = connection.close(200, "worker shutting down".into()).await;
+        Ok(())
     }
 
     /// Wait for in-flight jobs up to the grace period; hand back what is still running by
@@ -163,17 +182,30 @@ async fn handle(engine: &Engine, state: &WorkerState, delivery: Delivery) {
     let outcome = match RunJob::decode(&delivery.data) {
         Err(e) => JobOutcome::Poison(e),
         Ok(job) => {
-            if let Ok(mut s) = state.in_flight.lock() {
-                s.insert(job.run_id.clone());
+            // After a reconnect the broker redelivers this worker's unsettled jobs to it while
+            // the first tasks may still run them; the claim would accept them (same worker),
+            // so they are recognised here and settled as duplicates.
+            let first = state
+                .in_flight
+                .lock()
+                .map(|mut s| s.insert(job.run_id.clone()))
+                .unwrap_or(true);
+            if first {
+                let outcome = engine.process(&job).await;
+                if let Ok(mut s) = state.in_flight.lock() {
+                    s.remove(&job.run_id);
+                }
+                outcome
+            } else {
+                log::info!(
+                    "run {}: already executing in this worker; duplicate delivery",
+                    job.run_id
+                );
+                JobOutcome::Done
             }
-            let outcome = engine.process(&job).await;
-            if let Ok(mut s) = state.in_flight.lock() {
-                s.remove(&job.run_id);
-            }
-            outcome
         }
     };
-    let acked = match outcome {
+    let settled = match outcome {
         JobOutcome::Done => delivery.ack(BasicAckOptions::default()).await,
         JobOutcome::Poison(reason) => {
             log::error!("dead-lettering a job: {reason}");
@@ -190,8 +222,13 @@ async fn handle(engine: &Engine, state: &WorkerState, delivery: Delivery) {
                 .await
         }
     };
-    if let Err(e) = acked {
-        // The channel is gone; the broker redelivers the message, and the claim makes that safe.
-        log::warn!("could not settle a delivery: {e}");
+    // Not settled means the channel is gone: the broker redelivers the message, and the
+    // claim of the run makes that safe.
+    match settled {
+        Ok(true) => {}
+        Ok(false) => {
+            log::warn!("could not settle a delivery: the channel is closed; it will be redelivered")
+        }
+        Err(e) => log::warn!("could not settle a delivery: {e}"),
     }
 }

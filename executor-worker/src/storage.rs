@@ -428,7 +428,8 @@ pub fn finish_run(
     })
 }
 
-/// Hand the run back at shutdown: the lease ends now, so the redelivered job is taken at once.
+/// Hand the run back at shutdown: the lease ends now (so the redelivered job is taken at
+/// once) and the owner is cleared (so this worker's abandoned task can write nothing more).
 pub fn release_lease(
     conn: &mut PgConnection,
     run_id: &str,
@@ -440,7 +441,10 @@ pub fn release_lease(
             .find(run_id)
             .filter(runs::lease_owner.eq(&me.worker_id)),
     )
-    .set(runs::lease_expires_at.eq(now))
+    .set((
+        runs::lease_owner.eq(None::<String>),
+        runs::lease_expires_at.eq(now),
+    ))
     .execute(conn)
     .map(|_| ())
 }

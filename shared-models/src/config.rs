@@ -62,5 +62,8 @@ impl CommonConfig {
 
 /// Logging for every binary: `RUST_LOG` when set, else `info` (without lapin's span chatter).
 pub fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,tracing::span=warn")).init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,tracing::span=warn"),
+    )
+    .init();
 }

@@ -60,6 +60,12 @@ pub fn render_str(src: &str, ctx: &Value) -> Result<Value, String> {
         Some(expr) => {
             let compiled = env.compile_expression(expr).map_err(|e| describe(&e))?;
             let value = compiled.eval(ctx).map_err(|e| describe(&e))?;
+            // Strict mode errors on printing an undefined value, not on returning one.
+            if value.is_undefined() {
+                return Err(format!(
+                    "undefined value: `{expr}` names nothing in the context"
+                ));
+            }
             serde_json::to_value(&value).map_err(|e| format!("template value is not JSON: {e}"))
         }
         None => env

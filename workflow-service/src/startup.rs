@@ -36,8 +36,9 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(ErrorHandlers::new().default_handler(envelope_errors))
-                .wrap(Logger::new(r#"%a "%r" %s %b %Dms req=%{x-request-id}o"#))
                 .wrap(from_fn(request_id_middleware))
+                // Outermost, so it sees the response with its X-Request-Id.
+                .wrap(Logger::new(r#"%a "%r" %s %b %Dms req=%{x-request-id}o"#))
                 .app_data(pool.clone())
                 .app_data(resolver.clone())
                 .configure(routes::configure)
