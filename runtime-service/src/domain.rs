@@ -117,10 +117,7 @@ impl TryFrom<Query> for ListRuns {
 
     fn try_from(mut q: Query) -> Result<Self, ApiError> {
         let mut errors = Errors::new();
-        let limit = pagination::parse_limit(q.get("limit")).unwrap_or_else(|e| {
-            errors.push(FieldError::new("limit", e));
-            pagination::DEFAULT_LIMIT
-        });
+        let limit = q.limit(&mut errors);
         let before_id = q.get("cursor").and_then(|c| {
             match pagination::decode_cursor(c)
                 .ok()

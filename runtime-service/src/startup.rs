@@ -5,10 +5,9 @@ use crate::config::Settings;
 use crate::publisher::{AmqpPublisher, JobPublisher};
 use crate::{relay, routes};
 use actix_web::dev::Server;
-use actix_web::middleware::{from_fn, ErrorHandlers, Logger};
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, HttpServer};
 use shared_models::db::{self, PgPool};
-use shared_models::http::{envelope_errors, request_id_middleware, CallerResolver};
+use shared_models::http::CallerResolver;
 use shared_models::queue::QueueNames;
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -58,11 +57,7 @@ impl Application {
         let state = web::Data::new(AppState { pool, publisher });
         let resolver = web::Data::new(resolver);
         let server = HttpServer::new(move || {
-            App::new()
-                .wrap(ErrorHandlers::new().default_handler(envelope_errors))
-                .wrap(from_fn(request_id_middleware))
-                // Outermost, so it sees the response with its X-Request-Id.
-                .wrap(Logger::new(r#"%a "%r" %s %b %Dms req=%{x-request-id}o"#))
+            shared_models::http::app()
                 .app_data(state.clone())
                 .app_data(resolver.clone())
                 .configure(routes::configure)

@@ -5,11 +5,11 @@
 use crate::body::parse_object;
 use crate::envelope::{ApiError, ErrorCode, FieldError};
 use actix_web::body::MessageBody;
-use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::dev::{Payload, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
-use actix_web::middleware::{ErrorHandlerResponse, Next};
-use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use actix_web::middleware::{from_fn, ErrorHandlerResponse, ErrorHandlers, Logger, Next};
+use actix_web::{App, FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use futures_util::future::LocalBoxFuture;
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
@@ -112,6 +112,14 @@ pub struct Query {
 }
 
 impl Query {
+    /// `limit` under the list rules (1-200, default 50); a bad one is added to `errors`.
+    pub fn limit(&mut self, errors: &mut Vec<FieldError>) -> i64 {
+        crate::pagination::parse_limit(self.get("limit")).unwrap_or_else(|e| {
+            errors.push(FieldError::new("limit", e));
+            crate::pagination::DEFAULT_LIMIT
+        })
+    }
+
     pub fn get(&mut self, key: &'static str) -> Option<&str> {
         self.known.push(key);
         self.pairs
@@ -260,6 +268,24 @@ pub fn envelope_errors<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHan
     Ok(ErrorHandlerResponse::Response(
         ServiceResponse::new(req, response).map_into_right_body(),
     ))
+}
+
+/// An `App` with the edge every service shares: request ids, an access log line carrying
+/// the request id, and envelopes for every error the framework makes itself.
+pub fn app() -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .wrap(ErrorHandlers::new().default_handler(envelope_errors))
+        .wrap(from_fn(request_id_middleware))
+        // Outermost, so it sees the response with its X-Request-Id.
+        .wrap(Logger::new(r#"%a "%r" %s %b %Dms req=%{x-request-id}o"#))
 }
 
 /// Default service: the envelope 404 for routes no one serves.

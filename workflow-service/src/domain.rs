@@ -142,10 +142,7 @@ impl TryFrom<Query> for ListWorkflows {
 
     fn try_from(mut q: Query) -> Result<Self, ApiError> {
         let mut errors = Errors::new();
-        let limit = pagination::parse_limit(q.get("limit")).unwrap_or_else(|e| {
-            errors.push(FieldError::new("limit", e));
-            pagination::DEFAULT_LIMIT
-        });
+        let limit = q.limit(&mut errors);
         let after = q.get("cursor").and_then(|c| match decode_cursor(c) {
             Some(key) => Some(key),
             None => {

@@ -4,10 +4,9 @@
 use crate::config::Settings;
 use crate::routes;
 use actix_web::dev::Server;
-use actix_web::middleware::{from_fn, ErrorHandlers, Logger};
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, HttpServer};
 use shared_models::db::{self, PgPool};
-use shared_models::http::{envelope_errors, request_id_middleware, CallerResolver};
+use shared_models::http::CallerResolver;
 use std::net::TcpListener;
 
 pub struct Application {
@@ -34,11 +33,7 @@ impl Application {
         let pool = web::Data::new(pool);
         let resolver = web::Data::new(resolver);
         let server = HttpServer::new(move || {
-            App::new()
-                .wrap(ErrorHandlers::new().default_handler(envelope_errors))
-                .wrap(from_fn(request_id_middleware))
-                // Outermost, so it sees the response with its X-Request-Id.
-                .wrap(Logger::new(r#"%a "%r" %s %b %Dms req=%{x-request-id}o"#))
+            shared_models::http::app()
                 .app_data(pool.clone())
                 .app_data(resolver.clone())
                 .configure(routes::configure)
