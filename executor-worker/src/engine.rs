@@ -1,18 +1,30 @@
-//! Executing one job: claim the run, resume after its last completed step, execute each
-//! ready step (recording RUNNING, then the output or error), and finish the run.
+//! Executing one job: claim the run, resume after its completed steps, execute every ready
+//! step (independent branches at once), and finish the run, or park it as WAITING when
+//! nothing executes and something waits (a delay, an approval, a child run).
 //!
-//! Completed steps are checkpoints: a redelivered job or a takeover never runs them again.
-//! A step found RUNNING was cut off by a crash and runs again as the next attempt (agents see
-//! the same `Idempotency-Key`).
+//! - Completed and skipped steps are checkpoints: a redelivered job, a takeover or a retry
+//!   never runs them again. A step found RUNNING was cut off by a crash and runs again as the
+//!   next attempt (agents and HTTP endpoints see the same `Idempotency-Key`).
+//! - A step runs once all its dependencies are COMPLETED or SKIPPED; one whose dependencies
+//!   were all SKIPPED is SKIPPED too; a false `when` skips it.
+//! - When a step fails after its last attempt, nothing new starts, attempts in flight finish
+//!   and are recorded, the steps not started are CANCELLED, and the run is FAILED.
 
 use crate::agents::AgentRegistry;
 use crate::steps::{self, StepEnv};
-use crate::storage::{self, Claim, ClaimedRun, Fenced, LeaseHolder, RunEnd, StepRecord};
+use crate::storage::{
+    self, Claim, ClaimedRun, Fenced, LeaseHolder, Park, RunEnd, StepChange, StepRecord,
+};
+use chrono::{DateTime, Utc};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{json, Map, Value};
 use shared_models::db::{blocking, PgPool, StorageError};
-use shared_models::graph::WorkflowGraph;
+use shared_models::graph::{Step, StepKind, WorkflowGraph};
+use shared_models::models::{RunRow, StepRunRow};
 use shared_models::queue::RunJob;
 use shared_models::status::{RunStatus, StepStatus};
+use shared_models::template;
+use std::collections::HashSet;
 use std::time::Duration;
 
 /// What to do with the message once a job was processed.
@@ -31,12 +43,13 @@ pub struct Engine {
     pub agents: AgentRegistry,
     pub http: reqwest::Client,
     pub me: LeaseHolder,
-    /// Per-attempt timeout of agent calls whose registry entry sets none.
+    /// Per-attempt timeout of agent and HTTP calls whose step or agent entry sets none.
     pub agent_timeout: Duration,
 }
 
+/// Why the engine stopped working on a run before its end.
 enum Stop {
-    /// Another worker holds the run now; leave it alone.
+    /// Another worker holds the run now, or it was cancelled: leave it alone.
     LeaseLost,
     Storage(StorageError),
 }
@@ -47,12 +60,106 @@ impl From<StorageError> for Stop {
     }
 }
 
+fn fenced(f: Fenced) -> Result<(), Stop> {
+    match f {
+        Fenced::Written => Ok(()),
+        Fenced::LeaseLost => Err(Stop::LeaseLost),
+    }
+}
+
 /// A step's state as the engine tracks it during one job.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct StepState {
     status: StepStatus,
     output: Option<Value>,
     error: Option<String>,
+    wake_at: Option<DateTime<Utc>>,
+    child_run_id: Option<String>,
+}
+
+impl StepState {
+    fn from_row(row: Option<&StepRunRow>) -> Self {
+        match row {
+            Some(r) => StepState {
+                // RUNNING means an attempt was cut off by a crash: it runs again.
+                status: match StepStatus::parse(&r.status) {
+                    Some(StepStatus::Running) | None => StepStatus::Pending,
+                    Some(s) => s,
+                },
+                output: r.output.clone(),
+                error: r.error.clone(),
+                wake_at: r.wake_at,
+                child_run_id: r.child_run_id.clone(),
+            },
+            None => StepState {
+                status: StepStatus::Pending,
+                output: None,
+                error: None,
+                wake_at: None,
+                child_run_id: None,
+            },
+        }
+    }
+}
+
+/// One run being driven: its graph and the state of each step.
+struct RunState<'a> {
+    run: &'a RunRow,
+    graph: WorkflowGraph,
+    steps: Vec<StepState>,
+    request_id: &'a str,
+}
+
+impl RunState<'_> {
+    fn record(&self, i: usize) -> StepRecord {
+        let step = &self.graph.steps[i];
+        StepRecord {
+            run_id: self.run.id.clone(),
+            name: step.name.to_string(),
+            position: i as i32,
+            step_type: step.kind.type_name(),
+        }
+    }
+
+    /// The template context now: `variables`, `steps.<name>.output|status`, `run`.
+    fn context(&self) -> Value {
+        let steps: Map<String, Value> = self
+            .graph
+            .steps
+            .iter()
+            .zip(&self.steps)
+            .map(|(s, st)| {
+                (
+                    s.name.to_string(),
+                    json!({ "output": st.output, "status": st.status.as_str() }),
+                )
+            })
+            .collect();
+        json!({
+            "variables": self.run.variables,
+            "steps": steps,
+            "run": { "id": self.run.id, "workflowId": self.run.workflow_id },
+        })
+    }
+
+    fn reload(&mut self, rows: &[StepRunRow]) {
+        for (i, step) in self.graph.steps.iter().enumerate() {
+            self.steps[i] = StepState::from_row(rows.iter().find(|r| r.name == step.name.as_str()));
+        }
+    }
+
+    /// Steps whose dependencies are all settled and that have not started.
+    fn ready(&self, in_flight: &HashSet<usize>) -> Vec<usize> {
+        (0..self.steps.len())
+            .filter(|&i| self.steps[i].status == StepStatus::Pending && !in_flight.contains(&i))
+            .filter(|&i| {
+                self.graph.steps[i]
+                    .depends_on
+                    .iter()
+                    .all(|&d| self.steps[d].status.is_settled())
+            })
+            .collect()
+    }
 }
 
 impl Engine {
@@ -82,10 +189,7 @@ impl Engine {
                 match result {
                     Ok(()) => JobOutcome::Done,
                     Err(Stop::LeaseLost) => {
-                        log::warn!(
-                            "run {}: lease lost to another worker; stopping here",
-                            job.run_id
-                        );
+                        log::warn!("run {}: no longer held by this worker (cancelled or taken over); stopping", job.run_id);
                         JobOutcome::Done
                     }
                     Err(Stop::Storage(e)) => JobOutcome::Retry(e.to_string()),
@@ -117,116 +221,398 @@ impl Engine {
     }
 
     async fn drive(&self, c: &ClaimedRun, request_id: &str) -> Result<(), Stop> {
-        let run = &c.run;
         let graph = match WorkflowGraph::from_stored(&c.definition) {
             Ok(g) => g,
             Err(e) => {
-                log::error!("run {} req={request_id}: {e}", run.id);
+                log::error!("run {} req={request_id}: {e}", c.run.id);
                 return self
-                    .finish(run, RunStatus::Failed, None, Some(e), Vec::new())
+                    .finish(&c.run, RunStatus::Failed, None, Some(e), Vec::new())
                     .await;
             }
         };
-        let mut states: Vec<StepState> = graph
+        let steps = graph
             .steps
             .iter()
-            .map(
-                |s| match c.steps.iter().find(|r| r.name == s.name.as_str()) {
-                    Some(r) => StepState {
-                        status: StepStatus::parse(&r.status).unwrap_or(StepStatus::Pending),
-                        output: r.output.clone(),
-                        error: r.error.clone(),
-                    },
-                    None => StepState {
-                        status: StepStatus::Pending,
-                        output: None,
-                        error: None,
-                    },
-                },
-            )
+            .map(|s| StepState::from_row(c.steps.iter().find(|r| r.name == s.name.as_str())))
             .collect();
-        let record = |i: usize| StepRecord {
-            run_id: &run.id,
-            name: graph.steps[i].name.as_str(),
-            position: i as i32,
-            step_type: graph.steps[i].kind.type_name(),
+        let mut rs = RunState {
+            run: &c.run,
+            graph,
+            steps,
+            request_id,
         };
-
         loop {
-            if let Some(failed) = states.iter().position(|s| s.status == StepStatus::Failed) {
-                let cancelled = (0..states.len())
-                    .filter(|&i| states[i].status == StepStatus::Pending)
-                    .map(record)
+            self.resolve_waits(&mut rs).await?;
+            let failed = self.execute_ready(&mut rs).await?;
+            if let Some(i) = failed {
+                let cancelled: Vec<StepRecord> = (0..rs.steps.len())
+                    .filter(|&j| {
+                        matches!(
+                            rs.steps[j].status,
+                            StepStatus::Pending | StepStatus::Waiting
+                        )
+                    })
+                    .map(|j| rs.record(j))
                     .collect();
+                let step = &rs.graph.steps[i].name;
                 let reason = format!(
-                    "step '{}' failed: {}",
-                    graph.steps[failed].name,
-                    states[failed].error.as_deref().unwrap_or("unknown error")
+                    "step '{step}' failed: {}",
+                    rs.steps[i].error.as_deref().unwrap_or("unknown error")
                 );
                 return self
-                    .finish(run, RunStatus::Failed, None, Some(reason), cancelled)
+                    .finish(rs.run, RunStatus::Failed, None, Some(reason), cancelled)
                     .await;
             }
-            let ready = (0..states.len()).find(|&i| {
-                !states[i].status.is_settled()
-                    && graph.steps[i]
-                        .depends_on
-                        .iter()
-                        .all(|&d| states[d].status.is_settled())
-            });
-            let Some(i) = ready else {
-                let output: Map<String, Value> = graph
+            let waiting: Vec<usize> = (0..rs.steps.len())
+                .filter(|&i| rs.steps[i].status == StepStatus::Waiting)
+                .collect();
+            if waiting.is_empty() {
+                if let Some(stuck) = rs.steps.iter().position(|s| !s.status.is_settled()) {
+                    // Cannot happen for a validated graph; never leave a run RUNNING forever.
+                    let reason = format!(
+                        "step '{}' can never become ready",
+                        rs.graph.steps[stuck].name
+                    );
+                    return self
+                        .finish(rs.run, RunStatus::Failed, None, Some(reason), Vec::new())
+                        .await;
+                }
+                let output: Map<String, Value> = rs
+                    .graph
                     .leaves()
                     .into_iter()
-                    .filter(|&i| states[i].status == StepStatus::Completed)
+                    .filter(|&i| rs.steps[i].status == StepStatus::Completed)
                     .map(|i| {
                         (
-                            graph.steps[i].name.to_string(),
-                            states[i].output.clone().unwrap_or(Value::Null),
+                            rs.graph.steps[i].name.to_string(),
+                            rs.steps[i].output.clone().unwrap_or(Value::Null),
                         )
                     })
                     .collect();
                 return self
                     .finish(
-                        run,
+                        rs.run,
                         RunStatus::Completed,
                         Some(Value::Object(output)),
                         None,
                         Vec::new(),
                     )
                     .await;
-            };
-
-            let step = &graph.steps[i];
-            let now = shared_models::time::now();
-            let (rec_run, rec_name, rec_type, me) = (
-                run.id.clone(),
-                step.name.to_string(),
-                step.kind.type_name(),
+            }
+            let names: Vec<String> = waiting
+                .iter()
+                .map(|&i| rs.graph.steps[i].name.to_string())
+                .collect();
+            let wake_at = waiting.iter().filter_map(|&i| rs.steps[i].wake_at).min();
+            let (run_id, me, now) = (
+                rs.run.id.clone(),
                 self.me.clone(),
+                shared_models::time::now(),
             );
-            let attempt = blocking(&self.pool, move |conn| {
-                storage::start_step(
-                    conn,
-                    &StepRecord {
-                        run_id: &rec_run,
-                        name: &rec_name,
-                        position: i as i32,
-                        step_type: rec_type,
-                    },
-                    &me,
-                    now,
-                )
+            let parked = blocking(&self.pool, move |conn| {
+                storage::park_run(conn, &run_id, &names, wake_at, &me, now)
             })
-            .await?
-            .map_err(|_| Stop::LeaseLost)?;
+            .await?;
+            match parked {
+                Park::Parked => {
+                    log::info!("run {} req={}: waiting; released", rs.run.id, rs.request_id);
+                    return Ok(());
+                }
+                Park::LeaseLost => return Err(Stop::LeaseLost),
+                Park::Changed => {
+                    let run_id = rs.run.id.clone();
+                    let rows = blocking(&self.pool, move |conn| storage::load_steps(conn, &run_id))
+                        .await?;
+                    rs.reload(&rows);
+                }
+            }
+        }
+    }
+
+    /// Settle the waiting steps whose wait is over: a due delay, a child run that ended, a
+    /// wait past its timeout. (Approvals are settled by the approve endpoint itself.)
+    async fn resolve_waits(&self, rs: &mut RunState<'_>) -> Result<(), Stop> {
+        let now = shared_models::time::now();
+        for i in 0..rs.steps.len() {
+            if rs.steps[i].status != StepStatus::Waiting {
+                continue;
+            }
+            let due = rs.steps[i].wake_at.is_some_and(|t| t <= now);
+            let change = match &rs.graph.steps[i].kind {
+                StepKind::Delay { seconds } if due => {
+                    Some(StepChange::completed(json!({ "seconds": seconds })))
+                }
+                StepKind::Subworkflow { .. } => self.child_outcome(rs, i, due).await?,
+                StepKind::Approval if due => Some(StepChange::failed(timeout_message(
+                    &rs.graph.steps[i],
+                    "approval",
+                ))),
+                _ => None,
+            };
+            if let Some(change) = change {
+                self.record(rs, i, change).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn child_outcome(
+        &self,
+        rs: &RunState<'_>,
+        i: usize,
+        due: bool,
+    ) -> Result<Option<StepChange>, Stop> {
+        let Some(child) = rs.steps[i].child_run_id.clone() else {
+            return Ok(Some(StepChange::failed(
+                "the child run was never recorded".into(),
+            )));
+        };
+        let id = child.clone();
+        let state = blocking(&self.pool, move |conn| storage::child_state(conn, &id)).await?;
+        Ok(match state {
+            None => Some(StepChange::failed(format!(
+                "child run {child} does not exist"
+            ))),
+            Some((status, output, error)) => match RunStatus::parse(&status) {
+                Some(RunStatus::Completed) => {
+                    Some(StepChange::completed(output.unwrap_or(Value::Null)))
+                }
+                Some(s) if s.is_terminal() => Some(StepChange::failed(format!(
+                    "child run {child} {}: {}",
+                    s.as_str().to_lowercase(),
+                    error.unwrap_or_else(|| "no error recorded".into())
+                ))),
+                _ if due => Some(StepChange::failed(timeout_message(
+                    &rs.graph.steps[i],
+                    &format!("child run {child}"),
+                ))),
+                _ => None,
+            },
+        })
+    }
+
+    /// Start everything ready, run it to quiescence, and return the first failed step, if any.
+    async fn execute_ready(&self, rs: &mut RunState<'_>) -> Result<Option<usize>, Stop> {
+        let mut in_flight = FuturesUnordered::new();
+        let mut running: HashSet<usize> = HashSet::new();
+        let mut failed = rs.steps.iter().position(|s| s.status == StepStatus::Failed);
+        loop {
+            // Starting steps can settle others at once (skips, failed conditions), which can
+            // make more steps ready: repeat until nothing changes.
+            let mut changed = true;
+            while changed && failed.is_none() {
+                changed = false;
+                for i in rs.ready(&running) {
+                    match self.begin(rs, i).await? {
+                        Begin::Settled => changed = true,
+                        Begin::Failed => {
+                            failed = Some(i);
+                            break;
+                        }
+                        Begin::Waiting => {}
+                        Begin::Execute => {
+                            running.insert(i);
+                            let ctx = rs.context();
+                            let (run, step, request_id) =
+                                (rs.run, rs.graph.steps[i].clone(), rs.request_id);
+                            in_flight.push(self.run_attempts(
+                                run,
+                                step,
+                                rs.record(i),
+                                ctx,
+                                request_id,
+                                i,
+                            ));
+                        }
+                    }
+                }
+            }
+            let Some((i, result)) = in_flight.next().await else {
+                return Ok(failed);
+            };
+            running.remove(&i);
+            match result {
+                Ok(output) => {
+                    rs.steps[i].status = StepStatus::Completed;
+                    rs.steps[i].output = Some(output);
+                }
+                Err(StepEnd::Failed(error)) => {
+                    rs.steps[i].status = StepStatus::Failed;
+                    rs.steps[i].error = Some(error);
+                    failed = failed.or(Some(i));
+                }
+                Err(StepEnd::Stop(stop)) => return Err(stop),
+            }
+        }
+    }
+
+    /// Decide what a ready step does: skip, fail its condition, start waiting, or execute.
+    async fn begin(&self, rs: &mut RunState<'_>, i: usize) -> Result<Begin, Stop> {
+        let step = &rs.graph.steps[i];
+        if !step.depends_on.is_empty()
+            && step
+                .depends_on
+                .iter()
+                .all(|&d| rs.steps[d].status == StepStatus::Skipped)
+        {
+            self.record(
+                rs,
+                i,
+                StepChange::skipped("every step it depends on was skipped".into()),
+            )
+            .await?;
+            return Ok(Begin::Settled);
+        }
+        if let Some(condition) = &step.when {
+            match template::eval_condition(condition, &rs.context()) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.record(
+                        rs,
+                        i,
+                        StepChange::skipped(format!("condition is false: {condition}")),
+                    )
+                    .await?;
+                    return Ok(Begin::Settled);
+                }
+                Err(e) => {
+                    self.record(rs, i, StepChange::failed(format!("when: {e}")))
+                        .await?;
+                    return Ok(Begin::Failed);
+                }
+            }
+        }
+        let now = shared_models::time::now();
+        let wait_deadline = step
+            .timeout
+            .and_then(|t| chrono::Duration::from_std(t).ok())
+            .map(|t| now + t);
+        let change = match &step.kind {
+            StepKind::Delay { seconds } => {
+                let wake = now + chrono::Duration::milliseconds((seconds * 1000.0).round() as i64);
+                StepChange::waiting(Some(wake), None, format!("waiting {seconds}s"))
+            }
+            StepKind::Approval => {
+                StepChange::waiting(wait_deadline, None, "waiting for approval".into())
+            }
+            StepKind::Subworkflow {
+                workflow_id,
+                variables,
+            } => {
+                let vars = match variables
+                    .as_ref()
+                    .map(|v| template::render_json(v, &rs.context()))
+                    .transpose()
+                {
+                    Ok(None) => Value::Object(Map::new()),
+                    Ok(Some(v @ Value::Object(_))) => v,
+                    Ok(Some(other)) => {
+                        self.record(
+                            rs,
+                            i,
+                            StepChange::failed(format!(
+                                "variables must render to an object, not {other}"
+                            )),
+                        )
+                        .await?;
+                        return Ok(Begin::Failed);
+                    }
+                    Err(e) => {
+                        self.record(rs, i, StepChange::failed(format!("variables: {e}")))
+                            .await?;
+                        return Ok(Begin::Failed);
+                    }
+                };
+                let (parent, name, wf) =
+                    (rs.run.clone(), step.name.to_string(), workflow_id.clone());
+                let created = blocking(&self.pool, move |conn| {
+                    storage::create_child_run(conn, &parent, &name, &wf, vars, now)
+                })
+                .await?;
+                match created {
+                    Ok(child) => StepChange::waiting(
+                        wait_deadline,
+                        Some(child.clone()),
+                        format!("started child run {child} of {workflow_id}"),
+                    ),
+                    Err(reason) => {
+                        self.record(rs, i, StepChange::failed(reason)).await?;
+                        return Ok(Begin::Failed);
+                    }
+                }
+            }
+            _ => return Ok(Begin::Execute),
+        };
+        self.record(rs, i, change).await?;
+        Ok(Begin::Waiting)
+    }
+
+    /// Record a step change and mirror it in memory.
+    async fn record(
+        &self,
+        rs: &mut RunState<'_>,
+        i: usize,
+        change: StepChange,
+    ) -> Result<(), Stop> {
+        let (record, me, now, c) = (
+            rs.record(i),
+            self.me.clone(),
+            shared_models::time::now(),
+            change.clone(),
+        );
+        fenced(
+            blocking(&self.pool, move |conn| {
+                storage::record_step(conn, &record, &c, &me, now)
+            })
+            .await?,
+        )?;
+        let st = &mut rs.steps[i];
+        st.status = change.to;
+        st.output = change.output;
+        st.error = change.error;
+        st.wake_at = change.wake_at;
+        if change.child_run_id.is_some() {
+            st.child_run_id = change.child_run_id;
+        }
+        Ok(())
+    }
+
+    /// Every attempt of one executing step, with its timeout and the retry policy's pauses.
+    async fn run_attempts(
+        &self,
+        run: &RunRow,
+        step: Step,
+        record: StepRecord,
+        ctx: Value,
+        request_id: &str,
+        i: usize,
+    ) -> (usize, Result<Value, StepEnd>) {
+        (i, self.attempts(run, &step, record, ctx, request_id).await)
+    }
+
+    async fn attempts(
+        &self,
+        run: &RunRow,
+        step: &Step,
+        record: StepRecord,
+        ctx: Value,
+        request_id: &str,
+    ) -> Result<Value, StepEnd> {
+        let mut tries: u32 = 0;
+        loop {
+            tries += 1;
+            let (rec, me, now) = (record.clone(), self.me.clone(), shared_models::time::now());
+            let attempt = blocking(&self.pool, move |conn| {
+                storage::start_step(conn, &rec, &me, now)
+            })
+            .await
+            .map_err(|e| StepEnd::Stop(e.into()))?
+            .map_err(|_| StepEnd::Stop(Stop::LeaseLost))?;
             log::info!(
                 "run {} req={request_id}: step {} started (attempt {attempt})",
                 run.id,
                 step.name
             );
-
-            let ctx = context(run, &graph, &states);
             let env = StepEnv {
                 agents: &self.agents,
                 http: &self.http,
@@ -236,7 +622,19 @@ impl Engine {
                 step: step.name.as_str(),
                 attempt,
             };
-            let result = steps::execute(&step.kind, &ctx, &env).await;
+            let result = match step.timeout {
+                Some(limit) => tokio::time::timeout(limit, steps::execute(&step.kind, &ctx, &env))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("timed out after {}s", limit.as_secs_f64()))),
+                None => steps::execute(&step.kind, &ctx, &env).await,
+            };
+            let change = match &result {
+                Ok(output) => StepChange::completed(output.clone()),
+                Err(e) if tries < step.retry.max_attempts => {
+                    StepChange::retrying(attempt, e.clone(), step.retry.delay_before(attempt + 1))
+                }
+                Err(e) => StepChange::failed(e.clone()),
+            };
             match &result {
                 Ok(_) => log::info!(
                     "run {} req={request_id}: step {} completed",
@@ -244,118 +642,76 @@ impl Engine {
                     step.name
                 ),
                 Err(e) => log::warn!(
-                    "run {} req={request_id}: step {} failed: {e}",
+                    "run {} req={request_id}: step {} attempt {attempt} failed: {e}",
                     run.id,
                     step.name
                 ),
             }
-
-            let now = shared_models::time::now();
-            let (rec_run, rec_name, me, res) = (
-                run.id.clone(),
-                step.name.to_string(),
+            let (rec, me, now, c) = (
+                record.clone(),
                 self.me.clone(),
-                result.clone(),
+                shared_models::time::now(),
+                change.clone(),
             );
-            let fenced = blocking(&self.pool, move |conn| {
-                storage::finish_step(
-                    conn,
-                    &StepRecord {
-                        run_id: &rec_run,
-                        name: &rec_name,
-                        position: i as i32,
-                        step_type: rec_type,
-                    },
-                    &res,
-                    &me,
-                    now,
-                )
+            let written = blocking(&self.pool, move |conn| {
+                storage::record_step(conn, &rec, &c, &me, now)
             })
-            .await?;
-            if fenced == Fenced::LeaseLost {
-                return Err(Stop::LeaseLost);
+            .await
+            .map_err(|e| StepEnd::Stop(e.into()))?;
+            fenced(written).map_err(StepEnd::Stop)?;
+            match (result, change.to) {
+                (Ok(output), _) => return Ok(output),
+                (Err(_), StepStatus::Pending) => {
+                    tokio::time::sleep(step.retry.delay_before(attempt + 1)).await
+                }
+                (Err(e), _) => return Err(StepEnd::Failed(e)),
             }
-            states[i] = match result {
-                Ok(output) => StepState {
-                    status: StepStatus::Completed,
-                    output: Some(output),
-                    error: None,
-                },
-                Err(e) => StepState {
-                    status: StepStatus::Failed,
-                    output: None,
-                    error: Some(e),
-                },
-            };
         }
     }
 
     async fn finish(
         &self,
-        run: &shared_models::models::RunRow,
+        run: &RunRow,
         status: RunStatus,
         output: Option<Value>,
         error: Option<String>,
-        cancelled: Vec<StepRecord<'_>>,
+        cancelled: Vec<StepRecord>,
     ) -> Result<(), Stop> {
-        let owned: Vec<(String, i32, String)> = cancelled
-            .iter()
-            .map(|s| (s.name.to_string(), s.position, s.step_type.to_string()))
-            .collect();
-        let (run_id, me, now) = (run.id.clone(), self.me.clone(), shared_models::time::now());
-        log::info!("run {run_id}: {}", status.as_str());
-        let fenced = blocking(&self.pool, move |conn| {
-            let cancelled = owned
-                .iter()
-                .map(|(name, position, step_type)| StepRecord {
-                    run_id: &run_id,
-                    name,
-                    position: *position,
-                    step_type,
-                })
-                .collect();
-            storage::finish_run(
-                conn,
-                &run_id,
-                &RunEnd {
-                    status,
-                    output,
-                    error,
-                    cancelled,
-                },
-                &me,
-                now,
-            )
-        })
-        .await?;
-        match fenced {
-            Fenced::Written => Ok(()),
-            Fenced::LeaseLost => Err(Stop::LeaseLost),
-        }
+        let (run, me, now) = (run.clone(), self.me.clone(), shared_models::time::now());
+        log::info!("run {}: {}", run.id, status.as_str());
+        let end = RunEnd {
+            status,
+            output,
+            error,
+            cancelled,
+        };
+        fenced(
+            blocking(&self.pool, move |conn| {
+                storage::finish_run(conn, &run, &end, &me, now)
+            })
+            .await?,
+        )
     }
 }
 
-/// The template context of a run at this point: `variables`, `steps.<name>.output|status`,
-/// `run.id`, `run.workflowId`.
-fn context(
-    run: &shared_models::models::RunRow,
-    graph: &WorkflowGraph,
-    states: &[StepState],
-) -> Value {
-    let steps: Map<String, Value> = graph
-        .steps
-        .iter()
-        .zip(states)
-        .map(|(s, st)| {
-            (
-                s.name.to_string(),
-                json!({ "output": st.output, "status": st.status.as_str() }),
-            )
-        })
-        .collect();
-    json!({
-        "variables": run.variables,
-        "steps": steps,
-        "run": { "id": run.id, "workflowId": run.workflow_id },
-    })
+/// What starting a ready step led to.
+enum Begin {
+    /// Skipped: settled without executing.
+    Settled,
+    /// Failed before executing (its condition or its child run could not start).
+    Failed,
+    /// Now WAITING (delay, approval, subworkflow).
+    Waiting,
+    /// To be executed (agent, http, transform).
+    Execute,
+}
+
+enum StepEnd {
+    Failed(String),
+    Stop(Stop),
+}
+
+fn timeout_message(step: &Step, what: &str) -> String {
+    let secs = step.timeout.map(|t| t.as_secs_f64()).unwrap_or_default();
+    format!("timed out after {secs}s waiting for {what}")
 }

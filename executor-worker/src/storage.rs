@@ -1,16 +1,20 @@
 //! Plain diesel functions over `&mut PgConnection`. The worker owns `step_runs` and
-//! `run_events`, and a run's status once the run exists.
+//! `run_events`, and a run's status once the run exists (the runtime's run-control endpoints
+//! aside: cancel, retry, approve).
 //!
 //! Every write is fenced by the lease: it happens only while `runs.lease_owner` is this
-//! worker. A worker that lost its run (lease expired, another worker took over) finds out at
-//! its next write ([`Fenced::LeaseLost`]) and stops touching it.
+//! worker. A worker that lost its run (lease expired and taken over, or the run cancelled)
+//! finds out at its next write ([`Fenced::LeaseLost`]) and stops touching it.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::Error;
 use serde_json::Value;
 use shared_models::models::{NewRunEvent, RunRow, StepRunRow};
-use shared_models::schema::{run_events, runs, step_runs, workflow_versions};
+use shared_models::runs::{self, NewRun};
+use shared_models::schema::{
+    run_events, runs as runs_table, step_runs, workflow_versions, workflows,
+};
 use shared_models::status::{RunStatus, StepStatus};
 use std::time::Duration;
 
@@ -53,8 +57,8 @@ pub enum Fenced {
     LeaseLost,
 }
 
-/// Take the run: PENDING -> RUNNING, or resume a RUNNING run whose lease expired (its
-/// worker died) or that this worker already holds (a redelivery to the same worker).
+/// Take the run: PENDING or WAITING -> RUNNING, or resume a RUNNING run whose lease expired
+/// (its worker died) or that this worker already holds (a redelivery to the same worker).
 pub fn claim_run(
     conn: &mut PgConnection,
     run_id: &str,
@@ -63,9 +67,9 @@ pub fn claim_run(
     now: DateTime<Utc>,
 ) -> Result<Claim, Error> {
     conn.transaction(|conn| {
-        let run: Option<RunRow> = runs::table
+        let run: Option<RunRow> = runs_table::table
             .find(run_id)
-            .filter(runs::org_id.eq(org_id))
+            .filter(runs_table::org_id.eq(org_id))
             .select(RunRow::as_select())
             .for_update()
             .first(conn)
@@ -79,50 +83,50 @@ pub fn claim_run(
         }
         let lease_live = run.lease_expires_at.is_some_and(|t| t > now);
         let mine = run.lease_owner.as_deref() == Some(me.worker_id.as_str());
-        if status != RunStatus::Pending && lease_live && !mine {
+        if status == RunStatus::Running && lease_live && !mine {
             return Ok(Claim::HeldElsewhere);
         }
-        diesel::update(runs::table.find(run_id))
+        diesel::update(runs_table::table.find(run_id))
             .set((
-                runs::status.eq(RunStatus::Running.as_str()),
-                runs::started_at.eq(run.started_at.unwrap_or(now)),
-                runs::updated_at.eq(now),
-                runs::lease_owner.eq(&me.worker_id),
-                runs::lease_expires_at.eq(me.expires(now)),
+                runs_table::status.eq(RunStatus::Running.as_str()),
+                runs_table::started_at.eq(run.started_at.unwrap_or(now)),
+                runs_table::updated_at.eq(now),
+                runs_table::wake_at.eq(None::<DateTime<Utc>>),
+                runs_table::lease_owner.eq(&me.worker_id),
+                runs_table::lease_expires_at.eq(me.expires(now)),
             ))
             .execute(conn)?;
-        if status == RunStatus::Pending {
-            insert_events(
-                conn,
-                vec![
-                    NewRunEvent::transition(
-                        run_id,
-                        now,
-                        None,
-                        RunStatus::Pending.as_str(),
-                        RunStatus::Running.as_str(),
-                    ),
-                    NewRunEvent::log(
-                        run_id,
-                        now,
-                        None,
-                        "INFO",
-                        format!("run started on worker {}", me.worker_id),
-                    ),
-                ],
-            )?;
+        let mut events = Vec::new();
+        if status != RunStatus::Running {
+            events.push(NewRunEvent::transition(
+                run_id,
+                now,
+                None,
+                status.as_str(),
+                RunStatus::Running.as_str(),
+            ));
+            let verb = if status == RunStatus::Pending {
+                "started"
+            } else {
+                "resumed"
+            };
+            events.push(NewRunEvent::log(
+                run_id,
+                now,
+                None,
+                "INFO",
+                format!("run {verb} on worker {}", me.worker_id),
+            ));
         } else if !mine {
+            let previous = run.lease_owner.as_deref().unwrap_or("another worker");
             let message = format!(
-                "run resumed on worker {} after {} stopped holding it",
-                me.worker_id,
-                run.lease_owner.as_deref().unwrap_or("another worker")
+                "run resumed on worker {} after {previous} stopped holding it",
+                me.worker_id
             );
-            insert_events(
-                conn,
-                vec![NewRunEvent::log(run_id, now, None, "WARN", message)],
-            )?;
+            events.push(NewRunEvent::log(run_id, now, None, "WARN", message));
         }
-        let run = runs::table
+        insert_events(conn, events)?;
+        let run = runs_table::table
             .find(run_id)
             .select(RunRow::as_select())
             .first(conn)?;
@@ -130,11 +134,7 @@ pub fn claim_run(
             .find((&run.org_id, &run.workflow_id, run.workflow_version))
             .select(workflow_versions::definition)
             .first(conn)?;
-        let steps = step_runs::table
-            .filter(step_runs::run_id.eq(run_id))
-            .select(StepRunRow::as_select())
-            .order(step_runs::position)
-            .load(conn)?;
+        let steps = load_steps(conn, run_id)?;
         Ok(Claim::Claimed(Box::new(ClaimedRun {
             run,
             definition,
@@ -143,7 +143,18 @@ pub fn claim_run(
     })
 }
 
+pub fn load_steps(conn: &mut PgConnection, run_id: &str) -> Result<Vec<StepRunRow>, Error> {
+    step_runs::table
+        .filter(step_runs::run_id.eq(run_id))
+        .select(StepRunRow::as_select())
+        .order(step_runs::position)
+        .load(conn)
+}
+
 fn insert_events(conn: &mut PgConnection, events: Vec<NewRunEvent>) -> Result<(), Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
     diesel::insert_into(run_events::table)
         .values(events)
         .execute(conn)
@@ -158,13 +169,13 @@ fn touch(
     now: DateTime<Utc>,
 ) -> Result<Fenced, Error> {
     let n = diesel::update(
-        runs::table
+        runs_table::table
             .find(run_id)
-            .filter(runs::lease_owner.eq(&me.worker_id)),
+            .filter(runs_table::lease_owner.eq(&me.worker_id)),
     )
     .set((
-        runs::updated_at.eq(now),
-        runs::lease_expires_at.eq(me.expires(now)),
+        runs_table::updated_at.eq(now),
+        runs_table::lease_expires_at.eq(me.expires(now)),
     ))
     .execute(conn)?;
     Ok(if n == 1 {
@@ -182,11 +193,11 @@ pub fn renew_lease(
     now: DateTime<Utc>,
 ) -> Result<Fenced, Error> {
     let n = diesel::update(
-        runs::table
+        runs_table::table
             .find(run_id)
-            .filter(runs::lease_owner.eq(&me.worker_id)),
+            .filter(runs_table::lease_owner.eq(&me.worker_id)),
     )
-    .set(runs::lease_expires_at.eq(me.expires(now)))
+    .set(runs_table::lease_expires_at.eq(me.expires(now)))
     .execute(conn)?;
     Ok(if n == 1 {
         Fenced::Written
@@ -195,12 +206,13 @@ pub fn renew_lease(
     })
 }
 
-/// What is being recorded about one step.
-pub struct StepRecord<'a> {
-    pub run_id: &'a str,
-    pub name: &'a str,
+/// Which step is being recorded.
+#[derive(Debug, Clone)]
+pub struct StepRecord {
+    pub run_id: String,
+    pub name: String,
     pub position: i32,
-    pub step_type: &'a str,
+    pub step_type: &'static str,
 }
 
 /// Record an attempt starting: RUNNING, attempt + 1, with its transition and log line.
@@ -212,11 +224,11 @@ pub fn start_step(
     now: DateTime<Utc>,
 ) -> Result<Result<i32, Fenced>, Error> {
     conn.transaction(|conn| {
-        if touch(conn, step.run_id, me, now)? == Fenced::LeaseLost {
+        if touch(conn, &step.run_id, me, now)? == Fenced::LeaseLost {
             return Ok(Err(Fenced::LeaseLost));
         }
         let previous: Option<(String, i32)> = step_runs::table
-            .find((step.run_id, step.name))
+            .find((&step.run_id, &step.name))
             .select((step_runs::status, step_runs::attempt))
             .first(conn)
             .optional()?;
@@ -224,146 +236,415 @@ pub fn start_step(
             Some((status, attempt)) => (status, attempt + 1),
             None => (StepStatus::Pending.as_str().to_string(), 1),
         };
-        let row = StepRunRow {
-            run_id: step.run_id.to_string(),
-            name: step.name.to_string(),
-            position: step.position,
-            step_type: step.step_type.to_string(),
-            status: StepStatus::Running.as_str().to_string(),
-            attempt,
-            started_at: Some(now),
-            completed_at: None,
-            output: None,
-            error: None,
-        };
-        diesel::insert_into(step_runs::table)
-            .values(&row)
-            .on_conflict((step_runs::run_id, step_runs::name))
-            .do_update()
-            .set((
-                step_runs::status.eq(&row.status),
-                step_runs::attempt.eq(attempt),
-                step_runs::started_at.eq(now),
-                step_runs::completed_at.eq(None::<DateTime<Utc>>),
-                step_runs::output.eq(None::<Value>),
-                step_runs::error.eq(None::<String>),
-            ))
-            .execute(conn)?;
+        let mut row = StepRunRow::new(
+            &step.run_id,
+            &step.name,
+            step.position,
+            step.step_type,
+            StepStatus::Running.as_str(),
+        );
+        row.attempt = attempt;
+        row.started_at = Some(now);
+        upsert_step(conn, &row)?;
         let mut events = vec![NewRunEvent::transition(
-            step.run_id,
+            &step.run_id,
             now,
-            Some(step.name),
+            Some(&step.name),
             &from,
             StepStatus::Running.as_str(),
         )];
         if from == StepStatus::Running.as_str() {
+            let message = format!(
+                "attempt {} was cut off before it finished; trying again",
+                attempt - 1
+            );
             events.push(NewRunEvent::log(
-                step.run_id,
+                &step.run_id,
                 now,
-                Some(step.name),
+                Some(&step.name),
                 "WARN",
-                format!(
-                    "attempt {} was cut off before it finished; trying again",
-                    attempt - 1
-                ),
+                message,
             ));
         }
+        let message = format!("{} step started (attempt {attempt})", step.step_type);
         events.push(NewRunEvent::log(
-            step.run_id,
+            &step.run_id,
             now,
-            Some(step.name),
+            Some(&step.name),
             "INFO",
-            format!("{} step started (attempt {attempt})", step.step_type),
+            message,
         ));
         insert_events(conn, events)?;
         Ok(Ok(attempt))
     })
 }
 
-/// Record how an attempt ended: COMPLETED with its output, or FAILED with its error.
-pub fn finish_step(
+/// Write a whole step row (insert, or replace everything but the attempt counter when the
+/// new row's attempt is 0).
+fn upsert_step(conn: &mut PgConnection, row: &StepRunRow) -> Result<(), Error> {
+    let keep_attempt = row.attempt == 0;
+    let query = diesel::insert_into(step_runs::table)
+        .values(row)
+        .on_conflict((step_runs::run_id, step_runs::name))
+        .do_update();
+    if keep_attempt {
+        query
+            .set((
+                step_runs::status.eq(&row.status),
+                step_runs::started_at.eq(row.started_at),
+                step_runs::completed_at.eq(row.completed_at),
+                step_runs::output.eq(&row.output),
+                step_runs::error.eq(&row.error),
+                step_runs::wake_at.eq(row.wake_at),
+                step_runs::child_run_id.eq(&row.child_run_id),
+            ))
+            .execute(conn)
+    } else {
+        query
+            .set((
+                step_runs::status.eq(&row.status),
+                step_runs::attempt.eq(row.attempt),
+                step_runs::started_at.eq(row.started_at),
+                step_runs::completed_at.eq(row.completed_at),
+                step_runs::output.eq(&row.output),
+                step_runs::error.eq(&row.error),
+                step_runs::wake_at.eq(row.wake_at),
+                step_runs::child_run_id.eq(&row.child_run_id),
+            ))
+            .execute(conn)
+    }
+    .map(|_| ())
+}
+
+/// A step's new state, with what goes with it.
+#[derive(Debug, Clone)]
+pub struct StepChange {
+    pub to: StepStatus,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    /// For WAITING: when to wake (delay end, wait timeout); and the child run waited for.
+    pub wake_at: Option<DateTime<Utc>>,
+    pub child_run_id: Option<String>,
+    pub log: (&'static str, String),
+}
+
+impl StepChange {
+    pub fn completed(output: Value) -> Self {
+        Self {
+            to: StepStatus::Completed,
+            output: Some(output),
+            error: None,
+            wake_at: None,
+            child_run_id: None,
+            log: ("INFO", "step completed".into()),
+        }
+    }
+
+    pub fn failed(error: String) -> Self {
+        let log = ("ERROR", format!("step failed: {error}"));
+        Self {
+            to: StepStatus::Failed,
+            output: None,
+            error: Some(error),
+            wake_at: None,
+            child_run_id: None,
+            log,
+        }
+    }
+
+    pub fn skipped(reason: String) -> Self {
+        Self {
+            to: StepStatus::Skipped,
+            output: None,
+            error: None,
+            wake_at: None,
+            child_run_id: None,
+            log: ("INFO", format!("step skipped: {reason}")),
+        }
+    }
+
+    /// A failed attempt with attempts left: back to PENDING until the next one.
+    pub fn retrying(attempt: i32, error: String, pause: Duration) -> Self {
+        let log = (
+            "WARN",
+            format!(
+                "attempt {attempt} failed: {error}; next attempt in {:.3}s",
+                pause.as_secs_f64()
+            ),
+        );
+        Self {
+            to: StepStatus::Pending,
+            output: None,
+            error: Some(error),
+            wake_at: None,
+            child_run_id: None,
+            log,
+        }
+    }
+
+    pub fn waiting(
+        wake_at: Option<DateTime<Utc>>,
+        child_run_id: Option<String>,
+        message: String,
+    ) -> Self {
+        Self {
+            to: StepStatus::Waiting,
+            output: None,
+            error: None,
+            wake_at,
+            child_run_id,
+            log: ("INFO", message),
+        }
+    }
+}
+
+/// Record a step's change (whatever its state was), with its transition and log line.
+pub fn record_step(
     conn: &mut PgConnection,
     step: &StepRecord,
-    result: &Result<Value, String>,
+    change: &StepChange,
     me: &LeaseHolder,
     now: DateTime<Utc>,
 ) -> Result<Fenced, Error> {
     conn.transaction(|conn| {
-        if touch(conn, step.run_id, me, now)? == Fenced::LeaseLost {
+        if touch(conn, &step.run_id, me, now)? == Fenced::LeaseLost {
             return Ok(Fenced::LeaseLost);
         }
-        let (status, output, error, level, message) = match result {
-            Ok(output) => (
-                StepStatus::Completed,
-                Some(output.clone()),
-                None,
-                "INFO",
-                "step completed".to_string(),
-            ),
-            Err(e) => (
-                StepStatus::Failed,
-                None,
-                Some(e.clone()),
-                "ERROR",
-                format!("step failed: {e}"),
-            ),
+        let previous: Option<StepRunRow> = step_runs::table
+            .find((&step.run_id, &step.name))
+            .select(StepRunRow::as_select())
+            .first(conn)
+            .optional()?;
+        let from = previous
+            .as_ref()
+            .map(|p| p.status.clone())
+            .unwrap_or_else(|| StepStatus::Pending.as_str().to_string());
+        let mut row = StepRunRow::new(
+            &step.run_id,
+            &step.name,
+            step.position,
+            step.step_type,
+            change.to.as_str(),
+        );
+        row.started_at = match change.to {
+            StepStatus::Waiting => Some(now),
+            StepStatus::Skipped => None,
+            _ => previous.as_ref().and_then(|p| p.started_at),
         };
-        diesel::update(step_runs::table.find((step.run_id, step.name)))
-            .set((
-                step_runs::status.eq(status.as_str()),
-                step_runs::completed_at.eq(now),
-                step_runs::output.eq(output),
-                step_runs::error.eq(error),
-            ))
-            .execute(conn)?;
-        insert_events(
-            conn,
-            vec![
-                NewRunEvent::transition(
-                    step.run_id,
-                    now,
-                    Some(step.name),
-                    StepStatus::Running.as_str(),
-                    status.as_str(),
-                ),
-                NewRunEvent::log(step.run_id, now, Some(step.name), level, message),
-            ],
-        )?;
+        row.completed_at = matches!(
+            change.to,
+            StepStatus::Completed
+                | StepStatus::Failed
+                | StepStatus::Skipped
+                | StepStatus::Cancelled
+        )
+        .then_some(now);
+        row.output = change.output.clone();
+        row.error = change.error.clone();
+        row.wake_at = change.wake_at;
+        row.child_run_id = change
+            .child_run_id
+            .clone()
+            .or_else(|| previous.as_ref().and_then(|p| p.child_run_id.clone()));
+        upsert_step(conn, &row)?;
+        let mut events = Vec::new();
+        if from != change.to.as_str() {
+            events.push(NewRunEvent::transition(
+                &step.run_id,
+                now,
+                Some(&step.name),
+                &from,
+                change.to.as_str(),
+            ));
+        }
+        events.push(NewRunEvent::log(
+            &step.run_id,
+            now,
+            Some(&step.name),
+            change.log.0,
+            change.log.1.clone(),
+        ));
+        insert_events(conn, events)?;
         Ok(Fenced::Written)
     })
 }
 
+/// Start the child run of a `subworkflow` step, in the parent's org, at the child workflow's
+/// current version, and queue its job (the outbox relay publishes it). `Ok(Err(reason))`
+/// when the child workflow cannot run (unknown, deleted or inactive).
+pub fn create_child_run(
+    conn: &mut PgConnection,
+    parent: &RunRow,
+    step: &str,
+    workflow_id: &str,
+    variables: Value,
+    now: DateTime<Utc>,
+) -> Result<Result<String, String>, Error> {
+    conn.transaction(|conn| {
+        let current: Option<(i32, bool)> = workflows::table
+            .find((&parent.org_id, workflow_id))
+            .filter(workflows::deleted_at.is_null())
+            .select((workflows::version, workflows::is_active))
+            .first(conn)
+            .optional()?;
+        let version = match current {
+            None => return Ok(Err(format!("workflow '{workflow_id}' was not found"))),
+            Some((_, false)) => return Ok(Err(format!("workflow '{workflow_id}' is inactive"))),
+            Some((version, true)) => version,
+        };
+        let child = runs::pending_run(
+            NewRun {
+                org_id: &parent.org_id,
+                workflow_id,
+                version,
+                variables,
+                idempotency_key: None,
+                request_hash: None,
+                request_id: parent.request_id.clone(),
+                parent: Some((&parent.id, step)),
+            },
+            now,
+        );
+        runs::insert_run(conn, &child)?;
+        // A dedupe key lets the relay publish it at once (no grace period).
+        runs::enqueue_job(
+            conn,
+            &child.id,
+            &child.org_id,
+            child.request_id.clone(),
+            Some(&format!("start:{}", child.id)),
+        )?;
+        Ok(Ok(child.id))
+    })
+}
+
+/// A child run's status, output and error.
+pub fn child_state(
+    conn: &mut PgConnection,
+    child_id: &str,
+) -> Result<Option<(String, Option<Value>, Option<String>)>, Error> {
+    runs_table::table
+        .find(child_id)
+        .select((runs_table::status, runs_table::output, runs_table::error))
+        .first(conn)
+        .optional()
+}
+
+pub enum Park {
+    /// The run is WAITING and holds no worker; a job wakes it.
+    Parked,
+    /// Something it waits for happened meanwhile (an approval, a child ended, a delay is due):
+    /// keep going instead.
+    Changed,
+    LeaseLost,
+}
+
+/// Put a run with nothing executing and something waiting into WAITING, releasing it.
+/// The run row is locked first, so an approval committed concurrently is either seen here
+/// (Changed) or sees the run WAITING (and queues a job).
+pub fn park_run(
+    conn: &mut PgConnection,
+    run_id: &str,
+    waiting: &[String],
+    wake_at: Option<DateTime<Utc>>,
+    me: &LeaseHolder,
+    now: DateTime<Utc>,
+) -> Result<Park, Error> {
+    conn.transaction(|conn| {
+        let held: Option<String> = runs_table::table
+            .find(run_id)
+            .filter(runs_table::lease_owner.eq(&me.worker_id))
+            .select(runs_table::id)
+            .for_update()
+            .first(conn)
+            .optional()?;
+        if held.is_none() {
+            return Ok(Park::LeaseLost);
+        }
+        let rows: Vec<StepRunRow> = step_runs::table
+            .filter(step_runs::run_id.eq(run_id))
+            .filter(step_runs::name.eq_any(waiting))
+            .select(StepRunRow::as_select())
+            .load(conn)?;
+        for row in &rows {
+            if row.status != StepStatus::Waiting.as_str() || row.wake_at.is_some_and(|t| t <= now) {
+                return Ok(Park::Changed);
+            }
+            if let Some(child) = &row.child_run_id {
+                let status: Option<String> = runs_table::table
+                    .find(child)
+                    .select(runs_table::status)
+                    .first(conn)
+                    .optional()?;
+                if status
+                    .as_deref()
+                    .and_then(RunStatus::parse)
+                    .is_none_or(RunStatus::is_terminal)
+                {
+                    return Ok(Park::Changed);
+                }
+            }
+        }
+        diesel::update(runs_table::table.find(run_id))
+            .set((
+                runs_table::status.eq(RunStatus::Waiting.as_str()),
+                runs_table::wake_at.eq(wake_at),
+                runs_table::updated_at.eq(now),
+                runs_table::lease_owner.eq(None::<String>),
+                runs_table::lease_expires_at.eq(None::<DateTime<Utc>>),
+            ))
+            .execute(conn)?;
+        let message = format!("run waiting for: {}", waiting.join(", "));
+        insert_events(
+            conn,
+            vec![
+                NewRunEvent::transition(
+                    run_id,
+                    now,
+                    None,
+                    RunStatus::Running.as_str(),
+                    RunStatus::Waiting.as_str(),
+                ),
+                NewRunEvent::log(run_id, now, None, "INFO", message),
+            ],
+        )?;
+        Ok(Park::Parked)
+    })
+}
+
 /// How a run ends.
-pub struct RunEnd<'a> {
+pub struct RunEnd {
     pub status: RunStatus,
     pub output: Option<Value>,
     pub error: Option<String>,
-    /// Steps that never started and now never will (after a failure): recorded CANCELLED.
-    pub cancelled: Vec<StepRecord<'a>>,
+    /// Steps that did not start and now never will (after a failure): recorded CANCELLED.
+    pub cancelled: Vec<StepRecord>,
 }
 
-/// Finish the run and release its lease, with the cancelled steps and transitions.
+/// Finish the run and release its lease, with the cancelled steps and transitions; a child
+/// run wakes its parent.
 pub fn finish_run(
     conn: &mut PgConnection,
-    run_id: &str,
+    run: &RunRow,
     end: &RunEnd,
     me: &LeaseHolder,
     now: DateTime<Utc>,
 ) -> Result<Fenced, Error> {
     conn.transaction(|conn| {
         let n = diesel::update(
-            runs::table
-                .find(run_id)
-                .filter(runs::lease_owner.eq(&me.worker_id)),
+            runs_table::table
+                .find(&run.id)
+                .filter(runs_table::lease_owner.eq(&me.worker_id)),
         )
         .set((
-            runs::status.eq(end.status.as_str()),
-            runs::output.eq(&end.output),
-            runs::error.eq(&end.error),
-            runs::completed_at.eq(now),
-            runs::updated_at.eq(now),
-            runs::lease_owner.eq(None::<String>),
-            runs::lease_expires_at.eq(None::<DateTime<Utc>>),
+            runs_table::status.eq(end.status.as_str()),
+            runs_table::output.eq(&end.output),
+            runs_table::error.eq(&end.error),
+            runs_table::completed_at.eq(now),
+            runs_table::updated_at.eq(now),
+            runs_table::wake_at.eq(None::<DateTime<Utc>>),
+            runs_table::lease_owner.eq(None::<String>),
+            runs_table::lease_expires_at.eq(None::<DateTime<Utc>>),
         ))
         .execute(conn)?;
         if n == 0 {
@@ -372,42 +653,30 @@ pub fn finish_run(
         let mut events = Vec::new();
         for step in &end.cancelled {
             let from: Option<String> = step_runs::table
-                .find((step.run_id, step.name))
+                .find((&step.run_id, &step.name))
                 .select(step_runs::status)
                 .first(conn)
                 .optional()?;
-            let row = StepRunRow {
-                run_id: run_id.to_string(),
-                name: step.name.to_string(),
-                position: step.position,
-                step_type: step.step_type.to_string(),
-                status: StepStatus::Cancelled.as_str().to_string(),
-                attempt: 0,
-                started_at: None,
-                completed_at: Some(now),
-                output: None,
-                error: None,
-            };
-            diesel::insert_into(step_runs::table)
-                .values(&row)
-                .on_conflict((step_runs::run_id, step_runs::name))
-                .do_update()
-                .set((
-                    step_runs::status.eq(&row.status),
-                    step_runs::completed_at.eq(now),
-                ))
-                .execute(conn)?;
+            let mut row = StepRunRow::new(
+                &run.id,
+                &step.name,
+                step.position,
+                step.step_type,
+                StepStatus::Cancelled.as_str(),
+            );
+            row.completed_at = Some(now);
+            upsert_step(conn, &row)?;
             let from = from.unwrap_or_else(|| StepStatus::Pending.as_str().to_string());
             events.push(NewRunEvent::transition(
-                run_id,
+                &run.id,
                 now,
-                Some(step.name),
+                Some(&step.name),
                 &from,
                 StepStatus::Cancelled.as_str(),
             ));
         }
         events.push(NewRunEvent::transition(
-            run_id,
+            &run.id,
             now,
             None,
             RunStatus::Running.as_str(),
@@ -422,8 +691,17 @@ pub fn finish_run(
         } else {
             "ERROR"
         };
-        events.push(NewRunEvent::log(run_id, now, None, level, message));
+        events.push(NewRunEvent::log(&run.id, now, None, level, message));
         insert_events(conn, events)?;
+        if let Some(parent) = &run.parent_run_id {
+            runs::enqueue_job(
+                conn,
+                parent,
+                &run.org_id,
+                run.request_id.clone(),
+                Some(&format!("child-ended:{}", run.id)),
+            )?;
+        }
         Ok(Fenced::Written)
     })
 }
@@ -437,13 +715,13 @@ pub fn release_lease(
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
     diesel::update(
-        runs::table
+        runs_table::table
             .find(run_id)
-            .filter(runs::lease_owner.eq(&me.worker_id)),
+            .filter(runs_table::lease_owner.eq(&me.worker_id)),
     )
     .set((
-        runs::lease_owner.eq(None::<String>),
-        runs::lease_expires_at.eq(now),
+        runs_table::lease_owner.eq(None::<String>),
+        runs_table::lease_expires_at.eq(now),
     ))
     .execute(conn)
     .map(|_| ())

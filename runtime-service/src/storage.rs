@@ -8,11 +8,13 @@ use diesel::prelude::*;
 use diesel::result::Error;
 use diesel::sql_types::{BigInt, Double, Jsonb};
 use serde_json::Value;
-use shared_models::ids::{RunId, WorkflowId};
-use shared_models::models::{NewOutbox, RunEventRow, RunRow, StepRunRow};
+use shared_models::ids::WorkflowId;
+use shared_models::runs::{self, NewRun};
+use shared_models::models::{RunEventRow, RunRow, StepRunRow};
 use shared_models::queue::RunJob;
-use shared_models::schema::{outbox, run_events, runs, step_runs, workflow_versions, workflows};
-use shared_models::status::RunStatus;
+use shared_models::schema::{
+    outbox, run_events, runs as runs_table, step_runs, workflow_versions, workflows,
+};
 
 pub enum CreateOutcome {
     /// A new run, and the outbox row of its job.
@@ -56,44 +58,26 @@ pub fn create_run(
             Some((_, false)) => return Ok(CreateOutcome::WorkflowInactive),
             Some((version, true)) => version,
         };
-        let run = RunRow {
-            id: RunId::generate().to_string(),
-            org_id: org_id.to_string(),
-            workflow_id: workflow_id.to_string(),
-            workflow_version: version,
-            status: RunStatus::Pending.as_str().to_string(),
-            variables: Value::Object(req.variables.clone()),
-            output: None,
-            error: None,
-            created_at: now,
-            updated_at: now,
-            started_at: None,
-            completed_at: None,
-            lease_owner: None,
-            lease_expires_at: None,
-            idempotency_key: req.idempotency_key.clone(),
-            request_hash: req.idempotency_key.as_ref().map(|_| fingerprint.clone()),
-            request_id: request_id.map(str::to_string),
-        };
+        let run = runs::pending_run(
+            NewRun {
+                org_id,
+                workflow_id: workflow_id.as_str(),
+                version,
+                variables: Value::Object(req.variables.clone()),
+                idempotency_key: req.idempotency_key.clone(),
+                request_hash: req.idempotency_key.as_ref().map(|_| fingerprint.clone()),
+                request_id: request_id.map(str::to_string),
+                parent: None,
+            },
+            now,
+        );
         // Two requests racing with one key: the loser inserts nothing and replays the winner.
-        let inserted = diesel::insert_into(runs::table)
-            .values(&run)
-            .on_conflict_do_nothing()
-            .execute(conn)?;
-        if inserted == 0 {
+        if !runs::insert_run(conn, &run)? {
             let key = req.idempotency_key.as_deref().ok_or(Error::NotFound)?;
             return replay(conn, org_id, key, &fingerprint)?.ok_or(Error::NotFound);
         }
-        let job = RunJob::new(&run.id, org_id, run.request_id.clone());
-        let payload =
-            serde_json::to_value(&job).map_err(|e| Error::SerializationError(Box::new(e)))?;
-        let outbox_id = diesel::insert_into(outbox::table)
-            .values(NewOutbox {
-                run_id: &run.id,
-                payload: &payload,
-            })
-            .returning(outbox::id)
-            .get_result(conn)?;
+        let (outbox_id, job) = runs::enqueue_job(conn, &run.id, org_id, run.request_id.clone(), None)?
+            .ok_or(Error::NotFound)?;
         Ok(CreateOutcome::Created {
             run,
             job,
@@ -108,9 +92,9 @@ fn replay(
     key: &str,
     fingerprint: &str,
 ) -> Result<Option<CreateOutcome>, Error> {
-    let existing: Option<RunRow> = runs::table
-        .filter(runs::org_id.eq(org_id))
-        .filter(runs::idempotency_key.eq(key))
+    let existing: Option<RunRow> = runs_table::table
+        .filter(runs_table::org_id.eq(org_id))
+        .filter(runs_table::idempotency_key.eq(key))
         .select(RunRow::as_select())
         .first(conn)
         .optional()?;
@@ -187,20 +171,20 @@ pub fn list_runs(
     org_id: &str,
     q: &ListRuns,
 ) -> Result<(Vec<RunRow>, bool), Error> {
-    let mut query = runs::table
-        .filter(runs::org_id.eq(org_id))
+    let mut query = runs_table::table
+        .filter(runs_table::org_id.eq(org_id))
         .select(RunRow::as_select())
-        .order(runs::id.desc())
+        .order(runs_table::id.desc())
         .limit(q.limit + 1)
         .into_boxed();
     if let Some(wf) = &q.workflow_id {
-        query = query.filter(runs::workflow_id.eq(wf));
+        query = query.filter(runs_table::workflow_id.eq(wf));
     }
     if let Some(status) = q.status {
-        query = query.filter(runs::status.eq(status.as_str()));
+        query = query.filter(runs_table::status.eq(status.as_str()));
     }
     if let Some(before) = &q.before_id {
-        query = query.filter(runs::id.lt(before));
+        query = query.filter(runs_table::id.lt(before));
     }
     let mut rows = query.load(conn)?;
     let more = rows.len() as i64 > q.limit;
@@ -223,9 +207,9 @@ pub fn get_run(
     org_id: &str,
     run_id: &str,
 ) -> Result<Option<RunRow>, Error> {
-    runs::table
+    runs_table::table
         .find(run_id)
-        .filter(runs::org_id.eq(org_id))
+        .filter(runs_table::org_id.eq(org_id))
         .select(RunRow::as_select())
         .first(conn)
         .optional()

@@ -11,12 +11,66 @@ use crate::ids::StepName;
 use crate::template;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
+use std::time::Duration;
 
 /// More steps than this is a definition no one should run; it is refused at create/update.
 pub const MAX_STEPS: usize = 200;
 
 /// The step types this build executes.
-pub const STEP_TYPES: &[&str] = &["agent", "transform"];
+pub const STEP_TYPES: &[&str] = &[
+    "agent",
+    "http",
+    "transform",
+    "delay",
+    "approval",
+    "subworkflow",
+];
+
+/// Bounds on step settings, so a typo cannot make a run wait for a year or retry forever.
+pub const MAX_ATTEMPTS: u32 = 20;
+pub const MAX_BACKOFF_SECONDS: f64 = 3600.0;
+pub const MAX_TIMEOUT_SECONDS: f64 = 30.0 * 24.0 * 3600.0;
+pub const MAX_DELAY_SECONDS: f64 = 30.0 * 24.0 * 3600.0;
+pub const HTTP_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];
+
+/// `retry`: how many attempts a step gets and how long to wait between them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub backoff_seconds: f64,
+    pub backoff_multiplier: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 1,
+            backoff_seconds: 1.0,
+            backoff_multiplier: 2.0,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The pause before attempt `attempt` (2 and up): backoff * multiplier^(attempt - 2).
+    pub fn delay_before(&self, attempt: i32) -> Duration {
+        let exp = (attempt - 2).max(0);
+        let secs = self.backoff_seconds * self.backoff_multiplier.powi(exp);
+        // Attempt numbers keep growing across `/retry`, so the power can overflow to
+        // infinity; with a zero backoff that is 0 * inf = NaN, which from_secs_f64 panics on.
+        let secs = if secs.is_nan() { 0.0 } else { secs };
+        Duration::from_secs_f64(secs.clamp(0.0, MAX_BACKOFF_SECONDS))
+    }
+}
+
+/// The request of an `http` step; every string in it is a template.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRequestSpec {
+    pub method: String,
+    pub url: String,
+    pub headers: Map<String, Value>,
+    pub body: Option<Value>,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepKind {
@@ -27,16 +81,42 @@ pub enum StepKind {
         instructions: String,
         inputs: Option<Value>,
     },
+    /// Call an HTTP endpoint; a non-2xx status fails the attempt unless `allow_status` lists it.
+    Http {
+        request: HttpRequestSpec,
+        allow_status: Vec<u16>,
+    },
     /// Output the templated `value`.
     Transform { value: Value },
+    /// Wait `seconds`; the run is WAITING meanwhile and holds no worker.
+    Delay { seconds: f64 },
+    /// Wait for `POST /workflows/runs/{id}/steps/{step}/approve`.
+    Approval,
+    /// Start a run of `workflow_id` with templated `variables`, and wait for it.
+    Subworkflow {
+        workflow_id: String,
+        variables: Option<Value>,
+    },
 }
 
 impl StepKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             StepKind::Agent { .. } => "agent",
+            StepKind::Http { .. } => "http",
             StepKind::Transform { .. } => "transform",
+            StepKind::Delay { .. } => "delay",
+            StepKind::Approval => "approval",
+            StepKind::Subworkflow { .. } => "subworkflow",
         }
+    }
+
+    /// Steps that wait outside any worker (the run goes WAITING instead of holding a slot).
+    pub fn waits(&self) -> bool {
+        matches!(
+            self,
+            StepKind::Delay { .. } | StepKind::Approval | StepKind::Subworkflow { .. }
+        )
     }
 }
 
@@ -46,6 +126,11 @@ pub struct Step {
     /// Indexes into [`WorkflowGraph::steps`] of the steps this one waits for.
     pub depends_on: Vec<usize>,
     pub kind: StepKind,
+    /// A condition; false skips the step.
+    pub when: Option<String>,
+    pub retry: RetryPolicy,
+    /// Per attempt; for `approval` and `subworkflow`, how long to wait in all.
+    pub timeout: Option<Duration>,
 }
 
 /// A definition that is known good: unique names, known types, no cycle, templates compile.
@@ -141,6 +226,9 @@ impl WorkflowGraph {
                 name: step.name,
                 depends_on,
                 kind: step.kind,
+                when: step.when,
+                retry: step.retry,
+                timeout: step.timeout,
             });
         }
         if !errors.is_empty() {
@@ -212,6 +300,9 @@ struct RawStep {
     name: StepName,
     depends_on: Option<Vec<String>>,
     kind: StepKind,
+    when: Option<String>,
+    retry: RetryPolicy,
+    timeout: Option<Duration>,
 }
 
 impl RawStep {
@@ -250,9 +341,38 @@ impl RawStep {
                 })
                 .collect()
         });
+        let when = obj.opt_str("when", errors).map(|w| {
+            if let Err(e) = template::check_condition(w) {
+                errors.push(FieldError::new(
+                    obj.path("when"),
+                    format!("condition does not compile: {e}"),
+                ));
+            }
+            w.to_string()
+        });
+        let retry = parse_retry(&mut obj, errors);
+        let timeout = number_in(
+            &mut obj,
+            "timeoutSeconds",
+            0.001,
+            MAX_TIMEOUT_SECONDS,
+            errors,
+        )
+        .map(Duration::from_secs_f64);
         let kind = match obj.req_str("type", errors) {
             Some("agent") => parse_agent(&mut obj, errors),
+            Some("http") => parse_http(&mut obj, errors),
             Some("transform") => parse_transform(&mut obj, errors),
+            Some("delay") => number_in(&mut obj, "seconds", 0.0, MAX_DELAY_SECONDS, errors)
+                .or_else(|| {
+                    if !errors.iter().any(|e| e.field == obj.path("seconds")) {
+                        errors.push(FieldError::new(obj.path("seconds"), "is required"));
+                    }
+                    None
+                })
+                .map(|seconds| StepKind::Delay { seconds }),
+            Some("approval") => Some(StepKind::Approval),
+            Some("subworkflow") => parse_subworkflow(&mut obj, errors),
             Some(other) => {
                 errors.push(FieldError::new(
                     obj.path("type"),
@@ -276,6 +396,9 @@ impl RawStep {
             name: name?,
             depends_on,
             kind: kind?,
+            when,
+            retry,
+            timeout,
         })
     }
 }
@@ -321,6 +444,155 @@ fn parse_agent(obj: &mut Obj, errors: &mut Errors) -> Option<StepKind> {
         agent_id: agent_id?,
         instructions: instructions?,
         inputs,
+    })
+}
+
+/// An optional number within [min, max].
+fn number_in(
+    obj: &mut Obj,
+    key: &'static str,
+    min: f64,
+    max: f64,
+    errors: &mut Errors,
+) -> Option<f64> {
+    let n = obj.opt_f64(key, errors)?;
+    if !(min..=max).contains(&n) {
+        errors.push(FieldError::new(
+            obj.path(key),
+            format!("must be from {min} to {max}"),
+        ));
+        return None;
+    }
+    Some(n)
+}
+
+fn parse_retry(obj: &mut Obj, errors: &mut Errors) -> RetryPolicy {
+    let mut policy = RetryPolicy::default();
+    let Some(map) = obj.opt_object("retry", errors) else {
+        return policy;
+    };
+    let mut retry = Obj::new(map, obj.path("retry"));
+    if let Some(n) = retry.opt_f64("maxAttempts", errors) {
+        if n.fract() != 0.0 || !(1.0..=MAX_ATTEMPTS as f64).contains(&n) {
+            errors.push(FieldError::new(
+                retry.path("maxAttempts"),
+                format!("must be a whole number from 1 to {MAX_ATTEMPTS}"),
+            ));
+        } else {
+            policy.max_attempts = n as u32;
+        }
+    }
+    if let Some(b) = number_in(
+        &mut retry,
+        "backoffSeconds",
+        0.0,
+        MAX_BACKOFF_SECONDS,
+        errors,
+    ) {
+        policy.backoff_seconds = b;
+    }
+    if let Some(m) = number_in(&mut retry, "backoffMultiplier", 1.0, 10.0, errors) {
+        policy.backoff_multiplier = m;
+    }
+    retry.finish(errors);
+    policy
+}
+
+fn parse_http(obj: &mut Obj, errors: &mut Errors) -> Option<StepKind> {
+    let request = obj.req_object("request", errors)?;
+    let mut req = Obj::new(request, obj.path("request"));
+    let method = match req.opt_str("method", errors) {
+        None => Some("GET".to_string()),
+        Some(m) if HTTP_METHODS.contains(&m.to_ascii_uppercase().as_str()) => {
+            Some(m.to_ascii_uppercase())
+        }
+        Some(m) => {
+            errors.push(FieldError::new(
+                req.path("method"),
+                format!("'{m}' is not one of: {}", HTTP_METHODS.join(", ")),
+            ));
+            None
+        }
+    };
+    let url = templated_string(&mut req, "url", errors);
+    let headers = req
+        .opt_object("headers", errors)
+        .cloned()
+        .unwrap_or_default();
+    for (k, v) in &headers {
+        match v.as_str() {
+            Some(h) => {
+                if let Err(e) = template::check(h) {
+                    errors.push(FieldError::new(
+                        format!("{}.{k}", req.path("headers")),
+                        format!("template does not compile: {e}"),
+                    ));
+                }
+            }
+            None => errors.push(FieldError::new(
+                format!("{}.{k}", req.path("headers")),
+                "must be a string",
+            )),
+        }
+    }
+    let body = req.optional("body").cloned();
+    if let Some(body) = &body {
+        templated_json(&mut req, "body", body, errors);
+    }
+    req.finish(errors);
+    let allow_status = obj
+        .opt_array("allowStatus", errors)
+        .map(|items| {
+            items
+                .iter()
+                .enumerate()
+                .filter_map(|(j, v)| match v.as_u64() {
+                    Some(code) if (100..=599).contains(&code) => Some(code as u16),
+                    _ => {
+                        errors.push(FieldError::new(
+                            format!("{}[{j}]", obj.path("allowStatus")),
+                            "must be an HTTP status code (100-599)",
+                        ));
+                        None
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(StepKind::Http {
+        request: HttpRequestSpec {
+            method: method?,
+            url: url?,
+            headers,
+            body,
+        },
+        allow_status,
+    })
+}
+
+fn parse_subworkflow(obj: &mut Obj, errors: &mut Errors) -> Option<StepKind> {
+    let workflow_id = obj.req_str("workflowId", errors).map(str::to_string);
+    if let Some(id) = &workflow_id {
+        if crate::ids::WorkflowId::parse(id).is_none() {
+            errors.push(FieldError::new(
+                obj.path("workflowId"),
+                "is not a workflow id (wf_<name>)",
+            ));
+        }
+    }
+    let variables = obj.optional("variables").cloned();
+    if let Some(v) = &variables {
+        if !v.is_object() && !v.as_str().is_some_and(|s| s.contains("{{")) {
+            errors.push(FieldError::new(
+                obj.path("variables"),
+                "must be an object (or a template that renders one)",
+            ));
+        }
+        templated_json(obj, "variables", v, errors);
+    }
+    Some(StepKind::Subworkflow {
+        workflow_id: workflow_id?,
+        variables,
     })
 }
 
@@ -446,6 +718,429 @@ mod tests {
         assert_eq!(
             step_outline(&def),
             vec![("a".to_string(), "transform".to_string())]
+        );
+    }
+
+    fn parse(steps: Value) -> Result<WorkflowGraph, Errors> {
+        WorkflowGraph::parse(&json!({ "steps": steps }), "definition")
+    }
+
+    /// The fields of the errors of a one-step definition.
+    fn step_errors(step: Value) -> Vec<String> {
+        parse(json!([step]))
+            .unwrap_err()
+            .iter()
+            .map(|e| e.field.clone())
+            .collect()
+    }
+
+    fn only_step(step: Value) -> Step {
+        let mut g = parse(json!([step])).unwrap();
+        g.steps.remove(0)
+    }
+
+    #[test]
+    fn every_step_type_has_a_valid_example() {
+        let g = parse(json!([
+            {"name": "classify", "type": "agent", "agentId": "support-classifier",
+             "instructions": "Classify {{ variables.ticketId }}.", "inputs": {"id": "{{ variables.ticketId }}"}},
+            {"name": "notify", "type": "http",
+             "request": {"method": "POST", "url": "{{ variables.webhookUrl }}",
+                         "headers": {"X-Ticket": "{{ variables.ticketId }}"},
+                         "body": {"priority": "{{ steps.classify.output.priority }}"}},
+             "allowStatus": [404, 409]},
+            {"name": "shape", "type": "transform", "value": {"p": "{{ steps.classify.output.priority }}"}},
+            {"name": "pause", "type": "delay", "seconds": 1.5},
+            {"name": "signoff", "type": "approval", "timeoutSeconds": 86400},
+            {"name": "child", "type": "subworkflow", "workflowId": "wf_support_triage",
+             "variables": {"ticketId": "{{ variables.ticketId }}"}}
+        ]))
+        .unwrap();
+        let types: Vec<_> = g.steps.iter().map(|s| s.kind.type_name()).collect();
+        assert_eq!(types, STEP_TYPES);
+        assert_eq!(
+            g.steps[1].kind,
+            StepKind::Http {
+                request: HttpRequestSpec {
+                    method: "POST".into(),
+                    url: "{{ variables.webhookUrl }}".into(),
+                    headers: json!({"X-Ticket": "{{ variables.ticketId }}"})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                    body: Some(json!({"priority": "{{ steps.classify.output.priority }}"})),
+                },
+                allow_status: vec![404, 409],
+            }
+        );
+        assert_eq!(g.steps[3].kind, StepKind::Delay { seconds: 1.5 });
+        assert_eq!(g.steps[4].timeout, Some(Duration::from_secs(86400)));
+        assert_eq!(
+            g.steps[5].kind,
+            StepKind::Subworkflow {
+                workflow_id: "wf_support_triage".into(),
+                variables: Some(json!({"ticketId": "{{ variables.ticketId }}"})),
+            }
+        );
+        let waiting: Vec<_> = g.steps.iter().map(|s| s.kind.waits()).collect();
+        assert_eq!(waiting, [false, false, false, true, true, true]);
+    }
+
+    #[test]
+    fn an_http_method_defaults_to_get_and_a_bad_one_is_named() {
+        let step = only_step(json!({"name": "h", "type": "http", "request": {"url": "http://x"}}));
+        let StepKind::Http {
+            request,
+            allow_status,
+        } = step.kind
+        else {
+            panic!("not http: {step:?}");
+        };
+        assert_eq!((request.method.as_str(), request.body), ("GET", None));
+        assert!(request.headers.is_empty() && allow_status.is_empty());
+        let lower = only_step(json!({"name": "h", "type": "http",
+            "request": {"method": "delete", "url": "http://x"}}));
+        assert!(matches!(lower.kind, StepKind::Http { request, .. } if request.method == "DELETE"));
+        let errors = parse(json!([{"name": "h", "type": "http",
+            "request": {"method": "FETCH", "url": "http://x"}}]))
+        .unwrap_err();
+        assert_eq!(fields(&errors), ["definition.steps[0].request.method"]);
+        assert!(errors[0].message.contains("'FETCH'"), "{errors:?}");
+    }
+
+    #[test]
+    fn an_http_step_needs_a_request_with_a_url() {
+        assert_eq!(
+            step_errors(json!({"name": "h", "type": "http", "request": {"method": "GET"}})),
+            ["definition.steps[0].request.url"]
+        );
+        assert_eq!(
+            step_errors(json!({"name": "h", "type": "http"})),
+            ["definition.steps[0].request"]
+        );
+        assert_eq!(
+            step_errors(json!({"name": "h", "type": "http",
+                "request": {"url": "http://x", "methd": "POST"}})),
+            ["definition.steps[0].request.methd"]
+        );
+    }
+
+    #[test]
+    fn http_header_templates_are_checked_and_named_with_their_path() {
+        assert_eq!(
+            step_errors(
+                json!({"name": "h", "type": "http", "request": {"url": "http://x",
+                "headers": {"X-Ok": "{{ variables.a }}", "X-Token": "Bearer {{ variables.token ",
+                            "X-Count": 3},
+                "body": {"a": ["{{ ("]}}})
+            ),
+            [
+                "definition.steps[0].request.headers.X-Count",
+                "definition.steps[0].request.headers.X-Token",
+                "definition.steps[0].request.body.a[0]"
+            ]
+        );
+        assert_eq!(
+            step_errors(json!({"name": "h", "type": "http", "request": {"url": "{{ broken"}})),
+            ["definition.steps[0].request.url"]
+        );
+    }
+
+    #[test]
+    fn allow_status_must_list_http_status_codes() {
+        assert_eq!(
+            step_errors(
+                json!({"name": "h", "type": "http", "request": {"url": "http://x"},
+                "allowStatus": [404, 600, 99, "500", 201.5]})
+            ),
+            [
+                "definition.steps[0].allowStatus[1]",
+                "definition.steps[0].allowStatus[2]",
+                "definition.steps[0].allowStatus[3]",
+                "definition.steps[0].allowStatus[4]"
+            ]
+        );
+        let ok = only_step(
+            json!({"name": "h", "type": "http", "request": {"url": "http://x"},
+            "allowStatus": [100, 599]}),
+        );
+        assert!(
+            matches!(ok.kind, StepKind::Http { allow_status, .. } if allow_status == [100, 599])
+        );
+    }
+
+    #[test]
+    fn a_delay_needs_seconds_in_range() {
+        let missing = parse(json!([{"name": "d", "type": "delay"}])).unwrap_err();
+        assert_eq!(fields(&missing), ["definition.steps[0].seconds"]);
+        assert_eq!(missing[0].message, "is required");
+        for bad in [json!(-1), json!(MAX_DELAY_SECONDS + 1.0), json!("10")] {
+            assert_eq!(
+                step_errors(json!({"name": "d", "type": "delay", "seconds": bad})),
+                ["definition.steps[0].seconds"],
+                "{bad}"
+            );
+        }
+        for good in [0.0, 0.5, MAX_DELAY_SECONDS] {
+            let step = only_step(json!({"name": "d", "type": "delay", "seconds": good}));
+            assert_eq!(step.kind, StepKind::Delay { seconds: good });
+        }
+    }
+
+    #[test]
+    fn a_subworkflow_names_a_workflow_id() {
+        for bad in ["support_triage", "wf_", "wf_9bad", "run_x"] {
+            let errors = parse(json!([{"name": "s", "type": "subworkflow", "workflowId": bad}]))
+                .unwrap_err();
+            assert_eq!(fields(&errors), ["definition.steps[0].workflowId"], "{bad}");
+            assert!(errors[0].message.contains("wf_<name>"), "{errors:?}");
+        }
+        assert_eq!(
+            step_errors(json!({"name": "s", "type": "subworkflow"})),
+            ["definition.steps[0].workflowId"]
+        );
+        assert_eq!(
+            step_errors(
+                json!({"name": "s", "type": "subworkflow", "workflowId": "wf_a",
+                "variables": [1]})
+            ),
+            ["definition.steps[0].variables"]
+        );
+        let templated = only_step(json!({"name": "s", "type": "subworkflow",
+            "workflowId": "wf_a", "variables": "{{ variables }}"}));
+        assert!(matches!(
+            templated.kind,
+            StepKind::Subworkflow {
+                variables: Some(_),
+                ..
+            }
+        ));
+        let bare = only_step(json!({"name": "s", "type": "subworkflow", "workflowId": "wf_a"}));
+        assert_eq!(
+            bare.kind,
+            StepKind::Subworkflow {
+                workflow_id: "wf_a".into(),
+                variables: None
+            }
+        );
+    }
+
+    #[test]
+    fn an_approval_takes_no_fields_of_its_own() {
+        assert_eq!(
+            only_step(json!({"name": "ok", "type": "approval"})).kind,
+            StepKind::Approval
+        );
+        assert_eq!(
+            step_errors(json!({"name": "ok", "type": "approval", "seconds": 5})),
+            ["definition.steps[0].seconds"]
+        );
+    }
+
+    #[test]
+    fn retry_defaults_to_one_attempt_and_omitted_fields_take_the_defaults() {
+        let plain = only_step(json!({"name": "t", "type": "transform", "value": 1}));
+        assert_eq!(
+            plain.retry,
+            RetryPolicy {
+                max_attempts: 1,
+                backoff_seconds: 1.0,
+                backoff_multiplier: 2.0
+            }
+        );
+        assert_eq!(plain.retry, RetryPolicy::default());
+        assert_eq!(plain.timeout, None);
+        let partial = only_step(json!({"name": "t", "type": "transform", "value": 1,
+            "retry": {"maxAttempts": 3}}));
+        assert_eq!(
+            partial.retry,
+            RetryPolicy {
+                max_attempts: 3,
+                backoff_seconds: 1.0,
+                backoff_multiplier: 2.0
+            }
+        );
+        let full = only_step(json!({"name": "t", "type": "transform", "value": 1,
+            "retry": {"maxAttempts": 20, "backoffSeconds": 0.5, "backoffMultiplier": 3}}));
+        assert_eq!(
+            full.retry,
+            RetryPolicy {
+                max_attempts: 20,
+                backoff_seconds: 0.5,
+                backoff_multiplier: 3.0
+            }
+        );
+        let null = only_step(json!({"name": "t", "type": "transform", "value": 1, "retry": null}));
+        assert_eq!(null.retry, RetryPolicy::default());
+    }
+
+    #[test]
+    fn retry_names_unknown_fields_and_bad_attempt_counts() {
+        let errors = parse(json!([{"name": "t", "type": "transform", "value": 1,
+            "retry": {"maxAttempt": 3}}]))
+        .unwrap_err();
+        assert_eq!(fields(&errors), ["definition.steps[0].retry.maxAttempt"]);
+        assert!(errors[0].message.contains("maxAttempts"), "{errors:?}");
+        for bad in [json!(0), json!(2.5), json!(21), json!(-1), json!("3")] {
+            assert_eq!(
+                step_errors(json!({"name": "t", "type": "transform", "value": 1,
+                    "retry": {"maxAttempts": bad}})),
+                ["definition.steps[0].retry.maxAttempts"],
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            step_errors(json!({"name": "t", "type": "transform", "value": 1,
+                "retry": {"backoffSeconds": -1, "backoffMultiplier": 0.5}})),
+            [
+                "definition.steps[0].retry.backoffSeconds",
+                "definition.steps[0].retry.backoffMultiplier"
+            ]
+        );
+        assert_eq!(
+            step_errors(json!({"name": "t", "type": "transform", "value": 1, "retry": 3})),
+            ["definition.steps[0].retry"]
+        );
+    }
+
+    #[test]
+    fn the_delay_before_an_attempt_grows_by_the_multiplier() {
+        let p = RetryPolicy {
+            max_attempts: 5,
+            backoff_seconds: 1.5,
+            backoff_multiplier: 2.0,
+        };
+        assert_eq!(p.delay_before(2), Duration::from_secs_f64(1.5));
+        assert_eq!(p.delay_before(3), Duration::from_secs_f64(3.0));
+        assert_eq!(p.delay_before(4), Duration::from_secs_f64(6.0));
+        // Attempt 1 (or less) has no earlier attempt; it is treated like attempt 2.
+        assert_eq!(p.delay_before(1), Duration::from_secs_f64(1.5));
+        // Capped, however many attempts a retried run has made.
+        assert_eq!(
+            p.delay_before(40),
+            Duration::from_secs_f64(MAX_BACKOFF_SECONDS)
+        );
+        assert_eq!(
+            p.delay_before(5000),
+            Duration::from_secs_f64(MAX_BACKOFF_SECONDS)
+        );
+        let none = RetryPolicy {
+            max_attempts: 5,
+            backoff_seconds: 0.0,
+            backoff_multiplier: 10.0,
+        };
+        assert_eq!(none.delay_before(3), Duration::ZERO);
+        assert_eq!(none.delay_before(5000), Duration::ZERO);
+    }
+
+    #[test]
+    fn timeout_seconds_must_be_in_range() {
+        for bad in [
+            json!(0),
+            json!(-5),
+            json!(MAX_TIMEOUT_SECONDS + 1.0),
+            json!("30"),
+        ] {
+            assert_eq!(
+                step_errors(json!({"name": "t", "type": "transform", "value": 1,
+                    "timeoutSeconds": bad})),
+                ["definition.steps[0].timeoutSeconds"],
+                "{bad}"
+            );
+        }
+        let step = only_step(json!({"name": "t", "type": "transform", "value": 1,
+            "timeoutSeconds": 2.5}));
+        assert_eq!(step.timeout, Some(Duration::from_millis(2500)));
+        // A delay may carry one (it is ignored when the step runs, not refused).
+        let delay = only_step(json!({"name": "d", "type": "delay", "seconds": 60,
+            "timeoutSeconds": 1}));
+        assert_eq!(delay.timeout, Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_when_that_does_not_compile_is_named() {
+        let errors = parse(json!([
+            {"name": "a", "type": "transform", "value": 1},
+            {"name": "b", "type": "transform", "value": 1, "when": "steps.a.output =="}
+        ]))
+        .unwrap_err();
+        assert_eq!(fields(&errors), ["definition.steps[1].when"]);
+        assert!(errors[0].message.contains("condition"), "{errors:?}");
+        assert_eq!(
+            step_errors(json!({"name": "a", "type": "transform", "value": 1, "when": true})),
+            ["definition.steps[0].when"]
+        );
+        let ok = only_step(json!({"name": "a", "type": "transform", "value": 1,
+            "when": "variables.priority != 'low'"}));
+        assert_eq!(ok.when.as_deref(), Some("variables.priority != 'low'"));
+    }
+
+    #[test]
+    fn a_misspelt_depends_on_is_named_not_ignored() {
+        let errors = parse(json!([
+            {"name": "a", "type": "transform", "value": 1},
+            {"name": "b", "type": "transform", "value": 1, "dependson": []}
+        ]))
+        .unwrap_err();
+        assert_eq!(fields(&errors), ["definition.steps[1].dependson"]);
+        assert!(errors[0].message.contains("dependsOn"), "{errors:?}");
+        assert_eq!(
+            step_errors(json!({"name": "a", "type": "transform", "value": 1, "dependsOn": "x"})),
+            ["definition.steps[0].dependsOn"]
+        );
+        assert_eq!(
+            step_errors(json!({"name": "a", "type": "transform", "value": 1, "dependsOn": [1]})),
+            ["definition.steps[0].dependsOn[0]"]
+        );
+    }
+
+    #[test]
+    fn fan_out_and_fan_in_resolve_to_indexes_with_the_right_leaves() {
+        // classify -> (draft, route) -> notify
+        let g = parse(json!([
+            {"name": "classify", "type": "transform", "value": 1},
+            {"name": "draft", "type": "transform", "value": 2},
+            {"name": "route", "type": "transform", "value": 3, "dependsOn": ["classify"]},
+            {"name": "notify", "type": "transform", "value": 4, "dependsOn": ["draft", "route"]}
+        ]))
+        .unwrap();
+        let deps: Vec<_> = g.steps.iter().map(|s| s.depends_on.clone()).collect();
+        assert_eq!(deps, [vec![], vec![0], vec![0], vec![1, 2]]);
+        assert_eq!(g.leaves(), [3]);
+        assert_eq!(g.index_of("route"), Some(2));
+
+        // Two roots, each with its own branch, and a fan-in listed before its parents.
+        let g = parse(json!([
+            {"name": "join", "type": "transform", "value": 0, "dependsOn": ["b2", "a1"]},
+            {"name": "a", "type": "transform", "value": 1, "dependsOn": []},
+            {"name": "a1", "type": "transform", "value": 2},
+            {"name": "b", "type": "transform", "value": 3, "dependsOn": []},
+            {"name": "b2", "type": "transform", "value": 4, "dependsOn": ["b"]},
+            {"name": "b3", "type": "transform", "value": 5, "dependsOn": ["b"]}
+        ]))
+        .unwrap();
+        let deps: Vec<_> = g.steps.iter().map(|s| s.depends_on.clone()).collect();
+        assert_eq!(
+            deps,
+            [vec![4, 2], vec![], vec![1], vec![], vec![3], vec![3]]
+        );
+        assert_eq!(g.leaves(), [0, 5]);
+    }
+
+    #[test]
+    fn self_and_repeated_dependencies_are_refused() {
+        assert_eq!(
+            fields(
+                &parse(json!([
+                    {"name": "a", "type": "transform", "value": 1},
+                    {"name": "b", "type": "transform", "value": 1, "dependsOn": ["a", "a", "b"]}
+                ]))
+                .unwrap_err()
+            ),
+            [
+                "definition.steps[1].dependsOn[1]",
+                "definition.steps[1].dependsOn[2]"
+            ]
         );
     }
 }

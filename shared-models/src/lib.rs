@@ -14,6 +14,7 @@
 //! - [`schema`], [`models`]: the diesel schema and row types of the shared database.
 //! - [`db`]: connection pools and the embedded migrations (applied under an advisory lock).
 //! - [`queue`]: queue topology and the versioned job message (`RunJob`).
+//! - [`runs`]: creating runs and queueing their jobs through the outbox.
 //! - [`config`]: environment variables with local defaults.
 //! - [`testing`] (feature `testing`): a fresh database per test.
 
@@ -27,6 +28,7 @@ pub mod ids;
 pub mod models;
 pub mod pagination;
 pub mod queue;
+pub mod runs;
 pub mod schema;
 pub mod status;
 pub mod template;

@@ -50,6 +50,9 @@ pub struct RunRow {
     pub idempotency_key: Option<String>,
     pub request_hash: Option<String>,
     pub request_id: Option<String>,
+    pub parent_run_id: Option<String>,
+    pub parent_step: Option<String>,
+    pub wake_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -62,6 +65,7 @@ pub struct OutboxRow {
     pub claimed_until: Option<DateTime<Utc>>,
     pub attempts: i32,
     pub sent_at: Option<DateTime<Utc>>,
+    pub dedupe_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -69,6 +73,8 @@ pub struct OutboxRow {
 pub struct NewOutbox<'a> {
     pub run_id: &'a str,
     pub payload: &'a Value,
+    /// Set for jobs that must be queued once only (wake-ups).
+    pub dedupe_key: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -84,6 +90,28 @@ pub struct StepRunRow {
     pub completed_at: Option<DateTime<Utc>>,
     pub output: Option<Value>,
     pub error: Option<String>,
+    pub wake_at: Option<DateTime<Utc>>,
+    pub child_run_id: Option<String>,
+}
+
+impl StepRunRow {
+    /// A step's row in a given state, with nothing recorded yet.
+    pub fn new(run_id: &str, name: &str, position: i32, step_type: &str, status: &str) -> Self {
+        Self {
+            run_id: run_id.to_string(),
+            name: name.to_string(),
+            position,
+            step_type: step_type.to_string(),
+            status: status.to_string(),
+            attempt: 0,
+            started_at: None,
+            completed_at: None,
+            output: None,
+            error: None,
+            wake_at: None,
+            child_run_id: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]

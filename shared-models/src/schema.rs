@@ -44,6 +44,9 @@ diesel::table! {
         idempotency_key -> Nullable<Text>,
         request_hash -> Nullable<Text>,
         request_id -> Nullable<Text>,
+        parent_run_id -> Nullable<Text>,
+        parent_step -> Nullable<Text>,
+        wake_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -56,6 +59,7 @@ diesel::table! {
         claimed_until -> Nullable<Timestamptz>,
         attempts -> Int4,
         sent_at -> Nullable<Timestamptz>,
+        dedupe_key -> Nullable<Text>,
     }
 }
 
@@ -71,6 +75,8 @@ diesel::table! {
         completed_at -> Nullable<Timestamptz>,
         output -> Nullable<Jsonb>,
         error -> Nullable<Text>,
+        wake_at -> Nullable<Timestamptz>,
+        child_run_id -> Nullable<Text>,
     }
 }
 

@@ -34,6 +34,27 @@ pub fn check(src: &str) -> Result<(), String> {
     .map_err(|e| describe(&e))
 }
 
+/// Compile a condition (a bare expression, as in `when`).
+pub fn check_condition(expr: &str) -> Result<(), String> {
+    environment()
+        .compile_expression(expr)
+        .map(|_| ())
+        .map_err(|e| describe(&e))
+}
+
+/// Evaluate a condition: Jinja truthiness of the expression's value; undefined is an error.
+pub fn eval_condition(expr: &str, ctx: &Value) -> Result<bool, String> {
+    let env = environment();
+    let compiled = env.compile_expression(expr).map_err(|e| describe(&e))?;
+    let value = compiled.eval(ctx).map_err(|e| describe(&e))?;
+    if value.is_undefined() {
+        return Err(format!(
+            "undefined value: `{expr}` names nothing in the context"
+        ));
+    }
+    Ok(value.is_true())
+}
+
 /// Check every string inside a templated JSON value; errors carry the JSON path below `path`.
 pub fn check_json(v: &Value, path: &str) -> Result<(), (String, String)> {
     match v {
@@ -145,6 +166,21 @@ mod tests {
         assert!(check("Ticket {{ variables.ticketId }}").is_ok());
         let err = check_json(&json!({"a": ["ok", "{{ ("]}), "inputs").unwrap_err();
         assert_eq!(err.0, "inputs.a[1]");
+    }
+
+    #[test]
+    fn conditions_use_jinja_truthiness_and_refuse_undefined_names() {
+        let c = json!({"steps": {"classify": {"output": {"priority": "high"}, "status": "COMPLETED"}}, "variables": {}});
+        assert_eq!(
+            eval_condition("steps.classify.output.priority == 'high'", &c),
+            Ok(true)
+        );
+        assert_eq!(
+            eval_condition("steps.classify.output.priority == 'low'", &c),
+            Ok(false)
+        );
+        assert!(eval_condition("steps.nope.output", &c).is_err());
+        assert!(check_condition("a ==").is_err());
     }
 
     #[test]

@@ -114,7 +114,7 @@ mod tests {
 /// Fixtures: rows another service would have written, inserted directly so each service's
 /// tests stand alone (services never import each other).
 pub mod fixtures {
-    use crate::models::{RunRow, WorkflowRow, WorkflowVersionRow};
+    use crate::models::{WorkflowRow, WorkflowVersionRow};
     use crate::schema::{runs, workflow_versions, workflows};
     use diesel::prelude::*;
     use serde_json::Value;
@@ -163,28 +163,22 @@ pub mod fixtures {
         workflow_id: &str,
         variables: Value,
     ) -> String {
-        let now = crate::time::now();
-        let id = crate::ids::RunId::generate().to_string();
-        diesel::insert_into(runs::table)
-            .values(RunRow {
-                id: id.clone(),
-                org_id: org_id.into(),
-                workflow_id: workflow_id.into(),
-                workflow_version: 1,
-                status: "PENDING".into(),
+        let run = crate::runs::pending_run(
+            crate::runs::NewRun {
+                org_id,
+                workflow_id,
+                version: 1,
                 variables,
-                output: None,
-                error: None,
-                created_at: now,
-                updated_at: now,
-                started_at: None,
-                completed_at: None,
-                lease_owner: None,
-                lease_expires_at: None,
                 idempotency_key: None,
                 request_hash: None,
                 request_id: None,
-            })
+                parent: None,
+            },
+            crate::time::now(),
+        );
+        let id = run.id.clone();
+        diesel::insert_into(runs::table)
+            .values(run)
             .execute(conn)
             .expect("insert run");
         id

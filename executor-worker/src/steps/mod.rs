@@ -2,6 +2,7 @@
 //! context into an output or an error message (which fails the attempt).
 
 mod agent;
+mod http;
 mod transform;
 
 use crate::agents::AgentRegistry;
@@ -28,6 +29,15 @@ pub async fn execute(kind: &StepKind, ctx: &Value, env: &StepEnv<'_>) -> Result<
             instructions,
             inputs,
         } => agent::execute(agent_id, instructions, inputs.as_ref(), ctx, env).await,
+        StepKind::Http {
+            request,
+            allow_status,
+        } => http::execute(request, allow_status, ctx, env).await,
         StepKind::Transform { value } => transform::execute(value, ctx),
+        // The engine waits for these itself; they have nothing to execute.
+        StepKind::Delay { .. } | StepKind::Approval | StepKind::Subworkflow { .. } => Err(format!(
+            "a {} step is waited for, not executed",
+            kind.type_name()
+        )),
     }
 }

@@ -122,18 +122,12 @@ pub fn step_row(
     output: Option<Value>,
 ) -> StepRunRow {
     let started: DateTime<Utc> = shared_models::time::now() - chrono::Duration::minutes(2);
-    StepRunRow {
-        run_id: run_id.to_string(),
-        name: name.to_string(),
-        position,
-        step_type: "agent".to_string(),
-        status: status.to_string(),
-        attempt,
-        started_at: Some(started),
-        completed_at: (status == "COMPLETED").then_some(started + chrono::Duration::seconds(1)),
-        output,
-        error: None,
-    }
+    let mut row = StepRunRow::new(run_id, name, position, "agent", status);
+    row.attempt = attempt;
+    row.started_at = Some(started);
+    row.completed_at = (status == "COMPLETED").then_some(started + chrono::Duration::seconds(1));
+    row.output = output;
+    row
 }
 
 pub async fn get_run(pool: &PgPool, run_id: &str) -> RunRow {
