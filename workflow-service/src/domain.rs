@@ -9,6 +9,8 @@ use shared_models::http::Query;
 use shared_models::ids::{WorkflowId, WorkflowName};
 use shared_models::pagination;
 
+pub mod versions;
+
 pub const MAX_DESCRIPTION_CHARS: usize = 2000;
 
 /// A definition that passed the graph model's checks, kept as the client wrote it.
@@ -128,6 +130,28 @@ impl WorkflowUpdate {
     }
 }
 
+/// `POST /workflows/validate`: a definition checked exactly as a create checks it, so the
+/// answer is the 400 a create would give (same `details` paths), or nothing at all.
+#[derive(Debug, Clone)]
+pub struct DefinitionCheck {
+    pub definition: Definition,
+}
+
+impl TryFrom<&Map<String, Value>> for DefinitionCheck {
+    type Error = ApiError;
+
+    fn try_from(map: &Map<String, Value>) -> Result<Self, ApiError> {
+        let mut errors = Errors::new();
+        let mut obj = Obj::new(map, "");
+        let definition = definition(&mut obj, &mut errors);
+        obj.finish(&mut errors);
+        match definition {
+            Some(definition) if errors.is_empty() => Ok(DefinitionCheck { definition }),
+            _ => Err(ApiError::validation(errors)),
+        }
+    }
+}
+
 /// `GET /workflows` parameters.
 #[derive(Debug, Clone)]
 pub struct ListWorkflows {
@@ -225,6 +249,28 @@ mod tests {
         body["name"] = json!("other");
         let err = WorkflowUpdate::parse(body.as_object().unwrap(), &id).unwrap_err();
         assert_eq!(err.details[0].field, "name");
+    }
+
+    #[test]
+    fn a_check_names_the_same_fields_a_create_does() {
+        let definition =
+            json!({"steps": [{"name": "a", "type": "transform"}, {"name": "b", "type": "nope"}]});
+        let create = json!({"name": "ok", "definition": definition});
+        let check = json!({"definition": definition, "name": "ok"});
+        let create_err = NewWorkflow::try_from(create.as_object().unwrap()).unwrap_err();
+        let check_err = DefinitionCheck::try_from(check.as_object().unwrap()).unwrap_err();
+        let check_fields: Vec<_> = check_err.details.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(
+            check_fields,
+            [
+                "definition.steps[0].value",
+                "definition.steps[1].type",
+                "name"
+            ]
+        );
+        assert_eq!(create_err.details, check_err.details[..2]);
+        let ok = json!({"definition": seed()["definition"]});
+        assert!(DefinitionCheck::try_from(ok.as_object().unwrap()).is_ok());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use shared_models::db::StorageError;
-use shared_models::envelope::ApiError;
+use shared_models::envelope::{ApiError, ErrorCode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkflowError {
@@ -12,6 +12,9 @@ pub enum WorkflowError {
     Request(#[from] ApiError),
     #[error("workflow '{0}' was not found")]
     NotFound(String),
+    /// No such version of the workflow (the second part is the path segment as given).
+    #[error("version '{1}' of workflow '{0}' was not found")]
+    VersionNotFound(String, String),
     #[error("a workflow named '{0}' already exists")]
     NameTaken(String),
     #[error(transparent)]
@@ -23,6 +26,9 @@ impl WorkflowError {
         match self {
             WorkflowError::Request(e) => e.clone(),
             WorkflowError::NotFound(id) => ApiError::not_found("workflow", id),
+            WorkflowError::VersionNotFound(..) => {
+                ApiError::new(ErrorCode::NotFound, self.to_string())
+            }
             WorkflowError::NameTaken(_) => ApiError::conflict(self.to_string()),
             WorkflowError::Storage(e) => e.to_api(),
         }

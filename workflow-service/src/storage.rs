@@ -1,6 +1,7 @@
 //! Plain diesel functions over `&mut PgConnection`. This service owns `workflows` and
 //! `workflow_versions`; nothing else writes them.
 
+use crate::domain::versions::ListVersions;
 use crate::domain::{ListWorkflows, NewWorkflow, WorkflowUpdate};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -214,4 +215,67 @@ pub fn delete_workflow(
     .set((workflows::deleted_at.eq(now), workflows::updated_at.eq(now)))
     .execute(conn)
     .map(|n| n == 1)
+}
+
+/// Whether `id` names a workflow of the org that is not deleted.
+fn is_live(conn: &mut PgConnection, org_id: &str, id: &str) -> Result<bool, Error> {
+    diesel::select(diesel::dsl::exists(
+        workflows::table
+            .find((org_id, id))
+            .filter(workflows::deleted_at.is_null()),
+    ))
+    .get_result(conn)
+}
+
+/// A live workflow's versions, newest first, one page (plus whether another follows); `None`
+/// when there is no live workflow `id`. Versions made before a delete are included: a
+/// re-created workflow continues the numbering, and its versions are one history.
+pub fn list_versions(
+    conn: &mut PgConnection,
+    org_id: &str,
+    id: &str,
+    q: &ListVersions,
+) -> Result<Option<(Vec<WorkflowVersionRow>, bool)>, Error> {
+    if !is_live(conn, org_id, id)? {
+        return Ok(None);
+    }
+    let mut query = workflow_versions::table
+        .filter(workflow_versions::org_id.eq(org_id))
+        .filter(workflow_versions::workflow_id.eq(id))
+        .select(WorkflowVersionRow::as_select())
+        .order(workflow_versions::version.desc())
+        .limit(q.limit + 1)
+        .into_boxed();
+    if let Some(before) = q.before {
+        query = query.filter(workflow_versions::version.lt(before));
+    }
+    let mut rows = query.load(conn)?;
+    let more = rows.len() as i64 > q.limit;
+    rows.truncate(q.limit as usize);
+    Ok(Some((rows, more)))
+}
+
+/// What [`get_version`] found; both misses are 404s, but each says what is missing.
+pub enum VersionLookup {
+    NoWorkflow,
+    NoVersion,
+    Found(WorkflowVersionRow),
+}
+
+/// One version of a live workflow.
+pub fn get_version(
+    conn: &mut PgConnection,
+    org_id: &str,
+    id: &str,
+    version: i32,
+) -> Result<VersionLookup, Error> {
+    if !is_live(conn, org_id, id)? {
+        return Ok(VersionLookup::NoWorkflow);
+    }
+    let row = workflow_versions::table
+        .find((org_id, id, version))
+        .select(WorkflowVersionRow::as_select())
+        .first(conn)
+        .optional()?;
+    Ok(row.map_or(VersionLookup::NoVersion, VersionLookup::Found))
 }

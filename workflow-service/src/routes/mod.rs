@@ -1,6 +1,8 @@
 //! HTTP in and out: one file per resource.
 
 mod health;
+mod validate;
+mod versions;
 mod workflows;
 
 use actix_web::web;
@@ -15,11 +17,27 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(workflows::create_workflow))
                 .default_service(web::to(method_not_allowed)),
         )
+        // Before `/workflows/{id}`, so "validate" is never taken as a workflow id.
+        .service(
+            web::resource("/workflows/validate")
+                .route(web::post().to(validate::validate_definition))
+                .default_service(web::to(method_not_allowed)),
+        )
         .service(
             web::resource("/workflows/{id}")
                 .route(web::get().to(workflows::get_workflow))
                 .route(web::put().to(workflows::update_workflow))
                 .route(web::delete().to(workflows::delete_workflow))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/workflows/{id}/versions")
+                .route(web::get().to(versions::list_versions))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/workflows/{id}/versions/{version}")
+                .route(web::get().to(versions::get_version))
                 .default_service(web::to(method_not_allowed)),
         )
         .default_service(web::to(route_not_found));

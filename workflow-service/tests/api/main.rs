@@ -1,2 +1,4 @@
 mod helpers;
+mod validate;
+mod versions;
 mod workflows;
