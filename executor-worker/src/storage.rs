@@ -469,6 +469,9 @@ pub fn record_step(
     })
 }
 
+/// How many runs deep subworkflows may nest (a run, its child, the child's child, ...).
+pub const MAX_SUBWORKFLOW_DEPTH: usize = 8;
+
 /// Start the child run of a `subworkflow` step, in the parent's org, at the child workflow's
 /// current version, and queue its job (the outbox relay publishes it). `Ok(Err(reason))`
 /// when the child workflow cannot run (unknown, deleted or inactive).
@@ -481,6 +484,23 @@ pub fn create_child_run(
     now: DateTime<Utc>,
 ) -> Result<Result<String, String>, Error> {
     conn.transaction(|conn| {
+        // A workflow may start itself; the chain of parents bounds how deep that goes.
+        let mut depth = 1;
+        let mut ancestor = parent.parent_run_id.clone();
+        while let Some(id) = ancestor {
+            depth += 1;
+            if depth > MAX_SUBWORKFLOW_DEPTH {
+                return Ok(Err(format!(
+                    "subworkflows are nested more than {MAX_SUBWORKFLOW_DEPTH} deep"
+                )));
+            }
+            ancestor = runs_table::table
+                .find(&id)
+                .select(runs_table::parent_run_id)
+                .first(conn)
+                .optional()?
+                .flatten();
+        }
         let current: Option<(i32, bool)> = workflows::table
             .find((&parent.org_id, workflow_id))
             .filter(workflows::deleted_at.is_null())

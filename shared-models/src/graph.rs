@@ -520,6 +520,14 @@ fn parse_http(obj: &mut Obj, errors: &mut Errors) -> Option<StepKind> {
         .cloned()
         .unwrap_or_default();
     for (k, v) in &headers {
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if k.is_empty() || !k.chars().all(token) {
+            errors.push(FieldError::new(
+                format!("{}.{k}", req.path("headers")),
+                "is not a valid header name",
+            ));
+            continue;
+        }
         match v.as_str() {
             Some(h) => {
                 if let Err(e) = template::check(h) {
@@ -1141,6 +1149,17 @@ mod tests {
                 "definition.steps[1].dependsOn[1]",
                 "definition.steps[1].dependsOn[2]"
             ]
+        );
+    }
+
+    #[test]
+    fn http_header_names_are_checked_when_the_workflow_is_saved() {
+        let def = json!({"steps": [{"name": "h", "type": "http",
+            "request": {"url": "http://x", "headers": {"X Token": "a", "X-Ok": "b"}}}]});
+        let errors = WorkflowGraph::parse(&def, "definition").unwrap_err();
+        assert_eq!(
+            fields(&errors),
+            ["definition.steps[0].request.headers.X Token"]
         );
     }
 }
