@@ -11,6 +11,10 @@ pub struct Settings {
     /// How long a job may sit unpublished before the relay takes it from the request path
     /// (`OUTBOX_RELAY_GRACE_SECONDS`).
     pub relay_grace: Duration,
+    /// How often the scheduler queues jobs for WAITING runs whose wake-up time has come
+    /// (`SCHEDULER_INTERVAL_SECONDS`): the lateness of a delay's end is at most this plus the
+    /// relay interval.
+    pub scheduler_interval: Duration,
 }
 
 impl Settings {
@@ -20,6 +24,7 @@ impl Settings {
             http_addr: env_or("HTTP_ADDR", "127.0.0.1:8082"),
             relay_interval: env_seconds("OUTBOX_RELAY_INTERVAL_SECONDS", 1.0)?,
             relay_grace: env_seconds("OUTBOX_RELAY_GRACE_SECONDS", 2.0)?,
+            scheduler_interval: env_seconds("SCHEDULER_INTERVAL_SECONDS", 0.5)?,
         })
     }
 }

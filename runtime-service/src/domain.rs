@@ -2,12 +2,12 @@
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use shared_models::body::{Errors, Obj};
+use shared_models::body::{type_name, Errors, Obj};
 use shared_models::envelope::{ApiError, FieldError};
 use shared_models::http::Query;
 use shared_models::ids::{RunId, WorkflowId};
 use shared_models::pagination;
-use shared_models::status::RunStatus;
+use shared_models::status::{RunStatus, StepStatus};
 
 /// What a new run needs, from either trigger endpoint.
 #[derive(Debug, Clone)]
@@ -157,6 +157,103 @@ impl TryFrom<Query> for ListRuns {
     }
 }
 
+/// The longest approval comment, in characters.
+pub const MAX_COMMENT_CHARS: usize = 2000;
+
+/// A decision on an `approval` step: `{ "approved": true|false, "comment": "..." }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    pub approved: bool,
+    pub comment: Option<String>,
+}
+
+impl Approval {
+    /// The step's status once decided: a rejection fails the step.
+    pub fn step_status(&self) -> StepStatus {
+        if self.approved {
+            StepStatus::Completed
+        } else {
+            StepStatus::Failed
+        }
+    }
+
+    /// The step's output (CONTRACT.md "Workflow graphs": `{ "approved", "comment" }`).
+    pub fn output(&self) -> Value {
+        serde_json::json!({ "approved": self.approved, "comment": self.comment })
+    }
+
+    /// The step's error: only a rejection has one.
+    pub fn error(&self) -> Option<String> {
+        (!self.approved).then(|| match &self.comment {
+            Some(c) => format!("rejected: {c}"),
+            None => "rejected".to_string(),
+        })
+    }
+
+    /// The log line recording the decision: its level and message.
+    pub fn log_line(&self) -> (&'static str, String) {
+        let (level, verb) = if self.approved {
+            ("INFO", "approved")
+        } else {
+            ("WARN", "rejected")
+        };
+        match &self.comment {
+            Some(c) => (level, format!("{verb}: {c}")),
+            None => (level, verb.to_string()),
+        }
+    }
+}
+
+/// `POST /workflows/runs/{id}/steps/{step}/approve` body.
+pub fn approval_request(body: &Map<String, Value>) -> Result<Approval, ApiError> {
+    let mut errors = Errors::new();
+    let mut obj = Obj::new(body, "");
+    let approved = match obj.required("approved", &mut errors) {
+        Some(Value::Bool(b)) => Some(*b),
+        Some(other) => {
+            errors.push(FieldError::new(
+                "approved",
+                format!("must be a boolean, not {}", type_name(other)),
+            ));
+            None
+        }
+        None => None,
+    };
+    let comment = obj.opt_str("comment", &mut errors).map(str::to_string);
+    if comment
+        .as_ref()
+        .is_some_and(|c| c.chars().count() > MAX_COMMENT_CHARS)
+    {
+        errors.push(FieldError::new(
+            "comment",
+            format!("must be at most {MAX_COMMENT_CHARS} characters"),
+        ));
+    }
+    obj.finish(&mut errors);
+    match approved {
+        Some(approved) if errors.is_empty() => Ok(Approval { approved, comment }),
+        _ => Err(ApiError::validation(errors)),
+    }
+}
+
+/// The `Last-Event-ID` header of an event stream, if any: the id of the last event the
+/// client has (a non-negative integer, as this service sends them).
+pub fn last_event_id(raw: Option<&[u8]>) -> Result<Option<i64>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    std::str::from_utf8(raw)
+        .ok()
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse::<i64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::validation(vec![FieldError::new(
+                "Last-Event-ID",
+                "must be the id of an event this stream sent (a non-negative integer)",
+            )])
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +316,54 @@ mod tests {
         );
         assert!(idempotency_key(Some(b"")).is_err());
         assert!(idempotency_key(Some(b"has space")).is_err());
+    }
+
+    #[test]
+    fn approval_bodies_need_a_boolean_and_a_short_comment() {
+        let a = approval_request(json!({"approved": true}).as_object().unwrap()).unwrap();
+        assert_eq!(a.output(), json!({"approved": true, "comment": null}));
+        assert_eq!((a.step_status(), a.error()), (StepStatus::Completed, None));
+        let r = approval_request(
+            json!({"approved": false, "comment": "too risky"})
+                .as_object()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(r.step_status(), StepStatus::Failed);
+        assert_eq!(r.error().as_deref(), Some("rejected: too risky"));
+        assert_eq!(r.log_line(), ("WARN", "rejected: too risky".to_string()));
+        let e = approval_request(
+            json!({"approved": "yes", "comment": 3, "note": 1})
+                .as_object()
+                .unwrap(),
+        )
+        .unwrap_err();
+        let fields: Vec<_> = e.details.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(fields, ["approved", "comment", "note"]);
+        let e = approval_request(json!({}).as_object().unwrap()).unwrap_err();
+        assert_eq!(e.details[0].field, "approved");
+        let long = "é".repeat(MAX_COMMENT_CHARS);
+        assert!(approval_request(
+            json!({"approved": true, "comment": long})
+                .as_object()
+                .unwrap()
+        )
+        .is_ok());
+        let longer = "x".repeat(MAX_COMMENT_CHARS + 1);
+        assert!(approval_request(
+            json!({"approved": true, "comment": longer})
+                .as_object()
+                .unwrap()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn last_event_ids_are_numbers() {
+        assert_eq!(last_event_id(None).unwrap(), None);
+        assert_eq!(last_event_id(Some(b"42")).unwrap(), Some(42));
+        for bad in [&b""[..], b"-1", b"abc", b"1.5", b"99999999999999999999"] {
+            assert!(last_event_id(Some(bad)).is_err(), "{bad:?}");
+        }
     }
 }

@@ -16,6 +16,17 @@ pub enum RuntimeError {
     WorkflowInactive(String),
     #[error("run '{0}' was not found")]
     RunNotFound(String),
+    #[error("step '{step}' was not found in run '{run}'")]
+    StepNotFound { run: String, step: String },
+    /// Cancel of a run that already ended.
+    #[error("run '{id}' has already ended ({status})")]
+    RunEnded { id: String, status: String },
+    /// Retry of a run that has not failed or been cancelled.
+    #[error("run '{id}' is {status}; only FAILED or CANCELLED runs can be retried")]
+    RunNotRetryable { id: String, status: String },
+    /// An approval for a step that is not an `approval` step waiting for one.
+    #[error("step '{step}' is not waiting for approval: {reason}")]
+    StepNotWaiting { step: String, reason: String },
     #[error("orgId '{0}' is not the caller's org")]
     OtherOrg(String),
     #[error("Idempotency-Key '{0}' was already used with a different request body")]
@@ -30,9 +41,12 @@ impl RuntimeError {
             RuntimeError::Request(e) => e.clone(),
             RuntimeError::WorkflowNotFound(id) => ApiError::not_found("workflow", id),
             RuntimeError::RunNotFound(id) => ApiError::not_found("run", id),
-            RuntimeError::WorkflowInactive(_) | RuntimeError::IdempotencyKeyReused(_) => {
-                ApiError::conflict(self.to_string())
-            }
+            RuntimeError::StepNotFound { step, .. } => ApiError::not_found("step", step),
+            RuntimeError::WorkflowInactive(_)
+            | RuntimeError::IdempotencyKeyReused(_)
+            | RuntimeError::RunEnded { .. }
+            | RuntimeError::RunNotRetryable { .. }
+            | RuntimeError::StepNotWaiting { .. } => ApiError::conflict(self.to_string()),
             RuntimeError::OtherOrg(_) => ApiError::new(ErrorCode::Forbidden, self.to_string()),
             RuntimeError::Storage(e) => e.to_api(),
         }

@@ -1,12 +1,16 @@
 //! Runtime Service: creates runs, queues them on RabbitMQ, and serves their progress.
 //!
 //! - [`config`]: settings from the environment.
-//! - [`startup`]: builds the actix `App`, binds its listener, starts the outbox relay.
-//! - [`routes`]: HTTP in and out (trigger, runs, health).
+//! - [`startup`]: builds the actix `App`, binds its listener, starts the outbox relay and
+//!   the scheduler.
+//! - [`routes`]: HTTP in and out (trigger, runs, run control, event streams, health).
 //! - [`domain`]: request bodies and queries parsed into known-good values (no I/O).
-//! - [`storage`]: plain diesel functions; this service owns `runs` (creation) and `outbox`.
+//! - [`storage`]: plain diesel functions; this service owns `runs` (creation, control) and
+//!   `outbox`.
 //! - [`publisher`]: the broker behind a small trait, so the HTTP layer is testable alone.
-//! - [`relay`]: publishes what the request path could not (broker down, crash after commit).
+//! - [`relay`]: publishes what the request path could not (broker down, crash after commit),
+//!   and wake-ups.
+//! - [`scheduler`]: queues jobs for WAITING runs whose wake-up time has come.
 //! - [`error`]: the one error enum of this service.
 
 pub mod config;
@@ -15,5 +19,6 @@ pub mod error;
 pub mod publisher;
 pub mod relay;
 pub mod routes;
+pub mod scheduler;
 pub mod startup;
 pub mod storage;

@@ -1,7 +1,7 @@
 //! The outbox relay: publishes jobs the request path could not (broker down at trigger
-//! time, or the process died between commit and publish). Every replica runs one; row
-//! claims keep them from publishing the same job at once, and a duplicate publish is
-//! harmless anyway (the worker's claim of the run is the real guard).
+//! time, or the process died between commit and publish), and the scheduler's wake-ups.
+//! Every replica runs one; row claims keep them from publishing the same job at once, and a
+//! duplicate publish is harmless anyway (the worker's claim of the run is the real guard).
 
 use crate::publisher::JobPublisher;
 use crate::storage;
@@ -12,8 +12,9 @@ use std::time::Duration;
 
 const BATCH: i64 = 200;
 
-/// One pass: claim what waited longer than `grace`, publish it, mark it sent. Stops at the
-/// first publish failure (the broker is likely down) and hands the rest back.
+/// One pass: claim what waited longer than `grace` (and wake-ups, which no request path
+/// publishes, at once), publish it, mark it sent. Stops at the first publish failure (the
+/// broker is likely down) and hands the rest back.
 pub async fn relay_once(
     pool: &PgPool,
     publisher: &dyn JobPublisher,

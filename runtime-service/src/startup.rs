@@ -1,9 +1,10 @@
-//! Builds the HTTP server and the outbox relay. The listener is bound here (port 0 in
-//! tests) so callers can ask for the port before the server runs.
+//! Builds the HTTP server and its background tasks (the outbox relay and the wake-up
+//! scheduler). The listener is bound here (port 0 in tests) so callers can ask for the port
+//! before the server runs.
 
 use crate::config::Settings;
 use crate::publisher::{AmqpPublisher, JobPublisher};
-use crate::{relay, routes};
+use crate::{relay, routes, scheduler};
 use actix_web::dev::Server;
 use actix_web::{web, HttpServer};
 use shared_models::db::{self, PgPool};
@@ -16,7 +17,8 @@ use std::time::Duration;
 pub struct Application {
     port: u16,
     server: Server,
-    relay: Option<tokio::task::JoinHandle<()>>,
+    /// The outbox relay and the scheduler; aborted once the server has stopped.
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// What the HTTP layer needs besides the request.
@@ -37,16 +39,19 @@ impl Application {
             default_org_id: settings.common.default_org_id.clone(),
         };
         let mut app = Self::with_parts(listener, pool.clone(), publisher.clone(), resolver)?;
-        app.relay = Some(tokio::spawn(relay::run(
-            pool,
-            publisher,
-            settings.relay_interval,
-            settings.relay_grace,
-        )));
+        app.background = vec![
+            tokio::spawn(relay::run(
+                pool.clone(),
+                publisher,
+                settings.relay_interval,
+                settings.relay_grace,
+            )),
+            tokio::spawn(scheduler::run(pool, settings.scheduler_interval)),
+        ];
         Ok(app)
     }
 
-    /// The HTTP server alone (no relay): tests drive the relay themselves.
+    /// The HTTP server alone (no relay, no scheduler): tests drive those themselves.
     pub fn with_parts(
         listener: TcpListener,
         pool: PgPool,
@@ -62,13 +67,16 @@ impl Application {
                 .app_data(resolver.clone())
                 .configure(routes::configure)
         })
+        // A client that closes its side has gone: abort the connection at once, so an event
+        // stream stops polling then, not after its next failed write.
+        .h1_allow_half_closed(false)
         .listen(listener)?
         .shutdown_timeout(10)
         .run();
         Ok(Self {
             port,
             server,
-            relay: None,
+            background: Vec::new(),
         })
     }
 
@@ -80,11 +88,12 @@ impl Application {
         self.server.handle()
     }
 
-    /// Runs until SIGINT/SIGTERM: the server drains in-flight requests, then the relay stops.
+    /// Runs until SIGINT/SIGTERM: the server drains in-flight requests, then the relay and
+    /// the scheduler stop (safe at any point: their work is transactional or claimed).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
-        if let Some(relay) = self.relay {
-            relay.abort();
+        for task in self.background {
+            task.abort();
         }
         result
     }

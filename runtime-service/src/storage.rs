@@ -1,6 +1,15 @@
 //! Plain diesel functions over `&mut PgConnection`. This service creates `runs` and owns
-//! `outbox`; it only reads workflows (owned by workflow-service) and progress (owned by the
-//! worker).
+//! `outbox`; it reads workflows (owned by workflow-service) and progress (written by the
+//! worker), and writes progress only for run control ([`control`]: cancel, retry, approval),
+//! under the same run row lock the worker takes.
+//!
+//! - [`control`]: cancel, retry and approval decisions, each one transaction.
+//! - [`events`]: a run's events after a given id, for its event stream.
+//! - [`wakeups`]: jobs for WAITING runs whose `wake_at` has come.
+
+pub mod control;
+pub mod events;
+pub mod wakeups;
 
 use crate::domain::{ListRuns, RunRequest};
 use chrono::{DateTime, Utc};
@@ -9,9 +18,9 @@ use diesel::result::Error;
 use diesel::sql_types::{BigInt, Double, Jsonb};
 use serde_json::Value;
 use shared_models::ids::WorkflowId;
-use shared_models::runs::{self, NewRun};
 use shared_models::models::{RunEventRow, RunRow, StepRunRow};
 use shared_models::queue::RunJob;
+use shared_models::runs::{self, NewRun};
 use shared_models::schema::{
     outbox, run_events, runs as runs_table, step_runs, workflow_versions, workflows,
 };
@@ -76,8 +85,9 @@ pub fn create_run(
             let key = req.idempotency_key.as_deref().ok_or(Error::NotFound)?;
             return replay(conn, org_id, key, &fingerprint)?.ok_or(Error::NotFound);
         }
-        let (outbox_id, job) = runs::enqueue_job(conn, &run.id, org_id, run.request_id.clone(), None)?
-            .ok_or(Error::NotFound)?;
+        let (outbox_id, job) =
+            runs::enqueue_job(conn, &run.id, org_id, run.request_id.clone(), None)?
+                .ok_or(Error::NotFound)?;
         Ok(CreateOutcome::Created {
             run,
             job,
@@ -130,8 +140,10 @@ pub struct PendingJob {
     pub payload: Value,
 }
 
-/// Take up to `limit` unsent jobs older than `grace_secs` for publishing. A claim lasts 30 s;
-/// other relays (other replicas) skip claimed rows, and an abandoned claim expires.
+/// Take up to `limit` unsent jobs for publishing: those older than `grace_secs` (the request
+/// path had its chance), and wake-ups (rows with a `dedupe_key`) at once, since no request
+/// path publishes those. A claim lasts 30 s; other relays (other replicas) skip claimed
+/// rows, and an abandoned claim expires.
 pub fn claim_unsent(
     conn: &mut PgConnection,
     grace_secs: f64,
@@ -142,7 +154,7 @@ pub fn claim_unsent(
          WHERE id IN (
              SELECT id FROM outbox
              WHERE sent_at IS NULL
-               AND created_at < now() - make_interval(secs => $1)
+               AND (dedupe_key IS NOT NULL OR created_at < now() - make_interval(secs => $1))
                AND (claimed_until IS NULL OR claimed_until < now())
              ORDER BY id LIMIT $2
              FOR UPDATE SKIP LOCKED)

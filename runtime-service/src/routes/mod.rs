@@ -1,6 +1,9 @@
 //! HTTP in and out: one file per resource.
 
+mod control;
+mod events;
 mod health;
+mod publish;
 mod runs;
 mod trigger;
 mod views;
@@ -20,6 +23,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/workflows/runs/{id}")
                 .route(web::get().to(runs::get_run))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/workflows/runs/{id}/cancel")
+                .route(web::post().to(control::cancel_run))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/workflows/runs/{id}/retry")
+                .route(web::post().to(control::retry_run))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/workflows/runs/{id}/steps/{step}/approve")
+                .route(web::post().to(control::approve_step))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/workflows/runs/{id}/events")
+                .route(web::get().to(events::stream_run_events))
                 .default_service(web::to(method_not_allowed)),
         )
         .service(

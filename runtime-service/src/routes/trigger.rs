@@ -3,6 +3,7 @@
 
 use crate::domain::{self, RunRequest};
 use crate::error::RuntimeError;
+use crate::routes::publish::publish_committed;
 use crate::routes::views::RunView;
 use crate::startup::AppState;
 use crate::storage::{self, CreateOutcome};
@@ -72,24 +73,8 @@ async fn queue_run(
             job,
             outbox_id,
         } => {
-            // Committed: from here the run cannot be lost. Publish now for low latency; if
-            // the broker is down, the outbox relay publishes it when the broker returns.
-            match state.publisher.publish(&job).await {
-                Ok(()) => {
-                    let sent_at = shared_models::time::now();
-                    if let Err(e) = blocking(&state.pool, move |conn| {
-                        storage::mark_outbox_sent(conn, outbox_id, sent_at)
-                    })
-                    .await
-                    {
-                        log::warn!("run {}: published but not marked sent ({e}); the relay may publish it again", run.id);
-                    }
-                }
-                Err(e) => log::warn!(
-                    "run {}: publish failed ({e}); left to the outbox relay",
-                    run.id
-                ),
-            }
+            // Committed: from here the run cannot be lost.
+            publish_committed(state, outbox_id, &job).await;
             Ok(envelope::with_message(
                 StatusCode::CREATED,
                 QUEUED_MESSAGE,

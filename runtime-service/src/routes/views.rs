@@ -64,7 +64,7 @@ struct StepView {
 }
 
 #[derive(Serialize)]
-struct TransitionView {
+pub struct TransitionView {
     #[serde(with = "rfc3339")]
     at: DateTime<Utc>,
     step: Option<String>,
@@ -73,12 +73,51 @@ struct TransitionView {
 }
 
 #[derive(Serialize)]
-struct LogView {
+pub struct LogView {
     #[serde(with = "rfc3339")]
     at: DateTime<Utc>,
     level: Option<String>,
     step: Option<String>,
     message: Option<String>,
+}
+
+/// One run event as the run's `transitions` or `logs` array shows it, and as its event
+/// stream sends it.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum EventView {
+    Transition(TransitionView),
+    Log(LogView),
+}
+
+impl EventView {
+    /// The SSE event name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventView::Transition(_) => "transition",
+            EventView::Log(_) => "log",
+        }
+    }
+}
+
+impl From<RunEventRow> for EventView {
+    fn from(e: RunEventRow) -> Self {
+        if e.kind == "transition" {
+            EventView::Transition(TransitionView {
+                at: e.at,
+                step: e.step,
+                from: e.from_status,
+                to: e.to_status,
+            })
+        } else {
+            EventView::Log(LogView {
+                at: e.at,
+                level: e.level,
+                step: e.step,
+                message: e.message,
+            })
+        }
+    }
 }
 
 /// The run object plus its progress: every step of its version (those not started yet as
@@ -120,29 +159,18 @@ impl From<RunDetail> for RunDetailView {
                 }),
             }
         }
-        let (transitions, logs): (Vec<RunEventRow>, Vec<RunEventRow>) =
-            d.events.into_iter().partition(|e| e.kind == "transition");
+        let (mut transitions, mut logs) = (Vec::new(), Vec::new());
+        for event in d.events {
+            match EventView::from(event) {
+                EventView::Transition(t) => transitions.push(t),
+                EventView::Log(l) => logs.push(l),
+            }
+        }
         RunDetailView {
             run: RunView::from(d.run),
             steps,
-            transitions: transitions
-                .into_iter()
-                .map(|e| TransitionView {
-                    at: e.at,
-                    step: e.step,
-                    from: e.from_status,
-                    to: e.to_status,
-                })
-                .collect(),
-            logs: logs
-                .into_iter()
-                .map(|e| LogView {
-                    at: e.at,
-                    level: e.level,
-                    step: e.step,
-                    message: e.message,
-                })
-                .collect(),
+            transitions,
+            logs,
         }
     }
 }

@@ -1,10 +1,15 @@
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use runtime_service::publisher::{AmqpPublisher, JobPublisher};
 use runtime_service::startup::Application;
 use serde_json::{json, Value};
+use shared_models::db::PgPooled;
 use shared_models::http::CallerResolver;
+use shared_models::models::{NewRunEvent, OutboxRow, StepRunRow};
 use shared_models::queue::QueueNames;
+use shared_models::schema::{outbox, run_events, runs, step_runs};
 use shared_models::testing::{self, fixtures, TestDb};
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -116,6 +121,70 @@ impl TestApp {
         fixtures::insert_workflow(&mut conn, ORG, name, def, active)
     }
 
+    pub fn conn(&self) -> PgPooled {
+        self.db.pool.get().expect("conn")
+    }
+
+    /// A live workflow `wf_<name>` of this org at version 1 with `definition`.
+    pub fn workflow_with(&self, name: &str, definition: Value) -> String {
+        fixtures::insert_workflow(&mut self.conn(), ORG, name, definition, true)
+    }
+
+    /// A run of `workflow_id` (version 1) put in `status` as a worker would have left it:
+    /// started unless PENDING, completed if it has ended.
+    pub fn run_in(&self, workflow_id: &str, status: &str) -> String {
+        let mut conn = self.conn();
+        let id = fixtures::insert_run(&mut conn, ORG, workflow_id, json!({}));
+        let now = shared_models::time::now();
+        let ended = ["COMPLETED", "FAILED", "CANCELLED"].contains(&status);
+        diesel::update(runs::table.find(&id))
+            .set((
+                runs::status.eq(status),
+                runs::started_at.eq((status != "PENDING").then_some(now)),
+                runs::completed_at.eq(ended.then_some(now)),
+            ))
+            .execute(&mut conn)
+            .expect("set run status");
+        id
+    }
+
+    /// A step row at `position` in `status`; `edit` fills in the rest (attempt, output...).
+    pub fn step(
+        &self,
+        run_id: &str,
+        position: i32,
+        name: &str,
+        step_type: &str,
+        status: &str,
+        edit: impl FnOnce(&mut StepRunRow),
+    ) {
+        let mut row = StepRunRow::new(run_id, name, position, step_type, status);
+        edit(&mut row);
+        diesel::insert_into(step_runs::table)
+            .values(&row)
+            .execute(&mut self.conn())
+            .expect("insert step run");
+    }
+
+    /// Append an event to a run, as the worker writes them; returns its id.
+    pub fn event(&self, event: NewRunEvent) -> i64 {
+        diesel::insert_into(run_events::table)
+            .values(&event)
+            .returning(run_events::id)
+            .get_result(&mut self.conn())
+            .expect("insert event")
+    }
+
+    /// The outbox rows of a run, oldest first.
+    pub fn outbox(&self, run_id: &str) -> Vec<OutboxRow> {
+        outbox::table
+            .filter(outbox::run_id.eq(run_id))
+            .select(OutboxRow::as_select())
+            .order(outbox::id)
+            .load(&mut self.conn())
+            .expect("outbox")
+    }
+
     /// Messages waiting in this test's job queue (a passive declare: creates nothing).
     pub async fn queued(&self) -> u32 {
         let conn = shared_models::queue::connect(&amqp_url(), "test-probe")
@@ -148,4 +217,9 @@ pub fn fields(body: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Now plus (or minus) some seconds, as the database stores it.
+pub fn seconds_from_now(secs: i64) -> DateTime<Utc> {
+    shared_models::time::now() + chrono::Duration::seconds(secs)
 }

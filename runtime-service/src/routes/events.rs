@@ -1,0 +1,165 @@
+//! `GET /workflows/runs/{id}/events`: the run's transitions and logs as Server-Sent Events,
+//! the history first, then live events until the run has ended.
+//!
+//! Live events come from polling `run_events` for ids above the last one sent: the worker
+//! writes through the database, so the database is the one place every event passes.
+
+use crate::domain;
+use crate::error::RuntimeError;
+use crate::routes::views::EventView;
+use crate::startup::AppState;
+use crate::storage;
+use actix_web::http::header;
+use actix_web::web::Bytes;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::stream::{self, Stream};
+use shared_models::db::{blocking, PgPool};
+use shared_models::http::Caller;
+use shared_models::ids::RunId;
+use shared_models::models::RunEventRow;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+/// How often a subscriber's stream looks for new events.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// A comment line after this much silence keeps proxies from closing an idle stream.
+const KEEP_ALIVE_AFTER: Duration = Duration::from_secs(15);
+/// Events read per query; a full batch is followed by another read at once.
+const BATCH: i64 = 500;
+
+/// `GET /workflows/runs/{id}/events`; `Last-Event-ID` resumes after that event.
+pub async fn stream_run_events(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, RuntimeError> {
+    let raw = path.into_inner();
+    let after = domain::last_event_id(req.headers().get("last-event-id").map(|v| v.as_bytes()))?;
+    let id = RunId::parse(&raw).ok_or_else(|| RuntimeError::RunNotFound(raw.clone()))?;
+    let (org_id, run_id) = (caller.org_id, id.as_str().to_string());
+    let (org, run) = (org_id.clone(), run_id.clone());
+    if blocking(&state.pool, move |conn| storage::get_run(conn, &org, &run))
+        .await?
+        .is_none()
+    {
+        return Err(RuntimeError::RunNotFound(raw));
+    }
+    let feed = Feed {
+        pool: state.pool.clone(),
+        org_id,
+        run_id,
+        last_id: after.unwrap_or(0),
+        ready: VecDeque::new(),
+        done: false,
+        read_now: true,
+        last_write: Instant::now(),
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        // nginx (the gateway) would otherwise buffer the stream.
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(feed.into_stream()))
+}
+
+/// One subscriber's position in a run's events. Dropped with the response body when the
+/// client goes away, which ends its polling.
+struct Feed {
+    pool: PgPool,
+    org_id: String,
+    run_id: String,
+    /// The id of the last event sent (or the client's `Last-Event-ID`).
+    last_id: i64,
+    /// Frames read but not yet sent.
+    ready: VecDeque<Bytes>,
+    /// Every event is in `ready`, and no more can come: end once it is sent.
+    done: bool,
+    /// Read again without waiting (the first read, and after a full batch).
+    read_now: bool,
+    last_write: Instant,
+}
+
+impl Feed {
+    fn into_stream(self) -> impl Stream<Item = Result<Bytes, Infallible>> + 'static {
+        stream::unfold(self, |feed| feed.next_frame())
+    }
+
+    async fn next_frame(mut self) -> Option<(Result<Bytes, Infallible>, Self)> {
+        loop {
+            if let Some(frame) = self.ready.pop_front() {
+                self.last_write = Instant::now();
+                return Some((Ok(frame), self));
+            }
+            if self.done {
+                return None;
+            }
+            if !self.read_now {
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+            self.read().await;
+            if self.ready.is_empty() && self.last_write.elapsed() >= KEEP_ALIVE_AFTER {
+                self.ready
+                    .push_back(Bytes::from_static(b": keep-alive\n\n"));
+            }
+        }
+    }
+
+    async fn read(&mut self) {
+        let (org, run, after) = (self.org_id.clone(), self.run_id.clone(), self.last_id);
+        let batch = blocking(&self.pool, move |conn| {
+            storage::events::events_after(conn, &org, &run, after, BATCH)
+        })
+        .await;
+        match batch {
+            Ok(Some(batch)) => {
+                let full = batch.events.len() as i64 >= BATCH;
+                for event in batch.events {
+                    self.last_id = event.id;
+                    if let Some(frame) = frame(event) {
+                        self.ready.push_back(frame);
+                    }
+                }
+                self.read_now = full;
+                self.done = batch.run_ended && !full;
+            }
+            Ok(None) => self.done = true,
+            Err(e) => {
+                // The client reconnects with Last-Event-ID and resumes where this stopped.
+                log::warn!(
+                    "event stream of run {}: {e}; closing it after event {}",
+                    self.run_id,
+                    self.last_id
+                );
+                self.done = true;
+            }
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        log::debug!(
+            "event stream of run {} closed after event {}",
+            self.run_id,
+            self.last_id
+        );
+    }
+}
+
+/// `id: <id>\nevent: transition|log\ndata: <the JSON of the run's detail view>\n\n`
+fn frame(event: RunEventRow) -> Option<Bytes> {
+    let id = event.id;
+    let view = EventView::from(event);
+    match serde_json::to_string(&view) {
+        Ok(data) => Some(Bytes::from(format!(
+            "id: {id}\nevent: {}\ndata: {data}\n\n",
+            view.kind()
+        ))),
+        Err(e) => {
+            log::error!("event {id} cannot be serialized: {e}");
+            None
+        }
+    }
+}

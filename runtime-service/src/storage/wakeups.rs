@@ -1,0 +1,57 @@
+//! Wake-ups: a WAITING run whose `wake_at` has come (a delay ended, a wait timed out) gets
+//! a job, so a worker resumes it.
+
+use diesel::prelude::*;
+use diesel::result::Error;
+use diesel::sql_types::{BigInt, Nullable, Text};
+use shared_models::runs::enqueue_job;
+
+#[derive(QueryableByName)]
+struct DueRun {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    org_id: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    request_id: Option<String>,
+    #[diesel(sql_type = Text)]
+    dedupe_key: String,
+}
+
+/// Queue one job per due wake-up, up to `limit` per call, in one transaction. The dedupe key
+/// names the run and its `wake_at` (epoch microseconds), so however many passes or replicas
+/// see a wake-up, it is queued once; a later `wake_at` of the same run is a new wake-up.
+/// Returns how many jobs were queued.
+pub fn enqueue_due_wakeups(conn: &mut PgConnection, limit: i64) -> Result<usize, Error> {
+    conn.transaction(|conn| {
+        // Runs already queued are skipped here, so a backlog larger than `limit` drains.
+        let due: Vec<DueRun> = diesel::sql_query(
+            "SELECT r.id, r.org_id, r.request_id, k.dedupe_key
+             FROM runs r
+             CROSS JOIN LATERAL (SELECT 'wake:' || r.id || ':'
+                 || (extract(epoch FROM r.wake_at) * 1000000)::bigint AS dedupe_key) k
+             WHERE r.status = 'WAITING' AND r.wake_at <= now()
+               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.dedupe_key = k.dedupe_key)
+             ORDER BY r.wake_at
+             LIMIT $1",
+        )
+        .bind::<BigInt, _>(limit)
+        .load(conn)?;
+        let mut queued = 0;
+        for run in due {
+            // Another replica may have queued it since: the unique key makes this a no-op.
+            if enqueue_job(
+                conn,
+                &run.id,
+                &run.org_id,
+                run.request_id,
+                Some(&run.dedupe_key),
+            )?
+            .is_some()
+            {
+                queued += 1;
+            }
+        }
+        Ok(queued)
+    })
+}

@@ -1,0 +1,213 @@
+use crate::helpers::{fields, spawn_app, TestApp};
+use diesel::prelude::*;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use shared_models::models::NewRunEvent;
+use shared_models::schema::{run_events, runs};
+use std::time::Duration;
+
+/// The longest any stream in these tests may take to say what is asked of it.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, PartialEq)]
+struct Frame {
+    id: i64,
+    event: String,
+    data: Value,
+}
+
+/// Parse complete SSE frames (`id:`, `event:`, `data:` lines ending in a blank line);
+/// comments (`: keep-alive`) are skipped. Returns the frames and the unparsed rest.
+fn parse_frames(text: &str) -> (Vec<Frame>, String) {
+    let mut frames = Vec::new();
+    let mut rest = text;
+    while let Some(end) = rest.find("\n\n") {
+        let block = &rest[..end];
+        rest = &rest[end + 2..];
+        let (mut id, mut event, mut data) = (None, None, None);
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("id: ") {
+                id = Some(v.parse().expect("numeric id"));
+            } else if let Some(v) = line.strip_prefix("event: ") {
+                event = Some(v.to_string());
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data = Some(serde_json::from_str(v).expect("JSON data"));
+            } else {
+                assert!(line.starts_with(':'), "unexpected line {line:?}");
+            }
+        }
+        if let (Some(id), Some(event), Some(data)) = (id, event, data) {
+            frames.push(Frame { id, event, data });
+        }
+    }
+    (frames, rest.to_string())
+}
+
+async fn subscribe(app: &TestApp, run_id: &str, last_event_id: Option<&str>) -> reqwest::Response {
+    let mut req = app
+        .client
+        .get(format!("{}/workflows/runs/{run_id}/events", app.address));
+    if let Some(id) = last_event_id {
+        req = req.header("Last-Event-ID", id);
+    }
+    req.send().await.expect("subscribe")
+}
+
+/// Read a stream to its end; the test fails if it has not ended by the deadline.
+async fn read_to_end(res: reqwest::Response) -> Vec<Frame> {
+    let text = tokio::time::timeout(DEADLINE, res.text())
+        .await
+        .expect("the stream ends once the run has ended")
+        .expect("body");
+    let (frames, rest) = parse_frames(&text);
+    assert_eq!(rest, "", "the stream ends with a whole frame");
+    frames
+}
+
+/// A run with a transition, a log line and two more transitions; returns the event ids.
+fn with_history(app: &TestApp, status: &str) -> (String, Vec<i64>) {
+    let wf = app.workflow_with(
+        "w",
+        json!({"steps": [{"name": "classify", "type": "agent", "agentId": "a", "instructions": "x"}]}),
+    );
+    let id = app.run_in(&wf, status);
+    let now = shared_models::time::now();
+    let ids = vec![
+        app.event(NewRunEvent::transition(
+            &id, now, None, "PENDING", "RUNNING",
+        )),
+        app.event(NewRunEvent::log(&id, now, None, "INFO", "run started")),
+        app.event(NewRunEvent::transition(
+            &id,
+            now,
+            Some("classify"),
+            "PENDING",
+            "RUNNING",
+        )),
+        app.event(NewRunEvent::transition(&id, now, None, "RUNNING", status)),
+    ];
+    (id, ids)
+}
+
+#[tokio::test]
+async fn the_stream_of_an_ended_run_sends_its_history_in_order_and_ends() {
+    let app = spawn_app().await;
+    let (id, ids) = with_history(&app, "COMPLETED");
+    let res = subscribe(&app, &id, None).await;
+    assert_eq!(res.status(), 200);
+    let header = |name: &str| {
+        res.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    assert_eq!(header("content-type").as_deref(), Some("text/event-stream"));
+    assert_eq!(header("cache-control").as_deref(), Some("no-cache"));
+    let frames = read_to_end(res).await;
+    let run = app.get(&format!("/workflows/runs/{id}")).await.body["data"].clone();
+    let (tr, logs) = (&run["transitions"], &run["logs"]);
+    assert_eq!(
+        frames,
+        vec![
+            Frame {
+                id: ids[0],
+                event: "transition".into(),
+                data: tr[0].clone()
+            },
+            Frame {
+                id: ids[1],
+                event: "log".into(),
+                data: logs[0].clone()
+            },
+            Frame {
+                id: ids[2],
+                event: "transition".into(),
+                data: tr[1].clone()
+            },
+            Frame {
+                id: ids[3],
+                event: "transition".into(),
+                data: tr[2].clone()
+            },
+        ],
+        "the same objects as the run's transitions and logs"
+    );
+    assert_eq!(
+        frames[2].data,
+        json!({"at": frames[2].data["at"], "step": "classify", "from": "PENDING", "to": "RUNNING"})
+    );
+}
+
+#[tokio::test]
+async fn last_event_id_resumes_after_that_event() {
+    let app = spawn_app().await;
+    let (id, ids) = with_history(&app, "FAILED");
+    let frames = read_to_end(subscribe(&app, &id, Some(&ids[1].to_string())).await).await;
+    let got: Vec<i64> = frames.iter().map(|f| f.id).collect();
+    assert_eq!(got, ids[2..]);
+    let frames = read_to_end(subscribe(&app, &id, Some(&ids[3].to_string())).await).await;
+    assert!(frames.is_empty(), "nothing after the last event");
+    for bad in ["abc", "-1", "1.5"] {
+        let res = subscribe(&app, &id, Some(bad)).await;
+        assert_eq!(res.status(), 400, "{bad}");
+        let body: Value = res.json().await.expect("envelope");
+        assert_eq!(body["error"]["code"], "VALIDATION_ERROR");
+        assert_eq!(fields(&body), ["Last-Event-ID"]);
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_gets_live_events_until_the_run_ends() {
+    let app = spawn_app().await;
+    let (id, ids) = with_history(&app, "RUNNING");
+    let res = subscribe(&app, &id, None).await;
+    assert_eq!(res.status(), 200);
+    let mut body = res.bytes_stream();
+    let mut text = String::new();
+    let mut frames = Vec::new();
+    let read = async {
+        // The history first; the stream stays open while the run runs.
+        while frames.len() < ids.len() {
+            let chunk = body.next().await.expect("open").expect("chunk");
+            text.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+            let (mut got, rest) = parse_frames(&text);
+            frames.append(&mut got);
+            text = rest;
+        }
+        // Then the worker writes: a step ends, the run ends, in one transaction.
+        let now = shared_models::time::now();
+        let live: Vec<i64> = app
+            .conn()
+            .transaction::<_, diesel::result::Error, _>(|conn| {
+                diesel::update(runs::table.find(&id))
+                    .set(runs::status.eq("COMPLETED"))
+                    .execute(conn)?;
+                diesel::insert_into(run_events::table)
+                    .values(&vec![
+                        NewRunEvent::transition(&id, now, Some("classify"), "RUNNING", "COMPLETED"),
+                        NewRunEvent::log(&id, now, None, "INFO", "run completed"),
+                    ])
+                    .returning(run_events::id)
+                    .get_results(conn)
+            })
+            .expect("the worker's writes");
+        while let Some(chunk) = body.next().await {
+            text.push_str(std::str::from_utf8(&chunk.expect("chunk")).expect("utf-8"));
+        }
+        let (mut got, rest) = parse_frames(&text);
+        assert_eq!(rest, "");
+        frames.append(&mut got);
+        live
+    };
+    let live = tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("live events arrive and the stream ends with the run");
+    let got: Vec<i64> = frames.iter().map(|f| f.id).collect();
+    assert_eq!(got, [ids.clone(), live].concat());
+    assert_eq!(frames[4].event, "transition");
+    assert_eq!(frames[4].data["to"], "COMPLETED");
+    assert_eq!(
+        (frames[5].event.as_str(), &frames[5].data["message"]),
+        ("log", &json!("run completed"))
+    );
+}
