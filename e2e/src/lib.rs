@@ -11,12 +11,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// How to start one process again after a restart.
+struct Spec {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    ready: Option<String>,
+}
+
 pub struct Stack {
     pub base_url: String,
     pub client: reqwest::Client,
     pub dir: PathBuf,
     pub prefix: String,
     children: Vec<(String, Child)>,
+    specs: Vec<Spec>,
     pub db: TestDb,
 }
 
@@ -56,6 +66,11 @@ fn nginx() -> PathBuf {
 impl Stack {
     /// Start everything and wait until every part is ready.
     pub async fn start(workers: usize) -> Stack {
+        Self::start_with(workers, &[]).await
+    }
+
+    /// Like [`Stack::start`], with extra environment for every process.
+    pub async fn start_with(workers: usize, extra_env: &[(&str, &str)]) -> Stack {
         let db = TestDb::create();
         let prefix = unique_queue_prefix();
         let dir = std::env::temp_dir().join(format!(
@@ -63,14 +78,6 @@ impl Stack {
             shared_models::testing::unique_token()
         ));
         std::fs::create_dir_all(dir.join("nginx")).expect("temp dir");
-        let mut stack = Stack {
-            base_url: String::new(),
-            client: reqwest::Client::new(),
-            dir: dir.clone(),
-            prefix: prefix.clone(),
-            children: Vec::new(),
-            db,
-        };
 
         let agent_port = free_port();
         let agents_file = dir.join("agents.toml");
@@ -83,48 +90,63 @@ impl Stack {
             ),
         )
         .expect("agents file");
-        let common: Vec<(&str, String)> = vec![
-            ("DATABASE_URL", stack.db.url.clone()),
-            ("QUEUE_PREFIX", prefix.clone()),
-            ("AGENTS_FILE", agents_file.display().to_string()),
-            ("RUST_LOG", "info".into()),
+        let mut common: Vec<(String, String)> = vec![
+            ("DATABASE_URL".into(), db.url.clone()),
+            ("QUEUE_PREFIX".into(), prefix.clone()),
+            ("AGENTS_FILE".into(), agents_file.display().to_string()),
+            ("RUST_LOG".into(), "info".into()),
             // The seed document's orgId, so its examples run verbatim.
-            ("DEFAULT_ORG_ID", "org_acme_123".into()),
+            ("DEFAULT_ORG_ID".into(), "org_acme_123".into()),
         ];
-        let mut ready = Vec::new();
+        common.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let spec = |name: &str, bin: &str, env: Vec<(&str, String)>, ready: String| Spec {
+            name: name.to_string(),
+            program: binary(bin),
+            args: Vec::new(),
+            env: common
+                .iter()
+                .cloned()
+                .chain(env.into_iter().map(|(k, v)| (k.to_string(), v)))
+                .collect(),
+            ready: Some(ready),
+        };
+        let mut specs = Vec::new();
         let agent_addr = format!("127.0.0.1:{agent_port}");
-        stack.spawn(
+        specs.push(spec(
             "support-agent",
-            &[("SUPPORT_AGENT_ADDR", agent_addr.clone())],
-            &common,
-        );
-        ready.push(format!("http://{agent_addr}/healthz"));
+            "support-agent",
+            vec![("SUPPORT_AGENT_ADDR", agent_addr.clone())],
+            format!("http://{agent_addr}/healthz"),
+        ));
         let (wf, rt) = (free_port(), free_port());
-        stack.spawn(
+        specs.push(spec(
             "workflow-service",
-            &[("HTTP_ADDR", format!("127.0.0.1:{wf}"))],
-            &common,
-        );
-        stack.spawn(
+            "workflow-service",
+            vec![("HTTP_ADDR", format!("127.0.0.1:{wf}"))],
+            format!("http://127.0.0.1:{wf}/readyz"),
+        ));
+        specs.push(spec(
             "runtime-service",
-            &[("HTTP_ADDR", format!("127.0.0.1:{rt}"))],
-            &common,
-        );
-        ready.push(format!("http://127.0.0.1:{wf}/readyz"));
-        ready.push(format!("http://127.0.0.1:{rt}/readyz"));
+            "runtime-service",
+            vec![("HTTP_ADDR", format!("127.0.0.1:{rt}"))],
+            format!("http://127.0.0.1:{rt}/readyz"),
+        ));
         for i in 0..workers {
             let port = free_port();
-            stack.spawn_named(
+            specs.push(spec(
                 &format!("executor-worker-{i}"),
                 "executor-worker",
-                &[
+                vec![
                     ("HTTP_ADDR", format!("127.0.0.1:{port}")),
                     ("WORKER_CONCURRENCY", "4".into()),
                     ("WORKER_ID", format!("e2e-worker-{i}")),
                 ],
-                &common,
-            );
-            ready.push(format!("http://127.0.0.1:{port}/readyz"));
+                format!("http://127.0.0.1:{port}/readyz"),
+            ));
         }
 
         let gateway = free_port();
@@ -139,9 +161,11 @@ impl Stack {
             .replace("${NGINX_PREFIX}", &prefix_dir.display().to_string());
         let conf_path = prefix_dir.join("nginx.conf");
         std::fs::write(&conf_path, conf).expect("nginx conf");
-        let log = std::fs::File::create(dir.join("gateway.log")).expect("log");
-        let child = Command::new(nginx())
-            .args([
+        let base_url = format!("http://127.0.0.1:{gateway}");
+        specs.push(Spec {
+            name: "gateway".into(),
+            program: nginx(),
+            args: [
                 "-p",
                 &prefix_dir.display().to_string(),
                 "-c",
@@ -150,44 +174,76 @@ impl Stack {
                 "stderr",
                 "-g",
                 "daemon off;",
-            ])
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start nginx");
-        stack.children.push(("gateway".into(), child));
-        stack.base_url = format!("http://127.0.0.1:{gateway}");
-        ready.push(format!("{}/workflows?limit=1", stack.base_url));
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+            env: Vec::new(),
+            ready: Some(format!("{base_url}/workflows?limit=1")),
+        });
 
-        for url in ready {
-            stack.wait_ready(&url).await;
-        }
+        let mut stack = Stack {
+            base_url,
+            client: reqwest::Client::new(),
+            dir,
+            prefix,
+            children: Vec::new(),
+            specs,
+            db,
+        };
+        stack.launch().await;
         stack
     }
 
-    fn spawn(&mut self, name: &str, env: &[(&str, String)], common: &[(&str, String)]) {
-        self.spawn_named(name, name, env, common);
+    /// Start every process of the stack and wait until each is ready.
+    async fn launch(&mut self) {
+        for spec in &self.specs {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join(format!("{}.log", spec.name)))
+                .expect("log file");
+            let mut cmd = Command::new(&spec.program);
+            cmd.args(&spec.args)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log);
+            for (k, v) in &spec.env {
+                cmd.env(k, v);
+            }
+            let child = cmd
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {}: {e}", spec.name));
+            self.children.push((spec.name.clone(), child));
+        }
+        let urls: Vec<String> = self.specs.iter().filter_map(|s| s.ready.clone()).collect();
+        for url in urls {
+            self.wait_ready(&url).await;
+        }
     }
 
-    fn spawn_named(
-        &mut self,
-        name: &str,
-        bin: &str,
-        env: &[(&str, String)],
-        common: &[(&str, String)],
-    ) {
-        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).expect("log file");
-        let mut cmd = Command::new(binary(bin));
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        for (k, v) in common.iter().chain(env) {
-            cmd.env(k, v);
+    /// SIGTERM every process and wait for each to exit (killing what outlives 10 s).
+    pub fn stop_all(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
         }
-        self.children.push((
-            name.to_string(),
-            cmd.spawn().unwrap_or_else(|e| panic!("start {bin}: {e}")),
-        ));
+        for (_, child) in &mut self.children {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+
+    /// Stop every process, then start them all again on the same database and queues.
+    pub async fn restart_all(&mut self) {
+        self.stop_all();
+        self.launch().await;
     }
 
     async fn wait_ready(&mut self, url: &str) {
@@ -245,6 +301,32 @@ impl Stack {
         )
     }
 
+    /// Poll a run until `done` holds for its details (or the deadline passes: the test fails).
+    pub async fn wait_until(
+        &self,
+        run_id: &str,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (status, body) = self
+                .call("GET", &format!("/workflows/runs/{run_id}"), None)
+                .await;
+            assert_eq!(status, 200, "{body}");
+            if done(&body["data"]) {
+                return body["data"].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {run_id} not {what} after {within:?}: {}",
+                body["data"]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Poll a run until it ends (or the deadline passes, which fails the test).
     pub async fn wait_for_run(&self, run_id: &str, within: Duration) -> Value {
         let deadline = Instant::now() + within;
@@ -272,19 +354,7 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        }
-        for (_, child) in &mut self.children {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.stop_all();
         let (url, prefix) = (
             shared_models::config::env_or("AMQP_URL", shared_models::config::DEFAULT_AMQP_URL),
             self.prefix.clone(),

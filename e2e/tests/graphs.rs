@@ -1,0 +1,302 @@
+//! Workflow graphs end to end: waiting steps that survive restarts, delays that hold no
+//! worker, run control (cancel, retry) and the event stream, through the gateway.
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use thygon_e2e::Stack;
+
+async fn create(stack: &Stack, name: &str, steps: Value) {
+    let (status, body) = stack
+        .call(
+            "POST",
+            "/workflows",
+            Some(json!({"name": name, "definition": {"steps": steps}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+async fn trigger(stack: &Stack, workflow: &str, variables: Value) -> String {
+    let (status, body) = stack
+        .call(
+            "POST",
+            &format!("/workflows/{workflow}/trigger"),
+            Some(json!({"variables": variables})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body["data"]["id"].as_str().unwrap().to_string()
+}
+
+fn step<'a>(run: &'a Value, name: &str) -> &'a Value {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name} in {run}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_resumes_the_run_after_every_process_restarted() {
+    let mut stack = Stack::start(1).await;
+    create(
+        &stack,
+        "approved_triage",
+        json!([
+            {"name": "classify", "type": "agent", "agentId": "support-classifier", "instructions": "Classify {{ variables.ticketId }}."},
+            {"name": "approve", "type": "approval"},
+            {"name": "route", "type": "agent", "agentId": "ticket-router", "instructions": "Route: {{ steps.approve.output.comment }}",
+             "inputs": {"category": "{{ steps.classify.output.category }}", "priority": "{{ steps.classify.output.priority }}"}}
+        ]),
+    )
+    .await;
+    let run = trigger(
+        &stack,
+        "wf_approved_triage",
+        json!({"ticketId": "TCK-9", "subject": "refund my invoice"}),
+    )
+    .await;
+    let waiting = stack
+        .wait_until(&run, Duration::from_secs(30), "WAITING", |r| {
+            r["status"] == "WAITING"
+        })
+        .await;
+    assert_eq!(step(&waiting, "approve")["status"], "WAITING");
+    assert_eq!(step(&waiting, "classify")["status"], "COMPLETED");
+
+    // Every process goes away and comes back: nothing of the run lived in memory.
+    stack.restart_all().await;
+
+    let (status, body) = stack
+        .call(
+            "POST",
+            &format!("/workflows/runs/{run}/steps/approve/approve"),
+            Some(json!({"approved": true, "comment": "refund ok"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let done = stack.wait_for_run(&run, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(
+        step(&done, "approve")["output"],
+        json!({"approved": true, "comment": "refund ok"})
+    );
+    assert_eq!(
+        step(&done, "classify")["attempt"],
+        1,
+        "the completed step was not run again"
+    );
+    assert!(done["output"]["route"]["team"].is_string());
+    let (status, _) = stack
+        .call(
+            "POST",
+            &format!("/workflows/runs/{run}/steps/approve/approve"),
+            Some(json!({"approved": true})),
+        )
+        .await;
+    assert_eq!(status, 409, "the step is no longer waiting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_of_many_runs_does_not_starve_a_quick_run() {
+    // One worker with 4 slots: if waiting held slots, the quick run would queue behind 40.
+    let stack = Stack::start(1).await;
+    create(&stack, "slow", json!([{"name": "wait", "type": "delay", "seconds": 2}, {"name": "done", "type": "transform", "value": "late"}])).await;
+    create(
+        &stack,
+        "quick",
+        json!([{"name": "now", "type": "transform", "value": "{{ variables.n }}"}]),
+    )
+    .await;
+    let mut slow = Vec::new();
+    for _ in 0..40 {
+        slow.push(trigger(&stack, "wf_slow", json!({})).await);
+    }
+    let quick = trigger(&stack, "wf_quick", json!({"n": 7})).await;
+    let done = stack.wait_for_run(&quick, Duration::from_secs(30)).await;
+    assert_eq!(done["output"], json!({"now": 7}));
+    let (_, body) = stack
+        .call(
+            "GET",
+            "/workflows/runs?workflowId=wf_slow&status=COMPLETED",
+            None,
+        )
+        .await;
+    assert_eq!(
+        body["data"],
+        json!([]),
+        "the quick run finished while every delayed run still waited"
+    );
+    let (_, body) = stack
+        .call(
+            "GET",
+            "/workflows/runs?workflowId=wf_slow&status=RUNNING",
+            None,
+        )
+        .await;
+    assert_eq!(body["data"], json!([]), "no delayed run holds a worker");
+    for id in &slow {
+        let run = stack.wait_for_run(id, Duration::from_secs(60)).await;
+        assert_eq!(run["status"], "COMPLETED", "{run}");
+        assert_eq!(step(&run, "wait")["output"], json!({"seconds": 2.0}));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_run_and_retry_reruns_only_what_failed_or_was_cancelled() {
+    let stack = Stack::start(1).await;
+    // `check` fails while wf_flag does not exist, and succeeds once it does.
+    create(
+        &stack,
+        "flagged",
+        json!([
+            {"name": "prepare", "type": "transform", "value": {"ready": true}},
+            {"name": "check", "type": "http", "request": {"url": "{{ variables.base }}/workflows/wf_flag"}},
+            {"name": "finish", "type": "transform", "value": "{{ steps.check.output.status }}"}
+        ]),
+    )
+    .await;
+    let run = trigger(&stack, "wf_flagged", json!({"base": stack.base_url})).await;
+    let failed = stack.wait_for_run(&run, Duration::from_secs(30)).await;
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    assert_eq!(step(&failed, "check")["status"], "FAILED");
+    assert!(step(&failed, "check")["error"]
+        .as_str()
+        .unwrap()
+        .contains("404"));
+    assert_eq!(step(&failed, "finish")["status"], "CANCELLED");
+
+    create(
+        &stack,
+        "flag",
+        json!([{"name": "x", "type": "transform", "value": 1}]),
+    )
+    .await;
+    let (status, body) = stack
+        .call("POST", &format!("/workflows/runs/{run}/retry"), None)
+        .await;
+    assert_eq!(
+        (status, &body["data"]["status"]),
+        (200, &json!("PENDING")),
+        "{body}"
+    );
+    let retried = stack.wait_for_run(&run, Duration::from_secs(30)).await;
+    assert_eq!(retried["status"], "COMPLETED", "{retried}");
+    assert_eq!(
+        step(&retried, "prepare")["attempt"],
+        1,
+        "completed steps keep their outputs and are not re-run"
+    );
+    assert_eq!(
+        step(&retried, "check")["attempt"],
+        2,
+        "attempt numbers continue"
+    );
+    assert_eq!(retried["output"], json!({"finish": 200}));
+    let (status, _) = stack
+        .call("POST", &format!("/workflows/runs/{run}/retry"), None)
+        .await;
+    assert_eq!(status, 409, "only FAILED or CANCELLED runs can be retried");
+
+    // Cancel a waiting run, then retry it: it waits again and can be approved.
+    create(&stack, "gated", json!([{"name": "gate", "type": "approval"}, {"name": "after", "type": "transform", "value": "{{ steps.gate.output.approved }}"}])).await;
+    let gated = trigger(&stack, "wf_gated", json!({})).await;
+    stack
+        .wait_until(&gated, Duration::from_secs(30), "WAITING", |r| {
+            r["status"] == "WAITING"
+        })
+        .await;
+    let (status, body) = stack
+        .call("POST", &format!("/workflows/runs/{gated}/cancel"), None)
+        .await;
+    assert_eq!(
+        (status, &body["data"]["status"]),
+        (200, &json!("CANCELLED")),
+        "{body}"
+    );
+    assert_eq!(step(&body["data"], "gate")["status"], "CANCELLED");
+    assert_eq!(step(&body["data"], "after")["status"], "CANCELLED");
+    let (status, _) = stack
+        .call("POST", &format!("/workflows/runs/{gated}/cancel"), None)
+        .await;
+    assert_eq!(status, 409);
+    let (status, _) = stack
+        .call(
+            "POST",
+            &format!("/workflows/runs/{gated}/steps/gate/approve"),
+            Some(json!({"approved": true})),
+        )
+        .await;
+    assert_eq!(status, 409);
+    let (status, _) = stack
+        .call("POST", &format!("/workflows/runs/{gated}/retry"), None)
+        .await;
+    assert_eq!(status, 200);
+    stack
+        .wait_until(&gated, Duration::from_secs(30), "WAITING again", |r| {
+            r["status"] == "WAITING"
+        })
+        .await;
+    let (status, _) = stack
+        .call(
+            "POST",
+            &format!("/workflows/runs/{gated}/steps/gate/approve"),
+            Some(json!({"approved": true})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let done = stack.wait_for_run(&gated, Duration::from_secs(30)).await;
+    assert_eq!(done["output"], json!({"after": true}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_replays_history_and_ends_with_the_run() {
+    let stack = Stack::start(1).await;
+    create(&stack, "two", json!([{"name": "a", "type": "transform", "value": 1}, {"name": "b", "type": "transform", "value": 2}])).await;
+    let run = trigger(&stack, "wf_two", json!({})).await;
+    stack.wait_for_run(&run, Duration::from_secs(30)).await;
+    let res = stack
+        .client
+        .get(format!("{}/workflows/runs/{run}/events", stack.base_url))
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let text = tokio::time::timeout(Duration::from_secs(10), res.text())
+        .await
+        .expect("the stream ends with the run")
+        .expect("body");
+    let transitions = text.matches("event: transition").count();
+    assert_eq!(
+        transitions, 6,
+        "run and two steps, start and end each:\n{text}"
+    );
+    assert!(text.contains("event: log"));
+    let first_id: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let resumed = stack
+        .client
+        .get(format!("{}/workflows/runs/{run}/events", stack.base_url))
+        .header("Last-Event-ID", first_id.to_string())
+        .send()
+        .await
+        .expect("events")
+        .text()
+        .await
+        .expect("body");
+    assert!(!resumed.contains(&format!("id: {first_id}\n")));
+    assert_eq!(
+        resumed.matches("id: ").count(),
+        text.matches("id: ").count() - 1
+    );
+}
