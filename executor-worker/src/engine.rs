@@ -523,18 +523,34 @@ impl Engine {
                         return Ok(Begin::Failed);
                     }
                 };
-                let (parent, name, wf) =
-                    (rs.run.clone(), step.name.to_string(), workflow_id.clone());
-                let created = blocking(&self.pool, move |conn| {
-                    storage::create_child_run(conn, &parent, &name, &wf, vars, now)
-                })
-                .await?;
-                match created {
-                    Ok(child) => StepChange::waiting(
+                let (parent, record, wf, me) = (
+                    rs.run.clone(),
+                    rs.record(i),
+                    workflow_id.clone(),
+                    self.me.clone(),
+                );
+                let started = blocking(&self.pool, move |conn| {
+                    storage::start_child_run(
+                        conn,
+                        &parent,
+                        &record,
+                        &wf,
+                        vars,
                         wait_deadline,
-                        Some(child.clone()),
-                        format!("started child run {child} of {workflow_id}"),
-                    ),
+                        &me,
+                        now,
+                    )
+                })
+                .await?
+                .map_err(|_| Stop::LeaseLost)?;
+                match started {
+                    Ok(child) => {
+                        let st = &mut rs.steps[i];
+                        st.status = StepStatus::Waiting;
+                        st.wake_at = wait_deadline;
+                        st.child_run_id = Some(child);
+                        return Ok(Begin::Waiting);
+                    }
                     Err(reason) => {
                         self.record(rs, i, StepChange::failed(reason)).await?;
                         return Ok(Begin::Failed);
@@ -617,6 +633,7 @@ impl Engine {
                 agents: &self.agents,
                 http: &self.http,
                 agent_timeout: self.agent_timeout,
+                step_timeout: step.timeout,
                 run_id: &run.id,
                 workflow_id: &run.workflow_id,
                 step: step.name.as_str(),

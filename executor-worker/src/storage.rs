@@ -472,27 +472,36 @@ pub fn record_step(
 /// How many runs deep subworkflows may nest (a run, its child, the child's child, ...).
 pub const MAX_SUBWORKFLOW_DEPTH: usize = 8;
 
-/// Start the child run of a `subworkflow` step, in the parent's org, at the child workflow's
-/// current version, and queue its job (the outbox relay publishes it). `Ok(Err(reason))`
-/// when the child workflow cannot run (unknown, deleted or inactive).
-pub fn create_child_run(
+/// Start the child run of a `subworkflow` step and record the step WAITING for it, in one
+/// transaction and under the lease (so a crash or a cancel cannot leave an orphan child, nor
+/// a redelivery start a second one): the child is in the parent's org, at its workflow's
+/// current version, and its job is queued (the outbox relay publishes it).
+/// `Ok(Ok(Err(reason)))` when the child workflow cannot run (unknown, deleted, inactive, or
+/// nested too deep).
+#[allow(clippy::too_many_arguments)]
+pub fn start_child_run(
     conn: &mut PgConnection,
     parent: &RunRow,
-    step: &str,
+    step: &StepRecord,
     workflow_id: &str,
     variables: Value,
+    wait_until: Option<DateTime<Utc>>,
+    me: &LeaseHolder,
     now: DateTime<Utc>,
-) -> Result<Result<String, String>, Error> {
+) -> Result<Result<Result<String, String>, Fenced>, Error> {
     conn.transaction(|conn| {
+        if touch(conn, &parent.id, me, now)? == Fenced::LeaseLost {
+            return Ok(Err(Fenced::LeaseLost));
+        }
         // A workflow may start itself; the chain of parents bounds how deep that goes.
         let mut depth = 1;
         let mut ancestor = parent.parent_run_id.clone();
         while let Some(id) = ancestor {
             depth += 1;
             if depth > MAX_SUBWORKFLOW_DEPTH {
-                return Ok(Err(format!(
+                return Ok(Ok(Err(format!(
                     "subworkflows are nested more than {MAX_SUBWORKFLOW_DEPTH} deep"
-                )));
+                ))));
             }
             ancestor = runs_table::table
                 .find(&id)
@@ -508,8 +517,10 @@ pub fn create_child_run(
             .first(conn)
             .optional()?;
         let version = match current {
-            None => return Ok(Err(format!("workflow '{workflow_id}' was not found"))),
-            Some((_, false)) => return Ok(Err(format!("workflow '{workflow_id}' is inactive"))),
+            None => return Ok(Ok(Err(format!("workflow '{workflow_id}' was not found")))),
+            Some((_, false)) => {
+                return Ok(Ok(Err(format!("workflow '{workflow_id}' is inactive"))))
+            }
             Some((version, true)) => version,
         };
         let child = runs::pending_run(
@@ -521,7 +532,7 @@ pub fn create_child_run(
                 idempotency_key: None,
                 request_hash: None,
                 request_id: parent.request_id.clone(),
-                parent: Some((&parent.id, step)),
+                parent: Some((&parent.id, &step.name)),
             },
             now,
         );
@@ -534,15 +545,19 @@ pub fn create_child_run(
             child.request_id.clone(),
             Some(&format!("start:{}", child.id)),
         )?;
-        Ok(Ok(child.id))
+        let message = format!("started child run {} of {workflow_id}", child.id);
+        let waiting = StepChange::waiting(wait_until, Some(child.id.clone()), message);
+        if record_step(conn, step, &waiting, me, now)? == Fenced::LeaseLost {
+            return Ok(Err(Fenced::LeaseLost));
+        }
+        Ok(Ok(Ok(child.id)))
     })
 }
 
 /// A child run's status, output and error.
-pub fn child_state(
-    conn: &mut PgConnection,
-    child_id: &str,
-) -> Result<Option<(String, Option<Value>, Option<String>)>, Error> {
+pub type ChildState = (String, Option<Value>, Option<String>);
+
+pub fn child_state(conn: &mut PgConnection, child_id: &str) -> Result<Option<ChildState>, Error> {
     runs_table::table
         .find(child_id)
         .select((runs_table::status, runs_table::output, runs_table::error))
@@ -671,22 +686,39 @@ pub fn finish_run(
             return Ok(Fenced::LeaseLost);
         }
         let mut events = Vec::new();
+        let mut children = Vec::new();
         for step in &end.cancelled {
-            let from: Option<String> = step_runs::table
+            let existing: Option<(String, Option<String>)> = step_runs::table
                 .find((&step.run_id, &step.name))
-                .select(step_runs::status)
+                .select((step_runs::status, step_runs::child_run_id))
                 .first(conn)
                 .optional()?;
-            let mut row = StepRunRow::new(
-                &run.id,
-                &step.name,
-                step.position,
-                step.step_type,
-                StepStatus::Cancelled.as_str(),
-            );
-            row.completed_at = Some(now);
-            upsert_step(conn, &row)?;
-            let from = from.unwrap_or_else(|| StepStatus::Pending.as_str().to_string());
+            let from = match existing {
+                Some((status, child)) => {
+                    // Keep what the row knows (when it started, which child it waits for).
+                    diesel::update(step_runs::table.find((&step.run_id, &step.name)))
+                        .set((
+                            step_runs::status.eq(StepStatus::Cancelled.as_str()),
+                            step_runs::completed_at.eq(now),
+                            step_runs::wake_at.eq(None::<DateTime<Utc>>),
+                        ))
+                        .execute(conn)?;
+                    children.extend(child);
+                    status
+                }
+                None => {
+                    let mut row = StepRunRow::new(
+                        &run.id,
+                        &step.name,
+                        step.position,
+                        step.step_type,
+                        StepStatus::Cancelled.as_str(),
+                    );
+                    row.completed_at = Some(now);
+                    upsert_step(conn, &row)?;
+                    StepStatus::Pending.as_str().to_string()
+                }
+            };
             events.push(NewRunEvent::transition(
                 &run.id,
                 now,
@@ -695,6 +727,8 @@ pub fn finish_run(
                 StepStatus::Cancelled.as_str(),
             ));
         }
+        // Children of cancelled subworkflow steps must not run on as orphans.
+        runs::cancel_descendants(conn, run, children, now)?;
         events.push(NewRunEvent::transition(
             &run.id,
             now,

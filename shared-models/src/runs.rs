@@ -3,11 +3,12 @@
 //! parent when its child ends). Jobs go through the outbox: written in the caller's
 //! transaction, published after commit (by the caller or by the relay).
 
+use crate::graph::step_outline;
 use crate::ids::RunId;
-use crate::models::{NewOutbox, RunRow};
+use crate::models::{NewOutbox, NewRunEvent, RunRow, StepRunRow};
 use crate::queue::RunJob;
-use crate::schema::{outbox, runs};
-use crate::status::RunStatus;
+use crate::schema::{outbox, run_events, runs, step_runs, workflow_versions};
+use crate::status::{RunStatus, StepStatus};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::Error;
@@ -83,4 +84,158 @@ pub fn enqueue_job(
         .get_result(conn)
         .optional()?;
     Ok(id.map(|id| (id, job)))
+}
+
+/// How many levels of child runs a cancellation follows.
+pub const MAX_CHILD_DEPTH: usize = 8;
+
+/// Step states that have not ended.
+const OPEN_STEPS: [&str; 3] = ["PENDING", "RUNNING", "WAITING"];
+
+pub fn lock_run(
+    conn: &mut PgConnection,
+    org_id: &str,
+    run_id: &str,
+) -> Result<Option<RunRow>, Error> {
+    runs::table
+        .find(run_id)
+        .filter(runs::org_id.eq(org_id))
+        .select(RunRow::as_select())
+        .for_update()
+        .first(conn)
+        .optional()
+}
+
+pub fn is_ended(status: &str) -> bool {
+    RunStatus::parse(status).is_some_and(RunStatus::is_terminal)
+}
+
+/// The definition of the version a run executes.
+pub fn run_definition(conn: &mut PgConnection, run: &RunRow) -> Result<Value, Error> {
+    workflow_versions::table
+        .find((&run.org_id, &run.workflow_id, run.workflow_version))
+        .select(workflow_versions::definition)
+        .first(conn)
+}
+
+pub fn lock_steps(conn: &mut PgConnection, run_id: &str) -> Result<Vec<StepRunRow>, Error> {
+    step_runs::table
+        .filter(step_runs::run_id.eq(run_id))
+        .select(StepRunRow::as_select())
+        .order(step_runs::position)
+        .for_update()
+        .load(conn)
+}
+
+pub fn insert_events(conn: &mut PgConnection, events: &[NewRunEvent]) -> Result<(), Error> {
+    diesel::insert_into(run_events::table)
+        .values(events)
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// Cancel a run whose row this transaction has locked; returns the child runs of the steps
+/// it cancelled.
+pub fn cancel_locked_run(
+    conn: &mut PgConnection,
+    run: &RunRow,
+    message: String,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, Error> {
+    let cancelled = StepStatus::Cancelled.as_str();
+    diesel::update(runs::table.find(&run.id))
+        .set((
+            runs::status.eq(RunStatus::Cancelled.as_str()),
+            runs::completed_at.eq(now),
+            runs::updated_at.eq(now),
+            runs::wake_at.eq(None::<DateTime<Utc>>),
+            runs::lease_owner.eq(None::<String>),
+            runs::lease_expires_at.eq(None::<DateTime<Utc>>),
+        ))
+        .execute(conn)?;
+    let outline = step_outline(&run_definition(conn, run)?);
+    let rows = lock_steps(conn, &run.id)?;
+    let mut events = vec![NewRunEvent::transition(
+        &run.id,
+        now,
+        None,
+        &run.status,
+        RunStatus::Cancelled.as_str(),
+    )];
+    let mut new_rows = Vec::new();
+    let mut children = Vec::new();
+    for (position, (name, step_type)) in outline.iter().enumerate() {
+        match rows.iter().find(|r| &r.name == name) {
+            Some(row) if OPEN_STEPS.contains(&row.status.as_str()) => {
+                children.extend(row.child_run_id.clone());
+                events.push(NewRunEvent::transition(
+                    &run.id,
+                    now,
+                    Some(name),
+                    &row.status,
+                    cancelled,
+                ));
+            }
+            Some(_) => {}
+            None => {
+                let position = i32::try_from(position).unwrap_or(i32::MAX);
+                let mut row = StepRunRow::new(&run.id, name, position, step_type, cancelled);
+                row.completed_at = Some(now);
+                new_rows.push(row);
+                events.push(NewRunEvent::transition(
+                    &run.id,
+                    now,
+                    Some(name),
+                    StepStatus::Pending.as_str(),
+                    cancelled,
+                ));
+            }
+        }
+    }
+    diesel::update(
+        step_runs::table
+            .filter(step_runs::run_id.eq(&run.id))
+            .filter(step_runs::status.eq_any(OPEN_STEPS)),
+    )
+    .set((
+        step_runs::status.eq(cancelled),
+        step_runs::completed_at.eq(now),
+        step_runs::wake_at.eq(None::<DateTime<Utc>>),
+    ))
+    .execute(conn)?;
+    if !new_rows.is_empty() {
+        diesel::insert_into(step_runs::table)
+            .values(&new_rows)
+            .execute(conn)?;
+    }
+    events.push(NewRunEvent::log(&run.id, now, None, "INFO", message));
+    insert_events(conn, &events)?;
+    Ok(children)
+}
+
+/// Cancel the child runs (and their children, up to [`MAX_CHILD_DEPTH`] levels) of steps
+/// that `run` just cancelled, so no orphan keeps running.
+pub fn cancel_descendants(
+    conn: &mut PgConnection,
+    run: &RunRow,
+    mut children: Vec<String>,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    for _ in 0..MAX_CHILD_DEPTH {
+        if children.is_empty() {
+            break;
+        }
+        let mut grandchildren = Vec::new();
+        for child_id in children {
+            match lock_run(conn, &run.org_id, &child_id)? {
+                Some(child) if !is_ended(&child.status) => {
+                    let message = format!("run cancelled with its parent run {}", run.id);
+                    grandchildren.extend(cancel_locked_run(conn, &child, message, now)?);
+                }
+                _ => {}
+            }
+        }
+        children = grandchildren;
+    }
+    Ok(())
 }

@@ -65,6 +65,18 @@ pub async fn invoke(
     call: &AgentCall,
     timeout: Duration,
 ) -> Result<serde_json::Value, AgentError> {
+    invoke_within(registry, client, call, timeout, None).await
+}
+
+/// Like [`invoke`]; `step_timeout` (the step's `timeoutSeconds`), when set, wins over the
+/// agent entry's `timeoutSeconds`, which wins over `timeout`.
+pub async fn invoke_within(
+    registry: &AgentRegistry,
+    client: &reqwest::Client,
+    call: &AgentCall,
+    timeout: Duration,
+    step_timeout: Option<Duration>,
+) -> Result<serde_json::Value, AgentError> {
     let endpoint = registry.resolve(&call.agent_id)?;
     log::debug!(
         "run {} step {} attempt {}: calling agent '{}'",
@@ -75,10 +87,22 @@ pub async fn invoke(
     );
     let result = match &endpoint {
         AgentEndpoint::Http(agent) => {
-            http::call(client, agent, call, agent.timeout.unwrap_or(timeout)).await
+            http::call(
+                client,
+                agent,
+                call,
+                step_timeout.or(agent.timeout).unwrap_or(timeout),
+            )
+            .await
         }
         AgentEndpoint::OpenAi(agent) => {
-            openai::call(client, agent, call, agent.timeout.unwrap_or(timeout)).await
+            openai::call(
+                client,
+                agent,
+                call,
+                step_timeout.or(agent.timeout).unwrap_or(timeout),
+            )
+            .await
         }
     };
     if let Err(e) = &result {

@@ -28,7 +28,13 @@ pub async fn execute(
         inputs,
         attempt: env.attempt,
     };
-    agents::invoke(env.agents, env.http, &call, env.agent_timeout)
-        .await
-        .map_err(|e| e.to_string())
+    agents::invoke_within(
+        env.agents,
+        env.http,
+        &call,
+        env.agent_timeout,
+        env.step_timeout,
+    )
+    .await
+    .map_err(|e| e.to_string())
 }

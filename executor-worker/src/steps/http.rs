@@ -41,29 +41,24 @@ pub async fn execute(
     }
     let method = reqwest::Method::from_bytes(request.method.as_bytes())
         .map_err(|_| format!("'{}' is not an HTTP method", request.method))?;
+    // The step's own timeoutSeconds wins over the worker's default.
+    let timeout = env.step_timeout.unwrap_or(env.agent_timeout);
     let mut builder = env
         .http
         .request(method, url.clone())
         .headers(headers)
-        .timeout(env.agent_timeout);
+        .timeout(timeout);
     if let Some(body) = &request.body {
         match template::render_json(body, ctx).map_err(|e| format!("request.body: {e}"))? {
             Value::String(text) => builder = builder.body(text),
             json => builder = builder.json(&json),
         }
     }
-    let shown = format!(
-        "{}://{}{}",
-        url.scheme(),
-        url.host_str().unwrap_or(""),
-        url.path()
-    );
+    // Scheme, host, port and path: never the query, which may carry secrets.
+    let shown = format!("{}{}", url.origin().ascii_serialization(), url.path());
     let response = builder.send().await.map_err(|e| {
         if e.is_timeout() {
-            format!(
-                "timed out after {}s calling {shown}",
-                env.agent_timeout.as_secs_f64()
-            )
+            format!("timed out after {}s calling {shown}", timeout.as_secs_f64())
         } else {
             format!("could not call {shown}: {e}")
         }

@@ -14,7 +14,10 @@ use std::time::Duration;
 pub struct StepEnv<'a> {
     pub agents: &'a AgentRegistry,
     pub http: &'a reqwest::Client,
+    /// Per-call timeout when neither the step nor the agent entry sets one.
     pub agent_timeout: Duration,
+    /// The step's own `timeoutSeconds`, which wins over every other.
+    pub step_timeout: Option<Duration>,
     pub run_id: &'a str,
     pub workflow_id: &'a str,
     pub step: &'a str,

@@ -12,8 +12,9 @@ use executor_worker::engine::Engine;
 use executor_worker::storage::LeaseHolder;
 use serde_json::Value;
 use shared_models::db::{blocking, PgPool};
-use shared_models::models::{RunEventRow, RunRow, StepRunRow};
-use shared_models::schema::{run_events, runs, step_runs};
+use shared_models::models::{NewRunEvent, OutboxRow, RunEventRow, RunRow, StepRunRow};
+use shared_models::queue::RunJob;
+use shared_models::schema::{outbox, run_events, runs, step_runs};
 use shared_models::testing::{fixtures, unique_token, TestDb};
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -205,4 +206,217 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The job the runtime (or the outbox relay) would queue for a run of [`ORG`].
+pub fn run_job(run_id: &str) -> RunJob {
+    RunJob::new(run_id, ORG, None)
+}
+
+/// A workflow `wf_<name>` with `definition` and no run (a subworkflow's child, say).
+pub async fn insert_workflow(pool: &PgPool, name: &str, definition: Value) -> String {
+    let name = name.to_string();
+    blocking(pool, move |conn| {
+        Ok(fixtures::insert_workflow(
+            conn, ORG, &name, definition, true,
+        ))
+    })
+    .await
+    .expect("insert the workflow")
+}
+
+/// The row of step `name` among `steps` (panics when the step has none).
+pub fn find_step<'a>(steps: &'a [StepRunRow], name: &str) -> &'a StepRunRow {
+    steps
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("step '{name}' has no step_runs row: {steps:?}"))
+}
+
+/// The transitions of one step (`Some(name)`) or of the run itself (`None`), as `(from, to)`.
+pub fn transitions_of(events: &[RunEventRow], step: Option<&str>) -> Vec<(String, String)> {
+    transitions(events)
+        .into_iter()
+        .filter(|(s, _, _)| s.as_deref() == step)
+        .map(|(_, from, to)| (from, to))
+        .collect()
+}
+
+/// `(from, to)` for an expected transition.
+pub fn ft(from: &str, to: &str) -> (String, String) {
+    (from.to_string(), to.to_string())
+}
+
+/// The log lines of one step (`Some(name)`) or of the run itself (`None`), as `(level, message)`.
+pub fn logs_of(events: &[RunEventRow], step: Option<&str>) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter(|e| e.kind == "log" && e.step.as_deref() == step)
+        .map(|e| {
+            (
+                e.level.clone().unwrap_or_default(),
+                e.message.clone().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Every outbox row (jobs waiting to be published), oldest first.
+pub async fn get_outbox(pool: &PgPool) -> Vec<OutboxRow> {
+    blocking(pool, move |conn| {
+        outbox::table
+            .order(outbox::id)
+            .select(OutboxRow::as_select())
+            .load(conn)
+    })
+    .await
+    .expect("read the outbox")
+}
+
+/// The child runs that steps of `parent_run_id` started.
+pub async fn child_runs(pool: &PgPool, parent_run_id: &str) -> Vec<RunRow> {
+    let parent_run_id = parent_run_id.to_string();
+    blocking(pool, move |conn| {
+        runs::table
+            .filter(runs::parent_run_id.eq(&parent_run_id))
+            .order(runs::id)
+            .select(RunRow::as_select())
+            .load(conn)
+    })
+    .await
+    .expect("read the child runs")
+}
+
+/// What the approve endpoint (runtime-service) writes for a decision on a WAITING approval
+/// step: the step settled (COMPLETED, or FAILED with `rejected: <comment>`) with the output
+/// `{ "approved", "comment" }`, its transition and a log line.
+pub async fn decide_approval(
+    pool: &PgPool,
+    run_id: &str,
+    step: &str,
+    approved: bool,
+    comment: &str,
+) {
+    let (run_id, step, comment) = (run_id.to_string(), step.to_string(), comment.to_string());
+    let now = shared_models::time::now();
+    let (to, error, level, verb) = if approved {
+        ("COMPLETED", None, "INFO", "approved")
+    } else {
+        (
+            "FAILED",
+            Some(format!("rejected: {comment}")),
+            "WARN",
+            "rejected",
+        )
+    };
+    let output = serde_json::json!({ "approved": approved, "comment": comment });
+    let decided = blocking(pool, move |conn| {
+        conn.transaction(|conn| {
+            let n = diesel::update(
+                step_runs::table
+                    .find((&run_id, &step))
+                    .filter(step_runs::status.eq("WAITING")),
+            )
+            .set((
+                step_runs::status.eq(to),
+                step_runs::output.eq(Some(output)),
+                step_runs::error.eq(error),
+                step_runs::completed_at.eq(Some(now)),
+                step_runs::wake_at.eq(None::<DateTime<Utc>>),
+            ))
+            .execute(conn)?;
+            if n == 0 {
+                return Ok(n);
+            }
+            diesel::update(runs::table.find(&run_id))
+                .set(runs::updated_at.eq(now))
+                .execute(conn)?;
+            diesel::insert_into(run_events::table)
+                .values(vec![
+                    NewRunEvent::transition(&run_id, now, Some(&step), "WAITING", to),
+                    NewRunEvent::log(
+                        &run_id,
+                        now,
+                        Some(&step),
+                        level,
+                        format!("{verb}: {comment}"),
+                    ),
+                ])
+                .execute(conn)?;
+            Ok(n)
+        })
+    })
+    .await
+    .expect("record the approval decision");
+    assert_eq!(decided, 1, "the approval step is not WAITING");
+}
+
+/// What the cancel endpoint (runtime-service) writes: the run CANCELLED with its lease
+/// cleared (so the worker holding it finds out at its next write), and its open steps
+/// (PENDING, RUNNING, WAITING) CANCELLED, with their transitions.
+pub async fn cancel_run(pool: &PgPool, run_id: &str) {
+    let run_id = run_id.to_string();
+    let now = shared_models::time::now();
+    blocking(pool, move |conn| {
+        conn.transaction(|conn| {
+            let from: String = runs::table
+                .find(&run_id)
+                .select(runs::status)
+                .for_update()
+                .first(conn)?;
+            diesel::update(runs::table.find(&run_id))
+                .set((
+                    runs::status.eq("CANCELLED"),
+                    runs::completed_at.eq(Some(now)),
+                    runs::updated_at.eq(now),
+                    runs::wake_at.eq(None::<DateTime<Utc>>),
+                    runs::lease_owner.eq(None::<String>),
+                    runs::lease_expires_at.eq(None::<DateTime<Utc>>),
+                ))
+                .execute(conn)?;
+            let open = ["PENDING", "RUNNING", "WAITING"];
+            let steps: Vec<(String, String)> = step_runs::table
+                .filter(step_runs::run_id.eq(&run_id))
+                .filter(step_runs::status.eq_any(open))
+                .select((step_runs::name, step_runs::status))
+                .for_update()
+                .load(conn)?;
+            diesel::update(
+                step_runs::table
+                    .filter(step_runs::run_id.eq(&run_id))
+                    .filter(step_runs::status.eq_any(open)),
+            )
+            .set((
+                step_runs::status.eq("CANCELLED"),
+                step_runs::completed_at.eq(Some(now)),
+                step_runs::wake_at.eq(None::<DateTime<Utc>>),
+            ))
+            .execute(conn)?;
+            let mut events = vec![NewRunEvent::transition(
+                &run_id,
+                now,
+                None,
+                &from,
+                "CANCELLED",
+            )];
+            events.extend(steps.iter().map(|(name, status)| {
+                NewRunEvent::transition(&run_id, now, Some(name), status, "CANCELLED")
+            }));
+            diesel::insert_into(run_events::table)
+                .values(events)
+                .execute(conn)
+        })
+    })
+    .await
+    .expect("cancel the run");
+}
+
+/// Wait (polling the clock, with a deadline) until `at` is in the past.
+pub async fn wait_until_past(at: DateTime<Utc>) {
+    wait_for(
+        "the wake-up time to pass",
+        Duration::from_secs(10),
+        || async move { (shared_models::time::now() > at).then_some(()) },
+    )
+    .await
 }

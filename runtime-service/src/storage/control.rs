@@ -12,18 +12,14 @@ use diesel::prelude::*;
 use diesel::result::Error;
 use serde_json::Value;
 use shared_models::graph::step_outline;
-use shared_models::models::{NewRunEvent, RunRow, StepRunRow};
+use shared_models::models::NewRunEvent;
 use shared_models::queue::RunJob;
-use shared_models::runs::enqueue_job;
-use shared_models::schema::{run_events, runs, step_runs, workflow_versions};
+use shared_models::runs::{
+    cancel_descendants, cancel_locked_run, enqueue_job, insert_events, is_ended, lock_run,
+    run_definition,
+};
+use shared_models::schema::{runs, step_runs};
 use shared_models::status::{RunStatus, StepStatus};
-
-/// How many levels of child runs (a `subworkflow` step's run, its own children, ...) a
-/// cancel follows. Deeper descendants are left to their own timeouts.
-pub const MAX_CHILD_DEPTH: usize = 8;
-
-/// Steps that have not reached an end yet: a cancel ends them.
-const OPEN_STEPS: [&str; 3] = ["PENDING", "RUNNING", "WAITING"];
 
 /// Steps a retry runs again.
 const RETRIED_STEPS: [&str; 2] = ["FAILED", "CANCELLED"];
@@ -65,46 +61,9 @@ pub enum ApproveOutcome {
     NotWaiting(String),
 }
 
-fn lock_run(conn: &mut PgConnection, org_id: &str, run_id: &str) -> Result<Option<RunRow>, Error> {
-    runs::table
-        .find(run_id)
-        .filter(runs::org_id.eq(org_id))
-        .select(RunRow::as_select())
-        .for_update()
-        .first(conn)
-        .optional()
-}
-
-fn is_ended(status: &str) -> bool {
-    RunStatus::parse(status).is_some_and(RunStatus::is_terminal)
-}
-
-fn definition(conn: &mut PgConnection, run: &RunRow) -> Result<Value, Error> {
-    workflow_versions::table
-        .find((&run.org_id, &run.workflow_id, run.workflow_version))
-        .select(workflow_versions::definition)
-        .first(conn)
-}
-
-fn lock_steps(conn: &mut PgConnection, run_id: &str) -> Result<Vec<StepRunRow>, Error> {
-    step_runs::table
-        .filter(step_runs::run_id.eq(run_id))
-        .select(StepRunRow::as_select())
-        .order(step_runs::position)
-        .for_update()
-        .load(conn)
-}
-
-fn insert_events(conn: &mut PgConnection, events: &[NewRunEvent]) -> Result<(), Error> {
-    diesel::insert_into(run_events::table)
-        .values(events)
-        .execute(conn)
-        .map(|_| ())
-}
-
 /// `POST /workflows/runs/{id}/cancel`: the run and every step not yet ended become
 /// CANCELLED, and so do the child runs of its `subworkflow` steps (up to
-/// [`MAX_CHILD_DEPTH`] levels). Clearing the lease owner is how a worker that holds the run
+/// [`shared_models::runs::MAX_CHILD_DEPTH`] levels). Clearing the lease owner is how a worker that holds the run
 /// learns of it: its next fenced write fails and it abandons the run.
 pub fn cancel_run(
     conn: &mut PgConnection,
@@ -120,23 +79,8 @@ pub fn cancel_run(
         if is_ended(&run.status) {
             return Ok(CancelOutcome::Ended(run.status));
         }
-        let mut children = cancel_locked(conn, &run, "run cancelled".into(), now)?;
-        for _ in 0..MAX_CHILD_DEPTH {
-            if children.is_empty() {
-                break;
-            }
-            let mut grandchildren = Vec::new();
-            for child_id in children {
-                match lock_run(conn, org_id, &child_id)? {
-                    Some(child) if !is_ended(&child.status) => {
-                        let message = format!("run cancelled with its parent run {}", run.id);
-                        grandchildren.extend(cancel_locked(conn, &child, message, now)?);
-                    }
-                    _ => {}
-                }
-            }
-            children = grandchildren;
-        }
+        let children = cancel_locked_run(conn, &run, "run cancelled".into(), now)?;
+        cancel_descendants(conn, &run, children, now)?;
         // A child cancelled on its own: its parent's step fails, but only once a worker
         // looks, so wake the parent if it is parked.
         let wake_parent = match &run.parent_run_id {
@@ -149,85 +93,6 @@ pub fn cancel_run(
             wake_parent,
         })
     })
-}
-
-/// Cancel a run whose row this transaction has locked; returns the child runs of the steps
-/// it cancelled.
-fn cancel_locked(
-    conn: &mut PgConnection,
-    run: &RunRow,
-    message: String,
-    now: DateTime<Utc>,
-) -> Result<Vec<String>, Error> {
-    let cancelled = StepStatus::Cancelled.as_str();
-    diesel::update(runs::table.find(&run.id))
-        .set((
-            runs::status.eq(RunStatus::Cancelled.as_str()),
-            runs::completed_at.eq(now),
-            runs::updated_at.eq(now),
-            runs::wake_at.eq(None::<DateTime<Utc>>),
-            runs::lease_owner.eq(None::<String>),
-            runs::lease_expires_at.eq(None::<DateTime<Utc>>),
-        ))
-        .execute(conn)?;
-    let outline = step_outline(&definition(conn, run)?);
-    let rows = lock_steps(conn, &run.id)?;
-    let mut events = vec![NewRunEvent::transition(
-        &run.id,
-        now,
-        None,
-        &run.status,
-        RunStatus::Cancelled.as_str(),
-    )];
-    let mut new_rows = Vec::new();
-    let mut children = Vec::new();
-    for (position, (name, step_type)) in outline.iter().enumerate() {
-        match rows.iter().find(|r| &r.name == name) {
-            Some(row) if OPEN_STEPS.contains(&row.status.as_str()) => {
-                children.extend(row.child_run_id.clone());
-                events.push(NewRunEvent::transition(
-                    &run.id,
-                    now,
-                    Some(name),
-                    &row.status,
-                    cancelled,
-                ));
-            }
-            Some(_) => {}
-            None => {
-                let position = i32::try_from(position).unwrap_or(i32::MAX);
-                let mut row = StepRunRow::new(&run.id, name, position, step_type, cancelled);
-                row.completed_at = Some(now);
-                new_rows.push(row);
-                events.push(NewRunEvent::transition(
-                    &run.id,
-                    now,
-                    Some(name),
-                    StepStatus::Pending.as_str(),
-                    cancelled,
-                ));
-            }
-        }
-    }
-    diesel::update(
-        step_runs::table
-            .filter(step_runs::run_id.eq(&run.id))
-            .filter(step_runs::status.eq_any(OPEN_STEPS)),
-    )
-    .set((
-        step_runs::status.eq(cancelled),
-        step_runs::completed_at.eq(now),
-        step_runs::wake_at.eq(None::<DateTime<Utc>>),
-    ))
-    .execute(conn)?;
-    if !new_rows.is_empty() {
-        diesel::insert_into(step_runs::table)
-            .values(&new_rows)
-            .execute(conn)?;
-    }
-    events.push(NewRunEvent::log(&run.id, now, None, "INFO", message));
-    insert_events(conn, &events)?;
-    Ok(children)
 }
 
 /// Queue a job for a run if it is parked (WAITING); a run in any other state has a worker
@@ -344,7 +209,7 @@ pub fn decide_approval(
         let Some(run) = lock_run(conn, org_id, run_id)? else {
             return Ok(ApproveOutcome::RunNotFound);
         };
-        let outline = step_outline(&definition(conn, &run)?);
+        let outline = step_outline(&run_definition(conn, &run)?);
         let Some((_, step_type)) = outline.iter().find(|(name, _)| name == step) else {
             return Ok(ApproveOutcome::StepNotFound);
         };
