@@ -2,7 +2,10 @@
 //! process each on its own task, and ack only after its effects are committed.
 //! Survives broker restarts (reconnect with backoff); on shutdown it stops taking jobs,
 //! lets in-flight ones finish within the grace period, and hands back the rest.
+//! A poison job is republished to the dead-letter exchange with the reason in its headers
+//! ([`DeadLetters`]) before the original is acked.
 
+use crate::dead_letters::{settle_poison, DeadLetters, PoisonSettlement};
 use crate::engine::{Engine, JobOutcome};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -45,10 +48,14 @@ pub struct Consumer {
     pub state: Arc<WorkerState>,
 }
 
-/// A transient failure is retried after this pause, so a database outage is not a hot loop.
-const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// A transient failure (the database away) is retried in this process, the message held
+/// unacked, with pauses growing from RETRY_PAUSE to MAX_RETRY_PAUSE, for up to
+/// TRANSIENT_RETRY_WINDOW; only then is it requeued. Requeueing at once would spend the
+/// queue's delivery limit in seconds and dead-letter jobs during a short outage.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
+const TRANSIENT_RETRY_WINDOW: Duration = Duration::from_secs(120);
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(10);
-
 impl Consumer {
     /// Consume until `shutdown` turns true, then drain.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
@@ -91,6 +98,15 @@ impl Consumer {
         queue::declare_topology(&channel, &self.names)
             .await
             .map_err(e)?;
+        let dead_letters = Arc::new(
+            DeadLetters::open(
+                &connection,
+                &self.names.dead_letter_exchange,
+                &self.engine.me.worker_id,
+            )
+            .await
+            .map_err(e)?,
+        );
         channel
             .basic_qos(
                 self.concurrency.min(u16::MAX as usize) as u16,
@@ -125,8 +141,9 @@ impl Consumer {
             match delivery {
                 Some(Ok(delivery)) => {
                     let (engine, state) = (self.engine.clone(), self.state.clone());
+                    let dead_letters = dead_letters.clone();
                     tokio::spawn(async move {
-                        handle(&engine, &state, delivery).await;
+                        handle(&engine, &state, &dead_letters, delivery).await;
                         drop(permit);
                     });
                 }
@@ -146,6 +163,7 @@ impl Consumer {
             log::warn!("could not cancel the consumer: {e}");
         }
         self.drain(permits).await;
+        dead_letters.close().await;
         let _ = channel.close(200, "worker shutting down".into()).await;
         let _ = connection.close(200, "worker shutting down".into()).await;
         Ok(())
@@ -178,7 +196,31 @@ impl Consumer {
     }
 }
 
-async fn handle(engine: &Engine, state: &WorkerState, delivery: Delivery) {
+/// Process a job, trying again while the failure is transient (see [`TRANSIENT_RETRY_WINDOW`]).
+async fn process_through_outages(engine: &Engine, job: &RunJob) -> JobOutcome {
+    let started = std::time::Instant::now();
+    let mut pause = RETRY_PAUSE;
+    loop {
+        match engine.process(job).await {
+            JobOutcome::Retry(reason) if started.elapsed() < TRANSIENT_RETRY_WINDOW => {
+                log::warn!(
+                    "run {}: transient failure ({reason}); trying again in {pause:?}",
+                    job.run_id
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_RETRY_PAUSE);
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+async fn handle(
+    engine: &Engine,
+    state: &WorkerState,
+    dead_letters: &DeadLetters,
+    delivery: Delivery,
+) {
     let outcome = match RunJob::decode(&delivery.data) {
         Err(e) => JobOutcome::Poison(e),
         Ok(job) => {
@@ -191,7 +233,7 @@ async fn handle(engine: &Engine, state: &WorkerState, delivery: Delivery) {
                 .map(|mut s| s.insert(job.run_id.clone()))
                 .unwrap_or(true);
             if first {
-                let outcome = engine.process(&job).await;
+                let outcome = process_through_outages(engine, &job).await;
                 if let Ok(mut s) = state.in_flight.lock() {
                     s.remove(&job.run_id);
                 }
@@ -208,8 +250,18 @@ async fn handle(engine: &Engine, state: &WorkerState, delivery: Delivery) {
     let settled = match outcome {
         JobOutcome::Done => delivery.ack(BasicAckOptions::default()).await,
         JobOutcome::Poison(reason) => {
-            log::error!("dead-lettering a job: {reason}");
-            delivery.reject(BasicRejectOptions { requeue: false }).await
+            match settle_poison(dead_letters.publish(&delivery, &reason).await) {
+                PoisonSettlement::Ack => {
+                    log::error!("dead-lettered a job: {reason}");
+                    delivery.ack(BasicAckOptions::default()).await
+                }
+                PoisonSettlement::Reject(e) => {
+                    log::error!(
+                        "dead-lettering a job without its reason ({reason}): the copy with it was not taken ({e})"
+                    );
+                    delivery.reject(BasicRejectOptions { requeue: false }).await
+                }
+            }
         }
         JobOutcome::Retry(reason) => {
             log::warn!("job will be retried: {reason}");

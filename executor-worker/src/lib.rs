@@ -4,6 +4,7 @@
 //! - [`config`]: settings from the environment.
 //! - [`startup`]: wiring of the engine, the consumer and the health endpoints.
 //! - [`consumer`]: the queue loop (prefetch, manual ack after commit, reconnects, drain).
+//! - [`dead_letters`]: poison jobs to the dead-letter queue, with the reason.
 //! - [`engine`]: one job: claim the run, resume from checkpoints, execute ready steps, finish.
 //! - [`steps`]: one executor per step type.
 //! - [`agents`]: the agent registry and the HTTP and OpenAI-compatible agent protocols.
@@ -12,6 +13,7 @@
 pub mod agents;
 pub mod config;
 pub mod consumer;
+pub mod dead_letters;
 pub mod engine;
 pub mod startup;
 pub mod steps;

@@ -10,7 +10,7 @@ use executor_worker::consumer::{Consumer, WorkerState};
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use serde_json::{json, Value};
 use shared_models::db::{blocking, PgPool};
@@ -102,9 +102,9 @@ impl TestQueues {
             .message_count()
     }
 
-    /// Take every message off the dead-letter queue (bodies only).
-    async fn drain_dead_letters(&self) -> Vec<Vec<u8>> {
-        let mut bodies = Vec::new();
+    /// Take every message off the dead-letter queue.
+    async fn drain_dead_letters(&self) -> Vec<DeadLetter> {
+        let mut dead = Vec::new();
         while let Some(message) = self
             .channel
             .basic_get(
@@ -114,10 +114,38 @@ impl TestQueues {
             .await
             .expect("basic.get")
         {
-            bodies.push(message.delivery.data.clone());
+            let properties = &message.delivery.properties;
+            dead.push(DeadLetter {
+                body: message.delivery.data.clone(),
+                reason: string_header(properties, queue::DEAD_LETTER_REASON_HEADER),
+                worker: string_header(properties, queue::DEAD_LETTER_WORKER_HEADER),
+                persistent: properties.delivery_mode() == &Some(2),
+            });
         }
-        bodies
+        dead
     }
+}
+
+/// A message read back from the dead-letter queue.
+#[derive(Debug)]
+struct DeadLetter {
+    body: Vec<u8>,
+    reason: Option<String>,
+    worker: Option<String>,
+    persistent: bool,
+}
+
+fn string_header(properties: &BasicProperties, name: &str) -> Option<String> {
+    properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .iter()
+        .find(|(key, _)| key.as_str() == name)
+        .and_then(|(_, value)| match value {
+            AMQPValue::LongString(s) => Some(s.to_string()),
+            _ => None,
+        })
 }
 
 impl Drop for TestQueues {
@@ -311,13 +339,40 @@ async fn a_malformed_message_and_a_job_for_an_unknown_run_are_dead_lettered_whil
         "nothing is left in the jobs queue"
     );
     let mut dead = queues.drain_dead_letters().await;
-    dead.sort();
+    dead.sort_by(|a, b| a.body.cmp(&b.body));
     let mut expected = vec![b"not a job".to_vec(), unknown.encode()];
     expected.sort();
     assert_eq!(
-        dead, expected,
-        "exactly the two bad messages were dead-lettered"
+        dead.iter().map(|d| d.body.clone()).collect::<Vec<_>>(),
+        expected,
+        "exactly the two bad messages were dead-lettered, each once"
     );
+    for letter in &dead {
+        let reason = letter
+            .reason
+            .as_deref()
+            .unwrap_or_else(|| panic!("a dead letter without its reason: {letter:?}"));
+        if letter.body == b"not a job" {
+            assert!(
+                reason.contains("undecodable job message"),
+                "the reason names the problem: {reason}"
+            );
+        } else {
+            assert!(
+                reason.contains("run_01unknownrun000000000000")
+                    && reason.contains("does not exist"),
+                "the reason names the problem: {reason}"
+            );
+        }
+        assert!(
+            letter
+                .worker
+                .as_deref()
+                .is_some_and(|w| w.starts_with("test-worker-")),
+            "the worker that dead-lettered it is named: {letter:?}"
+        );
+        assert!(letter.persistent, "a dead letter is persistent");
+    }
 }
 
 /// An agent that takes `delay` to answer a first attempt (later attempts are answered at

@@ -15,6 +15,17 @@ pub struct Settings {
     /// (`SCHEDULER_INTERVAL_SECONDS`): the lateness of a delay's end is at most this plus the
     /// relay interval.
     pub scheduler_interval: Duration,
+    /// How long past its `lease_expires_at` a RUNNING run's worker is taken for gone, and the
+    /// scheduler's lease reaper queues a new job for it (`REAPER_GRACE_SECONDS`). The grace
+    /// lets the broker's own redelivery of a dead worker's job come first.
+    pub reaper_grace: Duration,
+}
+
+pub const DEFAULT_REAPER_GRACE_SECONDS: f64 = 5.0;
+
+/// `REAPER_GRACE_SECONDS`, default [`DEFAULT_REAPER_GRACE_SECONDS`].
+pub fn reaper_grace_from_env() -> Result<Duration, String> {
+    env_seconds("REAPER_GRACE_SECONDS", DEFAULT_REAPER_GRACE_SECONDS)
 }
 
 impl Settings {
@@ -25,6 +36,7 @@ impl Settings {
             relay_interval: env_seconds("OUTBOX_RELAY_INTERVAL_SECONDS", 1.0)?,
             relay_grace: env_seconds("OUTBOX_RELAY_GRACE_SECONDS", 2.0)?,
             scheduler_interval: env_seconds("SCHEDULER_INTERVAL_SECONDS", 0.5)?,
+            reaper_grace: reaper_grace_from_env()?,
         })
     }
 }

@@ -46,7 +46,11 @@ impl Application {
                 settings.relay_interval,
                 settings.relay_grace,
             )),
-            tokio::spawn(scheduler::run(pool, settings.scheduler_interval)),
+            tokio::spawn(scheduler::run(
+                pool,
+                settings.scheduler_interval,
+                settings.reaper_grace,
+            )),
         ];
         Ok(app)
     }

@@ -6,9 +6,11 @@
 //! - [`control`]: cancel, retry and approval decisions, each one transaction.
 //! - [`events`]: a run's events after a given id, for its event stream.
 //! - [`wakeups`]: jobs for WAITING runs whose `wake_at` has come.
+//! - [`reaper`]: jobs for RUNNING runs whose lease expired (their worker is gone).
 
 pub mod control;
 pub mod events;
+pub mod reaper;
 pub mod wakeups;
 
 use crate::domain::{ListRuns, RunRequest};

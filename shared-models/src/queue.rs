@@ -12,6 +12,11 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_PREFIX: &str = "thygon";
 /// How many deliveries a job gets before it is dead-lettered.
 pub const DELIVERY_LIMIT: i64 = 10;
+/// Header of a dead letter naming why a worker could not process it (an undecodable
+/// message, an unknown run); RabbitMQ's own `x-death` says only where and how often.
+pub const DEAD_LETTER_REASON_HEADER: &str = "x-thygon-reason";
+/// Header of a dead letter naming the worker that dead-lettered it.
+pub const DEAD_LETTER_WORKER_HEADER: &str = "x-thygon-worker";
 
 /// The names of one deployment's queues; tests give each test its own prefix.
 #[derive(Debug, Clone)]

@@ -2,6 +2,7 @@ mod control;
 mod events;
 mod helpers;
 mod queueing;
+mod reaper;
 mod runs;
 mod scheduler;
 mod trigger;
