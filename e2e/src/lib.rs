@@ -4,14 +4,47 @@
 //! [`Stack`] is dropped.
 //!
 //! The binaries must be built first (`make test` runs `cargo build --workspace --bins`).
+//!
+//! Fault tests start a stack with [`StackOptions`] on a private PostgreSQL cluster and
+//! RabbitMQ node ([`private`]) and stop, kill and start single workers.
+
+pub mod private;
 
 use serde_json::Value;
 use shared_models::testing::{unique_queue_prefix, TestDb};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// How to start a stack. `Default` is one worker on the machine's PostgreSQL and RabbitMQ
+/// (`DATABASE_URL`, `AMQP_URL` or the local defaults).
+#[derive(Clone, Debug)]
+pub struct StackOptions {
+    pub workers: usize,
+    /// `WORKER_CONCURRENCY` of every worker.
+    pub worker_concurrency: usize,
+    /// Extra environment for every process.
+    pub env: Vec<(String, String)>,
+    /// An existing, migrated database to use instead of a fresh test database.
+    pub database_url: Option<String>,
+    /// The broker to use instead of `AMQP_URL`.
+    pub amqp_url: Option<String>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            workers: 1,
+            worker_concurrency: 4,
+            env: Vec::new(),
+            database_url: None,
+            amqp_url: None,
+        }
+    }
+}
+
 /// How to start one process again after a restart.
+#[derive(Clone)]
 struct Spec {
     name: String,
     program: PathBuf,
@@ -27,10 +60,15 @@ pub struct Stack {
     pub prefix: String,
     children: Vec<(String, Child)>,
     specs: Vec<Spec>,
-    pub db: TestDb,
+    /// The fresh test database, unless [`StackOptions::database_url`] named one.
+    pub db: Option<TestDb>,
+    pub database_url: String,
+    pub amqp_url: String,
+    /// Environment of every worker (without its own address and id).
+    worker_env: Vec<(String, String)>,
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -71,7 +109,30 @@ impl Stack {
 
     /// Like [`Stack::start`], with extra environment for every process.
     pub async fn start_with(workers: usize, extra_env: &[(&str, &str)]) -> Stack {
-        let db = TestDb::create();
+        Self::start_opts(StackOptions {
+            workers,
+            env: extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..StackOptions::default()
+        })
+        .await
+    }
+
+    /// Start a stack as `options` say and wait until every part is ready.
+    pub async fn start_opts(options: StackOptions) -> Stack {
+        let (db, database_url) = match &options.database_url {
+            Some(url) => (None, url.clone()),
+            None => {
+                let db = TestDb::create();
+                let url = db.url.clone();
+                (Some(db), url)
+            }
+        };
+        let amqp_url = options.amqp_url.clone().unwrap_or_else(|| {
+            shared_models::config::env_or("AMQP_URL", shared_models::config::DEFAULT_AMQP_URL)
+        });
         let prefix = unique_queue_prefix();
         let dir = std::env::temp_dir().join(format!(
             "thygon-e2e-{}",
@@ -91,18 +152,15 @@ impl Stack {
         )
         .expect("agents file");
         let mut common: Vec<(String, String)> = vec![
-            ("DATABASE_URL".into(), db.url.clone()),
+            ("DATABASE_URL".into(), database_url.clone()),
+            ("AMQP_URL".into(), amqp_url.clone()),
             ("QUEUE_PREFIX".into(), prefix.clone()),
             ("AGENTS_FILE".into(), agents_file.display().to_string()),
             ("RUST_LOG".into(), "info".into()),
             // The seed document's orgId, so its examples run verbatim.
             ("DEFAULT_ORG_ID".into(), "org_acme_123".into()),
         ];
-        common.extend(
-            extra_env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string())),
-        );
+        common.extend(options.env.iter().cloned());
         let spec = |name: &str, bin: &str, env: Vec<(&str, String)>, ready: String| Spec {
             name: name.to_string(),
             program: binary(bin),
@@ -135,18 +193,13 @@ impl Stack {
             vec![("HTTP_ADDR", format!("127.0.0.1:{rt}"))],
             format!("http://127.0.0.1:{rt}/readyz"),
         ));
-        for i in 0..workers {
-            let port = free_port();
-            specs.push(spec(
-                &format!("executor-worker-{i}"),
-                "executor-worker",
-                vec![
-                    ("HTTP_ADDR", format!("127.0.0.1:{port}")),
-                    ("WORKER_CONCURRENCY", "4".into()),
-                    ("WORKER_ID", format!("e2e-worker-{i}")),
-                ],
-                format!("http://127.0.0.1:{port}/readyz"),
-            ));
+        let mut worker_env = common.clone();
+        worker_env.push((
+            "WORKER_CONCURRENCY".into(),
+            options.worker_concurrency.to_string(),
+        ));
+        for i in 0..options.workers {
+            specs.push(worker_spec(&worker_env, i));
         }
 
         let gateway = free_port();
@@ -190,6 +243,9 @@ impl Stack {
             children: Vec::new(),
             specs,
             db,
+            database_url,
+            amqp_url,
+            worker_env,
         };
         stack.launch().await;
         stack
@@ -197,29 +253,106 @@ impl Stack {
 
     /// Start every process of the stack and wait until each is ready.
     async fn launch(&mut self) {
-        for spec in &self.specs {
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.dir.join(format!("{}.log", spec.name)))
-                .expect("log file");
-            let mut cmd = Command::new(&spec.program);
-            cmd.args(&spec.args)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log);
-            for (k, v) in &spec.env {
-                cmd.env(k, v);
-            }
-            let child = cmd
-                .spawn()
-                .unwrap_or_else(|e| panic!("start {}: {e}", spec.name));
-            self.children.push((spec.name.clone(), child));
+        for spec in self.specs.clone() {
+            self.spawn(&spec);
         }
         let urls: Vec<String> = self.specs.iter().filter_map(|s| s.ready.clone()).collect();
         for url in urls {
             self.wait_ready(&url).await;
         }
+    }
+
+    fn spawn(&mut self, spec: &Spec) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{}.log", spec.name)))
+            .expect("log file");
+        let mut cmd = Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        for (k, v) in &spec.env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", spec.name));
+        self.children.push((spec.name.clone(), child));
+    }
+
+    /// The process id of worker `i`, while it runs.
+    pub fn worker_pid(&self, i: usize) -> Option<u32> {
+        let name = worker_name(i);
+        self.children
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| c.id())
+    }
+
+    /// Send `signal` (`"KILL"`, `"TERM"`, ...) to worker `i` without waiting for it.
+    pub fn signal_worker(&self, i: usize, signal: &str) {
+        let pid = self
+            .worker_pid(i)
+            .unwrap_or_else(|| panic!("worker {i} is not running"));
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    /// Wait up to `within` for worker `i` to exit; `None` if it still runs.
+    pub async fn wait_worker_exit(&mut self, i: usize, within: Duration) -> Option<ExitStatus> {
+        let name = worker_name(i);
+        let at = self.children.iter().position(|(n, _)| *n == name)?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.children[at].1.try_wait() {
+                self.children.remove(at);
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Send `signal` to worker `i` and wait (up to 60 s) until it exited.
+    pub async fn kill_worker(&mut self, i: usize, signal: &str) -> ExitStatus {
+        self.signal_worker(i, signal);
+        self.wait_worker_exit(i, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|| panic!("worker {i} still runs 60 s after SIG{signal}"))
+    }
+
+    /// Start worker `i` again (after it was killed), or a new worker `i` (the next index, as
+    /// [`Stack::workers`] counts), and wait until it is ready.
+    pub async fn start_worker(&mut self, i: usize) {
+        assert!(self.worker_pid(i).is_none(), "worker {i} is running");
+        let name = worker_name(i);
+        let spec = match self.specs.iter().find(|s| s.name == name) {
+            Some(spec) => spec.clone(),
+            None => {
+                let spec = worker_spec(&self.worker_env, i);
+                self.specs.push(spec.clone());
+                spec
+            }
+        };
+        self.spawn(&spec);
+        if let Some(url) = &spec.ready {
+            self.wait_ready(url).await;
+        }
+    }
+
+    /// How many workers the stack has had (running or not): the next new worker's index.
+    pub fn workers(&self) -> usize {
+        self.specs
+            .iter()
+            .filter(|s| s.name.starts_with("executor-worker-"))
+            .count()
     }
 
     /// SIGTERM every process and wait for each to exit (killing what outlives 10 s).
@@ -277,6 +410,34 @@ impl Stack {
             std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Like [`Stack::call`], but a failed request or a body that is not JSON (an outage) is
+    /// an `Err`, not a panic.
+    pub async fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), String> {
+        let mut req = self
+            .client
+            .request(
+                method.parse().map_err(|_| format!("bad method {method}"))?,
+                format!("{}{path}", self.base_url),
+            )
+            .timeout(Duration::from_secs(30));
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let res = req.send().await.map_err(|e| e.to_string())?;
+        let status = res.status().as_u16();
+        let text = res.text().await.map_err(|e| e.to_string())?;
+        let body = serde_json::from_str(&text)
+            .map_err(|_| format!("{method} {path} answered {status} with non-JSON: {text:?}"))?;
+        Ok((status, body))
     }
 
     /// Send a request through the gateway; returns (status, JSON body).
@@ -352,13 +513,29 @@ impl Stack {
     }
 }
 
+fn worker_name(i: usize) -> String {
+    format!("executor-worker-{i}")
+}
+
+/// Worker `i`: its own port and `WORKER_ID` (`e2e-worker-<i>`).
+fn worker_spec(env: &[(String, String)], i: usize) -> Spec {
+    let port = free_port();
+    let mut env = env.to_vec();
+    env.push(("HTTP_ADDR".into(), format!("127.0.0.1:{port}")));
+    env.push(("WORKER_ID".into(), format!("e2e-worker-{i}")));
+    Spec {
+        name: worker_name(i),
+        program: binary("executor-worker"),
+        args: Vec::new(),
+        env,
+        ready: Some(format!("http://127.0.0.1:{port}/readyz")),
+    }
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
         self.stop_all();
-        let (url, prefix) = (
-            shared_models::config::env_or("AMQP_URL", shared_models::config::DEFAULT_AMQP_URL),
-            self.prefix.clone(),
-        );
+        let (url, prefix) = (self.amqp_url.clone(), self.prefix.clone());
         std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

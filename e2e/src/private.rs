@@ -1,0 +1,346 @@
+//! Private PostgreSQL clusters and RabbitMQ nodes for fault tests: started on free ports in
+//! a temp dir, stopped (and their files removed) when dropped. A fault test can stop, start
+//! and restart them without touching the machine's own PostgreSQL (5432) and RabbitMQ
+//! (5672, node `rabbit@<host>`), which the rest of the suite shares.
+//!
+//! The calls block (they run `pg_ctl`, `rabbitmqctl`); from async code call them inside
+//! `tokio::task::block_in_place` (multi-threaded runtime) or `spawn_blocking`.
+
+use crate::free_port;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn token() -> String {
+    shared_models::testing::unique_token()
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Run a command to its end with a deadline; `Err` carries what it printed.
+fn run(mut cmd: Command, within: Duration, log: &Path) -> Result<(), String> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| e.to_string())?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().map_err(|e| e.to_string())?)
+        .stderr(out)
+        .spawn()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let deadline = Instant::now() + within;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) => return Err(format!("{cmd:?}: {status}\n{}", tail(log, 20))),
+            Ok(None) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{cmd:?}: no answer within {within:?}"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// A PostgreSQL cluster of its own: `initdb` in a temp dir, trust authentication, listening
+/// on 127.0.0.1:<free port>. As root, the server runs as the `postgres` OS user.
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+    as_postgres: bool,
+    running: bool,
+}
+
+fn postgres_bin_dir() -> PathBuf {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .map(|(_, bin)| bin)
+        .expect("initdb not found under /usr/lib/postgresql/*/bin (install postgresql)")
+}
+
+impl PrivatePostgres {
+    /// `initdb` and start; panics if that fails (within 60 s).
+    pub fn start() -> PrivatePostgres {
+        let dir = std::env::temp_dir().join(format!("thygon-fault-pg-{}", token()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let as_postgres = running_as_root();
+        if as_postgres {
+            let status = Command::new("chown")
+                .args(["postgres:postgres", &dir.display().to_string()])
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown postgres {}", dir.display());
+        }
+        let mut pg = PrivatePostgres {
+            port: free_port(),
+            dir,
+            bin: postgres_bin_dir(),
+            as_postgres,
+            running: false,
+        };
+        let data = pg.data_dir();
+        let mut initdb = pg.command("initdb");
+        initdb.args(["-D", &data, "-A", "trust", "-U", "postgres", "-E", "UTF8"]);
+        initdb.args(["--locale=C", "--no-sync"]);
+        run(initdb, Duration::from_secs(60), &pg.dir.join("initdb.log"))
+            .unwrap_or_else(|e| panic!("initdb: {e}"));
+        pg.start_again();
+        pg
+    }
+
+    fn data_dir(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let program = self.bin.join(program).display().to_string();
+        if self.as_postgres {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--", &program]);
+            cmd
+        } else {
+            Command::new(program)
+        }
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
+        let mut cmd = self.command("pg_ctl");
+        cmd.args(["-D", &self.data_dir(), "-w", "-t", "60"])
+            .args(args);
+        run(cmd, Duration::from_secs(70), &self.dir.join("pg_ctl.log"))
+    }
+
+    /// Start the stopped cluster (same data, same port).
+    pub fn start_again(&mut self) {
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c max_connections=200",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("postgres.log").display().to_string();
+        self.pg_ctl(&["-l", &log, "-o", &options, "start"])
+            .unwrap_or_else(|e| panic!("pg_ctl start: {e}\n{}", tail(Path::new(&log), 20)));
+        self.running = true;
+    }
+
+    /// `pg_ctl stop -m fast`: open connections are cut, as in a real restart.
+    pub fn stop(&mut self) {
+        self.pg_ctl(&["-m", "fast", "stop"])
+            .unwrap_or_else(|e| panic!("pg_ctl stop: {e}"));
+        self.running = false;
+    }
+
+    /// Stop, then start again.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// A new database with every migration applied; returns its URL.
+    pub fn create_database(&self) -> String {
+        let name = format!("thygon_fault_{}", token());
+        let mut cmd = Command::new(self.bin.join("createdb"));
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", &name]);
+        run(cmd, Duration::from_secs(30), &self.dir.join("createdb.log"))
+            .unwrap_or_else(|e| panic!("createdb: {e}"));
+        let url = self.url(&name);
+        shared_models::db::run_migrations(&url).expect("migrate the private database");
+        url
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = self.pg_ctl(&["-m", "immediate", "stop"]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A RabbitMQ node of its own: node `thygon-fault-<token>@localhost`, AMQP on
+/// 127.0.0.1:<free port>, its own distribution port, data, logs, config (no plugins) and
+/// Erlang cookie (`HOME` is the temp dir). Stopping and starting it keeps its data, so
+/// durable queues and persistent messages survive.
+pub struct PrivateRabbit {
+    pub port: u16,
+    pub node: String,
+    dir: PathBuf,
+    dist_port: u16,
+    server: Option<Child>,
+}
+
+fn rabbit_program(name: &str) -> PathBuf {
+    // The packaged /usr/sbin wrappers switch to the `rabbitmq` user and its HOME (and so its
+    // cookie); the scripts behind them run as whoever calls them.
+    let mut candidates = vec![PathBuf::from("/usr/lib/rabbitmq/bin").join(name)];
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/rabbitmq/lib") {
+        candidates.extend(entries.flatten().map(|e| e.path().join("sbin").join(name)));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+impl PrivateRabbit {
+    /// Start the node and wait until it accepts work (panics after 90 s).
+    pub fn start() -> PrivateRabbit {
+        let dir = std::env::temp_dir().join(format!("thygon-fault-rabbit-{}", token()));
+        for sub in ["home", "mnesia", "log"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("temp dir");
+        }
+        let port = free_port();
+        let mut dist_port = free_port();
+        while dist_port == port {
+            dist_port = free_port();
+        }
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!("listeners.tcp.1 = 127.0.0.1:{port}\n"),
+        )
+        .expect("rabbitmq.conf");
+        std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("enabled_plugins");
+        std::fs::write(dir.join("rabbitmq-env.conf"), "").expect("rabbitmq-env.conf");
+        let mut rabbit = PrivateRabbit {
+            port,
+            node: format!("thygon-fault-{}@localhost", token()),
+            dir,
+            dist_port,
+            server: None,
+        };
+        rabbit.start_again();
+        rabbit
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    fn env(&self, cmd: &mut Command) {
+        let path = |p: &str| self.dir.join(p).display().to_string();
+        cmd.env("HOME", path("home"))
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", path("mnesia"))
+            .env("RABBITMQ_LOG_BASE", path("log"))
+            .env("RABBITMQ_CONFIG_FILE", path("rabbitmq.conf"))
+            .env("RABBITMQ_ADVANCED_CONFIG_FILE", path("advanced.config"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", path("enabled_plugins"))
+            .env("RABBITMQ_CONF_ENV_FILE", path("rabbitmq-env.conf"))
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .env_remove("RABBITMQ_NODE_PORT")
+            .env_remove("RABBITMQ_NODE_IP_ADDRESS");
+    }
+
+    fn ctl(&self, args: &[&str], within: Duration) -> Result<(), String> {
+        let mut cmd = Command::new(rabbit_program("rabbitmqctl"));
+        self.env(&mut cmd);
+        cmd.args(["-n", &self.node]).args(args);
+        run(cmd, within, &self.dir.join("rabbitmqctl.log"))
+    }
+
+    /// Start the stopped node on its old data and wait until it is up.
+    pub fn start_again(&mut self) {
+        assert!(self.server.is_none(), "the node is running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .expect("log");
+        let mut cmd = Command::new(rabbit_program("rabbitmq-server"));
+        self.env(&mut cmd);
+        let child = cmd
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start rabbitmq-server");
+        self.server = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            // Fails at once while the node has not registered with epmd yet: try again.
+            if self
+                .ctl(
+                    &["await_startup", "--timeout", "30"],
+                    Duration::from_secs(40),
+                )
+                .is_ok()
+            {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.server.as_mut().map(|c| c.try_wait()) {
+                self.server = None;
+                panic!(
+                    "rabbitmq-server exited ({status}) while starting:\n{}",
+                    tail(&self.dir.join("server.log"), 30)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "RabbitMQ node {} not up within 90 s:\n{}",
+                self.node,
+                tail(&self.dir.join("server.log"), 30)
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Shut the node down (connections are closed; durable data stays).
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.server.take() else {
+            return;
+        };
+        if let Err(e) = self.ctl(&["shutdown"], Duration::from_secs(60)) {
+            eprintln!("rabbitmqctl shutdown: {e}; killing the server");
+            let _ = child.kill();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for PrivateRabbit {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
