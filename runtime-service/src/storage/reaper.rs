@@ -4,22 +4,10 @@
 //! (`claim_run` accepts a RUNNING run with an expired lease) and resumes after its last
 //! completed step. A run handed back at shutdown (no owner, lease ended) is treated alike.
 
+use super::wakeups::{queue_each, RunToQueue};
 use diesel::prelude::*;
 use diesel::result::Error;
-use diesel::sql_types::{BigInt, Double, Nullable, Text};
-use shared_models::runs::enqueue_job;
-
-#[derive(QueryableByName)]
-struct ExpiredRun {
-    #[diesel(sql_type = Text)]
-    id: String,
-    #[diesel(sql_type = Text)]
-    org_id: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    request_id: Option<String>,
-    #[diesel(sql_type = Text)]
-    dedupe_key: String,
-}
+use diesel::sql_types::{BigInt, Double};
 
 /// Queue one job per lease that expired more than `grace_secs` ago, up to `limit` per call,
 /// in one transaction. The dedupe key names the run and its `lease_expires_at` (epoch
@@ -36,7 +24,7 @@ pub fn enqueue_expired_leases(
         // Leases already queued are skipped here, so a backlog larger than `limit` drains.
         // A run with no owner and a lease in the past was handed back at shutdown: the same
         // predicate covers it.
-        let expired: Vec<ExpiredRun> = diesel::sql_query(
+        let expired: Vec<RunToQueue> = diesel::sql_query(
             "SELECT r.id, r.org_id, r.request_id, k.dedupe_key
              FROM runs r
              CROSS JOIN LATERAL (SELECT 'reap:' || r.id || ':'
@@ -50,21 +38,6 @@ pub fn enqueue_expired_leases(
         .bind::<Double, _>(grace_secs)
         .bind::<BigInt, _>(limit)
         .load(conn)?;
-        let mut queued = 0;
-        for run in expired {
-            // Another replica may have queued it since: the unique key makes this a no-op.
-            if enqueue_job(
-                conn,
-                &run.id,
-                &run.org_id,
-                run.request_id,
-                Some(&run.dedupe_key),
-            )?
-            .is_some()
-            {
-                queued += 1;
-            }
-        }
-        Ok(queued)
+        queue_each(conn, expired)
     })
 }

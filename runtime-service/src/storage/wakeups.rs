@@ -6,8 +6,9 @@ use diesel::result::Error;
 use diesel::sql_types::{BigInt, Nullable, Text};
 use shared_models::runs::enqueue_job;
 
+/// A run to queue a job for, with the key that makes the job unique.
 #[derive(QueryableByName)]
-struct DueRun {
+pub(super) struct RunToQueue {
     #[diesel(sql_type = Text)]
     id: String,
     #[diesel(sql_type = Text)]
@@ -25,7 +26,7 @@ struct DueRun {
 pub fn enqueue_due_wakeups(conn: &mut PgConnection, limit: i64) -> Result<usize, Error> {
     conn.transaction(|conn| {
         // Runs already queued are skipped here, so a backlog larger than `limit` drains.
-        let due: Vec<DueRun> = diesel::sql_query(
+        let due: Vec<RunToQueue> = diesel::sql_query(
             "SELECT r.id, r.org_id, r.request_id, k.dedupe_key
              FROM runs r
              CROSS JOIN LATERAL (SELECT 'wake:' || r.id || ':'
@@ -37,21 +38,26 @@ pub fn enqueue_due_wakeups(conn: &mut PgConnection, limit: i64) -> Result<usize,
         )
         .bind::<BigInt, _>(limit)
         .load(conn)?;
-        let mut queued = 0;
-        for run in due {
-            // Another replica may have queued it since: the unique key makes this a no-op.
-            if enqueue_job(
-                conn,
-                &run.id,
-                &run.org_id,
-                run.request_id,
-                Some(&run.dedupe_key),
-            )?
-            .is_some()
-            {
-                queued += 1;
-            }
-        }
-        Ok(queued)
+        queue_each(conn, due)
     })
+}
+
+/// Queue a job for each run (in the caller's transaction); returns how many were queued.
+pub(super) fn queue_each(conn: &mut PgConnection, runs: Vec<RunToQueue>) -> Result<usize, Error> {
+    let mut queued = 0;
+    for run in runs {
+        // Another replica may have queued it since: the unique key makes this a no-op.
+        if enqueue_job(
+            conn,
+            &run.id,
+            &run.org_id,
+            run.request_id,
+            Some(&run.dedupe_key),
+        )?
+        .is_some()
+        {
+            queued += 1;
+        }
+    }
+    Ok(queued)
 }
