@@ -35,10 +35,25 @@ impl RunRequest {
     }
 }
 
+/// `variables` are stored with the run and rendered into every step's context: 64 KiB of
+/// JSON is far more than a trigger needs, and keeps one run from weighing on every read.
+pub const MAX_VARIABLES_BYTES: usize = 64 * 1024;
+
 fn variables(obj: &mut Obj, errors: &mut Errors) -> Map<String, Value> {
-    obj.opt_object("variables", errors)
+    let vars = obj
+        .opt_object("variables", errors)
         .cloned()
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let size = serde_json::to_vec(&vars)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_VARIABLES_BYTES {
+        errors.push(FieldError::new(
+            obj.path("variables"),
+            format!("is {size} bytes of JSON; at most {MAX_VARIABLES_BYTES} are accepted"),
+        ));
+    }
+    vars
 }
 
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
@@ -278,6 +293,26 @@ mod tests {
         .unwrap_err();
         let fields: Vec<_> = e.details.iter().map(|d| d.field.as_str()).collect();
         assert_eq!(fields, ["variables", "vars"]);
+    }
+
+    #[test]
+    fn oversized_variables_are_refused() {
+        let big = "x".repeat(MAX_VARIABLES_BYTES);
+        let e = trigger_request(
+            "wf_a".into(),
+            json!({"variables": {"blob": big}}).as_object().unwrap(),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.details[0].field, "variables");
+        assert!(trigger_request(
+            "wf_a".into(),
+            json!({"variables": {"blob": "x".repeat(1000)}})
+                .as_object()
+                .unwrap(),
+            None
+        )
+        .is_ok());
     }
 
     #[test]

@@ -9,7 +9,19 @@ use serde_json::{Map, Value};
 
 pub type Errors = Vec<FieldError>;
 
-/// Parse a request body that must be a JSON object.
+/// Deeper JSON is refused: no request needs it, and deep values cost every later walk.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// How deeply a JSON value nests (a scalar is 0, `[]` and `{}` are 1).
+pub fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Parse a request body that must be a JSON object, nested at most [`MAX_JSON_DEPTH`] deep.
 pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::new(
@@ -18,6 +30,14 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
         ));
     }
     match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map))
+            if 1 + map.values().map(depth).max().unwrap_or(0) > MAX_JSON_DEPTH =>
+        {
+            Err(ApiError::new(
+                ErrorCode::InvalidJson,
+                format!("the request body nests deeper than {MAX_JSON_DEPTH} levels"),
+            ))
+        }
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::new(
             ErrorCode::InvalidJson,
@@ -209,6 +229,20 @@ mod tests {
         assert_eq!(
             errors,
             vec![FieldError::new("b", "must be a string, not a number")]
+        );
+    }
+
+    #[test]
+    fn bodies_nested_too_deeply_are_refused() {
+        let nest = |n: usize| format!("{{\"a\":{}1{}}}", "[".repeat(n - 1), "]".repeat(n - 1));
+        assert!(parse_object(nest(MAX_JSON_DEPTH).as_bytes()).is_ok());
+        let err = parse_object(nest(MAX_JSON_DEPTH + 1).as_bytes()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidJson);
+        assert!(err.message.contains("deeper"), "{}", err.message);
+        // Far deeper input stops at serde_json's own recursion limit, also a 400.
+        assert_eq!(
+            parse_object(nest(5000).as_bytes()).unwrap_err().code,
+            ErrorCode::InvalidJson
         );
     }
 

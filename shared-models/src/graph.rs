@@ -345,7 +345,7 @@ impl RawStep {
             if let Err(e) = template::check_condition(w) {
                 errors.push(FieldError::new(
                     obj.path("when"),
-                    format!("condition does not compile: {e}"),
+                    format!("condition is not valid: {e}"),
                 ));
             }
             w.to_string()
@@ -408,7 +408,7 @@ fn templated_string(obj: &mut Obj, key: &'static str, errors: &mut Errors) -> Op
     if let Err(e) = template::check(s) {
         errors.push(FieldError::new(
             obj.path(key),
-            format!("template does not compile: {e}"),
+            format!("template is not valid: {e}"),
         ));
     }
     Some(s.to_string())
@@ -416,10 +416,7 @@ fn templated_string(obj: &mut Obj, key: &'static str, errors: &mut Errors) -> Op
 
 fn templated_json(obj: &mut Obj, key: &'static str, v: &Value, errors: &mut Errors) {
     if let Err((path, e)) = template::check_json(v, &obj.path(key)) {
-        errors.push(FieldError::new(
-            path,
-            format!("template does not compile: {e}"),
-        ));
+        errors.push(FieldError::new(path, format!("template is not valid: {e}")));
     }
 }
 
@@ -533,7 +530,7 @@ fn parse_http(obj: &mut Obj, errors: &mut Errors) -> Option<StepKind> {
                 if let Err(e) = template::check(h) {
                     errors.push(FieldError::new(
                         format!("{}.{k}", req.path("headers")),
-                        format!("template does not compile: {e}"),
+                        format!("template is not valid: {e}"),
                     ));
                 }
             }

@@ -21,8 +21,22 @@ fn sole_expression(s: &str) -> Option<&str> {
     (!inner.contains("{{") && !inner.contains("}}")).then_some(inner.trim())
 }
 
+/// Longer templates are refused at create/update: nothing legitimate needs them, and every
+/// render of every run would pay for them.
+pub const MAX_TEMPLATE_CHARS: usize = 64 * 1024;
+/// Conditions (`when`) are single expressions.
+pub const MAX_CONDITION_CHARS: usize = 4096;
+
+fn within(src: &str, max: usize) -> Result<(), String> {
+    if src.len() > max && src.chars().count() > max {
+        return Err(format!("is longer than {max} characters"));
+    }
+    Ok(())
+}
+
 /// Compile without rendering: the create/update check that turns a typo into a 400.
 pub fn check(src: &str) -> Result<(), String> {
+    within(src, MAX_TEMPLATE_CHARS)?;
     if !is_templated(src) {
         return Ok(());
     }
@@ -36,6 +50,7 @@ pub fn check(src: &str) -> Result<(), String> {
 
 /// Compile a condition (a bare expression, as in `when`).
 pub fn check_condition(expr: &str) -> Result<(), String> {
+    within(expr, MAX_CONDITION_CHARS)?;
     environment()
         .compile_expression(expr)
         .map(|_| ())
@@ -181,6 +196,16 @@ mod tests {
         );
         assert!(eval_condition("steps.nope.output", &c).is_err());
         assert!(check_condition("a ==").is_err());
+    }
+
+    #[test]
+    fn oversized_templates_and_conditions_are_refused() {
+        assert!(check(&"a".repeat(MAX_TEMPLATE_CHARS)).is_ok());
+        assert_eq!(
+            check(&"a".repeat(MAX_TEMPLATE_CHARS + 1)),
+            Err(format!("is longer than {MAX_TEMPLATE_CHARS} characters"))
+        );
+        assert!(check_condition(&format!("{} == 1", "a".repeat(MAX_CONDITION_CHARS))).is_err());
     }
 
     #[test]

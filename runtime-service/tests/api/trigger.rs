@@ -140,3 +140,24 @@ async fn an_idempotency_key_returns_the_first_run_or_a_409_for_another_body() {
     );
     assert_eq!(app.queued().await, 1, "a replay publishes nothing");
 }
+
+#[tokio::test]
+async fn oversized_variables_are_a_400_naming_them() {
+    let app = spawn_app().await;
+    app.workflow("w", true);
+    let r = app
+        .post(
+            "/workflows/wf_w/trigger",
+            json!({"variables": {"blob": "x".repeat(70 * 1024)}}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, fields(&r.body)),
+        (400, vec!["variables".to_string()])
+    );
+    assert_eq!(
+        app.get("/workflows/runs").await.body["data"],
+        json!([]),
+        "no run was created"
+    );
+}

@@ -290,3 +290,34 @@ async fn health_and_readiness_answer() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body["data"]["database"], true);
 }
+
+#[tokio::test]
+async fn hostile_bodies_get_clear_400s() {
+    let app = spawn_app().await;
+    // Nested deeper than 32 levels.
+    let deep = format!(
+        "{{\"name\":\"d\",\"definition\":{}{{}}{}}}",
+        "[".repeat(40),
+        "]".repeat(40)
+    );
+    let r = app
+        .raw("POST", "/workflows", "application/json", deep.into_bytes())
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (400, Some("INVALID_JSON"))
+    );
+    // A template longer than 64 KiB.
+    let mut w = workflow("long");
+    w["definition"]["steps"][0]["instructions"] = json!("x".repeat(64 * 1024 + 1));
+    let r = app.send("POST", "/workflows", Some(w)).await;
+    assert_eq!(
+        (r.status, fields(&r.body)),
+        (400, vec!["definition.steps[0].instructions".to_string()])
+    );
+    // A name over 64 characters, a description over 2000.
+    let mut w = workflow(&"n".repeat(65));
+    w["description"] = json!("d".repeat(2001));
+    let r = app.send("POST", "/workflows", Some(w)).await;
+    assert_eq!(fields(&r.body), ["name", "description"]);
+}
