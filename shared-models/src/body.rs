@@ -21,7 +21,28 @@ pub fn depth(v: &Value) -> usize {
     }
 }
 
-/// Parse a request body that must be a JSON object, nested at most [`MAX_JSON_DEPTH`] deep.
+/// The path of the first string or key holding U+0000, which PostgreSQL cannot store.
+pub fn find_nul(v: &Value, path: &str) -> Option<String> {
+    match v {
+        Value::String(s) => s.contains('\0').then(|| path.to_string()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| find_nul(item, &format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, item)| {
+            let here = join(path, k);
+            if k.contains('\0') {
+                Some(here)
+            } else {
+                find_nul(item, &here)
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// Parse a request body that must be a JSON object, nested at most [`MAX_JSON_DEPTH`] deep,
+/// with no NUL character in any string (a 400 naming the field).
 pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::new(
@@ -38,7 +59,19 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
                 format!("the request body nests deeper than {MAX_JSON_DEPTH} levels"),
             ))
         }
-        Ok(Value::Object(map)) => Ok(map),
+        Ok(Value::Object(map)) => match map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                Some(k.clone())
+            } else {
+                find_nul(v, k)
+            }
+        }) {
+            Some(field) => Err(ApiError::validation(vec![FieldError::new(
+                field,
+                "must not contain the NUL character (U+0000)",
+            )])),
+            None => Ok(map),
+        },
         Ok(_) => Err(ApiError::new(
             ErrorCode::InvalidJson,
             "the request body must be a JSON object",
@@ -230,6 +263,18 @@ mod tests {
             errors,
             vec![FieldError::new("b", "must be a string, not a number")]
         );
+    }
+
+    #[test]
+    fn nul_characters_are_refused_naming_the_field() {
+        let err = parse_object(br#"{"a": {"b": ["ok", "x\u0000y"]}}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::ValidationError);
+        assert_eq!(err.details[0].field, "a.b[1]");
+        assert_eq!(
+            parse_object(br#"{"k\u0000": 1}"#).unwrap_err().details[0].field,
+            "k\u{0}"
+        );
+        assert!(parse_object(br#"{"a": "fine"}"#).is_ok());
     }
 
     #[test]

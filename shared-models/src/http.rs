@@ -129,7 +129,14 @@ impl Query {
     }
 
     pub fn finish(self, mut errors: Vec<FieldError>) -> Result<(), ApiError> {
-        for (i, (k, _)) in self.pairs.iter().enumerate() {
+        for (i, (k, v)) in self.pairs.iter().enumerate() {
+            if k.contains('\0') || v.contains('\0') {
+                errors.push(FieldError::new(
+                    k,
+                    "must not contain the NUL character (U+0000)",
+                ));
+                continue;
+            }
             if !self.known.contains(&k.as_str()) {
                 let mut expected = self.known.clone();
                 expected.sort_unstable();

@@ -34,6 +34,59 @@ fn within(src: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Operators, filters, attribute links and keywords one tag may chain. The parser recurses
+/// once per link and only guards bracket nesting, so a 10,000-link chain would overflow a
+/// thread's stack; no real template comes near this.
+pub const MAX_OPERATORS_PER_TAG: usize = 256;
+
+const DELIMITERS: [&str; 6] = ["{{", "}}", "{%", "%}", "{#", "#}"];
+
+/// Refuse what would make the parser misbehave rather than fail: chains too long for its
+/// recursion.
+fn guard_complexity(code: &str) -> Result<(), String> {
+    let symbols = code.chars().filter(|c| ".|-+*/~%([".contains(*c)).count();
+    let words = code
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .filter(|w| matches!(*w, "not" | "and" | "or" | "if" | "else" | "is" | "in"))
+        .count();
+    if symbols + words > MAX_OPERATORS_PER_TAG {
+        return Err(format!("an expression chains more than {MAX_OPERATORS_PER_TAG} operators, filters or attributes"));
+    }
+    Ok(())
+}
+
+/// Every tag of a template (`{{ }}`, `{% %}`) within the complexity bound.
+fn guard_tags(src: &str) -> Result<(), String> {
+    let mut rest = src;
+    while let Some(start) = rest.find("{{").into_iter().chain(rest.find("{%")).min() {
+        let body = &rest[start + 2..];
+        let end = body
+            .find("}}")
+            .into_iter()
+            .chain(body.find("%}"))
+            .min()
+            .unwrap_or(body.len());
+        guard_complexity(&body[..end])?;
+        rest = &body[end.min(body.len())..];
+    }
+    Ok(())
+}
+
+/// Compile a bare expression. Template delimiters inside one are refused before the parser
+/// sees them (minijinja 2's expression lexer panics on a stray `}}`).
+fn expression<'env, 'source>(
+    env: &'env Environment<'source>,
+    expr: &'source str,
+) -> Result<minijinja::Expression<'env, 'source>, String> {
+    if DELIMITERS.iter().any(|d| expr.contains(d)) {
+        return Err(
+            "an expression cannot contain template delimiters ({{, }}, {%, %}, {#, #})".into(),
+        );
+    }
+    guard_complexity(expr)?;
+    env.compile_expression(expr).map_err(|e| describe(&e))
+}
+
 /// Compile without rendering: the create/update check that turns a typo into a 400.
 pub fn check(src: &str) -> Result<(), String> {
     within(src, MAX_TEMPLATE_CHARS)?;
@@ -42,25 +95,26 @@ pub fn check(src: &str) -> Result<(), String> {
     }
     let env = environment();
     match sole_expression(src) {
-        Some(expr) => env.compile_expression(expr).map(|_| ()),
-        None => env.template_from_str(src).map(|_| ()),
+        Some(expr) => expression(&env, expr).map(|_| ()),
+        None => {
+            guard_tags(src)?;
+            env.template_from_str(src)
+                .map(|_| ())
+                .map_err(|e| describe(&e))
+        }
     }
-    .map_err(|e| describe(&e))
 }
 
 /// Compile a condition (a bare expression, as in `when`).
 pub fn check_condition(expr: &str) -> Result<(), String> {
     within(expr, MAX_CONDITION_CHARS)?;
-    environment()
-        .compile_expression(expr)
-        .map(|_| ())
-        .map_err(|e| describe(&e))
+    expression(&environment(), expr).map(|_| ())
 }
 
 /// Evaluate a condition: Jinja truthiness of the expression's value; undefined is an error.
 pub fn eval_condition(expr: &str, ctx: &Value) -> Result<bool, String> {
     let env = environment();
-    let compiled = env.compile_expression(expr).map_err(|e| describe(&e))?;
+    let compiled = expression(&env, expr)?;
     let value = compiled.eval(ctx).map_err(|e| describe(&e))?;
     if value.is_undefined() {
         return Err(format!(
@@ -94,7 +148,7 @@ pub fn render_str(src: &str, ctx: &Value) -> Result<Value, String> {
     let env = environment();
     match sole_expression(src) {
         Some(expr) => {
-            let compiled = env.compile_expression(expr).map_err(|e| describe(&e))?;
+            let compiled = expression(&env, expr)?;
             let value = compiled.eval(ctx).map_err(|e| describe(&e))?;
             // Strict mode errors on printing an undefined value, not on returning one.
             if value.is_undefined() {
@@ -104,10 +158,9 @@ pub fn render_str(src: &str, ctx: &Value) -> Result<Value, String> {
             }
             serde_json::to_value(&value).map_err(|e| format!("template value is not JSON: {e}"))
         }
-        None => env
-            .render_str(src, ctx)
-            .map(Value::String)
-            .map_err(|e| describe(&e)),
+        None => guard_tags(src)
+            .and_then(|()| env.render_str(src, ctx).map_err(|e| describe(&e)))
+            .map(Value::String),
     }
 }
 
@@ -196,6 +249,24 @@ mod tests {
         );
         assert!(eval_condition("steps.nope.output", &c).is_err());
         assert!(check_condition("a ==").is_err());
+    }
+
+    #[test]
+    fn stray_delimiters_in_expressions_are_errors_not_panics() {
+        for expr in ["}}{{", "x }} y", "1 }}", "}}x", "a %} b", "{# c"] {
+            assert!(check_condition(expr).is_err(), "{expr}");
+            assert!(eval_condition(expr, &ctx()).is_err(), "{expr}");
+        }
+    }
+
+    #[test]
+    fn chains_too_long_for_the_parser_are_refused() {
+        let chain = format!("{{{{ {}1 }}}}", "-".repeat(5000));
+        assert!(check(&chain).unwrap_err().contains("chains more than"));
+        let attrs = format!("x {{{{ a{} }}}} y", ".b".repeat(3000));
+        assert!(check(&attrs).unwrap_err().contains("chains more than"));
+        assert!(check_condition(&"not ".repeat(1000)).is_err());
+        assert!(check("{{ a.b.c | lower }} and {{ x + 1 }}").is_ok());
     }
 
     #[test]

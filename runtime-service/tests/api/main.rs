@@ -1,6 +1,7 @@
 mod control;
 mod events;
 mod helpers;
+mod hostile;
 mod queueing;
 mod reaper;
 mod runs;

@@ -1,4 +1,5 @@
 mod helpers;
+mod hostile;
 mod validate;
 mod versions;
 mod workflows;
