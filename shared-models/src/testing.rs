@@ -1,6 +1,8 @@
 //! Test support: every test gets its own database and its own queue names, so tests run in
 //! parallel and share nothing. The database is dropped when the [`TestDb`] is.
 
+pub mod hostile;
+
 use crate::db::{self, PgPool};
 use diesel::prelude::*;
 use diesel::PgConnection;
