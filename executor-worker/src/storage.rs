@@ -282,38 +282,27 @@ pub fn start_step(
 /// Write a whole step row (insert, or replace everything but the attempt counter when the
 /// new row's attempt is 0).
 fn upsert_step(conn: &mut PgConnection, row: &StepRunRow) -> Result<(), Error> {
-    let keep_attempt = row.attempt == 0;
-    let query = diesel::insert_into(step_runs::table)
+    // Attempt numbers only grow: start_step writes the next one, every other writer passes 0
+    // to keep the current one.
+    let attempt = diesel::dsl::sql::<diesel::sql_types::Integer>(
+        "GREATEST(step_runs.attempt, excluded.attempt)",
+    );
+    diesel::insert_into(step_runs::table)
         .values(row)
         .on_conflict((step_runs::run_id, step_runs::name))
-        .do_update();
-    if keep_attempt {
-        query
-            .set((
-                step_runs::status.eq(&row.status),
-                step_runs::started_at.eq(row.started_at),
-                step_runs::completed_at.eq(row.completed_at),
-                step_runs::output.eq(&row.output),
-                step_runs::error.eq(&row.error),
-                step_runs::wake_at.eq(row.wake_at),
-                step_runs::child_run_id.eq(&row.child_run_id),
-            ))
-            .execute(conn)
-    } else {
-        query
-            .set((
-                step_runs::status.eq(&row.status),
-                step_runs::attempt.eq(row.attempt),
-                step_runs::started_at.eq(row.started_at),
-                step_runs::completed_at.eq(row.completed_at),
-                step_runs::output.eq(&row.output),
-                step_runs::error.eq(&row.error),
-                step_runs::wake_at.eq(row.wake_at),
-                step_runs::child_run_id.eq(&row.child_run_id),
-            ))
-            .execute(conn)
-    }
-    .map(|_| ())
+        .do_update()
+        .set((
+            step_runs::status.eq(&row.status),
+            step_runs::attempt.eq(attempt),
+            step_runs::started_at.eq(row.started_at),
+            step_runs::completed_at.eq(row.completed_at),
+            step_runs::output.eq(&row.output),
+            step_runs::error.eq(&row.error),
+            step_runs::wake_at.eq(row.wake_at),
+            step_runs::child_run_id.eq(&row.child_run_id),
+        ))
+        .execute(conn)
+        .map(|_| ())
 }
 
 /// A step's new state, with what goes with it.

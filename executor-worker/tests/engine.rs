@@ -17,20 +17,6 @@ fn agent_step(name: &str, agent_id: &str, instructions: &str) -> Value {
     json!({ "name": name, "type": "agent", "agentId": agent_id, "instructions": instructions })
 }
 
-fn output(value: Value) -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_json(json!({ "output": value }))
-}
-
-async fn answer(server: &MockServer, at: &str, response: ResponseTemplate, times: u64) {
-    Mock::given(method("POST"))
-        .and(path(at))
-        .respond_with(response)
-        .expect(times)
-        .named(at)
-        .mount(server)
-        .await;
-}
-
 #[tokio::test]
 async fn a_one_step_agent_workflow_completes_with_the_agent_output() {
     let db = test_db().await;
@@ -46,7 +32,7 @@ async fn a_one_step_agent_workflow_completes_with_the_agent_output() {
             "idempotency-key",
             format!("{run_id}:classify").as_str(),
         ))
-        .respond_with(output(verdict.clone()))
+        .respond_with(agent_output(verdict.clone()))
         .expect(1)
         .mount(&agent)
         .await;
@@ -199,8 +185,8 @@ async fn run_with_failing_first_agent(
         json!({ "ticketId": "T-7" }),
     )
     .await;
-    answer(&agent, "/classify", response, 1).await;
-    answer(&agent, "/reply", output(json!("never")), 0).await;
+    mount_post(&agent, "/classify", response, 1).await;
+    mount_post(&agent, "/reply", agent_output(json!("never")), 0).await;
     let agents = registry(&[
         ("support-classifier", format!("{}/classify", agent.uri())),
         ("support-replier", format!("{}/reply", agent.uri())),
@@ -292,7 +278,7 @@ async fn an_agent_answering_http_500_fails_its_step_with_the_status() {
 #[tokio::test]
 async fn an_agent_slower_than_the_timeout_fails_its_step_saying_it_timed_out() {
     let db = test_db().await;
-    let slow = output(json!("too late")).set_delay(Duration::from_secs(5));
+    let slow = agent_output(json!("too late")).set_delay(Duration::from_secs(5));
     let started = std::time::Instant::now();
     let (run_id, _agent) =
         run_with_failing_first_agent(&db, slow, Duration::from_millis(300)).await;
@@ -359,17 +345,17 @@ async fn a_redelivered_run_resumes_after_its_completed_steps() {
     )
     .await;
     mark_held_by_dead_worker(&db.pool, &run_id, "dead-worker").await;
-    answer(
+    mount_post(
         &agent,
         "/classify",
-        output(json!("must not be asked again")),
+        agent_output(json!("must not be asked again")),
         0,
     )
     .await;
-    answer(
+    mount_post(
         &agent,
         "/reply",
-        output(json!({ "text": "Refund issued" })),
+        agent_output(json!({ "text": "Refund issued" })),
         1,
     )
     .await;
@@ -448,7 +434,7 @@ async fn a_step_cut_off_by_a_crash_runs_again_as_the_next_attempt_with_the_same_
             "idempotency-key",
             format!("{run_id}:classify").as_str(),
         ))
-        .respond_with(output(json!({ "category": "bug" })))
+        .respond_with(agent_output(json!({ "category": "bug" })))
         .expect(1)
         .mount(&agent)
         .await;

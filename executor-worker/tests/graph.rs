@@ -24,22 +24,6 @@ fn ms(n: i64) -> chrono::Duration {
     chrono::Duration::milliseconds(n)
 }
 
-/// An HTTP agent's answer completing its step with `value`.
-fn agent_output(value: Value) -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_json(json!({ "output": value }))
-}
-
-/// `POST <at>` answers `response`, and must be called exactly `times` times.
-async fn mount_post(server: &MockServer, at: &str, response: ResponseTemplate, times: u64) {
-    Mock::given(method("POST"))
-        .and(path(at))
-        .respond_with(response)
-        .expect(times)
-        .named(at)
-        .mount(server)
-        .await;
-}
-
 /// The agents `ids`, each served by `server` at `/<id>`.
 fn agents_at(server: &MockServer, ids: &[&str]) -> AgentRegistry {
     let entries: Vec<(&str, String)> = ids

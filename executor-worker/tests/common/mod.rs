@@ -10,7 +10,7 @@ use diesel::prelude::*;
 use executor_worker::agents::AgentRegistry;
 use executor_worker::engine::Engine;
 use executor_worker::storage::LeaseHolder;
-use serde_json::Value;
+use serde_json::{json, Value};
 use shared_models::db::{blocking, PgPool};
 use shared_models::models::{NewRunEvent, OutboxRow, RunEventRow, RunRow, StepRunRow};
 use shared_models::queue::RunJob;
@@ -18,6 +18,8 @@ use shared_models::schema::{outbox, run_events, runs, step_runs};
 use shared_models::testing::{fixtures, unique_token, TestDb};
 use std::future::Future;
 use std::time::{Duration, Instant};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 pub const ORG: &str = "org_test";
 
@@ -419,4 +421,20 @@ pub async fn wait_until_past(at: DateTime<Utc>) {
         || async move { (shared_models::time::now() > at).then_some(()) },
     )
     .await
+}
+
+/// An HTTP agent's answer completing its step with `value`.
+pub fn agent_output(value: Value) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({ "output": value }))
+}
+
+/// `POST <at>` answers `response`, and must be called exactly `times` times.
+pub async fn mount_post(server: &MockServer, at: &str, response: ResponseTemplate, times: u64) {
+    Mock::given(method("POST"))
+        .and(path(at))
+        .respond_with(response)
+        .expect(times)
+        .named(at)
+        .mount(server)
+        .await;
 }
