@@ -1,9 +1,12 @@
+use shared_models::auth::AuthConfig;
 use shared_models::config::{env_or, env_seconds, CommonConfig};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub common: CommonConfig,
+    /// `ADMIN_API_KEY`, `RATE_LIMIT_PER_SECOND`.
+    pub auth: AuthConfig,
     /// Where this service listens (`HTTP_ADDR`, default 127.0.0.1:8082).
     pub http_addr: String,
     /// How often the outbox relay looks for unpublished jobs (`OUTBOX_RELAY_INTERVAL_SECONDS`).
@@ -32,6 +35,7 @@ impl Settings {
     pub fn from_env() -> Result<Self, String> {
         Ok(Self {
             common: CommonConfig::from_env()?,
+            auth: AuthConfig::from_env()?,
             http_addr: env_or("HTTP_ADDR", "127.0.0.1:8082"),
             relay_interval: env_seconds("OUTBOX_RELAY_INTERVAL_SECONDS", 1.0)?,
             relay_grace: env_seconds("OUTBOX_RELAY_GRACE_SECONDS", 2.0)?,

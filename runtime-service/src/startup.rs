@@ -7,8 +7,8 @@ use crate::publisher::{AmqpPublisher, JobPublisher};
 use crate::{relay, routes, scheduler};
 use actix_web::dev::Server;
 use actix_web::{web, HttpServer};
+use shared_models::auth::{AuthConfig, Authenticator};
 use shared_models::db::{self, PgPool};
-use shared_models::http::CallerResolver;
 use shared_models::queue::QueueNames;
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -35,10 +35,7 @@ impl Application {
             QueueNames::new(&settings.common.queue_prefix),
         ));
         let listener = TcpListener::bind(&settings.http_addr)?;
-        let resolver = CallerResolver {
-            default_org_id: settings.common.default_org_id.clone(),
-        };
-        let mut app = Self::with_parts(listener, pool.clone(), publisher.clone(), resolver)?;
+        let mut app = Self::with_parts(listener, pool.clone(), publisher.clone(), &settings.auth)?;
         app.background = vec![
             tokio::spawn(relay::run(
                 pool.clone(),
@@ -60,15 +57,14 @@ impl Application {
         listener: TcpListener,
         pool: PgPool,
         publisher: Arc<dyn JobPublisher>,
-        resolver: CallerResolver,
+        auth: &AuthConfig,
     ) -> std::io::Result<Self> {
         let port = listener.local_addr()?.port();
+        let auth = web::Data::new(Authenticator::new(pool.clone(), auth));
         let state = web::Data::new(AppState { pool, publisher });
-        let resolver = web::Data::new(resolver);
         let server = HttpServer::new(move || {
-            shared_models::http::app()
+            shared_models::http::app(auth.clone())
                 .app_data(state.clone())
-                .app_data(resolver.clone())
                 .configure(routes::configure)
         })
         // A client that closes its side has gone: abort the connection at once, so an event

@@ -4,8 +4,6 @@ use std::time::Duration;
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://thygon:thygon@127.0.0.1:5432/thygon";
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-/// Until API keys exist every caller acts for this org; it is the org `make run` prints a key for.
-pub const DEFAULT_ORG_ID: &str = "org_dev";
 
 /// The value of `name`, or `default` when it is unset or empty.
 pub fn env_or(name: &str, default: &str) -> String {
@@ -44,7 +42,6 @@ pub struct CommonConfig {
     pub amqp_url: String,
     /// Prefix of every queue and exchange name; tests give each test its own.
     pub queue_prefix: String,
-    pub default_org_id: String,
     pub db_pool_size: u32,
 }
 
@@ -54,7 +51,6 @@ impl CommonConfig {
             database_url: env_or("DATABASE_URL", DEFAULT_DATABASE_URL),
             amqp_url: env_or("AMQP_URL", DEFAULT_AMQP_URL),
             queue_prefix: env_or("QUEUE_PREFIX", crate::queue::DEFAULT_PREFIX),
-            default_org_id: env_or("DEFAULT_ORG_ID", DEFAULT_ORG_ID),
             db_pool_size: env_parse("DB_POOL_SIZE", 10)?,
         })
     }

@@ -2,6 +2,7 @@
 //! query strings with unknown-parameter checks, request ids, and envelopes for every error
 //! (unknown routes and wrong methods included).
 
+use crate::auth::{authenticate, Authenticator};
 use crate::body::parse_object;
 use crate::envelope::{ApiError, ErrorCode, FieldError};
 use actix_web::body::MessageBody;
@@ -277,9 +278,12 @@ pub fn envelope_errors<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHan
     ))
 }
 
-/// An `App` with the edge every service shares: request ids, an access log line carrying
-/// the request id, and envelopes for every error the framework makes itself.
-pub fn app() -> App<
+/// An `App` with the edge every service shares: authentication (see [`crate::auth`]),
+/// request ids, an access log line carrying the request id (never a key: the line has the
+/// request line, not its headers), and envelopes for every error the framework makes itself.
+pub fn app(
+    auth: actix_web::web::Data<Authenticator>,
+) -> App<
     impl ServiceFactory<
         ServiceRequest,
         Config = (),
@@ -289,6 +293,9 @@ pub fn app() -> App<
     >,
 > {
     App::new()
+        .app_data(auth)
+        // Innermost: it sees the request id, and its answers carry it.
+        .wrap(from_fn(authenticate))
         .wrap(ErrorHandlers::new().default_handler(envelope_errors))
         .wrap(from_fn(request_id_middleware))
         // Outermost, so it sees the response with its X-Request-Id.
@@ -339,37 +346,4 @@ pub fn readiness(checks: &[(&str, bool)]) -> HttpResponse {
         details,
     }
     .error_response()
-}
-
-/// The org a request acts for. Until API keys exist every caller acts for the deployment's
-/// default org (`DEFAULT_ORG_ID`); the tenancy work swaps this resolution for key lookup,
-/// and no handler changes.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub org_id: String,
-}
-
-/// App data: how callers are resolved.
-#[derive(Debug, Clone)]
-pub struct CallerResolver {
-    pub default_org_id: String,
-}
-
-impl FromRequest for Caller {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(
-            match req.app_data::<actix_web::web::Data<CallerResolver>>() {
-                Some(r) => Ok(Caller {
-                    org_id: r.default_org_id.clone(),
-                }),
-                None => {
-                    log::error!("CallerResolver is not registered as app data");
-                    Err(ApiError::internal())
-                }
-            },
-        )
-    }
 }

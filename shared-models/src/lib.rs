@@ -2,6 +2,7 @@
 //! other's crates; they meet here, in the database and on the queue.
 //!
 //! - [`envelope`]: the JSON envelope every response wears, and the error type behind it.
+//! - [`auth`]: API keys, the admin key, rate limits; the `Caller` and `Admin` extractors.
 //! - [`http`]: actix-web helpers shared by both HTTP services (body and query parsing,
 //!   404/405 handlers, limits), so both edges behave the same.
 //! - [`body`]: a field-by-field JSON object reader that collects every problem with its path.
@@ -18,6 +19,7 @@
 //! - [`config`]: environment variables with local defaults.
 //! - [`testing`] (feature `testing`): a fresh database per test.
 
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod db;

@@ -94,7 +94,29 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    orgs (id) {
+        id -> Text,
+        name -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    api_keys (id) {
+        id -> Text,
+        org_id -> Text,
+        name -> Text,
+        key_hash -> Text,
+        key_prefix -> Text,
+        created_at -> Timestamptz,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
+    orgs,
+    api_keys,
     workflows,
     workflow_versions,
     runs,

@@ -31,6 +31,18 @@ pub fn base_database_url() -> String {
     crate::config::env_or("DATABASE_URL", crate::config::DEFAULT_DATABASE_URL)
 }
 
+/// The operator key every test app is built with.
+pub const ADMIN_KEY: &str = "thygon-test-admin-key-0123456789";
+
+/// Authentication as the test apps use it: [`ADMIN_KEY`], no rate limit (tests that check
+/// the limit build their own).
+pub fn auth_config() -> crate::auth::AuthConfig {
+    crate::auth::AuthConfig {
+        admin_api_key: Some(ADMIN_KEY.to_string()),
+        rate_limit_per_second: 0,
+    }
+}
+
 /// A unique, lowercase token for database and queue names.
 pub fn unique_token() -> String {
     ulid::Ulid::new().to_string().to_lowercase()
@@ -116,10 +128,39 @@ mod tests {
 /// Fixtures: rows another service would have written, inserted directly so each service's
 /// tests stand alone (services never import each other).
 pub mod fixtures {
-    use crate::models::{WorkflowRow, WorkflowVersionRow};
-    use crate::schema::{runs, workflow_versions, workflows};
+    use crate::models::{ApiKeyRow, OrgRow, WorkflowRow, WorkflowVersionRow};
+    use crate::schema::{api_keys, orgs, runs, workflow_versions, workflows};
     use diesel::prelude::*;
     use serde_json::Value;
+
+    /// A new API key of `org_id` (the org is created if it does not exist), as the admin
+    /// routes of workflow-service make it; returns the key.
+    pub fn org_key(conn: &mut PgConnection, org_id: &str) -> String {
+        let now = crate::time::now();
+        diesel::insert_into(orgs::table)
+            .values(OrgRow {
+                id: org_id.into(),
+                name: org_id.into(),
+                created_at: now,
+            })
+            .on_conflict_do_nothing()
+            .execute(conn)
+            .expect("insert org");
+        let key = crate::auth::generate_key().expect("random key");
+        diesel::insert_into(api_keys::table)
+            .values(ApiKeyRow {
+                id: crate::auth::new_key_id(),
+                org_id: org_id.into(),
+                name: "test".into(),
+                key_hash: crate::auth::hash_key(&key),
+                key_prefix: crate::auth::display_prefix(&key),
+                created_at: now,
+                revoked_at: None,
+            })
+            .execute(conn)
+            .expect("insert API key");
+        key
+    }
 
     /// A live workflow `wf_<name>` at version 1 with `definition`.
     pub fn insert_workflow(

@@ -1,8 +1,11 @@
+use shared_models::auth::AuthConfig;
 use shared_models::config::{env_or, CommonConfig};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub common: CommonConfig,
+    /// `ADMIN_API_KEY`, `RATE_LIMIT_PER_SECOND`.
+    pub auth: AuthConfig,
     /// Where this service listens (`HTTP_ADDR`, default 127.0.0.1:8081).
     pub http_addr: String,
 }
@@ -11,6 +14,7 @@ impl Settings {
     pub fn from_env() -> Result<Self, String> {
         Ok(Self {
             common: CommonConfig::from_env()?,
+            auth: AuthConfig::from_env()?,
             http_addr: env_or("HTTP_ADDR", "127.0.0.1:8081"),
         })
     }

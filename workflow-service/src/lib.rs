@@ -1,10 +1,12 @@
-//! Workflow Service: owns workflow definitions and their versions.
+//! Workflow Service: owns workflow definitions and their versions, and the orgs and API
+//! keys of the deployment.
 //!
 //! - [`config`]: settings from the environment.
 //! - [`startup`]: builds the actix `App` and binds its listener ([`startup::Application`]).
 //! - [`routes`]: HTTP in and out, one file per resource.
 //! - [`domain`]: request bodies parsed into known-good types (no I/O).
 //! - [`storage`]: plain diesel functions over `&mut PgConnection`.
+//! - [`tenancy`]: orgs and API keys (the `/admin` routes), parsing and storage.
 //! - [`error`]: the one error enum of this service and its envelope mapping.
 
 pub mod config;
@@ -13,3 +15,4 @@ pub mod error;
 pub mod routes;
 pub mod startup;
 pub mod storage;
+pub mod tenancy;

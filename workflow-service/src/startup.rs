@@ -5,8 +5,8 @@ use crate::config::Settings;
 use crate::routes;
 use actix_web::dev::Server;
 use actix_web::{web, HttpServer};
+use shared_models::auth::{AuthConfig, Authenticator};
 use shared_models::db::{self, PgPool};
-use shared_models::http::CallerResolver;
 use std::net::TcpListener;
 
 pub struct Application {
@@ -18,24 +18,20 @@ impl Application {
     pub fn build(settings: &Settings) -> std::io::Result<Self> {
         let pool = db::pool(&settings.common.database_url, settings.common.db_pool_size);
         let listener = TcpListener::bind(&settings.http_addr)?;
-        let resolver = CallerResolver {
-            default_org_id: settings.common.default_org_id.clone(),
-        };
-        Self::with_parts(listener, pool, resolver)
+        Self::with_parts(listener, pool, &settings.auth)
     }
 
     pub fn with_parts(
         listener: TcpListener,
         pool: PgPool,
-        resolver: CallerResolver,
+        auth: &AuthConfig,
     ) -> std::io::Result<Self> {
         let port = listener.local_addr()?.port();
+        let auth = web::Data::new(Authenticator::new(pool.clone(), auth));
         let pool = web::Data::new(pool);
-        let resolver = web::Data::new(resolver);
         let server = HttpServer::new(move || {
-            shared_models::http::app()
+            shared_models::http::app(auth.clone())
                 .app_data(pool.clone())
-                .app_data(resolver.clone())
                 .configure(routes::configure)
         })
         .listen(listener)?

@@ -9,9 +9,10 @@ use crate::routes::views::RunDetailView;
 use crate::startup::AppState;
 use crate::storage::control::{self, ApproveOutcome, CancelOutcome, RetryOutcome};
 use actix_web::{web, HttpResponse};
+use shared_models::auth::Caller;
 use shared_models::db::blocking;
 use shared_models::envelope;
-use shared_models::http::{Caller, JsonObject, RequestId};
+use shared_models::http::{JsonObject, RequestId};
 use shared_models::ids::RunId;
 
 fn run_id(raw: &str) -> Result<RunId, RuntimeError> {

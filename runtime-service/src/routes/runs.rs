@@ -6,9 +6,10 @@ use crate::routes::views::{RunDetailView, RunView};
 use crate::startup::AppState;
 use crate::storage;
 use actix_web::{web, HttpResponse};
+use shared_models::auth::Caller;
 use shared_models::db::blocking;
 use shared_models::envelope::{self, Pagination};
-use shared_models::http::{Caller, Query};
+use shared_models::http::Query;
 use shared_models::ids::RunId;
 use shared_models::pagination;
 

@@ -9,9 +9,10 @@ use crate::startup::AppState;
 use crate::storage::{self, CreateOutcome};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
+use shared_models::auth::Caller;
 use shared_models::db::blocking;
 use shared_models::envelope;
-use shared_models::http::{Caller, JsonObject, OptionalJsonObject, RequestId};
+use shared_models::http::{JsonObject, OptionalJsonObject, RequestId};
 
 pub const QUEUED_MESSAGE: &str = "Run queued — execution is asynchronous";
 

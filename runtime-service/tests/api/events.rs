@@ -46,7 +46,8 @@ fn parse_frames(text: &str) -> (Vec<Frame>, String) {
 async fn subscribe(app: &TestApp, run_id: &str, last_event_id: Option<&str>) -> reqwest::Response {
     let mut req = app
         .client
-        .get(format!("{}/workflows/runs/{run_id}/events", app.address));
+        .get(format!("{}/workflows/runs/{run_id}/events", app.address))
+        .bearer_auth(&app.key);
     if let Some(id) = last_event_id {
         req = req.header("Last-Event-ID", id);
     }

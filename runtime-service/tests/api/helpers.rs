@@ -6,7 +6,6 @@ use runtime_service::publisher::{AmqpPublisher, JobPublisher};
 use runtime_service::startup::Application;
 use serde_json::{json, Value};
 use shared_models::db::PgPooled;
-use shared_models::http::CallerResolver;
 use shared_models::models::{NewRunEvent, OutboxRow, StepRunRow};
 use shared_models::queue::QueueNames;
 use shared_models::schema::{outbox, run_events, runs, step_runs};
@@ -23,6 +22,8 @@ pub fn amqp_url() -> String {
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
+    /// An API key of [`ORG`]; `send` uses it unless the headers carry an Authorization.
+    pub key: String,
     pub db: TestDb,
     pub prefix: String,
 }
@@ -55,16 +56,16 @@ pub async fn spawn_app_with_broker(amqp: &str) -> TestApp {
         listener,
         db.pool.clone(),
         publisher,
-        CallerResolver {
-            default_org_id: ORG.into(),
-        },
+        &testing::auth_config(),
     )
     .expect("build app");
+    let key = fixtures::org_key(&mut db.pool.get().expect("conn"), ORG);
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
         client: reqwest::Client::new(),
+        key,
         db,
         prefix,
     }
@@ -91,6 +92,12 @@ impl TestApp {
             method.parse().expect("method"),
             format!("{}{path}", self.address),
         );
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            req = req.bearer_auth(&self.key);
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }

@@ -145,13 +145,14 @@ fn runtime_cases() -> BoxedStrategy<Case> {
             1 => header_value(),
         ]),
         opt(0.05, header_value()),
+        credential(),
     )
-        .prop_map(|(key, last_event, rid)| {
+        .prop_map(|(key, last_event, rid, credential)| {
             let mut h = Vec::new();
             if let Some(v) = key { h.push(("idempotency-key".to_string(), v)); }
             if let Some(v) = last_event { h.push(("last-event-id".to_string(), v)); }
             if let Some(v) = rid { h.push(("x-request-id".to_string(), v)); }
-            h
+            with_credential(h, credential)
         });
     (
         path,
@@ -247,7 +248,7 @@ async fn hostile_requests_child() {
         &runtime_cases(),
         &app.address,
         |_| async {},
-        |c| fill_in(c, &ids),
+        |c| authorize(fill_in(c, &ids), &app.key),
     )
     .await;
 }

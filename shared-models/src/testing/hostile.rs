@@ -898,6 +898,44 @@ pub fn header_value() -> BoxedStrategy<Vec<u8>> {
     .boxed()
 }
 
+/// Stands for the app's real org key in a generated Authorization value ([`authorize`]).
+pub const KEY_PLACEHOLDER: &str = "Bearer @key@";
+
+/// The Authorization header of a case: mostly the org's key; sometimes none, another
+/// scheme, a key that does not exist, the admin key (not an org key), or garbage.
+pub fn credential() -> BoxedStrategy<Option<Vec<u8>>> {
+    prop_oneof![
+        40 => Just(Some(KEY_PLACEHOLDER.as_bytes().to_vec())),
+        1 => Just(None),
+        1 => Just(Some(b"Bearer thy_notakeyatall".to_vec())),
+        1 => Just(Some(format!("Bearer {}", crate::testing::ADMIN_KEY).into_bytes())),
+        1 => Just(Some(b"Basic dXNlcjpwYXNz".to_vec())),
+        1 => header_value().prop_map(Some),
+    ]
+    .boxed()
+}
+
+/// `headers` with the generated Authorization value (if any) added.
+pub fn with_credential(
+    mut headers: Vec<(String, Vec<u8>)>,
+    credential: Option<Vec<u8>>,
+) -> Vec<(String, Vec<u8>)> {
+    if let Some(v) = credential {
+        headers.push(("authorization".to_string(), v));
+    }
+    headers
+}
+
+/// The case with the app's key in place of [`KEY_PLACEHOLDER`].
+pub fn authorize(mut case: Case, key: &str) -> Case {
+    for (_, v) in case.headers.iter_mut() {
+        if v.as_slice() == KEY_PLACEHOLDER.as_bytes() {
+            *v = format!("Bearer {key}").into_bytes();
+        }
+    }
+    case
+}
+
 // ---------------------------------------------------------------------------------------
 // Sending and checking
 // ---------------------------------------------------------------------------------------

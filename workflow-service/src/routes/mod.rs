@@ -1,5 +1,6 @@
 //! HTTP in and out: one file per resource.
 
+mod admin;
 mod health;
 mod validate;
 mod versions;
@@ -38,6 +39,23 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/workflows/{id}/versions/{version}")
                 .route(web::get().to(versions::get_version))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/admin/orgs")
+                .route(web::get().to(admin::list_orgs))
+                .route(web::post().to(admin::create_org))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/admin/orgs/{orgId}/keys")
+                .route(web::get().to(admin::list_keys))
+                .route(web::post().to(admin::create_key))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/admin/keys/{id}")
+                .route(web::delete().to(admin::revoke_key))
                 .default_service(web::to(method_not_allowed)),
         )
         .default_service(web::to(route_not_found));

@@ -3,8 +3,9 @@
 use crate::domain::DefinitionCheck;
 use crate::error::WorkflowError;
 use actix_web::HttpResponse;
+use shared_models::auth::Caller;
 use shared_models::envelope;
-use shared_models::http::{Caller, JsonObject};
+use shared_models::http::JsonObject;
 
 /// 200 `{"valid": true}`, or exactly the 400 a create would give for the same definition
 /// (both parse it with the same code, so the `details` cannot drift apart).

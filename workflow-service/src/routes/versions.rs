@@ -7,9 +7,10 @@ use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
+use shared_models::auth::Caller;
 use shared_models::db::{blocking, PgPool};
 use shared_models::envelope::{self, Pagination};
-use shared_models::http::{Caller, Query};
+use shared_models::http::Query;
 use shared_models::models::WorkflowVersionRow;
 
 /// A version as clients see it: the definition exactly as it was written.

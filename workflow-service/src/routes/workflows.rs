@@ -7,9 +7,10 @@ use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
+use shared_models::auth::Caller;
 use shared_models::db::{blocking, PgPool};
 use shared_models::envelope::{self, Pagination};
-use shared_models::http::{Caller, JsonObject, Query};
+use shared_models::http::{JsonObject, Query};
 use shared_models::models::WorkflowRow;
 
 /// The workflow as clients see it.

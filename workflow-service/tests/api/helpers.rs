@@ -1,12 +1,15 @@
 use serde_json::Value;
-use shared_models::http::CallerResolver;
-use shared_models::testing::TestDb;
+use shared_models::testing::{self, fixtures, TestDb};
 use std::net::TcpListener;
 use workflow_service::startup::Application;
+
+pub const ORG: &str = "org_test";
 
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
+    /// An API key of [`ORG`]; `send` and `raw` use it.
+    pub key: String,
     // Dropped with the app: the test's database goes with it.
     pub _db: TestDb,
 }
@@ -14,19 +17,15 @@ pub struct TestApp {
 pub async fn spawn_app() -> TestApp {
     let db = TestDb::create();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let app = Application::with_parts(
-        listener,
-        db.pool.clone(),
-        CallerResolver {
-            default_org_id: "org_test".into(),
-        },
-    )
-    .expect("build app");
+    let app = Application::with_parts(listener, db.pool.clone(), &testing::auth_config())
+        .expect("build app");
+    let key = fixtures::org_key(&mut db.pool.get().expect("conn"), ORG);
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
         client: reqwest::Client::new(),
+        key,
         _db: db,
     }
 }
@@ -38,10 +37,24 @@ pub struct Reply {
 
 impl TestApp {
     pub async fn send(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
+        self.send_as(Some(&self.key), method, path, body).await
+    }
+
+    /// A request with `key` as its bearer token, or with no Authorization header at all.
+    pub async fn send_as(
+        &self,
+        key: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Reply {
         let mut req = self.client.request(
             method.parse().expect("method"),
             format!("{}{path}", self.address),
         );
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
         if let Some(body) = body {
             req = req.json(&body);
         }
@@ -52,6 +65,11 @@ impl TestApp {
         Reply { status, body }
     }
 
+    /// A new key of `org_id` (creating the org), straight into the database.
+    pub fn key_for(&self, org_id: &str) -> String {
+        fixtures::org_key(&mut self._db.pool.get().expect("conn"), org_id)
+    }
+
     pub async fn raw(&self, method: &str, path: &str, content_type: &str, body: Vec<u8>) -> Reply {
         let res = self
             .client
@@ -60,6 +78,7 @@ impl TestApp {
                 format!("{}{path}", self.address),
             )
             .header("content-type", content_type)
+            .bearer_auth(&self.key)
             .body(body)
             .send()
             .await

@@ -66,20 +66,25 @@ fn workflow_cases() -> BoxedStrategy<Case> {
         content_type(),
         body(shaped),
         opt(0.1, header_value()),
+        credential(),
     )
-        .prop_map(|((method, path), query, content_type, body, rid)| Case {
-            path: match query {
-                Some(q) => format!("{path}?{q}"),
-                None => path,
+        .prop_map(
+            |((method, path), query, content_type, body, rid, credential)| Case {
+                path: match query {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path,
+                },
+                method,
+                content_type,
+                headers: with_credential(
+                    rid.map(|v| ("x-request-id".to_string(), v))
+                        .into_iter()
+                        .collect(),
+                    credential,
+                ),
+                body,
             },
-            method,
-            content_type,
-            headers: rid
-                .map(|v| ("x-request-id".to_string(), v))
-                .into_iter()
-                .collect(),
-            body,
-        });
+        );
     case.boxed()
 }
 
@@ -116,7 +121,7 @@ async fn hostile_requests_child() {
                 }
             }
         },
-        |c| c,
+        |c| authorize(c, &app.key),
     )
     .await;
 }
