@@ -24,7 +24,8 @@ export AMQP_URL="${AMQP_URL:-$THYGON_DEFAULT_AMQP_URL}"
 export AGENTS_FILE="${AGENTS_FILE:-$REPO/examples/agents.toml}"
 export RUST_LOG="${RUST_LOG:-info}"
 export QUEUE_PREFIX="${QUEUE_PREFIX:-thygon}"
-export DEFAULT_ORG_ID="${DEFAULT_ORG_ID:-org_dev}"
+# The org `make run` makes a ready key for (the README's curl examples use it).
+DEV_ORG="${DEV_ORG:-org_dev}"
 # Passed through when set, left to the binaries' own defaults otherwise:
 #   AGENT_BASE_URL, WORKER_CONCURRENCY, DB_POOL_SIZE, ...
 
@@ -44,6 +45,9 @@ STOP_TIMEOUT="${STOP_TIMEOUT:-15}"
 
 RUN_DIR="$REPO/.run"
 LOG_DIR="$RUN_DIR/logs"
+# The operator key and the dev org's key, kept between runs (mode 600, git-ignored).
+ADMIN_KEY_FILE="$RUN_DIR/admin-api-key"
+DEV_KEY_FILE="$RUN_DIR/dev-api-key"
 NGINX_PREFIX="$RUN_DIR/nginx"
 BIN_DIR="$REPO/target/release"
 
@@ -190,10 +194,61 @@ wait_all_ready() {
     done
 }
 
-# Filled in once API keys exist: create (or reuse) a key for DEFAULT_ORG_ID and print it,
-# so that the seed's curl examples work with one added header.
+# ADMIN_API_KEY from the environment when set; else the one an earlier run generated; else
+# a new random one. Both services get it.
+ensure_admin_key() {
+    if [[ -z ${ADMIN_API_KEY:-} ]]; then
+        if [[ -s $ADMIN_KEY_FILE ]]; then
+            ADMIN_API_KEY="$(<"$ADMIN_KEY_FILE")"
+        else
+            ADMIN_API_KEY="thygon-admin-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+            (umask 077 && printf '%s\n' "$ADMIN_API_KEY" >"$ADMIN_KEY_FILE")
+        fi
+    fi
+    export ADMIN_API_KEY
+}
+
+# A request to the gateway with a bearer key; prints "<status> <body>".
+api() {
+    local key="$1" method="$2" path="$3" body="${4:-}" out
+    local args=(-sS --max-time 10 -w '\n%{http_code}' -X "$method" -H "Authorization: Bearer $key")
+    if [[ -n $body ]]; then
+        args+=(-H 'Content-Type: application/json' --data "$body")
+    fi
+    out="$(curl "${args[@]}" "$BASE_URL$path")" || return 1
+    printf '%s %s\n' "${out##*$'\n'}" "${out%$'\n'*}"
+}
+
+# A ready key for DEV_ORG: the one an earlier run made if it still works, else a new one
+# made through the /admin routes (the org is created the first time).
+ensure_dev_key() {
+    local answer status key
+    if [[ -s $DEV_KEY_FILE ]]; then
+        key="$(<"$DEV_KEY_FILE")"
+        answer="$(api "$key" GET '/workflows?limit=1')" || true
+        if [[ ${answer%% *} == 200 ]]; then
+            DEV_API_KEY="$key"
+            return
+        fi
+    fi
+    answer="$(api "$ADMIN_API_KEY" POST /admin/orgs "{\"id\":\"$DEV_ORG\",\"name\":\"Development\"}")" ||
+        die "cannot reach $BASE_URL/admin/orgs"
+    status="${answer%% *}"
+    [[ $status == 201 || $status == 409 ]] || die "creating org $DEV_ORG answered: $answer"
+    answer="$(api "$ADMIN_API_KEY" POST "/admin/orgs/$DEV_ORG/keys" '{"name":"make run"}')" ||
+        die "cannot reach $BASE_URL/admin/orgs/$DEV_ORG/keys"
+    [[ ${answer%% *} == 201 ]] || die "creating a key for $DEV_ORG answered: $answer"
+    key="$(printf '%s' "$answer" | grep -o '"key":"[^"]*"' | head -n 1 | cut -d'"' -f4)"
+    [[ -n $key ]] || die "no key in the answer: $answer"
+    (umask 077 && printf '%s\n' "$key" >"$DEV_KEY_FILE")
+    DEV_API_KEY="$key"
+}
+
 print_api_key() {
-    echo "  API key: (not required yet)"
+    cat <<EOF
+  API key ($DEV_ORG):   $DEV_API_KEY
+  Admin key:          $ADMIN_API_KEY  (the /admin routes only)
+EOF
 }
 
 print_summary() {
@@ -221,7 +276,8 @@ EOF
     print_api_key
     cat <<EOF
 
-  Try:  curl -s $BASE_URL/workflows
+  Try:  export THYGON_API_KEY=$DEV_API_KEY
+        curl -s -H "Authorization: Bearer \$THYGON_API_KEY" $BASE_URL/workflows
 Press Ctrl-C to stop everything.
 EOF
 }
@@ -249,6 +305,7 @@ done
 NGINX="$(nginx_bin)" || die "nginx not found (make services installs it)"
 
 mkdir -p "$LOG_DIR" "$NGINX_PREFIX"
+ensure_admin_key
 if [[ ! -f $AGENTS_FILE ]]; then
     warn "AGENTS_FILE $AGENTS_FILE does not exist; agent steps will fail"
 fi
@@ -305,6 +362,7 @@ start gateway "$GATEWAY_HOST:$GATEWAY_PORT" "$BASE_URL/healthz" \
 
 say "waiting up to ${READY_TIMEOUT}s for every process to be ready ..."
 wait_all_ready
+ensure_dev_key
 print_summary
 
 # ---- 4. watch --------------------------------------------------------------------------------

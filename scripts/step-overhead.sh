@@ -8,18 +8,21 @@
 set -euo pipefail
 BASE="${BASE_URL:-http://127.0.0.1:8080}"
 RUNS="${1:-20}"
+# The key `make run` printed (and keeps in .run/dev-api-key).
+KEY="${THYGON_API_KEY:-$(cat "$(dirname "$0")/../.run/dev-api-key")}"
+AUTH="Authorization: Bearer $KEY"
 DB="${DATABASE_URL:-postgres://thygon:thygon@127.0.0.1:5432/thygon}"
 name="overhead_$(date +%s)"
 steps=$(python3 -c 'import json; print(json.dumps([{"name": f"s{i}", "type": "transform", "value": {"i": i}} for i in range(10)]))')
-curl -sf -X POST "$BASE/workflows" -H 'Content-Type: application/json' \
+curl -sf -X POST "$BASE/workflows" -H "$AUTH" -H 'Content-Type: application/json' \
     -d "{\"name\": \"$name\", \"definition\": {\"steps\": $steps}}" >/dev/null
 ids=()
 for _ in $(seq "$RUNS"); do
-    id=$(curl -sf -X POST "$BASE/workflows/wf_$name/trigger" -H 'Content-Type: application/json' -d '{}' |
+    id=$(curl -sf -X POST "$BASE/workflows/wf_$name/trigger" -H "$AUTH" -H 'Content-Type: application/json' -d '{}' |
         python3 -c 'import sys, json; print(json.load(sys.stdin)["data"]["id"])')
     # one at a time, so runs do not compete for the worker
     for _ in $(seq 200); do
-        status=$(curl -sf "$BASE/workflows/runs/$id" | python3 -c 'import sys, json; print(json.load(sys.stdin)["data"]["status"])')
+        status=$(curl -sf -H "$AUTH" "$BASE/workflows/runs/$id" | python3 -c 'import sys, json; print(json.load(sys.stdin)["data"]["status"])')
         [[ $status == COMPLETED || $status == FAILED ]] && break
         sleep 0.02
     done

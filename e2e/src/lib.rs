@@ -53,9 +53,21 @@ struct Spec {
     ready: Option<String>,
 }
 
+/// The operator key of every stack.
+pub const ADMIN_KEY: &str = "thygon-e2e-admin-key-0123456789abcdef";
+/// The org every stack makes a key for: the seed document's, so its examples run verbatim.
+pub const ORG: &str = "org_acme_123";
+/// A secret in an agent's headers (agents.toml), which no log may show.
+pub const AGENT_SECRET: &str = "agent-secret-e2e-7f3a9c";
+
 pub struct Stack {
     pub base_url: String,
+    /// Sends [`Stack::key`] with every request.
     pub client: reqwest::Client,
+    /// An API key of [`ORG`], made through the gateway's `/admin` routes at start.
+    pub key: String,
+    /// Sends no key unless told ([`Stack::call_as`]).
+    anon: reqwest::Client,
     pub dir: PathBuf,
     pub prefix: String,
     children: Vec<(String, Child)>,
@@ -146,6 +158,7 @@ impl Stack {
             &agents_file,
             format!(
                 "[agents.support-classifier]\nurl = \"http://127.0.0.1:{agent_port}/classify\"\n\
+                 headers = {{ Authorization = \"Bearer {AGENT_SECRET}\" }}\n\
                  [agents.reply-drafter]\nurl = \"http://127.0.0.1:{agent_port}/draft-reply\"\n\
                  [agents.ticket-router]\nurl = \"http://127.0.0.1:{agent_port}/route\"\n"
             ),
@@ -157,8 +170,9 @@ impl Stack {
             ("QUEUE_PREFIX".into(), prefix.clone()),
             ("AGENTS_FILE".into(), agents_file.display().to_string()),
             ("RUST_LOG".into(), "info".into()),
-            // The seed document's orgId, so its examples run verbatim.
-            ("DEFAULT_ORG_ID".into(), "org_acme_123".into()),
+            ("ADMIN_API_KEY".into(), ADMIN_KEY.into()),
+            // The fault tests trigger in bursts; the limit has tests of its own.
+            ("RATE_LIMIT_PER_SECOND".into(), "0".into()),
         ];
         common.extend(options.env.iter().cloned());
         let spec = |name: &str, bin: &str, env: Vec<(&str, String)>, ready: String| Spec {
@@ -232,12 +246,14 @@ impl Stack {
             .map(|a| a.to_string())
             .collect(),
             env: Vec::new(),
-            ready: Some(format!("{base_url}/workflows?limit=1")),
+            ready: Some(format!("{base_url}/healthz")),
         });
 
         let mut stack = Stack {
             base_url,
             client: reqwest::Client::new(),
+            key: String::new(),
+            anon: reqwest::Client::new(),
             dir,
             prefix,
             children: Vec::new(),
@@ -248,7 +264,37 @@ impl Stack {
             worker_env,
         };
         stack.launch().await;
+        stack.key = stack.provision(ORG).await;
+        stack.client = reqwest::Client::builder()
+            .default_headers(
+                [(
+                    reqwest::header::AUTHORIZATION,
+                    format!("Bearer {}", stack.key).parse().expect("header"),
+                )]
+                .into_iter()
+                .collect(),
+            )
+            .build()
+            .expect("client");
         stack
+    }
+
+    /// Make `org_id` (if new) and a key of it through the gateway, as an operator would.
+    pub async fn provision(&self, org_id: &str) -> String {
+        let admin = Some(ADMIN_KEY);
+        let body = serde_json::json!({"id": org_id, "name": org_id});
+        let (status, org) = self.call_as(admin, "POST", "/admin/orgs", Some(body)).await;
+        assert!(status == 201 || status == 409, "create org: {status} {org}");
+        let (status, key) = self
+            .call_as(
+                admin,
+                "POST",
+                &format!("/admin/orgs/{org_id}/keys"),
+                Some(serde_json::json!({"name": "e2e"})),
+            )
+            .await;
+        assert_eq!(status, 201, "create key: {key}");
+        key["data"]["key"].as_str().expect("key").to_string()
     }
 
     /// Start every process of the stack and wait until each is ready.
@@ -440,12 +486,26 @@ impl Stack {
         Ok((status, body))
     }
 
-    /// Send a request through the gateway; returns (status, JSON body).
+    /// Send a request through the gateway with the org's key; returns (status, JSON body).
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.client.request(
+        self.call_as(Some(&self.key), method, path, body).await
+    }
+
+    /// Like [`Stack::call`], with `key` as the bearer token (or no Authorization at all).
+    pub async fn call_as(
+        &self,
+        key: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.anon.request(
             method.parse().expect("method"),
             format!("{}{path}", self.base_url),
         );
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
         if let Some(body) = body {
             req = req
                 .header("content-type", "application/json")
