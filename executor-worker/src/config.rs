@@ -16,7 +16,15 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// This process's name in leases and logs (`WORKER_ID`, default host-pid).
     pub worker_id: String,
+    /// At most this many runs of one org RUNNING at once, across all workers
+    /// (`MAX_RUNNING_PER_ORG`, default [`DEFAULT_MAX_RUNNING_PER_ORG`]; 0 = no cap). A job that
+    /// would start one more leaves its run PENDING (or WAITING) and is tried again about a
+    /// second later, when the runtime's scheduler queues it again.
+    pub max_running_per_org: u32,
 }
+
+/// `MAX_RUNNING_PER_ORG` when unset.
+pub const DEFAULT_MAX_RUNNING_PER_ORG: u32 = 100;
 
 impl Settings {
     pub fn from_env() -> Result<Self, String> {
@@ -35,6 +43,7 @@ impl Settings {
             agent_timeout: env_seconds("AGENT_TIMEOUT_SECONDS", 60.0)?,
             shutdown_grace: env_seconds("SHUTDOWN_GRACE_SECONDS", 30.0)?,
             worker_id: env_or("WORKER_ID", &format!("{host}-{}", std::process::id())),
+            max_running_per_org: env_parse("MAX_RUNNING_PER_ORG", DEFAULT_MAX_RUNNING_PER_ORG)?,
         })
     }
 }

@@ -45,6 +45,9 @@ pub struct Engine {
     pub me: LeaseHolder,
     /// Per-attempt timeout of agent and HTTP calls whose step or agent entry sets none.
     pub agent_timeout: Duration,
+    /// At most this many runs of one org RUNNING at once (`MAX_RUNNING_PER_ORG`; 0 = no cap):
+    /// a job that would start one more is held back (see [`Claim::Held`]).
+    pub max_running_per_org: u32,
 }
 
 /// Why the engine stopped working on a run before its end.
@@ -165,9 +168,10 @@ impl RunState<'_> {
 impl Engine {
     pub async fn process(&self, job: &RunJob) -> JobOutcome {
         let (run_id, org_id, me) = (job.run_id.clone(), job.org_id.clone(), self.me.clone());
+        let cap = self.max_running_per_org;
         let now = shared_models::time::now();
         let claim = blocking(&self.pool, move |conn| {
-            storage::claim_run(conn, &run_id, &org_id, &me, now)
+            storage::claim_run(conn, &run_id, &org_id, &me, cap, now)
         })
         .await;
         match claim {
@@ -178,6 +182,17 @@ impl Engine {
             )),
             Ok(Claim::Ended) | Ok(Claim::HeldElsewhere) => {
                 log::info!("run {}: duplicate delivery, nothing to do", job.run_id);
+                JobOutcome::Done
+            }
+            Ok(Claim::Held) => {
+                // The scheduler queues it again once its wake_at has come.
+                log::info!(
+                    "run {}: org {} is at its cap of {} running runs (MAX_RUNNING_PER_ORG); held back for {:?}",
+                    job.run_id,
+                    job.org_id,
+                    self.max_running_per_org,
+                    storage::RUNNING_SLOT_HOLD
+                );
                 JobOutcome::Done
             }
             Ok(Claim::Claimed(claimed)) => {

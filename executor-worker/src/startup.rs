@@ -34,6 +34,7 @@ pub fn build_engine(
             lease: settings.lease,
         },
         agent_timeout: settings.agent_timeout,
+        max_running_per_org: settings.max_running_per_org,
     })
 }
 

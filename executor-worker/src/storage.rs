@@ -42,6 +42,10 @@ pub struct ClaimedRun {
 #[derive(Debug)]
 pub enum Claim {
     Claimed(Box<ClaimedRun>),
+    /// Not started: its org already has `MAX_RUNNING_PER_ORG` runs RUNNING. The run keeps its
+    /// status (PENDING or WAITING) with `wake_at` [`RUNNING_SLOT_HOLD`] from now, and the
+    /// runtime's scheduler queues it again then.
+    Held,
     /// Already ended: a duplicate delivery.
     Ended,
     /// Another live worker holds it: a duplicate delivery.
@@ -57,13 +61,22 @@ pub enum Fenced {
     LeaseLost,
 }
 
+/// How long a run held back by its org's running cap waits before it is tried again (the
+/// scheduler queues it once its `wake_at` has come).
+pub const RUNNING_SLOT_HOLD: Duration = Duration::from_secs(1);
+
 /// Take the run: PENDING or WAITING -> RUNNING, or resume a RUNNING run whose lease expired
 /// (its worker died) or that this worker already holds (a redelivery to the same worker).
+///
+/// `max_running_per_org` (0 = no cap) bounds the org's RUNNING runs: a PENDING or WAITING run
+/// that would exceed it is not started but [`Claim::Held`]. A RUNNING run taken over or
+/// redelivered adds no running run and is never held.
 pub fn claim_run(
     conn: &mut PgConnection,
     run_id: &str,
     org_id: &str,
     me: &LeaseHolder,
+    max_running_per_org: u32,
     now: DateTime<Utc>,
 ) -> Result<Claim, Error> {
     conn.transaction(|conn| {
@@ -85,6 +98,12 @@ pub fn claim_run(
         let mine = run.lease_owner.as_deref() == Some(me.worker_id.as_str());
         if status == RunStatus::Running && lease_live && !mine {
             return Ok(Claim::HeldElsewhere);
+        }
+        if status != RunStatus::Running
+            && max_running_per_org > 0
+            && hold_for_slot(conn, &run, status, max_running_per_org, now)?
+        {
+            return Ok(Claim::Held);
         }
         diesel::update(runs_table::table.find(run_id))
             .set((
@@ -141,6 +160,51 @@ pub fn claim_run(
             steps,
         })))
     })
+}
+
+/// In `claim_run`'s transaction, with the run row locked: when the run's org already has
+/// `cap` runs RUNNING, hold the run back (status unchanged, `wake_at` = now +
+/// [`RUNNING_SLOT_HOLD`], and a log line the first time a PENDING run is held) and return
+/// true. The org's transaction-scoped advisory lock serialises the count-then-start of every
+/// claim in that org, so two workers cannot both take its last slot.
+fn hold_for_slot(
+    conn: &mut PgConnection,
+    run: &RunRow,
+    status: RunStatus,
+    cap: u32,
+    now: DateTime<Utc>,
+) -> Result<bool, Error> {
+    // Its own statement: the count below must be read after the lock is granted (each
+    // statement of a READ COMMITTED transaction sees what was committed when it began).
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended('thygon-running:' || $1, 0))")
+        .bind::<diesel::sql_types::Text, _>(&run.org_id)
+        .execute(conn)?;
+    let running: i64 = runs_table::table
+        .filter(runs_table::org_id.eq(&run.org_id))
+        .filter(runs_table::status.eq(RunStatus::Running.as_str()))
+        .select(diesel::dsl::count_star())
+        .first(conn)?;
+    if running < i64::from(cap) {
+        return Ok(false);
+    }
+    let hold =
+        chrono::Duration::from_std(RUNNING_SLOT_HOLD).unwrap_or(chrono::Duration::seconds(1));
+    diesel::update(runs_table::table.find(&run.id))
+        .set((
+            runs_table::wake_at.eq(now + hold),
+            runs_table::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    if status == RunStatus::Pending && run.wake_at.is_none() {
+        let message = format!(
+            "waiting for a running slot: org has {running} of {cap} runs running (MAX_RUNNING_PER_ORG)"
+        );
+        insert_events(
+            conn,
+            vec![NewRunEvent::log(&run.id, now, None, "INFO", message)],
+        )?;
+    }
+    Ok(true)
 }
 
 pub fn load_steps(conn: &mut PgConnection, run_id: &str) -> Result<Vec<StepRunRow>, Error> {

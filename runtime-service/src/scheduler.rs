@@ -1,7 +1,9 @@
 //! The scheduler: each pass queues a job for every WAITING run whose `wake_at` has come (a
 //! delay ended, an approval or child run timed out), so no waiting run holds a worker, and
-//! reaps expired leases: a RUNNING run whose worker died gets a new job, so another worker
-//! resumes it even when its message is gone too.
+//! for every PENDING run whose `wake_at` has come (a worker held it back because its org was
+//! at `MAX_RUNNING_PER_ORG`), so it is tried again; and it reaps expired leases: a RUNNING run
+//! whose worker died gets a new job, so another worker resumes it even when its message is
+//! gone too.
 //! Every replica runs one; the outbox's unique dedupe key queues each wake-up and each
 //! expired lease once, and the relay publishes them at once.
 
@@ -13,7 +15,8 @@ use std::time::Duration;
 /// the next passes.
 const BATCH: i64 = 500;
 
-/// One pass: queue the jobs of due wake-ups; returns how many were queued.
+/// One pass: queue the jobs of due wake-ups (WAITING runs, and PENDING runs held back by
+/// their org's running cap); returns how many were queued.
 pub async fn schedule_once(pool: &PgPool) -> Result<usize, StorageError> {
     let queued = blocking(pool, |conn| {
         storage::wakeups::enqueue_due_wakeups(conn, BATCH)
@@ -39,10 +42,9 @@ pub async fn reap_once(pool: &PgPool, grace: Duration) -> Result<usize, StorageE
     Ok(queued)
 }
 
-/// Run passes forever, `interval` apart, with the reaper grace of `REAPER_GRACE_SECONDS`
-/// (already validated by `Settings::from_env` at start-up); see [`run_with_grace`].
-/// Run passes (wake-ups, then expired leases) forever, `interval` apart; the caller aborts
-/// the task at shutdown (safe: each pass is one transaction).
+/// Run passes (wake-ups, then expired leases with the reaper grace of
+/// `REAPER_GRACE_SECONDS`) forever, `interval` apart; the caller aborts the task at shutdown
+/// (safe: each pass is one transaction).
 pub async fn run(pool: PgPool, interval: Duration, reaper_grace: Duration) {
     loop {
         tokio::time::sleep(interval).await;

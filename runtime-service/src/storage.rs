@@ -5,7 +5,8 @@
 //!
 //! - [`control`]: cancel, retry and approval decisions, each one transaction.
 //! - [`events`]: a run's events after a given id, for its event stream.
-//! - [`wakeups`]: jobs for WAITING runs whose `wake_at` has come.
+//! - [`wakeups`]: jobs for WAITING runs, and PENDING runs held back by their org's running
+//!   cap, whose `wake_at` has come.
 //! - [`reaper`]: jobs for RUNNING runs whose lease expired (their worker is gone).
 
 pub mod control;

@@ -8,6 +8,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use executor_worker::agents::AgentRegistry;
+use executor_worker::config::DEFAULT_MAX_RUNNING_PER_ORG;
 use executor_worker::engine::Engine;
 use executor_worker::storage::LeaseHolder;
 use serde_json::{json, Value};
@@ -30,7 +31,8 @@ pub async fn test_db() -> TestDb {
         .expect("create the test database")
 }
 
-/// An engine writing to `pool` under a worker id of its own.
+/// An engine writing to `pool` under a worker id of its own, with the default per-org
+/// running cap (set `max_running_per_org` on it for another).
 pub fn engine(pool: &PgPool, agents: AgentRegistry, agent_timeout: Duration) -> Engine {
     Engine {
         pool: pool.clone(),
@@ -41,6 +43,7 @@ pub fn engine(pool: &PgPool, agents: AgentRegistry, agent_timeout: Duration) -> 
             lease: Duration::from_secs(30),
         },
         agent_timeout,
+        max_running_per_org: DEFAULT_MAX_RUNNING_PER_ORG,
     }
 }
 

@@ -1,5 +1,7 @@
 //! Wake-ups: a WAITING run whose `wake_at` has come (a delay ended, a wait timed out) gets
-//! a job, so a worker resumes it.
+//! a job, so a worker resumes it; so does a PENDING run whose `wake_at` has come (a worker
+//! held it back because its org was at `MAX_RUNNING_PER_ORG`), so a worker tries to start it
+//! again.
 
 use diesel::prelude::*;
 use diesel::result::Error;
@@ -19,7 +21,8 @@ pub(super) struct RunToQueue {
     dedupe_key: String,
 }
 
-/// Queue one job per due wake-up, up to `limit` per call, in one transaction. The dedupe key
+/// Queue one job per due wake-up (a WAITING or held-back PENDING run whose `wake_at` has
+/// come), up to `limit` per call, in one transaction. The dedupe key
 /// names the run and its `wake_at` (epoch microseconds), so however many passes or replicas
 /// see a wake-up, it is queued once; a later `wake_at` of the same run is a new wake-up.
 /// Returns how many jobs were queued.
@@ -31,7 +34,7 @@ pub fn enqueue_due_wakeups(conn: &mut PgConnection, limit: i64) -> Result<usize,
              FROM runs r
              CROSS JOIN LATERAL (SELECT 'wake:' || r.id || ':'
                  || (extract(epoch FROM r.wake_at) * 1000000)::bigint AS dedupe_key) k
-             WHERE r.status = 'WAITING' AND r.wake_at <= now()
+             WHERE r.status IN ('WAITING', 'PENDING') AND r.wake_at <= now()
                AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.dedupe_key = k.dedupe_key)
              ORDER BY r.wake_at
              LIMIT $1",

@@ -75,3 +75,26 @@ async fn runs_not_due_or_not_waiting_are_not_woken() {
         assert!(app.outbox(&id).is_empty());
     }
 }
+
+#[tokio::test]
+async fn a_pending_run_held_back_by_its_orgs_running_cap_is_queued_once_when_due() {
+    let app = spawn_app().await;
+    let wf = app.workflow("capped", true);
+    // A worker held these back (MAX_RUNNING_PER_ORG): PENDING with a wake_at.
+    let wake_at = seconds_from_now(-1);
+    let due = waiting_until(&app, &wf, "PENDING", wake_at);
+    let later = waiting_until(&app, &wf, "PENDING", seconds_from_now(60));
+    // Never held: its job came with the trigger.
+    let fresh = app.run_in(&wf, "PENDING");
+    assert_eq!(schedule_once(&app.db.pool).await.expect("pass"), 1);
+    assert_eq!(schedule_once(&app.db.pool).await.expect("pass"), 0);
+    let jobs = app.outbox(&due);
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].payload, json!({"v": 1, "runId": due, "orgId": ORG}));
+    assert_eq!(
+        jobs[0].dedupe_key.as_deref(),
+        Some(format!("wake:{due}:{}", wake_at.timestamp_micros()).as_str())
+    );
+    assert!(app.outbox(&later).is_empty());
+    assert!(app.outbox(&fresh).is_empty());
+}

@@ -1,0 +1,367 @@
+//! The per-org cap on RUNNING runs (`MAX_RUNNING_PER_ORG`): `claim_run` holds back a run
+//! whose org is at the cap (it stays PENDING or WAITING with a `wake_at` for the scheduler),
+//! other orgs are not affected, takeovers are never held, and a held run can be cancelled.
+//! Real PostgreSQL, a database per test, stand-in agents served by wiremock.
+
+mod common;
+
+use chrono::{DateTime, Utc};
+use common::*;
+use diesel::prelude::*;
+use executor_worker::engine::{Engine, JobOutcome};
+use executor_worker::storage::{self, Claim, LeaseHolder, RUNNING_SLOT_HOLD};
+use serde_json::json;
+use shared_models::db::{blocking, PgPool};
+use shared_models::queue::RunJob;
+use shared_models::schema::runs;
+use shared_models::testing::fixtures;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use wiremock::MockServer;
+
+const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+const OTHER_ORG: &str = "org_other";
+const SLOT_MESSAGE: &str =
+    "waiting for a running slot: org has 2 of 2 runs running (MAX_RUNNING_PER_ORG)";
+
+fn slow_workflow() -> serde_json::Value {
+    json!({ "steps": [{
+        "name": "think",
+        "type": "agent",
+        "agentId": "slow-thinker",
+        "instructions": "Take your time."
+    }] })
+}
+
+/// How many runs of `org` are RUNNING now.
+async fn running_in(pool: &PgPool, org: &str) -> i64 {
+    let org = org.to_string();
+    blocking(pool, move |conn| {
+        runs::table
+            .filter(runs::org_id.eq(&org))
+            .filter(runs::status.eq("RUNNING"))
+            .count()
+            .get_result(conn)
+    })
+    .await
+    .expect("count the running runs")
+}
+
+/// The "waiting for a running slot" log lines of a run.
+async fn slot_logs(pool: &PgPool, run_id: &str) -> Vec<(String, String)> {
+    logs_of(&get_events(pool, run_id).await, None)
+        .into_iter()
+        .filter(|(_, message)| message.starts_with("waiting for a running slot"))
+        .collect()
+}
+
+/// Process the jobs of `run_ids` (of [`ORG`]) all at once, spread over `engines`.
+async fn process_all(engines: &[Arc<Engine>], run_ids: &[String]) -> Vec<JobOutcome> {
+    let tasks: Vec<_> = run_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let engine = engines[i % engines.len()].clone();
+            let job = run_job(id);
+            tokio::spawn(async move { engine.process(&job).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.expect("the job task"));
+    }
+    outcomes
+}
+
+/// Sample how many runs of [`ORG`] are RUNNING every 10 ms until stopped; returns the most seen.
+fn sample_running(pool: &PgPool, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<i64> {
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let mut most = 0;
+        while !stop.load(Ordering::SeqCst) {
+            most = most.max(running_in(&pool, ORG).await);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        most
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_org_at_its_cap_runs_no_more_and_its_held_runs_start_once_slots_free_up() {
+    let db = test_db().await;
+    let agent = MockServer::start().await;
+    // Slow enough that every first claim happens while the first two runs still run.
+    let slow = agent_output(json!("thought")).set_delay(Duration::from_millis(600));
+    mount_post(&agent, "/think", slow, 6).await;
+    let agents = || registry(&[("slow-thinker", format!("{}/think", agent.uri()))]);
+    // Two workers sharing the cap: the org's advisory lock is what keeps them to it.
+    let engines: Vec<Arc<Engine>> = (0..2)
+        .map(|_| {
+            let mut e = engine(&db.pool, agents(), AGENT_TIMEOUT);
+            e.max_running_per_org = 2;
+            Arc::new(e)
+        })
+        .collect();
+    let (workflow_id, first) =
+        workflow_with_run(&db.pool, "slow", slow_workflow(), json!({})).await;
+    let mut ids = vec![first];
+    ids.extend(insert_runs(&db.pool, &workflow_id, 4, |_| json!({})).await);
+    let other_run = blocking(&db.pool, |conn| {
+        let wf = fixtures::insert_workflow(conn, OTHER_ORG, "slow", slow_workflow(), true);
+        Ok(fixtures::insert_run(conn, OTHER_ORG, &wf, json!({})))
+    })
+    .await
+    .expect("a run of another org");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_running(&db.pool, stop.clone());
+
+    // Round 1: five jobs at once; two start, three are held.
+    let before = shared_models::time::now();
+    let round = {
+        let (engines, ids) = (engines.clone(), ids.clone());
+        tokio::spawn(async move { process_all(&engines, &ids).await })
+    };
+    wait_for(
+        "two runs of the org RUNNING",
+        Duration::from_secs(5),
+        || {
+            let pool = db.pool.clone();
+            async move { (running_in(&pool, ORG).await == 2).then_some(()) }
+        },
+    )
+    .await;
+    // Meanwhile another org's run is not held by this org's cap.
+    assert_eq!(
+        engines[0]
+            .process(&RunJob::new(&other_run, OTHER_ORG, None))
+            .await,
+        JobOutcome::Done
+    );
+    assert_eq!(get_run(&db.pool, &other_run).await.status, "COMPLETED");
+    let outcomes = round.await.expect("round 1");
+    assert!(
+        outcomes.iter().all(|o| *o == JobOutcome::Done),
+        "{outcomes:?}"
+    );
+
+    let mut held = Vec::new();
+    for id in &ids {
+        let run = get_run(&db.pool, id).await;
+        match run.status.as_str() {
+            "COMPLETED" => assert!(slot_logs(&db.pool, id).await.is_empty()),
+            "PENDING" => {
+                let wake_at = run.wake_at.expect("a held run has a wake_at");
+                assert!(wake_at > before, "wake_at is set by the hold");
+                assert_eq!(run.lease_owner, None);
+                assert_eq!(run.started_at, None);
+                assert!(get_steps(&db.pool, id).await.is_empty());
+                let events = get_events(&db.pool, id).await;
+                assert!(transitions(&events).is_empty(), "held runs do not move");
+                assert_eq!(
+                    logs_of(&events, None),
+                    vec![("INFO".to_string(), SLOT_MESSAGE.to_string())]
+                );
+                held.push((id.clone(), wake_at));
+            }
+            other => panic!("run {id} is {other} after round 1"),
+        }
+    }
+    assert_eq!(held.len(), 3, "two started and three were held");
+
+    // Round 2 (what the scheduler queues once the wake_at has come): the three again; two
+    // start, one is held again (a later wake_at, and still one log line).
+    let held_ids: Vec<String> = held.iter().map(|(id, _)| id.clone()).collect();
+    let outcomes = process_all(&engines, &held_ids).await;
+    assert!(
+        outcomes.iter().all(|o| *o == JobOutcome::Done),
+        "{outcomes:?}"
+    );
+    let mut still_held = Vec::new();
+    for (id, first_wake) in &held {
+        let run = get_run(&db.pool, id).await;
+        if run.status == "PENDING" {
+            assert!(run.wake_at.expect("still held") > *first_wake);
+            assert_eq!(slot_logs(&db.pool, id).await.len(), 1);
+            still_held.push(id.clone());
+        } else {
+            assert_eq!(run.status, "COMPLETED");
+        }
+    }
+    assert_eq!(still_held.len(), 1, "two of the three started");
+
+    // Round 3: the last one.
+    assert_eq!(
+        process_all(&engines, &still_held).await,
+        vec![JobOutcome::Done]
+    );
+
+    stop.store(true, Ordering::SeqCst);
+    let most = sampler.await.expect("the sampler");
+    assert_eq!(most, 2, "never more than the cap of 2 RUNNING at once");
+    for id in &ids {
+        let run = get_run(&db.pool, id).await;
+        assert_eq!((run.status.as_str(), run.wake_at), ("COMPLETED", None));
+        assert_eq!(
+            transitions_of(&get_events(&db.pool, id).await, None),
+            vec![ft("PENDING", "RUNNING"), ft("RUNNING", "COMPLETED")]
+        );
+    }
+    agent.verify().await;
+}
+
+/// A lease holder for calling `claim_run` directly.
+fn holder() -> LeaseHolder {
+    LeaseHolder {
+        worker_id: format!("cap-test-{}", shared_models::testing::unique_token()),
+        lease: Duration::from_secs(30),
+    }
+}
+
+/// Set a run's status (and its lease: live, expired or none).
+async fn set_status(pool: &PgPool, run_id: &str, status: &str, lease: Option<DateTime<Utc>>) {
+    let (run_id, status) = (run_id.to_string(), status.to_string());
+    blocking(pool, move |conn| {
+        diesel::update(runs::table.find(&run_id))
+            .set((
+                runs::status.eq(&status),
+                runs::lease_owner.eq(lease.map(|_| "some-other-worker")),
+                runs::lease_expires_at.eq(lease),
+            ))
+            .execute(conn)
+    })
+    .await
+    .expect("set the run's status");
+}
+
+async fn claim(pool: &PgPool, run_id: &str, cap: u32, now: DateTime<Utc>) -> Claim {
+    let (run_id, me) = (run_id.to_string(), holder());
+    blocking(pool, move |conn| {
+        storage::claim_run(conn, &run_id, ORG, &me, cap, now)
+    })
+    .await
+    .expect("claim the run")
+}
+
+#[tokio::test]
+async fn claim_run_holds_a_run_at_the_cap_and_claims_it_below_or_without_one() {
+    let db = test_db().await;
+    let (workflow_id, a) = workflow_with_run(&db.pool, "capped", slow_workflow(), json!({})).await;
+    let more = insert_runs(&db.pool, &workflow_id, 3, |_| json!({})).await;
+    let (b, pending, waiting) = (&more[0], &more[1], &more[2]);
+    let now = shared_models::time::now();
+    let live = Some(now + chrono::Duration::seconds(30));
+    set_status(&db.pool, &a, "RUNNING", live).await;
+    set_status(&db.pool, b, "RUNNING", live).await;
+    set_status(&db.pool, waiting, "WAITING", None).await;
+
+    // At the cap: held, twice (a later wake_at, one log line).
+    assert!(matches!(
+        claim(&db.pool, pending, 2, now).await,
+        Claim::Held
+    ));
+    let run = get_run(&db.pool, pending).await;
+    let hold = chrono::Duration::from_std(RUNNING_SLOT_HOLD).expect("a short hold");
+    assert_eq!(run.status, "PENDING");
+    assert_eq!(run.wake_at, Some(now + hold));
+    assert_eq!(run.updated_at, now);
+    assert_eq!(run.lease_owner, None);
+    let later = now + chrono::Duration::seconds(2);
+    assert!(matches!(
+        claim(&db.pool, pending, 2, later).await,
+        Claim::Held
+    ));
+    assert_eq!(get_run(&db.pool, pending).await.wake_at, Some(later + hold));
+    assert_eq!(
+        slot_logs(&db.pool, pending).await,
+        vec![("INFO".to_string(), SLOT_MESSAGE.to_string())]
+    );
+
+    // A WAITING run is held too, staying WAITING, without a log line.
+    assert!(matches!(
+        claim(&db.pool, waiting, 2, now).await,
+        Claim::Held
+    ));
+    let run = get_run(&db.pool, waiting).await;
+    assert_eq!(
+        (run.status.as_str(), run.wake_at),
+        ("WAITING", Some(now + hold))
+    );
+    assert!(get_events(&db.pool, waiting).await.is_empty());
+
+    // Taking over a RUNNING run adds no running run: never held.
+    set_status(
+        &db.pool,
+        b,
+        "RUNNING",
+        Some(now - chrono::Duration::seconds(1)),
+    )
+    .await;
+    assert!(matches!(
+        claim(&db.pool, b, 2, now).await,
+        Claim::Claimed(_)
+    ));
+
+    // Below the cap, the held run starts, and its wake_at is cleared.
+    assert!(matches!(
+        claim(&db.pool, pending, 3, later).await,
+        Claim::Claimed(_)
+    ));
+    let run = get_run(&db.pool, pending).await;
+    assert_eq!((run.status.as_str(), run.wake_at), ("RUNNING", None));
+    assert_eq!(
+        transitions_of(&get_events(&db.pool, pending).await, None),
+        vec![ft("PENDING", "RUNNING")]
+    );
+
+    // 0 is no cap: three RUNNING, and the WAITING one starts anyway.
+    assert!(matches!(
+        claim(&db.pool, waiting, 0, later).await,
+        Claim::Claimed(_)
+    ));
+    assert_eq!(running_in(&db.pool, ORG).await, 4);
+}
+
+#[tokio::test]
+async fn a_held_run_can_be_cancelled_and_its_job_then_does_nothing() {
+    let db = test_db().await;
+    let (workflow_id, a) = workflow_with_run(&db.pool, "capped", slow_workflow(), json!({})).await;
+    let held = insert_runs(&db.pool, &workflow_id, 1, |_| json!({}))
+        .await
+        .remove(0);
+    let live = Some(shared_models::time::now() + chrono::Duration::seconds(30));
+    set_status(&db.pool, &a, "RUNNING", live).await;
+    let mut engine = engine(&db.pool, registry(&[]), AGENT_TIMEOUT);
+    engine.max_running_per_org = 1;
+
+    assert_eq!(engine.process(&run_job(&held)).await, JobOutcome::Done);
+    let run = get_run(&db.pool, &held).await;
+    assert_eq!(run.status, "PENDING");
+    assert!(run.wake_at.is_some());
+
+    // What the cancel endpoint does (runtime-service's control::cancel_run).
+    let id = held.clone();
+    blocking(&db.pool, move |conn| {
+        conn.transaction(|conn| {
+            let run = shared_models::runs::lock_run(conn, ORG, &id)?.expect("the run");
+            let now = shared_models::time::now();
+            shared_models::runs::cancel_locked_run(conn, &run, "run cancelled".into(), now)
+        })
+    })
+    .await
+    .expect("cancel the held run");
+    let run = get_run(&db.pool, &held).await;
+    assert_eq!((run.status.as_str(), run.wake_at), ("CANCELLED", None));
+
+    // The slot frees up; the held run's job (queued by the scheduler before the cancel) does
+    // nothing.
+    set_status(&db.pool, &a, "COMPLETED", None).await;
+    assert_eq!(engine.process(&run_job(&held)).await, JobOutcome::Done);
+    let run = get_run(&db.pool, &held).await;
+    assert_eq!((run.status.as_str(), run.started_at), ("CANCELLED", None));
+    assert_eq!(
+        transitions_of(&get_events(&db.pool, &held).await, None),
+        vec![ft("PENDING", "CANCELLED")]
+    );
+}
