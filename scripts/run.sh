@@ -246,8 +246,8 @@ ensure_dev_key() {
 
 print_api_key() {
     cat <<EOF
-  API key ($DEV_ORG):   $DEV_API_KEY
-  Admin key:          $ADMIN_API_KEY  (the /admin routes only)
+  API key ($DEV_ORG): $DEV_API_KEY
+  Admin key:         $ADMIN_API_KEY (the /admin routes only)
 EOF
 }
 
