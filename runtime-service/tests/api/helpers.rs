@@ -2,9 +2,11 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
+use reqwest::header::HeaderMap;
 use runtime_service::publisher::{AmqpPublisher, JobPublisher};
 use runtime_service::startup::Application;
 use serde_json::{json, Value};
+use shared_models::auth::AuthConfig;
 use shared_models::db::PgPooled;
 use shared_models::models::{NewRunEvent, OutboxRow, StepRunRow};
 use shared_models::queue::QueueNames;
@@ -47,18 +49,22 @@ impl Drop for TestApp {
 
 /// The app with a real publisher; `amqp` lets a test point it at a broker that is not there.
 pub async fn spawn_app_with_broker(amqp: &str) -> TestApp {
+    spawn(amqp, &testing::auth_config()).await
+}
+
+/// The app with its own authentication settings (e.g. a rate limit).
+pub async fn spawn_app_with_auth(auth: AuthConfig) -> TestApp {
+    spawn(&amqp_url(), &auth).await
+}
+
+async fn spawn(amqp: &str, auth: &AuthConfig) -> TestApp {
     let db = TestDb::create();
     let prefix = testing::unique_queue_prefix();
     let publisher: Arc<dyn JobPublisher> =
         Arc::new(AmqpPublisher::new(amqp, QueueNames::new(&prefix)));
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let app = Application::with_parts(
-        listener,
-        db.pool.clone(),
-        publisher,
-        &testing::auth_config(),
-    )
-    .expect("build app");
+    let app =
+        Application::with_parts(listener, db.pool.clone(), publisher, auth).expect("build app");
     let key = fixtures::org_key(&mut db.pool.get().expect("conn"), ORG);
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
@@ -78,6 +84,31 @@ pub async fn spawn_app() -> TestApp {
 pub struct Reply {
     pub status: u16,
     pub body: Value,
+    pub headers: HeaderMap,
+}
+
+impl Reply {
+    /// A response header as text ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// Assert `r` is the failure envelope `status` / `code`; `what` names the request.
+pub fn assert_error(r: &Reply, status: u16, code: &str, what: &str) {
+    assert_eq!(
+        (
+            r.status,
+            r.body["success"].as_bool(),
+            r.body["error"]["code"].as_str()
+        ),
+        (status, Some(false), Some(code)),
+        "{what}: {}",
+        r.body
+    );
 }
 
 impl TestApp {
@@ -88,15 +119,30 @@ impl TestApp {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> Reply {
+        let has_auth = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+        let bearer = format!("Bearer {}", self.key);
+        let auth = (!has_auth).then_some(bearer.as_str());
+        self.send_auth(auth, method, path, body, headers).await
+    }
+
+    /// A request with `authorization` as its Authorization header (or none at all), and
+    /// `headers` besides.
+    pub async fn send_auth(
+        &self,
+        authorization: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
         let mut req = self.client.request(
             method.parse().expect("method"),
             format!("{}{path}", self.address),
         );
-        if !headers
-            .iter()
-            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
-        {
-            req = req.bearer_auth(&self.key);
+        if let Some(value) = authorization {
+            req = req.header("authorization", value);
         }
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -106,10 +152,12 @@ impl TestApp {
         }
         let res = req.send().await.expect("request");
         let status = res.status().as_u16();
+        let headers = res.headers().clone();
         let text = res.text().await.expect("body");
         Reply {
             status,
             body: serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}")),
+            headers,
         }
     }
 
@@ -132,6 +180,11 @@ impl TestApp {
         self.db.pool.get().expect("conn")
     }
 
+    /// A new key of `org_id` (creating the org), straight into the database.
+    pub fn key_for(&self, org_id: &str) -> String {
+        fixtures::org_key(&mut self.conn(), org_id)
+    }
+
     /// A live workflow `wf_<name>` of this org at version 1 with `definition`.
     pub fn workflow_with(&self, name: &str, definition: Value) -> String {
         fixtures::insert_workflow(&mut self.conn(), ORG, name, definition, true)
@@ -140,8 +193,13 @@ impl TestApp {
     /// A run of `workflow_id` (version 1) put in `status` as a worker would have left it:
     /// started unless PENDING, completed if it has ended.
     pub fn run_in(&self, workflow_id: &str, status: &str) -> String {
+        self.run_of(ORG, workflow_id, status)
+    }
+
+    /// [`TestApp::run_in`] for a run of `org_id`.
+    pub fn run_of(&self, org_id: &str, workflow_id: &str, status: &str) -> String {
         let mut conn = self.conn();
-        let id = fixtures::insert_run(&mut conn, ORG, workflow_id, json!({}));
+        let id = fixtures::insert_run(&mut conn, org_id, workflow_id, json!({}));
         let now = shared_models::time::now();
         let ended = ["COMPLETED", "FAILED", "CANCELLED"].contains(&status);
         diesel::update(runs::table.find(&id))

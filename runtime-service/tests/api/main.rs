@@ -1,3 +1,4 @@
+mod auth;
 mod control;
 mod events;
 mod helpers;
@@ -6,4 +7,5 @@ mod queueing;
 mod reaper;
 mod runs;
 mod scheduler;
+mod tenancy;
 mod trigger;

@@ -1,4 +1,7 @@
+use reqwest::header::HeaderMap;
 use serde_json::Value;
+use shared_models::auth::AuthConfig;
+use shared_models::db::PgPooled;
 use shared_models::testing::{self, fixtures, TestDb};
 use std::net::TcpListener;
 use workflow_service::startup::Application;
@@ -15,10 +18,14 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(testing::auth_config()).await
+}
+
+/// The app with its own authentication settings (e.g. a rate limit).
+pub async fn spawn_app_with(auth: AuthConfig) -> TestApp {
     let db = TestDb::create();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let app = Application::with_parts(listener, db.pool.clone(), &testing::auth_config())
-        .expect("build app");
+    let app = Application::with_parts(listener, db.pool.clone(), &auth).expect("build app");
     let key = fixtures::org_key(&mut db.pool.get().expect("conn"), ORG);
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
@@ -33,6 +40,17 @@ pub async fn spawn_app() -> TestApp {
 pub struct Reply {
     pub status: u16,
     pub body: Value,
+    pub headers: HeaderMap,
+}
+
+impl Reply {
+    /// A response header as text ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
 }
 
 impl TestApp {
@@ -48,26 +66,48 @@ impl TestApp {
         path: &str,
         body: Option<Value>,
     ) -> Reply {
+        let authorization = key.map(|k| format!("Bearer {k}"));
+        self.send_auth(authorization.as_deref(), method, path, body)
+            .await
+    }
+
+    /// A request with `authorization` as its Authorization header, verbatim (or none).
+    pub async fn send_auth(
+        &self,
+        authorization: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Reply {
         let mut req = self.client.request(
             method.parse().expect("method"),
             format!("{}{path}", self.address),
         );
-        if let Some(key) = key {
-            req = req.bearer_auth(key);
+        if let Some(value) = authorization {
+            req = req.header("authorization", value);
         }
         if let Some(body) = body {
             req = req.json(&body);
         }
         let res = req.send().await.expect("request");
         let status = res.status().as_u16();
+        let headers = res.headers().clone();
         let text = res.text().await.expect("body");
         let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
-        Reply { status, body }
+        Reply {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    pub fn conn(&self) -> PgPooled {
+        self._db.pool.get().expect("conn")
     }
 
     /// A new key of `org_id` (creating the org), straight into the database.
     pub fn key_for(&self, org_id: &str) -> String {
-        fixtures::org_key(&mut self._db.pool.get().expect("conn"), org_id)
+        fixtures::org_key(&mut self.conn(), org_id)
     }
 
     pub async fn raw(&self, method: &str, path: &str, content_type: &str, body: Vec<u8>) -> Reply {
@@ -84,10 +124,12 @@ impl TestApp {
             .await
             .expect("request");
         let status = res.status().as_u16();
+        let headers = res.headers().clone();
         let text = res.text().await.expect("body");
         Reply {
             status,
             body: serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}")),
+            headers,
         }
     }
 }
@@ -111,4 +153,18 @@ pub fn fields(body: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Assert `r` is the failure envelope `status` / `code`; `what` names the request.
+pub fn assert_error(r: &Reply, status: u16, code: &str, what: &str) {
+    assert_eq!(
+        (
+            r.status,
+            r.body["success"].as_bool(),
+            r.body["error"]["code"].as_str()
+        ),
+        (status, Some(false), Some(code)),
+        "{what}: {}",
+        r.body
+    );
 }
