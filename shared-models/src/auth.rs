@@ -211,6 +211,17 @@ impl Authenticator {
     }
 }
 
+/// Whether org key `key_id` still works (exists, not revoked). Long-lived responses (event
+/// streams) ask this every [`CACHE_TTL`], so a revocation ends them as it ends requests.
+pub fn key_is_live(conn: &mut PgConnection, key_id: &str) -> Result<bool, diesel::result::Error> {
+    diesel::select(diesel::dsl::exists(
+        api_keys::table
+            .find(key_id)
+            .filter(api_keys::revoked_at.is_null()),
+    ))
+    .get_result(conn)
+}
+
 fn unauthorized(message: &str) -> ApiError {
     ApiError::new(ErrorCode::Unauthorized, message)
 }

@@ -38,7 +38,7 @@ pub async fn stream_run_events(
     let raw = path.into_inner();
     let after = domain::last_event_id(req.headers().get("last-event-id").map(|v| v.as_bytes()))?;
     let id = RunId::parse(&raw).ok_or_else(|| RuntimeError::RunNotFound(raw.clone()))?;
-    let (org_id, run_id) = (caller.org_id, id.as_str().to_string());
+    let (org_id, key_id, run_id) = (caller.org_id, caller.key_id, id.as_str().to_string());
     let (org, run) = (org_id.clone(), run_id.clone());
     if blocking(&state.pool, move |conn| storage::get_run(conn, &org, &run))
         .await?
@@ -49,6 +49,8 @@ pub async fn stream_run_events(
     let feed = Feed {
         pool: state.pool.clone(),
         org_id,
+        key_id,
+        key_checked: Instant::now(),
         run_id,
         last_id: after.unwrap_or(0),
         ready: VecDeque::new(),
@@ -69,6 +71,9 @@ pub async fn stream_run_events(
 struct Feed {
     pool: PgPool,
     org_id: String,
+    /// The caller's key: checked every second, so revoking it ends the stream too.
+    key_id: String,
+    key_checked: Instant,
     run_id: String,
     /// The id of the last event sent (or the client's `Last-Event-ID`).
     last_id: i64,
@@ -107,6 +112,23 @@ impl Feed {
     }
 
     async fn read(&mut self) {
+        if self.key_checked.elapsed() >= shared_models::auth::CACHE_TTL {
+            let key_id = self.key_id.clone();
+            let live = blocking(&self.pool, move |conn| {
+                shared_models::auth::key_is_live(conn, &key_id)
+            })
+            .await;
+            self.key_checked = Instant::now();
+            if let Ok(false) = live {
+                log::info!(
+                    "event stream of run {}: API key {} was revoked; closing it",
+                    self.run_id,
+                    self.key_id
+                );
+                self.done = true;
+                return;
+            }
+        }
         let (org, run, after) = (self.org_id.clone(), self.run_id.clone(), self.last_id);
         let batch = blocking(&self.pool, move |conn| {
             storage::events::events_after(conn, &org, &run, after, BATCH)

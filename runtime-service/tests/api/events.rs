@@ -212,3 +212,55 @@ async fn a_subscriber_gets_live_events_until_the_run_ends() {
         ("log", &json!("run completed"))
     );
 }
+
+#[tokio::test]
+async fn revoking_the_key_ends_an_open_stream_within_about_a_second() {
+    let app = spawn_app().await;
+    let (id, ids) = with_history(&app, "RUNNING");
+    let res = subscribe(&app, &id, None).await;
+    assert_eq!(res.status(), 200);
+    let mut body = res.bytes_stream();
+    let mut text = String::new();
+    let mut frames = Vec::new();
+    while frames.len() < ids.len() {
+        let chunk = body.next().await.expect("open").expect("chunk");
+        text.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+        let (mut got, rest) = parse_frames(&text);
+        frames.append(&mut got);
+        text = rest;
+    }
+    // The run goes on; its subscriber's key is revoked.
+    let revoked_at = std::time::Instant::now();
+    diesel::update(shared_models::schema::api_keys::table.filter(
+        shared_models::schema::api_keys::key_hash.eq(shared_models::auth::hash_key(&app.key)),
+    ))
+    .set(shared_models::schema::api_keys::revoked_at.eq(shared_models::time::now()))
+    .execute(&mut app.conn())
+    .expect("revoke");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A new event of the still-running run: the stream must not deliver it.
+    app.event(NewRunEvent::log(
+        &id,
+        shared_models::time::now(),
+        None,
+        "INFO",
+        "after revocation",
+    ));
+    let rest = tokio::time::timeout(DEADLINE, async {
+        let mut rest = String::new();
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(c) => rest.push_str(&String::from_utf8_lossy(&c)),
+                Err(_) => break,
+            }
+        }
+        rest
+    })
+    .await
+    .expect("the stream ends after its key is revoked, though the run has not ended");
+    assert!(
+        !rest.contains("after revocation"),
+        "an event written after the revocation was delivered: {rest}"
+    );
+    assert!(revoked_at.elapsed() < Duration::from_secs(5));
+}
