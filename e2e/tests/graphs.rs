@@ -152,12 +152,18 @@ async fn cancel_stops_a_run_and_retry_reruns_only_what_failed_or_was_cancelled()
         "flagged",
         json!([
             {"name": "prepare", "type": "transform", "value": {"ready": true}},
-            {"name": "check", "type": "http", "request": {"url": "{{ variables.base }}/workflows/wf_flag"}},
+            {"name": "check", "type": "http", "request": {"url": "{{ variables.base }}/workflows/wf_flag",
+                "headers": {"Authorization": "Bearer {{ variables.key }}"}}},
             {"name": "finish", "type": "transform", "value": "{{ steps.check.output.status }}"}
         ]),
     )
     .await;
-    let run = trigger(&stack, "wf_flagged", json!({"base": stack.base_url})).await;
+    let run = trigger(
+        &stack,
+        "wf_flagged",
+        json!({"base": stack.base_url, "key": stack.key}),
+    )
+    .await;
     let failed = stack.wait_for_run(&run, Duration::from_secs(30)).await;
     assert_eq!(failed["status"], "FAILED", "{failed}");
     assert_eq!(step(&failed, "check")["status"], "FAILED");
