@@ -201,3 +201,17 @@ impl NewRunEvent {
         }
     }
 }
+
+/// A worker's presence row: written by executor-worker, read by runtime-service's
+/// `GET /ops/workers`.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = workers, check_for_backend(diesel::pg::Pg))]
+pub struct WorkerRow {
+    pub id: String,
+    pub hostname: String,
+    pub pid: i32,
+    pub started_at: DateTime<Utc>,
+    pub last_heartbeat_at: DateTime<Utc>,
+    pub concurrency: i32,
+    pub in_flight: i32,
+}

@@ -114,6 +114,18 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    workers (id) {
+        id -> Text,
+        hostname -> Text,
+        pid -> Int4,
+        started_at -> Timestamptz,
+        last_heartbeat_at -> Timestamptz,
+        concurrency -> Int4,
+        in_flight -> Int4,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     orgs,
     api_keys,
@@ -122,5 +134,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     runs,
     outbox,
     step_runs,
-    run_events
+    run_events,
+    workers
 );
