@@ -21,6 +21,10 @@ pub struct Settings {
     /// would start one more leaves its run PENDING (or WAITING) and is tried again about a
     /// second later, when the runtime's scheduler queues it again.
     pub max_running_per_org: u32,
+    /// How often this worker writes its row in `workers` (`WORKER_HEARTBEAT_SECONDS`,
+    /// default 5): the ops view calls a worker live while its last beat is at most three
+    /// intervals old.
+    pub heartbeat: Duration,
 }
 
 /// `MAX_RUNNING_PER_ORG` when unset.
@@ -44,6 +48,7 @@ impl Settings {
             shutdown_grace: env_seconds("SHUTDOWN_GRACE_SECONDS", 30.0)?,
             worker_id: env_or("WORKER_ID", &format!("{host}-{}", std::process::id())),
             max_running_per_org: env_parse("MAX_RUNNING_PER_ORG", DEFAULT_MAX_RUNNING_PER_ORG)?,
+            heartbeat: env_seconds("WORKER_HEARTBEAT_SECONDS", 5.0)?,
         })
     }
 }

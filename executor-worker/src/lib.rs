@@ -5,6 +5,7 @@
 //! - [`startup`]: wiring of the engine, the consumer and the health endpoints.
 //! - [`consumer`]: the queue loop (prefetch, manual ack after commit, reconnects, drain).
 //! - [`dead_letters`]: poison jobs to the dead-letter queue, with the reason.
+//! - [`presence`]: this worker's row in `workers` (heartbeat, in-flight count) for ops views.
 //! - [`engine`]: one job: claim the run, resume from checkpoints, execute ready steps, finish.
 //! - [`steps`]: one executor per step type.
 //! - [`agents`]: the agent registry and the HTTP and OpenAI-compatible agent protocols.
@@ -15,6 +16,7 @@ pub mod config;
 pub mod consumer;
 pub mod dead_letters;
 pub mod engine;
+pub mod presence;
 pub mod startup;
 pub mod steps;
 pub mod storage;

@@ -33,6 +33,7 @@ async fn run() -> Result<(), String> {
     let state = Arc::new(WorkerState::default());
     let listener = std::net::TcpListener::bind(&settings.http_addr)
         .map_err(|e| format!("cannot bind {}: {e}", settings.http_addr))?;
+    let presence = startup::build_presence(&settings, pool.clone(), state.clone());
     let health = startup::health_server(listener, pool, state.clone(), settings.worker_id.clone())
         .map_err(|e| e.to_string())?;
     let health_handle = health.handle();
@@ -44,6 +45,9 @@ async fn run() -> Result<(), String> {
     );
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    // The heartbeat goes on while in-flight jobs drain, and stops after them.
+    let (stop_beating, beating) = tokio::sync::watch::channel(false);
+    let heartbeat = tokio::spawn(presence.clone().run(beating));
     let consumer = tokio::spawn(startup::build_consumer(&settings, engine, state).run(stopped));
     shutdown_signal().await;
     log::info!(
@@ -52,6 +56,11 @@ async fn run() -> Result<(), String> {
     );
     let _ = stop.send(true);
     let _ = consumer.await;
+    let _ = stop_beating.send(true);
+    let _ = heartbeat.await;
+    if let Err(e) = presence.remove().await {
+        log::warn!("cannot remove this worker's row from workers: {e}");
+    }
     health_handle.stop(true).await;
     log::info!("worker stopped");
     Ok(())

@@ -53,6 +53,21 @@ pub fn build_consumer(
     })
 }
 
+/// This worker's presence row, beating every `WORKER_HEARTBEAT_SECONDS`.
+pub fn build_presence(
+    settings: &Settings,
+    pool: PgPool,
+    state: Arc<WorkerState>,
+) -> Arc<crate::presence::Presence> {
+    Arc::new(crate::presence::Presence::new(
+        pool,
+        &settings.worker_id,
+        settings.concurrency,
+        settings.heartbeat,
+        state,
+    ))
+}
+
 struct HealthState {
     pool: PgPool,
     worker: Arc<WorkerState>,

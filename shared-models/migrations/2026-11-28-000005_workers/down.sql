@@ -1,1 +1,2 @@
+DROP INDEX runs_pending_by_age;
 DROP TABLE workers;

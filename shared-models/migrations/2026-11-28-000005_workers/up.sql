@@ -15,3 +15,7 @@ CREATE TABLE workers (
 );
 
 CREATE INDEX workers_by_heartbeat ON workers (last_heartbeat_at DESC);
+
+-- The age of the oldest PENDING run (GET /ops/queues samples it every few seconds) stays a
+-- short index scan however many runs there are.
+CREATE INDEX runs_pending_by_age ON runs (created_at) WHERE status = 'PENDING';
