@@ -3,7 +3,8 @@
 //! - [`config`]: settings from the environment.
 //! - [`startup`]: builds the actix `App`, binds its listener, starts the outbox relay and
 //!   the scheduler.
-//! - [`routes`]: HTTP in and out (trigger, runs, run control, event streams, health).
+//! - [`routes`]: HTTP in and out (trigger, runs, run control, event streams, health);
+//!   [`openapi()`] describes them.
 //! - [`domain`]: request bodies and queries parsed into known-good values (no I/O).
 //! - [`storage`]: plain diesel functions; this service owns `runs` (creation, control) and
 //!   `outbox`.
@@ -22,3 +23,5 @@ pub mod routes;
 pub mod scheduler;
 pub mod startup;
 pub mod storage;
+
+pub use routes::openapi::openapi;

@@ -43,8 +43,9 @@ const CACHE_CAPACITY: usize = 10_000;
 pub const MIN_ADMIN_KEY_LEN: usize = 24;
 /// Routes anyone may call: liveness, readiness, metrics, the API description, the
 /// dashboard's static pages (which ask for a key and send it with their data calls).
+/// `/openapi/` holds each service's own part of the description (`/openapi.json` merges them).
 const PUBLIC_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
-const PUBLIC_PREFIXES: [&str; 2] = ["/ui/", "/docs/"];
+const PUBLIC_PREFIXES: [&str; 3] = ["/ui/", "/docs/", "/openapi/"];
 
 /// Whether `path` needs no key.
 pub fn is_public(path: &str) -> bool {
@@ -397,6 +398,9 @@ mod tests {
             "/ui/",
             "/ui/runs.html",
             "/docs/",
+            "/docs/swagger-ui-bundle.js",
+            "/openapi/workflow-service.json",
+            "/openapi/runtime-service.json",
         ] {
             assert!(is_public(p), "{p}");
         }
@@ -407,6 +411,8 @@ mod tests {
             "/healthz/x",
             "/uix",
             "/metrics2",
+            "/openapi",
+            "/openapi.jsonx",
             "/",
         ] {
             assert!(!is_public(p), "{p}");

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 /// The stable, documented error codes. Clients branch on these, never on messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     InvalidJson,
@@ -45,7 +45,8 @@ impl ErrorCode {
 }
 
 /// One problem with one field of a request, e.g. `definition.steps[1].type`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"field": "definition.steps[1].type", "message": "is required"}))]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -62,7 +63,7 @@ impl FieldError {
 
 /// An error as the client sees it. Build it from a service error; never put a
 /// database or broker message in `message` (log those instead).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
@@ -142,10 +143,12 @@ struct ErrorEnvelope<'a> {
     error: &'a ApiError,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Pagination {
     pub limit: i64,
+    /// Pass it as `cursor` for the next page; `null` on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 

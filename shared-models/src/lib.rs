@@ -12,6 +12,7 @@
 //! - [`graph`]: parsing, validating and compiling workflow definitions (one graph model).
 //! - [`template`]: MiniJinja templates and conditions over a run's context.
 //! - [`pagination`]: opaque cursors and `limit` rules.
+//! - [`openapi`]: the shared parts of the OpenAPI description (envelopes, errors, security).
 //! - [`schema`], [`models`]: the diesel schema and row types of the shared database.
 //! - [`db`]: connection pools and the embedded migrations (applied under an advisory lock).
 //! - [`queue`]: queue topology and the versioned job message (`RunJob`).
@@ -28,6 +29,7 @@ pub mod graph;
 pub mod http;
 pub mod ids;
 pub mod models;
+pub mod openapi;
 pub mod pagination;
 pub mod queue;
 pub mod runs;

@@ -1,6 +1,8 @@
 use shared_models::auth::AuthConfig;
 use shared_models::config::{env_or, CommonConfig};
 
+pub const DEFAULT_RUNTIME_SERVICE_URL: &str = "http://127.0.0.1:8082";
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub common: CommonConfig,
@@ -8,6 +10,9 @@ pub struct Settings {
     pub auth: AuthConfig,
     /// Where this service listens (`HTTP_ADDR`, default 127.0.0.1:8081).
     pub http_addr: String,
+    /// Where runtime-service answers, for its part of `/openapi.json`
+    /// (`RUNTIME_SERVICE_URL`, default http://127.0.0.1:8082).
+    pub runtime_service_url: String,
 }
 
 impl Settings {
@@ -16,6 +21,7 @@ impl Settings {
             common: CommonConfig::from_env()?,
             auth: AuthConfig::from_env()?,
             http_addr: env_or("HTTP_ADDR", "127.0.0.1:8081"),
+            runtime_service_url: env_or("RUNTIME_SERVICE_URL", DEFAULT_RUNTIME_SERVICE_URL),
         })
     }
 }

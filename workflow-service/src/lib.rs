@@ -3,7 +3,7 @@
 //!
 //! - [`config`]: settings from the environment.
 //! - [`startup`]: builds the actix `App` and binds its listener ([`startup::Application`]).
-//! - [`routes`]: HTTP in and out, one file per resource.
+//! - [`routes`]: HTTP in and out, one file per resource; [`openapi()`] describes them.
 //! - [`domain`]: request bodies parsed into known-good types (no I/O).
 //! - [`storage`]: plain diesel functions over `&mut PgConnection`.
 //! - [`tenancy`]: orgs and API keys (the `/admin` routes), parsing and storage.
@@ -16,3 +16,5 @@ pub mod routes;
 pub mod startup;
 pub mod storage;
 pub mod tenancy;
+
+pub use routes::openapi::openapi;

@@ -1,8 +1,9 @@
 //! Builds the HTTP server. The listener is bound here (port 0 in tests) so callers can ask
 //! for the port before the server runs.
 
-use crate::config::Settings;
+use crate::config::{Settings, DEFAULT_RUNTIME_SERVICE_URL};
 use crate::routes;
+use crate::routes::openapi::MergedSpec;
 use actix_web::dev::Server;
 use actix_web::{web, HttpServer};
 use shared_models::auth::{AuthConfig, Authenticator};
@@ -18,20 +19,38 @@ impl Application {
     pub fn build(settings: &Settings) -> std::io::Result<Self> {
         let pool = db::pool(&settings.common.database_url, settings.common.db_pool_size);
         let listener = TcpListener::bind(&settings.http_addr)?;
-        Self::with_parts(listener, pool, &settings.auth)
+        Self::with_runtime_url(
+            listener,
+            pool,
+            &settings.auth,
+            &settings.runtime_service_url,
+        )
     }
 
+    /// With runtime-service at its default address (for `/openapi.json`).
     pub fn with_parts(
         listener: TcpListener,
         pool: PgPool,
         auth: &AuthConfig,
     ) -> std::io::Result<Self> {
+        Self::with_runtime_url(listener, pool, auth, DEFAULT_RUNTIME_SERVICE_URL)
+    }
+
+    /// `runtime_service_url`: where `/openapi.json` fetches runtime-service's part from.
+    pub fn with_runtime_url(
+        listener: TcpListener,
+        pool: PgPool,
+        auth: &AuthConfig,
+        runtime_service_url: &str,
+    ) -> std::io::Result<Self> {
         let port = listener.local_addr()?.port();
         let auth = web::Data::new(Authenticator::new(pool.clone(), auth));
         let pool = web::Data::new(pool);
+        let spec = web::Data::new(MergedSpec::new(runtime_service_url));
         let server = HttpServer::new(move || {
             shared_models::http::app(auth.clone())
                 .app_data(pool.clone())
+                .app_data(spec.clone())
                 .configure(routes::configure)
         })
         .listen(listener)?

@@ -14,12 +14,41 @@ use shared_models::db::blocking;
 use shared_models::envelope;
 use shared_models::http::{JsonObject, RequestId};
 use shared_models::ids::RunId;
+use shared_models::openapi::{self as doc, Envelope};
+
+/// `POST /workflows/runs/{id}/steps/{step}/approve` body.
+#[derive(utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // documentation only
+struct ApproveBody {
+    /// `true` approves; `false` rejects (and fails the step).
+    approved: bool,
+    #[schema(max_length = 2000)]
+    comment: Option<String>,
+}
 
 fn run_id(raw: &str) -> Result<RunId, RuntimeError> {
     RunId::parse(raw).ok_or_else(|| RuntimeError::RunNotFound(raw.to_string()))
 }
 
 /// `POST /workflows/runs/{id}/cancel`: 409 once the run has ended.
+#[utoipa::path(
+    post,
+    path = "/workflows/runs/{id}/cancel",
+    tag = "runs",
+    summary = "Cancel a run",
+    params(("id" = String, Path, description = "The run id (`run_` + a lowercase ULID)", example = "run_01j9z3c4x5v6b7n8m9q0r1s2t3")),
+    responses(
+        (status = 200, description = "The run, now CANCELLED", body = Envelope<RunDetailView>),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::Conflict),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn cancel_run(
     state: web::Data<AppState>,
     caller: Caller,
@@ -49,6 +78,23 @@ pub async fn cancel_run(
 }
 
 /// `POST /workflows/runs/{id}/retry`: 409 unless the run is FAILED or CANCELLED.
+#[utoipa::path(
+    post,
+    path = "/workflows/runs/{id}/retry",
+    tag = "runs",
+    summary = "Retry a FAILED or CANCELLED run (completed steps are kept)",
+    params(("id" = String, Path, description = "The run id (`run_` + a lowercase ULID)", example = "run_01j9z3c4x5v6b7n8m9q0r1s2t3")),
+    responses(
+        (status = 200, description = "The run, back at PENDING", body = Envelope<RunDetailView>),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::Conflict),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn retry_run(
     state: web::Data<AppState>,
     caller: Caller,
@@ -79,6 +125,30 @@ pub async fn retry_run(
 
 /// `POST /workflows/runs/{id}/steps/{step}/approve` with `{ "approved", "comment" }`:
 /// 409 unless the step is an `approval` step that is WAITING.
+#[utoipa::path(
+    post,
+    path = "/workflows/runs/{id}/steps/{step}/approve",
+    tag = "runs",
+    summary = "Approve or reject a waiting approval step",
+    params(
+        ("id" = String, Path, description = "The run id (`run_` + a lowercase ULID)", example = "run_01j9z3c4x5v6b7n8m9q0r1s2t3"),
+        ("step" = String, Path, description = "The approval step's name"),
+    ),
+    request_body(content = ApproveBody, example = json!({"approved": true, "comment": "looks right"})),
+    responses(
+        (status = 200, description = "The run after the decision", body = Envelope<RunDetailView>),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::Conflict),
+        (status = 413, response = doc::PayloadTooLarge),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn approve_step(
     state: web::Data<AppState>,
     caller: Caller,

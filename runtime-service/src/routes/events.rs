@@ -17,6 +17,7 @@ use shared_models::auth::Caller;
 use shared_models::db::{blocking, PgPool};
 use shared_models::ids::RunId;
 use shared_models::models::RunEventRow;
+use shared_models::openapi as doc;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -29,6 +30,30 @@ const KEEP_ALIVE_AFTER: Duration = Duration::from_secs(15);
 const BATCH: i64 = 500;
 
 /// `GET /workflows/runs/{id}/events`; `Last-Event-ID` resumes after that event.
+#[utoipa::path(
+    get,
+    path = "/workflows/runs/{id}/events",
+    tag = "runs",
+    summary = "Stream a run's transitions and logs (Server-Sent Events)",
+    description = "The run's history first, then live events until the run has ended. Each event is \
+        `id: <n>`, `event: transition` or `event: log`, and `data:` the JSON of a \
+        `TransitionView` or a `LogView` (as in the run's `transitions` and `logs`).",
+    params(
+        ("id" = String, Path, description = "The run id (`run_` + a lowercase ULID)", example = "run_01j9z3c4x5v6b7n8m9q0r1s2t3"),
+        ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0, description = "Resume after this event's `id`"),
+    ),
+    responses(
+        (status = 200, description = "The event stream", content_type = "text/event-stream", body = String,
+            example = json!("id: 1\nevent: transition\ndata: {\"at\":\"2026-06-16T17:15:05.000Z\",\"step\":null,\"from\":\"PENDING\",\"to\":\"RUNNING\"}\n\n")),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn stream_run_events(
     state: web::Data<AppState>,
     caller: Caller,

@@ -3,6 +3,7 @@
 mod control;
 mod events;
 mod health;
+pub mod openapi;
 mod publish;
 mod runs;
 mod trigger;
@@ -14,6 +15,10 @@ use shared_models::http::{method_not_allowed, route_not_found};
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(shared_models::http::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route(
+            "/openapi/runtime-service.json",
+            web::get().to(openapi::own_part),
+        )
         .service(
             web::resource("/workflows/runs")
                 .route(web::get().to(runs::list_runs))

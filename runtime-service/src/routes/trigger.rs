@@ -13,6 +13,33 @@ use shared_models::auth::Caller;
 use shared_models::db::blocking;
 use shared_models::envelope;
 use shared_models::http::{JsonObject, OptionalJsonObject, RequestId};
+use shared_models::openapi::{self as doc, MessageEnvelope};
+
+/// `POST /workflows/{id}/trigger` body (read field by field by `domain::trigger_request`);
+/// the body may also be empty.
+#[derive(utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // documentation only
+struct TriggerBody {
+    /// The run's variables (at most 64 KiB of JSON); `null` is `{}`.
+    #[schema(value_type = Option<Object>)]
+    variables: Option<serde_json::Value>,
+}
+
+/// `POST /workflows/runs` body (read field by field by `domain::create_run_request`).
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)] // documentation only
+struct CreateRunBody {
+    #[schema(example = "wf_support_triage")]
+    workflow_id: String,
+    /// The run's variables (at most 64 KiB of JSON); `null` is `{}`.
+    #[schema(value_type = Option<Object>)]
+    variables: Option<serde_json::Value>,
+    /// Must be the caller's org (another is a 403).
+    #[schema(example = "org_acme_123")]
+    org_id: Option<String>,
+}
 
 pub const QUEUED_MESSAGE: &str = "Run queued — execution is asynchronous";
 
@@ -23,6 +50,31 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, RuntimeError> {
 }
 
 /// `POST /workflows/{id}/trigger`
+#[utoipa::path(
+    post,
+    path = "/workflows/{id}/trigger",
+    tag = "runs",
+    summary = "Trigger a run of a workflow (queued; execution is asynchronous)",
+    params(
+        ("id" = String, Path, description = "The workflow id (`wf_` + name)", example = "wf_support_triage"),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, description = "Scoped to the org: the same key with the same body returns the first run (200); with another body it is a 409. 1-255 visible ASCII characters."),
+    ),
+    request_body(content = TriggerBody, description = "Optional: an empty body is `{}`", example = json!({"variables": {"priorityOverride": "high"}})),
+    responses(
+        (status = 201, description = "The run, PENDING and queued", body = MessageEnvelope<RunView>),
+        (status = 200, description = "The run first made with this Idempotency-Key and body", body = MessageEnvelope<RunView>),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::Conflict),
+        (status = 413, response = doc::PayloadTooLarge),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn trigger_run(
     state: web::Data<AppState>,
     caller: Caller,
@@ -36,6 +88,32 @@ pub async fn trigger_run(
 }
 
 /// `POST /workflows/runs`
+#[utoipa::path(
+    post,
+    path = "/workflows/runs",
+    tag = "runs",
+    summary = "Create and queue a run",
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, description = "Scoped to the org: the same key with the same body returns the first run (200); with another body it is a 409. 1-255 visible ASCII characters."),),
+    request_body(content = CreateRunBody, example = json!({
+        "workflowId": "wf_support_triage",
+        "variables": {"ticketId": "TCK-101"},
+        "orgId": "org_acme_123"
+    })),
+    responses(
+        (status = 201, description = "The run, PENDING and queued", body = MessageEnvelope<RunView>),
+        (status = 200, description = "The run first made with this Idempotency-Key and body", body = MessageEnvelope<RunView>),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 409, response = doc::Conflict),
+        (status = 413, response = doc::PayloadTooLarge),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create_run(
     state: web::Data<AppState>,
     caller: Caller,

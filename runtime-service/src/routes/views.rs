@@ -7,14 +7,16 @@ use serde_json::Value;
 use shared_models::models::{RunEventRow, RunRow};
 use shared_models::time::{rfc3339, rfc3339_opt};
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunView {
     id: String,
     workflow_id: String,
     workflow_version: i32,
     org_id: String,
+    #[schema(value_type = shared_models::status::RunStatus)]
     status: String,
+    #[schema(value_type = Object)]
     variables: Value,
     output: Option<Value>,
     error: Option<String>,
@@ -47,12 +49,13 @@ impl From<RunRow> for RunView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct StepView {
     name: String,
     #[serde(rename = "type")]
     step_type: String,
+    #[schema(value_type = shared_models::status::StepStatus)]
     status: String,
     attempt: i32,
     #[serde(with = "rfc3339_opt")]
@@ -63,7 +66,7 @@ struct StepView {
     error: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TransitionView {
     #[serde(with = "rfc3339")]
     at: DateTime<Utc>,
@@ -72,7 +75,7 @@ pub struct TransitionView {
     to: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct LogView {
     #[serde(with = "rfc3339")]
     at: DateTime<Utc>,
@@ -122,7 +125,7 @@ impl From<RunEventRow> for EventView {
 
 /// The run object plus its progress: every step of its version (those not started yet as
 /// `PENDING`, attempt 0), the transitions and the log lines, oldest first.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct RunDetailView {
     #[serde(flatten)]
     run: RunView,

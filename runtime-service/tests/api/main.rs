@@ -3,6 +3,7 @@ mod control;
 mod events;
 mod helpers;
 mod hostile;
+mod openapi;
 mod queueing;
 mod reaper;
 mod runs;

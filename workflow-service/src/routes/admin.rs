@@ -10,11 +10,14 @@ use shared_models::db::{blocking, PgPool};
 use shared_models::envelope::{self, ApiError, Pagination};
 use shared_models::http::{JsonObject, Query};
 use shared_models::models::{ApiKeyRow, OrgRow};
+use shared_models::openapi::{self as doc, Envelope, PageEnvelope, PageParams};
 use shared_models::pagination;
+use utoipa::ToSchema;
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct OrgView {
+    #[schema(example = "org_acme_123")]
     id: String,
     name: String,
     #[serde(with = "shared_models::time::rfc3339")]
@@ -32,7 +35,7 @@ impl From<OrgRow> for OrgView {
 }
 
 /// A key as listed: never the key, never its hash; the prefix tells keys apart.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct KeyView {
     id: String,
@@ -42,6 +45,7 @@ struct KeyView {
     #[serde(with = "shared_models::time::rfc3339")]
     created_at: DateTime<Utc>,
     #[serde(with = "shared_models::time::rfc3339_opt")]
+    #[schema(required = true)]
     revoked_at: Option<DateTime<Utc>>,
 }
 
@@ -59,16 +63,52 @@ impl From<ApiKeyRow> for KeyView {
 }
 
 /// A key as created: the one time the key itself is shown.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct CreatedKeyView {
+    #[schema(example = "key_01j9z3c4x5v6b7n8m9q0r1s2t3")]
     id: String,
+    /// The key itself: shown here and never again.
+    #[schema(example = "thy_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefg")]
     key: String,
     org_id: String,
     name: String,
     prefix: String,
     #[serde(with = "shared_models::time::rfc3339")]
     created_at: DateTime<Utc>,
+}
+
+/// `POST /admin/orgs` body.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // documentation only
+struct NewOrgBody {
+    /// 3-64 of `a-z 0-9 _ -`, starting with a letter.
+    #[schema(pattern = "^[a-z][a-z0-9_-]{2,63}$", example = "org_acme_123")]
+    id: String,
+    #[schema(min_length = 1, max_length = 64, example = "Acme")]
+    name: String,
+}
+
+/// `POST /admin/orgs/{orgId}/keys` body.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // documentation only
+struct NewKeyBody {
+    #[schema(min_length = 1, max_length = 64, example = "ci")]
+    name: String,
+}
+
+/// `DELETE /admin/keys/{id}` answer.
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // documentation only
+struct Revoked {
+    id: String,
+    org_id: String,
+    #[schema(inline)]
+    revoked: doc::True,
+    revoked_at: Option<DateTime<Utc>>,
 }
 
 fn page_of<R, V: Serialize>(
@@ -86,6 +126,25 @@ fn page_of<R, V: Serialize>(
 }
 
 /// `POST /admin/orgs`
+#[utoipa::path(
+    post,
+    path = "/admin/orgs",
+    tag = "admin",
+    summary = "Create an org (admin key)",
+    request_body(content = NewOrgBody, example = json!({"id": "org_acme_123", "name": "Acme"})),
+    responses(
+        (status = 201, description = "The org", body = Envelope<OrgView>),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 409, response = doc::Conflict),
+        (status = 413, response = doc::PayloadTooLarge),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create_org(
     pool: web::Data<PgPool>,
     _: Admin,
@@ -104,6 +163,22 @@ pub async fn create_org(
 }
 
 /// `GET /admin/orgs`
+#[utoipa::path(
+    get,
+    path = "/admin/orgs",
+    tag = "admin",
+    summary = "List orgs by id (admin key)",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of orgs", body = PageEnvelope<OrgView>),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list_orgs(
     pool: web::Data<PgPool>,
     _: Admin,
@@ -120,6 +195,26 @@ fn org_not_found(org_id: &str) -> WorkflowError {
 }
 
 /// `POST /admin/orgs/{orgId}/keys`: the key is in this answer and nowhere else, ever.
+#[utoipa::path(
+    post,
+    path = "/admin/orgs/{orgId}/keys",
+    tag = "admin",
+    summary = "Make an API key for an org (admin key); the key is shown once",
+    params(("orgId" = String, Path, description = "The org's id", example = "org_acme_123")),
+    request_body(content = NewKeyBody, example = json!({"name": "ci"})),
+    responses(
+        (status = 201, description = "The key, shown this once", body = Envelope<CreatedKeyView>),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 413, response = doc::PayloadTooLarge),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create_key(
     pool: web::Data<PgPool>,
     _: Admin,
@@ -156,6 +251,26 @@ pub async fn create_key(
 }
 
 /// `GET /admin/orgs/{orgId}/keys`
+#[utoipa::path(
+    get,
+    path = "/admin/orgs/{orgId}/keys",
+    tag = "admin",
+    summary = "List an org's keys (admin key): prefixes only, never the keys",
+    params(
+        ("orgId" = String, Path, description = "The org's id", example = "org_acme_123"),
+        PageParams,
+    ),
+    responses(
+        (status = 200, description = "A page of keys", body = PageEnvelope<KeyView>),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list_keys(
     pool: web::Data<PgPool>,
     _: Admin,
@@ -173,6 +288,22 @@ pub async fn list_keys(
 }
 
 /// `DELETE /admin/keys/{id}`: revoked at once (every replica within a second).
+#[utoipa::path(
+    delete,
+    path = "/admin/keys/{id}",
+    tag = "admin",
+    summary = "Revoke an API key (admin key)",
+    params(("id" = String, Path, description = "The key's id (`key_...`)")),
+    responses(
+        (status = 200, description = "Revoked", body = Envelope<Revoked>),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn revoke_key(
     pool: web::Data<PgPool>,
     _: Admin,

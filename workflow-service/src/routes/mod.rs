@@ -2,6 +2,7 @@
 
 mod admin;
 mod health;
+pub mod openapi;
 mod validate;
 mod versions;
 mod workflows;
@@ -12,6 +13,13 @@ use shared_models::http::{method_not_allowed, route_not_found};
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(shared_models::http::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/openapi.json", web::get().to(openapi::merged))
+        .route(
+            "/openapi/workflow-service.json",
+            web::get().to(openapi::own_part),
+        )
+        .route("/docs", web::get().to(openapi::docs_redirect))
+        .service(openapi::swagger_ui())
         .service(
             web::resource("/workflows")
                 .route(web::get().to(workflows::list_workflows))

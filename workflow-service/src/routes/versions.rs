@@ -12,12 +12,16 @@ use shared_models::db::{blocking, PgPool};
 use shared_models::envelope::{self, Pagination};
 use shared_models::http::Query;
 use shared_models::models::WorkflowVersionRow;
+use shared_models::openapi::{self as doc, Envelope, PageEnvelope, PageParams, WorkflowDefinition};
+use utoipa::ToSchema;
 
 /// A version as clients see it: the definition exactly as it was written.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct VersionView {
+    #[schema(minimum = 1)]
     version: i32,
+    #[schema(value_type = WorkflowDefinition)]
     definition: Value,
     #[serde(with = "shared_models::time::rfc3339")]
     created_at: DateTime<Utc>,
@@ -35,6 +39,26 @@ impl From<WorkflowVersionRow> for VersionView {
 
 /// `GET /workflows/{id}/versions`: newest first, every version the id has had in the
 /// caller's org (those from before a delete included).
+#[utoipa::path(
+    get,
+    path = "/workflows/{id}/versions",
+    tag = "workflows",
+    summary = "List a workflow's versions, newest first",
+    params(
+        ("id" = String, Path, description = "The workflow id (`wf_` + name)", example = "wf_support_triage"),
+        PageParams,
+    ),
+    responses(
+        (status = 200, description = "A page of versions", body = PageEnvelope<VersionView>),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list_versions(
     pool: web::Data<PgPool>,
     caller: Caller,
@@ -62,6 +86,25 @@ pub async fn list_versions(
 }
 
 /// `GET /workflows/{id}/versions/{version}`
+#[utoipa::path(
+    get,
+    path = "/workflows/{id}/versions/{version}",
+    tag = "workflows",
+    summary = "Get one version of a workflow",
+    params(
+        ("id" = String, Path, description = "The workflow id (`wf_` + name)", example = "wf_support_triage"),
+        ("version" = i32, Path, minimum = 1, description = "The version number", example = 1),
+    ),
+    responses(
+        (status = 200, description = "The version", body = Envelope<VersionView>),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get_version(
     pool: web::Data<PgPool>,
     caller: Caller,

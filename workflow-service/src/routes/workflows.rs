@@ -12,22 +12,71 @@ use shared_models::db::{blocking, PgPool};
 use shared_models::envelope::{self, Pagination};
 use shared_models::http::{JsonObject, Query};
 use shared_models::models::WorkflowRow;
+use shared_models::openapi::{self as doc, Envelope, PageEnvelope, PageParams, WorkflowDefinition};
+use utoipa::ToSchema;
 
-/// The workflow as clients see it.
-#[derive(Serialize)]
+/// The workflow as clients see it (`definition` in create, get and update answers, not in
+/// lists).
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct WorkflowView {
+    #[schema(example = "wf_support_triage")]
     id: String,
+    #[schema(example = "support_triage")]
     name: String,
+    #[schema(required = true)]
     description: Option<String>,
     is_active: bool,
+    /// The current version: 1 at create, + 1 with every update.
+    #[schema(minimum = 1)]
     version: i32,
     #[serde(with = "shared_models::time::rfc3339")]
     created_at: DateTime<Utc>,
     #[serde(with = "shared_models::time::rfc3339")]
     updated_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = WorkflowDefinition)]
     definition: Option<Value>,
+}
+
+/// `POST /workflows` body (read field by field by `domain::NewWorkflow`).
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)] // documentation only
+struct CreateWorkflowBody {
+    /// 1-64 letters, digits, `_` and `-`, starting with a letter; unique in the org; the id
+    /// is `wf_` + the name.
+    #[schema(pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
+    name: String,
+    #[schema(max_length = 2000)]
+    description: Option<String>,
+    definition: WorkflowDefinition,
+    #[schema(default = true)]
+    is_active: Option<bool>,
+}
+
+/// `PUT /workflows/{id}` body: a new definition makes a new version; `description` and
+/// `isActive` keep their values when left out.
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)] // documentation only
+struct UpdateWorkflowBody {
+    /// The name cannot change: only the current one is accepted.
+    name: Option<String>,
+    #[schema(max_length = 2000)]
+    description: Option<String>,
+    definition: WorkflowDefinition,
+    is_active: Option<bool>,
+}
+
+/// `DELETE /workflows/{id}` answer.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation only
+struct Deleted {
+    #[schema(example = "wf_support_triage")]
+    id: String,
+    #[schema(inline)]
+    deleted: doc::True,
 }
 
 impl From<StoredWorkflow> for WorkflowView {
@@ -58,6 +107,31 @@ fn not_found(raw_id: &str) -> WorkflowError {
 }
 
 /// `POST /workflows`
+#[utoipa::path(
+    post,
+    path = "/workflows",
+    tag = "workflows",
+    summary = "Create a workflow",
+    request_body(content = CreateWorkflowBody, example = json!({
+        "name": "support_triage",
+        "description": "Categorize and route incoming support tickets",
+        "definition": {"steps": [{"name": "classify", "type": "agent",
+            "agentId": "support-classifier",
+            "instructions": "Determine ticket category and priority."}]}
+    })),
+    responses(
+        (status = 201, description = "The workflow, version 1", body = Envelope<WorkflowView>),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 409, response = doc::Conflict),
+        (status = 413, response = doc::PayloadTooLarge),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create_workflow(
     pool: web::Data<PgPool>,
     caller: Caller,
@@ -77,6 +151,25 @@ pub async fn create_workflow(
 }
 
 /// `GET /workflows`
+#[utoipa::path(
+    get,
+    path = "/workflows",
+    tag = "workflows",
+    summary = "List workflows, newest first",
+    params(
+        PageParams,
+        ("isActive" = Option<bool>, Query, description = "Only active (`true`) or inactive (`false`) workflows"),
+    ),
+    responses(
+        (status = 200, description = "A page of workflows (without definitions)", body = PageEnvelope<WorkflowView>),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list_workflows(
     pool: web::Data<PgPool>,
     caller: Caller,
@@ -99,6 +192,22 @@ pub async fn list_workflows(
 }
 
 /// `GET /workflows/{id}`
+#[utoipa::path(
+    get,
+    path = "/workflows/{id}",
+    tag = "workflows",
+    summary = "Get a workflow with its current definition",
+    params(("id" = String, Path, description = "The workflow id (`wf_` + name)", example = "wf_support_triage")),
+    responses(
+        (status = 200, description = "The workflow", body = Envelope<WorkflowView>),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get_workflow(
     pool: web::Data<PgPool>,
     caller: Caller,
@@ -115,6 +224,31 @@ pub async fn get_workflow(
 }
 
 /// `PUT /workflows/{id}`: a new version of the definition.
+#[utoipa::path(
+    put,
+    path = "/workflows/{id}",
+    tag = "workflows",
+    summary = "Update a workflow (a new version)",
+    params(("id" = String, Path, description = "The workflow id (`wf_` + name)", example = "wf_support_triage")),
+    request_body(content = UpdateWorkflowBody, example = json!({
+        "description": "Categorize and route incoming support tickets",
+        "definition": {"steps": [{"name": "classify", "type": "agent",
+            "agentId": "support-classifier",
+            "instructions": "Determine ticket category and priority."}]}
+    })),
+    responses(
+        (status = 200, description = "The workflow at its new version", body = Envelope<WorkflowView>),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 413, response = doc::PayloadTooLarge),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn update_workflow(
     pool: web::Data<PgPool>,
     caller: Caller,
@@ -134,6 +268,22 @@ pub async fn update_workflow(
 }
 
 /// `DELETE /workflows/{id}`: runs already made stay readable.
+#[utoipa::path(
+    delete,
+    path = "/workflows/{id}",
+    tag = "workflows",
+    summary = "Delete a workflow (its runs stay readable)",
+    params(("id" = String, Path, description = "The workflow id (`wf_` + name)", example = "wf_support_triage")),
+    responses(
+        (status = 200, description = "Deleted", body = Envelope<Deleted>),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn delete_workflow(
     pool: web::Data<PgPool>,
     caller: Caller,

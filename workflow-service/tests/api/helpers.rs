@@ -23,9 +23,19 @@ pub async fn spawn_app() -> TestApp {
 
 /// The app with its own authentication settings (e.g. a rate limit).
 pub async fn spawn_app_with(auth: AuthConfig) -> TestApp {
+    spawn(&auth, workflow_service::config::DEFAULT_RUNTIME_SERVICE_URL).await
+}
+
+/// The app fetching runtime-service's part of `/openapi.json` from `runtime_service_url`.
+pub async fn spawn_app_with_runtime(runtime_service_url: &str) -> TestApp {
+    spawn(&testing::auth_config(), runtime_service_url).await
+}
+
+async fn spawn(auth: &AuthConfig, runtime_service_url: &str) -> TestApp {
     let db = TestDb::create();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let app = Application::with_parts(listener, db.pool.clone(), &auth).expect("build app");
+    let app = Application::with_runtime_url(listener, db.pool.clone(), auth, runtime_service_url)
+        .expect("build app");
     let key = fixtures::org_key(&mut db.pool.get().expect("conn"), ORG);
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());

@@ -1,0 +1,60 @@
+//! The API description of this service: every route it serves is in it, and it is public.
+
+use crate::helpers::spawn_app;
+use shared_models::openapi::coverage::assert_routes_documented;
+
+/// Every `(method, path)` registered in `src/routes/mod.rs` (less health, metrics, the
+/// dashboard's files and the description itself: `coverage::is_excluded`) is an operation of
+/// the description, and every operation is a registered route. A route added without a
+/// `#[utoipa::path]` annotation listed in `src/routes/openapi.rs` fails here.
+#[test]
+fn every_route_is_documented_and_every_operation_is_served() {
+    let doc = serde_json::to_value(runtime_service::openapi()).unwrap();
+    assert_routes_documented(
+        "runtime-service",
+        include_str!("../../src/routes/mod.rs"),
+        &doc,
+    );
+}
+
+#[test]
+fn operations_need_the_bearer_key_and_answer_envelopes() {
+    let doc = serde_json::to_value(runtime_service::openapi()).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(doc["info"]["title"], "Thygon API");
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            assert_eq!(
+                op["security"],
+                serde_json::json!([{"bearer": []}]),
+                "{method} {path}"
+            );
+            assert_eq!(
+                op["responses"]["401"]["$ref"], "#/components/responses/Unauthorized",
+                "{method} {path}"
+            );
+        }
+    }
+    // The seed's trigger body is the example, and an empty body is allowed.
+    let trigger = &doc["paths"]["/workflows/{id}/trigger"]["post"]["requestBody"];
+    assert_eq!(trigger["required"], false);
+    assert_eq!(
+        trigger["content"]["application/json"]["example"],
+        serde_json::json!({"variables": {"priorityOverride": "high"}})
+    );
+}
+
+#[tokio::test]
+async fn the_part_is_served_without_a_key() {
+    let app = spawn_app().await;
+    let r = app
+        .send_auth(None, "GET", "/openapi/runtime-service.json", None, &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["openapi"], "3.1.0");
+    assert!(r.body["paths"]["/workflows/runs/{id}"]["get"].is_object());
+    assert_eq!(
+        r.body,
+        serde_json::to_value(runtime_service::openapi()).unwrap()
+    );
+}
