@@ -5,7 +5,7 @@ SHELL := /bin/bash
 # Extra arguments for `make test`, passed to cargo test: make test ARGS='-- --nocapture'
 ARGS ?=
 
-.PHONY: help run test build fmt lint services clean
+.PHONY: help run test bench build fmt lint services clean
 
 help: ## List the targets
 	@echo "Thygon make targets:"
@@ -17,6 +17,9 @@ run: ## Start everything locally behind http://127.0.0.1:8080 (Ctrl-C stops it)
 
 test: ## Build the binaries and run every test (needs PostgreSQL and RabbitMQ; started if needed)
 	@bash scripts/test.sh $(ARGS)
+
+bench: ## Benchmark a fresh stack (release builds): prints a table, writes target/bench/results.json
+	@bash scripts/bench.sh
 
 build: ## cargo build --release --workspace
 	cargo build --release --workspace

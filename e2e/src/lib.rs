@@ -29,6 +29,8 @@ pub struct StackOptions {
     pub database_url: Option<String>,
     /// The broker to use instead of `AMQP_URL`.
     pub amqp_url: Option<String>,
+    /// Run the binaries of `target/release` instead of `target/debug` (the benchmark does).
+    pub release: bool,
 }
 
 impl Default for StackOptions {
@@ -39,6 +41,7 @@ impl Default for StackOptions {
             env: Vec::new(),
             database_url: None,
             amqp_url: None,
+            release: false,
         }
     }
 }
@@ -78,6 +81,8 @@ pub struct Stack {
     pub amqp_url: String,
     /// Environment of every worker (without its own address and id).
     worker_env: Vec<(String, String)>,
+    /// Whether the binaries are the release builds.
+    release: bool,
 }
 
 pub(crate) fn free_port() -> u16 {
@@ -94,11 +99,13 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn binary(name: &str) -> PathBuf {
+fn binary(name: &str, release: bool) -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| workspace_root().join("target"));
-    let path = target.join("debug").join(name);
+    let path = target
+        .join(if release { "release" } else { "debug" })
+        .join(name);
     assert!(path.exists(), "{} is missing: build the binaries first (`make test` does: cargo build --workspace --bins)", path.display());
     path
 }
@@ -177,7 +184,7 @@ impl Stack {
         common.extend(options.env.iter().cloned());
         let spec = |name: &str, bin: &str, env: Vec<(&str, String)>, ready: String| Spec {
             name: name.to_string(),
-            program: binary(bin),
+            program: binary(bin, options.release),
             args: Vec::new(),
             env: common
                 .iter()
@@ -198,7 +205,11 @@ impl Stack {
         specs.push(spec(
             "workflow-service",
             "workflow-service",
-            vec![("HTTP_ADDR", format!("127.0.0.1:{wf}"))],
+            vec![
+                ("HTTP_ADDR", format!("127.0.0.1:{wf}")),
+                // Where `/openapi.json` fetches runtime-service's part from.
+                ("RUNTIME_SERVICE_URL", format!("http://127.0.0.1:{rt}")),
+            ],
             format!("http://127.0.0.1:{wf}/readyz"),
         ));
         specs.push(spec(
@@ -213,7 +224,7 @@ impl Stack {
             options.worker_concurrency.to_string(),
         ));
         for i in 0..options.workers {
-            specs.push(worker_spec(&worker_env, i));
+            specs.push(worker_spec(&worker_env, i, options.release));
         }
 
         let gateway = free_port();
@@ -262,6 +273,7 @@ impl Stack {
             database_url,
             amqp_url,
             worker_env,
+            release: options.release,
         };
         stack.launch().await;
         stack.key = stack.provision(ORG).await;
@@ -328,6 +340,14 @@ impl Stack {
         self.children.push((spec.name.clone(), child));
     }
 
+    /// Every running process of the stack: (name, pid).
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.children
+            .iter()
+            .map(|(name, child)| (name.clone(), child.id()))
+            .collect()
+    }
+
     /// The process id of worker `i`, while it runs.
     pub fn worker_pid(&self, i: usize) -> Option<u32> {
         let name = worker_name(i);
@@ -382,7 +402,7 @@ impl Stack {
         let spec = match self.specs.iter().find(|s| s.name == name) {
             Some(spec) => spec.clone(),
             None => {
-                let spec = worker_spec(&self.worker_env, i);
+                let spec = worker_spec(&self.worker_env, i, self.release);
                 self.specs.push(spec.clone());
                 spec
             }
@@ -578,14 +598,14 @@ fn worker_name(i: usize) -> String {
 }
 
 /// Worker `i`: its own port and `WORKER_ID` (`e2e-worker-<i>`).
-fn worker_spec(env: &[(String, String)], i: usize) -> Spec {
+fn worker_spec(env: &[(String, String)], i: usize, release: bool) -> Spec {
     let port = free_port();
     let mut env = env.to_vec();
     env.push(("HTTP_ADDR".into(), format!("127.0.0.1:{port}")));
     env.push(("WORKER_ID".into(), format!("e2e-worker-{i}")));
     Spec {
         name: worker_name(i),
-        program: binary("executor-worker"),
+        program: binary("executor-worker", release),
         args: Vec::new(),
         env,
         ready: Some(format!("http://127.0.0.1:{port}/readyz")),

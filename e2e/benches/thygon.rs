@@ -1,0 +1,494 @@
+//! `make bench`: Thygon's throughput, latency and memory, measured on the real binaries
+//! (release builds) behind the nginx gateway, on a fresh database and fresh queues, with a
+//! small Rust load generator (reqwest, 32 concurrent clients). Workflows are made of
+//! `transform` steps, which cost nothing outside the engine, so what is measured is Thygon.
+//!
+//! Every figure that is a rate or a latency of runs comes from the server's own timestamps
+//! (`runs.created_at`, `runs.completed_at`), not from the client.
+//!
+//! Prints a table and writes the same figures as JSON (`BENCH_OUT`, default
+//! `target/bench/results.json`). `BENCH_SCALE` (default 1.0) scales every run count;
+//! `BENCH_WORKERS` (default `1,2`) lists the worker-process counts to measure.
+
+use diesel::prelude::*;
+use diesel::sql_types::{Double, Text};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thygon_e2e::{Stack, StackOptions};
+
+const CLIENTS: usize = 32;
+
+fn scale() -> f64 {
+    std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|s: &f64| *s > 0.0)
+        .unwrap_or(1.0)
+}
+
+fn scaled(n: usize) -> usize {
+    ((n as f64 * scale()).round() as usize).max(1)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+fn chain(prefix: &str, n: usize) -> Value {
+    let steps: Vec<Value> = (0..n)
+        .map(|i| json!({"name": format!("{prefix}{i}"), "type": "transform", "value": {"i": i, "previous": if i == 0 { Value::Null } else { json!(format!("{{{{ steps.{prefix}{}.output.i }}}}", i - 1)) }}}))
+        .collect();
+    json!({ "steps": steps })
+}
+
+#[derive(QueryableByName)]
+struct RunTimes {
+    #[diesel(sql_type = Text)]
+    status: String,
+    /// Seconds since the epoch.
+    #[diesel(sql_type = Double)]
+    created: f64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Double>)]
+    completed: Option<f64>,
+}
+
+/// The bench's view of a running stack.
+struct Bench {
+    stack: Stack,
+    client: reqwest::Client,
+}
+
+impl Bench {
+    async fn create(&self, name: &str, definition: Value) {
+        let (status, body) = self
+            .stack
+            .call(
+                "POST",
+                "/workflows",
+                Some(json!({"name": name, "definition": definition})),
+            )
+            .await;
+        assert_eq!(status, 201, "create {name}: {body}");
+    }
+
+    /// One trigger; returns (HTTP status, seconds the request took).
+    async fn trigger(client: &reqwest::Client, url: &str) -> (u16, f64) {
+        let started = Instant::now();
+        let status = match client
+            .post(url)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+        {
+            Ok(res) => {
+                let status = res.status().as_u16();
+                let _ = res.bytes().await;
+                status
+            }
+            Err(_) => 0,
+        };
+        (status, started.elapsed().as_secs_f64())
+    }
+
+    /// `total` triggers of `workflow` from CLIENTS clients as fast as they go; returns
+    /// (triggers per second, latencies in seconds, failures).
+    async fn trigger_flood(&self, workflow: &str, total: usize) -> (f64, Vec<f64>, usize) {
+        let url = Arc::new(format!(
+            "{}/workflows/{workflow}/trigger",
+            self.stack.base_url
+        ));
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..CLIENTS {
+            let (client, url, next) = (self.client.clone(), url.clone(), next.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut out = (Vec::new(), 0usize);
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
+                    let (status, took) = Self::trigger(&client, &url).await;
+                    if status == 201 {
+                        out.0.push(took);
+                    } else {
+                        out.1 += 1;
+                    }
+                }
+                out
+            }));
+        }
+        let (mut latencies, mut failed) = (Vec::new(), 0);
+        for t in tasks {
+            let (l, f) = t.await.expect("client task");
+            latencies.extend(l);
+            failed += f;
+        }
+        let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
+        (rate, sorted(latencies), failed)
+    }
+
+    /// Triggers at a fixed `rate` per second for `count` runs (open loop: each trigger is
+    /// sent on schedule whether or not the previous one has answered).
+    async fn trigger_paced(&self, workflow: &str, rate: f64, count: usize) -> usize {
+        let url = Arc::new(format!(
+            "{}/workflows/{workflow}/trigger",
+            self.stack.base_url
+        ));
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut tasks = Vec::new();
+        for _ in 0..count {
+            ticker.tick().await;
+            let (client, url) = (self.client.clone(), url.clone());
+            tasks.push(tokio::spawn(
+                async move { Self::trigger(&client, &url).await.0 },
+            ));
+        }
+        let mut failed = 0;
+        for t in tasks {
+            if t.await.expect("trigger task") != 201 {
+                failed += 1;
+            }
+        }
+        failed
+    }
+
+    fn times(&self, workflow: &str) -> Vec<RunTimes> {
+        let db = self.stack.db.as_ref().expect("the bench's own database");
+        let mut conn = db.pool.get().expect("database");
+        diesel::sql_query(
+            "SELECT status, extract(epoch FROM created_at)::float8 AS created,
+                    extract(epoch FROM completed_at)::float8 AS completed
+             FROM runs WHERE workflow_id = $1",
+        )
+        .bind::<Text, _>(workflow)
+        .load(&mut conn)
+        .expect("run times")
+    }
+
+    /// Wait until every run of `workflow` has ended (at most `within`); returns their times.
+    async fn settle(&self, workflow: &str, expected: usize, within: Duration) -> Vec<RunTimes> {
+        let deadline = Instant::now() + within;
+        loop {
+            let times = self.times(workflow);
+            let ended = times.iter().filter(|t| t.completed.is_some()).count();
+            if ended >= expected || Instant::now() > deadline {
+                if ended < expected {
+                    eprintln!(
+                        "bench: {workflow}: only {ended} of {expected} runs ended in {within:?}"
+                    );
+                }
+                return times;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Peak resident memory (VmHWM) of every process of the stack, in MB.
+    fn peak_rss(&self) -> BTreeMap<String, f64> {
+        self.stack
+            .pids()
+            .into_iter()
+            .filter(|(name, _)| name != "gateway" && name != "support-agent")
+            .filter_map(|(name, pid)| {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                let kb: f64 = status
+                    .lines()
+                    .find(|l| l.starts_with("VmHWM:"))?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()?;
+                Some((name, kb / 1024.0))
+            })
+            .collect()
+    }
+}
+
+/// End-to-end runs per second: runs / (last completion - first creation).
+fn e2e_rate(times: &[RunTimes]) -> f64 {
+    let first = times
+        .iter()
+        .map(|t| t.created)
+        .fold(f64::INFINITY, f64::min);
+    let last = times
+        .iter()
+        .filter_map(|t| t.completed)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let done = times.iter().filter(|t| t.status == "COMPLETED").count();
+    done as f64 / (last - first)
+}
+
+/// Creation-to-completion latencies (seconds), sorted.
+fn latencies(times: &[RunTimes]) -> Vec<f64> {
+    sorted(
+        times
+            .iter()
+            .filter_map(|t| t.completed.map(|c| c - t.created))
+            .collect(),
+    )
+}
+
+fn ms(s: f64) -> f64 {
+    (s * 1000.0 * 100.0).round() / 100.0
+}
+
+async fn measure(workers: usize) -> Value {
+    eprintln!("bench: starting a stack with {workers} worker process(es) ...");
+    let stack = Stack::start_opts(StackOptions {
+        workers,
+        worker_concurrency: 16,
+        release: true,
+        env: vec![
+            ("RUST_LOG".into(), "warn".into()),
+            ("RATE_LIMIT_PER_SECOND".into(), "0".into()),
+            ("MAX_RUNNING_PER_ORG".into(), "0".into()),
+        ],
+        ..StackOptions::default()
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .default_headers(
+            [(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {}", stack.key).parse().expect("header"),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .pool_max_idle_per_host(CLIENTS)
+        .build()
+        .expect("client");
+    let bench = Bench { stack, client };
+    for (name, n) in [
+        ("flood", 1),
+        ("one", 1),
+        ("ten", 10),
+        ("paced_one", 1),
+        ("paced_ten", 10),
+        ("forty", 40),
+    ] {
+        bench.create(name, chain("s", n)).await;
+    }
+    // Warm-up: connections, caches, the JIT of nothing (Rust), PostgreSQL's plans.
+    bench.trigger_flood("wf_flood", scaled(300)).await;
+    bench
+        .settle("wf_flood", scaled(300), Duration::from_secs(120))
+        .await;
+
+    // 1. Trigger throughput and latency (workers running).
+    let n = scaled(5000);
+    let (trigger_rate, trigger_lat, trigger_failed) = bench.trigger_flood("wf_one", n).await;
+    let one = bench.settle("wf_one", n, Duration::from_secs(300)).await;
+    let one_rate = e2e_rate(&one);
+
+    // 2. End to end, 10 steps, as fast as possible.
+    let n10 = scaled(1000);
+    let (_, _, ten_failed) = bench.trigger_flood("wf_ten", n10).await;
+    let ten = bench.settle("wf_ten", n10, Duration::from_secs(300)).await;
+    let ten_rate = e2e_rate(&ten);
+
+    // 3. Latency at a fixed rate.
+    let p1 = scaled(1000);
+    let paced_one_failed = bench.trigger_paced("wf_paced_one", 100.0, p1).await;
+    let paced_one = latencies(
+        &bench
+            .settle("wf_paced_one", p1, Duration::from_secs(120))
+            .await,
+    );
+    let p10 = scaled(200);
+    let paced_ten_failed = bench.trigger_paced("wf_paced_ten", 20.0, p10).await;
+    let paced_ten = latencies(
+        &bench
+            .settle("wf_paced_ten", p10, Duration::from_secs(120))
+            .await,
+    );
+    let per_step = (percentile(&paced_ten, 50.0) - percentile(&paced_one, 50.0)) / 9.0;
+
+    // 4. One run of 40 steps on an idle system (best of 3).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut forty = Vec::new();
+    for i in 0..3 {
+        Bench::trigger(
+            &bench.client,
+            &format!("{}/workflows/wf_forty/trigger", bench.stack.base_url),
+        )
+        .await;
+        forty = latencies(
+            &bench
+                .settle("wf_forty", i + 1, Duration::from_secs(60))
+                .await,
+        );
+    }
+    let forty_best = forty.first().copied().unwrap_or(f64::NAN);
+
+    // 5. Peak memory of each process over all of the above.
+    let rss = bench.peak_rss();
+
+    json!({
+        "workers": workers,
+        "worker_concurrency": 16,
+        "trigger": {
+            "clients": CLIENTS, "count": n, "failed": trigger_failed,
+            "per_second": trigger_rate.round(),
+            "p50_ms": ms(percentile(&trigger_lat, 50.0)),
+            "p99_ms": ms(percentile(&trigger_lat, 99.0)),
+        },
+        "e2e_1_step": {"runs": one.len(), "runs_per_second": one_rate.round()},
+        "e2e_10_steps": {"runs": ten.len(), "failed_triggers": ten_failed, "runs_per_second": ten_rate.round()},
+        "latency_1_step_at_100_per_s": {
+            "runs": paced_one.len(), "failed_triggers": paced_one_failed,
+            "p50_ms": ms(percentile(&paced_one, 50.0)), "p99_ms": ms(percentile(&paced_one, 99.0)),
+        },
+        "latency_10_steps_at_20_per_s": {
+            "runs": paced_ten.len(), "failed_triggers": paced_ten_failed,
+            "p50_ms": ms(percentile(&paced_ten, 50.0)), "p99_ms": ms(percentile(&paced_ten, 99.0)),
+        },
+        "per_step_transition_ms": ms(per_step),
+        "forty_steps_ms": ms(forty_best),
+        "peak_rss_mb": rss.into_iter().map(|(k, v)| (k, json!((v * 10.0).round() / 10.0))).collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+fn print_table(results: &[Value]) {
+    let cols: Vec<String> = results
+        .iter()
+        .map(|r| format!("{} worker(s)", r["workers"]))
+        .collect();
+    let rows: Vec<(&str, &str, Box<dyn Fn(&Value) -> String>)> = vec![
+        (
+            "trigger throughput (32 clients)",
+            ">= 3000/s",
+            Box::new(|r| format!("{}/s", r["trigger"]["per_second"])),
+        ),
+        (
+            "trigger latency p50 / p99",
+            "p99 <= 20 ms",
+            Box::new(|r| format!("{} / {} ms", r["trigger"]["p50_ms"], r["trigger"]["p99_ms"])),
+        ),
+        (
+            "end to end, 1 step",
+            ">= 1500 runs/s",
+            Box::new(|r| format!("{} runs/s", r["e2e_1_step"]["runs_per_second"])),
+        ),
+        (
+            "end to end, 10 steps",
+            ">= 540 runs/s",
+            Box::new(|r| format!("{} runs/s", r["e2e_10_steps"]["runs_per_second"])),
+        ),
+        (
+            "latency at 100 runs/s (1 step) p50 / p99",
+            "<= 5 / 10 ms",
+            Box::new(|r| {
+                format!(
+                    "{} / {} ms",
+                    r["latency_1_step_at_100_per_s"]["p50_ms"],
+                    r["latency_1_step_at_100_per_s"]["p99_ms"]
+                )
+            }),
+        ),
+        (
+            "latency at 20 runs/s (10 steps) p50 / p99",
+            "",
+            Box::new(|r| {
+                format!(
+                    "{} / {} ms",
+                    r["latency_10_steps_at_20_per_s"]["p50_ms"],
+                    r["latency_10_steps_at_20_per_s"]["p99_ms"]
+                )
+            }),
+        ),
+        (
+            "per step transition",
+            "<= 1.5 ms",
+            Box::new(|r| format!("{} ms", r["per_step_transition_ms"])),
+        ),
+        (
+            "one 40-step run",
+            "<= 100 ms",
+            Box::new(|r| format!("{} ms", r["forty_steps_ms"])),
+        ),
+        (
+            "peak RSS workflow-service",
+            "< 60 MB",
+            Box::new(|r| format!("{} MB", r["peak_rss_mb"]["workflow-service"])),
+        ),
+        (
+            "peak RSS runtime-service",
+            "< 60 MB",
+            Box::new(|r| format!("{} MB", r["peak_rss_mb"]["runtime-service"])),
+        ),
+        (
+            "peak RSS executor-worker (each)",
+            "< 60 MB",
+            Box::new(|r| {
+                let m = r["peak_rss_mb"].as_object().cloned().unwrap_or_default();
+                m.iter()
+                    .filter(|(k, _)| k.starts_with("executor-worker"))
+                    .map(|(_, v)| format!("{v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+                    + " MB"
+            }),
+        ),
+    ];
+    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    print!("| {:w0$} | {:14} |", "measure", "target");
+    for c in &cols {
+        print!(" {c:>20} |");
+    }
+    println!();
+    print!("|{}|{}|", "-".repeat(w0 + 2), "-".repeat(16));
+    for _ in &cols {
+        print!("{}|", "-".repeat(22));
+    }
+    println!();
+    for (name, target, f) in &rows {
+        print!("| {name:w0$} | {target:14} |");
+        for r in results {
+            print!(" {:>20} |", f(r));
+        }
+        println!();
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let workers: Vec<usize> = std::env::var("BENCH_WORKERS")
+        .unwrap_or_else(|_| "1,2".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let mut results = Vec::new();
+    for w in workers {
+        results.push(measure(w).await);
+    }
+    let out = std::env::var("BENCH_OUT").unwrap_or_else(|_| {
+        thygon_e2e::workspace_root()
+            .join("target/bench/results.json")
+            .display()
+            .to_string()
+    });
+    if let Some(dir) = std::path::Path::new(&out).parent() {
+        std::fs::create_dir_all(dir).expect("output folder");
+    }
+    let doc = json!({
+        "scale": scale(),
+        "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
+        "results": results,
+    });
+    std::fs::write(&out, serde_json::to_string_pretty(&doc).expect("json")).expect("write results");
+    println!();
+    print_table(&results);
+    println!("\n(figures as JSON: {out})");
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# `make bench`: build the release binaries, then run the benchmark harness (e2e/benches/
+# thygon.rs) against a stack of its own: fresh database, fresh queues, free ports, so it
+# does not disturb (nor is disturbed by) a `make run` on the same machine.
+#
+#   BENCH_WORKERS=1,2   worker-process counts to measure (default 1,2)
+#   BENCH_SCALE=1.0     scales every run count (0.2 for a quick look)
+#   BENCH_OUT=path      where the JSON goes (default target/bench/results.json)
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO"
+
+bash "$REPO/scripts/ensure-services.sh"
+say "building the release binaries (cargo build --release --workspace --bins) ..."
+cargo build --release --workspace --bins
+say "running the benchmark (cargo bench -p thygon-e2e --bench thygon) ..."
+cargo bench -p thygon-e2e --bench thygon
