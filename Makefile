@@ -5,7 +5,7 @@ SHELL := /bin/bash
 # Extra arguments for `make test`, passed to cargo test: make test ARGS='-- --nocapture'
 ARGS ?=
 
-.PHONY: help run test bench build fmt lint services clean
+.PHONY: help run test bench build fmt lint services clean openapi-check
 
 help: ## List the targets
 	@echo "Thygon make targets:"
@@ -20,6 +20,9 @@ test: ## Build the binaries and run every test (needs PostgreSQL and RabbitMQ; s
 
 bench: ## Benchmark a fresh stack (release builds): prints a table, writes target/bench/results.json
 	@bash scripts/bench.sh
+
+openapi-check: ## Validate /openapi.json (openapi-spec-validator) and fuzz the API (schemathesis)
+	@bash scripts/openapi-check.sh
 
 build: ## cargo build --release --workspace
 	cargo build --release --workspace

@@ -29,22 +29,48 @@ const KEEP_ALIVE_AFTER: Duration = Duration::from_secs(15);
 /// Events read per query; a full batch is followed by another read at once.
 const BATCH: i64 = 500;
 
+/// One event of a run's stream, as an SSE client reads it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documentation only
+struct RunStreamEvent {
+    /// The event's id: send it back as `Last-Event-ID` to resume after it.
+    #[schema(example = "1")]
+    id: String,
+    event: RunStreamEventKind,
+    /// The JSON of a `TransitionView` (`event: transition`) or a `LogView` (`event: log`),
+    /// as in the run's `transitions` and `logs`.
+    #[schema(
+        content_media_type = "application/json",
+        example = r#"{"at":"2026-06-16T17:15:05.000Z","step":null,"from":"PENDING","to":"RUNNING"}"#
+    )]
+    data: String,
+}
+
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)] // documentation only
+enum RunStreamEventKind {
+    Transition,
+    Log,
+}
+
 /// `GET /workflows/runs/{id}/events`; `Last-Event-ID` resumes after that event.
 #[utoipa::path(
     get,
     path = "/workflows/runs/{id}/events",
     tag = "runs",
     summary = "Stream a run's transitions and logs (Server-Sent Events)",
-    description = "The run's history first, then live events until the run has ended. Each event is \
-        `id: <n>`, `event: transition` or `event: log`, and `data:` the JSON of a \
-        `TransitionView` or a `LogView` (as in the run's `transitions` and `logs`).",
+    description = "The run's history first, then live events until the run has ended, as \
+        `text/event-stream`: each event is `id: <n>`, `event: transition` or `event: log`, and \
+        `data:` the JSON of a `TransitionView` or a `LogView` (as in the run's `transitions` and \
+        `logs`). Comment lines (`: keep-alive`) keep an idle stream open. The response schema \
+        describes one event.",
     params(
         ("id" = String, Path, description = "The run id (`run_` + a lowercase ULID)", example = "run_01j9z3c4x5v6b7n8m9q0r1s2t3"),
         ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0, description = "Resume after this event's `id`"),
     ),
     responses(
-        (status = 200, description = "The event stream", content_type = "text/event-stream", body = String,
-            example = json!("id: 1\nevent: transition\ndata: {\"at\":\"2026-06-16T17:15:05.000Z\",\"step\":null,\"from\":\"PENDING\",\"to\":\"RUNNING\"}\n\n")),
+        (status = 200, description = "The event stream", content_type = "text/event-stream", body = RunStreamEvent),
         (status = 400, response = doc::BadRequest),
         (status = 401, response = doc::Unauthorized),
         (status = 403, response = doc::Forbidden),

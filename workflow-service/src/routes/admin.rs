@@ -86,7 +86,8 @@ struct NewOrgBody {
     /// 3-64 of `a-z 0-9 _ -`, starting with a letter.
     #[schema(pattern = "^[a-z][a-z0-9_-]{2,63}$", example = "org_acme_123")]
     id: String,
-    #[schema(min_length = 1, max_length = 64, example = "Acme")]
+    /// 1-64 characters (surrounding spaces are trimmed).
+    #[schema(min_length = 1, max_length = 64, pattern = "\\S", example = "Acme")]
     name: String,
 }
 
@@ -95,7 +96,8 @@ struct NewOrgBody {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)] // documentation only
 struct NewKeyBody {
-    #[schema(min_length = 1, max_length = 64, example = "ci")]
+    /// 1-64 characters (surrounding spaces are trimmed).
+    #[schema(min_length = 1, max_length = 64, pattern = "\\S", example = "ci")]
     name: String,
 }
 
