@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure this machine has what Thygon needs to build, run and test (`make services`):
 #   - Debian packages: postgresql, rabbitmq-server, nginx, libpq-dev, pkg-config, libssl-dev,
-#     curl, gettext-base (envsubst), make; only the missing ones are installed.
+#     curl, gettext-base (envsubst), make, chromium (the dashboard's browser test); only the
+#     missing ones are installed.
 #   - a Rust toolchain (stable >= 1.85; not installed here, only checked);
 #   - PostgreSQL and RabbitMQ running and accepting connections (started if they are not;
 #     services that already run are never stopped or reconfigured);
@@ -46,6 +47,7 @@ missing_packages() {
     have_cmd curl || echo curl
     have_cmd envsubst || echo gettext-base
     have_cmd make || echo make
+    [[ -x /usr/bin/chromium ]] || echo chromium
 }
 
 install_missing_packages() {

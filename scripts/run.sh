@@ -247,7 +247,8 @@ ensure_dev_key() {
 print_api_key() {
     cat <<EOF
   API key ($DEV_ORG): $DEV_API_KEY
-  Admin key:         $ADMIN_API_KEY (the /admin routes only)
+  Admin key:         $ADMIN_API_KEY (the /admin and /ops routes only)
+  Dashboard:         $BASE_URL/ui/#key=$DEV_API_KEY&admin=$ADMIN_API_KEY
 EOF
 }
 

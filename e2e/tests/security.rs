@@ -57,8 +57,8 @@ async fn keys_isolate_orgs_through_the_gateway_and_no_secret_reaches_a_log() {
     assert_eq!(done["status"], "COMPLETED", "{done}");
 
     // Another org sees none of it, through either service.
-    let other = stack.provision("org_other").await;
-    let other = Some(other.as_str());
+    let other_key = stack.provision("org_other").await;
+    let other = Some(other_key.as_str());
     let (status, body) = stack.call_as(other, "GET", "/workflows", None).await;
     assert_eq!(
         (status, body["data"].as_array().map(Vec::len)),
@@ -104,7 +104,7 @@ async fn keys_isolate_orgs_through_the_gateway_and_no_secret_reaches_a_log() {
     assert_eq!(status, 401);
 
     // No secret in any log, at debug level, of any process (the gateway's too).
-    let secrets = [stack.key.as_str(), other.unwrap(), ADMIN_KEY, AGENT_SECRET];
+    let secrets = [stack.key.as_str(), other_key.as_str(), ADMIN_KEY, AGENT_SECRET];
     let mut checked = 0;
     for entry in std::fs::read_dir(&stack.dir).expect("stack dir") {
         let path = entry.expect("entry").path();

@@ -22,6 +22,11 @@ pub struct Settings {
     /// scheduler's lease reaper queues a new job for it (`REAPER_GRACE_SECONDS`). The grace
     /// lets the broker's own redelivery of a dead worker's job come first.
     pub reaper_grace: Duration,
+    /// How often the queue sampler of `GET /ops/queues` asks the broker (`OPS_SAMPLE_SECONDS`).
+    pub ops_sample_interval: Duration,
+    /// The workers' heartbeat interval (`WORKER_HEARTBEAT_SECONDS`, as the workers read it):
+    /// `GET /ops/workers` calls a worker live while its last beat is at most three old.
+    pub worker_heartbeat: Duration,
 }
 
 pub const DEFAULT_REAPER_GRACE_SECONDS: f64 = 5.0;
@@ -41,6 +46,8 @@ impl Settings {
             relay_grace: env_seconds("OUTBOX_RELAY_GRACE_SECONDS", 2.0)?,
             scheduler_interval: env_seconds("SCHEDULER_INTERVAL_SECONDS", 0.5)?,
             reaper_grace: reaper_grace_from_env()?,
+            ops_sample_interval: env_seconds("OPS_SAMPLE_SECONDS", 5.0)?,
+            worker_heartbeat: env_seconds("WORKER_HEARTBEAT_SECONDS", 5.0)?,
         })
     }
 }

@@ -13,11 +13,13 @@
 //!   and wake-ups.
 //! - [`scheduler`]: queues jobs for WAITING runs whose wake-up time has come.
 //! - [`error`]: the one error enum of this service.
+//! - [`queue_stats`]: samples the queues' depth and consumers for `GET /ops/queues`.
 
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod publisher;
+pub mod queue_stats;
 pub mod relay;
 pub mod routes;
 pub mod scheduler;

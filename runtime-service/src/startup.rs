@@ -1,9 +1,10 @@
-//! Builds the HTTP server and its background tasks (the outbox relay and the wake-up
-//! scheduler). The listener is bound here (port 0 in tests) so callers can ask for the port
-//! before the server runs.
+//! Builds the HTTP server and its background tasks (the outbox relay, the wake-up
+//! scheduler and the queue sampler of `GET /ops/queues`). The listener is bound here (port 0
+//! in tests) so callers can ask for the port before the server runs.
 
 use crate::config::Settings;
 use crate::publisher::{AmqpPublisher, JobPublisher};
+use crate::queue_stats::{QueueStats, Sampler, SharedQueueStats};
 use crate::{relay, routes, scheduler};
 use actix_web::dev::Server;
 use actix_web::{web, HttpServer};
@@ -11,7 +12,7 @@ use shared_models::auth::{AuthConfig, Authenticator};
 use shared_models::db::{self, PgPool};
 use shared_models::queue::QueueNames;
 use std::net::TcpListener;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub struct Application {
@@ -25,6 +26,26 @@ pub struct Application {
 pub struct AppState {
     pub pool: PgPool,
     pub publisher: Arc<dyn JobPublisher>,
+    pub ops: OpsState,
+}
+
+/// What the `/ops` routes read: the queue sampler's numbers, and the workers' heartbeat
+/// interval (a worker is live while its last beat is at most three intervals old).
+#[derive(Clone)]
+pub struct OpsState {
+    pub queues: SharedQueueStats,
+    pub worker_heartbeat: Duration,
+}
+
+impl OpsState {
+    /// Queues never sampled (`GET /ops/queues` answers 503), the default heartbeat.
+    pub fn unsampled(names: &QueueNames) -> Self {
+        let interval = Duration::from_secs(5);
+        Self {
+            queues: Arc::new(RwLock::new(QueueStats::new(names, interval))),
+            worker_heartbeat: interval,
+        }
+    }
 }
 
 impl Application {
@@ -35,8 +56,25 @@ impl Application {
             QueueNames::new(&settings.common.queue_prefix),
         ));
         let listener = TcpListener::bind(&settings.http_addr)?;
-        let mut app = Self::with_parts(listener, pool.clone(), publisher.clone(), &settings.auth)?;
+        let sampler = Sampler::new(
+            &settings.common.amqp_url,
+            &QueueNames::new(&settings.common.queue_prefix),
+            pool.clone(),
+            settings.ops_sample_interval,
+        );
+        let ops = OpsState {
+            queues: sampler.stats(),
+            worker_heartbeat: settings.worker_heartbeat,
+        };
+        let mut app = Self::with_ops(
+            listener,
+            pool.clone(),
+            publisher.clone(),
+            &settings.auth,
+            ops,
+        )?;
         app.background = vec![
+            tokio::spawn(sampler.run()),
             tokio::spawn(relay::run(
                 pool.clone(),
                 publisher,
@@ -52,16 +90,34 @@ impl Application {
         Ok(app)
     }
 
-    /// The HTTP server alone (no relay, no scheduler): tests drive those themselves.
+    /// The HTTP server alone (no relay, no scheduler, no queue sampler): tests drive those
+    /// themselves.
     pub fn with_parts(
         listener: TcpListener,
         pool: PgPool,
         publisher: Arc<dyn JobPublisher>,
         auth: &AuthConfig,
     ) -> std::io::Result<Self> {
+        let ops = OpsState::unsampled(&QueueNames::new(shared_models::queue::DEFAULT_PREFIX));
+        Self::with_ops(listener, pool, publisher, auth, ops)
+    }
+
+    /// [`Application::with_parts`] with the `/ops` routes reading `ops` (a sampler the
+    /// caller runs).
+    pub fn with_ops(
+        listener: TcpListener,
+        pool: PgPool,
+        publisher: Arc<dyn JobPublisher>,
+        auth: &AuthConfig,
+        ops: OpsState,
+    ) -> std::io::Result<Self> {
         let port = listener.local_addr()?.port();
         let auth = web::Data::new(Authenticator::new(pool.clone(), auth));
-        let state = web::Data::new(AppState { pool, publisher });
+        let state = web::Data::new(AppState {
+            pool,
+            publisher,
+            ops,
+        });
         let server = HttpServer::new(move || {
             shared_models::http::app(auth.clone())
                 .app_data(state.clone())

@@ -8,11 +8,13 @@
 //! - [`wakeups`]: jobs for WAITING runs, and PENDING runs held back by their org's running
 //!   cap, whose `wake_at` has come.
 //! - [`reaper`]: jobs for RUNNING runs whose lease expired (their worker is gone).
+//! - [`workers`]: the workers' presence rows and the runs each holds (read only).
 
 pub mod control;
 pub mod events;
 pub mod reaper;
 pub mod wakeups;
+pub mod workers;
 
 use crate::domain::{ListRuns, RunRequest};
 use chrono::{DateTime, Utc};

@@ -4,9 +4,11 @@ mod control;
 mod events;
 mod health;
 pub mod openapi;
+mod ops;
 mod publish;
 mod runs;
 mod trigger;
+mod ui;
 mod views;
 
 use actix_web::web;
@@ -50,6 +52,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(events::stream_run_events))
                 .default_service(web::to(method_not_allowed)),
         )
+        .service(
+            web::resource("/ops/queues")
+                .route(web::get().to(ops::queues))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/ops/workers")
+                .route(web::get().to(ops::workers))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .route("/ui", web::get().to(ui::root))
+        .route("/ui/", web::get().to(ui::index))
+        .route("/ui/{file}", web::get().to(ui::asset))
         .service(
             web::resource("/workflows/{id}/trigger")
                 .route(web::post().to(trigger::trigger_run))

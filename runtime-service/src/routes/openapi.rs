@@ -21,9 +21,12 @@ use utoipa::{Modify, OpenApi};
         super::control::retry_run,
         super::control::approve_step,
         super::events::stream_run_events,
+        super::ops::queues,
+        super::ops::workers,
     ),
     tags(
         (name = "runs", description = "Runs: trigger, follow and control them (runtime-service)"),
+        (name = "ops", description = "Queues and workers, for operators (admin key; runtime-service)"),
     ),
     modifiers(&Common, &OptionalTriggerBody)
 )]

@@ -55,6 +55,9 @@ struct StepView {
     name: String,
     #[serde(rename = "type")]
     step_type: String,
+    /// The steps this one waits for, resolved (a step without `dependsOn` in its definition
+    /// waits for the step before it).
+    depends_on: Vec<String>,
     #[schema(value_type = shared_models::status::StepStatus)]
     status: String,
     attempt: i32,
@@ -134,15 +137,60 @@ pub struct RunDetailView {
     logs: Vec<LogView>,
 }
 
+/// Each step's resolved dependencies by name, in definition order: compiled with the graph
+/// model; a stored definition that does not compile (never expected) falls back to what it
+/// says, or to the step before.
+fn dependencies(definition: &Value) -> Vec<Vec<String>> {
+    if let Ok(graph) = shared_models::graph::WorkflowGraph::from_stored(definition) {
+        return graph
+            .steps
+            .iter()
+            .map(|s| {
+                s.depends_on
+                    .iter()
+                    .map(|&i| graph.steps[i].name.as_str().to_string())
+                    .collect()
+            })
+            .collect();
+    }
+    let outline = shared_models::graph::step_outline(definition);
+    let raw = definition.get("steps").and_then(Value::as_array);
+    outline
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            let declared = raw
+                .and_then(|steps| {
+                    steps
+                        .iter()
+                        .find(|s| s.get("name") == Some(&Value::from(name.as_str())))
+                })
+                .and_then(|s| s.get("dependsOn"))
+                .and_then(Value::as_array);
+            match declared {
+                Some(deps) => deps
+                    .iter()
+                    .filter_map(|d| d.as_str().map(str::to_string))
+                    .collect(),
+                None if i == 0 => Vec::new(),
+                None => vec![outline[i - 1].0.clone()],
+            }
+        })
+        .collect()
+}
+
 impl From<RunDetail> for RunDetailView {
     fn from(d: RunDetail) -> Self {
         let mut started = d.steps.into_iter().peekable();
         let mut steps = Vec::new();
+        let mut deps = dependencies(&d.definition).into_iter();
         for (name, step_type) in shared_models::graph::step_outline(&d.definition) {
+            let depends_on = deps.next().unwrap_or_default();
             match started.next_if(|s| s.name == name) {
                 Some(s) => steps.push(StepView {
                     name: s.name,
                     step_type: s.step_type,
+                    depends_on,
                     status: s.status,
                     attempt: s.attempt,
                     started_at: s.started_at,
@@ -153,6 +201,7 @@ impl From<RunDetail> for RunDetailView {
                 None => steps.push(StepView {
                     name,
                     step_type,
+                    depends_on,
                     status: "PENDING".into(),
                     attempt: 0,
                     started_at: None,

@@ -224,7 +224,7 @@ async fn unknown_routes_and_methods_are_a_401_without_a_key() {
         ("GET", "/nowhere".to_string()),
         ("GET", "/admin/orgs".to_string()),
         ("POST", "/admin/orgs".to_string()),
-        ("GET", "/ops/queues".to_string()),
+        ("GET", "/ops/nothing".to_string()),
         ("GET", "/workflows".to_string()),
         ("GET", format!("/workflows/{}", s.workflow)),
         ("DELETE", "/workflows/runs".to_string()),

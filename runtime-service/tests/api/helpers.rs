@@ -4,16 +4,18 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use reqwest::header::HeaderMap;
 use runtime_service::publisher::{AmqpPublisher, JobPublisher};
-use runtime_service::startup::Application;
+use runtime_service::queue_stats::Sampler;
+use runtime_service::startup::{Application, OpsState};
 use serde_json::{json, Value};
 use shared_models::auth::AuthConfig;
-use shared_models::db::PgPooled;
+use shared_models::db::{PgPool, PgPooled};
 use shared_models::models::{NewRunEvent, OutboxRow, StepRunRow};
 use shared_models::queue::QueueNames;
 use shared_models::schema::{outbox, run_events, runs, step_runs};
 use shared_models::testing::{self, fixtures, TestDb};
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub const ORG: &str = "org_test";
 
@@ -57,14 +59,49 @@ pub async fn spawn_app_with_auth(auth: AuthConfig) -> TestApp {
     spawn(&amqp_url(), &auth).await
 }
 
+/// The app with the queue sampler of `GET /ops/queues` running every 100 ms over this
+/// test's queues, and workers called live for 3 s after a heartbeat (a 1 s interval).
+pub async fn spawn_app_sampling() -> TestApp {
+    spawn_app_with_ops(|names, pool| {
+        let sampler = Sampler::new(&amqp_url(), names, pool, Duration::from_millis(100));
+        let ops = OpsState {
+            queues: sampler.stats(),
+            worker_heartbeat: Duration::from_secs(1),
+        };
+        tokio::spawn(sampler.run());
+        ops
+    })
+    .await
+}
+
+/// The app with the `/ops` routes reading what `ops` makes from this test's queue names and
+/// database.
+pub async fn spawn_app_with_ops(
+    ops: impl FnOnce(&QueueNames, PgPool) -> OpsState + 'static,
+) -> TestApp {
+    spawn_with(&amqp_url(), &testing::auth_config(), Some(Box::new(ops))).await
+}
+
+type MakeOps = Box<dyn FnOnce(&QueueNames, PgPool) -> OpsState>;
+
 async fn spawn(amqp: &str, auth: &AuthConfig) -> TestApp {
+    spawn_with(amqp, auth, None).await
+}
+
+async fn spawn_with(amqp: &str, auth: &AuthConfig, ops: Option<MakeOps>) -> TestApp {
     let db = TestDb::create();
     let prefix = testing::unique_queue_prefix();
     let publisher: Arc<dyn JobPublisher> =
         Arc::new(AmqpPublisher::new(amqp, QueueNames::new(&prefix)));
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let app =
-        Application::with_parts(listener, db.pool.clone(), publisher, auth).expect("build app");
+    let app = match ops {
+        None => Application::with_parts(listener, db.pool.clone(), publisher, auth),
+        Some(make) => {
+            let ops = make(&QueueNames::new(&prefix), db.pool.clone());
+            Application::with_ops(listener, db.pool.clone(), publisher, auth, ops)
+        }
+    }
+    .expect("build app");
     let key = fixtures::org_key(&mut db.pool.get().expect("conn"), ORG);
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
@@ -167,6 +204,12 @@ impl TestApp {
 
     pub async fn get(&self, path: &str) -> Reply {
         self.send("GET", path, None, &[]).await
+    }
+
+    /// A GET with the operator's key ([`testing::ADMIN_KEY`]).
+    pub async fn get_as_admin(&self, path: &str) -> Reply {
+        let admin = format!("Bearer {}", testing::ADMIN_KEY);
+        self.send_auth(Some(&admin), "GET", path, None, &[]).await
     }
 
     pub fn workflow(&self, name: &str, active: bool) -> String {

@@ -4,6 +4,7 @@ mod events;
 mod helpers;
 mod hostile;
 mod openapi;
+mod ops;
 mod queueing;
 mod reaper;
 mod runs;

@@ -1,5 +1,5 @@
 use crate::helpers::{fields, spawn_app, ORG};
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn a_new_run_shows_every_step_pending_and_no_progress_yet() {
@@ -27,11 +27,59 @@ async fn a_new_run_shows_every_step_pending_and_no_progress_yet() {
     assert_eq!(d["startedAt"], json!(null));
     assert_eq!(
         d["steps"],
-        json!([{"name": "classify", "type": "agent", "status": "PENDING", "attempt": 0,
+        json!([{"name": "classify", "type": "agent", "dependsOn": [], "status": "PENDING", "attempt": 0,
         "startedAt": null, "completedAt": null, "output": null, "error": null}])
     );
     assert_eq!(d["transitions"], json!([]));
     assert_eq!(d["logs"], json!([]));
+}
+
+#[tokio::test]
+async fn each_step_names_the_steps_it_depends_on() {
+    let app = spawn_app().await;
+    let t = |name: &str| json!({"name": name, "type": "transform", "value": 1});
+    let with_deps = |name: &str, deps: &[&str]| {
+        let mut s = t(name);
+        s["dependsOn"] = json!(deps);
+        s
+    };
+    let wf = app.workflow_with(
+        "branches",
+        json!({"steps": [
+            t("a"),
+            t("b"),
+            with_deps("c", &["a"]),
+            with_deps("d", &["b", "c"]),
+            t("e"),
+            with_deps("f", &[]),
+        ]}),
+    );
+    let id = app.run_in(&wf, "PENDING");
+    let r = app.get(&format!("/workflows/runs/{id}")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let deps: Vec<(String, Value)> = r.body["data"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["dependsOn"].clone(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, Value)> = [
+        ("a", json!([])),
+        ("b", json!(["a"])),
+        ("c", json!(["a"])),
+        ("d", json!(["b", "c"])),
+        ("e", json!(["d"])),
+        ("f", json!([])),
+    ]
+    .into_iter()
+    .map(|(n, d)| (n.to_string(), d))
+    .collect();
+    assert_eq!(deps, expected);
 }
 
 #[tokio::test]

@@ -1,0 +1,427 @@
+//! The dashboard at `/ui/` in a real browser (Debian's headless chromium), through the gateway
+//! of a real stack: the runs list, a run's graph, and the queues and workers page, each
+//! checked in the DOM the page built from the API, and each saved as a screenshot into
+//! `target/ui-screenshots/` (not committed) for a person to look at.
+//!
+//! chromium is required, not optional: `make test` installs it (scripts/ensure-services.sh).
+
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use thygon_e2e::{workspace_root, Stack, ADMIN_KEY};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn chromium() -> &'static str {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: the dashboard test needs Debian's chromium \
+         (`make test` installs it through scripts/ensure-services.sh; or: apt-get install chromium)"
+    );
+    CHROMIUM
+}
+
+/// Run headless chromium on `url` with `args` (`--dump-dom` or `--screenshot=...`); returns
+/// its stdout. Each call has a profile of its own under the stack's directory.
+async fn browse(stack: &Stack, url: &str, args: &[&str]) -> String {
+    let profile = stack.dir.join(format!(
+        "chromium-{}",
+        shared_models::testing::unique_token()
+    ));
+    let mut cmd = tokio::process::Command::new(chromium());
+    cmd.args([
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--hide-scrollbars",
+        "--virtual-time-budget=8000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .args(args)
+    .arg(url)
+    .kill_on_drop(true)
+    .stdin(std::process::Stdio::null());
+    let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("chromium did not finish within 90 s on {url}"))
+        .expect("run chromium");
+    assert!(
+        out.status.success(),
+        "chromium failed on {url}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The page's DOM after its scripts ran (and polled for the virtual-time budget).
+async fn dom(stack: &Stack, page: &str) -> String {
+    let url = page_url(stack, page);
+    let html = browse(stack, &url, &["--dump-dom"]).await;
+    assert!(html.contains("</html>"), "no DOM for {page}: {html}");
+    html
+}
+
+fn page_url(stack: &Stack, page: &str) -> String {
+    format!(
+        "{}/ui/{page}#key={}&admin={ADMIN_KEY}",
+        stack.base_url, stack.key
+    )
+}
+
+async fn screenshot(stack: &Stack, page: &str, file: &str) -> PathBuf {
+    let dir = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join("target"))
+        .join("ui-screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    let path = dir.join(file);
+    let _ = std::fs::remove_file(&path);
+    browse(
+        stack,
+        &page_url(stack, page),
+        &[
+            &format!("--screenshot={}", path.display()),
+            "--window-size=1280,900",
+        ],
+    )
+    .await;
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 1000, "no screenshot of {page} at {}", path.display());
+    println!("screenshot of /ui/{page}: {}", path.display());
+    path
+}
+
+/// The attributes of every start tag `<tag ...>` in `html` (values unescaped for `&amp;`
+/// and `&quot;` only: enough for ids, names and statuses).
+fn tags(html: &str, tag: &str) -> Vec<HashMap<String, String>> {
+    let open = format!("<{tag} ");
+    let mut found = Vec::new();
+    let mut rest = html;
+    while let Some(at) = rest.find(&open) {
+        let after = &rest[at + open.len()..];
+        let end = after.find('>').unwrap_or(after.len());
+        found.push(attributes(&after[..end]));
+        rest = &after[end..];
+    }
+    found
+}
+
+fn attributes(mut s: &str) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    loop {
+        s = s.trim_start();
+        let Some(eq) = s.find("=\"") else { break };
+        let name = s[..eq].trim().to_string();
+        let value_start = &s[eq + 2..];
+        let Some(close) = value_start.find('"') else {
+            break;
+        };
+        let value = value_start[..close]
+            .replace("&quot;", "\"")
+            .replace("&amp;", "&");
+        map.insert(name, value);
+        s = &value_start[close + 1..];
+    }
+    map
+}
+
+fn with<'a>(
+    found: &'a [HashMap<String, String>],
+    key: &str,
+) -> impl Iterator<Item = &'a HashMap<String, String>> + 'a {
+    let key = key.to_string();
+    found.iter().filter(move |a| a.contains_key(&key))
+}
+
+/// The text of the first element after `<... attr="value"` whose class is `class` (a small,
+/// purpose-built reader: the text of `<b>` in a queue card's number).
+fn text_after(html: &str, marker: &str, then: &str) -> String {
+    let start = html
+        .find(marker)
+        .unwrap_or_else(|| panic!("no {marker} in the page"));
+    let rest = &html[start..];
+    let at = rest
+        .find(then)
+        .unwrap_or_else(|| panic!("no {then} after {marker}"));
+    let rest = &rest[at + then.len()..];
+    rest[..rest.find('<').unwrap_or(rest.len())].to_string()
+}
+
+async fn create(stack: &Stack, name: &str, steps: Value) {
+    let (status, body) = stack
+        .call(
+            "POST",
+            "/workflows",
+            Some(json!({"name": name, "definition": {"steps": steps}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+async fn trigger(stack: &Stack, workflow: &str, variables: Value) -> String {
+    let (status, body) = stack
+        .call(
+            "POST",
+            &format!("/workflows/{workflow}/trigger"),
+            Some(json!({"variables": variables})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body["data"]["id"].as_str().unwrap().to_string()
+}
+
+async fn get(stack: &Stack, key: &str, path: &str) -> Value {
+    let (status, body) = stack.call_as(Some(key), "GET", path, None).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    body["data"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_runs_graphs_queues_and_workers_in_a_browser() {
+    chromium();
+    let stack = Stack::start_with(
+        1,
+        &[
+            ("WORKER_HEARTBEAT_SECONDS", "1"),
+            ("OPS_SAMPLE_SECONDS", "1"),
+        ],
+    )
+    .await;
+
+    // fetch fans out to classify (an agent) and enrich (fails without a region), both fan in
+    // to an approval, and notify follows it.
+    create(
+        &stack,
+        "ticket_flow",
+        json!([
+            {"name": "fetch", "type": "transform", "value": {"ticket": "{{ variables.ticketId }}"}},
+            {"name": "classify", "type": "agent", "agentId": "support-classifier",
+             "instructions": "Classify {{ variables.ticketId }}: {{ variables.subject }}", "dependsOn": ["fetch"]},
+            {"name": "enrich", "type": "transform", "value": {"region": "{{ variables.region }}"}, "dependsOn": ["fetch"]},
+            {"name": "review", "type": "approval", "dependsOn": ["classify", "enrich"]},
+            {"name": "notify", "type": "transform", "value": "{{ steps.review.output.comment }}"}
+        ]),
+    )
+    .await;
+    let vars = |region: Option<&str>| {
+        let mut v = json!({"ticketId": "TCK-7", "subject": "refund my invoice"});
+        if let Some(r) = region {
+            v["region"] = json!(r);
+        }
+        v
+    };
+    let completed = trigger(&stack, "wf_ticket_flow", vars(Some("eu"))).await;
+    let failed = trigger(&stack, "wf_ticket_flow", vars(None)).await;
+    let waiting = trigger(&stack, "wf_ticket_flow", vars(Some("us"))).await;
+
+    stack
+        .wait_until(&completed, Duration::from_secs(30), "WAITING", |r| {
+            r["status"] == "WAITING"
+        })
+        .await;
+    let (status, body) = stack
+        .call(
+            "POST",
+            &format!("/workflows/runs/{completed}/steps/review/approve"),
+            Some(json!({"approved": true, "comment": "refund approved"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        stack
+            .wait_for_run(&completed, Duration::from_secs(30))
+            .await["status"],
+        "COMPLETED"
+    );
+    assert_eq!(
+        stack.wait_for_run(&failed, Duration::from_secs(30)).await["status"],
+        "FAILED"
+    );
+    let waiting_run = stack
+        .wait_until(&waiting, Duration::from_secs(30), "WAITING", |r| {
+            r["status"] == "WAITING"
+        })
+        .await;
+
+    // ---- the runs list ----
+    let html = dom(&stack, "").await;
+    let rows = tags(&html, "tr");
+    let shown: HashMap<&str, &str> = with(&rows, "data-run")
+        .map(|a| (a["data-run"].as_str(), a["data-status"].as_str()))
+        .collect();
+    assert_eq!(
+        shown,
+        HashMap::from([
+            (completed.as_str(), "COMPLETED"),
+            (failed.as_str(), "FAILED"),
+            (waiting.as_str(), "WAITING"),
+        ]),
+        "runs list rows"
+    );
+    for (id, status) in [
+        (&completed, "COMPLETED"),
+        (&failed, "FAILED"),
+        (&waiting, "WAITING"),
+    ] {
+        assert!(
+            html.contains(&format!("href=\"run.html?id={id}\"")),
+            "link to {id}"
+        );
+        assert!(
+            html.contains(&format!("class=\"badge status-{status}\"")),
+            "{status} badge"
+        );
+    }
+    assert!(html.contains("wf_ticket_flow"));
+
+    // ---- a run's page: the failed run (mixed states) and the waiting one ----
+    for (id, expected_status) in [(&failed, "FAILED"), (&waiting, "WAITING")] {
+        let run = get(&stack, &stack.key, &format!("/workflows/runs/{id}")).await;
+        assert_eq!(run["status"], expected_status);
+        let html = dom(&stack, &format!("run.html?id={id}")).await;
+        let nodes: HashMap<String, String> = with(&tags(&html, "g"), "data-step")
+            .map(|a| (a["data-step"].clone(), a["data-status"].clone()))
+            .collect();
+        let api: HashMap<String, String> = run["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap().to_string(),
+                    s["status"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(nodes, api, "graph nodes of {id} and their states");
+        for (step, status) in &nodes {
+            assert!(
+                html.contains(&format!(
+                    "class=\"node status-{status}\" data-step=\"{step}\""
+                )),
+                "node {step} has the class of its state"
+            );
+        }
+        let edges: Vec<(String, String)> = with(&tags(&html, "path"), "data-from")
+            .map(|a| (a["data-from"].clone(), a["data-to"].clone()))
+            .collect();
+        let mut edges_sorted = edges.clone();
+        edges_sorted.sort();
+        assert_eq!(
+            edges_sorted,
+            [
+                ("classify", "review"),
+                ("enrich", "review"),
+                ("fetch", "classify"),
+                ("fetch", "enrich"),
+                ("review", "notify"),
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string())),
+            "edges of {id}"
+        );
+        let logs = run["logs"].as_array().unwrap();
+        assert!(!logs.is_empty(), "{run}");
+        let log_rows = tags(&html, "tr")
+            .iter()
+            .filter(|a| a.get("class").map(String::as_str) == Some("log-line"))
+            .count();
+        assert_eq!(log_rows, logs.len(), "log lines of {id}");
+        let first = logs[0]["message"].as_str().unwrap();
+        let escaped = first
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
+        assert!(html.contains(&escaped), "log line {first:?} on the page");
+        assert!(html.contains(&format!("badge status-{expected_status}")));
+    }
+    let step_states: Vec<&str> = waiting_run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        step_states,
+        ["COMPLETED", "COMPLETED", "COMPLETED", "WAITING", "PENDING"]
+    );
+
+    // ---- queues and workers ----
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let workers = loop {
+        let w = get(&stack, ADMIN_KEY, "/ops/workers").await;
+        let (status, _) = stack
+            .call_as(Some(ADMIN_KEY), "GET", "/ops/queues", None)
+            .await;
+        if status == 200 && w.as_array().is_some_and(|a| !a.is_empty()) {
+            break w;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no worker row or no queue sample"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // A few samples for the chart.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let worker_id = workers[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(worker_id, "e2e-worker-0");
+    assert_eq!(workers[0]["live"], true);
+    let queues = get(&stack, ADMIN_KEY, "/ops/queues").await;
+    let html = dom(&stack, "queues.html").await;
+    for q in queues.as_array().unwrap() {
+        let name = q["name"].as_str().unwrap();
+        assert!(name.starts_with(&stack.prefix), "{name}");
+        let card = format!(
+            "data-queue=\"{name}\" data-kind=\"{}\"",
+            q["kind"].as_str().unwrap()
+        );
+        assert!(html.contains(&card), "a card for {name}");
+        // Nothing waits and the worker consumes the job queue; the numbers hold still.
+        let expected_consumers = if q["kind"] == "jobs" { "1" } else { "0" };
+        assert_eq!(
+            text_after(
+                &html,
+                &card,
+                "<div class=\"consumers\"><span>Consumers</span><b>"
+            ),
+            expected_consumers,
+            "consumers of {name}"
+        );
+        assert_eq!(
+            text_after(
+                &html,
+                &card,
+                "<div class=\"messages\"><span>Messages</span><b>"
+            ),
+            "0",
+            "messages in {name}"
+        );
+        assert!(html.contains("<svg class=\"chart\""), "a chart for {name}");
+    }
+    assert!(html.contains("Oldest pending run"));
+    let polylines = tags(&html, "polyline");
+    assert_eq!(polylines.len(), 4, "two lines per queue chart");
+    for p in &polylines {
+        let points = p["points"].split(' ').count();
+        assert!(points >= 2, "a line has at least two points: {p:?}");
+    }
+    let worker_rows: Vec<_> = with(&tags(&html, "tr"), "data-worker").cloned().collect();
+    assert_eq!(worker_rows.len(), 1);
+    assert_eq!(
+        (
+            worker_rows[0]["data-worker"].as_str(),
+            worker_rows[0]["data-live"].as_str()
+        ),
+        (worker_id.as_str(), "true")
+    );
+
+    // ---- screenshots, for a person to look at ----
+    screenshot(&stack, "", "runs.png").await;
+    screenshot(&stack, &format!("run.html?id={failed}"), "run-failed.png").await;
+    screenshot(&stack, &format!("run.html?id={waiting}"), "run-waiting.png").await;
+    screenshot(&stack, "queues.html", "queues.png").await;
+}

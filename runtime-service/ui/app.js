@@ -1,0 +1,583 @@
+// Thygon dashboard: plain JavaScript, no dependencies, nothing fetched from elsewhere.
+// Every page is static; data comes from the JSON API at the same origin, with the keys kept
+// in this browser's localStorage (set them in the header, or with #key=...&admin=... in the
+// URL, which is then removed from the address bar).
+"use strict";
+
+(function () {
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const STORE = { key: "thygon.orgKey", admin: "thygon.adminKey" };
+  const ENDED = ["COMPLETED", "FAILED", "CANCELLED"];
+  const STATUSES = ["PENDING", "RUNNING", "WAITING", "COMPLETED", "FAILED", "SKIPPED", "CANCELLED"];
+
+  // ---- keys ---------------------------------------------------------------------------
+
+  function storage() {
+    try {
+      return window.localStorage;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function getKey(which) {
+    const s = storage();
+    return (s && s.getItem(STORE[which])) || "";
+  }
+
+  function setKey(which, value) {
+    const s = storage();
+    if (!s) return;
+    if (value) s.setItem(STORE[which], value);
+    else s.removeItem(STORE[which]);
+  }
+
+  // #key=...&admin=... sets the keys, then leaves the address bar.
+  function keysFromFragment() {
+    const hash = window.location.hash.replace(/^#/, "");
+    if (!hash) return;
+    const params = new URLSearchParams(hash);
+    let used = false;
+    for (const which of ["key", "admin"]) {
+      const v = params.get(which);
+      if (v !== null) {
+        setKey(which, v.trim());
+        used = true;
+      }
+    }
+    if (used && window.history && window.history.replaceState) {
+      window.history.replaceState(null, "", window.location.pathname + window.location.search);
+    }
+  }
+
+  // ---- DOM helpers ---------------------------------------------------------------------
+
+  function el(tag, attrs, children) {
+    const node = document.createElement(tag);
+    setAttrs(node, attrs);
+    append(node, children);
+    return node;
+  }
+
+  function svg(tag, attrs, children) {
+    const node = document.createElementNS(SVG_NS, tag);
+    setAttrs(node, attrs);
+    append(node, children);
+    return node;
+  }
+
+  function setAttrs(node, attrs) {
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "text") node.textContent = String(v);
+      else node.setAttribute(k, String(v));
+    }
+  }
+
+  function append(node, children) {
+    if (children === null || children === undefined) return;
+    for (const c of Array.isArray(children) ? children : [children]) {
+      if (c === null || c === undefined || c === false) continue;
+      node.appendChild(typeof c === "object" ? c : document.createTextNode(String(c)));
+    }
+  }
+
+  function replaceChildren(node, children) {
+    while (node.firstChild) node.removeChild(node.firstChild);
+    append(node, children);
+  }
+
+  function $(id) {
+    return document.getElementById(id);
+  }
+
+  function badge(status, extra) {
+    return el("span", { class: "badge status-" + status + (extra ? " " + extra : ""), text: status });
+  }
+
+  function pad(n) {
+    return String(n).padStart(2, "0");
+  }
+
+  function fmtTime(iso) {
+    if (!iso) return "—";
+    const d = new Date(iso);
+    if (isNaN(d)) return iso;
+    return (
+      d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
+      pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds())
+    );
+  }
+
+  function fmtClock(iso) {
+    const d = new Date(iso);
+    return isNaN(d) ? "" : pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+  }
+
+  function fmtSeconds(secs) {
+    if (secs === null || secs === undefined || isNaN(secs)) return "—";
+    if (secs === 0) return "0 s";
+    if (secs < 1) return Math.round(secs * 1000) + " ms";
+    if (secs < 60) return (Math.round(secs * 10) / 10) + " s";
+    const m = Math.floor(secs / 60);
+    if (m < 60) return m + " min " + Math.round(secs % 60) + " s";
+    return Math.floor(m / 60) + " h " + (m % 60) + " min";
+  }
+
+  // From `start` to `end` (or to now while it runs).
+  function duration(start, end) {
+    if (!start) return "—";
+    const a = new Date(start).getTime();
+    const b = end ? new Date(end).getTime() : Date.now();
+    return fmtSeconds(Math.max(0, b - a) / 1000);
+  }
+
+  // ---- API -----------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, code, message) {
+      super(message);
+      this.status = status;
+      this.code = code;
+    }
+  }
+
+  async function api(path, which) {
+    const key = getKey(which);
+    const headers = { Accept: "application/json" };
+    if (key) headers.Authorization = "Bearer " + key;
+    let res;
+    try {
+      res = await fetch(path, { headers: headers, cache: "no-store" });
+    } catch (e) {
+      throw new ApiError(0, "NETWORK", "cannot reach the server: " + e.message);
+    }
+    let body = null;
+    try {
+      body = await res.json();
+    } catch (e) {
+      throw new ApiError(res.status, "INTERNAL", "the server answered " + res.status + " without JSON");
+    }
+    if (!res.ok || !body || body.success !== true) {
+      const err = (body && body.error) || {};
+      let message = err.message || "request failed (" + res.status + ")";
+      if (res.status === 401) {
+        message = (which === "admin" ? "Set the admin key" : "Set your org's API key") +
+          " in the header above (" + message + ").";
+      } else if (res.status === 403) {
+        message = (which === "admin" ? "This page needs the operator's ADMIN_API_KEY" : "This key may not see this") +
+          " (" + message + ").";
+      }
+      throw new ApiError(res.status, err.code || "ERROR", message);
+    }
+    return body;
+  }
+
+  function showError(e) {
+    const b = $("banner");
+    if (!b) return;
+    b.className = "banner shown";
+    b.textContent = e ? e.message : "";
+  }
+
+  function clearError() {
+    const b = $("banner");
+    if (b) b.className = "banner";
+  }
+
+  function setMeta(text) {
+    const m = $("meta");
+    if (m) m.textContent = text;
+  }
+
+  // Call `tick` now and every `ms` until it returns false.
+  function poll(ms, tick) {
+    let stopped = false;
+    async function loop() {
+      let again = true;
+      try {
+        again = (await tick()) !== false;
+      } catch (e) {
+        showError(e);
+      }
+      if (again && !stopped) window.setTimeout(loop, ms);
+    }
+    loop();
+    return function () {
+      stopped = true;
+    };
+  }
+
+  // ---- header --------------------------------------------------------------------------
+
+  function header(page) {
+    const top = $("top");
+    if (!top) return;
+    const link = (href, label, name) =>
+      el("a", { href: href, class: page === name ? "current" : null, text: label });
+    const orgInput = el("input", {
+      type: "password", id: "org-key", autocomplete: "off",
+      placeholder: getKey("key") ? "saved (enter to replace)" : "thy_…",
+    });
+    const adminInput = el("input", {
+      type: "password", id: "admin-key", autocomplete: "off",
+      placeholder: getKey("admin") ? "saved (enter to replace)" : "ADMIN_API_KEY",
+    });
+    const forget = el("button", { type: "button", class: "plain", text: "Forget keys" });
+    const form = el("form", { class: "keys", id: "keys" }, [
+      el("label", { for: "org-key", text: "Org key" }), orgInput,
+      el("label", { for: "admin-key", text: "Admin key" }), adminInput,
+      el("button", { type: "submit", text: "Save" }), forget,
+    ]);
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      if (orgInput.value.trim()) setKey("key", orgInput.value.trim());
+      if (adminInput.value.trim()) setKey("admin", adminInput.value.trim());
+      window.location.reload();
+    });
+    forget.addEventListener("click", () => {
+      setKey("key", "");
+      setKey("admin", "");
+      window.location.reload();
+    });
+    replaceChildren(top, [
+      el("span", { class: "brand", text: "Thygon" }),
+      el("nav", null, [link("./", "Runs", "runs"), link("queues.html", "Queues & workers", "queues")]),
+      form,
+    ]);
+  }
+
+  // ---- runs list -----------------------------------------------------------------------
+
+  function runsPage() {
+    const params = new URLSearchParams(window.location.search);
+    const statusSel = $("filter-status");
+    const wfInput = $("filter-workflow");
+    statusSel.value = params.get("status") || "";
+    wfInput.value = params.get("workflowId") || "";
+    $("filters").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const q = new URLSearchParams();
+      if (statusSel.value) q.set("status", statusSel.value);
+      if (wfInput.value.trim()) q.set("workflowId", wfInput.value.trim());
+      const qs = q.toString();
+      window.history.replaceState(null, "", window.location.pathname + (qs ? "?" + qs : ""));
+      refresh();
+    });
+    statusSel.addEventListener("change", () => $("filters").requestSubmit());
+
+    async function refresh() {
+      const q = new URLSearchParams({ limit: "100" });
+      if (statusSel.value) q.set("status", statusSel.value);
+      if (wfInput.value.trim()) q.set("workflowId", wfInput.value.trim());
+      const body = await api("/workflows/runs?" + q.toString(), "key");
+      clearError();
+      const rows = body.data.map((r) =>
+        el("tr", { "data-run": r.id, "data-status": r.status }, [
+          el("td", { class: "id" }, el("a", { href: "run.html?id=" + encodeURIComponent(r.id), text: r.id })),
+          el("td", null, [r.workflowId, el("span", { class: "meta", text: " v" + r.workflowVersion })]),
+          el("td", null, badge(r.status)),
+          el("td", { text: fmtTime(r.createdAt) }),
+          el("td", { class: "num", text: duration(r.startedAt, r.completedAt) }),
+        ])
+      );
+      if (!rows.length) {
+        rows.push(el("tr", null, el("td", { class: "empty", colspan: "5", text: "No runs match." })));
+      }
+      replaceChildren($("runs-body"), rows);
+      setMeta(
+        body.data.length + " run" + (body.data.length === 1 ? "" : "s") +
+        (body.pagination && body.pagination.nextCursor ? " (newest 100 shown)" : "") +
+        " · updated " + fmtClock(new Date().toISOString()) + " · refreshes every 2 s"
+      );
+    }
+    poll(2000, refresh);
+  }
+
+  // ---- run page ------------------------------------------------------------------------
+
+  // Layers by dependency depth: a root is at 0, any other step one past its deepest dependency.
+  function layers(steps) {
+    const byName = new Map(steps.map((s) => [s.name, s]));
+    const depth = new Map();
+    function depthOf(name, seen) {
+      if (depth.has(name)) return depth.get(name);
+      if (seen.has(name)) return 0; // a cycle cannot be stored; stay safe anyway
+      seen.add(name);
+      const s = byName.get(name);
+      const deps = (s && s.dependsOn) || [];
+      let d = 0;
+      for (const dep of deps) if (byName.has(dep)) d = Math.max(d, depthOf(dep, seen) + 1);
+      depth.set(name, d);
+      return d;
+    }
+    const out = [];
+    for (const s of steps) {
+      const d = depthOf(s.name, new Set());
+      (out[d] = out[d] || []).push(s);
+    }
+    return out.map((l) => l || []);
+  }
+
+  function drawGraph(steps) {
+    const NODE_W = 168, NODE_H = 50, COL = 228, ROW = 74, PAD = 20;
+    const cols = layers(steps);
+    const tallest = Math.max(1, ...cols.map((c) => c.length));
+    const width = PAD * 2 + (cols.length - 1) * COL + NODE_W;
+    const height = PAD * 2 + (tallest - 1) * ROW + NODE_H;
+    const pos = new Map();
+    cols.forEach((col, ci) => {
+      const offset = ((tallest - col.length) * ROW) / 2;
+      col.forEach((s, ri) => pos.set(s.name, { x: PAD + ci * COL, y: PAD + offset + ri * ROW }));
+    });
+
+    const graph = svg("svg", {
+      class: "graph", width: width, height: height, viewBox: "0 0 " + width + " " + height,
+      role: "img", "aria-label": "workflow graph",
+    });
+    graph.appendChild(svg("defs", null, svg("marker", {
+      id: "arrow", viewBox: "0 0 10 10", refX: "10", refY: "5", markerWidth: "7", markerHeight: "7",
+      orient: "auto-start-reverse",
+    }, svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrow" }))));
+
+    const edges = svg("g", { class: "edges" });
+    for (const s of steps) {
+      const to = pos.get(s.name);
+      for (const dep of s.dependsOn || []) {
+        const from = pos.get(dep);
+        if (!from || !to) continue;
+        const x1 = from.x + NODE_W, y1 = from.y + NODE_H / 2, x2 = to.x, y2 = to.y + NODE_H / 2;
+        const mid = (x1 + x2) / 2;
+        edges.appendChild(svg("path", {
+          class: "edge", "data-from": dep, "data-to": s.name, "marker-end": "url(#arrow)",
+          d: "M " + x1 + " " + y1 + " C " + mid + " " + y1 + ", " + mid + " " + y2 + ", " + x2 + " " + y2,
+        }));
+      }
+    }
+    graph.appendChild(edges);
+
+    const nodes = svg("g", { class: "nodes" });
+    for (const s of steps) {
+      const p = pos.get(s.name);
+      const sub = s.type + " · " + s.status.toLowerCase() + (s.attempt > 1 ? " · try " + s.attempt : "");
+      nodes.appendChild(svg("g", {
+        class: "node status-" + s.status, "data-step": s.name, "data-status": s.status,
+        transform: "translate(" + p.x + "," + p.y + ")",
+      }, [
+        svg("title", { text: s.name + " (" + s.type + "): " + s.status + (s.error ? " — " + s.error : "") }),
+        svg("rect", { width: NODE_W, height: NODE_H, rx: 8, ry: 8 }),
+        svg("text", { class: "name", x: 12, y: 21, text: clip(s.name, 20) }),
+        svg("text", { class: "sub", x: 12, y: 38, text: clip(sub, 26) }),
+      ]));
+    }
+    graph.appendChild(nodes);
+    return graph;
+  }
+
+  function clip(text, n) {
+    return text.length > n ? text.slice(0, n - 1) + "…" : text;
+  }
+
+  function runPage() {
+    const id = new URLSearchParams(window.location.search).get("id");
+    if (!id) {
+      showError(new Error("No run id: open this page as run.html?id=run_…"));
+      setMeta("");
+      return;
+    }
+    document.title = "Thygon · " + id;
+    $("title").textContent = "Run " + id;
+    replaceChildren($("legend"), STATUSES.map((s) => badge(s)));
+
+    async function refresh() {
+      const body = await api("/workflows/runs/" + encodeURIComponent(id), "key");
+      clearError();
+      const run = body.data;
+      renderSummary(run);
+      replaceChildren($("graph"), drawGraph(run.steps));
+      renderSteps(run.steps);
+      renderTransitions(run.transitions);
+      renderLogs(run.logs);
+      const ended = ENDED.includes(run.status);
+      setMeta(
+        "Updated " + fmtClock(new Date().toISOString()) +
+        (ended ? " · the run has ended; no more refreshes" : " · refreshes every second until the run ends")
+      );
+      return !ended;
+    }
+    poll(1000, refresh);
+  }
+
+  function renderSummary(run) {
+    const item = (label, value, cls) =>
+      el("div", { class: cls || null }, [el("span", { class: "label", text: label }), value]);
+    const parts = [
+      item("Status", badge(run.status)),
+      item("Workflow", el("a", {
+        href: "./?workflowId=" + encodeURIComponent(run.workflowId),
+        text: run.workflowId + " v" + run.workflowVersion,
+      })),
+      item("Org", run.orgId),
+      item("Created", fmtTime(run.createdAt)),
+      item("Started", fmtTime(run.startedAt)),
+      item("Completed", fmtTime(run.completedAt)),
+      item("Duration", duration(run.startedAt, run.completedAt)),
+    ];
+    if (run.error) parts.push(item("Error", el("pre", { text: run.error }), "wide"));
+    if (run.output !== null && run.output !== undefined) {
+      parts.push(item("Output", el("pre", { text: JSON.stringify(run.output, null, 2) }), "wide"));
+    }
+    parts.push(item("Variables", el("pre", { text: JSON.stringify(run.variables) }), "wide"));
+    replaceChildren($("summary"), parts);
+  }
+
+  function renderSteps(steps) {
+    replaceChildren($("steps-body"), steps.map((s) =>
+      el("tr", { "data-step": s.name, "data-status": s.status }, [
+        el("td", { class: "mono", text: s.name }),
+        el("td", { text: s.type }),
+        el("td", { class: "mono", text: (s.dependsOn || []).join(", ") || "—" }),
+        el("td", null, badge(s.status)),
+        el("td", { class: "num", text: String(s.attempt) }),
+        el("td", { text: fmtTime(s.startedAt) }),
+        el("td", { class: "num", text: duration(s.startedAt, s.completedAt) }),
+        el("td", { class: "message", text: s.error || "" }),
+      ])
+    ));
+  }
+
+  function renderTransitions(transitions) {
+    const rows = transitions.map((t) =>
+      el("tr", { class: "transition" }, [
+        el("td", { text: fmtTime(t.at) }),
+        el("td", { class: "mono", text: t.step || "(run)" }),
+        el("td", null, t.from ? badge(t.from) : "—"),
+        el("td", null, t.to ? badge(t.to) : "—"),
+      ])
+    );
+    if (!rows.length) rows.push(el("tr", null, el("td", { class: "empty", colspan: "4", text: "Nothing has happened yet." })));
+    replaceChildren($("transitions-body"), rows);
+  }
+
+  function renderLogs(logs) {
+    const rows = logs.map((l) =>
+      el("tr", { class: "log-line" }, [
+        el("td", { text: fmtTime(l.at) }),
+        el("td", null, el("span", { class: "badge level-" + (l.level || "INFO"), text: l.level || "" })),
+        el("td", { class: "mono", text: l.step || "(run)" }),
+        el("td", { class: "message", text: l.message || "" }),
+      ])
+    );
+    if (!rows.length) rows.push(el("tr", null, el("td", { class: "empty", colspan: "4", text: "No log lines yet." })));
+    replaceChildren($("logs-body"), rows);
+  }
+
+  // ---- queues page ---------------------------------------------------------------------
+
+  function chart(q) {
+    const W = 540, H = 160, L = 40, R = 10, T = 12, B = 24;
+    const points = q.history.length ? q.history.slice() : [{ at: q.sampledAt, messages: q.messages, consumers: q.consumers }];
+    // One sample draws as a flat line, so there is always a line to see.
+    if (points.length === 1) points.unshift(points[0]);
+    const times = points.map((p) => new Date(p.at).getTime());
+    const t0 = Math.min(...times), t1 = Math.max(...times);
+    const span = Math.max(1, t1 - t0);
+    const top = Math.max(1, ...points.map((p) => Math.max(p.messages, p.consumers)));
+    // By time; samples all at one instant spread evenly instead.
+    const x = (i) => L + (t1 > t0 ? (times[i] - t0) / span : i / (points.length - 1)) * (W - L - R);
+    const y = (v) => T + (1 - v / top) * (H - T - B);
+    const line = (field) => points.map((p, i) => x(i).toFixed(1) + "," + y(p[field]).toFixed(1)).join(" ");
+    const minutes = Math.round(span / 60000);
+    return svg("svg", {
+      class: "chart", viewBox: "0 0 " + W + " " + H, preserveAspectRatio: "none",
+      "data-queue": q.name, role: "img", "aria-label": "messages in " + q.name + " over time",
+    }, [
+      svg("line", { class: "grid", x1: L, x2: W - R, y1: y(top / 2), y2: y(top / 2) }),
+      svg("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B }),
+      svg("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }),
+      svg("text", { class: "label", x: L - 6, y: T + 4, "text-anchor": "end", text: String(top) }),
+      svg("text", { class: "label", x: L - 6, y: H - B + 4, "text-anchor": "end", text: "0" }),
+      svg("text", { class: "label", x: L, y: H - 6, text: fmtClock(points[0].at) }),
+      svg("text", {
+        class: "label", x: W - R, y: H - 6, "text-anchor": "end",
+        text: fmtClock(points[points.length - 1].at) + (minutes ? " (" + minutes + " min)" : ""),
+      }),
+      svg("polyline", { class: "line-consumers", points: line("consumers") }),
+      svg("polyline", { class: "line-messages", points: line("messages") }),
+    ]);
+  }
+
+  function queueCard(q) {
+    const number = (label, value, cls) =>
+      el("div", { class: cls }, [el("span", { text: label }), el("b", { text: value })]);
+    return el("article", { class: "queue", "data-queue": q.name, "data-kind": q.kind }, [
+      el("h3", { class: "mono", text: q.name }),
+      el("div", { class: "kind" }, [
+        q.kind === "jobs" ? "job queue" : "dead-letter queue",
+        " · sampled " + fmtTime(q.sampledAt) + " ",
+        q.reachable ? null : el("span", { class: "badge unreachable", text: "broker unreachable: last known numbers" }),
+        q.exists === false ? el("span", { class: "badge stale", text: "not declared yet" }) : null,
+      ]),
+      el("div", { class: "numbers" }, [
+        number("Messages", String(q.messages), "messages"),
+        number("Consumers", String(q.consumers), "consumers"),
+        q.kind === "jobs"
+          ? number("Oldest pending run", fmtSeconds(q.oldestPendingRunAgeSeconds), "oldest")
+          : null,
+      ]),
+      chart(q),
+      el("div", { class: "chart-legend" }, [
+        el("span", { class: "messages", text: "— messages" }), "  ",
+        el("span", { class: "consumers", text: "- - consumers" }),
+        " · last " + q.history.length + " sample" + (q.history.length === 1 ? "" : "s") + " (up to one hour)",
+      ]),
+    ]);
+  }
+
+  function workerRow(w) {
+    const age = (Date.now() - new Date(w.lastHeartbeatAt).getTime()) / 1000;
+    return el("tr", { "data-worker": w.id, "data-live": String(w.live) }, [
+      el("td", { class: "mono", text: w.id }),
+      el("td", null, el("span", { class: "badge " + (w.live ? "live" : "stale"), text: w.live ? "live" : "stale" })),
+      el("td", { text: w.hostname }),
+      el("td", { class: "num", text: String(w.pid) }),
+      el("td", { text: fmtTime(w.startedAt) }),
+      el("td", { text: fmtTime(w.lastHeartbeatAt) + " (" + fmtSeconds(Math.max(0, age)) + " ago)" }),
+      el("td", { class: "num", text: w.inFlight + " / " + w.concurrency }),
+      el("td", { class: "mono" }, w.runs.length
+        ? w.runs.flatMap((id, i) => [i ? ", " : null, el("a", { href: "run.html?id=" + encodeURIComponent(id), text: id })])
+        : "—"),
+    ]);
+  }
+
+  function queuesPage() {
+    async function refresh() {
+      const [queues, workers] = await Promise.allSettled([
+        api("/ops/queues", "admin"),
+        api("/ops/workers", "admin"),
+      ]);
+      const failed = [queues, workers].find((r) => r.status === "rejected");
+      if (failed) showError(failed.reason);
+      else clearError();
+      if (queues.status === "fulfilled") {
+        replaceChildren($("queues"), queues.value.data.map(queueCard));
+      }
+      if (workers.status === "fulfilled") {
+        const rows = workers.value.data.map(workerRow);
+        if (!rows.length) rows.push(el("tr", null, el("td", { class: "empty", colspan: "8", text: "No worker has reported in the last hour." })));
+        replaceChildren($("workers-body"), rows);
+      }
+      setMeta("Updated " + fmtClock(new Date().toISOString()) + " · refreshes every 5 s");
+    }
+    poll(5000, refresh);
+  }
+
+  // ---- start ---------------------------------------------------------------------------
+
+  keysFromFragment();
+  const page = document.body.getAttribute("data-page");
+  header(page);
+  if (page === "runs") runsPage();
+  else if (page === "run") runPage();
+  else if (page === "queues") queuesPage();
+})();
