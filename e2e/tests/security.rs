@@ -104,7 +104,12 @@ async fn keys_isolate_orgs_through_the_gateway_and_no_secret_reaches_a_log() {
     assert_eq!(status, 401);
 
     // No secret in any log, at debug level, of any process (the gateway's too).
-    let secrets = [stack.key.as_str(), other_key.as_str(), ADMIN_KEY, AGENT_SECRET];
+    let secrets = [
+        stack.key.as_str(),
+        other_key.as_str(),
+        ADMIN_KEY,
+        AGENT_SECRET,
+    ];
     let mut checked = 0;
     for entry in std::fs::read_dir(&stack.dir).expect("stack dir") {
         let path = entry.expect("entry").path();
