@@ -360,12 +360,15 @@ async fn measure(workers: usize) -> Value {
     })
 }
 
+/// A table row: what, the target, and how to read it from one result.
+type Row = (&'static str, &'static str, Box<dyn Fn(&Value) -> String>);
+
 fn print_table(results: &[Value]) {
     let cols: Vec<String> = results
         .iter()
         .map(|r| format!("{} worker(s)", r["workers"]))
         .collect();
-    let rows: Vec<(&str, &str, Box<dyn Fn(&Value) -> String>)> = vec![
+    let rows: Vec<Row> = vec![
         (
             "trigger throughput (32 clients)",
             ">= 3000/s",

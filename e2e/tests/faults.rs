@@ -81,6 +81,7 @@ async fn fault_stack(workers: usize, concurrency: usize, db: &str, mq: &PrivateR
             .collect(),
         database_url: Some(db.to_string()),
         amqp_url: Some(mq.url()),
+        ..StackOptions::default()
     })
     .await
 }
