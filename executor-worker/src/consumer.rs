@@ -4,9 +4,12 @@
 //! lets in-flight ones finish within the grace period, and hands back the rest.
 //! A poison job is republished to the dead-letter exchange with the reason in its headers
 //! ([`DeadLetters`]) before the original is acked.
+//! Each job is handled in the log context of its run and request, and counted in the
+//! worker's metrics ([`crate::metrics`]).
 
 use crate::dead_letters::{settle_poison, DeadLetters, PoisonSettlement};
 use crate::engine::{Engine, JobOutcome};
+use crate::metrics::{JOBS_IN_FLIGHT, JOBS_TOTAL};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -15,6 +18,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use shared_models::db::blocking;
+use shared_models::logctx::{self, LogContext};
 use shared_models::queue::{self, QueueNames, RunJob};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +30,7 @@ use tokio::sync::{watch, Semaphore};
 #[derive(Default)]
 pub struct WorkerState {
     pub consuming: AtomicBool,
-    /// Runs being executed now.
+    /// Runs being executed now (their number is `thygon_jobs_in_flight`).
     pub in_flight: Mutex<HashSet<String>>,
 }
 
@@ -196,13 +200,14 @@ impl Consumer {
     }
 }
 
-/// Process a job, trying again while the failure is transient (see [`TRANSIENT_RETRY_WINDOW`]).
-async fn process_through_outages(engine: &Engine, job: &RunJob) -> JobOutcome {
+/// Process a job, trying again while the failure is transient (see [`TRANSIENT_RETRY_WINDOW`]);
+/// with the `outcome` label of `thygon_jobs_total`.
+async fn process_through_outages(engine: &Engine, job: &RunJob) -> (JobOutcome, &'static str) {
     let started = std::time::Instant::now();
     let mut pause = RETRY_PAUSE;
     loop {
-        match engine.process(job).await {
-            JobOutcome::Retry(reason) if started.elapsed() < TRANSIENT_RETRY_WINDOW => {
+        match engine.process_detailed(job).await {
+            (JobOutcome::Retry(reason), _) if started.elapsed() < TRANSIENT_RETRY_WINDOW => {
                 log::warn!(
                     "run {}: transient failure ({reason}); trying again in {pause:?}",
                     job.run_id
@@ -215,38 +220,60 @@ async fn process_through_outages(engine: &Engine, job: &RunJob) -> JobOutcome {
     }
 }
 
+/// Track the runs being executed: the set, and its size as `thygon_jobs_in_flight`.
+fn track_in_flight(state: &WorkerState, edit: impl FnOnce(&mut HashSet<String>) -> bool) -> bool {
+    match state.in_flight.lock() {
+        Ok(mut s) => {
+            let changed = edit(&mut s);
+            JOBS_IN_FLIGHT.set(s.len() as i64);
+            changed
+        }
+        Err(_) => true,
+    }
+}
+
 async fn handle(
     engine: &Engine,
     state: &WorkerState,
     dead_letters: &DeadLetters,
     delivery: Delivery,
 ) {
-    let outcome = match RunJob::decode(&delivery.data) {
-        Err(e) => JobOutcome::Poison(e),
+    let job = RunJob::decode(&delivery.data);
+    let ctx = match &job {
+        Ok(job) => LogContext::run(&job.run_id, job.request_id.as_deref()),
+        Err(_) => LogContext::default(),
+    };
+    logctx::scope(ctx, handle_job(engine, state, dead_letters, delivery, job)).await
+}
+
+async fn handle_job(
+    engine: &Engine,
+    state: &WorkerState,
+    dead_letters: &DeadLetters,
+    delivery: Delivery,
+    job: Result<RunJob, String>,
+) {
+    let (outcome, label) = match job {
+        Err(e) => (JobOutcome::Poison(e), "poison"),
         Ok(job) => {
             // After a reconnect the broker redelivers this worker's unsettled jobs to it while
             // the first tasks may still run them; the claim would accept them (same worker),
             // so they are recognised here and settled as duplicates.
-            let first = state
-                .in_flight
-                .lock()
-                .map(|mut s| s.insert(job.run_id.clone()))
-                .unwrap_or(true);
+            let first = track_in_flight(state, |s| s.insert(job.run_id.clone()));
             if first {
                 let outcome = process_through_outages(engine, &job).await;
-                if let Ok(mut s) = state.in_flight.lock() {
-                    s.remove(&job.run_id);
-                }
+                track_in_flight(state, |s| s.remove(&job.run_id));
                 outcome
             } else {
                 log::info!(
                     "run {}: already executing in this worker; duplicate delivery",
                     job.run_id
                 );
-                JobOutcome::Done
+                (JobOutcome::Done, "duplicate")
             }
         }
     };
+    JOBS_TOTAL.with_label_values(&[label]).inc();
     let settled = match outcome {
         JobOutcome::Done => delivery.ack(BasicAckOptions::default()).await,
         JobOutcome::Poison(reason) => {

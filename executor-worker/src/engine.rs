@@ -9,6 +9,8 @@
 //!   were all SKIPPED is SKIPPED too; a false `when` skips it.
 //! - When a step fails after its last attempt, nothing new starts, attempts in flight finish
 //!   and are recorded, the steps not started are CANCELLED, and the run is FAILED.
+//! - Everything logged while a job is processed carries its run and request ids (the job is
+//!   processed in a [`logctx`] scope, and the lease heartbeat inherits it).
 
 use crate::agents::AgentRegistry;
 use crate::steps::{self, StepEnv};
@@ -20,12 +22,13 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{json, Map, Value};
 use shared_models::db::{blocking, PgPool, StorageError};
 use shared_models::graph::{Step, StepKind, WorkflowGraph};
+use shared_models::logctx::{self, LogContext};
 use shared_models::models::{RunRow, StepRunRow};
 use shared_models::queue::RunJob;
 use shared_models::status::{RunStatus, StepStatus};
 use shared_models::template;
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What to do with the message once a job was processed.
 #[derive(Debug, PartialEq, Eq)]
@@ -78,6 +81,8 @@ struct StepState {
     error: Option<String>,
     wake_at: Option<DateTime<Utc>>,
     child_run_id: Option<String>,
+    /// When it started (a waiting step's wait is timed from then).
+    started_at: Option<DateTime<Utc>>,
 }
 
 impl StepState {
@@ -93,6 +98,7 @@ impl StepState {
                 error: r.error.clone(),
                 wake_at: r.wake_at,
                 child_run_id: r.child_run_id.clone(),
+                started_at: r.started_at,
             },
             None => StepState {
                 status: StepStatus::Pending,
@@ -100,6 +106,7 @@ impl StepState {
                 error: None,
                 wake_at: None,
                 child_run_id: None,
+                started_at: None,
             },
         }
     }
@@ -110,7 +117,6 @@ struct RunState<'a> {
     run: &'a RunRow,
     graph: WorkflowGraph,
     steps: Vec<StepState>,
-    request_id: &'a str,
 }
 
 impl RunState<'_> {
@@ -167,6 +173,17 @@ impl RunState<'_> {
 
 impl Engine {
     pub async fn process(&self, job: &RunJob) -> JobOutcome {
+        self.process_detailed(job).await.0
+    }
+
+    /// [`Engine::process`], with how the job ended in more detail: the `outcome` label of
+    /// `thygon_jobs_total` (see [`crate::metrics`]). Runs in the log context of the job.
+    pub async fn process_detailed(&self, job: &RunJob) -> (JobOutcome, &'static str) {
+        let ctx = LogContext::run(&job.run_id, job.request_id.as_deref());
+        logctx::scope(ctx, self.process_in_context(job)).await
+    }
+
+    async fn process_in_context(&self, job: &RunJob) -> (JobOutcome, &'static str) {
         let (run_id, org_id, me) = (job.run_id.clone(), job.org_id.clone(), self.me.clone());
         let cap = self.max_running_per_org;
         let now = shared_models::time::now();
@@ -175,14 +192,17 @@ impl Engine {
         })
         .await;
         match claim {
-            Err(e) => JobOutcome::Retry(e.to_string()),
-            Ok(Claim::Missing) => JobOutcome::Poison(format!(
-                "run '{}' does not exist in org '{}'",
-                job.run_id, job.org_id
-            )),
+            Err(e) => (JobOutcome::Retry(e.to_string()), "retry"),
+            Ok(Claim::Missing) => (
+                JobOutcome::Poison(format!(
+                    "run '{}' does not exist in org '{}'",
+                    job.run_id, job.org_id
+                )),
+                "poison",
+            ),
             Ok(Claim::Ended) | Ok(Claim::HeldElsewhere) => {
                 log::info!("run {}: duplicate delivery, nothing to do", job.run_id);
-                JobOutcome::Done
+                (JobOutcome::Done, "duplicate")
             }
             Ok(Claim::Held) => {
                 // The scheduler queues it again once its wake_at has come.
@@ -193,21 +213,19 @@ impl Engine {
                     self.max_running_per_org,
                     storage::RUNNING_SLOT_HOLD
                 );
-                JobOutcome::Done
+                (JobOutcome::Done, "held")
             }
             Ok(Claim::Claimed(claimed)) => {
                 let heartbeat = self.spawn_heartbeat(&job.run_id);
-                let result = self
-                    .drive(&claimed, job.request_id.as_deref().unwrap_or("-"))
-                    .await;
+                let result = self.drive(&claimed).await;
                 heartbeat.abort();
                 match result {
-                    Ok(()) => JobOutcome::Done,
+                    Ok(()) => (JobOutcome::Done, "done"),
                     Err(Stop::LeaseLost) => {
                         log::warn!("run {}: no longer held by this worker (cancelled or taken over); stopping", job.run_id);
-                        JobOutcome::Done
+                        (JobOutcome::Done, "lease_lost")
                     }
-                    Err(Stop::Storage(e)) => JobOutcome::Retry(e.to_string()),
+                    Err(Stop::Storage(e)) => (JobOutcome::Retry(e.to_string()), "retry"),
                 }
             }
         }
@@ -216,7 +234,7 @@ impl Engine {
     /// Renew the lease every third of its length while the run executes.
     fn spawn_heartbeat(&self, run_id: &str) -> tokio::task::JoinHandle<()> {
         let (pool, me, run_id) = (self.pool.clone(), self.me.clone(), run_id.to_string());
-        tokio::spawn(async move {
+        tokio::spawn(logctx::inherit(async move {
             let period = me.lease / 3;
             loop {
                 tokio::time::sleep(period).await;
@@ -232,14 +250,14 @@ impl Engine {
                     Err(e) => log::warn!("lease heartbeat failed: {e}"),
                 }
             }
-        })
+        }))
     }
 
-    async fn drive(&self, c: &ClaimedRun, request_id: &str) -> Result<(), Stop> {
+    async fn drive(&self, c: &ClaimedRun) -> Result<(), Stop> {
         let graph = match WorkflowGraph::from_stored(&c.definition) {
             Ok(g) => g,
             Err(e) => {
-                log::error!("run {} req={request_id}: {e}", c.run.id);
+                log::error!("run {}: {e}", c.run.id);
                 return self
                     .finish(&c.run, RunStatus::Failed, None, Some(e), Vec::new())
                     .await;
@@ -254,7 +272,6 @@ impl Engine {
             run: &c.run,
             graph,
             steps,
-            request_id,
         };
         loop {
             self.resolve_waits(&mut rs).await?;
@@ -330,7 +347,7 @@ impl Engine {
             .await?;
             match parked {
                 Park::Parked => {
-                    log::info!("run {} req={}: waiting; released", rs.run.id, rs.request_id);
+                    log::info!("run {}: waiting; released", rs.run.id);
                     return Ok(());
                 }
                 Park::LeaseLost => return Err(Stop::LeaseLost),
@@ -428,16 +445,8 @@ impl Engine {
                         Begin::Execute => {
                             running.insert(i);
                             let ctx = rs.context();
-                            let (run, step, request_id) =
-                                (rs.run, rs.graph.steps[i].clone(), rs.request_id);
-                            in_flight.push(self.run_attempts(
-                                run,
-                                step,
-                                rs.record(i),
-                                ctx,
-                                request_id,
-                                i,
-                            ));
+                            let (run, step) = (rs.run, rs.graph.steps[i].clone());
+                            in_flight.push(self.run_attempts(run, step, rs.record(i), ctx, i));
                         }
                     }
                 }
@@ -564,6 +573,7 @@ impl Engine {
                         st.status = StepStatus::Waiting;
                         st.wake_at = wait_deadline;
                         st.child_run_id = Some(child);
+                        st.started_at = Some(now);
                         return Ok(Begin::Waiting);
                     }
                     Err(reason) => {
@@ -591,6 +601,7 @@ impl Engine {
             shared_models::time::now(),
             change.clone(),
         );
+        let step_type = record.step_type;
         fenced(
             blocking(&self.pool, move |conn| {
                 storage::record_step(conn, &record, &c, &me, now)
@@ -598,6 +609,20 @@ impl Engine {
             .await?,
         )?;
         let st = &mut rs.steps[i];
+        if rs.graph.steps[i].kind.waits()
+            && st.status == StepStatus::Waiting
+            && matches!(change.to, StepStatus::Completed | StepStatus::Failed)
+        {
+            let waited = st
+                .started_at
+                .map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
+            crate::metrics::STEP_DURATION
+                .with_label_values(&[step_type, change.to.as_str()])
+                .observe(waited);
+        }
+        if change.to == StepStatus::Waiting {
+            st.started_at = Some(now);
+        }
         st.status = change.to;
         st.output = change.output;
         st.error = change.error;
@@ -615,10 +640,9 @@ impl Engine {
         step: Step,
         record: StepRecord,
         ctx: Value,
-        request_id: &str,
         i: usize,
     ) -> (usize, Result<Value, StepEnd>) {
-        (i, self.attempts(run, &step, record, ctx, request_id).await)
+        (i, self.attempts(run, &step, record, ctx).await)
     }
 
     async fn attempts(
@@ -627,7 +651,6 @@ impl Engine {
         step: &Step,
         record: StepRecord,
         ctx: Value,
-        request_id: &str,
     ) -> Result<Value, StepEnd> {
         let mut tries: u32 = 0;
         loop {
@@ -640,7 +663,7 @@ impl Engine {
             .map_err(|e| StepEnd::Stop(e.into()))?
             .map_err(|_| StepEnd::Stop(Stop::LeaseLost))?;
             log::info!(
-                "run {} req={request_id}: step {} started (attempt {attempt})",
+                "run {}: step {} started (attempt {attempt})",
                 run.id,
                 step.name
             );
@@ -654,12 +677,14 @@ impl Engine {
                 step: step.name.as_str(),
                 attempt,
             };
+            let started = Instant::now();
             let result = match step.timeout {
                 Some(limit) => tokio::time::timeout(limit, steps::execute(&step.kind, &ctx, &env))
                     .await
                     .unwrap_or_else(|_| Err(format!("timed out after {}s", limit.as_secs_f64()))),
                 None => steps::execute(&step.kind, &ctx, &env).await,
             };
+            let elapsed = started.elapsed();
             let change = match &result {
                 Ok(output) => StepChange::completed(output.clone()),
                 Err(e) if tries < step.retry.max_attempts => {
@@ -668,13 +693,9 @@ impl Engine {
                 Err(e) => StepChange::failed(e.clone()),
             };
             match &result {
-                Ok(_) => log::info!(
-                    "run {} req={request_id}: step {} completed",
-                    run.id,
-                    step.name
-                ),
+                Ok(_) => log::info!("run {}: step {} completed", run.id, step.name),
                 Err(e) => log::warn!(
-                    "run {} req={request_id}: step {} attempt {attempt} failed: {e}",
+                    "run {}: step {} attempt {attempt} failed: {e}",
                     run.id,
                     step.name
                 ),
@@ -691,6 +712,14 @@ impl Engine {
             .await
             .map_err(|e| StepEnd::Stop(e.into()))?;
             fenced(written).map_err(StepEnd::Stop)?;
+            let outcome = if result.is_ok() {
+                StepStatus::Completed
+            } else {
+                StepStatus::Failed
+            };
+            crate::metrics::STEP_DURATION
+                .with_label_values(&[step.kind.type_name(), outcome.as_str()])
+                .observe(elapsed.as_secs_f64());
             match (result, change.to) {
                 (Ok(output), _) => return Ok(output),
                 (Err(_), StepStatus::Pending) => {
@@ -722,7 +751,11 @@ impl Engine {
                 storage::finish_run(conn, &run, &end, &me, now)
             })
             .await?,
-        )
+        )?;
+        crate::metrics::RUNS_FINISHED
+            .with_label_values(&[status.as_str()])
+            .inc();
+        Ok(())
     }
 }
 

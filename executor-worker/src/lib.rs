@@ -7,6 +7,7 @@
 //! - [`dead_letters`]: poison jobs to the dead-letter queue, with the reason.
 //! - [`presence`]: this worker's row in `workers` (heartbeat, in-flight count) for ops views.
 //! - [`engine`]: one job: claim the run, resume from checkpoints, execute ready steps, finish.
+//! - [`metrics`]: step durations, jobs in flight and settled, runs finished (`/metrics`).
 //! - [`steps`]: one executor per step type.
 //! - [`agents`]: the agent registry and the HTTP and OpenAI-compatible agent protocols.
 //! - [`storage`]: plain diesel functions, every write fenced by the run's lease.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod consumer;
 pub mod dead_letters;
 pub mod engine;
+pub mod metrics;
 pub mod presence;
 pub mod startup;
 pub mod steps;

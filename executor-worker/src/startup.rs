@@ -74,7 +74,8 @@ struct HealthState {
     worker_id: String,
 }
 
-/// `/healthz`, `/readyz` (database reachable and consuming) and `/status` for one worker.
+/// `/healthz`, `/readyz` (database reachable and consuming), `/status` and `/metrics` for one
+/// worker.
 pub fn health_server(
     listener: TcpListener,
     pool: PgPool,
@@ -92,6 +93,7 @@ pub fn health_server(
             .route("/healthz", web::get().to(shared_models::http::healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/status", web::get().to(status))
+            .route("/metrics", web::get().to(metrics))
             .default_service(web::to(shared_models::http::route_not_found))
     })
     .workers(1)
@@ -107,6 +109,12 @@ async fn readyz(state: web::Data<HealthState>) -> HttpResponse {
         .unwrap_or(false);
     let broker = state.worker.consuming.load(Ordering::SeqCst);
     shared_models::http::readiness(&[("database", database), ("broker", broker)])
+}
+
+/// `GET /metrics`: the worker's metrics ([`crate::metrics`]) and the process's.
+async fn metrics() -> HttpResponse {
+    crate::metrics::register();
+    shared_models::metrics::response()
 }
 
 async fn status(state: web::Data<HealthState>) -> HttpResponse {

@@ -308,6 +308,12 @@ async fn a_malformed_message_and_a_job_for_an_unknown_run_are_dead_lettered_whil
     )
     .await;
     let unknown = RunJob::new("run_01unknownrun000000000000", ORG, None);
+    let jobs = |outcome: &str| {
+        executor_worker::metrics::JOBS_TOTAL
+            .with_label_values(&[outcome])
+            .get()
+    };
+    let (poison_before, done_before) = (jobs("poison"), jobs("done"));
     queues.publish(b"not a job").await;
     queues.publish(&unknown.encode()).await;
     queues.publish_job(&run_id).await;
@@ -328,6 +334,15 @@ async fn a_malformed_message_and_a_job_for_an_unknown_run_are_dead_lettered_whil
     })
     .await;
     consumer.shut_down(Duration::from_secs(10)).await;
+    // Other tests of this binary count too: at least these.
+    assert!(
+        jobs("poison") >= poison_before + 2,
+        "thygon_jobs_total{{outcome=poison}}"
+    );
+    assert!(
+        jobs("done") > done_before,
+        "thygon_jobs_total{{outcome=done}}"
+    );
 
     assert_eq!(
         get_run(&db.pool, &run_id).await.output,

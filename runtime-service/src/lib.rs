@@ -13,11 +13,14 @@
 //!   and wake-ups.
 //! - [`scheduler`]: queues jobs for WAITING runs whose wake-up time has come.
 //! - [`error`]: the one error enum of this service.
+//! - [`metrics`]: runs by status, the oldest due PENDING run, the unsent outbox, at each
+//!   scrape of `GET /metrics`.
 //! - [`queue_stats`]: samples the queues' depth and consumers for `GET /ops/queues`.
 
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod metrics;
 pub mod publisher;
 pub mod queue_stats;
 pub mod relay;

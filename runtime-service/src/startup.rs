@@ -111,6 +111,7 @@ impl Application {
         auth: &AuthConfig,
         ops: OpsState,
     ) -> std::io::Result<Self> {
+        shared_models::metrics::set_service_name("runtime-service");
         let port = listener.local_addr()?.port();
         let auth = web::Data::new(Authenticator::new(pool.clone(), auth));
         let state = web::Data::new(AppState {

@@ -124,11 +124,15 @@ where
     T: Send + 'static,
 {
     let pool = pool.clone();
+    // The caller's log context goes along, so lines logged by `f` carry its ids.
+    let ctx = crate::logctx::current();
     tokio::task::spawn_blocking(move || {
-        let mut conn = pool
-            .get()
-            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
-        f(&mut conn).map_err(StorageError::from)
+        crate::logctx::sync_scope(ctx, || {
+            let mut conn = pool
+                .get()
+                .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+            f(&mut conn).map_err(StorageError::from)
+        })
     })
     .await
     .map_err(|e| StorageError::Unavailable(format!("blocking task failed: {e}")))?

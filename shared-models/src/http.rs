@@ -217,7 +217,9 @@ pub async fn request_id_middleware(
         .map(str::to_string)
         .unwrap_or_else(new_request_id);
     req.extensions_mut().insert(RequestId(id.clone()));
-    let mut res = next.call(req).await?;
+    // Lines logged while the request is handled carry its id.
+    let mut res =
+        crate::logctx::scope(crate::logctx::LogContext::request(&id), next.call(req)).await?;
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut()
             .insert(header::HeaderName::from_static("x-request-id"), v);
@@ -279,8 +281,10 @@ pub fn envelope_errors<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHan
 }
 
 /// An `App` with the edge every service shares: authentication (see [`crate::auth`]),
-/// request ids, an access log line carrying the request id (never a key: the line has the
-/// request line, not its headers), and envelopes for every error the framework makes itself.
+/// request ids (in the log context of the request, see [`crate::logctx`]), request durations
+/// (see [`crate::metrics`]), an access log line carrying the request id (never a key: the line
+/// has the request line, not its headers), and envelopes for every error the framework makes
+/// itself.
 pub fn app(
     auth: actix_web::web::Data<Authenticator>,
 ) -> App<
@@ -298,6 +302,8 @@ pub fn app(
         .wrap(from_fn(authenticate))
         .wrap(ErrorHandlers::new().default_handler(envelope_errors))
         .wrap(from_fn(request_id_middleware))
+        // Times every request by its matched route, with the status the client gets.
+        .wrap(from_fn(crate::metrics::http_metrics))
         // Outermost, so it sees the response with its X-Request-Id.
         .wrap(Logger::new(r#"%a "%r" %s %b %Dms req=%{x-request-id}o"#))
 }

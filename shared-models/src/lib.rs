@@ -17,7 +17,9 @@
 //! - [`db`]: connection pools and the embedded migrations (applied under an advisory lock).
 //! - [`queue`]: queue topology and the versioned job message (`RunJob`).
 //! - [`runs`]: creating runs and queueing their jobs through the outbox.
-//! - [`config`]: environment variables with local defaults.
+//! - [`config`]: environment variables with local defaults; logging (`LOG_FORMAT`).
+//! - [`logctx`]: the request and run ids every log line carries when known.
+//! - [`metrics`]: Prometheus metrics, the `/metrics` handler, HTTP request durations.
 //! - [`testing`] (feature `testing`): a fresh database per test.
 
 pub mod auth;
@@ -28,6 +30,8 @@ pub mod envelope;
 pub mod graph;
 pub mod http;
 pub mod ids;
+pub mod logctx;
+pub mod metrics;
 pub mod models;
 pub mod openapi;
 pub mod pagination;

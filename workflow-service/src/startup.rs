@@ -43,6 +43,7 @@ impl Application {
         auth: &AuthConfig,
         runtime_service_url: &str,
     ) -> std::io::Result<Self> {
+        shared_models::metrics::set_service_name("workflow-service");
         let port = listener.local_addr()?.port();
         let auth = web::Data::new(Authenticator::new(pool.clone(), auth));
         let pool = web::Data::new(pool);

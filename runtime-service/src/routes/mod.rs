@@ -17,6 +17,7 @@ use shared_models::http::{method_not_allowed, route_not_found};
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(shared_models::http::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(crate::metrics::metrics))
         .route(
             "/openapi/runtime-service.json",
             web::get().to(openapi::own_part),

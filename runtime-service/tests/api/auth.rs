@@ -252,13 +252,23 @@ async fn unknown_routes_and_methods_are_a_401_without_a_key() {
 #[tokio::test]
 async fn health_needs_no_key_and_ignores_a_bad_one() {
     let app = spawn_app().await;
-    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+    for path in ["/healthz", "/readyz", "/openapi.json"] {
         for auth in [None, Some("Bearer nope"), Some("Basic dXNlcjpwYXNz")] {
             let r = app.send_auth(auth, "GET", path, None, &[]).await;
             assert_ne!(r.status, 401, "GET {path} with {auth:?}: {}", r.body);
             assert_ne!(r.status, 403, "GET {path} with {auth:?}: {}", r.body);
             assert_eq!(r.header("www-authenticate"), "", "GET {path}");
         }
+    }
+    // `/metrics` answers Prometheus text, not an envelope.
+    for auth in [None, Some("Bearer nope"), Some("Basic dXNlcjpwYXNz")] {
+        let mut req = app.client.get(format!("{}/metrics", app.address));
+        if let Some(value) = auth {
+            req = req.header("authorization", value);
+        }
+        let res = req.send().await.expect("GET /metrics");
+        assert_eq!(res.status().as_u16(), 200, "GET /metrics with {auth:?}");
+        assert!(res.headers().get("www-authenticate").is_none());
     }
     let r = app.send_auth(None, "GET", "/healthz", None, &[]).await;
     assert_eq!(r.status, 200, "{}", r.body);

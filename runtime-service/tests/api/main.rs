@@ -3,6 +3,7 @@ mod control;
 mod events;
 mod helpers;
 mod hostile;
+mod metrics;
 mod openapi;
 mod ops;
 mod queueing;

@@ -13,6 +13,7 @@ use shared_models::http::{method_not_allowed, route_not_found};
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(shared_models::http::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(shared_models::metrics::metrics))
         .route("/openapi.json", web::get().to(openapi::merged))
         .route(
             "/openapi/workflow-service.json",

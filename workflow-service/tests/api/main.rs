@@ -2,6 +2,7 @@ mod admin;
 mod auth;
 mod helpers;
 mod hostile;
+mod metrics;
 mod openapi;
 mod tenancy;
 mod validate;

@@ -1,0 +1,64 @@
+//! The worker's Prometheus metrics, served with the process's at `GET /metrics` on the health
+//! server ([`crate::startup::health_server`]).
+//!
+//! - `thygon_step_duration_seconds{type,status}`: each step attempt this worker recorded, by
+//!   step type; `status` is how the attempt ended (`COMPLETED`, `FAILED`: a failed attempt
+//!   counts whether or not another follows). Waiting steps (delay, approval, subworkflow)
+//!   are timed from their start to the settlement this worker records (a delay that is due,
+//!   a child run that ended, a wait past its timeout); an approval decided through the API
+//!   is settled by runtime-service and not timed here.
+//! - `thygon_jobs_in_flight`: jobs this process is executing now.
+//! - `thygon_jobs_total{outcome}`: jobs settled, by outcome: `done` (executed until the run
+//!   ended or waits), `lease_lost` (cancelled or taken over meanwhile), `duplicate`, `held`
+//!   (its org at its running cap), `retry` (requeued after a transient failure), `poison`.
+//! - `thygon_runs_finished_total{status}`: runs this worker ended, by final status.
+
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge, HistogramVec,
+    IntCounterVec, IntGauge,
+};
+use std::sync::LazyLock;
+
+pub static STEP_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "thygon_step_duration_seconds",
+        "Duration of each recorded step attempt, by step type and how it ended",
+        &["type", "status"],
+        vec![0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0]
+    )
+    .expect("register thygon_step_duration_seconds")
+});
+
+pub static JOBS_IN_FLIGHT: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "thygon_jobs_in_flight",
+        "Jobs this worker process is executing now"
+    )
+    .expect("register thygon_jobs_in_flight")
+});
+
+pub static JOBS_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "thygon_jobs_total",
+        "Jobs settled by this worker, by outcome",
+        &["outcome"]
+    )
+    .expect("register thygon_jobs_total")
+});
+
+pub static RUNS_FINISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "thygon_runs_finished_total",
+        "Runs this worker ended, by final status",
+        &["status"]
+    )
+    .expect("register thygon_runs_finished_total")
+});
+
+/// Register every metric above, so a scrape shows them before their first sample.
+pub fn register() {
+    LazyLock::force(&STEP_DURATION);
+    LazyLock::force(&JOBS_IN_FLIGHT);
+    LazyLock::force(&JOBS_TOTAL);
+    LazyLock::force(&RUNS_FINISHED);
+}
