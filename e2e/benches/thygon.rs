@@ -215,6 +215,55 @@ impl Bench {
     }
 }
 
+/// CPU seconds used so far by each group of processes on the machine: the stack's own
+/// (by name), PostgreSQL (every `postgres` process), RabbitMQ (`beam.smp`), nginx.
+fn cpu_by_group(stack: &Stack) -> BTreeMap<String, f64> {
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    let ours: BTreeMap<u32, String> = stack.pids().into_iter().map(|(n, p)| (p, n)).collect();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let (Some(u), Some(s)) = (fields.get(11), fields.get(12)) else {
+            continue;
+        };
+        let secs = (u.parse::<f64>().unwrap_or(0.0) + s.parse::<f64>().unwrap_or(0.0)) / ticks;
+        let group = if let Some(name) = ours.get(&pid) {
+            if name.starts_with("executor-worker") {
+                "executor-worker".to_string()
+            } else if name == "gateway" {
+                "nginx".to_string()
+            } else {
+                name.clone()
+            }
+        } else if comm == "postgres" {
+            "postgresql".into()
+        } else if comm.starts_with("beam.smp") || comm == "erl_child_setup" {
+            "rabbitmq".into()
+        } else if comm == "nginx" {
+            "nginx".into()
+        } else if comm.starts_with("thygon") {
+            "bench client".into()
+        } else {
+            continue;
+        };
+        *out.entry(group).or_default() += secs;
+    }
+    out
+}
+
 /// End-to-end runs per second: runs / (last completion - first creation).
 fn e2e_rate(times: &[RunTimes]) -> f64 {
     let first = times
@@ -270,6 +319,8 @@ async fn measure(workers: usize) -> Value {
         .build()
         .expect("client");
     let bench = Bench { stack, client };
+    let cpu_before = cpu_by_group(&bench.stack);
+    let wall = Instant::now();
     for (name, n) in [
         ("flood", 1),
         ("one", 1),
@@ -332,8 +383,17 @@ async fn measure(workers: usize) -> Value {
     }
     let forty_best = forty.first().copied().unwrap_or(f64::NAN);
 
-    // 5. Peak memory of each process over all of the above.
+    // 5. Peak memory of each process over all of the above, and where the CPU went.
     let rss = bench.peak_rss();
+    let cpu_after = cpu_by_group(&bench.stack);
+    let cpu: serde_json::Map<String, Value> = cpu_after
+        .iter()
+        .map(|(k, v)| {
+            let used = v - cpu_before.get(k).copied().unwrap_or(0.0);
+            (k.clone(), json!((used * 10.0).round() / 10.0))
+        })
+        .collect();
+    let wall = wall.elapsed().as_secs_f64();
 
     json!({
         "workers": workers,
@@ -356,6 +416,8 @@ async fn measure(workers: usize) -> Value {
         },
         "per_step_transition_ms": ms(per_step),
         "forty_steps_ms": ms(forty_best),
+        "cpu_seconds": cpu,
+        "wall_seconds": (wall * 10.0).round() / 10.0,
         "peak_rss_mb": rss.into_iter().map(|(k, v)| (k, json!((v * 10.0).round() / 10.0))).collect::<serde_json::Map<_, _>>(),
     })
 }
@@ -493,5 +555,14 @@ async fn main() {
     std::fs::write(&out, serde_json::to_string_pretty(&doc).expect("json")).expect("write results");
     println!();
     print_table(&results);
+    for r in &results {
+        println!(
+            "\nCPU seconds over the {} s of the {}-worker measurement (2 cores = {} CPU-s available): {}",
+            r["wall_seconds"],
+            r["workers"],
+            r["wall_seconds"].as_f64().unwrap_or(0.0) * 2.0,
+            r["cpu_seconds"]
+        );
+    }
     println!("\n(figures as JSON: {out})");
 }
