@@ -70,18 +70,6 @@ struct Bench {
 }
 
 impl Bench {
-    async fn create(&self, name: &str, definition: Value) {
-        let (status, body) = self
-            .stack
-            .call(
-                "POST",
-                "/workflows",
-                Some(json!({"name": name, "definition": definition})),
-            )
-            .await;
-        assert_eq!(status, 201, "create {name}: {body}");
-    }
-
     /// One trigger; returns (HTTP status, seconds the request took).
     async fn trigger(client: &reqwest::Client, url: &str) -> (u16, f64) {
         let started = Instant::now();
@@ -329,7 +317,7 @@ async fn measure(workers: usize) -> Value {
         ("paced_ten", 10),
         ("forty", 40),
     ] {
-        bench.create(name, chain("s", n)).await;
+        bench.stack.create_workflow(name, chain("s", n)).await;
     }
     // Warm-up: connections, caches, the JIT of nothing (Rust), PostgreSQL's plans.
     bench.trigger_flood("wf_flood", scaled(300)).await;

@@ -506,6 +506,27 @@ impl Stack {
         Ok((status, body))
     }
 
+    /// Create workflow `wf_<name>` with `definition`; the test fails unless it is a 201.
+    pub async fn create_workflow(&self, name: &str, definition: Value) {
+        let body = serde_json::json!({"name": name, "definition": definition});
+        let (status, answer) = self.call("POST", "/workflows", Some(body)).await;
+        assert_eq!(status, 201, "create {name}: {answer}");
+    }
+
+    /// Trigger a run of `workflow` with `variables`; returns its id (the test fails unless
+    /// the trigger is a 201).
+    pub async fn trigger(&self, workflow: &str, variables: Value) -> String {
+        let (status, body) = self
+            .call(
+                "POST",
+                &format!("/workflows/{workflow}/trigger"),
+                Some(serde_json::json!({ "variables": variables })),
+            )
+            .await;
+        assert_eq!(status, 201, "trigger {workflow}: {body}");
+        body["data"]["id"].as_str().expect("run id").to_string()
+    }
+
     /// Send a request through the gateway with the org's key; returns (status, JSON body).
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         self.call_as(Some(&self.key), method, path, body).await

@@ -152,26 +152,11 @@ fn text_after(html: &str, marker: &str, then: &str) -> String {
 }
 
 async fn create(stack: &Stack, name: &str, steps: Value) {
-    let (status, body) = stack
-        .call(
-            "POST",
-            "/workflows",
-            Some(json!({"name": name, "definition": {"steps": steps}})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    stack.create_workflow(name, json!({ "steps": steps })).await;
 }
 
 async fn trigger(stack: &Stack, workflow: &str, variables: Value) -> String {
-    let (status, body) = stack
-        .call(
-            "POST",
-            &format!("/workflows/{workflow}/trigger"),
-            Some(json!({"variables": variables})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["data"]["id"].as_str().unwrap().to_string()
+    stack.trigger(workflow, variables).await
 }
 
 async fn get(stack: &Stack, key: &str, path: &str) -> Value {

@@ -87,26 +87,11 @@ async fn fault_stack(workers: usize, concurrency: usize, db: &str, mq: &PrivateR
 }
 
 async fn create(stack: &Stack, name: &str, steps: Value) {
-    let (status, body) = stack
-        .call(
-            "POST",
-            "/workflows",
-            Some(json!({"name": name, "definition": {"steps": steps}})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    stack.create_workflow(name, json!({ "steps": steps })).await;
 }
 
 async fn trigger(stack: &Stack, workflow: &str, n: usize) -> String {
-    let (status, body) = stack
-        .call(
-            "POST",
-            &format!("/workflows/{workflow}/trigger"),
-            Some(json!({"variables": {"n": n}})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["data"]["id"].as_str().unwrap().to_string()
+    stack.trigger(workflow, json!({ "n": n })).await
 }
 
 /// An endpoint that answers after `delay`, counting calls per `Idempotency-Key`: the http

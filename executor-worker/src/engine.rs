@@ -671,16 +671,7 @@ impl Engine {
                 run.id,
                 step.name
             );
-            let env = StepEnv {
-                agents: &self.agents,
-                http: &self.http,
-                agent_timeout: self.agent_timeout,
-                step_timeout: step.timeout,
-                run_id: &run.id,
-                workflow_id: &run.workflow_id,
-                step: step.name.as_str(),
-                attempt,
-            };
+            let env = self.step_env(run, step, attempt);
             let started = Instant::now();
             let result = match step.timeout {
                 Some(limit) => tokio::time::timeout(limit, steps::execute(&step.kind, &ctx, &env))
@@ -734,6 +725,20 @@ impl Engine {
         }
     }
 
+    /// What a step's execution may use, for attempt `attempt` of `step` of `run`.
+    fn step_env<'a>(&'a self, run: &'a RunRow, step: &'a Step, attempt: i32) -> StepEnv<'a> {
+        StepEnv {
+            agents: &self.agents,
+            http: &self.http,
+            agent_timeout: self.agent_timeout,
+            step_timeout: step.timeout,
+            run_id: &run.id,
+            workflow_id: &run.workflow_id,
+            step: step.name.as_str(),
+            attempt,
+        }
+    }
+
     /// A `transform` step computes its value from the run's context alone: nothing outside
     /// the database sees it, and computing it again gives the same value. So it is computed
     /// first, and its start and its completion are checkpointed in one transaction (one
@@ -750,16 +755,7 @@ impl Engine {
         if !matches!(step.kind, StepKind::Transform { .. }) {
             return Ok(None);
         }
-        let env = StepEnv {
-            agents: &self.agents,
-            http: &self.http,
-            agent_timeout: self.agent_timeout,
-            step_timeout: step.timeout,
-            run_id: &run.id,
-            workflow_id: &run.workflow_id,
-            step: step.name.as_str(),
-            attempt: 1,
-        };
+        let env = self.step_env(run, step, 1);
         let started = Instant::now();
         let Ok(output) = steps::execute(&step.kind, ctx, &env).await else {
             return Ok(None);

@@ -94,6 +94,8 @@ pub struct Authenticator {
     admin_key_hash: Option<String>,
     cache: Mutex<HashMap<String, (Instant, Option<Principal>)>>,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
+    /// The rate-limit bucket of the admin key.
+    admin_bucket: String,
 }
 
 /// What the environment says about keys (`ADMIN_API_KEY`, `RATE_LIMIT_PER_SECOND`).
@@ -148,6 +150,7 @@ impl Authenticator {
             cache: Mutex::new(HashMap::new()),
             limiter: NonZeroU32::new(config.rate_limit_per_second)
                 .map(|n| RateLimiter::keyed(Quota::per_second(n))),
+            admin_bucket: "admin".to_string(),
         }
     }
 
@@ -199,15 +202,16 @@ impl Authenticator {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
+        // Key ids are `key_…`, so the admin's bucket cannot collide with an org key's.
         let key = match principal {
-            Principal::Org { key_id, .. } => key_id.clone(),
-            Principal::Admin => "admin".to_string(),
+            Principal::Org { key_id, .. } => key_id,
+            Principal::Admin => &self.admin_bucket,
         };
         if limiter.len() > CACHE_CAPACITY {
             limiter.retain_recent();
         }
         limiter
-            .check_key(&key)
+            .check_key(key)
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 }
