@@ -12,7 +12,7 @@
 use crate::startup::AppState;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use diesel::dsl::{count_star, min};
+use diesel::dsl::count_star;
 use diesel::prelude::*;
 use prometheus::{
     register_gauge, register_int_counter, register_int_gauge, register_int_gauge_vec, Gauge,
@@ -68,11 +68,7 @@ fn read(conn: &mut PgConnection, now: DateTime<Utc>) -> QueryResult<Snapshot> {
         .group_by(runs::status)
         .select((runs::status, count_star()))
         .load::<(String, i64)>(conn)?;
-    let oldest_due_pending = runs::table
-        .filter(runs::status.eq(RunStatus::Pending.as_str()))
-        .filter(runs::wake_at.is_null().or(runs::wake_at.le(now)))
-        .select(min(runs::created_at))
-        .first::<Option<DateTime<Utc>>>(conn)?;
+    let oldest_due_pending = crate::storage::oldest_due_pending(conn, now)?;
     let outbox_unsent = outbox::table
         .filter(outbox::sent_at.is_null())
         .count()

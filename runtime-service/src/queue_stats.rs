@@ -11,15 +11,12 @@
 //! unreachable.
 
 use chrono::{DateTime, Utc};
-use diesel::dsl::{min, now};
-use diesel::prelude::*;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::Connection;
 use prometheus::{register_int_gauge_vec, IntGaugeVec};
 use shared_models::db::{blocking, PgPool};
 use shared_models::queue::{self, QueueNames};
-use shared_models::schema::runs;
 use std::collections::VecDeque;
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
@@ -310,11 +307,7 @@ impl Sampler {
     /// when there is none; `None` when the database cannot say.
     async fn oldest_pending_age(&self) -> Option<f64> {
         let oldest = blocking(&self.pool, |conn| {
-            runs::table
-                .filter(runs::status.eq("PENDING"))
-                .filter(runs::wake_at.is_null().or(runs::wake_at.le(now)))
-                .select(min(runs::created_at))
-                .first::<Option<DateTime<Utc>>>(conn)
+            crate::storage::oldest_due_pending(conn, Utc::now())
         })
         .await;
         match oldest {

@@ -261,3 +261,20 @@ pub fn get_run_detail(
         definition,
     }))
 }
+
+/// When the oldest PENDING run that is due (no `wake_at`, or one that has come) was
+/// created; `None` when there is none. Read by the metrics and by the queue sampler.
+pub fn oldest_due_pending(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, Error> {
+    runs_table::table
+        .filter(runs_table::status.eq(shared_models::status::RunStatus::Pending.as_str()))
+        .filter(
+            runs_table::wake_at
+                .is_null()
+                .or(runs_table::wake_at.le(now)),
+        )
+        .select(diesel::dsl::min(runs_table::created_at))
+        .first(conn)
+}
