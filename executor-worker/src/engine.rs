@@ -13,12 +13,12 @@
 //!   processed in a [`logctx`] scope, and the lease heartbeat inherits it).
 
 use crate::agents::AgentRegistry;
+use crate::checkpoints::Checkpointer;
 use crate::steps::{self, StepEnv};
 use crate::storage::{
-    self, Claim, ClaimedRun, Fenced, LeaseHolder, Park, RunEnd, StepChange, StepRecord,
+    self, Claim, ClaimedRun, Fenced, LeaseHolder, Park, PureStep, RunEnd, StepChange, StepRecord,
 };
 use chrono::{DateTime, Utc};
-use diesel::Connection;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{json, Map, Value};
 use shared_models::db::{blocking, PgPool, StorageError};
@@ -52,6 +52,8 @@ pub struct Engine {
     /// At most this many runs of one org RUNNING at once (`MAX_RUNNING_PER_ORG`; 0 = no cap):
     /// a job that would start one more is held back (see [`Claim::Held`]).
     pub max_running_per_org: u32,
+    /// Where pure steps are checkpointed (group commit across runs).
+    pub checkpoints: Checkpointer,
 }
 
 /// Why the engine stopped working on a run before its end.
@@ -741,9 +743,9 @@ impl Engine {
 
     /// A `transform` step computes its value from the run's context alone: nothing outside
     /// the database sees it, and computing it again gives the same value. So it is computed
-    /// first, and its start and its completion are checkpointed in one transaction (one
-    /// round trip instead of two; a worker that dies before the commit leaves no trace, and
-    /// the step simply runs again). `None`: not a transform, or it failed — the general path
+    /// first, and its start and its completion are checkpointed together, in one transaction
+    /// shared with the pure steps of the other runs in flight ([`Checkpointer`]); a worker
+    /// that dies before the commit leaves no trace, and the step simply runs again. `None`: not a transform, or it failed — the general path
     /// (start, attempt, record, retries) handles it.
     async fn pure_step(
         &self,
@@ -761,20 +763,14 @@ impl Engine {
             return Ok(None);
         };
         let elapsed = started.elapsed();
-        let (rec, me, now, change) = (
-            record.clone(),
-            self.me.clone(),
-            shared_models::time::now(),
-            StepChange::completed(output.clone()),
-        );
-        let written = blocking(&self.pool, move |conn| {
-            conn.transaction(|conn| match storage::start_step(conn, &rec, &me, now)? {
-                Err(lost) => Ok(lost),
-                Ok(_) => storage::record_step(conn, &rec, &change, &me, now),
+        let written = self
+            .checkpoints
+            .checkpoint(PureStep {
+                record: record.clone(),
+                output: output.clone(),
             })
-        })
-        .await
-        .map_err(|e| StepEnd::Stop(e.into()))?;
+            .await
+            .map_err(|e| StepEnd::Stop(e.into()))?;
         fenced(written).map_err(StepEnd::Stop)?;
         log::info!("run {}: step {} completed", run.id, step.name);
         crate::metrics::STEP_DURATION

@@ -10,9 +10,11 @@
 //! - [`metrics`]: step durations, jobs in flight and settled, runs finished (`/metrics`).
 //! - [`steps`]: one executor per step type.
 //! - [`agents`]: the agent registry and the HTTP and OpenAI-compatible agent protocols.
+//! - [`checkpoints`]: group commit of pure-step checkpoints across the runs in flight.
 //! - [`storage`]: plain diesel functions, every write fenced by the run's lease.
 
 pub mod agents;
+pub mod checkpoints;
 pub mod config;
 pub mod consumer;
 pub mod dead_letters;

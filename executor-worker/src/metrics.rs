@@ -12,10 +12,12 @@
 //!   ended or waits), `lease_lost` (cancelled or taken over meanwhile), `duplicate`, `held`
 //!   (its org at its running cap), `retry` (requeued after a transient failure), `poison`.
 //! - `thygon_runs_finished_total{status}`: runs this worker ended, by final status.
+//! - `thygon_checkpoint_batch_size`: pure-step checkpoints written per transaction (group
+//!   commit, see [`crate::checkpoints`]).
 
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge, HistogramVec,
-    IntCounterVec, IntGauge,
+    register_histogram, register_histogram_vec, register_int_counter_vec, register_int_gauge,
+    Histogram, HistogramVec, IntCounterVec, IntGauge,
 };
 use std::sync::LazyLock;
 
@@ -55,10 +57,20 @@ pub static RUNS_FINISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("register thygon_runs_finished_total")
 });
 
+pub static CHECKPOINT_BATCH: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "thygon_checkpoint_batch_size",
+        "Pure-step checkpoints written per transaction (group commit across runs)",
+        vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]
+    )
+    .expect("register thygon_checkpoint_batch_size")
+});
+
 /// Register every metric above, so a scrape shows them before their first sample.
 pub fn register() {
     LazyLock::force(&STEP_DURATION);
     LazyLock::force(&JOBS_IN_FLIGHT);
     LazyLock::force(&JOBS_TOTAL);
     LazyLock::force(&RUNS_FINISHED);
+    LazyLock::force(&CHECKPOINT_BATCH);
 }

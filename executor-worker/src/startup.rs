@@ -1,6 +1,7 @@
 //! Wires a worker process: the engine, the queue consumer and the health endpoints.
 
 use crate::agents::AgentRegistry;
+use crate::checkpoints::Checkpointer;
 use crate::config::Settings;
 use crate::consumer::{Consumer, WorkerState};
 use crate::engine::Engine;
@@ -25,14 +26,16 @@ pub fn build_engine(
         ))
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let me = LeaseHolder {
+        worker_id: settings.worker_id.clone(),
+        lease: settings.lease,
+    };
     Ok(Engine {
+        checkpoints: Checkpointer::start(pool.clone(), me.clone()),
         pool,
         agents,
         http,
-        me: LeaseHolder {
-            worker_id: settings.worker_id.clone(),
-            lease: settings.lease,
-        },
+        me,
         agent_timeout: settings.agent_timeout,
         max_running_per_org: settings.max_running_per_org,
     })

@@ -310,36 +310,173 @@ pub fn start_step(
         row.attempt = attempt;
         row.started_at = Some(now);
         upsert_step(conn, &row)?;
-        let mut events = vec![NewRunEvent::transition(
-            &step.run_id,
-            now,
-            Some(&step.name),
-            &from,
-            StepStatus::Running.as_str(),
-        )];
-        if from == StepStatus::Running.as_str() {
-            let message = format!(
-                "attempt {} was cut off before it finished; trying again",
-                attempt - 1
-            );
-            events.push(NewRunEvent::log(
-                &step.run_id,
-                now,
-                Some(&step.name),
-                "WARN",
-                message,
-            ));
-        }
-        let message = format!("{} step started (attempt {attempt})", step.step_type);
+        insert_events(conn, start_events(step, &from, attempt, now))?;
+        Ok(Ok(attempt))
+    })
+}
+
+/// What an attempt's start writes to the run's stream: the transition to RUNNING, a warning
+/// when the previous attempt was cut off (found RUNNING), and the start line.
+fn start_events(
+    step: &StepRecord,
+    from: &str,
+    attempt: i32,
+    now: DateTime<Utc>,
+) -> Vec<NewRunEvent> {
+    let running = StepStatus::Running.as_str();
+    let mut events = vec![NewRunEvent::transition(
+        &step.run_id,
+        now,
+        Some(&step.name),
+        from,
+        running,
+    )];
+    if from == running {
+        let message = format!(
+            "attempt {} was cut off before it finished; trying again",
+            attempt - 1
+        );
         events.push(NewRunEvent::log(
             &step.run_id,
             now,
             Some(&step.name),
-            "INFO",
+            "WARN",
             message,
         ));
-        insert_events(conn, events)?;
-        Ok(Ok(attempt))
+    }
+    let message = format!("{} step started (attempt {attempt})", step.step_type);
+    events.push(NewRunEvent::log(
+        &step.run_id,
+        now,
+        Some(&step.name),
+        "INFO",
+        message,
+    ));
+    events
+}
+
+/// A pure step's whole attempt (computed, not yet recorded), for [`checkpoint_pure_steps`].
+#[derive(Debug, Clone)]
+pub struct PureStep {
+    pub record: StepRecord,
+    pub output: Value,
+}
+
+/// Checkpoint the start and the completion of many pure steps, of any of the runs this
+/// worker holds, in ONE transaction of four statements whatever their number (group commit):
+/// the fence (every run's lease extended, those no longer held left out), the steps' previous
+/// states, one upsert of every step row, one insert of every event. What is written for each
+/// step is exactly what [`start_step`] then [`record_step`] with [`StepChange::completed`]
+/// would write. Returns, in the order given, whether each step was written or its run's
+/// lease was lost (then nothing of it was written).
+pub fn checkpoint_pure_steps(
+    conn: &mut PgConnection,
+    steps: &[PureStep],
+    me: &LeaseHolder,
+    now: DateTime<Utc>,
+) -> Result<Vec<Fenced>, Error> {
+    conn.transaction(|conn| {
+        let mut ids: Vec<&str> = steps.iter().map(|s| s.record.run_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let held: Vec<String> = diesel::update(
+            runs_table::table
+                .filter(runs_table::id.eq_any(&ids))
+                .filter(runs_table::lease_owner.eq(&me.worker_id)),
+        )
+        .set((
+            runs_table::updated_at.eq(now),
+            runs_table::lease_expires_at.eq(me.expires(now)),
+        ))
+        .returning(runs_table::id)
+        .get_results(conn)?;
+        let held: std::collections::HashSet<String> = held.into_iter().collect();
+        let live: Vec<&PureStep> = steps
+            .iter()
+            .filter(|s| held.contains(&s.record.run_id))
+            .collect();
+        if !live.is_empty() {
+            let names: Vec<&str> = live.iter().map(|s| s.record.name.as_str()).collect();
+            let held_ids: Vec<&str> = held.iter().map(String::as_str).collect();
+            // A superset (every named step of every run), narrowed below.
+            let previous: Vec<(String, String, String, i32)> = step_runs::table
+                .filter(step_runs::run_id.eq_any(&held_ids))
+                .filter(step_runs::name.eq_any(&names))
+                .select((
+                    step_runs::run_id,
+                    step_runs::name,
+                    step_runs::status,
+                    step_runs::attempt,
+                ))
+                .load(conn)?;
+            let previous: std::collections::HashMap<(String, String), (String, i32)> = previous
+                .into_iter()
+                .map(|(run, name, status, attempt)| ((run, name), (status, attempt)))
+                .collect();
+            let mut rows = Vec::with_capacity(live.len());
+            let mut events = Vec::with_capacity(live.len() * 4);
+            for step in &live {
+                let rec = &step.record;
+                let (from, attempt) = match previous.get(&(rec.run_id.clone(), rec.name.clone())) {
+                    Some((status, attempt)) => (status.as_str(), attempt + 1),
+                    None => (StepStatus::Pending.as_str(), 1),
+                };
+                let change = StepChange::completed(step.output.clone());
+                let mut row = StepRunRow::new(
+                    &rec.run_id,
+                    &rec.name,
+                    rec.position,
+                    rec.step_type,
+                    change.to.as_str(),
+                );
+                row.attempt = attempt;
+                row.started_at = Some(now);
+                row.completed_at = Some(now);
+                row.output = change.output;
+                rows.push(row);
+                events.extend(start_events(rec, from, attempt, now));
+                events.push(NewRunEvent::transition(
+                    &rec.run_id,
+                    now,
+                    Some(&rec.name),
+                    StepStatus::Running.as_str(),
+                    change.to.as_str(),
+                ));
+                events.push(NewRunEvent::log(
+                    &rec.run_id,
+                    now,
+                    Some(&rec.name),
+                    change.log.0,
+                    change.log.1,
+                ));
+            }
+            use diesel::upsert::excluded;
+            diesel::insert_into(step_runs::table)
+                .values(&rows)
+                .on_conflict((step_runs::run_id, step_runs::name))
+                .do_update()
+                .set((
+                    step_runs::status.eq(excluded(step_runs::status)),
+                    step_runs::attempt.eq(excluded(step_runs::attempt)),
+                    step_runs::started_at.eq(excluded(step_runs::started_at)),
+                    step_runs::completed_at.eq(excluded(step_runs::completed_at)),
+                    step_runs::output.eq(excluded(step_runs::output)),
+                    step_runs::error.eq(excluded(step_runs::error)),
+                    step_runs::wake_at.eq(excluded(step_runs::wake_at)),
+                ))
+                .execute(conn)?;
+            insert_events(conn, events)?;
+        }
+        Ok(steps
+            .iter()
+            .map(|s| {
+                if held.contains(&s.record.run_id) {
+                    Fenced::Written
+                } else {
+                    Fenced::LeaseLost
+                }
+            })
+            .collect())
     })
 }
 

@@ -8,6 +8,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use executor_worker::agents::AgentRegistry;
+use executor_worker::checkpoints::Checkpointer;
 use executor_worker::config::DEFAULT_MAX_RUNNING_PER_ORG;
 use executor_worker::engine::Engine;
 use executor_worker::storage::LeaseHolder;
@@ -34,14 +35,16 @@ pub async fn test_db() -> TestDb {
 /// An engine writing to `pool` under a worker id of its own, with the default per-org
 /// running cap (set `max_running_per_org` on it for another).
 pub fn engine(pool: &PgPool, agents: AgentRegistry, agent_timeout: Duration) -> Engine {
+    let me = LeaseHolder {
+        worker_id: format!("test-worker-{}", unique_token()),
+        lease: Duration::from_secs(30),
+    };
     Engine {
+        checkpoints: Checkpointer::start(pool.clone(), me.clone()),
         pool: pool.clone(),
         agents,
         http: reqwest::Client::new(),
-        me: LeaseHolder {
-            worker_id: format!("test-worker-{}", unique_token()),
-            lease: Duration::from_secs(30),
-        },
+        me,
         agent_timeout,
         max_running_per_org: DEFAULT_MAX_RUNNING_PER_ORG,
     }

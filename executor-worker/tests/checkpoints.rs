@@ -1,0 +1,233 @@
+//! Group commit of pure-step checkpoints (`executor_worker::checkpoints`): many runs' steps in
+//! one transaction, each written exactly as the one-step-at-a-time path would write it, and
+//! the lease still fencing each run on its own. Real PostgreSQL, a database per test.
+
+mod common;
+
+use common::*;
+use diesel::prelude::*;
+use executor_worker::engine::JobOutcome;
+use executor_worker::metrics::CHECKPOINT_BATCH;
+use executor_worker::storage::{self, Fenced, LeaseHolder, PureStep, StepRecord};
+use serde_json::json;
+use shared_models::db::blocking;
+use shared_models::queue::RunJob;
+use shared_models::schema::runs;
+use std::time::Duration;
+
+/// Make `run_id` RUNNING under `owner`'s live lease.
+async fn hold(pool: &shared_models::db::PgPool, run_id: &str, owner: &str) {
+    let (run_id, owner) = (run_id.to_string(), owner.to_string());
+    let now = shared_models::time::now();
+    blocking(pool, move |conn| {
+        diesel::update(runs::table.find(&run_id))
+            .set((
+                runs::status.eq("RUNNING"),
+                runs::started_at.eq(now),
+                runs::lease_owner.eq(&owner),
+                runs::lease_expires_at.eq(now + chrono::Duration::minutes(1)),
+            ))
+            .execute(conn)
+    })
+    .await
+    .expect("hold the run");
+}
+
+fn record(run_id: &str, name: &str, position: i32) -> StepRecord {
+    StepRecord {
+        run_id: run_id.to_string(),
+        name: name.to_string(),
+        position,
+        step_type: "transform",
+    }
+}
+
+#[tokio::test]
+async fn concurrent_runs_share_commits_and_each_step_is_recorded_as_on_its_own() {
+    let db = test_db().await;
+    let steps: Vec<_> = (0..5)
+        .map(|i| {
+            let value = if i == 0 {
+                json!({ "n": "{{ variables.n }}" })
+            } else {
+                json!({ "n": format!("{{{{ steps.s{}.output.n + 1 }}}}", i - 1) })
+            };
+            json!({ "name": format!("s{i}"), "type": "transform", "value": value })
+        })
+        .collect();
+    let (workflow_id, first) = workflow_with_run(
+        &db.pool,
+        "chain",
+        json!({ "steps": steps }),
+        json!({ "n": 0 }),
+    )
+    .await;
+    let mut run_ids = vec![first];
+    run_ids.extend(insert_runs(&db.pool, &workflow_id, 39, |i| json!({ "n": i + 1 })).await);
+    let engine = engine(&db.pool, registry(&[]), Duration::from_secs(5));
+    let (count_before, sum_before) = (
+        CHECKPOINT_BATCH.get_sample_count(),
+        CHECKPOINT_BATCH.get_sample_sum(),
+    );
+
+    let jobs: Vec<RunJob> = run_ids
+        .iter()
+        .map(|id| RunJob::new(id, ORG, None))
+        .collect();
+    let outcomes = futures_util::future::join_all(jobs.iter().map(|j| engine.process(j))).await;
+
+    assert!(
+        outcomes.iter().all(|o| *o == JobOutcome::Done),
+        "{outcomes:?}"
+    );
+    let (batches, written) = (
+        CHECKPOINT_BATCH.get_sample_count() - count_before,
+        CHECKPOINT_BATCH.get_sample_sum() - sum_before,
+    );
+    // This file's other tests may add to the process-wide histogram meanwhile, never less.
+    assert!(written >= 200.0, "{written} checkpoints written");
+    assert!(
+        (batches as f64) < written / 2.0,
+        "40 concurrent runs: {written} steps in {batches} transactions"
+    );
+    for (i, run_id) in run_ids.iter().enumerate() {
+        let run = get_run(&db.pool, run_id).await;
+        assert_eq!(run.status, "COMPLETED", "run {run_id}");
+        assert_eq!(run.output, Some(json!({ "s4": { "n": i + 4 } })));
+        let steps = get_steps(&db.pool, run_id).await;
+        assert_eq!(steps.len(), 5);
+        let events = get_events(&db.pool, run_id).await;
+        for (k, step) in steps.iter().enumerate() {
+            assert_eq!(step.status, "COMPLETED");
+            assert_eq!(step.attempt, 1);
+            assert_eq!(step.output, Some(json!({ "n": i + k })));
+            assert!(step.started_at.is_some() && step.started_at == step.completed_at);
+            assert_eq!(step.error, None);
+            let name = step.name.as_str();
+            assert_eq!(
+                transitions_of(&events, Some(name)),
+                vec![ft("PENDING", "RUNNING"), ft("RUNNING", "COMPLETED")]
+            );
+            assert_eq!(
+                logs_of(&events, Some(name)),
+                vec![
+                    (
+                        "INFO".to_string(),
+                        "transform step started (attempt 1)".to_string()
+                    ),
+                    ("INFO".to_string(), "step completed".to_string()),
+                ]
+            );
+        }
+        // Each step's events are in order, after the previous step's.
+        let order: Vec<String> = events
+            .iter()
+            .filter_map(|e| e.step.clone())
+            .collect::<Vec<_>>()
+            .chunks(4)
+            .map(|c| c[0].clone())
+            .collect();
+        assert_eq!(order, vec!["s0", "s1", "s2", "s3", "s4"]);
+    }
+}
+
+#[tokio::test]
+async fn one_batch_fences_each_run_on_its_own_and_resumes_cut_off_attempts() {
+    let db = test_db().await;
+    let definition = json!({ "steps": [
+        { "name": "a", "type": "transform", "value": 1 },
+        { "name": "b", "type": "transform", "value": 2 },
+    ] });
+    let (workflow_id, mine) = workflow_with_run(&db.pool, "pair", definition, json!({})).await;
+    let others = insert_runs(&db.pool, &workflow_id, 2, |_| json!({})).await;
+    let (also_mine, theirs) = (others[0].clone(), others[1].clone());
+    let me = LeaseHolder {
+        worker_id: "worker-me".into(),
+        // Longer than `hold` gives, so the extension shows.
+        lease: Duration::from_secs(300),
+    };
+    hold(&db.pool, &mine, "worker-me").await;
+    hold(&db.pool, &also_mine, "worker-me").await;
+    hold(&db.pool, &theirs, "worker-other").await;
+    // `also_mine`'s step `a` was cut off during its first attempt.
+    insert_step_run(&db.pool, step_row(&also_mine, "a", 0, "RUNNING", 1, None)).await;
+    let before = get_run(&db.pool, &mine).await;
+
+    let batch = vec![
+        PureStep {
+            record: record(&mine, "a", 0),
+            output: json!(1),
+        },
+        PureStep {
+            record: record(&theirs, "a", 0),
+            output: json!(1),
+        },
+        PureStep {
+            record: record(&also_mine, "a", 0),
+            output: json!(1),
+        },
+        PureStep {
+            record: record(&mine, "b", 1),
+            output: json!(2),
+        },
+    ];
+    let now = shared_models::time::now();
+    let fenced = blocking(&db.pool, move |conn| {
+        storage::checkpoint_pure_steps(conn, &batch, &me, now)
+    })
+    .await
+    .expect("the batch commits");
+
+    assert_eq!(
+        fenced,
+        vec![
+            Fenced::Written,
+            Fenced::LeaseLost,
+            Fenced::Written,
+            Fenced::Written
+        ]
+    );
+    // Another worker's run: nothing written, its lease untouched.
+    assert!(get_steps(&db.pool, &theirs).await.is_empty());
+    assert!(get_events(&db.pool, &theirs).await.is_empty());
+    assert_eq!(
+        get_run(&db.pool, &theirs).await.lease_owner.as_deref(),
+        Some("worker-other")
+    );
+    // Mine: both steps, and the lease extended.
+    let after = get_run(&db.pool, &mine).await;
+    assert!(after.lease_expires_at > before.lease_expires_at);
+    let steps = get_steps(&db.pool, &mine).await;
+    assert_eq!(
+        steps
+            .iter()
+            .map(|s| (s.name.as_str(), s.status.as_str(), s.output.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            ("a", "COMPLETED", Some(json!(1))),
+            ("b", "COMPLETED", Some(json!(2)))
+        ]
+    );
+    // The cut-off attempt: attempt 2, RUNNING -> RUNNING -> COMPLETED, with the warning.
+    let step = find_step(&get_steps(&db.pool, &also_mine).await, "a").clone();
+    assert_eq!((step.status.as_str(), step.attempt), ("COMPLETED", 2));
+    let events = get_events(&db.pool, &also_mine).await;
+    assert_eq!(
+        transitions_of(&events, Some("a")),
+        vec![ft("RUNNING", "RUNNING"), ft("RUNNING", "COMPLETED")]
+    );
+    assert_eq!(
+        logs_of(&events, Some("a")),
+        vec![
+            (
+                "WARN".to_string(),
+                "attempt 1 was cut off before it finished; trying again".to_string()
+            ),
+            (
+                "INFO".to_string(),
+                "transform step started (attempt 2)".to_string()
+            ),
+            ("INFO".to_string(), "step completed".to_string()),
+        ]
+    );
+}
