@@ -28,7 +28,8 @@ use shared_models::models::{RunRow, StepRunRow};
 use shared_models::queue::RunJob;
 use shared_models::status::{RunStatus, StepStatus};
 use shared_models::template;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What to do with the message once a job was processed.
@@ -54,6 +55,73 @@ pub struct Engine {
     pub max_running_per_org: u32,
     /// Where pure steps are checkpointed (group commit across runs).
     pub checkpoints: Checkpointer,
+    /// Workflow versions already compiled by this worker.
+    pub graphs: Arc<GraphCache>,
+}
+
+/// Compiled workflow versions, shared by every run this worker executes. A version never
+/// changes once written, so each is read, parsed and validated once per worker, not at every
+/// claim. Bounded: emptied when it reaches [`GraphCache::CAPACITY`] versions.
+#[derive(Default)]
+pub struct GraphCache {
+    graphs: Mutex<HashMap<(String, String, i32), Arc<WorkflowGraph>>>,
+}
+
+impl GraphCache {
+    pub const CAPACITY: usize = 1024;
+
+    fn key(run: &RunRow) -> (String, String, i32) {
+        (
+            run.org_id.clone(),
+            run.workflow_id.clone(),
+            run.workflow_version,
+        )
+    }
+
+    pub fn get(&self, run: &RunRow) -> Option<Arc<WorkflowGraph>> {
+        let graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
+        graphs.get(&Self::key(run)).cloned()
+    }
+
+    fn insert(&self, run: &RunRow, graph: Arc<WorkflowGraph>) {
+        let mut graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
+        if graphs.len() >= Self::CAPACITY {
+            graphs.clear();
+        }
+        graphs.insert(Self::key(run), graph);
+    }
+
+    /// How many versions are cached now.
+    pub fn len(&self) -> usize {
+        self.graphs.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Engine {
+    /// An engine, with its checkpoint writer started on the current tokio runtime.
+    pub fn new(
+        pool: PgPool,
+        agents: AgentRegistry,
+        http: reqwest::Client,
+        me: LeaseHolder,
+        agent_timeout: Duration,
+        max_running_per_org: u32,
+    ) -> Self {
+        Self {
+            checkpoints: Checkpointer::start(pool.clone(), me.clone()),
+            graphs: Arc::default(),
+            pool,
+            agents,
+            http,
+            me,
+            agent_timeout,
+            max_running_per_org,
+        }
+    }
 }
 
 /// Why the engine stopped working on a run before its end.
@@ -118,7 +186,7 @@ impl StepState {
 /// One run being driven: its graph and the state of each step.
 struct RunState<'a> {
     run: &'a RunRow,
-    graph: WorkflowGraph,
+    graph: Arc<WorkflowGraph>,
     steps: Vec<StepState>,
 }
 
@@ -190,24 +258,30 @@ impl Engine {
         let (run_id, org_id, me) = (job.run_id.clone(), job.org_id.clone(), self.me.clone());
         let cap = self.max_running_per_org;
         let now = shared_models::time::now();
+        let graphs = self.graphs.clone();
         let claim = blocking(&self.pool, move |conn| {
-            storage::claim_run(conn, &run_id, &org_id, &me, cap, now)
+            let mut cached = None;
+            let claim = storage::claim_run(conn, &run_id, &org_id, &me, cap, now, |run| {
+                cached = graphs.get(run);
+                cached.is_some()
+            })?;
+            Ok((claim, cached))
         })
         .await;
         match claim {
             Err(e) => (JobOutcome::Retry(e.to_string()), "retry"),
-            Ok(Claim::Missing) => (
+            Ok((Claim::Missing, _)) => (
                 JobOutcome::Poison(format!(
                     "run '{}' does not exist in org '{}'",
                     job.run_id, job.org_id
                 )),
                 "poison",
             ),
-            Ok(Claim::Ended) | Ok(Claim::HeldElsewhere) => {
+            Ok((Claim::Ended | Claim::HeldElsewhere, _)) => {
                 log::info!("run {}: duplicate delivery, nothing to do", job.run_id);
                 (JobOutcome::Done, "duplicate")
             }
-            Ok(Claim::Held) => {
+            Ok((Claim::Held, _)) => {
                 // The scheduler queues it again once its wake_at has come.
                 log::info!(
                     "run {}: org {} is at its cap of {} running runs (MAX_RUNNING_PER_ORG); held back for {:?}",
@@ -218,9 +292,9 @@ impl Engine {
                 );
                 (JobOutcome::Done, "held")
             }
-            Ok(Claim::Claimed(claimed)) => {
+            Ok((Claim::Claimed(claimed), cached)) => {
                 let heartbeat = self.spawn_heartbeat(&job.run_id);
-                let result = self.drive(&claimed).await;
+                let result = self.drive(&claimed, cached).await;
                 heartbeat.abort();
                 match result {
                     Ok(()) => (JobOutcome::Done, "done"),
@@ -256,8 +330,23 @@ impl Engine {
         }))
     }
 
-    async fn drive(&self, c: &ClaimedRun) -> Result<(), Stop> {
-        let graph = match WorkflowGraph::from_stored(&c.definition) {
+    async fn drive(&self, c: &ClaimedRun, cached: Option<Arc<WorkflowGraph>>) -> Result<(), Stop> {
+        let compiled = match (cached, &c.definition) {
+            (Some(graph), _) => Ok(graph),
+            (None, Some(definition)) => WorkflowGraph::from_stored(definition).map(|graph| {
+                let graph = Arc::new(graph);
+                self.graphs.insert(&c.run, graph.clone());
+                graph
+            }),
+            // The claim skipped the definition for a graph the cache dropped meanwhile.
+            (None, None) => {
+                let (run, pool) = (c.run.clone(), self.pool.clone());
+                let definition =
+                    blocking(&pool, move |conn| storage::load_definition(conn, &run)).await?;
+                WorkflowGraph::from_stored(&definition).map(Arc::new)
+            }
+        };
+        let graph = match compiled {
             Ok(g) => g,
             Err(e) => {
                 log::error!("run {}: {e}", c.run.id);

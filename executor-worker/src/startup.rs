@@ -1,7 +1,6 @@
 //! Wires a worker process: the engine, the queue consumer and the health endpoints.
 
 use crate::agents::AgentRegistry;
-use crate::checkpoints::Checkpointer;
 use crate::config::Settings;
 use crate::consumer::{Consumer, WorkerState};
 use crate::engine::Engine;
@@ -30,15 +29,14 @@ pub fn build_engine(
         worker_id: settings.worker_id.clone(),
         lease: settings.lease,
     };
-    Ok(Engine {
-        checkpoints: Checkpointer::start(pool.clone(), me.clone()),
+    Ok(Engine::new(
         pool,
         agents,
         http,
         me,
-        agent_timeout: settings.agent_timeout,
-        max_running_per_org: settings.max_running_per_org,
-    })
+        settings.agent_timeout,
+        settings.max_running_per_org,
+    ))
 }
 
 pub fn build_consumer(

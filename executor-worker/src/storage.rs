@@ -35,7 +35,8 @@ impl LeaseHolder {
 #[derive(Debug)]
 pub struct ClaimedRun {
     pub run: RunRow,
-    pub definition: Value,
+    /// The workflow version's definition; `None` when the caller said it has it.
+    pub definition: Option<Value>,
     pub steps: Vec<StepRunRow>,
 }
 
@@ -71,6 +72,9 @@ pub const RUNNING_SLOT_HOLD: Duration = Duration::from_secs(1);
 /// `max_running_per_org` (0 = no cap) bounds the org's RUNNING runs: a PENDING or WAITING run
 /// that would exceed it is not started but [`Claim::Held`]. A RUNNING run taken over or
 /// redelivered adds no running run and is never held.
+///
+/// The definition of the run's workflow version is read only when `has_definition` says the
+/// caller does not have it already (versions never change once written).
 pub fn claim_run(
     conn: &mut PgConnection,
     run_id: &str,
@@ -78,6 +82,7 @@ pub fn claim_run(
     me: &LeaseHolder,
     max_running_per_org: u32,
     now: DateTime<Utc>,
+    has_definition: impl FnOnce(&RunRow) -> bool,
 ) -> Result<Claim, Error> {
     conn.transaction(|conn| {
         let run: Option<RunRow> = runs_table::table
@@ -105,7 +110,7 @@ pub fn claim_run(
         {
             return Ok(Claim::Held);
         }
-        diesel::update(runs_table::table.find(run_id))
+        let claimed: RunRow = diesel::update(runs_table::table.find(run_id))
             .set((
                 runs_table::status.eq(RunStatus::Running.as_str()),
                 runs_table::started_at.eq(run.started_at.unwrap_or(now)),
@@ -114,7 +119,8 @@ pub fn claim_run(
                 runs_table::lease_owner.eq(&me.worker_id),
                 runs_table::lease_expires_at.eq(me.expires(now)),
             ))
-            .execute(conn)?;
+            .returning(RunRow::as_returning())
+            .get_result(conn)?;
         let mut events = Vec::new();
         if status != RunStatus::Running {
             events.push(NewRunEvent::transition(
@@ -145,14 +151,12 @@ pub fn claim_run(
             events.push(NewRunEvent::log(run_id, now, None, "WARN", message));
         }
         insert_events(conn, events)?;
-        let run = runs_table::table
-            .find(run_id)
-            .select(RunRow::as_select())
-            .first(conn)?;
-        let definition = workflow_versions::table
-            .find((&run.org_id, &run.workflow_id, run.workflow_version))
-            .select(workflow_versions::definition)
-            .first(conn)?;
+        let run = claimed;
+        let definition = if has_definition(&run) {
+            None
+        } else {
+            Some(load_definition(conn, &run)?)
+        };
         let steps = load_steps(conn, run_id)?;
         Ok(Claim::Claimed(Box::new(ClaimedRun {
             run,
@@ -205,6 +209,14 @@ fn hold_for_slot(
         )?;
     }
     Ok(true)
+}
+
+/// The definition of the run's workflow version.
+pub fn load_definition(conn: &mut PgConnection, run: &RunRow) -> Result<Value, Error> {
+    workflow_versions::table
+        .find((&run.org_id, &run.workflow_id, run.workflow_version))
+        .select(workflow_versions::definition)
+        .first(conn)
 }
 
 pub fn load_steps(conn: &mut PgConnection, run_id: &str) -> Result<Vec<StepRunRow>, Error> {

@@ -238,7 +238,7 @@ async fn set_status(pool: &PgPool, run_id: &str, status: &str, lease: Option<Dat
 async fn claim(pool: &PgPool, run_id: &str, cap: u32, now: DateTime<Utc>) -> Claim {
     let (run_id, me) = (run_id.to_string(), holder());
     blocking(pool, move |conn| {
-        storage::claim_run(conn, &run_id, ORG, &me, cap, now)
+        storage::claim_run(conn, &run_id, ORG, &me, cap, now, |_| false)
     })
     .await
     .expect("claim the run")

@@ -8,7 +8,6 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use executor_worker::agents::AgentRegistry;
-use executor_worker::checkpoints::Checkpointer;
 use executor_worker::config::DEFAULT_MAX_RUNNING_PER_ORG;
 use executor_worker::engine::Engine;
 use executor_worker::storage::LeaseHolder;
@@ -39,15 +38,14 @@ pub fn engine(pool: &PgPool, agents: AgentRegistry, agent_timeout: Duration) -> 
         worker_id: format!("test-worker-{}", unique_token()),
         lease: Duration::from_secs(30),
     };
-    Engine {
-        checkpoints: Checkpointer::start(pool.clone(), me.clone()),
-        pool: pool.clone(),
+    Engine::new(
+        pool.clone(),
         agents,
-        http: reqwest::Client::new(),
+        reqwest::Client::new(),
         me,
         agent_timeout,
-        max_running_per_org: DEFAULT_MAX_RUNNING_PER_ORG,
-    }
+        DEFAULT_MAX_RUNNING_PER_ORG,
+    )
 }
 
 /// A registry of HTTP agents, each `(id, url)`, and no `AGENT_BASE_URL` fallback.

@@ -1,6 +1,10 @@
-//! Group commit of pure-step checkpoints (`executor_worker::checkpoints`): many runs' steps in
-//! one transaction, each written exactly as the one-step-at-a-time path would write it, and
-//! the lease still fencing each run on its own. Real PostgreSQL, a database per test.
+//! The worker's hot path, made cheap without changing what is written:
+//! - group commit of pure-step checkpoints (`executor_worker::checkpoints`): many runs' steps
+//!   in one transaction, each written exactly as the one-step-at-a-time path would write it,
+//!   and the lease still fencing each run on its own;
+//! - compiled workflow versions cached per worker (`engine::GraphCache`).
+//!
+//! Real PostgreSQL, a database per test.
 
 mod common;
 
@@ -230,4 +234,40 @@ async fn one_batch_fences_each_run_on_its_own_and_resumes_cut_off_attempts() {
             ("INFO".to_string(), "step completed".to_string()),
         ]
     );
+}
+
+#[tokio::test]
+async fn a_workflow_version_is_read_and_compiled_once_per_worker() {
+    let db = test_db().await;
+    let definition = json!({ "steps": [{ "name": "a", "type": "transform", "value": 7 }] });
+    let (workflow_id, first) = workflow_with_run(&db.pool, "once", definition, json!({})).await;
+    let more = insert_runs(&db.pool, &workflow_id, 2, |_| json!({})).await;
+    let cached = engine(&db.pool, registry(&[]), Duration::from_secs(5));
+    assert!(cached.graphs.is_empty());
+    let done = cached.process(&RunJob::new(&first, ORG, None)).await;
+    assert_eq!(done, JobOutcome::Done);
+    assert_eq!(cached.graphs.len(), 1);
+
+    // Proof that the second run does not read the stored definition again: break it.
+    let id = workflow_id.clone();
+    blocking(&db.pool, move |conn| {
+        diesel::sql_query(
+            "UPDATE workflow_versions SET definition = '{\"steps\": 1}' WHERE workflow_id = $1",
+        )
+        .bind::<diesel::sql_types::Text, _>(&id)
+        .execute(conn)
+    })
+    .await
+    .expect("break the stored definition");
+    let done = cached.process(&RunJob::new(&more[0], ORG, None)).await;
+    assert_eq!(done, JobOutcome::Done);
+    assert_eq!(get_run(&db.pool, &more[0]).await.status, "COMPLETED");
+    assert_eq!(cached.graphs.len(), 1);
+
+    // A worker without it in its cache reads the (now broken) definition and fails the run.
+    let fresh = engine(&db.pool, registry(&[]), Duration::from_secs(5));
+    fresh.process(&RunJob::new(&more[1], ORG, None)).await;
+    let run = get_run(&db.pool, &more[1]).await;
+    assert_eq!(run.status, "FAILED", "{run:?}");
+    assert!(fresh.graphs.is_empty());
 }
