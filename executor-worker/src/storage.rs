@@ -367,6 +367,18 @@ fn start_events(
     events
 }
 
+#[derive(QueryableByName)]
+struct PreviousStep {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    run_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    name: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    status: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    attempt: i32,
+}
+
 /// A pure step's whole attempt (computed, not yet recorded), for [`checkpoint_pure_steps`].
 #[derive(Debug, Clone)]
 pub struct PureStep {
@@ -408,22 +420,17 @@ pub fn checkpoint_pure_steps(
             .filter(|s| held.contains(&s.record.run_id))
             .collect();
         if !live.is_empty() {
-            let names: Vec<&str> = live.iter().map(|s| s.record.name.as_str()).collect();
             let held_ids: Vec<&str> = held.iter().map(String::as_str).collect();
-            // A superset (every named step of every run), narrowed below.
-            let previous: Vec<(String, String, String, i32)> = step_runs::table
-                .filter(step_runs::run_id.eq_any(&held_ids))
-                .filter(step_runs::name.eq_any(&names))
-                .select((
-                    step_runs::run_id,
-                    step_runs::name,
-                    step_runs::status,
-                    step_runs::attempt,
-                ))
-                .load(conn)?;
+            // Every step row of those runs. Planned at each call (diesel does not cache a raw
+            // query): a plan cached while the table was small scans all of it once it is not.
+            let previous: Vec<PreviousStep> = diesel::sql_query(
+                "SELECT run_id, name, status, attempt FROM step_runs WHERE run_id = ANY($1)",
+            )
+            .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&held_ids)
+            .load(conn)?;
             let previous: std::collections::HashMap<(String, String), (String, i32)> = previous
                 .into_iter()
-                .map(|(run, name, status, attempt)| ((run, name), (status, attempt)))
+                .map(|p| ((p.run_id, p.name), (p.status, p.attempt)))
                 .collect();
             let mut rows = Vec::with_capacity(live.len());
             let mut events = Vec::with_capacity(live.len() * 4);
