@@ -1,11 +1,12 @@
-//! Group commit of pure-step checkpoints.
+//! Group commit of pure-step checkpoints and run ends.
 //!
 //! Every run a worker executes checkpoints each step before its next step starts. For
 //! `transform` steps (pure: computed from the run's context alone) that checkpoint is one
-//! transaction; with many runs in flight, those transactions are batched: each run hands its
-//! computed step to the [`Checkpointer`] and waits for the commit; one task writes everything
-//! that is waiting in one transaction ([`storage::checkpoint_pure_steps`]: four statements
-//! whatever the batch size) and answers each run once it is committed.
+//! transaction, and so is a run's end; with many runs in flight, those transactions are
+//! batched: each run hands its computed step (or its end) to the [`Checkpointer`] and waits
+//! for the commit; one task writes everything that is waiting in one transaction
+//! ([`storage::write_batch`]: four statements for the steps and two for the ends, whatever
+//! their number) and answers each run once it is committed.
 //!
 //! Guarantees are unchanged: a run never starts its next step before its previous one is
 //! committed (it waits for its answer); every write is still fenced by the run's lease (a
@@ -17,7 +18,7 @@
 //! committed, so a lone run is written at once (a batch of one) and a busy worker writes
 //! many runs per commit.
 
-use crate::storage::{self, Fenced, LeaseHolder, PureStep};
+use crate::storage::{self, Fenced, LeaseHolder, PureStep, RunFinish};
 use shared_models::db::{blocking, PgPool, StorageError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -26,10 +27,16 @@ pub const MAX_BATCH: usize = 256;
 
 type Reply = oneshot::Sender<Result<Fenced, StorageError>>;
 
+/// One write to make.
+enum Write {
+    Step(PureStep),
+    End(RunFinish),
+}
+
 /// The handle runs use; cheap to clone. The writing task ends when every handle is dropped.
 #[derive(Clone)]
 pub struct Checkpointer {
-    tx: mpsc::UnboundedSender<(PureStep, Reply)>,
+    tx: mpsc::UnboundedSender<(Write, Reply)>,
 }
 
 impl Checkpointer {
@@ -42,9 +49,18 @@ impl Checkpointer {
 
     /// Checkpoint one pure step; returns once it is committed (or not written at all).
     pub async fn checkpoint(&self, step: PureStep) -> Result<Fenced, StorageError> {
+        self.write(Write::Step(step)).await
+    }
+
+    /// End a run; returns once it is committed (or not written at all).
+    pub async fn finish(&self, end: RunFinish) -> Result<Fenced, StorageError> {
+        self.write(Write::End(end)).await
+    }
+
+    async fn write(&self, write: Write) -> Result<Fenced, StorageError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send((step, reply))
+            .send((write, reply))
             .map_err(|_| StorageError::Unavailable("the checkpoint writer has stopped".into()))?;
         answer.await.unwrap_or_else(|_| {
             Err(StorageError::Unavailable(
@@ -57,26 +73,39 @@ impl Checkpointer {
 async fn write_batches(
     pool: PgPool,
     me: LeaseHolder,
-    mut rx: mpsc::UnboundedReceiver<(PureStep, Reply)>,
+    mut rx: mpsc::UnboundedReceiver<(Write, Reply)>,
 ) {
     let mut waiting = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut waiting, MAX_BATCH).await > 0 {
-        let (steps, replies): (Vec<PureStep>, Vec<Reply>) =
-            std::mem::take(&mut waiting).into_iter().unzip();
-        crate::metrics::CHECKPOINT_BATCH.observe(steps.len() as f64);
+        let (mut steps, mut ends) = (Vec::new(), Vec::new());
+        let (mut step_replies, mut end_replies) = (Vec::new(), Vec::new());
+        for (write, reply) in waiting.drain(..) {
+            match write {
+                Write::Step(step) => {
+                    steps.push(step);
+                    step_replies.push(reply);
+                }
+                Write::End(end) => {
+                    ends.push(end);
+                    end_replies.push(reply);
+                }
+            }
+        }
+        crate::metrics::CHECKPOINT_BATCH.observe((steps.len() + ends.len()) as f64);
         let (me, now) = (me.clone(), shared_models::time::now());
         let written = blocking(&pool, move |conn| {
-            storage::checkpoint_pure_steps(conn, &steps, &me, now)
+            storage::write_batch(conn, &steps, &ends, &me, now)
         })
         .await;
+        let replies = step_replies.into_iter().chain(end_replies);
         match written {
-            Ok(fenced) => {
-                for (reply, f) in replies.into_iter().zip(fenced) {
+            Ok((steps, ends)) => {
+                for (reply, f) in replies.zip(steps.into_iter().chain(ends)) {
                     let _ = reply.send(Ok(f));
                 }
             }
             Err(e) => {
-                log::warn!("checkpoint batch of {} step(s) failed: {e}", replies.len());
+                log::warn!("checkpoint batch failed: {e}");
                 for reply in replies {
                     let _ = reply.send(Err(shared(&e)));
                 }

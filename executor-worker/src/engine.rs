@@ -16,7 +16,8 @@ use crate::agents::AgentRegistry;
 use crate::checkpoints::Checkpointer;
 use crate::steps::{self, StepEnv};
 use crate::storage::{
-    self, Claim, ClaimedRun, Fenced, LeaseHolder, Park, PureStep, RunEnd, StepChange, StepRecord,
+    self, Claim, ClaimedRun, Fenced, LeaseHolder, Park, PureStep, RunEnd, RunFinish, StepChange,
+    StepRecord,
 };
 use chrono::{DateTime, Utc};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -884,12 +885,18 @@ impl Engine {
             error,
             cancelled,
         };
-        fenced(
-            blocking(&self.pool, move |conn| {
-                storage::finish_run(conn, &run, &end, &me, now)
-            })
-            .await?,
-        )?;
+        // The common end (nothing to cancel, no parent to wake) is batched with the other
+        // runs' writes; the rest is its own transaction.
+        let written = match RunFinish::simple(&run, &end) {
+            Some(simple) => self.checkpoints.finish(simple).await?,
+            None => {
+                blocking(&self.pool, move |conn| {
+                    storage::finish_run(conn, &run, &end, &me, now)
+                })
+                .await?
+            }
+        };
+        fenced(written)?;
         crate::metrics::RUNS_FINISHED
             .with_label_values(&[status.as_str()])
             .inc();

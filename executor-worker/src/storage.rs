@@ -399,104 +399,249 @@ pub fn checkpoint_pure_steps(
     me: &LeaseHolder,
     now: DateTime<Utc>,
 ) -> Result<Vec<Fenced>, Error> {
+    write_batch(conn, steps, &[], me, now).map(|(steps, _)| steps)
+}
+
+/// [`checkpoint_pure_steps`] and [`finish_runs`] in ONE transaction: what the
+/// [`crate::checkpoints`] writer commits for each batch.
+pub fn write_batch(
+    conn: &mut PgConnection,
+    steps: &[PureStep],
+    ends: &[RunFinish],
+    me: &LeaseHolder,
+    now: DateTime<Utc>,
+) -> Result<(Vec<Fenced>, Vec<Fenced>), Error> {
     conn.transaction(|conn| {
-        let mut ids: Vec<&str> = steps.iter().map(|s| s.record.run_id.as_str()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let held: Vec<String> = diesel::update(
-            runs_table::table
-                .filter(runs_table::id.eq_any(&ids))
-                .filter(runs_table::lease_owner.eq(&me.worker_id)),
-        )
-        .set((
-            runs_table::updated_at.eq(now),
-            runs_table::lease_expires_at.eq(me.expires(now)),
-        ))
-        .returning(runs_table::id)
-        .get_results(conn)?;
-        let held: std::collections::HashSet<String> = held.into_iter().collect();
-        let live: Vec<&PureStep> = steps
-            .iter()
-            .filter(|s| held.contains(&s.record.run_id))
-            .collect();
-        if !live.is_empty() {
-            let held_ids: Vec<&str> = held.iter().map(String::as_str).collect();
-            // Every step row of those runs. Planned at each call (diesel does not cache a raw
-            // query): a plan cached while the table was small scans all of it once it is not.
-            let previous: Vec<PreviousStep> = diesel::sql_query(
-                "SELECT run_id, name, status, attempt FROM step_runs WHERE run_id = ANY($1)",
-            )
-            .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&held_ids)
-            .load(conn)?;
-            let previous: std::collections::HashMap<(String, String), (String, i32)> = previous
-                .into_iter()
-                .map(|p| ((p.run_id, p.name), (p.status, p.attempt)))
-                .collect();
-            let mut rows = Vec::with_capacity(live.len());
-            let mut events = Vec::with_capacity(live.len() * 4);
-            for step in &live {
-                let rec = &step.record;
-                let (from, attempt) = match previous.get(&(rec.run_id.clone(), rec.name.clone())) {
-                    Some((status, attempt)) => (status.as_str(), attempt + 1),
-                    None => (StepStatus::Pending.as_str(), 1),
-                };
-                let change = StepChange::completed(step.output.clone());
-                let mut row = StepRunRow::new(
-                    &rec.run_id,
-                    &rec.name,
-                    rec.position,
-                    rec.step_type,
-                    change.to.as_str(),
-                );
-                row.attempt = attempt;
-                row.started_at = Some(now);
-                row.completed_at = Some(now);
-                row.output = change.output;
-                rows.push(row);
-                events.extend(start_events(rec, from, attempt, now));
-                events.push(NewRunEvent::transition(
-                    &rec.run_id,
-                    now,
-                    Some(&rec.name),
-                    StepStatus::Running.as_str(),
-                    change.to.as_str(),
-                ));
-                events.push(NewRunEvent::log(
-                    &rec.run_id,
-                    now,
-                    Some(&rec.name),
-                    change.log.0,
-                    change.log.1,
-                ));
-            }
-            use diesel::upsert::excluded;
-            diesel::insert_into(step_runs::table)
-                .values(&rows)
-                .on_conflict((step_runs::run_id, step_runs::name))
-                .do_update()
-                .set((
-                    step_runs::status.eq(excluded(step_runs::status)),
-                    step_runs::attempt.eq(excluded(step_runs::attempt)),
-                    step_runs::started_at.eq(excluded(step_runs::started_at)),
-                    step_runs::completed_at.eq(excluded(step_runs::completed_at)),
-                    step_runs::output.eq(excluded(step_runs::output)),
-                    step_runs::error.eq(excluded(step_runs::error)),
-                    step_runs::wake_at.eq(excluded(step_runs::wake_at)),
-                ))
-                .execute(conn)?;
-            insert_events(conn, events)?;
-        }
-        Ok(steps
-            .iter()
-            .map(|s| {
-                if held.contains(&s.record.run_id) {
-                    Fenced::Written
-                } else {
-                    Fenced::LeaseLost
-                }
-            })
-            .collect())
+        let steps = if steps.is_empty() {
+            Vec::new()
+        } else {
+            pure_steps_in(conn, steps, me, now)?
+        };
+        let ends = if ends.is_empty() {
+            Vec::new()
+        } else {
+            finish_runs_in(conn, ends, me, now)?
+        };
+        Ok((steps, ends))
     })
+}
+
+/// The body of [`checkpoint_pure_steps`], inside the caller's transaction.
+fn pure_steps_in(
+    conn: &mut PgConnection,
+    steps: &[PureStep],
+    me: &LeaseHolder,
+    now: DateTime<Utc>,
+) -> Result<Vec<Fenced>, Error> {
+    let mut ids: Vec<&str> = steps.iter().map(|s| s.record.run_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let held: Vec<String> = diesel::update(
+        runs_table::table
+            .filter(runs_table::id.eq_any(&ids))
+            .filter(runs_table::lease_owner.eq(&me.worker_id)),
+    )
+    .set((
+        runs_table::updated_at.eq(now),
+        runs_table::lease_expires_at.eq(me.expires(now)),
+    ))
+    .returning(runs_table::id)
+    .get_results(conn)?;
+    let held: std::collections::HashSet<String> = held.into_iter().collect();
+    let live: Vec<&PureStep> = steps
+        .iter()
+        .filter(|s| held.contains(&s.record.run_id))
+        .collect();
+    if !live.is_empty() {
+        let held_ids: Vec<&str> = held.iter().map(String::as_str).collect();
+        // Every step row of those runs. Planned at each call (diesel does not cache a raw
+        // query): a plan cached while the table was small scans all of it once it is not.
+        let previous: Vec<PreviousStep> = diesel::sql_query(
+            "SELECT run_id, name, status, attempt FROM step_runs WHERE run_id = ANY($1)",
+        )
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&held_ids)
+        .load(conn)?;
+        let previous: std::collections::HashMap<(String, String), (String, i32)> = previous
+            .into_iter()
+            .map(|p| ((p.run_id, p.name), (p.status, p.attempt)))
+            .collect();
+        let mut rows = Vec::with_capacity(live.len());
+        let mut events = Vec::with_capacity(live.len() * 4);
+        for step in &live {
+            let rec = &step.record;
+            let (from, attempt) = match previous.get(&(rec.run_id.clone(), rec.name.clone())) {
+                Some((status, attempt)) => (status.as_str(), attempt + 1),
+                None => (StepStatus::Pending.as_str(), 1),
+            };
+            let change = StepChange::completed(step.output.clone());
+            let mut row = StepRunRow::new(
+                &rec.run_id,
+                &rec.name,
+                rec.position,
+                rec.step_type,
+                change.to.as_str(),
+            );
+            row.attempt = attempt;
+            row.started_at = Some(now);
+            row.completed_at = Some(now);
+            row.output = change.output;
+            rows.push(row);
+            events.extend(start_events(rec, from, attempt, now));
+            events.push(NewRunEvent::transition(
+                &rec.run_id,
+                now,
+                Some(&rec.name),
+                StepStatus::Running.as_str(),
+                change.to.as_str(),
+            ));
+            events.push(NewRunEvent::log(
+                &rec.run_id,
+                now,
+                Some(&rec.name),
+                change.log.0,
+                change.log.1,
+            ));
+        }
+        use diesel::upsert::excluded;
+        diesel::insert_into(step_runs::table)
+            .values(&rows)
+            .on_conflict((step_runs::run_id, step_runs::name))
+            .do_update()
+            .set((
+                step_runs::status.eq(excluded(step_runs::status)),
+                step_runs::attempt.eq(excluded(step_runs::attempt)),
+                step_runs::started_at.eq(excluded(step_runs::started_at)),
+                step_runs::completed_at.eq(excluded(step_runs::completed_at)),
+                step_runs::output.eq(excluded(step_runs::output)),
+                step_runs::error.eq(excluded(step_runs::error)),
+                step_runs::wake_at.eq(excluded(step_runs::wake_at)),
+            ))
+            .execute(conn)?;
+        insert_events(conn, events)?;
+    }
+    Ok(steps
+        .iter()
+        .map(|s| {
+            if held.contains(&s.record.run_id) {
+                Fenced::Written
+            } else {
+                Fenced::LeaseLost
+            }
+        })
+        .collect())
+}
+
+/// How a run ends when nothing else goes with its end: no step to cancel, no parent to wake
+/// (every other end goes through [`finish_run`]).
+#[derive(Debug, Clone)]
+pub struct RunFinish {
+    pub run_id: String,
+    pub status: RunStatus,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+}
+
+impl RunFinish {
+    /// `end` of `run`, when it is that simple.
+    pub fn simple(run: &RunRow, end: &RunEnd) -> Option<Self> {
+        (end.cancelled.is_empty() && run.parent_run_id.is_none()).then(|| Self {
+            run_id: run.id.clone(),
+            status: end.status,
+            output: end.output.clone(),
+            error: end.error.clone(),
+        })
+    }
+}
+
+#[derive(QueryableByName)]
+struct RunId {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
+}
+
+/// End many runs (each as [`finish_run`] would) in one transaction of two statements, each
+/// fenced by its own lease. Returns, in the order given, whether each was written.
+pub fn finish_runs(
+    conn: &mut PgConnection,
+    ends: &[RunFinish],
+    me: &LeaseHolder,
+    now: DateTime<Utc>,
+) -> Result<Vec<Fenced>, Error> {
+    write_batch(conn, &[], ends, me, now).map(|(_, ends)| ends)
+}
+
+fn finish_runs_in(
+    conn: &mut PgConnection,
+    ends: &[RunFinish],
+    me: &LeaseHolder,
+    now: DateTime<Utc>,
+) -> Result<Vec<Fenced>, Error> {
+    use diesel::sql_types::{Array, Jsonb, Nullable, Text, Timestamptz};
+    let ids: Vec<&str> = ends.iter().map(|e| e.run_id.as_str()).collect();
+    let statuses: Vec<&str> = ends.iter().map(|e| e.status.as_str()).collect();
+    let outputs: Vec<Option<Value>> = ends.iter().map(|e| e.output.clone()).collect();
+    let errors: Vec<Option<&str>> = ends.iter().map(|e| e.error.as_deref()).collect();
+    let ended: Vec<RunId> = diesel::sql_query(
+        "UPDATE runs AS r SET status = v.status, output = v.output, error = v.error,
+                completed_at = $1, updated_at = $1, wake_at = NULL,
+                lease_owner = NULL, lease_expires_at = NULL
+         FROM unnest($2::text[], $3::text[], $4::jsonb[], $5::text[])
+              AS v(id, status, output, error)
+         WHERE r.id = v.id AND r.lease_owner = $6
+         RETURNING r.id",
+    )
+    .bind::<Timestamptz, _>(now)
+    .bind::<Array<Text>, _>(&ids)
+    .bind::<Array<Text>, _>(&statuses)
+    .bind::<Array<Nullable<Jsonb>>, _>(&outputs)
+    .bind::<Array<Nullable<Text>>, _>(&errors)
+    .bind::<Text, _>(&me.worker_id)
+    .load(conn)?;
+    let ended: std::collections::HashSet<String> = ended.into_iter().map(|r| r.id).collect();
+    let events: Vec<NewRunEvent> = ends
+        .iter()
+        .filter(|e| ended.contains(&e.run_id))
+        .flat_map(|e| end_events(&e.run_id, e.status, e.error.as_deref(), now))
+        .collect();
+    insert_events(conn, events)?;
+    Ok(ends
+        .iter()
+        .map(|e| {
+            if ended.contains(&e.run_id) {
+                Fenced::Written
+            } else {
+                Fenced::LeaseLost
+            }
+        })
+        .collect())
+}
+
+/// The run's own transition out of RUNNING and its last log line.
+fn end_events(
+    run_id: &str,
+    status: RunStatus,
+    error: Option<&str>,
+    now: DateTime<Utc>,
+) -> [NewRunEvent; 2] {
+    let message = match error {
+        Some(e) => format!("run {}: {e}", status.as_str().to_lowercase()),
+        None => format!("run {}", status.as_str().to_lowercase()),
+    };
+    let level = if status == RunStatus::Completed {
+        "INFO"
+    } else {
+        "ERROR"
+    };
+    [
+        NewRunEvent::transition(
+            run_id,
+            now,
+            None,
+            RunStatus::Running.as_str(),
+            status.as_str(),
+        ),
+        NewRunEvent::log(run_id, now, None, level, message),
+    ]
 }
 
 /// Write a whole step row (insert, or replace everything but the attempt counter when the
@@ -938,23 +1083,7 @@ pub fn finish_run(
         }
         // Children of cancelled subworkflow steps must not run on as orphans.
         runs::cancel_descendants(conn, run, children, now)?;
-        events.push(NewRunEvent::transition(
-            &run.id,
-            now,
-            None,
-            RunStatus::Running.as_str(),
-            end.status.as_str(),
-        ));
-        let message = match &end.error {
-            Some(e) => format!("run {}: {e}", end.status.as_str().to_lowercase()),
-            None => format!("run {}", end.status.as_str().to_lowercase()),
-        };
-        let level = if end.status == RunStatus::Completed {
-            "INFO"
-        } else {
-            "ERROR"
-        };
-        events.push(NewRunEvent::log(&run.id, now, None, level, message));
+        events.extend(end_events(&run.id, end.status, end.error.as_deref(), now));
         insert_events(conn, events)?;
         if let Some(parent) = &run.parent_run_id {
             runs::enqueue_job(

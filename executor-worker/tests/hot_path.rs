@@ -2,6 +2,7 @@
 //! - group commit of pure-step checkpoints (`executor_worker::checkpoints`): many runs' steps
 //!   in one transaction, each written exactly as the one-step-at-a-time path would write it,
 //!   and the lease still fencing each run on its own;
+//! - run ends batched the same way (`storage::finish_runs`);
 //! - compiled workflow versions cached per worker (`engine::GraphCache`).
 //!
 //! Real PostgreSQL, a database per test.
@@ -270,4 +271,87 @@ async fn a_workflow_version_is_read_and_compiled_once_per_worker() {
     let run = get_run(&db.pool, &more[1]).await;
     assert_eq!(run.status, "FAILED", "{run:?}");
     assert!(fresh.graphs.is_empty());
+}
+
+#[tokio::test]
+async fn run_ends_are_batched_each_fenced_by_its_own_lease() {
+    use executor_worker::storage::RunFinish;
+    use shared_models::status::RunStatus;
+    let db = test_db().await;
+    let definition = json!({ "steps": [{ "name": "a", "type": "transform", "value": 1 }] });
+    let (workflow_id, done) = workflow_with_run(&db.pool, "ends", definition, json!({})).await;
+    let others = insert_runs(&db.pool, &workflow_id, 2, |_| json!({})).await;
+    let (failed, theirs) = (others[0].clone(), others[1].clone());
+    for (run, owner) in [
+        (&done, "worker-me"),
+        (&failed, "worker-me"),
+        (&theirs, "worker-other"),
+    ] {
+        hold(&db.pool, run, owner).await;
+    }
+    let me = LeaseHolder {
+        worker_id: "worker-me".into(),
+        lease: Duration::from_secs(30),
+    };
+    let end = |run_id: &str, status, output, error: Option<&str>| RunFinish {
+        run_id: run_id.to_string(),
+        status,
+        output,
+        error: error.map(str::to_string),
+    };
+    let ends = vec![
+        end(&done, RunStatus::Completed, Some(json!({ "a": 1 })), None),
+        end(&theirs, RunStatus::Completed, Some(json!({ "a": 1 })), None),
+        end(
+            &failed,
+            RunStatus::Failed,
+            None,
+            Some("step 'a' failed: boom"),
+        ),
+    ];
+    let now = shared_models::time::now();
+    let fenced = blocking(&db.pool, move |conn| {
+        storage::finish_runs(conn, &ends, &me, now)
+    })
+    .await
+    .expect("the batch commits");
+
+    assert_eq!(
+        fenced,
+        vec![Fenced::Written, Fenced::LeaseLost, Fenced::Written]
+    );
+    let run = get_run(&db.pool, &done).await;
+    assert_eq!(
+        (run.status.as_str(), run.output, run.error, run.lease_owner),
+        ("COMPLETED", Some(json!({ "a": 1 })), None, None)
+    );
+    assert!(run.completed_at.is_some() && run.lease_expires_at.is_none());
+    let events = get_events(&db.pool, &done).await;
+    assert_eq!(
+        transitions_of(&events, None),
+        vec![ft("RUNNING", "COMPLETED")]
+    );
+    assert_eq!(
+        logs_of(&events, None),
+        vec![("INFO".to_string(), "run completed".to_string())]
+    );
+    let run = get_run(&db.pool, &failed).await;
+    assert_eq!(
+        (run.status.as_str(), run.output, run.error.as_deref()),
+        ("FAILED", None, Some("step 'a' failed: boom"))
+    );
+    assert_eq!(
+        logs_of(&get_events(&db.pool, &failed).await, None),
+        vec![(
+            "ERROR".to_string(),
+            "run failed: step 'a' failed: boom".to_string()
+        )]
+    );
+    // Another worker's run: untouched.
+    let run = get_run(&db.pool, &theirs).await;
+    assert_eq!(
+        (run.status.as_str(), run.lease_owner.as_deref()),
+        ("RUNNING", Some("worker-other"))
+    );
+    assert!(get_events(&db.pool, &theirs).await.is_empty());
 }
