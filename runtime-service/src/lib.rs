@@ -1,13 +1,15 @@
 //! Runtime Service: creates runs, queues them on RabbitMQ, and serves their progress.
 //!
 //! - [`config`]: settings from the environment.
-//! - [`startup`]: builds the actix `App`, binds its listener, starts the outbox relay and
-//!   the scheduler.
+//! - [`startup`]: builds the actix `App`, binds its listener, starts the trigger batcher,
+//!   the outbox relay and the scheduler.
 //! - [`routes`]: HTTP in and out (trigger, runs, run control, event streams, health);
 //!   [`openapi()`] describes them.
 //! - [`domain`]: request bodies and queries parsed into known-good values (no I/O).
 //! - [`storage`]: plain diesel functions; this service owns `runs` (creation, control) and
 //!   `outbox`.
+//! - [`batcher`]: group commit of triggers: concurrent triggers' runs written in one
+//!   transaction, their jobs published together.
 //! - [`publisher`]: the broker behind a small trait, so the HTTP layer is testable alone.
 //! - [`relay`]: publishes what the request path could not (broker down, crash after commit),
 //!   and wake-ups.
@@ -17,6 +19,7 @@
 //!   scrape of `GET /metrics`.
 //! - [`queue_stats`]: samples the queues' depth and consumers for `GET /ops/queues`.
 
+pub mod batcher;
 pub mod config;
 pub mod domain;
 pub mod error;

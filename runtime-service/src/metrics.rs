@@ -8,6 +8,9 @@
 //! - `thygon_outbox_unsent`: outbox rows not yet published.
 //! - `thygon_metrics_refresh_failures_total`: scrapes that could not read the database (the
 //!   gauges above then keep their last values).
+//!
+//! The trigger batcher adds `thygon_trigger_batch_size` (a histogram of the triggers each
+//! group-commit transaction wrote; see [`crate::batcher`]).
 
 use crate::startup::AppState;
 use actix_web::{web, HttpResponse};

@@ -1,7 +1,8 @@
-//! Builds the HTTP server and its background tasks (the outbox relay, the wake-up
-//! scheduler and the queue sampler of `GET /ops/queues`). The listener is bound here (port 0
-//! in tests) so callers can ask for the port before the server runs.
+//! Builds the HTTP server and its background tasks (the trigger batcher, the outbox relay,
+//! the wake-up scheduler and the queue sampler of `GET /ops/queues`). The listener is bound
+//! here (port 0 in tests) so callers can ask for the port before the server runs.
 
+use crate::batcher::Batcher;
 use crate::config::Settings;
 use crate::publisher::{AmqpPublisher, JobPublisher};
 use crate::queue_stats::{QueueStats, Sampler, SharedQueueStats};
@@ -18,7 +19,8 @@ use std::time::Duration;
 pub struct Application {
     port: u16,
     server: Server,
-    /// The outbox relay and the scheduler; aborted once the server has stopped.
+    /// The trigger batcher, the outbox relay and the scheduler; aborted once the server has
+    /// stopped (every request answered).
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -26,6 +28,8 @@ pub struct Application {
 pub struct AppState {
     pub pool: PgPool,
     pub publisher: Arc<dyn JobPublisher>,
+    /// Where triggers without an Idempotency-Key go to be written together.
+    pub batcher: Batcher,
     pub ops: OpsState,
 }
 
@@ -73,7 +77,7 @@ impl Application {
             &settings.auth,
             ops,
         )?;
-        app.background = vec![
+        app.background.extend([
             tokio::spawn(sampler.run()),
             tokio::spawn(relay::run(
                 pool.clone(),
@@ -86,12 +90,12 @@ impl Application {
                 settings.scheduler_interval,
                 settings.reaper_grace,
             )),
-        ];
+        ]);
         Ok(app)
     }
 
-    /// The HTTP server alone (no relay, no scheduler, no queue sampler): tests drive those
-    /// themselves.
+    /// The HTTP server and its trigger batcher alone (no relay, no scheduler, no queue
+    /// sampler): tests drive those themselves.
     pub fn with_parts(
         listener: TcpListener,
         pool: PgPool,
@@ -103,7 +107,7 @@ impl Application {
     }
 
     /// [`Application::with_parts`] with the `/ops` routes reading `ops` (a sampler the
-    /// caller runs).
+    /// caller runs). Spawns the trigger batcher: call it inside a tokio runtime.
     pub fn with_ops(
         listener: TcpListener,
         pool: PgPool,
@@ -114,9 +118,11 @@ impl Application {
         shared_models::metrics::set_service_name("runtime-service");
         let port = listener.local_addr()?.port();
         let auth = web::Data::new(Authenticator::new(pool.clone(), auth));
+        let (batcher, batch_loop) = Batcher::new(pool.clone(), publisher.clone());
         let state = web::Data::new(AppState {
             pool,
             publisher,
+            batcher,
             ops,
         });
         let server = HttpServer::new(move || {
@@ -133,7 +139,7 @@ impl Application {
         Ok(Self {
             port,
             server,
-            background: Vec::new(),
+            background: vec![tokio::spawn(batch_loop.run())],
         })
     }
 
@@ -145,8 +151,9 @@ impl Application {
         self.server.handle()
     }
 
-    /// Runs until SIGINT/SIGTERM: the server drains in-flight requests, then the relay and
-    /// the scheduler stop (safe at any point: their work is transactional or claimed).
+    /// Runs until SIGINT/SIGTERM: the server drains in-flight requests, then the batcher, the
+    /// relay and the scheduler stop (safe at any point: their work is transactional or
+    /// claimed, and a batch already taken finishes in its own task).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         for task in self.background {

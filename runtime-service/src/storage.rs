@@ -21,14 +21,15 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::Error;
 use diesel::sql_types::{BigInt, Double, Jsonb};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use shared_models::ids::WorkflowId;
-use shared_models::models::{RunEventRow, RunRow, StepRunRow};
+use shared_models::models::{NewOutbox, RunEventRow, RunRow, StepRunRow};
 use shared_models::queue::RunJob;
 use shared_models::runs::{self, NewRun};
 use shared_models::schema::{
     outbox, run_events, runs as runs_table, step_runs, workflow_versions, workflows,
 };
+use std::collections::{HashMap, HashSet};
 
 pub enum CreateOutcome {
     /// A new run, and the outbox row of its job.
@@ -101,6 +102,148 @@ pub fn create_run(
     })
 }
 
+/// One trigger without an Idempotency-Key, already validated: what [`create_runs`] needs.
+#[derive(Debug, Clone)]
+pub struct PlainTrigger {
+    pub org_id: String,
+    pub workflow_id: WorkflowId,
+    pub variables: Map<String, Value>,
+    pub request_id: Option<String>,
+    /// The run's `created_at`, taken when the request arrived.
+    pub now: DateTime<Utc>,
+}
+
+/// [`create_run`] for many triggers without an Idempotency-Key, in ONE transaction of three
+/// statements whatever their number: one SELECT of the current versions of every workflow
+/// named, one multi-row INSERT of the runs, one multi-row INSERT of their outbox rows.
+///
+/// Each trigger gets, in order, exactly what [`create_run`] would have given it alone: a
+/// missing or inactive workflow is that trigger's outcome and does not touch the others; a
+/// run whose insert did nothing (an id collision, which `create_run` also refuses) is that
+/// trigger's `Err(NotFound)` with nothing written for it. An `Err` of the whole function
+/// means nothing was written at all.
+pub fn create_runs(
+    conn: &mut PgConnection,
+    triggers: &[PlainTrigger],
+) -> Result<Vec<Result<CreateOutcome, Error>>, Error> {
+    conn.transaction(|conn| {
+        // The same text for any batch (`= ANY` of two arrays), so diesel prepares it once per
+        // connection. With several orgs it may also read another org's workflow of a name
+        // asked for: only exact (org, id) matches are looked up below.
+        let orgs: HashSet<&str> = triggers.iter().map(|t| t.org_id.as_str()).collect();
+        let ids: HashSet<&str> = triggers.iter().map(|t| t.workflow_id.as_str()).collect();
+        let current: HashMap<(String, String), (i32, bool)> = workflows::table
+            .filter(workflows::org_id.eq_any(orgs))
+            .filter(workflows::id.eq_any(ids))
+            .filter(workflows::deleted_at.is_null())
+            .select((
+                workflows::org_id,
+                workflows::id,
+                workflows::version,
+                workflows::is_active,
+            ))
+            .load::<(String, String, i32, bool)>(conn)?
+            .into_iter()
+            .map(|(org_id, id, version, active)| ((org_id, id), (version, active)))
+            .collect();
+
+        // What each trigger becomes; `None` for the runs still to insert.
+        let mut outcomes: Vec<Option<Result<CreateOutcome, Error>>> =
+            Vec::with_capacity(triggers.len());
+        let mut new_runs: Vec<RunRow> = Vec::new();
+        for t in triggers {
+            let key = (t.org_id.clone(), t.workflow_id.as_str().to_string());
+            match current.get(&key) {
+                None => outcomes.push(Some(Ok(CreateOutcome::WorkflowNotFound))),
+                Some((_, false)) => outcomes.push(Some(Ok(CreateOutcome::WorkflowInactive))),
+                Some((version, true)) => {
+                    outcomes.push(None);
+                    new_runs.push(runs::pending_run(
+                        NewRun {
+                            org_id: &t.org_id,
+                            workflow_id: t.workflow_id.as_str(),
+                            version: *version,
+                            variables: Value::Object(t.variables.clone()),
+                            idempotency_key: None,
+                            request_hash: None,
+                            request_id: t.request_id.clone(),
+                            parent: None,
+                        },
+                        t.now,
+                    ));
+                }
+            }
+        }
+        if new_runs.is_empty() {
+            return Ok(outcomes.into_iter().flatten().collect());
+        }
+
+        let inserted: HashSet<String> = diesel::insert_into(runs_table::table)
+            .values(&new_runs)
+            .on_conflict_do_nothing()
+            .returning(runs_table::id)
+            .get_results(conn)?
+            .into_iter()
+            .collect();
+        let mut jobs = Vec::with_capacity(inserted.len());
+        let mut payloads = Vec::with_capacity(inserted.len());
+        for run in new_runs.iter().filter(|r| inserted.contains(&r.id)) {
+            let job = RunJob::new(&run.id, &run.org_id, run.request_id.clone());
+            payloads
+                .push(serde_json::to_value(&job).map_err(|e| Error::SerializationError(e.into()))?);
+            jobs.push(job);
+        }
+        let mut outbox_ids: HashMap<String, i64> = if jobs.is_empty() {
+            HashMap::new()
+        } else {
+            let rows: Vec<NewOutbox> = jobs
+                .iter()
+                .zip(&payloads)
+                .map(|(job, payload)| NewOutbox {
+                    run_id: &job.run_id,
+                    payload,
+                    dedupe_key: None,
+                })
+                .collect();
+            diesel::insert_into(outbox::table)
+                .values(&rows)
+                .returning((outbox::run_id, outbox::id))
+                .get_results::<(String, i64)>(conn)?
+                .into_iter()
+                .collect()
+        };
+
+        let mut jobs: HashMap<String, RunJob> =
+            jobs.into_iter().map(|j| (j.run_id.clone(), j)).collect();
+        let mut new_runs = new_runs.into_iter();
+        let mut result = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            if let Some(outcome) = outcome {
+                result.push(outcome);
+                continue;
+            }
+            let run = new_runs.next().ok_or(Error::NotFound)?;
+            if !inserted.contains(&run.id) {
+                // As `create_run`: a run that was not inserted, without a key to replay.
+                result.push(Err(Error::NotFound));
+                continue;
+            }
+            // Every inserted run has its outbox row, or nothing commits: a run without a job
+            // would never be executed.
+            let (Some(outbox_id), Some(job)) = (outbox_ids.remove(&run.id), jobs.remove(&run.id))
+            else {
+                return Err(Error::NotFound);
+            };
+            result.push(Ok(CreateOutcome::Created {
+                run,
+                job,
+                outbox_id,
+            }));
+        }
+        Ok(result)
+    })
+}
+
 fn replay(
     conn: &mut PgConnection,
     org_id: &str,
@@ -130,6 +273,22 @@ pub fn mark_outbox_sent(
     diesel::update(
         outbox::table
             .find(outbox_id)
+            .filter(outbox::sent_at.is_null()),
+    )
+    .set(outbox::sent_at.eq(now))
+    .execute(conn)
+    .map(|_| ())
+}
+
+/// [`mark_outbox_sent`] for many rows in one statement.
+pub fn mark_outbox_sent_many(
+    conn: &mut PgConnection,
+    outbox_ids: &[i64],
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    diesel::update(
+        outbox::table
+            .filter(outbox::id.eq_any(outbox_ids))
             .filter(outbox::sent_at.is_null()),
     )
     .set(outbox::sent_at.eq(now))

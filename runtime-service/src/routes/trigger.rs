@@ -6,7 +6,7 @@ use crate::error::RuntimeError;
 use crate::routes::publish::publish_committed;
 use crate::routes::views::RunView;
 use crate::startup::AppState;
-use crate::storage::{self, CreateOutcome};
+use crate::storage::{self, CreateOutcome, PlainTrigger};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use shared_models::auth::Caller;
@@ -140,26 +140,35 @@ async fn queue_run(
         .workflow_id()
         .ok_or_else(|| RuntimeError::WorkflowNotFound(request.workflow_id.clone()))?;
     let now = shared_models::time::now();
-    let org_id = caller.org_id.clone();
-    let req = request.clone();
-    let outcome = blocking(&state.pool, move |conn| {
-        storage::create_run(conn, &org_id, &req, &workflow_id, Some(&request_id.0), now)
-    })
-    .await?;
-    match outcome {
-        CreateOutcome::Created {
-            run,
-            job,
-            outbox_id,
-        } => {
+    let outcome = if request.idempotency_key.is_none() {
+        // Written with the other triggers waiting, published, and marked sent (batcher.rs).
+        let trigger = PlainTrigger {
+            org_id: caller.org_id,
+            workflow_id,
+            variables: request.variables,
+            request_id: Some(request_id.0),
+            now,
+        };
+        state.batcher.submit(trigger).await?
+    } else {
+        let org_id = caller.org_id;
+        let req = request.clone();
+        let outcome = blocking(&state.pool, move |conn| {
+            storage::create_run(conn, &org_id, &req, &workflow_id, Some(&request_id.0), now)
+        })
+        .await?;
+        if let CreateOutcome::Created { job, outbox_id, .. } = &outcome {
             // Committed: from here the run cannot be lost.
-            publish_committed(state, outbox_id, &job).await;
-            Ok(envelope::with_message(
-                StatusCode::CREATED,
-                QUEUED_MESSAGE,
-                RunView::from(run),
-            ))
+            publish_committed(state, *outbox_id, job).await;
         }
+        outcome
+    };
+    match outcome {
+        CreateOutcome::Created { run, .. } => Ok(envelope::with_message(
+            StatusCode::CREATED,
+            QUEUED_MESSAGE,
+            RunView::from(run),
+        )),
         CreateOutcome::Replayed(run) => Ok(envelope::with_message(
             StatusCode::OK,
             QUEUED_MESSAGE,

@@ -1,4 +1,5 @@
 mod auth;
+mod batching;
 mod control;
 mod events;
 mod helpers;
