@@ -8,7 +8,8 @@
 //!
 //! Prints a table and writes the same figures as JSON (`BENCH_OUT`, default
 //! `target/bench/results.json`). `BENCH_SCALE` (default 1.0) scales every run count;
-//! `BENCH_WORKERS` (default `1,2`) lists the worker-process counts to measure.
+//! `BENCH_WORKERS` (default `1,2`) lists the worker-process counts to measure;
+//! `BENCH_CONCURRENCY` (default 16) is each worker's `WORKER_CONCURRENCY`.
 
 use diesel::prelude::*;
 use diesel::sql_types::{Double, Text};
@@ -26,6 +27,15 @@ fn scale() -> f64 {
         .and_then(|s| s.parse().ok())
         .filter(|s: &f64| *s > 0.0)
         .unwrap_or(1.0)
+}
+
+/// `WORKER_CONCURRENCY` of each worker process (`BENCH_CONCURRENCY`, default 16).
+fn concurrency() -> usize {
+    std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|c: &usize| *c > 0)
+        .unwrap_or(16)
 }
 
 fn scaled(n: usize) -> usize {
@@ -164,6 +174,14 @@ impl Bench {
         .expect("run times")
     }
 
+    fn analyze(&self) {
+        let db = self.stack.db.as_ref().expect("the bench's own database");
+        let mut conn = db.pool.get().expect("database");
+        diesel::sql_query("ANALYZE")
+            .execute(&mut conn)
+            .expect("ANALYZE");
+    }
+
     /// Wait until every run of `workflow` has ended (at most `within`); returns their times.
     async fn settle(&self, workflow: &str, expected: usize, within: Duration) -> Vec<RunTimes> {
         let deadline = Instant::now() + within;
@@ -284,7 +302,7 @@ async fn measure(workers: usize) -> Value {
     eprintln!("bench: starting a stack with {workers} worker process(es) ...");
     let stack = Stack::start_opts(StackOptions {
         workers,
-        worker_concurrency: 16,
+        worker_concurrency: concurrency(),
         release: true,
         env: vec![
             ("RUST_LOG".into(), "warn".into()),
@@ -324,6 +342,11 @@ async fn measure(workers: usize) -> Value {
     bench
         .settle("wf_flood", scaled(300), Duration::from_secs(120))
         .await;
+    // What autovacuum does within a minute of a new database's first rows: give the planner
+    // the tables' sizes. Without it, the plans the services cached while the tables were
+    // empty (a sequential scan is the cheapest way to read an empty table) stay until then,
+    // and the measurement would be of a database no deployment runs on for long.
+    bench.analyze();
 
     // 1. Trigger throughput and latency (workers running).
     let n = scaled(5000);
@@ -385,7 +408,7 @@ async fn measure(workers: usize) -> Value {
 
     json!({
         "workers": workers,
-        "worker_concurrency": 16,
+        "worker_concurrency": concurrency(),
         "trigger": {
             "clients": CLIENTS, "count": n, "failed": trigger_failed,
             "per_second": trigger_rate.round(),
