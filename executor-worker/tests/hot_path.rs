@@ -17,25 +17,11 @@ use executor_worker::storage::{self, Fenced, LeaseHolder, PureStep, StepRecord};
 use serde_json::json;
 use shared_models::db::blocking;
 use shared_models::queue::RunJob;
-use shared_models::schema::runs;
 use std::time::Duration;
 
 /// Make `run_id` RUNNING under `owner`'s live lease.
 async fn hold(pool: &shared_models::db::PgPool, run_id: &str, owner: &str) {
-    let (run_id, owner) = (run_id.to_string(), owner.to_string());
-    let now = shared_models::time::now();
-    blocking(pool, move |conn| {
-        diesel::update(runs::table.find(&run_id))
-            .set((
-                runs::status.eq("RUNNING"),
-                runs::started_at.eq(now),
-                runs::lease_owner.eq(&owner),
-                runs::lease_expires_at.eq(now + chrono::Duration::minutes(1)),
-            ))
-            .execute(conn)
-    })
-    .await
-    .expect("hold the run");
+    mark_held(pool, run_id, owner, chrono::Duration::minutes(1)).await;
 }
 
 fn record(run_id: &str, name: &str, position: i32) -> StepRecord {

@@ -93,6 +93,12 @@ pub async fn insert_runs(
 
 /// Make the run look as if `owner` claimed it and then died: RUNNING, lease expired.
 pub async fn mark_held_by_dead_worker(pool: &PgPool, run_id: &str, owner: &str) {
+    mark_held(pool, run_id, owner, -chrono::Duration::minutes(1)).await;
+}
+
+/// Make the run RUNNING (started two minutes ago) under `owner`'s lease, which ends
+/// `lease_left` from now (negative: already expired).
+pub async fn mark_held(pool: &PgPool, run_id: &str, owner: &str, lease_left: chrono::Duration) {
     let (run_id, owner) = (run_id.to_string(), owner.to_string());
     let now = shared_models::time::now();
     blocking(pool, move |conn| {
@@ -101,12 +107,12 @@ pub async fn mark_held_by_dead_worker(pool: &PgPool, run_id: &str, owner: &str) 
                 runs::status.eq("RUNNING"),
                 runs::started_at.eq(now - chrono::Duration::minutes(2)),
                 runs::lease_owner.eq(&owner),
-                runs::lease_expires_at.eq(now - chrono::Duration::minutes(1)),
+                runs::lease_expires_at.eq(now + lease_left),
             ))
             .execute(conn)
     })
     .await
-    .expect("mark the run as held by a dead worker");
+    .expect("mark the run as held");
 }
 
 /// A step_runs row as an earlier worker left it.
