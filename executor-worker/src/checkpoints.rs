@@ -1,147 +1,112 @@
-//! Group commit of claims, pure-step checkpoints and run ends.
+//! Group commit of pure-step checkpoints and run ends.
 //!
-//! Every run a worker executes is claimed (one transaction), checkpoints each step before its
-//! next step starts (for `transform` steps, pure: computed from the run's context alone, one
-//! transaction each) and ends (one more). With many runs in flight, those transactions are
-//! batched: each run hands its claim, its computed step or its end to the [`Checkpointer`]
-//! and waits for the commit; one task writes everything that is waiting in ONE transaction
-//! ([`storage::write_batch`]: a handful of statements whatever the number of runs) and
-//! answers each run once it is committed.
+//! Every run a worker executes checkpoints each step before its next step starts. For
+//! `transform` steps (pure: computed from the run's context alone) that checkpoint is one
+//! transaction, and so is a run's end; with many runs in flight, those transactions are
+//! batched: each run hands its computed step (or its end) to the [`Checkpointer`] and waits
+//! for the commit; one task writes everything that is waiting in one transaction
+//! ([`storage::write_batch`]: four statements for the steps and two for the ends, whatever
+//! their number) and answers each run once it is committed.
 //!
 //! Guarantees are unchanged: a run never starts its next step before its previous one is
-//! committed (it waits for its answer), nor executes anything before its claim is committed;
-//! every write is still fenced by the run's lease (a run whose lease was lost gets
-//! [`Fenced::LeaseLost`] and nothing of it is written, the rest of the batch is); a failed
-//! batch fails each of its members, each run stops with a storage error and its job is
-//! retried, exactly as when a single write fails.
+//! committed (it waits for its answer); every write is still fenced by the run's lease (a
+//! run whose lease was lost gets [`Fenced::LeaseLost`] and nothing of it is written, the
+//! rest of the batch is); a failed batch fails every step in it, each run stops with a
+//! storage error and its job is retried, exactly as when a single checkpoint fails.
 //!
 //! Nothing waits on a timer: a batch is whatever arrived while the previous one was being
 //! committed, so a lone run is written at once (a batch of one) and a busy worker writes
 //! many runs per commit.
 
-use crate::engine::GraphCache;
-use crate::storage::{self, Batch, Claim, ClaimRequest, Fenced, LeaseHolder, PureStep, RunFinish};
+use crate::storage::{self, Fenced, LeaseHolder, PureStep, RunFinish};
 use shared_models::db::{blocking, PgPool, StorageError};
-use shared_models::graph::WorkflowGraph;
-use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-/// At most this many writes per transaction.
+/// At most this many steps per transaction.
 pub const MAX_BATCH: usize = 256;
 
-type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
+type Reply = oneshot::Sender<Result<Fenced, StorageError>>;
 
-/// A claim, with the compiled graph of its version when this worker has it.
-pub type Claimed = (Claim, Option<Arc<WorkflowGraph>>);
-
-/// One write to make, and where its answer goes.
+/// One write to make.
 enum Write {
-    Claim(ClaimRequest, Reply<Claimed>),
-    Step(PureStep, Reply<Fenced>),
-    End(RunFinish, Reply<Fenced>),
+    Step(PureStep),
+    End(RunFinish),
 }
 
 /// The handle runs use; cheap to clone. The writing task ends when every handle is dropped.
 #[derive(Clone)]
 pub struct Checkpointer {
-    tx: mpsc::UnboundedSender<Write>,
+    tx: mpsc::UnboundedSender<(Write, Reply)>,
 }
 
 impl Checkpointer {
-    /// Start the writing task (on the current tokio runtime). `graphs`: the compiled
-    /// versions this worker has, whose definitions a claim need not read.
-    pub fn start(pool: PgPool, me: LeaseHolder, graphs: Arc<GraphCache>) -> Self {
+    /// Start the writing task (on the current tokio runtime).
+    pub fn start(pool: PgPool, me: LeaseHolder) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_batches(pool, me, graphs, rx));
+        tokio::spawn(write_batches(pool, me, rx));
         Self { tx }
-    }
-
-    /// Claim a run; returns once the claim is committed.
-    pub async fn claim(&self, request: ClaimRequest) -> Result<Claimed, StorageError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Write::Claim(request, reply), answer).await
     }
 
     /// Checkpoint one pure step; returns once it is committed (or not written at all).
     pub async fn checkpoint(&self, step: PureStep) -> Result<Fenced, StorageError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Write::Step(step, reply), answer).await
+        self.write(Write::Step(step)).await
     }
 
     /// End a run; returns once it is committed (or not written at all).
     pub async fn finish(&self, end: RunFinish) -> Result<Fenced, StorageError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Write::End(end, reply), answer).await
+        self.write(Write::End(end)).await
     }
 
-    async fn send<T>(
-        &self,
-        write: Write,
-        answer: oneshot::Receiver<Result<T, StorageError>>,
-    ) -> Result<T, StorageError> {
-        let stopped = || StorageError::Unavailable("the checkpoint writer has stopped".into());
-        self.tx.send(write).map_err(|_| stopped())?;
-        answer.await.unwrap_or_else(|_| Err(stopped()))
+    async fn write(&self, write: Write) -> Result<Fenced, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send((write, reply))
+            .map_err(|_| StorageError::Unavailable("the checkpoint writer has stopped".into()))?;
+        answer.await.unwrap_or_else(|_| {
+            Err(StorageError::Unavailable(
+                "the checkpoint writer has stopped".into(),
+            ))
+        })
     }
 }
 
 async fn write_batches(
     pool: PgPool,
     me: LeaseHolder,
-    graphs: Arc<GraphCache>,
-    mut rx: mpsc::UnboundedReceiver<Write>,
+    mut rx: mpsc::UnboundedReceiver<(Write, Reply)>,
 ) {
     let mut waiting = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut waiting, MAX_BATCH).await > 0 {
-        let mut batch = Batch::default();
-        let (mut claims, mut steps, mut ends) = (Vec::new(), Vec::new(), Vec::new());
-        for write in waiting.drain(..) {
+        let (mut steps, mut ends) = (Vec::new(), Vec::new());
+        let (mut step_replies, mut end_replies) = (Vec::new(), Vec::new());
+        for (write, reply) in waiting.drain(..) {
             match write {
-                Write::Claim(request, reply) => {
-                    batch.claims.push(request);
-                    claims.push(reply);
+                Write::Step(step) => {
+                    steps.push(step);
+                    step_replies.push(reply);
                 }
-                Write::Step(step, reply) => {
-                    batch.steps.push(step);
-                    steps.push(reply);
-                }
-                Write::End(end, reply) => {
-                    batch.ends.push(end);
-                    ends.push(reply);
+                Write::End(end) => {
+                    ends.push(end);
+                    end_replies.push(reply);
                 }
             }
         }
-        crate::metrics::CHECKPOINT_BATCH
-            .observe((batch.claims.len() + batch.steps.len() + batch.ends.len()) as f64);
-        let (me, now, known) = (me.clone(), shared_models::time::now(), graphs.clone());
+        crate::metrics::CHECKPOINT_BATCH.observe((steps.len() + ends.len()) as f64);
+        let (me, now) = (me.clone(), shared_models::time::now());
         let written = blocking(&pool, move |conn| {
-            storage::write_batch(conn, &batch, &me, now, |run| known.get(run).is_some())
+            storage::write_batch(conn, &steps, &ends, &me, now)
         })
         .await;
+        let replies = step_replies.into_iter().chain(end_replies);
         match written {
-            Ok(out) => {
-                for (reply, claim) in claims.into_iter().zip(out.claims) {
-                    // The graph again, now: the cache may have been emptied meanwhile (the
-                    // engine then reads the definition itself).
-                    let graph = match &claim {
-                        Claim::Claimed(c) if c.definition.is_none() => graphs.get(&c.run),
-                        _ => None,
-                    };
-                    let _ = reply.send(Ok((claim, graph)));
-                }
-                for (reply, fenced) in steps.into_iter().zip(out.steps) {
-                    let _ = reply.send(Ok(fenced));
-                }
-                for (reply, fenced) in ends.into_iter().zip(out.ends) {
-                    let _ = reply.send(Ok(fenced));
+            Ok((steps, ends)) => {
+                for (reply, f) in replies.zip(steps.into_iter().chain(ends)) {
+                    let _ = reply.send(Ok(f));
                 }
             }
             Err(e) => {
                 log::warn!("checkpoint batch failed: {e}");
-                for reply in claims {
-                    let _ = reply.send(Err(shared(&e)));
-                }
-                for reply in steps.into_iter().chain(ends) {
+                for reply in replies {
                     let _ = reply.send(Err(shared(&e)));
                 }
             }
@@ -149,7 +114,7 @@ async fn write_batches(
     }
 }
 
-/// The batch's error, for each of its members (diesel's errors cannot be cloned).
+/// The batch's error, for each of its steps (diesel's errors cannot be cloned).
 fn shared(e: &StorageError) -> StorageError {
     match e {
         StorageError::Unavailable(cause) => StorageError::Unavailable(cause.clone()),

@@ -16,8 +16,8 @@ use crate::agents::AgentRegistry;
 use crate::checkpoints::Checkpointer;
 use crate::steps::{self, StepEnv};
 use crate::storage::{
-    self, Claim, ClaimRequest, ClaimedRun, Fenced, LeaseHolder, Park, PureStep, RunEnd, RunFinish,
-    StepChange, StepRecord,
+    self, Claim, ClaimedRun, Fenced, LeaseHolder, Park, PureStep, RunEnd, RunFinish, StepChange,
+    StepRecord,
 };
 use chrono::{DateTime, Utc};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -112,10 +112,9 @@ impl Engine {
         agent_timeout: Duration,
         max_running_per_org: u32,
     ) -> Self {
-        let graphs: Arc<GraphCache> = Arc::default();
         Self {
-            checkpoints: Checkpointer::start(pool.clone(), me.clone(), graphs.clone()),
-            graphs,
+            checkpoints: Checkpointer::start(pool.clone(), me.clone()),
+            graphs: Arc::default(),
             pool,
             agents,
             http,
@@ -257,14 +256,19 @@ impl Engine {
     }
 
     async fn process_in_context(&self, job: &RunJob) -> (JobOutcome, &'static str) {
-        let claim = self
-            .checkpoints
-            .claim(ClaimRequest {
-                run_id: job.run_id.clone(),
-                org_id: job.org_id.clone(),
-                max_running_per_org: self.max_running_per_org,
-            })
-            .await;
+        let (run_id, org_id, me) = (job.run_id.clone(), job.org_id.clone(), self.me.clone());
+        let cap = self.max_running_per_org;
+        let now = shared_models::time::now();
+        let graphs = self.graphs.clone();
+        let claim = blocking(&self.pool, move |conn| {
+            let mut cached = None;
+            let claim = storage::claim_run(conn, &run_id, &org_id, &me, cap, now, |run| {
+                cached = graphs.get(run);
+                cached.is_some()
+            })?;
+            Ok((claim, cached))
+        })
+        .await;
         match claim {
             Err(e) => (JobOutcome::Retry(e.to_string()), "retry"),
             Ok((Claim::Missing, _)) => (

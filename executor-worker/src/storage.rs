@@ -16,7 +16,6 @@ use shared_models::schema::{
     run_events, runs as runs_table, step_runs, workflow_versions, workflows,
 };
 use shared_models::status::{RunStatus, StepStatus};
-use std::collections::HashMap;
 use std::time::Duration;
 
 /// Who is writing, and for how long a claim or heartbeat holds the run.
@@ -83,142 +82,49 @@ pub fn claim_run(
     me: &LeaseHolder,
     max_running_per_org: u32,
     now: DateTime<Utc>,
-    has_definition: impl Fn(&RunRow) -> bool,
+    has_definition: impl FnOnce(&RunRow) -> bool,
 ) -> Result<Claim, Error> {
-    let request = ClaimRequest {
-        run_id: run_id.to_string(),
-        org_id: org_id.to_string(),
-        max_running_per_org,
-    };
-    let mut claims = claim_runs(
-        conn,
-        std::slice::from_ref(&request),
-        me,
-        now,
-        has_definition,
-    )?;
-    Ok(claims.pop().unwrap_or(Claim::Missing))
-}
-
-/// One job's claim, for [`claim_runs`].
-#[derive(Debug, Clone)]
-pub struct ClaimRequest {
-    pub run_id: String,
-    pub org_id: String,
-    pub max_running_per_org: u32,
-}
-
-/// [`claim_run`] for many jobs in ONE transaction, with a handful of statements whatever
-/// their number: the runs locked in id order, the orgs' running slots (when capped: each
-/// org's advisory lock, then one count), one update of the held runs, one of the claimed
-/// ones, one insert of the events, one read of the claimed runs' steps. Each claim's outcome
-/// is what [`claim_run`] would give had the claims been made one after the other in the
-/// order given. Returns the claims in that order.
-pub fn claim_runs(
-    conn: &mut PgConnection,
-    requests: &[ClaimRequest],
-    me: &LeaseHolder,
-    now: DateTime<Utc>,
-    has_definition: impl Fn(&RunRow) -> bool,
-) -> Result<Vec<Claim>, Error> {
-    conn.transaction(|conn| claim_runs_in(conn, requests, me, now, has_definition))
-}
-
-fn claim_runs_in(
-    conn: &mut PgConnection,
-    requests: &[ClaimRequest],
-    me: &LeaseHolder,
-    now: DateTime<Utc>,
-    has_definition: impl Fn(&RunRow) -> bool,
-) -> Result<Vec<Claim>, Error> {
-    let mut ids: Vec<&str> = requests.iter().map(|r| r.run_id.as_str()).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    // Locked in id order, so that two batches never wait for each other in a circle.
-    let locked: Vec<RunRow> = runs_table::table
-        .filter(runs_table::id.eq_any(&ids))
-        .select(RunRow::as_select())
-        .order(runs_table::id)
-        .for_update()
-        .load(conn)?;
-    let mut runs: HashMap<String, RunRow> = locked.into_iter().map(|r| (r.id.clone(), r)).collect();
-
-    // The running slots of the capped orgs, counted once each org's lock is held (in its own
-    // statement: a statement sees what was committed when it began). The locks serialise the
-    // count-then-start of every claim in an org, so two workers cannot both take its last slot.
-    let mut capped: Vec<&str> = requests
-        .iter()
-        .filter(|r| r.max_running_per_org > 0)
-        .filter(|r| {
-            runs.get(&r.run_id).is_some_and(|run| {
-                run.org_id == r.org_id && run.status != RunStatus::Running.as_str()
-            })
-        })
-        .map(|r| r.org_id.as_str())
-        .collect();
-    capped.sort_unstable();
-    capped.dedup();
-    let mut running: HashMap<String, i64> = HashMap::new();
-    if !capped.is_empty() {
-        diesel::sql_query(
-            "SELECT pg_advisory_xact_lock(hashtextextended('thygon-running:' || o, 0))
-             FROM unnest($1::text[]) AS o ORDER BY o",
-        )
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&capped)
-        .execute(conn)?;
-        let counts: Vec<(String, i64)> = runs_table::table
-            .filter(runs_table::org_id.eq_any(&capped))
-            .filter(runs_table::status.eq(RunStatus::Running.as_str()))
-            .group_by(runs_table::org_id)
-            .select((runs_table::org_id, diesel::dsl::count_star()))
-            .load(conn)?;
-        running.extend(counts);
-    }
-
-    // Decide each claim in order, as if each had committed before the next one was made.
-    let hold_until = now + chrono_duration(RUNNING_SLOT_HOLD);
-    let mut outcomes: Vec<Option<Claim>> = Vec::with_capacity(requests.len());
-    let (mut held, mut started): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
-    let mut events = Vec::new();
-    for req in requests {
-        let id = req.run_id.as_str();
-        let Some(run) = runs.get_mut(id).filter(|r| r.org_id == req.org_id) else {
-            outcomes.push(Some(Claim::Missing));
-            continue;
+    conn.transaction(|conn| {
+        let run: Option<RunRow> = runs_table::table
+            .find(run_id)
+            .filter(runs_table::org_id.eq(org_id))
+            .select(RunRow::as_select())
+            .for_update()
+            .first(conn)
+            .optional()?;
+        let Some(run) = run else {
+            return Ok(Claim::Missing);
         };
         let status = RunStatus::parse(&run.status).unwrap_or(RunStatus::Failed);
         if status.is_terminal() {
-            outcomes.push(Some(Claim::Ended));
-            continue;
+            return Ok(Claim::Ended);
         }
         let lease_live = run.lease_expires_at.is_some_and(|t| t > now);
         let mine = run.lease_owner.as_deref() == Some(me.worker_id.as_str());
         if status == RunStatus::Running && lease_live && !mine {
-            outcomes.push(Some(Claim::HeldElsewhere));
-            continue;
+            return Ok(Claim::HeldElsewhere);
         }
-        let cap = req.max_running_per_org;
-        if status != RunStatus::Running && cap > 0 {
-            let taken = running.entry(run.org_id.clone()).or_default();
-            if *taken >= i64::from(cap) {
-                // Held: status unchanged, woken by the scheduler at `wake_at`; one log line
-                // the first time a PENDING run is held.
-                if status == RunStatus::Pending && run.wake_at.is_none() {
-                    let message = format!(
-                        "waiting for a running slot: org has {taken} of {cap} runs running (MAX_RUNNING_PER_ORG)"
-                    );
-                    events.push(NewRunEvent::log(id, now, None, "INFO", message));
-                }
-                run.wake_at = Some(hold_until);
-                held.push(id);
-                outcomes.push(Some(Claim::Held));
-                continue;
-            }
-            *taken += 1;
+        if status != RunStatus::Running
+            && max_running_per_org > 0
+            && hold_for_slot(conn, &run, status, max_running_per_org, now)?
+        {
+            return Ok(Claim::Held);
         }
+        let claimed: RunRow = diesel::update(runs_table::table.find(run_id))
+            .set((
+                runs_table::status.eq(RunStatus::Running.as_str()),
+                runs_table::started_at.eq(run.started_at.unwrap_or(now)),
+                runs_table::updated_at.eq(now),
+                runs_table::wake_at.eq(None::<DateTime<Utc>>),
+                runs_table::lease_owner.eq(&me.worker_id),
+                runs_table::lease_expires_at.eq(me.expires(now)),
+            ))
+            .returning(RunRow::as_returning())
+            .get_result(conn)?;
+        let mut events = Vec::new();
         if status != RunStatus::Running {
             events.push(NewRunEvent::transition(
-                id,
+                run_id,
                 now,
                 None,
                 status.as_str(),
@@ -229,104 +135,80 @@ fn claim_runs_in(
             } else {
                 "resumed"
             };
-            let message = format!("run {verb} on worker {}", me.worker_id);
-            events.push(NewRunEvent::log(id, now, None, "INFO", message));
+            events.push(NewRunEvent::log(
+                run_id,
+                now,
+                None,
+                "INFO",
+                format!("run {verb} on worker {}", me.worker_id),
+            ));
         } else if !mine {
             let previous = run.lease_owner.as_deref().unwrap_or("another worker");
             let message = format!(
                 "run resumed on worker {} after {previous} stopped holding it",
                 me.worker_id
             );
-            events.push(NewRunEvent::log(id, now, None, "WARN", message));
+            events.push(NewRunEvent::log(run_id, now, None, "WARN", message));
         }
-        // What a later claim of the same run in this batch sees.
-        run.status = RunStatus::Running.as_str().to_string();
-        run.lease_owner = Some(me.worker_id.clone());
-        run.lease_expires_at = Some(me.expires(now));
-        started.push(id);
-        outcomes.push(None);
-    }
-    held.sort_unstable();
-    held.dedup();
-    started.sort_unstable();
-    started.dedup();
-
-    if !held.is_empty() {
-        diesel::update(runs_table::table.filter(runs_table::id.eq_any(&held)))
-            .set((
-                runs_table::wake_at.eq(hold_until),
-                runs_table::updated_at.eq(now),
-            ))
-            .execute(conn)?;
-    }
-    let mut claimed: HashMap<String, RunRow> = HashMap::new();
-    let mut steps: HashMap<String, Vec<StepRunRow>> = HashMap::new();
-    let mut definitions: HashMap<(String, String, i32), Value> = HashMap::new();
-    if !started.is_empty() {
-        let rows: Vec<RunRow> =
-            diesel::update(runs_table::table.filter(runs_table::id.eq_any(&started)))
-                .set((
-                    runs_table::status.eq(RunStatus::Running.as_str()),
-                    runs_table::started_at.eq(coalesce(runs_table::started_at, now)),
-                    runs_table::updated_at.eq(now),
-                    runs_table::wake_at.eq(None::<DateTime<Utc>>),
-                    runs_table::lease_owner.eq(&me.worker_id),
-                    runs_table::lease_expires_at.eq(me.expires(now)),
-                ))
-                .returning(RunRow::as_returning())
-                .get_results(conn)?;
-        claimed = rows.into_iter().map(|r| (r.id.clone(), r)).collect();
-        let rows: Vec<StepRunRow> = step_runs::table
-            .filter(step_runs::run_id.eq_any(&started))
-            .select(StepRunRow::as_select())
-            .order((step_runs::run_id, step_runs::position))
-            .load(conn)?;
-        for row in rows {
-            steps.entry(row.run_id.clone()).or_default().push(row);
-        }
-        for run in claimed.values() {
-            let key = version_key(run);
-            if !definitions.contains_key(&key) && !has_definition(run) {
-                definitions.insert(key, load_definition(conn, run)?);
-            }
-        }
-    }
-    insert_events(conn, events)?;
-    Ok(requests
-        .iter()
-        .zip(outcomes)
-        .map(|(req, outcome)| {
-            outcome.unwrap_or_else(|| match claimed.get(&req.run_id) {
-                Some(run) => Claim::Claimed(Box::new(ClaimedRun {
-                    run: run.clone(),
-                    definition: definitions.get(&version_key(run)).cloned(),
-                    steps: steps.get(&req.run_id).cloned().unwrap_or_default(),
-                })),
-                // Locked above, so it cannot have gone; never claim what was not written.
-                None => Claim::Missing,
-            })
-        })
-        .collect())
+        insert_events(conn, events)?;
+        let run = claimed;
+        let definition = if has_definition(&run) {
+            None
+        } else {
+            Some(load_definition(conn, &run)?)
+        };
+        let steps = load_steps(conn, run_id)?;
+        Ok(Claim::Claimed(Box::new(ClaimedRun {
+            run,
+            definition,
+            steps,
+        })))
+    })
 }
 
-fn version_key(run: &RunRow) -> (String, String, i32) {
-    (
-        run.org_id.clone(),
-        run.workflow_id.clone(),
-        run.workflow_version,
-    )
-}
-
-diesel::define_sql_function! {
-    /// `COALESCE` of a nullable timestamp and a timestamp.
-    fn coalesce(
-        x: diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
-        y: diesel::sql_types::Timestamptz,
-    ) -> diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>;
-}
-
-fn chrono_duration(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::seconds(1))
+/// In `claim_run`'s transaction, with the run row locked: when the run's org already has
+/// `cap` runs RUNNING, hold the run back (status unchanged, `wake_at` = now +
+/// [`RUNNING_SLOT_HOLD`], and a log line the first time a PENDING run is held) and return
+/// true. The org's transaction-scoped advisory lock serialises the count-then-start of every
+/// claim in that org, so two workers cannot both take its last slot.
+fn hold_for_slot(
+    conn: &mut PgConnection,
+    run: &RunRow,
+    status: RunStatus,
+    cap: u32,
+    now: DateTime<Utc>,
+) -> Result<bool, Error> {
+    // Its own statement: the count below must be read after the lock is granted (each
+    // statement of a READ COMMITTED transaction sees what was committed when it began).
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended('thygon-running:' || $1, 0))")
+        .bind::<diesel::sql_types::Text, _>(&run.org_id)
+        .execute(conn)?;
+    let running: i64 = runs_table::table
+        .filter(runs_table::org_id.eq(&run.org_id))
+        .filter(runs_table::status.eq(RunStatus::Running.as_str()))
+        .select(diesel::dsl::count_star())
+        .first(conn)?;
+    if running < i64::from(cap) {
+        return Ok(false);
+    }
+    let hold =
+        chrono::Duration::from_std(RUNNING_SLOT_HOLD).unwrap_or(chrono::Duration::seconds(1));
+    diesel::update(runs_table::table.find(&run.id))
+        .set((
+            runs_table::wake_at.eq(now + hold),
+            runs_table::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    if status == RunStatus::Pending && run.wake_at.is_none() {
+        let message = format!(
+            "waiting for a running slot: org has {running} of {cap} runs running (MAX_RUNNING_PER_ORG)"
+        );
+        insert_events(
+            conn,
+            vec![NewRunEvent::log(&run.id, now, None, "INFO", message)],
+        )?;
+    }
+    Ok(true)
 }
 
 /// The definition of the run's workflow version.
@@ -517,48 +399,30 @@ pub fn checkpoint_pure_steps(
     me: &LeaseHolder,
     now: DateTime<Utc>,
 ) -> Result<Vec<Fenced>, Error> {
-    conn.transaction(|conn| pure_steps_in(conn, steps, me, now))
+    write_batch(conn, steps, &[], me, now).map(|(steps, _)| steps)
 }
 
-/// What one group commit writes: claims, pure-step checkpoints and run ends of any runs.
-#[derive(Debug, Default)]
-pub struct Batch {
-    pub claims: Vec<ClaimRequest>,
-    pub steps: Vec<PureStep>,
-    pub ends: Vec<RunFinish>,
-}
-
-/// What each member of a [`Batch`] came to, in the batch's order.
-#[derive(Debug, Default)]
-pub struct BatchOutcome {
-    pub claims: Vec<Claim>,
-    pub steps: Vec<Fenced>,
-    pub ends: Vec<Fenced>,
-}
-
-/// [`claim_runs`], [`checkpoint_pure_steps`] and [`finish_runs`] in ONE transaction: what the
-/// [`crate::checkpoints`] writer commits for each batch. The members concern distinct runs
-/// or follow each other as they would one at a time (a run is claimed before its steps are
-/// sent, and its end after its last step is committed).
+/// [`checkpoint_pure_steps`] and [`finish_runs`] in ONE transaction: what the
+/// [`crate::checkpoints`] writer commits for each batch.
 pub fn write_batch(
     conn: &mut PgConnection,
-    batch: &Batch,
+    steps: &[PureStep],
+    ends: &[RunFinish],
     me: &LeaseHolder,
     now: DateTime<Utc>,
-    has_definition: impl Fn(&RunRow) -> bool,
-) -> Result<BatchOutcome, Error> {
+) -> Result<(Vec<Fenced>, Vec<Fenced>), Error> {
     conn.transaction(|conn| {
-        let mut out = BatchOutcome::default();
-        if !batch.claims.is_empty() {
-            out.claims = claim_runs_in(conn, &batch.claims, me, now, has_definition)?;
-        }
-        if !batch.steps.is_empty() {
-            out.steps = pure_steps_in(conn, &batch.steps, me, now)?;
-        }
-        if !batch.ends.is_empty() {
-            out.ends = finish_runs_in(conn, &batch.ends, me, now)?;
-        }
-        Ok(out)
+        let steps = if steps.is_empty() {
+            Vec::new()
+        } else {
+            pure_steps_in(conn, steps, me, now)?
+        };
+        let ends = if ends.is_empty() {
+            Vec::new()
+        } else {
+            finish_runs_in(conn, ends, me, now)?
+        };
+        Ok((steps, ends))
     })
 }
 
@@ -703,7 +567,7 @@ pub fn finish_runs(
     me: &LeaseHolder,
     now: DateTime<Utc>,
 ) -> Result<Vec<Fenced>, Error> {
-    conn.transaction(|conn| finish_runs_in(conn, ends, me, now))
+    write_batch(conn, &[], ends, me, now).map(|(_, ends)| ends)
 }
 
 fn finish_runs_in(

@@ -2,7 +2,7 @@
 //! - group commit of pure-step checkpoints (`executor_worker::checkpoints`): many runs' steps
 //!   in one transaction, each written exactly as the one-step-at-a-time path would write it,
 //!   and the lease still fencing each run on its own;
-//! - run ends and claims batched the same way (`storage::finish_runs`, `storage::claim_runs`);
+//! - run ends batched the same way (`storage::finish_runs`);
 //! - compiled workflow versions cached per worker (`engine::GraphCache`).
 //!
 //! Real PostgreSQL, a database per test.
@@ -17,7 +17,6 @@ use executor_worker::storage::{self, Fenced, LeaseHolder, PureStep, StepRecord};
 use serde_json::json;
 use shared_models::db::blocking;
 use shared_models::queue::RunJob;
-use shared_models::schema::runs;
 use std::time::Duration;
 
 /// Make `run_id` RUNNING under `owner`'s live lease.
@@ -341,119 +340,4 @@ async fn run_ends_are_batched_each_fenced_by_its_own_lease() {
         ("RUNNING", Some("worker-other"))
     );
     assert!(get_events(&db.pool, &theirs).await.is_empty());
-}
-
-#[tokio::test]
-async fn claims_in_one_batch_come_out_as_one_after_the_other() {
-    use executor_worker::storage::{Claim, ClaimRequest};
-    let db = test_db().await;
-    let definition = json!({ "steps": [{ "name": "a", "type": "transform", "value": 1 }] });
-    let (workflow_id, first) = workflow_with_run(&db.pool, "claims", definition, json!({})).await;
-    let more = insert_runs(&db.pool, &workflow_id, 4, |_| json!({})).await;
-    let (second, ended, elsewhere, taken_over) = (&more[0], &more[1], &more[2], &more[3]);
-    hold(&db.pool, elsewhere, "worker-other").await;
-    mark_held_by_dead_worker(&db.pool, taken_over, "worker-dead").await;
-    let id = ended.clone();
-    blocking(&db.pool, move |conn| {
-        diesel::update(runs::table.find(&id))
-            .set(runs::status.eq("COMPLETED"))
-            .execute(conn)
-    })
-    .await
-    .expect("end a run");
-    let me = LeaseHolder {
-        worker_id: "worker-me".into(),
-        lease: Duration::from_secs(30),
-    };
-    let request = |run_id: &str, org: &str, cap: u32| ClaimRequest {
-        run_id: run_id.to_string(),
-        org_id: org.to_string(),
-        max_running_per_org: cap,
-    };
-    // The org has two runs RUNNING (`elsewhere`, `taken_over`) and a cap of 3 for the first
-    // two claims: `first` takes the last slot, `second` is held; later claims have no cap.
-    let claims = vec![
-        request(&first, ORG, 3),
-        request(second, ORG, 3),
-        request(ended, ORG, 0),
-        request("run_missing", ORG, 0),
-        request(&first, "org_other", 0),
-        request(elsewhere, ORG, 0),
-        request(taken_over, ORG, 0),
-        request(&first, ORG, 3),
-    ];
-    let now = shared_models::time::now();
-    let out = blocking(&db.pool, move |conn| {
-        storage::claim_runs(conn, &claims, &me, now, |_| false)
-    })
-    .await
-    .expect("the claims commit");
-
-    let kinds: Vec<&str> = out
-        .iter()
-        .map(|c| match c {
-            Claim::Claimed(_) => "claimed",
-            Claim::Held => "held",
-            Claim::Ended => "ended",
-            Claim::HeldElsewhere => "elsewhere",
-            Claim::Missing => "missing",
-        })
-        .collect();
-    // `first` takes the third slot; `second` finds the org at its cap of 3 and is held;
-    // `taken_over` (RUNNING, lease expired) is resumed and never held; `first` again: mine.
-    assert_eq!(
-        kinds,
-        vec![
-            "claimed",
-            "held",
-            "ended",
-            "missing",
-            "missing",
-            "elsewhere",
-            "claimed",
-            "claimed"
-        ]
-    );
-    let Claim::Claimed(c) = &out[0] else {
-        unreachable!()
-    };
-    assert_eq!(c.run.status, "RUNNING");
-    assert_eq!(c.run.lease_owner.as_deref(), Some("worker-me"));
-    assert!(c.definition.is_some() && c.steps.is_empty());
-    let first_events = get_events(&db.pool, &first).await;
-    assert_eq!(
-        transitions_of(&first_events, None),
-        vec![ft("PENDING", "RUNNING")]
-    );
-    assert_eq!(
-        logs_of(&first_events, None),
-        vec![(
-            "INFO".to_string(),
-            "run started on worker worker-me".to_string()
-        )]
-    );
-    let held = get_run(&db.pool, second).await;
-    assert_eq!(held.status, "PENDING");
-    assert!(held.wake_at.is_some_and(|t| t > now));
-    assert_eq!(
-        logs_of(&get_events(&db.pool, second).await, None),
-        vec![(
-            "INFO".to_string(),
-            "waiting for a running slot: org has 3 of 3 runs running (MAX_RUNNING_PER_ORG)"
-                .to_string()
-        )]
-    );
-    let resumed = get_run(&db.pool, taken_over).await;
-    assert_eq!(resumed.lease_owner.as_deref(), Some("worker-me"));
-    assert_eq!(
-        logs_of(&get_events(&db.pool, taken_over).await, None),
-        vec![(
-            "WARN".to_string(),
-            "run resumed on worker worker-me after worker-dead stopped holding it".to_string()
-        )]
-    );
-    assert_eq!(
-        get_run(&db.pool, elsewhere).await.lease_owner.as_deref(),
-        Some("worker-other")
-    );
 }
