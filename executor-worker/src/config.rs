@@ -32,7 +32,7 @@ pub const DEFAULT_MAX_RUNNING_PER_ORG: u32 = 100;
 
 impl Settings {
     pub fn from_env() -> Result<Self, String> {
-        let concurrency: usize = env_parse("WORKER_CONCURRENCY", 8)?;
+        let concurrency: usize = env_parse("WORKER_CONCURRENCY", 16)?;
         if !(1..=1000).contains(&concurrency) {
             return Err("WORKER_CONCURRENCY must be from 1 to 1000".into());
         }
