@@ -6,7 +6,7 @@
 #   ...             see each function below
 
 # The defaults every process uses when a variable is unset (shared-models/src/config.rs).
-THYGON_DEFAULT_DATABASE_URL="postgres://thygon:thygon@127.0.0.1:5432/thygon"
+THYGON_DEFAULT_DATABASE_URL="postgres://thygon:thygon@127.0.0.1:5432/thygon?sslmode=disable"
 THYGON_DEFAULT_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f"
 export THYGON_DEFAULT_DATABASE_URL THYGON_DEFAULT_AMQP_URL
 

@@ -11,7 +11,7 @@ RUNS="${1:-20}"
 # The key `make run` printed (and keeps in .run/dev-api-key).
 KEY="${THYGON_API_KEY:-$(cat "$(dirname "$0")/../.run/dev-api-key")}"
 AUTH="Authorization: Bearer $KEY"
-DB="${DATABASE_URL:-postgres://thygon:thygon@127.0.0.1:5432/thygon}"
+DB="${DATABASE_URL:-postgres://thygon:thygon@127.0.0.1:5432/thygon?sslmode=disable}"
 name="overhead_$(date +%s)"
 steps=$(python3 -c 'import json; print(json.dumps([{"name": f"s{i}", "type": "transform", "value": {"i": i}} for i in range(10)]))')
 curl -sf -X POST "$BASE/workflows" -H "$AUTH" -H 'Content-Type: application/json' \

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-pub const DEFAULT_DATABASE_URL: &str = "postgres://thygon:thygon@127.0.0.1:5432/thygon";
+pub const DEFAULT_DATABASE_URL: &str =
+    "postgres://thygon:thygon@127.0.0.1:5432/thygon?sslmode=disable";
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// The value of `name`, or `default` when it is unset or empty.
