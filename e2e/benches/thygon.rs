@@ -21,21 +21,22 @@ use thygon_e2e::{Stack, StackOptions};
 
 const CLIENTS: usize = 32;
 
-fn scale() -> f64 {
-    std::env::var("BENCH_SCALE")
+/// The positive number in the environment variable `name`, else `default`.
+fn positive_env<T: std::str::FromStr + PartialOrd + Default>(name: &str, default: T) -> T {
+    std::env::var(name)
         .ok()
         .and_then(|s| s.parse().ok())
-        .filter(|s: &f64| *s > 0.0)
-        .unwrap_or(1.0)
+        .filter(|v: &T| *v > T::default())
+        .unwrap_or(default)
+}
+
+fn scale() -> f64 {
+    positive_env("BENCH_SCALE", 1.0)
 }
 
 /// `WORKER_CONCURRENCY` of each worker process (`BENCH_CONCURRENCY`, default 16).
 fn concurrency() -> usize {
-    std::env::var("BENCH_CONCURRENCY")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .filter(|c: &usize| *c > 0)
-        .unwrap_or(16)
+    positive_env("BENCH_CONCURRENCY", 16)
 }
 
 fn scaled(n: usize) -> usize {

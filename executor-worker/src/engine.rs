@@ -332,6 +332,7 @@ impl Engine {
     }
 
     async fn drive(&self, c: &ClaimedRun, cached: Option<Arc<WorkflowGraph>>) -> Result<(), Stop> {
+        // The claim read the definition exactly when the cache had no graph for it.
         let compiled = match (cached, &c.definition) {
             (Some(graph), _) => Ok(graph),
             (None, Some(definition)) => WorkflowGraph::from_stored(definition).map(|graph| {
@@ -339,13 +340,7 @@ impl Engine {
                 self.graphs.insert(&c.run, graph.clone());
                 graph
             }),
-            // The claim skipped the definition for a graph the cache dropped meanwhile.
-            (None, None) => {
-                let (run, pool) = (c.run.clone(), self.pool.clone());
-                let definition =
-                    blocking(&pool, move |conn| storage::load_definition(conn, &run)).await?;
-                WorkflowGraph::from_stored(&definition).map(Arc::new)
-            }
+            (None, None) => Err("the claim read no workflow definition".to_string()),
         };
         let graph = match compiled {
             Ok(g) => g,

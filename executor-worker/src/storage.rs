@@ -212,7 +212,7 @@ fn hold_for_slot(
 }
 
 /// The definition of the run's workflow version.
-pub fn load_definition(conn: &mut PgConnection, run: &RunRow) -> Result<Value, Error> {
+fn load_definition(conn: &mut PgConnection, run: &RunRow) -> Result<Value, Error> {
     workflow_versions::table
         .find((&run.org_id, &run.workflow_id, run.workflow_version))
         .select(workflow_versions::definition)

@@ -30,12 +30,10 @@
 //! Up to [`MAX_IN_FLIGHT`] batches are written at once, so one batch's publishing overlaps
 //! the next one's transaction.
 
-use crate::publisher::JobPublisher;
+use crate::publisher::{publish_jobs, JobPublisher};
 use crate::storage::{self, CreateOutcome, PlainTrigger};
-use futures_util::future::join_all;
 use prometheus::{register_histogram, Histogram};
 use shared_models::db::{blocking, PgPool, StorageError};
-use shared_models::logctx::{self, LogContext};
 use shared_models::queue::RunJob;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -265,8 +263,8 @@ async fn write(pool: &PgPool, triggers: Vec<PlainTrigger>) -> Vec<Answer> {
     }
 }
 
-/// Publish the jobs of the runs created (all at once), then mark those the broker confirmed
-/// sent in one statement. Never fails: what is not marked sent is left to the outbox relay.
+/// Publish the jobs of the runs created and mark them sent (see
+/// [`publish_jobs`]).
 async fn publish(pool: &PgPool, publisher: &dyn JobPublisher, outcomes: &[Answer]) {
     let created: Vec<(i64, &RunJob)> = outcomes
         .iter()
@@ -275,40 +273,5 @@ async fn publish(pool: &PgPool, publisher: &dyn JobPublisher, outcomes: &[Answer
             _ => None,
         })
         .collect();
-    if created.is_empty() {
-        return;
-    }
-    let confirms = join_all(created.iter().map(|(_, job)| publisher.publish(job))).await;
-    let mut sent = Vec::with_capacity(created.len());
-    for ((outbox_id, job), confirm) in created.iter().zip(confirms) {
-        match confirm {
-            Ok(()) => sent.push(*outbox_id),
-            Err(e) => in_run_context(job, || {
-                log::warn!(
-                    "run {}: publish failed ({e}); left to the outbox relay",
-                    job.run_id
-                )
-            }),
-        }
-    }
-    if sent.is_empty() {
-        return;
-    }
-    let count = sent.len();
-    let sent_at = shared_models::time::now();
-    if let Err(e) = blocking(pool, move |conn| {
-        storage::mark_outbox_sent_many(conn, &sent, sent_at)
-    })
-    .await
-    {
-        log::warn!(
-            "{count} published job(s) not marked sent ({e}); the relay may publish them again"
-        );
-    }
-}
-
-/// Log lines about one run carry its ids, as they would in its request.
-fn in_run_context(job: &RunJob, f: impl FnOnce()) {
-    let ctx = LogContext::run(job.run_id.clone(), job.request_id.clone());
-    logctx::sync_scope(Some(ctx), f);
+    publish_jobs(pool, publisher, &created).await;
 }

@@ -1,9 +1,13 @@
 //! Publishing jobs to RabbitMQ: persistent messages, publisher confirms, topology declared
-//! once per connection. The HTTP layer sees only [`JobPublisher`].
+//! once per connection. The HTTP layer sees only [`JobPublisher`], and [`publish_jobs`] for
+//! jobs whose outbox rows have just committed (single triggers, run control, the batcher).
 
-use futures_util::future::BoxFuture;
+use crate::storage;
+use futures_util::future::{join_all, BoxFuture};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
+use shared_models::db::{blocking, PgPool};
+use shared_models::logctx::{self, LogContext};
 use shared_models::queue::{self, QueueNames, RunJob};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -157,4 +161,47 @@ impl JobPublisher for AmqpPublisher {
     fn ready(&self) -> BoxFuture<'_, bool> {
         Box::pin(async move { self.link().await.is_ok() })
     }
+}
+
+/// Publish jobs whose outbox rows have committed (all at once: their confirms are awaited
+/// together), then mark the rows the broker confirmed sent, in one statement. Never fails
+/// the request: committed, a job cannot be lost, and what is not marked sent is published by
+/// the outbox relay (when the broker returns). Publishing here only saves the relay's delay.
+pub async fn publish_jobs(pool: &PgPool, publisher: &dyn JobPublisher, jobs: &[(i64, &RunJob)]) {
+    if jobs.is_empty() {
+        return;
+    }
+    let confirms = join_all(jobs.iter().map(|(_, job)| publisher.publish(job))).await;
+    let mut sent = Vec::with_capacity(jobs.len());
+    for ((outbox_id, job), confirm) in jobs.iter().zip(confirms) {
+        match confirm {
+            Ok(()) => sent.push(*outbox_id),
+            Err(e) => in_run_context(job, || {
+                log::warn!(
+                    "run {}: publish failed ({e}); left to the outbox relay",
+                    job.run_id
+                )
+            }),
+        }
+    }
+    if sent.is_empty() {
+        return;
+    }
+    let count = sent.len();
+    let sent_at = shared_models::time::now();
+    if let Err(e) = blocking(pool, move |conn| {
+        storage::mark_outbox_sent(conn, &sent, sent_at)
+    })
+    .await
+    {
+        log::warn!(
+            "{count} published job(s) not marked sent ({e}); the relay may publish them again"
+        );
+    }
+}
+
+/// Log lines about one run carry its ids, as they would in its request.
+fn in_run_context(job: &RunJob, f: impl FnOnce()) {
+    let ctx = LogContext::run(job.run_id.clone(), job.request_id.clone());
+    logctx::sync_scope(Some(ctx), f);
 }

@@ -40,7 +40,10 @@ pub async fn relay_once(
             Ok(()) => {
                 let id = pending.id;
                 let now = shared_models::time::now();
-                blocking(pool, move |conn| storage::mark_outbox_sent(conn, id, now)).await?;
+                blocking(pool, move |conn| {
+                    storage::mark_outbox_sent(conn, &[id], now)
+                })
+                .await?;
                 published += 1;
             }
             Err(e) => {

@@ -265,23 +265,8 @@ fn replay(
     }))
 }
 
+/// Mark outbox rows sent (those not already), in one statement.
 pub fn mark_outbox_sent(
-    conn: &mut PgConnection,
-    outbox_id: i64,
-    now: DateTime<Utc>,
-) -> Result<(), Error> {
-    diesel::update(
-        outbox::table
-            .find(outbox_id)
-            .filter(outbox::sent_at.is_null()),
-    )
-    .set(outbox::sent_at.eq(now))
-    .execute(conn)
-    .map(|_| ())
-}
-
-/// [`mark_outbox_sent`] for many rows in one statement.
-pub fn mark_outbox_sent_many(
     conn: &mut PgConnection,
     outbox_ids: &[i64],
     now: DateTime<Utc>,
