@@ -9,12 +9,12 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::Error;
+use diesel::sql_types::{Array, Int4, Jsonb, Nullable, Text, Timestamptz};
 use serde_json::Value;
 use shared_models::models::{NewRunEvent, RunRow, StepRunRow};
+use shared_models::prepared::prepared;
 use shared_models::runs::{self, NewRun};
-use shared_models::schema::{
-    run_events, runs as runs_table, step_runs, workflow_versions, workflows,
-};
+use shared_models::schema::{runs as runs_table, step_runs, workflow_versions, workflows};
 use shared_models::status::{RunStatus, StepStatus};
 use std::time::Duration;
 
@@ -110,17 +110,18 @@ pub fn claim_run(
         {
             return Ok(Claim::Held);
         }
-        let claimed: RunRow = diesel::update(runs_table::table.find(run_id))
-            .set((
-                runs_table::status.eq(RunStatus::Running.as_str()),
-                runs_table::started_at.eq(run.started_at.unwrap_or(now)),
-                runs_table::updated_at.eq(now),
-                runs_table::wake_at.eq(None::<DateTime<Utc>>),
-                runs_table::lease_owner.eq(&me.worker_id),
-                runs_table::lease_expires_at.eq(me.expires(now)),
-            ))
-            .returning(RunRow::as_returning())
-            .get_result(conn)?;
+        // The row is locked: `started_at` stays what it was read as, or becomes now.
+        let claimed: RunRow = prepared(
+            "UPDATE runs SET status = 'RUNNING', started_at = COALESCE(started_at, $2),
+                    updated_at = $2, wake_at = NULL, lease_owner = $3, lease_expires_at = $4
+             WHERE id = $1
+             RETURNING *",
+        )
+        .bind::<Text, _>(run_id)
+        .bind::<Timestamptz, _>(now)
+        .bind::<Text, _>(&me.worker_id)
+        .bind::<Timestamptz, _>(me.expires(now))
+        .get_result(conn)?;
         let mut events = Vec::new();
         if status != RunStatus::Running {
             events.push(NewRunEvent::transition(
@@ -228,13 +229,7 @@ pub fn load_steps(conn: &mut PgConnection, run_id: &str) -> Result<Vec<StepRunRo
 }
 
 fn insert_events(conn: &mut PgConnection, events: Vec<NewRunEvent>) -> Result<(), Error> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    diesel::insert_into(run_events::table)
-        .values(events)
-        .execute(conn)
-        .map(|_| ())
+    runs::insert_events(conn, &events)
 }
 
 /// Touch the run while holding its lease: extends the lease and moves `updatedAt`.
@@ -436,18 +431,17 @@ fn pure_steps_in(
     let mut ids: Vec<&str> = steps.iter().map(|s| s.record.run_id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    let held: Vec<String> = diesel::update(
-        runs_table::table
-            .filter(runs_table::id.eq_any(&ids))
-            .filter(runs_table::lease_owner.eq(&me.worker_id)),
+    let held: Vec<RunId> = prepared(
+        "UPDATE runs SET updated_at = $1, lease_expires_at = $2
+         WHERE id = ANY($3) AND lease_owner = $4
+         RETURNING id",
     )
-    .set((
-        runs_table::updated_at.eq(now),
-        runs_table::lease_expires_at.eq(me.expires(now)),
-    ))
-    .returning(runs_table::id)
-    .get_results(conn)?;
-    let held: std::collections::HashSet<String> = held.into_iter().collect();
+    .bind::<Timestamptz, _>(now)
+    .bind::<Timestamptz, _>(me.expires(now))
+    .bind::<Array<Text>, _>(&ids)
+    .bind::<Text, _>(&me.worker_id)
+    .load(conn)?;
+    let held: std::collections::HashSet<String> = held.into_iter().map(|r| r.id).collect();
     let live: Vec<&PureStep> = steps
         .iter()
         .filter(|s| held.contains(&s.record.run_id))
@@ -502,21 +496,38 @@ fn pure_steps_in(
                 change.log.1,
             ));
         }
-        use diesel::upsert::excluded;
-        diesel::insert_into(step_runs::table)
-            .values(&rows)
-            .on_conflict((step_runs::run_id, step_runs::name))
-            .do_update()
-            .set((
-                step_runs::status.eq(excluded(step_runs::status)),
-                step_runs::attempt.eq(excluded(step_runs::attempt)),
-                step_runs::started_at.eq(excluded(step_runs::started_at)),
-                step_runs::completed_at.eq(excluded(step_runs::completed_at)),
-                step_runs::output.eq(excluded(step_runs::output)),
-                step_runs::error.eq(excluded(step_runs::error)),
-                step_runs::wake_at.eq(excluded(step_runs::wake_at)),
-            ))
-            .execute(conn)?;
+        // One text for any batch: the rows as arrays. A completed pure step has no error,
+        // wake-up or child run, so those columns are cleared.
+        prepared(
+            "INSERT INTO step_runs (run_id, name, position, step_type, status, attempt,
+                                    started_at, completed_at, output)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[],
+                                  $6::int4[], $7::timestamptz[], $8::timestamptz[], $9::jsonb[])
+             ON CONFLICT (run_id, name) DO UPDATE SET
+                 status = excluded.status, attempt = excluded.attempt,
+                 started_at = excluded.started_at, completed_at = excluded.completed_at,
+                 output = excluded.output, error = NULL, wake_at = NULL",
+        )
+        .bind::<Array<Text>, _>(rows.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Int4>, _>(rows.iter().map(|r| r.position).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(
+            rows.iter()
+                .map(|r| r.step_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Text>, _>(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Int4>, _>(rows.iter().map(|r| r.attempt).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Timestamptz>>, _>(
+            rows.iter().map(|r| r.started_at).collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Timestamptz>>, _>(
+            rows.iter().map(|r| r.completed_at).collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Jsonb>>, _>(
+            rows.iter().map(|r| r.output.as_ref()).collect::<Vec<_>>(),
+        )
+        .execute(conn)?;
         insert_events(conn, events)?;
     }
     Ok(steps
@@ -576,12 +587,11 @@ fn finish_runs_in(
     me: &LeaseHolder,
     now: DateTime<Utc>,
 ) -> Result<Vec<Fenced>, Error> {
-    use diesel::sql_types::{Array, Jsonb, Nullable, Text, Timestamptz};
     let ids: Vec<&str> = ends.iter().map(|e| e.run_id.as_str()).collect();
     let statuses: Vec<&str> = ends.iter().map(|e| e.status.as_str()).collect();
     let outputs: Vec<Option<Value>> = ends.iter().map(|e| e.output.clone()).collect();
     let errors: Vec<Option<&str>> = ends.iter().map(|e| e.error.as_deref()).collect();
-    let ended: Vec<RunId> = diesel::sql_query(
+    let ended: Vec<RunId> = prepared(
         "UPDATE runs AS r SET status = v.status, output = v.output, error = v.error,
                 completed_at = $1, updated_at = $1, wake_at = NULL,
                 lease_owner = NULL, lease_expires_at = NULL

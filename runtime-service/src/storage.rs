@@ -23,7 +23,8 @@ use diesel::result::Error;
 use diesel::sql_types::{BigInt, Double, Jsonb};
 use serde_json::{Map, Value};
 use shared_models::ids::WorkflowId;
-use shared_models::models::{NewOutbox, RunEventRow, RunRow, StepRunRow};
+use shared_models::models::{RunEventRow, RunRow, StepRunRow};
+use shared_models::prepared::prepared;
 use shared_models::queue::RunJob;
 use shared_models::runs::{self, NewRun};
 use shared_models::schema::{
@@ -178,11 +179,7 @@ pub fn create_runs(
             return Ok(outcomes.into_iter().flatten().collect());
         }
 
-        let inserted: HashSet<String> = diesel::insert_into(runs_table::table)
-            .values(&new_runs)
-            .on_conflict_do_nothing()
-            .returning(runs_table::id)
-            .get_results(conn)?
+        let inserted: HashSet<String> = runs::insert_pending_runs(conn, &new_runs)?
             .into_iter()
             .collect();
         let mut jobs = Vec::with_capacity(inserted.len());
@@ -196,21 +193,12 @@ pub fn create_runs(
         let mut outbox_ids: HashMap<String, i64> = if jobs.is_empty() {
             HashMap::new()
         } else {
-            let rows: Vec<NewOutbox> = jobs
+            let rows: Vec<(&str, &Value)> = jobs
                 .iter()
                 .zip(&payloads)
-                .map(|(job, payload)| NewOutbox {
-                    run_id: &job.run_id,
-                    payload,
-                    dedupe_key: None,
-                })
+                .map(|(job, payload)| (job.run_id.as_str(), payload))
                 .collect();
-            diesel::insert_into(outbox::table)
-                .values(&rows)
-                .returning((outbox::run_id, outbox::id))
-                .get_results::<(String, i64)>(conn)?
-                .into_iter()
-                .collect()
+            runs::enqueue_jobs(conn, &rows)?.into_iter().collect()
         };
 
         let mut jobs: HashMap<String, RunJob> =
@@ -271,14 +259,11 @@ pub fn mark_outbox_sent(
     outbox_ids: &[i64],
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
-    diesel::update(
-        outbox::table
-            .filter(outbox::id.eq_any(outbox_ids))
-            .filter(outbox::sent_at.is_null()),
-    )
-    .set(outbox::sent_at.eq(now))
-    .execute(conn)
-    .map(|_| ())
+    prepared("UPDATE outbox SET sent_at = $1 WHERE id = ANY($2) AND sent_at IS NULL")
+        .bind::<diesel::sql_types::Timestamptz, _>(now)
+        .bind::<diesel::sql_types::Array<BigInt>, _>(outbox_ids)
+        .execute(conn)
+        .map(|_| ())
 }
 
 #[derive(QueryableByName, Debug)]

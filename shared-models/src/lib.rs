@@ -15,6 +15,7 @@
 //! - [`openapi`]: the shared parts of the OpenAPI description (envelopes, errors, security).
 //! - [`schema`], [`models`]: the diesel schema and row types of the shared database.
 //! - [`db`]: connection pools and the embedded migrations (applied under an advisory lock).
+//! - [`prepared`]: statements of fixed text, parsed and planned once per connection.
 //! - [`queue`]: queue topology and the versioned job message (`RunJob`).
 //! - [`runs`]: creating runs and queueing their jobs through the outbox.
 //! - [`config`]: environment variables with local defaults; logging (`LOG_FORMAT`).
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod models;
 pub mod openapi;
 pub mod pagination;
+pub mod prepared;
 pub mod queue;
 pub mod runs;
 pub mod schema;

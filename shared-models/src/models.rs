@@ -51,7 +51,7 @@ pub struct WorkflowVersionRow {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = runs, check_for_backend(diesel::pg::Pg))]
 pub struct RunRow {
     pub id: String,

@@ -6,8 +6,9 @@
 use crate::graph::step_outline;
 use crate::ids::RunId;
 use crate::models::{NewOutbox, NewRunEvent, RunRow, StepRunRow};
+use crate::prepared::prepared;
 use crate::queue::RunJob;
-use crate::schema::{outbox, run_events, runs, step_runs, workflow_versions};
+use crate::schema::{outbox, runs, step_runs, workflow_versions};
 use crate::status::{RunStatus, StepStatus};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -55,11 +56,93 @@ pub fn pending_run(new: NewRun, now: DateTime<Utc>) -> RunRow {
 
 /// Insert a run; `false` when an idempotency key made it a duplicate.
 pub fn insert_run(conn: &mut PgConnection, run: &RunRow) -> Result<bool, Error> {
-    diesel::insert_into(runs::table)
-        .values(run)
-        .on_conflict_do_nothing()
-        .execute(conn)
-        .map(|n| n == 1)
+    insert_pending_runs(conn, std::slice::from_ref(run)).map(|ids| ids.len() == 1)
+}
+
+/// Insert new PENDING runs (made by [`pending_run`]) in one statement of fixed text; returns
+/// the ids of those inserted (an id or idempotency key already taken inserts nothing).
+pub fn insert_pending_runs(conn: &mut PgConnection, rows: &[RunRow]) -> Result<Vec<String>, Error> {
+    use diesel::sql_types::{Array, Int4, Jsonb, Nullable, Text, Timestamptz};
+    #[derive(QueryableByName)]
+    struct Inserted {
+        #[diesel(sql_type = Text)]
+        id: String,
+    }
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    // What a new run has not got yet (output, error, start, end, lease, wake-up) is left to
+    // the columns' defaults, NULL.
+    debug_assert!(rows.iter().all(|r| r.output.is_none()
+        && r.error.is_none()
+        && r.started_at.is_none()
+        && r.completed_at.is_none()
+        && r.lease_owner.is_none()
+        && r.lease_expires_at.is_none()
+        && r.wake_at.is_none()));
+    fn texts<'a>(
+        rows: &'a [RunRow],
+        f: impl Fn(&'a RunRow) -> Option<&'a str>,
+    ) -> Vec<Option<&'a str>> {
+        rows.iter().map(f).collect()
+    }
+    let inserted: Vec<Inserted> = prepared(
+        "INSERT INTO runs (id, org_id, workflow_id, workflow_version, status, variables,
+                           created_at, updated_at, idempotency_key, request_hash, request_id,
+                           parent_run_id, parent_step)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[],
+                              $6::jsonb[], $7::timestamptz[], $8::timestamptz[], $9::text[],
+                              $10::text[], $11::text[], $12::text[], $13::text[])
+         ON CONFLICT DO NOTHING
+         RETURNING id",
+    )
+    .bind::<Array<Text>, _>(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(rows.iter().map(|r| r.org_id.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(
+        rows.iter()
+            .map(|r| r.workflow_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Int4>, _>(rows.iter().map(|r| r.workflow_version).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Jsonb>, _>(rows.iter().map(|r| &r.variables).collect::<Vec<_>>())
+    .bind::<Array<Timestamptz>, _>(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    .bind::<Array<Timestamptz>, _>(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(texts(rows, |r| r.idempotency_key.as_deref()))
+    .bind::<Array<Nullable<Text>>, _>(texts(rows, |r| r.request_hash.as_deref()))
+    .bind::<Array<Nullable<Text>>, _>(texts(rows, |r| r.request_id.as_deref()))
+    .bind::<Array<Nullable<Text>>, _>(texts(rows, |r| r.parent_run_id.as_deref()))
+    .bind::<Array<Nullable<Text>>, _>(texts(rows, |r| r.parent_step.as_deref()))
+    .load(conn)?;
+    Ok(inserted.into_iter().map(|r| r.id).collect())
+}
+
+/// Write many jobs to the outbox (no dedupe keys) in one statement of fixed text; returns
+/// each row's (run id, outbox id).
+pub fn enqueue_jobs(
+    conn: &mut PgConnection,
+    jobs: &[(&str, &Value)],
+) -> Result<Vec<(String, i64)>, Error> {
+    use diesel::sql_types::{Array, BigInt, Jsonb, Text};
+    #[derive(QueryableByName)]
+    struct Queued {
+        #[diesel(sql_type = Text)]
+        run_id: String,
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let queued: Vec<Queued> = prepared(
+        "INSERT INTO outbox (run_id, payload)
+         SELECT * FROM unnest($1::text[], $2::jsonb[])
+         RETURNING run_id, id",
+    )
+    .bind::<Array<Text>, _>(jobs.iter().map(|(run, _)| *run).collect::<Vec<_>>())
+    .bind::<Array<Jsonb>, _>(jobs.iter().map(|(_, payload)| *payload).collect::<Vec<_>>())
+    .load(conn)?;
+    Ok(queued.into_iter().map(|q| (q.run_id, q.id)).collect())
 }
 
 /// Write the job of a run to the outbox; returns the row id and the job, or `None` when a
@@ -127,11 +210,50 @@ pub fn lock_steps(conn: &mut PgConnection, run_id: &str) -> Result<Vec<StepRunRo
         .load(conn)
 }
 
+/// Append events to their runs' streams, in the order given, in one statement of fixed text
+/// (prepared once per connection, whatever the number of events).
 pub fn insert_events(conn: &mut PgConnection, events: &[NewRunEvent]) -> Result<(), Error> {
-    diesel::insert_into(run_events::table)
-        .values(events)
-        .execute(conn)
-        .map(|_| ())
+    use diesel::sql_types::{Array, Nullable, Text, Timestamptz};
+    if events.is_empty() {
+        return Ok(());
+    }
+    // `unnest` of several arrays yields their rows in order, so ids (the stream's order)
+    // are given in the order of `events`.
+    prepared(
+        "INSERT INTO run_events (run_id, at, kind, step, from_status, to_status, level, message)
+         SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[],
+                              $5::text[], $6::text[], $7::text[], $8::text[])",
+    )
+    .bind::<Array<Text>, _>(events.iter().map(|e| e.run_id.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Timestamptz>, _>(events.iter().map(|e| e.at).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(events.iter().map(|e| e.step.as_deref()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(
+        events
+            .iter()
+            .map(|e| e.from_status.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Text>>, _>(
+        events
+            .iter()
+            .map(|e| e.to_status.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Text>>, _>(
+        events
+            .iter()
+            .map(|e| e.level.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Text>>, _>(
+        events
+            .iter()
+            .map(|e| e.message.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .execute(conn)
+    .map(|_| ())
 }
 
 /// Cancel a run whose row this transaction has locked; returns the child runs of the steps
