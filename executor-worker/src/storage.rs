@@ -84,6 +84,13 @@ pub fn claim_run(
     now: DateTime<Utc>,
     has_definition: impl FnOnce(&RunRow) -> bool,
 ) -> Result<Claim, Error> {
+    // The common case in one statement, without an explicit transaction: a PENDING run and
+    // no cap to count against (the cap needs the org's lock, below).
+    if max_running_per_org == 0 {
+        if let Some(run) = claim_pending(conn, run_id, org_id, me, now)? {
+            return claimed(conn, run, has_definition).map(|c| Claim::Claimed(Box::new(c)));
+        }
+    }
     conn.transaction(|conn| {
         let run: Option<RunRow> = runs_table::table
             .find(run_id)
@@ -111,7 +118,7 @@ pub fn claim_run(
             return Ok(Claim::Held);
         }
         // The row is locked: `started_at` stays what it was read as, or becomes now.
-        let claimed: RunRow = prepared(
+        let claimed_row: RunRow = prepared(
             "UPDATE runs SET status = 'RUNNING', started_at = COALESCE(started_at, $2),
                     updated_at = $2, wake_at = NULL, lease_owner = $3, lease_expires_at = $4
              WHERE id = $1
@@ -141,7 +148,7 @@ pub fn claim_run(
                 now,
                 None,
                 "INFO",
-                format!("run {verb} on worker {}", me.worker_id),
+                started_log(verb, me),
             ));
         } else if !mine {
             let previous = run.lease_owner.as_deref().unwrap_or("another worker");
@@ -152,19 +159,74 @@ pub fn claim_run(
             events.push(NewRunEvent::log(run_id, now, None, "WARN", message));
         }
         insert_events(conn, events)?;
-        let run = claimed;
-        let definition = if has_definition(&run) {
-            None
-        } else {
-            Some(load_definition(conn, &run)?)
-        };
-        let steps = load_steps(conn, run_id)?;
-        Ok(Claim::Claimed(Box::new(ClaimedRun {
-            run,
-            definition,
-            steps,
-        })))
+        claimed(conn, claimed_row, has_definition).map(|c| Claim::Claimed(Box::new(c)))
     })
+}
+
+fn started_log(verb: &str, me: &LeaseHolder) -> String {
+    format!("run {verb} on worker {}", me.worker_id)
+}
+
+/// A claimed run with what it needs to resume: its definition when the caller has not got it,
+/// and its step rows.
+fn claimed(
+    conn: &mut PgConnection,
+    run: RunRow,
+    has_definition: impl FnOnce(&RunRow) -> bool,
+) -> Result<ClaimedRun, Error> {
+    let definition = if has_definition(&run) {
+        None
+    } else {
+        Some(load_definition(conn, &run)?)
+    };
+    let steps = load_steps(conn, &run.id)?;
+    Ok(ClaimedRun {
+        run,
+        definition,
+        steps,
+    })
+}
+
+/// Claim a PENDING run in one statement: what [`claim_run`] writes for one (RUNNING, lease,
+/// the transition and the start line), or `None` when the run is not PENDING (or not in
+/// that org). The row is locked by the update itself, so a concurrent claim or cancel
+/// waits for it and then finds the run no longer PENDING. Only without a running cap:
+/// counting the org's running runs needs the org's lock first.
+///
+/// Its step rows are read after it commits (a retried run has some): a cancel in between
+/// clears the lease, which the run's first fenced write finds.
+fn claim_pending(
+    conn: &mut PgConnection,
+    run_id: &str,
+    org_id: &str,
+    me: &LeaseHolder,
+    now: DateTime<Utc>,
+) -> Result<Option<RunRow>, Error> {
+    prepared(
+        "WITH claimed AS (
+             UPDATE runs SET status = 'RUNNING', started_at = COALESCE(started_at, $3),
+                    updated_at = $3, wake_at = NULL, lease_owner = $4, lease_expires_at = $5
+             WHERE id = $1 AND org_id = $2 AND status = 'PENDING'
+             RETURNING *
+         ), logged AS (
+             INSERT INTO run_events (run_id, at, kind, from_status, to_status, level, message)
+             SELECT c.id, $3, e.kind, e.from_status, e.to_status, e.level, e.message
+             FROM claimed c,
+                  (VALUES (1, 'transition', 'PENDING', 'RUNNING', NULL, NULL),
+                          (2, 'log', NULL, NULL, 'INFO', $6))
+                  AS e(position, kind, from_status, to_status, level, message)
+             ORDER BY e.position
+         )
+         SELECT * FROM claimed",
+    )
+    .bind::<Text, _>(run_id)
+    .bind::<Text, _>(org_id)
+    .bind::<Timestamptz, _>(now)
+    .bind::<Text, _>(&me.worker_id)
+    .bind::<Timestamptz, _>(me.expires(now))
+    .bind::<Text, _>(started_log("started", me))
+    .get_result(conn)
+    .optional()
 }
 
 /// In `claim_run`'s transaction, with the run row locked: when the run's org already has

@@ -365,3 +365,90 @@ async fn a_held_run_can_be_cancelled_and_its_job_then_does_nothing() {
         vec![ft("PENDING", "CANCELLED")]
     );
 }
+
+/// What a claim wrote, with the worker's name (different per holder) taken out.
+async fn claim_written(pool: &PgPool, run_id: &str, me: &LeaseHolder) -> String {
+    let run = get_run(pool, run_id).await;
+    let events: Vec<String> = get_events(pool, run_id)
+        .await
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {:?} {:?} {:?} {:?} {:?} {}",
+                e.kind, e.step, e.from_status, e.to_status, e.level, e.message, e.at
+            )
+        })
+        .collect();
+    format!(
+        "{} started {:?} updated {} wake {:?} lease {:?} until {:?} events {events:?}",
+        run.status,
+        run.started_at,
+        run.updated_at,
+        run.wake_at,
+        run.lease_owner,
+        run.lease_expires_at
+    )
+    .replace(&me.worker_id, "<me>")
+}
+
+#[tokio::test]
+async fn without_a_cap_a_pending_run_is_claimed_in_one_statement_writing_what_the_locked_path_writes(
+) {
+    let db = test_db().await;
+    let (workflow_id, a) = workflow_with_run(&db.pool, "plain", slow_workflow(), json!({})).await;
+    let b = insert_runs(&db.pool, &workflow_id, 1, |_| json!({}))
+        .await
+        .remove(0);
+    let now = shared_models::time::now();
+    let (me_a, me_b) = (holder(), holder());
+
+    // a: no cap, the one-statement claim; b: a cap far from reached, the locked path.
+    let claims = [(&a, &me_a, 0), (&b, &me_b, 1000)];
+    for (run_id, me, cap) in claims {
+        let (run_id, me) = (run_id.clone(), me.clone());
+        let claim = blocking(&db.pool, move |conn| {
+            storage::claim_run(conn, &run_id, ORG, &me, cap, now, |_| false)
+        })
+        .await
+        .expect("claim");
+        let Claim::Claimed(claimed) = claim else {
+            panic!("claimed: {claim:?}");
+        };
+        assert_eq!(claimed.run.status, "RUNNING");
+        assert!(claimed.definition.is_some(), "the definition, asked for");
+        assert!(claimed.steps.is_empty());
+    }
+    let written_a = claim_written(&db.pool, &a, &me_a).await;
+    assert_eq!(written_a, claim_written(&db.pool, &b, &me_b).await);
+    assert!(
+        written_a.contains("run started on worker <me>"),
+        "{written_a}"
+    );
+
+    // Claimed again (a redelivery), by the same worker: no longer PENDING, so the locked
+    // path takes it, and writes nothing more; by another worker: held elsewhere.
+    let (again, me) = (a.clone(), me_a.clone());
+    let claim = blocking(&db.pool, move |conn| {
+        storage::claim_run(conn, &again, ORG, &me, 0, now, |_| true)
+    })
+    .await
+    .expect("claim again");
+    assert!(matches!(claim, Claim::Claimed(_)));
+    assert_eq!(get_events(&db.pool, &a).await.len(), 2);
+    let (again, other) = (a.clone(), holder());
+    let claim = blocking(&db.pool, move |conn| {
+        storage::claim_run(conn, &again, ORG, &other, 0, now, |_| true)
+    })
+    .await
+    .expect("claim elsewhere");
+    assert!(matches!(claim, Claim::HeldElsewhere));
+
+    // Another org's id is not claimed by this one.
+    let (again, me) = (b.clone(), holder());
+    let claim = blocking(&db.pool, move |conn| {
+        storage::claim_run(conn, &again, OTHER_ORG, &me, 0, now, |_| true)
+    })
+    .await
+    .expect("claim in another org");
+    assert!(matches!(claim, Claim::Missing));
+}
