@@ -9,7 +9,7 @@
 //! Prints a table and writes the same figures as JSON (`BENCH_OUT`, default
 //! `target/bench/results.json`). `BENCH_SCALE` (default 1.0) scales every run count;
 //! `BENCH_WORKERS` (default `1,2`) lists the worker-process counts to measure;
-//! `BENCH_CONCURRENCY` (default 16) is each worker's `WORKER_CONCURRENCY`.
+//! `BENCH_CONCURRENCY` (default 32, the worker's default) is each worker's `WORKER_CONCURRENCY`.
 
 use diesel::prelude::*;
 use diesel::sql_types::{Double, Text};
@@ -34,9 +34,9 @@ fn scale() -> f64 {
     positive_env("BENCH_SCALE", 1.0)
 }
 
-/// `WORKER_CONCURRENCY` of each worker process (`BENCH_CONCURRENCY`, default 16).
+/// `WORKER_CONCURRENCY` of each worker process (`BENCH_CONCURRENCY`, default 32 as the worker's).
 fn concurrency() -> usize {
-    positive_env("BENCH_CONCURRENCY", 16)
+    positive_env("BENCH_CONCURRENCY", 32)
 }
 
 fn scaled(n: usize) -> usize {
