@@ -9,7 +9,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::Error;
-use diesel::sql_types::{Array, Int4, Jsonb, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Int4, Jsonb, Nullable, Text, Timestamptz};
 use serde_json::Value;
 use shared_models::models::{NewRunEvent, RunRow, StepRunRow};
 use shared_models::prepared::prepared;
@@ -71,7 +71,10 @@ pub const RUNNING_SLOT_HOLD: Duration = Duration::from_secs(1);
 ///
 /// `max_running_per_org` (0 = no cap) bounds the org's RUNNING runs: a PENDING or WAITING run
 /// that would exceed it is not started but [`Claim::Held`]. A RUNNING run taken over or
-/// redelivered adds no running run and is never held.
+/// redelivered adds no running run and is never held. The count and the start of one org's
+/// claims are serialised by the org's lock (`thygon_lock_and_count_running`, a migration),
+/// held to the claim's commit: a PENDING run below the cap is claimed in one statement
+/// ([`claim_pending`]), everything else in a transaction that locks the run first.
 ///
 /// The definition of the run's workflow version is read only when `has_definition` says the
 /// caller does not have it already (versions never change once written).
@@ -84,12 +87,10 @@ pub fn claim_run(
     now: DateTime<Utc>,
     has_definition: impl FnOnce(&RunRow) -> bool,
 ) -> Result<Claim, Error> {
-    // The common case in one statement, without an explicit transaction: a PENDING run and
-    // no cap to count against (the cap needs the org's lock, below).
-    if max_running_per_org == 0 {
-        if let Some(run) = claim_pending(conn, run_id, org_id, me, now)? {
-            return claimed(conn, run, has_definition).map(|c| Claim::Claimed(Box::new(c)));
-        }
+    // The common case in one statement, without an explicit transaction: a PENDING run whose
+    // org is below its cap. Anything else (held, WAITING, taken over, redelivered) below.
+    if let Some(run) = claim_pending(conn, run_id, org_id, me, max_running_per_org, now)? {
+        return claimed(conn, run, has_definition).map(|c| Claim::Claimed(Box::new(c)));
     }
     conn.transaction(|conn| {
         let run: Option<RunRow> = runs_table::table
@@ -189,9 +190,11 @@ fn claimed(
 
 /// Claim a PENDING run in one statement: what [`claim_run`] writes for one (RUNNING, lease,
 /// the transition and the start line), or `None` when the run is not PENDING (or not in
-/// that org). The row is locked by the update itself, so a concurrent claim or cancel
-/// waits for it and then finds the run no longer PENDING. Only without a running cap:
-/// counting the org's running runs needs the org's lock first.
+/// that org), or its org has `cap` runs RUNNING already (0 = no cap). The row is locked by
+/// the update itself, so a concurrent claim or cancel waits for it and then finds the run no
+/// longer PENDING. With a cap, `thygon_lock_and_count_running` takes the org's lock (kept
+/// until this statement commits) and counts with a snapshot taken after it: claims of one
+/// org are serialised from their count to their commit, one statement long.
 ///
 /// Its step rows are read after it commits (a retried run has some): a cancel in between
 /// clears the lease, which the run's first fenced write finds.
@@ -200,6 +203,7 @@ fn claim_pending(
     run_id: &str,
     org_id: &str,
     me: &LeaseHolder,
+    cap: u32,
     now: DateTime<Utc>,
 ) -> Result<Option<RunRow>, Error> {
     prepared(
@@ -207,6 +211,7 @@ fn claim_pending(
              UPDATE runs SET status = 'RUNNING', started_at = COALESCE(started_at, $3),
                     updated_at = $3, wake_at = NULL, lease_owner = $4, lease_expires_at = $5
              WHERE id = $1 AND org_id = $2 AND status = 'PENDING'
+               AND ($7 = 0 OR thygon_lock_and_count_running($2) < $7)
              RETURNING *
          ), logged AS (
              INSERT INTO run_events (run_id, at, kind, from_status, to_status, level, message)
@@ -225,6 +230,7 @@ fn claim_pending(
     .bind::<Text, _>(&me.worker_id)
     .bind::<Timestamptz, _>(me.expires(now))
     .bind::<Text, _>(started_log("started", me))
+    .bind::<BigInt, _>(i64::from(cap))
     .get_result(conn)
     .optional()
 }
@@ -232,8 +238,9 @@ fn claim_pending(
 /// In `claim_run`'s transaction, with the run row locked: when the run's org already has
 /// `cap` runs RUNNING, hold the run back (status unchanged, `wake_at` = now +
 /// [`RUNNING_SLOT_HOLD`], and a log line the first time a PENDING run is held) and return
-/// true. The org's transaction-scoped advisory lock serialises the count-then-start of every
-/// claim in that org, so two workers cannot both take its last slot.
+/// true. The org's transaction-scoped lock (taken by `thygon_lock_and_count_running`, which
+/// counts after it is granted) serialises the count-then-start of every claim in that org, so
+/// two workers cannot both take its last slot.
 fn hold_for_slot(
     conn: &mut PgConnection,
     run: &RunRow,
@@ -241,16 +248,15 @@ fn hold_for_slot(
     cap: u32,
     now: DateTime<Utc>,
 ) -> Result<bool, Error> {
-    // Its own statement: the count below must be read after the lock is granted (each
-    // statement of a READ COMMITTED transaction sees what was committed when it began).
-    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended('thygon-running:' || $1, 0))")
-        .bind::<diesel::sql_types::Text, _>(&run.org_id)
-        .execute(conn)?;
-    let running: i64 = runs_table::table
-        .filter(runs_table::org_id.eq(&run.org_id))
-        .filter(runs_table::status.eq(RunStatus::Running.as_str()))
-        .select(diesel::dsl::count_star())
-        .first(conn)?;
+    #[derive(QueryableByName)]
+    struct Running {
+        #[diesel(sql_type = BigInt)]
+        running: i64,
+    }
+    let running = prepared("SELECT thygon_lock_and_count_running($1) AS running")
+        .bind::<Text, _>(&run.org_id)
+        .get_result::<Running>(conn)?
+        .running;
     if running < i64::from(cap) {
         return Ok(false);
     }

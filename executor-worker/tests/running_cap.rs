@@ -392,8 +392,7 @@ async fn claim_written(pool: &PgPool, run_id: &str, me: &LeaseHolder) -> String 
 }
 
 #[tokio::test]
-async fn without_a_cap_a_pending_run_is_claimed_in_one_statement_writing_what_the_locked_path_writes(
-) {
+async fn a_pending_run_below_its_cap_is_claimed_in_one_statement_writing_what_a_claim_writes() {
     let db = test_db().await;
     let (workflow_id, a) = workflow_with_run(&db.pool, "plain", slow_workflow(), json!({})).await;
     let b = insert_runs(&db.pool, &workflow_id, 1, |_| json!({}))
@@ -402,7 +401,7 @@ async fn without_a_cap_a_pending_run_is_claimed_in_one_statement_writing_what_th
     let now = shared_models::time::now();
     let (me_a, me_b) = (holder(), holder());
 
-    // a: no cap, the one-statement claim; b: a cap far from reached, the locked path.
+    // a: no cap; b: a cap far from reached (counted under the org's lock, same statement).
     let claims = [(&a, &me_a, 0), (&b, &me_b, 1000)];
     for (run_id, me, cap) in claims {
         let (run_id, me) = (run_id.clone(), me.clone());
@@ -420,10 +419,14 @@ async fn without_a_cap_a_pending_run_is_claimed_in_one_statement_writing_what_th
     }
     let written_a = claim_written(&db.pool, &a, &me_a).await;
     assert_eq!(written_a, claim_written(&db.pool, &b, &me_b).await);
-    assert!(
-        written_a.contains("run started on worker <me>"),
-        "{written_a}"
+    let at = now.to_string();
+    let expected = format!(
+        "RUNNING started Some({now:?}) updated {at} wake None lease Some(\"<me>\") until Some({:?}) \
+         events [\"transition None Some(\\\"PENDING\\\") Some(\\\"RUNNING\\\") None None {at}\", \
+         \"log None None None Some(\\\"INFO\\\") Some(\\\"run started on worker <me>\\\") {at}\"]",
+        now + chrono::Duration::seconds(30)
     );
+    assert_eq!(written_a, expected);
 
     // Claimed again (a redelivery), by the same worker: no longer PENDING, so the locked
     // path takes it, and writes nothing more; by another worker: held elsewhere.
@@ -451,4 +454,37 @@ async fn without_a_cap_a_pending_run_is_claimed_in_one_statement_writing_what_th
     .await
     .expect("claim in another org");
     assert!(matches!(claim, Claim::Missing));
+}
+
+#[tokio::test]
+async fn concurrent_claims_of_one_org_never_start_more_than_its_cap() {
+    let db = test_db().await;
+    let (workflow_id, first) =
+        workflow_with_run(&db.pool, "crowd", slow_workflow(), json!({})).await;
+    let mut ids = vec![first];
+    ids.extend(insert_runs(&db.pool, &workflow_id, 39, |_| json!({})).await);
+    let now = shared_models::time::now();
+    // Each claim on its own connection (the pool has 8), all at once, each by its own worker.
+    let claims = ids.iter().map(|id| {
+        let (pool, id) = (db.pool.clone(), id.clone());
+        tokio::spawn(async move {
+            let me = holder();
+            blocking(&pool, move |conn| {
+                storage::claim_run(conn, &id, ORG, &me, 5, now, |_| true)
+            })
+            .await
+            .expect("claim")
+        })
+    });
+    let outcomes = futures_util::future::join_all(claims).await;
+    let claimed = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(Claim::Claimed(_))))
+        .count();
+    let held = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(Claim::Held)))
+        .count();
+    assert_eq!((claimed, held), (5, 35));
+    assert_eq!(running_in(&db.pool, ORG).await, 5);
 }

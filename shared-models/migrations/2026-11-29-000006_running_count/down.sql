@@ -1,0 +1,1 @@
+DROP FUNCTION thygon_lock_and_count_running(TEXT);
