@@ -13,7 +13,7 @@ use diesel::sql_types::{Array, BigInt, Int4, Jsonb, Nullable, Text, Timestamptz}
 use serde_json::Value;
 use shared_models::models::{NewRunEvent, RunRow, StepRunRow};
 use shared_models::prepared::prepared;
-use shared_models::runs::{self, NewRun};
+use shared_models::runs::{self, column, NewRun};
 use shared_models::schema::{runs as runs_table, step_runs, workflow_versions, workflows};
 use shared_models::status::{RunStatus, StepStatus};
 use std::time::Duration;
@@ -576,25 +576,15 @@ fn pure_steps_in(
                  started_at = excluded.started_at, completed_at = excluded.completed_at,
                  output = excluded.output, error = NULL, wake_at = NULL",
         )
-        .bind::<Array<Text>, _>(rows.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>())
-        .bind::<Array<Text>, _>(rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
-        .bind::<Array<Int4>, _>(rows.iter().map(|r| r.position).collect::<Vec<_>>())
-        .bind::<Array<Text>, _>(
-            rows.iter()
-                .map(|r| r.step_type.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Text>, _>(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
-        .bind::<Array<Int4>, _>(rows.iter().map(|r| r.attempt).collect::<Vec<_>>())
-        .bind::<Array<Nullable<Timestamptz>>, _>(
-            rows.iter().map(|r| r.started_at).collect::<Vec<_>>(),
-        )
-        .bind::<Array<Nullable<Timestamptz>>, _>(
-            rows.iter().map(|r| r.completed_at).collect::<Vec<_>>(),
-        )
-        .bind::<Array<Nullable<Jsonb>>, _>(
-            rows.iter().map(|r| r.output.as_ref()).collect::<Vec<_>>(),
-        )
+        .bind::<Array<Text>, _>(column(&rows, |r| r.run_id.as_str()))
+        .bind::<Array<Text>, _>(column(&rows, |r| r.name.as_str()))
+        .bind::<Array<Int4>, _>(column(&rows, |r| r.position))
+        .bind::<Array<Text>, _>(column(&rows, |r| r.step_type.as_str()))
+        .bind::<Array<Text>, _>(column(&rows, |r| r.status.as_str()))
+        .bind::<Array<Int4>, _>(column(&rows, |r| r.attempt))
+        .bind::<Array<Nullable<Timestamptz>>, _>(column(&rows, |r| r.started_at))
+        .bind::<Array<Nullable<Timestamptz>>, _>(column(&rows, |r| r.completed_at))
+        .bind::<Array<Nullable<Jsonb>>, _>(column(&rows, |r| r.output.as_ref()))
         .execute(conn)?;
         insert_events(conn, events)?;
     }

@@ -236,9 +236,21 @@ async fn set_status(pool: &PgPool, run_id: &str, status: &str, lease: Option<Dat
 }
 
 async fn claim(pool: &PgPool, run_id: &str, cap: u32, now: DateTime<Utc>) -> Claim {
-    let (run_id, me) = (run_id.to_string(), holder());
+    claim_as(pool, run_id, ORG, &holder(), cap, now).await
+}
+
+/// `claim_run` of `run_id` in `org` by `me` (the definition asked for).
+async fn claim_as(
+    pool: &PgPool,
+    run_id: &str,
+    org: &str,
+    me: &LeaseHolder,
+    cap: u32,
+    now: DateTime<Utc>,
+) -> Claim {
+    let (run_id, org, me) = (run_id.to_string(), org.to_string(), me.clone());
     blocking(pool, move |conn| {
-        storage::claim_run(conn, &run_id, ORG, &me, cap, now, |_| false)
+        storage::claim_run(conn, &run_id, &org, &me, cap, now, |_| false)
     })
     .await
     .expect("claim the run")
@@ -404,12 +416,7 @@ async fn a_pending_run_below_its_cap_is_claimed_in_one_statement_writing_what_a_
     // a: no cap; b: a cap far from reached (counted under the org's lock, same statement).
     let claims = [(&a, &me_a, 0), (&b, &me_b, 1000)];
     for (run_id, me, cap) in claims {
-        let (run_id, me) = (run_id.clone(), me.clone());
-        let claim = blocking(&db.pool, move |conn| {
-            storage::claim_run(conn, &run_id, ORG, &me, cap, now, |_| false)
-        })
-        .await
-        .expect("claim");
+        let claim = claim_as(&db.pool, run_id, ORG, me, cap, now).await;
         let Claim::Claimed(claimed) = claim else {
             panic!("claimed: {claim:?}");
         };
@@ -430,30 +437,15 @@ async fn a_pending_run_below_its_cap_is_claimed_in_one_statement_writing_what_a_
 
     // Claimed again (a redelivery), by the same worker: no longer PENDING, so the locked
     // path takes it, and writes nothing more; by another worker: held elsewhere.
-    let (again, me) = (a.clone(), me_a.clone());
-    let claim = blocking(&db.pool, move |conn| {
-        storage::claim_run(conn, &again, ORG, &me, 0, now, |_| true)
-    })
-    .await
-    .expect("claim again");
-    assert!(matches!(claim, Claim::Claimed(_)));
+    let again = claim_as(&db.pool, &a, ORG, &me_a, 0, now).await;
+    assert!(matches!(again, Claim::Claimed(_)));
     assert_eq!(get_events(&db.pool, &a).await.len(), 2);
-    let (again, other) = (a.clone(), holder());
-    let claim = blocking(&db.pool, move |conn| {
-        storage::claim_run(conn, &again, ORG, &other, 0, now, |_| true)
-    })
-    .await
-    .expect("claim elsewhere");
-    assert!(matches!(claim, Claim::HeldElsewhere));
+    let elsewhere = claim_as(&db.pool, &a, ORG, &holder(), 0, now).await;
+    assert!(matches!(elsewhere, Claim::HeldElsewhere));
 
     // Another org's id is not claimed by this one.
-    let (again, me) = (b.clone(), holder());
-    let claim = blocking(&db.pool, move |conn| {
-        storage::claim_run(conn, &again, OTHER_ORG, &me, 0, now, |_| true)
-    })
-    .await
-    .expect("claim in another org");
-    assert!(matches!(claim, Claim::Missing));
+    let other_org = claim_as(&db.pool, &b, OTHER_ORG, &holder(), 0, now).await;
+    assert!(matches!(other_org, Claim::Missing));
 }
 
 #[tokio::test]
@@ -467,14 +459,7 @@ async fn concurrent_claims_of_one_org_never_start_more_than_its_cap() {
     // Each claim on its own connection (the pool has 8), all at once, each by its own worker.
     let claims = ids.iter().map(|id| {
         let (pool, id) = (db.pool.clone(), id.clone());
-        tokio::spawn(async move {
-            let me = holder();
-            blocking(&pool, move |conn| {
-                storage::claim_run(conn, &id, ORG, &me, 5, now, |_| true)
-            })
-            .await
-            .expect("claim")
-        })
+        tokio::spawn(async move { claim_as(&pool, &id, ORG, &holder(), 5, now).await })
     });
     let outcomes = futures_util::future::join_all(claims).await;
     let claimed = outcomes

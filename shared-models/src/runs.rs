@@ -59,6 +59,11 @@ pub fn insert_run(conn: &mut PgConnection, run: &RunRow) -> Result<bool, Error> 
     insert_pending_runs(conn, std::slice::from_ref(run)).map(|ids| ids.len() == 1)
 }
 
+/// One field of every row, as the array bound to an `unnest` parameter.
+pub fn column<'a, T, V>(rows: &'a [T], field: impl Fn(&'a T) -> V) -> Vec<V> {
+    rows.iter().map(field).collect()
+}
+
 /// Insert new PENDING runs (made by [`pending_run`]) in one statement of fixed text; returns
 /// the ids of those inserted (an id or idempotency key already taken inserts nothing).
 pub fn insert_pending_runs(conn: &mut PgConnection, rows: &[RunRow]) -> Result<Vec<String>, Error> {
@@ -80,12 +85,6 @@ pub fn insert_pending_runs(conn: &mut PgConnection, rows: &[RunRow]) -> Result<V
         && r.lease_owner.is_none()
         && r.lease_expires_at.is_none()
         && r.wake_at.is_none()));
-    fn texts<'a>(
-        rows: &'a [RunRow],
-        f: impl Fn(&'a RunRow) -> Option<&'a str>,
-    ) -> Vec<Option<&'a str>> {
-        rows.iter().map(f).collect()
-    }
     let inserted: Vec<Inserted> = prepared(
         "INSERT INTO runs (id, org_id, workflow_id, workflow_version, status, variables,
                            created_at, updated_at, idempotency_key, request_hash, request_id,
@@ -96,23 +95,19 @@ pub fn insert_pending_runs(conn: &mut PgConnection, rows: &[RunRow]) -> Result<V
          ON CONFLICT DO NOTHING
          RETURNING id",
     )
-    .bind::<Array<Text>, _>(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(rows.iter().map(|r| r.org_id.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(
-        rows.iter()
-            .map(|r| r.workflow_id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Int4>, _>(rows.iter().map(|r| r.workflow_version).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Jsonb>, _>(rows.iter().map(|r| &r.variables).collect::<Vec<_>>())
-    .bind::<Array<Timestamptz>, _>(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
-    .bind::<Array<Timestamptz>, _>(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-    .bind::<Array<Nullable<Text>>, _>(texts(rows, |r| r.idempotency_key.as_deref()))
-    .bind::<Array<Nullable<Text>>, _>(texts(rows, |r| r.request_hash.as_deref()))
-    .bind::<Array<Nullable<Text>>, _>(texts(rows, |r| r.request_id.as_deref()))
-    .bind::<Array<Nullable<Text>>, _>(texts(rows, |r| r.parent_run_id.as_deref()))
-    .bind::<Array<Nullable<Text>>, _>(texts(rows, |r| r.parent_step.as_deref()))
+    .bind::<Array<Text>, _>(column(rows, |r| r.id.as_str()))
+    .bind::<Array<Text>, _>(column(rows, |r| r.org_id.as_str()))
+    .bind::<Array<Text>, _>(column(rows, |r| r.workflow_id.as_str()))
+    .bind::<Array<Int4>, _>(column(rows, |r| r.workflow_version))
+    .bind::<Array<Text>, _>(column(rows, |r| r.status.as_str()))
+    .bind::<Array<Jsonb>, _>(column(rows, |r| &r.variables))
+    .bind::<Array<Timestamptz>, _>(column(rows, |r| r.created_at))
+    .bind::<Array<Timestamptz>, _>(column(rows, |r| r.updated_at))
+    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.idempotency_key.as_deref()))
+    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.request_hash.as_deref()))
+    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.request_id.as_deref()))
+    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.parent_run_id.as_deref()))
+    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.parent_step.as_deref()))
     .load(conn)?;
     Ok(inserted.into_iter().map(|r| r.id).collect())
 }
@@ -139,8 +134,8 @@ pub fn enqueue_jobs(
          SELECT * FROM unnest($1::text[], $2::jsonb[])
          RETURNING run_id, id",
     )
-    .bind::<Array<Text>, _>(jobs.iter().map(|(run, _)| *run).collect::<Vec<_>>())
-    .bind::<Array<Jsonb>, _>(jobs.iter().map(|(_, payload)| *payload).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(column(jobs, |(run, _)| *run))
+    .bind::<Array<Jsonb>, _>(column(jobs, |(_, payload)| *payload))
     .load(conn)?;
     Ok(queued.into_iter().map(|q| (q.run_id, q.id)).collect())
 }
@@ -224,34 +219,14 @@ pub fn insert_events(conn: &mut PgConnection, events: &[NewRunEvent]) -> Result<
          SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[],
                               $5::text[], $6::text[], $7::text[], $8::text[])",
     )
-    .bind::<Array<Text>, _>(events.iter().map(|e| e.run_id.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Timestamptz>, _>(events.iter().map(|e| e.at).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Nullable<Text>>, _>(events.iter().map(|e| e.step.as_deref()).collect::<Vec<_>>())
-    .bind::<Array<Nullable<Text>>, _>(
-        events
-            .iter()
-            .map(|e| e.from_status.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Nullable<Text>>, _>(
-        events
-            .iter()
-            .map(|e| e.to_status.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Nullable<Text>>, _>(
-        events
-            .iter()
-            .map(|e| e.level.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Nullable<Text>>, _>(
-        events
-            .iter()
-            .map(|e| e.message.as_deref())
-            .collect::<Vec<_>>(),
-    )
+    .bind::<Array<Text>, _>(column(events, |e| e.run_id.as_str()))
+    .bind::<Array<Timestamptz>, _>(column(events, |e| e.at))
+    .bind::<Array<Text>, _>(column(events, |e| e.kind.as_str()))
+    .bind::<Array<Nullable<Text>>, _>(column(events, |e| e.step.as_deref()))
+    .bind::<Array<Nullable<Text>>, _>(column(events, |e| e.from_status.as_deref()))
+    .bind::<Array<Nullable<Text>>, _>(column(events, |e| e.to_status.as_deref()))
+    .bind::<Array<Nullable<Text>>, _>(column(events, |e| e.level.as_deref()))
+    .bind::<Array<Nullable<Text>>, _>(column(events, |e| e.message.as_deref()))
     .execute(conn)
     .map(|_| ())
 }
