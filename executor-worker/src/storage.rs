@@ -18,6 +18,18 @@ use shared_models::schema::{runs as runs_table, step_runs, workflow_versions, wo
 use shared_models::status::{RunStatus, StepStatus};
 use std::time::Duration;
 
+/// The columns of [`RunRow`], for the `RETURNING` of prepared statements: a list, not `*`, so
+/// that a column added by a later release's migration does not change the result type of a
+/// statement prepared before it on a live connection (PostgreSQL refuses those: "cached plan
+/// must not change result type").
+macro_rules! run_columns {
+    () => {
+        "id, org_id, workflow_id, workflow_version, status, variables, output, error, \
+         created_at, updated_at, started_at, completed_at, lease_owner, lease_expires_at, \
+         idempotency_key, request_hash, request_id, parent_run_id, parent_step, wake_at"
+    };
+}
+
 /// Who is writing, and for how long a claim or heartbeat holds the run.
 #[derive(Debug, Clone)]
 pub struct LeaseHolder {
@@ -119,12 +131,13 @@ pub fn claim_run(
             return Ok(Claim::Held);
         }
         // The row is locked: `started_at` stays what it was read as, or becomes now.
-        let claimed_row: RunRow = prepared(
+        let claimed_row: RunRow = prepared(concat!(
             "UPDATE runs SET status = 'RUNNING', started_at = COALESCE(started_at, $2),
                     updated_at = $2, wake_at = NULL, lease_owner = $3, lease_expires_at = $4
              WHERE id = $1
-             RETURNING *",
-        )
+             RETURNING ",
+            run_columns!()
+        ))
         .bind::<Text, _>(run_id)
         .bind::<Timestamptz, _>(now)
         .bind::<Text, _>(&me.worker_id)
@@ -206,13 +219,15 @@ fn claim_pending(
     cap: u32,
     now: DateTime<Utc>,
 ) -> Result<Option<RunRow>, Error> {
-    prepared(
+    prepared(concat!(
         "WITH claimed AS (
              UPDATE runs SET status = 'RUNNING', started_at = COALESCE(started_at, $3),
                     updated_at = $3, wake_at = NULL, lease_owner = $4, lease_expires_at = $5
              WHERE id = $1 AND org_id = $2 AND status = 'PENDING'
                AND ($7 = 0 OR thygon_lock_and_count_running($2) < $7)
-             RETURNING *
+             RETURNING ",
+        run_columns!(),
+        "
          ), logged AS (
              INSERT INTO run_events (run_id, at, kind, from_status, to_status, level, message)
              SELECT c.id, $3, e.kind, e.from_status, e.to_status, e.level, e.message
@@ -222,8 +237,8 @@ fn claim_pending(
                   AS e(position, kind, from_status, to_status, level, message)
              ORDER BY e.position
          )
-         SELECT * FROM claimed",
-    )
+         SELECT * FROM claimed"
+    ))
     .bind::<Text, _>(run_id)
     .bind::<Text, _>(org_id)
     .bind::<Timestamptz, _>(now)
@@ -1185,4 +1200,34 @@ pub fn release_lease(
     ))
     .execute(conn)
     .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_returned_run_columns_are_those_of_run_row() {
+        let select = diesel::debug_query::<diesel::pg::Pg, _>(
+            &runs_table::table.select(RunRow::as_select()),
+        )
+        .to_string();
+        let from_diesel: Vec<String> = select
+            .trim_start_matches("SELECT ")
+            .split(" FROM")
+            .next()
+            .unwrap_or_default()
+            .split(", ")
+            .map(|c| {
+                c.trim_start_matches("\"runs\".")
+                    .trim_matches('"')
+                    .to_string()
+            })
+            .collect();
+        let listed: Vec<String> = run_columns!()
+            .split(',')
+            .map(|c| c.trim().to_string())
+            .collect();
+        assert_eq!(listed, from_diesel);
+    }
 }

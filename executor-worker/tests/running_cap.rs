@@ -473,3 +473,36 @@ async fn concurrent_claims_of_one_org_never_start_more_than_its_cap() {
     assert_eq!((claimed, held), (5, 35));
     assert_eq!(running_in(&db.pool, ORG).await, 5);
 }
+
+#[tokio::test]
+async fn prepared_claims_keep_working_on_their_connection_after_a_column_is_added_to_runs() {
+    let db = test_db().await;
+    let (workflow_id, first) =
+        workflow_with_run(&db.pool, "migrated", slow_workflow(), json!({})).await;
+    let mut ids = vec![first];
+    ids.extend(insert_runs(&db.pool, &workflow_id, 3, |_| json!({})).await);
+    let now = shared_models::time::now();
+    set_status(&db.pool, &ids[1], "WAITING", None).await;
+    set_status(&db.pool, &ids[3], "WAITING", None).await;
+    let db_url = db.url.clone();
+    let claims = tokio::task::spawn_blocking(move || {
+        // One connection throughout, as a pooled one lives on while a new release migrates.
+        let mut conn = PgConnection::establish(&db_url).expect("connect");
+        let mut claim = |conn: &mut PgConnection, id: &str| {
+            storage::claim_run(conn, id, ORG, &holder(), 100, now, |_| true)
+        };
+        // A PENDING run (one statement) and a WAITING one (the locked path), prepared here.
+        let before = [claim(&mut conn, &ids[0]), claim(&mut conn, &ids[1])];
+        let mut other = PgConnection::establish(&db_url).expect("connect");
+        diesel::sql_query("ALTER TABLE runs ADD COLUMN added_by_a_later_release TEXT")
+            .execute(&mut other)
+            .expect("add a column");
+        let after = [claim(&mut conn, &ids[2]), claim(&mut conn, &ids[3])];
+        before.into_iter().chain(after).collect::<Vec<_>>()
+    })
+    .await
+    .expect("the claims");
+    for claim in claims {
+        assert!(matches!(claim, Ok(Claim::Claimed(_))), "{claim:?}");
+    }
+}

@@ -13,7 +13,9 @@
 //! [`Prepared::bind`]; rows load through `QueryableByName`, as with `sql_query`.
 //!
 //! Only text fixed at compile time belongs here: a statement built from input would fill the
-//! cache with one prepared statement per variant.
+//! cache with one prepared statement per variant. A statement that returns rows names its
+//! columns, never `*`: it outlives migrations on a live connection, and PostgreSQL refuses
+//! to re-plan a prepared statement whose result type changed.
 
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
