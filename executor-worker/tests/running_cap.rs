@@ -488,7 +488,7 @@ async fn prepared_claims_keep_working_on_their_connection_after_a_column_is_adde
     let claims = tokio::task::spawn_blocking(move || {
         // One connection throughout, as a pooled one lives on while a new release migrates.
         let mut conn = PgConnection::establish(&db_url).expect("connect");
-        let mut claim = |conn: &mut PgConnection, id: &str| {
+        let claim = |conn: &mut PgConnection, id: &str| {
             storage::claim_run(conn, id, ORG, &holder(), 100, now, |_| true)
         };
         // A PENDING run (one statement) and a WAITING one (the locked path), prepared here.
