@@ -172,7 +172,7 @@ pub fn claim_run(
             );
             events.push(NewRunEvent::log(run_id, now, None, "WARN", message));
         }
-        insert_events(conn, events)?;
+        runs::insert_events(conn, &events)?;
         claimed(conn, claimed_row, has_definition).map(|c| Claim::Claimed(Box::new(c)))
     })
 }
@@ -287,9 +287,9 @@ fn hold_for_slot(
         let message = format!(
             "waiting for a running slot: org has {running} of {cap} runs running (MAX_RUNNING_PER_ORG)"
         );
-        insert_events(
+        runs::insert_events(
             conn,
-            vec![NewRunEvent::log(&run.id, now, None, "INFO", message)],
+            &[NewRunEvent::log(&run.id, now, None, "INFO", message)],
         )?;
     }
     Ok(true)
@@ -309,10 +309,6 @@ pub fn load_steps(conn: &mut PgConnection, run_id: &str) -> Result<Vec<StepRunRo
         .select(StepRunRow::as_select())
         .order(step_runs::position)
         .load(conn)
-}
-
-fn insert_events(conn: &mut PgConnection, events: Vec<NewRunEvent>) -> Result<(), Error> {
-    runs::insert_events(conn, &events)
 }
 
 /// Touch the run while holding its lease: extends the lease and moves `updatedAt`.
@@ -400,7 +396,7 @@ pub fn start_step(
         row.attempt = attempt;
         row.started_at = Some(now);
         upsert_step(conn, &row)?;
-        insert_events(conn, start_events(step, &from, attempt, now))?;
+        runs::insert_events(conn, &start_events(step, &from, attempt, now))?;
         Ok(Ok(attempt))
     })
 }
@@ -601,7 +597,7 @@ fn pure_steps_in(
         .bind::<Array<Nullable<Timestamptz>>, _>(column(&rows, |r| r.completed_at))
         .bind::<Array<Nullable<Jsonb>>, _>(column(&rows, |r| r.output.as_ref()))
         .execute(conn)?;
-        insert_events(conn, events)?;
+        runs::insert_events(conn, &events)?;
     }
     Ok(steps
         .iter()
@@ -686,7 +682,7 @@ fn finish_runs_in(
         .filter(|e| ended.contains(&e.run_id))
         .flat_map(|e| end_events(&e.run_id, e.status, e.error.as_deref(), now))
         .collect();
-    insert_events(conn, events)?;
+    runs::insert_events(conn, &events)?;
     Ok(ends
         .iter()
         .map(|e| {
@@ -901,7 +897,7 @@ pub fn record_step(
             change.log.0,
             change.log.1.clone(),
         ));
-        insert_events(conn, events)?;
+        runs::insert_events(conn, &events)?;
         Ok(Fenced::Written)
     })
 }
@@ -1067,9 +1063,9 @@ pub fn park_run(
             ))
             .execute(conn)?;
         let message = format!("run waiting for: {}", waiting.join(", "));
-        insert_events(
+        runs::insert_events(
             conn,
-            vec![
+            &[
                 NewRunEvent::transition(
                     run_id,
                     now,
@@ -1167,7 +1163,7 @@ pub fn finish_run(
         // Children of cancelled subworkflow steps must not run on as orphans.
         runs::cancel_descendants(conn, run, children, now)?;
         events.extend(end_events(&run.id, end.status, end.error.as_deref(), now));
-        insert_events(conn, events)?;
+        runs::insert_events(conn, &events)?;
         if let Some(parent) = &run.parent_run_id {
             runs::enqueue_job(
                 conn,
