@@ -471,6 +471,11 @@ async fn measure(workers: usize) -> Value {
     })
 }
 
+/// `"<p50> / <p99> ms"` of the measurement `key` of one result.
+fn p50_p99(r: &Value, key: &str) -> String {
+    format!("{} / {} ms", r[key]["p50_ms"], r[key]["p99_ms"])
+}
+
 /// A table row: what, the target, and how to read it from one result.
 type Row = (&'static str, &'static str, Box<dyn Fn(&Value) -> String>);
 
@@ -488,7 +493,7 @@ fn print_table(results: &[Value]) {
         (
             "trigger latency p50 / p99",
             "p99 <= 20 ms",
-            Box::new(|r| format!("{} / {} ms", r["trigger"]["p50_ms"], r["trigger"]["p99_ms"])),
+            Box::new(|r| p50_p99(r, "trigger")),
         ),
         (
             "trigger throughput, workers paused",
@@ -498,12 +503,7 @@ fn print_table(results: &[Value]) {
         (
             "  its latency p50 / p99",
             "p99 <= 20 ms",
-            Box::new(|r| {
-                format!(
-                    "{} / {} ms",
-                    r["trigger_alone"]["p50_ms"], r["trigger_alone"]["p99_ms"]
-                )
-            }),
+            Box::new(|r| p50_p99(r, "trigger_alone")),
         ),
         (
             "end to end, 1 step",
@@ -518,24 +518,12 @@ fn print_table(results: &[Value]) {
         (
             "latency at 100 runs/s (1 step) p50 / p99",
             "<= 5 / 10 ms",
-            Box::new(|r| {
-                format!(
-                    "{} / {} ms",
-                    r["latency_1_step_at_100_per_s"]["p50_ms"],
-                    r["latency_1_step_at_100_per_s"]["p99_ms"]
-                )
-            }),
+            Box::new(|r| p50_p99(r, "latency_1_step_at_100_per_s")),
         ),
         (
             "latency at 20 runs/s (10 steps) p50 / p99",
             "",
-            Box::new(|r| {
-                format!(
-                    "{} / {} ms",
-                    r["latency_10_steps_at_20_per_s"]["p50_ms"],
-                    r["latency_10_steps_at_20_per_s"]["p99_ms"]
-                )
-            }),
+            Box::new(|r| p50_p99(r, "latency_10_steps_at_20_per_s")),
         ),
         (
             "per step transition",

@@ -12,8 +12,8 @@ use diesel::result::Error;
 use diesel::sql_types::{Array, BigInt, Int4, Jsonb, Nullable, Text, Timestamptz};
 use serde_json::Value;
 use shared_models::models::{NewRunEvent, RunRow, StepRunRow};
-use shared_models::prepared::prepared;
-use shared_models::runs::{self, column, NewRun};
+use shared_models::prepared::{column, prepared, Id};
+use shared_models::runs::{self, NewRun};
 use shared_models::schema::{runs as runs_table, step_runs, workflow_versions, workflows};
 use shared_models::status::{RunStatus, StepStatus};
 use std::time::Duration;
@@ -510,7 +510,7 @@ fn pure_steps_in(
     let mut ids: Vec<&str> = steps.iter().map(|s| s.record.run_id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    let held: Vec<RunId> = prepared(
+    let held: Vec<Id> = prepared(
         "UPDATE runs SET updated_at = $1, lease_expires_at = $2
          WHERE id = ANY($3) AND lease_owner = $4
          RETURNING id",
@@ -633,12 +633,6 @@ impl RunFinish {
     }
 }
 
-#[derive(QueryableByName)]
-struct RunId {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    id: String,
-}
-
 /// End many runs (each as [`finish_run`] would) in one transaction of two statements, each
 /// fenced by its own lease. Returns, in the order given, whether each was written.
 pub fn finish_runs(
@@ -656,11 +650,7 @@ fn finish_runs_in(
     me: &LeaseHolder,
     now: DateTime<Utc>,
 ) -> Result<Vec<Fenced>, Error> {
-    let ids: Vec<&str> = ends.iter().map(|e| e.run_id.as_str()).collect();
-    let statuses: Vec<&str> = ends.iter().map(|e| e.status.as_str()).collect();
-    let outputs: Vec<Option<Value>> = ends.iter().map(|e| e.output.clone()).collect();
-    let errors: Vec<Option<&str>> = ends.iter().map(|e| e.error.as_deref()).collect();
-    let ended: Vec<RunId> = prepared(
+    let ended: Vec<Id> = prepared(
         "UPDATE runs AS r SET status = v.status, output = v.output, error = v.error,
                 completed_at = $1, updated_at = $1, wake_at = NULL,
                 lease_owner = NULL, lease_expires_at = NULL
@@ -670,10 +660,10 @@ fn finish_runs_in(
          RETURNING r.id",
     )
     .bind::<Timestamptz, _>(now)
-    .bind::<Array<Text>, _>(&ids)
-    .bind::<Array<Text>, _>(&statuses)
-    .bind::<Array<Nullable<Jsonb>>, _>(&outputs)
-    .bind::<Array<Nullable<Text>>, _>(&errors)
+    .bind::<Array<Text>, _>(column(ends, |e| e.run_id.as_str()))
+    .bind::<Array<Text>, _>(column(ends, |e| e.status.as_str()))
+    .bind::<Array<Nullable<Jsonb>>, _>(column(ends, |e| e.output.as_ref()))
+    .bind::<Array<Nullable<Text>>, _>(column(ends, |e| e.error.as_deref()))
     .bind::<Text, _>(&me.worker_id)
     .load(conn)?;
     let ended: std::collections::HashSet<String> = ended.into_iter().map(|r| r.id).collect();

@@ -24,6 +24,18 @@ use diesel::sql_types::{HasSqlType, Untyped};
 use diesel::{QueryResult, RunQueryDsl};
 use std::marker::PhantomData;
 
+/// One field of every row, as the array bound to an `unnest` (or `= ANY`) parameter.
+pub fn column<'a, T, V>(rows: &'a [T], field: impl Fn(&'a T) -> V) -> Vec<V> {
+    rows.iter().map(field).collect()
+}
+
+/// A row of one text column `id`: what `RETURNING id` gives.
+#[derive(Debug, diesel::QueryableByName)]
+pub struct Id {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub id: String,
+}
+
 /// A statement of fixed text, prepared once per connection; see the module docs.
 #[derive(Debug, Clone, Copy)]
 #[must_use = "queries are only executed when calling `execute`, `load` or similar"]

@@ -6,7 +6,7 @@
 use crate::graph::step_outline;
 use crate::ids::RunId;
 use crate::models::{NewOutbox, NewRunEvent, RunRow, StepRunRow};
-use crate::prepared::prepared;
+use crate::prepared::{column, prepared, Id};
 use crate::queue::RunJob;
 use crate::schema::{outbox, runs, step_runs, workflow_versions};
 use crate::status::{RunStatus, StepStatus};
@@ -59,20 +59,10 @@ pub fn insert_run(conn: &mut PgConnection, run: &RunRow) -> Result<bool, Error> 
     insert_pending_runs(conn, std::slice::from_ref(run)).map(|ids| ids.len() == 1)
 }
 
-/// One field of every row, as the array bound to an `unnest` parameter.
-pub fn column<'a, T, V>(rows: &'a [T], field: impl Fn(&'a T) -> V) -> Vec<V> {
-    rows.iter().map(field).collect()
-}
-
 /// Insert new PENDING runs (made by [`pending_run`]) in one statement of fixed text; returns
 /// the ids of those inserted (an id or idempotency key already taken inserts nothing).
 pub fn insert_pending_runs(conn: &mut PgConnection, rows: &[RunRow]) -> Result<Vec<String>, Error> {
     use diesel::sql_types::{Array, Int4, Jsonb, Nullable, Text, Timestamptz};
-    #[derive(QueryableByName)]
-    struct Inserted {
-        #[diesel(sql_type = Text)]
-        id: String,
-    }
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -85,7 +75,7 @@ pub fn insert_pending_runs(conn: &mut PgConnection, rows: &[RunRow]) -> Result<V
         && r.lease_owner.is_none()
         && r.lease_expires_at.is_none()
         && r.wake_at.is_none()));
-    let inserted: Vec<Inserted> = prepared(
+    let inserted: Vec<Id> = prepared(
         "INSERT INTO runs (id, org_id, workflow_id, workflow_version, status, variables,
                            created_at, updated_at, idempotency_key, request_hash, request_id,
                            parent_run_id, parent_step)
