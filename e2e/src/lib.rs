@@ -85,11 +85,46 @@ pub struct Stack {
     release: bool,
 }
 
+/// A port no other process of this test binary has been given, free when probed.
+///
+/// `bind("127.0.0.1:0")` alone is not enough: the kernel picks such ports from the same
+/// ephemeral range it takes outgoing connections' source ports from, and forgets one as soon
+/// as the probe closes, so two stacks starting at once could both be handed it (CI saw a
+/// test's gateway forward `POST /admin/orgs` to another stack's worker). Ports here come from
+/// below the ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`), where the kernel never
+/// picks one by itself, in turn from a per-process counter (never twice in one binary) that
+/// starts at an offset from the pid (so two binaries at once start far apart), and are probed
+/// before use.
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = port_pool();
+    let size = u32::from(high - low);
+    let start = std::process::id().wrapping_mul(7919) % size;
+    for _ in 0..size {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = low + ((start + n) % size) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{high}");
+}
+
+/// The ports [`free_port`] hands out: below the kernel's ephemeral range when that leaves
+/// room (10000 up to its start), else above it.
+fn port_pool() -> (u16, u16) {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok();
+    let bounds: Vec<u16> = range
+        .iter()
+        .flat_map(|r| r.split_whitespace())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    match bounds[..] {
+        [first, _] if first >= 12_000 => (10_000, first),
+        [_, last] if last <= 60_000 => (last + 1, 65_535),
+        _ => (20_000, 32_768),
+    }
 }
 
 pub fn workspace_root() -> PathBuf {

@@ -224,10 +224,7 @@ impl PrivateRabbit {
             std::fs::create_dir_all(dir.join(sub)).expect("temp dir");
         }
         let port = free_port();
-        let mut dist_port = free_port();
-        while dist_port == port {
-            dist_port = free_port();
-        }
+        let dist_port = free_port();
         std::fs::write(
             dir.join("rabbitmq.conf"),
             format!("listeners.tcp.1 = 127.0.0.1:{port}\n"),
