@@ -14,6 +14,7 @@
 
 use crate::agents::AgentRegistry;
 use crate::checkpoints::Checkpointer;
+use crate::claims::Claimer;
 use crate::steps::{self, StepEnv};
 use crate::storage::{
     self, Claim, ClaimedRun, Fenced, LeaseHolder, Park, PureStep, RunEnd, RunFinish, StepChange,
@@ -53,9 +54,11 @@ pub struct Engine {
     pub agent_timeout: Duration,
     /// At most this many runs of one org RUNNING at once (`MAX_RUNNING_PER_ORG`; 0 = no cap):
     /// a job that would start one more is held back (see [`Claim::Held`]).
-    pub max_running_per_org: u32,
+    max_running_per_org: u32,
     /// Where pure steps are checkpointed (group commit across runs).
     pub checkpoints: Checkpointer,
+    /// Where jobs' runs are claimed (group commit across the jobs that arrive together).
+    pub claims: Claimer,
     /// Workflow versions already compiled by this worker.
     pub graphs: Arc<GraphCache>,
 }
@@ -103,7 +106,7 @@ impl GraphCache {
 }
 
 impl Engine {
-    /// An engine, with its checkpoint writer started on the current tokio runtime.
+    /// An engine, with its claimer and checkpoint writer started on the current tokio runtime.
     pub fn new(
         pool: PgPool,
         agents: AgentRegistry,
@@ -112,9 +115,16 @@ impl Engine {
         agent_timeout: Duration,
         max_running_per_org: u32,
     ) -> Self {
+        let graphs: Arc<GraphCache> = Arc::default();
         Self {
             checkpoints: Checkpointer::start(pool.clone(), me.clone()),
-            graphs: Arc::default(),
+            claims: Claimer::start(
+                pool.clone(),
+                me.clone(),
+                max_running_per_org,
+                graphs.clone(),
+            ),
+            graphs,
             pool,
             agents,
             http,
@@ -256,19 +266,13 @@ impl Engine {
     }
 
     async fn process_in_context(&self, job: &RunJob) -> (JobOutcome, &'static str) {
-        let (run_id, org_id, me) = (job.run_id.clone(), job.org_id.clone(), self.me.clone());
-        let cap = self.max_running_per_org;
-        let now = shared_models::time::now();
-        let graphs = self.graphs.clone();
-        let claim = blocking(&self.pool, move |conn| {
-            let mut cached = None;
-            let claim = storage::claim_run(conn, &run_id, &org_id, &me, cap, now, |run| {
-                cached = graphs.get(run);
-                cached.is_some()
-            })?;
-            Ok((claim, cached))
-        })
-        .await;
+        let claim = self
+            .claims
+            .claim(storage::ClaimJob {
+                run_id: job.run_id.clone(),
+                org_id: job.org_id.clone(),
+            })
+            .await;
         match claim {
             Err(e) => (JobOutcome::Retry(e.to_string()), "retry"),
             Ok((Claim::Missing, _)) => (

@@ -10,11 +10,15 @@
 //! - [`metrics`]: step durations, jobs in flight and settled, runs finished (`/metrics`).
 //! - [`steps`]: one executor per step type.
 //! - [`agents`]: the agent registry and the HTTP and OpenAI-compatible agent protocols.
+//! - [`batches`]: group commit: one task writes what many runs hand it, together.
+//! - [`claims`]: the claims of the jobs that arrive together, in one statement.
 //! - [`checkpoints`]: group commit of pure-step checkpoints across the runs in flight.
 //! - [`storage`]: plain diesel functions, every write fenced by the run's lease.
 
 pub mod agents;
+pub mod batches;
 pub mod checkpoints;
+pub mod claims;
 pub mod config;
 pub mod consumer;
 pub mod dead_letters;

@@ -66,6 +66,15 @@ pub static CHECKPOINT_BATCH: LazyLock<Histogram> = LazyLock::new(|| {
     .expect("register thygon_checkpoint_batch_size")
 });
 
+pub static CLAIM_BATCH: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "thygon_claim_batch_size",
+        "Jobs claimed per statement (group commit of the claims that arrive together)",
+        vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]
+    )
+    .expect("register thygon_claim_batch_size")
+});
+
 /// Register every metric above, so a scrape shows them before their first sample.
 pub fn register() {
     LazyLock::force(&STEP_DURATION);
@@ -73,4 +82,5 @@ pub fn register() {
     LazyLock::force(&JOBS_TOTAL);
     LazyLock::force(&RUNS_FINISHED);
     LazyLock::force(&CHECKPOINT_BATCH);
+    LazyLock::force(&CLAIM_BATCH);
 }

@@ -68,7 +68,7 @@ pub enum Claim {
 }
 
 /// Outcome of a fenced write.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fenced {
     Written,
     LeaseLost,
@@ -86,7 +86,8 @@ pub const RUNNING_SLOT_HOLD: Duration = Duration::from_secs(1);
 /// redelivered adds no running run and is never held. The count and the start of one org's
 /// claims are serialised by the org's lock (`thygon_lock_and_count_running`, a migration),
 /// held to the claim's commit: a PENDING run below the cap is claimed in one statement
-/// ([`claim_pending`]), everything else in a transaction that locks the run first.
+/// ([`claim_pending`]), everything else in a transaction that locks the run first
+/// ([`claim_locked`]).
 ///
 /// The definition of the run's workflow version is read only when `has_definition` says the
 /// caller does not have it already (versions never change once written).
@@ -97,13 +98,84 @@ pub fn claim_run(
     me: &LeaseHolder,
     max_running_per_org: u32,
     now: DateTime<Utc>,
-    has_definition: impl FnOnce(&RunRow) -> bool,
+    has_definition: impl FnMut(&RunRow) -> bool,
 ) -> Result<Claim, Error> {
-    // The common case in one statement, without an explicit transaction: a PENDING run whose
-    // org is below its cap. Anything else (held, WAITING, taken over, redelivered) below.
-    if let Some(run) = claim_pending(conn, run_id, org_id, me, max_running_per_org, now)? {
-        return claimed(conn, run, has_definition).map(|c| Claim::Claimed(Box::new(c)));
+    let job = ClaimJob {
+        run_id: run_id.to_string(),
+        org_id: org_id.to_string(),
+    };
+    let mut claims = claim_runs(conn, &[job], me, max_running_per_org, now, has_definition)?;
+    claims.pop().unwrap_or(Ok(Claim::Missing))
+}
+
+/// A job to claim: its run, in its org.
+#[derive(Debug, Clone)]
+pub struct ClaimJob {
+    pub run_id: String,
+    pub org_id: String,
+}
+
+/// [`claim_run`] for many jobs at once, one answer per job, in order: the PENDING runs below
+/// their orgs' caps are claimed together in one statement ([`claim_pending`]) and their step
+/// rows read in one query; each of the others (held, WAITING, taken over, redelivered, ended,
+/// missing) goes through [`claim_locked`] on its own, and only its own answer is an error when
+/// that fails. The outer error is the batch statement's: nothing was claimed.
+///
+/// The run ids must be distinct (the consumer never hands one worker the same run twice at
+/// once); a repeated id is answered [`Claim::HeldElsewhere`] after its first.
+pub fn claim_runs(
+    conn: &mut PgConnection,
+    jobs: &[ClaimJob],
+    me: &LeaseHolder,
+    max_running_per_org: u32,
+    now: DateTime<Utc>,
+    mut has_definition: impl FnMut(&RunRow) -> bool,
+) -> Result<Vec<Result<Claim, Error>>, Error> {
+    let pending = claim_pending(conn, jobs, me, max_running_per_org, now)?;
+    let ids: Vec<&str> = pending.iter().map(|r| r.id.as_str()).collect();
+    let mut steps = load_steps_of(conn, &ids)?;
+    let mut claimed: std::collections::HashMap<String, RunRow> =
+        pending.into_iter().map(|r| (r.id.clone(), r)).collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut answers = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        if !seen.insert(job.run_id.as_str()) {
+            answers.push(Ok(Claim::HeldElsewhere));
+            continue;
+        }
+        let answer = match claimed.remove(&job.run_id) {
+            Some(run) => {
+                let steps = steps.remove(&run.id).unwrap_or_default();
+                with_definition(conn, run, steps, &mut has_definition)
+                    .map(|c| Claim::Claimed(Box::new(c)))
+            }
+            None => claim_locked(
+                conn,
+                &job.run_id,
+                &job.org_id,
+                me,
+                max_running_per_org,
+                now,
+                &mut has_definition,
+            ),
+        };
+        answers.push(answer);
     }
+    Ok(answers)
+}
+
+/// The claim of one run that [`claim_pending`] did not take, in a transaction that locks the
+/// run first: a WAITING run (resumed), a RUNNING run (taken over or redelivered), a run held
+/// at its org's cap, or nothing to do (ended, held elsewhere, missing).
+fn claim_locked(
+    conn: &mut PgConnection,
+    run_id: &str,
+    org_id: &str,
+    me: &LeaseHolder,
+    max_running_per_org: u32,
+    now: DateTime<Utc>,
+    has_definition: impl FnMut(&RunRow) -> bool,
+) -> Result<Claim, Error> {
     conn.transaction(|conn| {
         let run: Option<RunRow> = runs_table::table
             .find(run_id)
@@ -173,7 +245,9 @@ pub fn claim_run(
             events.push(NewRunEvent::log(run_id, now, None, "WARN", message));
         }
         runs::insert_events(conn, &events)?;
-        claimed(conn, claimed_row, has_definition).map(|c| Claim::Claimed(Box::new(c)))
+        let steps = load_steps(conn, run_id)?;
+        with_definition(conn, claimed_row, steps, has_definition)
+            .map(|c| Claim::Claimed(Box::new(c)))
     })
 }
 
@@ -181,19 +255,19 @@ fn started_log(verb: &str, me: &LeaseHolder) -> String {
     format!("run {verb} on worker {}", me.worker_id)
 }
 
-/// A claimed run with what it needs to resume: its definition when the caller has not got it,
-/// and its step rows.
-fn claimed(
+/// A claimed run with what it needs to resume: its step rows, and its definition when the
+/// caller has not got it.
+fn with_definition(
     conn: &mut PgConnection,
     run: RunRow,
-    has_definition: impl FnOnce(&RunRow) -> bool,
+    steps: Vec<StepRunRow>,
+    mut has_definition: impl FnMut(&RunRow) -> bool,
 ) -> Result<ClaimedRun, Error> {
     let definition = if has_definition(&run) {
         None
     } else {
         Some(load_definition(conn, &run)?)
     };
-    let steps = load_steps(conn, &run.id)?;
     Ok(ClaimedRun {
         run,
         definition,
@@ -201,30 +275,52 @@ fn claimed(
     })
 }
 
-/// Claim a PENDING run in one statement: what [`claim_run`] writes for one (RUNNING, lease,
-/// the transition and the start line), or `None` when the run is not PENDING (or not in
-/// that org), or its org has `cap` runs RUNNING already (0 = no cap). The row is locked by
-/// the update itself, so a concurrent claim or cancel waits for it and then finds the run no
-/// longer PENDING. With a cap, `thygon_lock_and_count_running` takes the org's lock (kept
-/// until this statement commits) and counts with a snapshot taken after it: claims of one
-/// org are serialised from their count to their commit, one statement long.
+/// Claim the PENDING runs among `jobs` in one statement (no explicit transaction): what
+/// [`claim_locked`] writes for each (RUNNING, lease, the transition and the start line), for
+/// as many of each org's runs, in the jobs' order, as its cap (0 = none) leaves room for.
+/// Returns the runs claimed; a job whose run is not PENDING (or not in that org), or that its
+/// org's cap leaves out, is not among them.
 ///
-/// Its step rows are read after it commits (a retried run has some): a cancel in between
-/// clears the lease, which the run's first fenced write finds.
+/// Rows are locked by the update itself, so a concurrent claim or cancel waits for it and then
+/// finds the run no longer PENDING. With a cap, `thygon_lock_and_count_running` takes each
+/// org's lock (kept until this statement commits), in the orgs' order so that two batches
+/// cannot wait on each other, and counts with a snapshot taken after it: claims of one org are
+/// serialised from their count to their commit, one statement long. A run that stopped being
+/// PENDING between the statement's snapshot and its update still used a place, so a batch
+/// may start fewer than the cap allows, never more.
+///
+/// Step rows are read after it commits (a retried run has some): a cancel in between clears
+/// the lease, which the run's first fenced write finds.
 fn claim_pending(
     conn: &mut PgConnection,
-    run_id: &str,
-    org_id: &str,
+    jobs: &[ClaimJob],
     me: &LeaseHolder,
     cap: u32,
     now: DateTime<Utc>,
-) -> Result<Option<RunRow>, Error> {
+) -> Result<Vec<RunRow>, Error> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
     prepared(concat!(
-        "WITH claimed AS (
+        "WITH batch AS (
+             SELECT b.id, b.org_id, b.position
+             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS b(id, org_id, position)
+         ), pending AS (
+             SELECT r.id, r.org_id,
+                    row_number() OVER (PARTITION BY r.org_id ORDER BY b.position) AS place
+             FROM batch b JOIN runs r ON r.id = b.id AND r.org_id = b.org_id
+             WHERE r.status = 'PENDING'
+         ), slots AS (
+             SELECT o.org_id, $7 - thygon_lock_and_count_running(o.org_id) AS free
+             FROM (SELECT DISTINCT org_id FROM pending ORDER BY org_id) o
+             WHERE $7 > 0
+         ), admitted AS (
+             SELECT p.id FROM pending p
+             WHERE $7 = 0 OR p.place <= (SELECT s.free FROM slots s WHERE s.org_id = p.org_id)
+         ), claimed AS (
              UPDATE runs SET status = 'RUNNING', started_at = COALESCE(started_at, $3),
                     updated_at = $3, wake_at = NULL, lease_owner = $4, lease_expires_at = $5
-             WHERE id = $1 AND org_id = $2 AND status = 'PENDING'
-               AND ($7 = 0 OR thygon_lock_and_count_running($2) < $7)
+             WHERE id IN (SELECT id FROM admitted) AND status = 'PENDING'
              RETURNING ",
         run_columns!(),
         "
@@ -235,19 +331,18 @@ fn claim_pending(
                   (VALUES (1, 'transition', 'PENDING', 'RUNNING', NULL, NULL),
                           (2, 'log', NULL, NULL, 'INFO', $6))
                   AS e(position, kind, from_status, to_status, level, message)
-             ORDER BY e.position
+             ORDER BY c.id, e.position
          )
          SELECT * FROM claimed"
     ))
-    .bind::<Text, _>(run_id)
-    .bind::<Text, _>(org_id)
+    .bind::<Array<Text>, _>(column(jobs, |j| j.run_id.as_str()))
+    .bind::<Array<Text>, _>(column(jobs, |j| j.org_id.as_str()))
     .bind::<Timestamptz, _>(now)
     .bind::<Text, _>(&me.worker_id)
     .bind::<Timestamptz, _>(me.expires(now))
     .bind::<Text, _>(started_log("started", me))
     .bind::<BigInt, _>(i64::from(cap))
-    .get_result(conn)
-    .optional()
+    .load(conn)
 }
 
 /// In `claim_run`'s transaction, with the run row locked: when the run's org already has
@@ -309,6 +404,26 @@ pub fn load_steps(conn: &mut PgConnection, run_id: &str) -> Result<Vec<StepRunRo
         .select(StepRunRow::as_select())
         .order(step_runs::position)
         .load(conn)
+}
+
+/// The step rows of `run_ids`, by run, each run's in position order: one query.
+fn load_steps_of(
+    conn: &mut PgConnection,
+    run_ids: &[&str],
+) -> Result<std::collections::HashMap<String, Vec<StepRunRow>>, Error> {
+    let mut by_run: std::collections::HashMap<String, Vec<StepRunRow>> = Default::default();
+    if run_ids.is_empty() {
+        return Ok(by_run);
+    }
+    let rows: Vec<StepRunRow> = step_runs::table
+        .filter(step_runs::run_id.eq_any(run_ids))
+        .select(StepRunRow::as_select())
+        .order((step_runs::run_id, step_runs::position))
+        .load(conn)?;
+    for row in rows {
+        by_run.entry(row.run_id.clone()).or_default().push(row);
+    }
+    Ok(by_run)
 }
 
 /// Touch the run while holding its lease: extends the lease and moves `updatedAt`.

@@ -1,6 +1,8 @@
 //! The per-org cap on RUNNING runs (`MAX_RUNNING_PER_ORG`): `claim_run` holds back a run
 //! whose org is at the cap (it stays PENDING or WAITING with a `wake_at` for the scheduler),
 //! other orgs are not affected, takeovers are never held, and a held run can be cancelled.
+//! Claims batched together (`claim_runs`, the worker's `Claimer`) keep every cap and answer
+//! each job with its own run.
 //! Real PostgreSQL, a database per test, stand-in agents served by wiremock.
 
 mod common;
@@ -8,8 +10,9 @@ mod common;
 use chrono::{DateTime, Utc};
 use common::*;
 use diesel::prelude::*;
-use executor_worker::engine::{Engine, JobOutcome};
-use executor_worker::storage::{self, Claim, LeaseHolder, RUNNING_SLOT_HOLD};
+use executor_worker::claims::Claimer;
+use executor_worker::engine::{Engine, GraphCache, JobOutcome};
+use executor_worker::storage::{self, Claim, ClaimJob, LeaseHolder, RUNNING_SLOT_HOLD};
 use serde_json::json;
 use shared_models::db::{blocking, PgPool};
 use shared_models::queue::RunJob;
@@ -97,11 +100,7 @@ async fn an_org_at_its_cap_runs_no_more_and_its_held_runs_start_once_slots_free_
     let agents = || registry(&[("slow-thinker", format!("{}/think", agent.uri()))]);
     // Two workers sharing the cap: the org's advisory lock is what keeps them to it.
     let engines: Vec<Arc<Engine>> = (0..2)
-        .map(|_| {
-            let mut e = engine(&db.pool, agents(), AGENT_TIMEOUT);
-            e.max_running_per_org = 2;
-            Arc::new(e)
-        })
+        .map(|_| Arc::new(engine_with_cap(&db.pool, agents(), AGENT_TIMEOUT, 2)))
         .collect();
     let (workflow_id, first) =
         workflow_with_run(&db.pool, "slow", slow_workflow(), json!({})).await;
@@ -344,8 +343,7 @@ async fn a_held_run_can_be_cancelled_and_its_job_then_does_nothing() {
         .remove(0);
     let live = Some(shared_models::time::now() + chrono::Duration::seconds(30));
     set_status(&db.pool, &a, "RUNNING", live).await;
-    let mut engine = engine(&db.pool, registry(&[]), AGENT_TIMEOUT);
-    engine.max_running_per_org = 1;
+    let engine = engine_with_cap(&db.pool, registry(&[]), AGENT_TIMEOUT, 1);
 
     assert_eq!(engine.process(&run_job(&held)).await, JobOutcome::Done);
     let run = get_run(&db.pool, &held).await;
@@ -505,4 +503,198 @@ async fn prepared_claims_keep_working_on_their_connection_after_a_column_is_adde
     for claim in claims {
         assert!(matches!(claim, Ok(Claim::Claimed(_))), "{claim:?}");
     }
+}
+
+/// Runs of `OTHER_ORG` (a workflow of its own), PENDING.
+async fn other_org_runs(pool: &PgPool, count: usize) -> Vec<String> {
+    blocking(pool, move |conn| {
+        let wf = fixtures::insert_workflow(conn, OTHER_ORG, "other", slow_workflow(), true);
+        Ok((0..count)
+            .map(|_| fixtures::insert_run(conn, OTHER_ORG, &wf, json!({})))
+            .collect())
+    })
+    .await
+    .expect("runs of another org")
+}
+
+fn job(run_id: &str, org_id: &str) -> ClaimJob {
+    ClaimJob {
+        run_id: run_id.to_string(),
+        org_id: org_id.to_string(),
+    }
+}
+
+/// `claim_runs` of `jobs` by `me`, each answer unwrapped.
+async fn claim_batch(
+    pool: &PgPool,
+    jobs: Vec<ClaimJob>,
+    me: &LeaseHolder,
+    cap: u32,
+    now: DateTime<Utc>,
+) -> Vec<Claim> {
+    let me = me.clone();
+    blocking(pool, move |conn| {
+        storage::claim_runs(conn, &jobs, &me, cap, now, |_| false)
+    })
+    .await
+    .expect("claim the batch")
+    .into_iter()
+    .map(|claim| claim.expect("a claim"))
+    .collect()
+}
+
+#[tokio::test]
+async fn a_batch_claims_each_orgs_pending_runs_in_order_up_to_its_cap_and_answers_every_job() {
+    let db = test_db().await;
+    let (workflow_id, r0) = workflow_with_run(&db.pool, "batch", slow_workflow(), json!({})).await;
+    let ids = insert_runs(&db.pool, &workflow_id, 8, |_| json!({})).await;
+    let live = Some(shared_models::time::now() + chrono::Duration::seconds(30));
+    // Two RUNNING elsewhere, one WAITING, one ended; a1..a5 PENDING.
+    set_status(&db.pool, &r0, "RUNNING", live).await;
+    set_status(&db.pool, &ids[0], "RUNNING", live).await;
+    set_status(&db.pool, &ids[1], "WAITING", None).await;
+    set_status(&db.pool, &ids[2], "COMPLETED", None).await;
+    let (waiting, ended, a) = (&ids[1], &ids[2], &ids[3..]);
+    let b = other_org_runs(&db.pool, 3).await;
+    let jobs = vec![
+        job(&a[0], ORG),
+        job(&b[0], OTHER_ORG),
+        job(&a[1], ORG),
+        job(waiting, ORG),
+        job(&a[2], ORG),
+        job(&b[1], OTHER_ORG),
+        job("run_nope", ORG),
+        job(ended, ORG),
+        job(&a[3], ORG),
+        job(&b[2], OTHER_ORG),
+        job(&a[4], ORG),
+        // Another org's id is not claimed by this one.
+        job(&b[0], ORG),
+    ];
+    let me = holder();
+    let now = shared_models::time::now();
+    let claims = claim_batch(&db.pool, jobs.clone(), &me, 4, now).await;
+
+    let answers: Vec<String> = claims
+        .iter()
+        .zip(&jobs)
+        .map(|(claim, job)| match claim {
+            Claim::Claimed(c) => {
+                // Each job is answered with its own run.
+                assert_eq!(c.run.id, job.run_id);
+                assert_eq!(c.run.lease_owner.as_deref(), Some(me.worker_id.as_str()));
+                assert!(c.definition.is_some() && c.steps.is_empty());
+                "claimed".to_string()
+            }
+            other => format!("{other:?}"),
+        })
+        .collect();
+    // ORG had 2 of 4 running: its first two PENDING runs start, in the jobs' order; the
+    // rest and the WAITING run are held. OTHER_ORG has room for all three.
+    let expected = [
+        "claimed",
+        "claimed",
+        "claimed",
+        "Held",
+        "Held",
+        "claimed",
+        "Missing",
+        "Ended",
+        "Held",
+        "claimed",
+        "Held",
+        // A duplicate of b[0] in the batch: after its first, another task holds it.
+        "HeldElsewhere",
+    ];
+    assert_eq!(answers, expected);
+    assert_eq!(running_in(&db.pool, ORG).await, 4);
+    assert_eq!(running_in(&db.pool, OTHER_ORG).await, 3);
+    for id in [&a[0], &a[1], &b[0]] {
+        let events = get_events(&db.pool, id).await;
+        assert_eq!(
+            transitions_of(&events, None),
+            vec![ft("PENDING", "RUNNING")]
+        );
+        let started = format!("run started on worker {}", me.worker_id);
+        assert_eq!(logs_of(&events, None), vec![("INFO".to_string(), started)]);
+        let run = get_run(&db.pool, id).await;
+        assert_eq!((run.started_at, run.updated_at), (Some(now), now));
+    }
+    for id in [&a[2], &a[3], &a[4], waiting] {
+        let run = get_run(&db.pool, id).await;
+        assert_ne!(run.status, "RUNNING");
+        assert!(run.wake_at.is_some(), "{id} is held with a wake_at");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_batches_of_two_orgs_keep_both_caps_and_never_deadlock() {
+    let db = test_db().await;
+    let (workflow_id, first) =
+        workflow_with_run(&db.pool, "crowd", slow_workflow(), json!({})).await;
+    let mut ours = vec![first];
+    ours.extend(insert_runs(&db.pool, &workflow_id, 39, |_| json!({})).await);
+    let theirs = other_org_runs(&db.pool, 40).await;
+    let now = shared_models::time::now();
+    let start = Arc::new(std::sync::Barrier::new(8));
+    // Eight batches at once, each by its own worker: five runs of each org, half of them
+    // this org's first, half the other's (the orgs' locks taken in opposite job orders).
+    let batches = (0..8).map(|i| {
+        let ours = ours[i * 5..i * 5 + 5].iter().map(|id| job(id, ORG));
+        let theirs = theirs[i * 5..i * 5 + 5].iter().map(|id| job(id, OTHER_ORG));
+        let jobs: Vec<ClaimJob> = if i % 2 == 0 {
+            ours.chain(theirs).collect()
+        } else {
+            theirs.chain(ours).collect()
+        };
+        let (pool, start) = (db.pool.clone(), start.clone());
+        tokio::spawn(async move {
+            blocking(&pool, move |conn| {
+                // Every batch on its own connection, all let go at once.
+                start.wait();
+                storage::claim_runs(conn, &jobs, &holder(), 5, now, |_| false)
+            })
+            .await
+            .expect("claim the batch")
+            .into_iter()
+            .map(|claim| claim.expect("a claim"))
+            .collect::<Vec<_>>()
+        })
+    });
+    let outcomes: Vec<Claim> = futures_util::future::join_all(batches)
+        .await
+        .into_iter()
+        .flat_map(|batch| batch.expect("a batch"))
+        .collect();
+    let claimed = outcomes
+        .iter()
+        .filter(|o| matches!(o, Claim::Claimed(_)))
+        .count();
+    let held = outcomes.iter().filter(|o| matches!(o, Claim::Held)).count();
+    assert_eq!((claimed, held), (10, 70));
+    assert_eq!(running_in(&db.pool, ORG).await, 5);
+    assert_eq!(running_in(&db.pool, OTHER_ORG).await, 5);
+}
+
+#[tokio::test]
+async fn jobs_handed_to_the_claimer_at_once_are_each_answered_with_their_own_run() {
+    let db = test_db().await;
+    let (workflow_id, first) =
+        workflow_with_run(&db.pool, "many", slow_workflow(), json!({})).await;
+    let mut ids = vec![first];
+    ids.extend(insert_runs(&db.pool, &workflow_id, 29, |_| json!({})).await);
+    let graphs = Arc::new(GraphCache::default());
+    let claimer = Claimer::start(db.pool.clone(), holder(), 0, graphs);
+    let claims = ids.iter().map(|id| {
+        let (claimer, id) = (claimer.clone(), id.clone());
+        tokio::spawn(async move { (id.clone(), claimer.claim(job(&id, ORG)).await) })
+    });
+    for outcome in futures_util::future::join_all(claims).await {
+        let (id, claim) = outcome.expect("the task");
+        match claim.expect("a claim") {
+            (Claim::Claimed(c), None) => assert_eq!(c.run.id, id),
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+    assert_eq!(running_in(&db.pool, ORG).await, 30);
 }

@@ -32,8 +32,18 @@ pub async fn test_db() -> TestDb {
 }
 
 /// An engine writing to `pool` under a worker id of its own, with the default per-org
-/// running cap (set `max_running_per_org` on it for another).
+/// running cap ([`engine_with_cap`] for another).
 pub fn engine(pool: &PgPool, agents: AgentRegistry, agent_timeout: Duration) -> Engine {
+    engine_with_cap(pool, agents, agent_timeout, DEFAULT_MAX_RUNNING_PER_ORG)
+}
+
+/// [`engine`] with `MAX_RUNNING_PER_ORG` = `cap`.
+pub fn engine_with_cap(
+    pool: &PgPool,
+    agents: AgentRegistry,
+    agent_timeout: Duration,
+    cap: u32,
+) -> Engine {
     let me = LeaseHolder {
         worker_id: format!("test-worker-{}", unique_token()),
         lease: Duration::from_secs(30),
@@ -44,7 +54,7 @@ pub fn engine(pool: &PgPool, agents: AgentRegistry, agent_timeout: Duration) -> 
         reqwest::Client::new(),
         me,
         agent_timeout,
-        DEFAULT_MAX_RUNNING_PER_ORG,
+        cap,
     )
 }
 
