@@ -301,6 +301,12 @@ fn claim_pending(
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
+    // Written for the plan PostgreSQL keeps for it (prepared, it settles on a generic plan
+    // made once, from the statistics of that moment): each run is looked up by its key in a
+    // lateral join, and the status is a parameter ($8), so that the partial index of PENDING
+    // runs (`runs_pending_by_age`) cannot be used. Statistics taken while few runs were
+    // PENDING make that index look empty; during a backlog, the plan would scan every PENDING
+    // run for each batch (seen in the bench: 2.7-3.5 ms per batch, against 0.2 ms).
     prepared(concat!(
         "WITH batch AS (
              SELECT b.id, b.org_id, b.position
@@ -308,8 +314,12 @@ fn claim_pending(
          ), pending AS (
              SELECT r.id, r.org_id,
                     row_number() OVER (PARTITION BY r.org_id ORDER BY b.position) AS place
-             FROM batch b JOIN runs r ON r.id = b.id AND r.org_id = b.org_id
-             WHERE r.status = 'PENDING'
+             FROM batch b
+             CROSS JOIN LATERAL (
+                 SELECT id, org_id FROM runs
+                 WHERE id = b.id AND org_id = b.org_id AND status = $8
+                 OFFSET 0
+             ) r
          ), slots AS (
              SELECT o.org_id, $7 - thygon_lock_and_count_running(o.org_id) AS free
              FROM (SELECT DISTINCT org_id FROM pending ORDER BY org_id) o
@@ -320,7 +330,7 @@ fn claim_pending(
          ), claimed AS (
              UPDATE runs SET status = 'RUNNING', started_at = COALESCE(started_at, $3),
                     updated_at = $3, wake_at = NULL, lease_owner = $4, lease_expires_at = $5
-             WHERE id IN (SELECT id FROM admitted) AND status = 'PENDING'
+             WHERE id IN (SELECT id FROM admitted) AND status = $8
              RETURNING ",
         run_columns!(),
         "
@@ -342,6 +352,7 @@ fn claim_pending(
     .bind::<Timestamptz, _>(me.expires(now))
     .bind::<Text, _>(started_log("started", me))
     .bind::<BigInt, _>(i64::from(cap))
+    .bind::<Text, _>(RunStatus::Pending.as_str())
     .load(conn)
 }
 
@@ -398,15 +409,19 @@ fn load_definition(conn: &mut PgConnection, run: &RunRow) -> Result<Value, Error
         .first(conn)
 }
 
+/// The step rows of one run, in position order.
 pub fn load_steps(conn: &mut PgConnection, run_id: &str) -> Result<Vec<StepRunRow>, Error> {
-    step_runs::table
-        .filter(step_runs::run_id.eq(run_id))
-        .select(StepRunRow::as_select())
-        .order(step_runs::position)
-        .load(conn)
+    Ok(load_steps_of(conn, &[run_id])?
+        .remove(run_id)
+        .unwrap_or_default())
 }
 
-/// The step rows of `run_ids`, by run, each run's in position order: one query.
+/// The step rows of `run_ids`, by run, each run's in position order: one statement.
+///
+/// Each run's rows are looked up on their own (a lateral join on `run_id = b.id`), not with
+/// `run_id = ANY($1)`: a plan PostgreSQL made once for the statement (prepared, it keeps a
+/// generic one) while `step_runs` was small scans the whole table for `ANY` (seen in the bench:
+/// 2.2 ms per claim batch, for no rows), while a lookup of one run's rows stays an index probe.
 fn load_steps_of(
     conn: &mut PgConnection,
     run_ids: &[&str],
@@ -415,13 +430,19 @@ fn load_steps_of(
     if run_ids.is_empty() {
         return Ok(by_run);
     }
-    let rows: Vec<StepRunRow> = step_runs::table
-        .filter(step_runs::run_id.eq_any(run_ids))
-        .select(StepRunRow::as_select())
-        .order((step_runs::run_id, step_runs::position))
-        .load(conn)?;
+    let rows: Vec<StepRunRow> = prepared(
+        "SELECT s.run_id, s.name, s.position, s.step_type, s.status, s.attempt, s.started_at,
+                s.completed_at, s.output, s.error, s.wake_at, s.child_run_id
+         FROM unnest($1::text[]) AS b(id)
+         CROSS JOIN LATERAL (SELECT * FROM step_runs WHERE run_id = b.id OFFSET 0) s",
+    )
+    .bind::<Array<Text>, _>(run_ids)
+    .load(conn)?;
     for row in rows {
         by_run.entry(row.run_id.clone()).or_default().push(row);
+    }
+    for steps in by_run.values_mut() {
+        steps.sort_by_key(|s| s.position);
     }
     Ok(by_run)
 }

@@ -98,7 +98,7 @@ pub struct NewOutbox<'a> {
     pub dedupe_key: Option<&'a str>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = step_runs, check_for_backend(diesel::pg::Pg))]
 pub struct StepRunRow {
     pub run_id: String,
