@@ -275,6 +275,53 @@ fn with_definition(
     })
 }
 
+/// The statement of [`claim_pending`] (public for the test of its plan).
+///
+/// Written for the plan PostgreSQL keeps for it (prepared, it settles on a generic plan made
+/// once, from the statistics of that moment): each run is looked up by its key in a lateral
+/// join, and the status is a parameter ($8), so that the partial index of PENDING runs
+/// (`runs_pending_by_age`) cannot be used. Statistics taken while few runs were PENDING make
+/// that index look empty; during a backlog, such a plan scans every PENDING run for each batch
+/// (seen in the bench: 2.7-3.5 ms per batch, against 0.4 ms).
+pub const CLAIM_PENDING: &str = concat!(
+    "WITH batch AS (
+         SELECT b.id, b.org_id, b.position
+         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS b(id, org_id, position)
+     ), pending AS (
+         SELECT r.id, r.org_id,
+                row_number() OVER (PARTITION BY r.org_id ORDER BY b.position) AS place
+         FROM batch b
+         CROSS JOIN LATERAL (
+             SELECT id, org_id FROM runs
+             WHERE id = b.id AND org_id = b.org_id AND status = $8
+             OFFSET 0
+         ) r
+     ), slots AS (
+         SELECT o.org_id, $7 - thygon_lock_and_count_running(o.org_id) AS free
+         FROM (SELECT DISTINCT org_id FROM pending ORDER BY org_id) o
+         WHERE $7 > 0
+     ), admitted AS (
+         SELECT p.id FROM pending p
+         WHERE $7 = 0 OR p.place <= (SELECT s.free FROM slots s WHERE s.org_id = p.org_id)
+     ), claimed AS (
+         UPDATE runs SET status = 'RUNNING', started_at = COALESCE(started_at, $3),
+                updated_at = $3, wake_at = NULL, lease_owner = $4, lease_expires_at = $5
+         WHERE id IN (SELECT id FROM admitted) AND status = $8
+         RETURNING ",
+    run_columns!(),
+    "
+     ), logged AS (
+         INSERT INTO run_events (run_id, at, kind, from_status, to_status, level, message)
+         SELECT c.id, $3, e.kind, e.from_status, e.to_status, e.level, e.message
+         FROM claimed c,
+              (VALUES (1, 'transition', 'PENDING', 'RUNNING', NULL, NULL),
+                      (2, 'log', NULL, NULL, 'INFO', $6))
+              AS e(position, kind, from_status, to_status, level, message)
+         ORDER BY c.id, e.position
+     )
+     SELECT * FROM claimed"
+);
+
 /// Claim the PENDING runs among `jobs` in one statement (no explicit transaction): what
 /// [`claim_locked`] writes for each (RUNNING, lease, the transition and the start line), for
 /// as many of each org's runs, in the jobs' order, as its cap (0 = none) leaves room for.
@@ -301,59 +348,16 @@ fn claim_pending(
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
-    // Written for the plan PostgreSQL keeps for it (prepared, it settles on a generic plan
-    // made once, from the statistics of that moment): each run is looked up by its key in a
-    // lateral join, and the status is a parameter ($8), so that the partial index of PENDING
-    // runs (`runs_pending_by_age`) cannot be used. Statistics taken while few runs were
-    // PENDING make that index look empty; during a backlog, the plan would scan every PENDING
-    // run for each batch (seen in the bench: 2.7-3.5 ms per batch, against 0.2 ms).
-    prepared(concat!(
-        "WITH batch AS (
-             SELECT b.id, b.org_id, b.position
-             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS b(id, org_id, position)
-         ), pending AS (
-             SELECT r.id, r.org_id,
-                    row_number() OVER (PARTITION BY r.org_id ORDER BY b.position) AS place
-             FROM batch b
-             CROSS JOIN LATERAL (
-                 SELECT id, org_id FROM runs
-                 WHERE id = b.id AND org_id = b.org_id AND status = $8
-                 OFFSET 0
-             ) r
-         ), slots AS (
-             SELECT o.org_id, $7 - thygon_lock_and_count_running(o.org_id) AS free
-             FROM (SELECT DISTINCT org_id FROM pending ORDER BY org_id) o
-             WHERE $7 > 0
-         ), admitted AS (
-             SELECT p.id FROM pending p
-             WHERE $7 = 0 OR p.place <= (SELECT s.free FROM slots s WHERE s.org_id = p.org_id)
-         ), claimed AS (
-             UPDATE runs SET status = 'RUNNING', started_at = COALESCE(started_at, $3),
-                    updated_at = $3, wake_at = NULL, lease_owner = $4, lease_expires_at = $5
-             WHERE id IN (SELECT id FROM admitted) AND status = $8
-             RETURNING ",
-        run_columns!(),
-        "
-         ), logged AS (
-             INSERT INTO run_events (run_id, at, kind, from_status, to_status, level, message)
-             SELECT c.id, $3, e.kind, e.from_status, e.to_status, e.level, e.message
-             FROM claimed c,
-                  (VALUES (1, 'transition', 'PENDING', 'RUNNING', NULL, NULL),
-                          (2, 'log', NULL, NULL, 'INFO', $6))
-                  AS e(position, kind, from_status, to_status, level, message)
-             ORDER BY c.id, e.position
-         )
-         SELECT * FROM claimed"
-    ))
-    .bind::<Array<Text>, _>(column(jobs, |j| j.run_id.as_str()))
-    .bind::<Array<Text>, _>(column(jobs, |j| j.org_id.as_str()))
-    .bind::<Timestamptz, _>(now)
-    .bind::<Text, _>(&me.worker_id)
-    .bind::<Timestamptz, _>(me.expires(now))
-    .bind::<Text, _>(started_log("started", me))
-    .bind::<BigInt, _>(i64::from(cap))
-    .bind::<Text, _>(RunStatus::Pending.as_str())
-    .load(conn)
+    prepared(CLAIM_PENDING)
+        .bind::<Array<Text>, _>(column(jobs, |j| j.run_id.as_str()))
+        .bind::<Array<Text>, _>(column(jobs, |j| j.org_id.as_str()))
+        .bind::<Timestamptz, _>(now)
+        .bind::<Text, _>(&me.worker_id)
+        .bind::<Timestamptz, _>(me.expires(now))
+        .bind::<Text, _>(started_log("started", me))
+        .bind::<BigInt, _>(i64::from(cap))
+        .bind::<Text, _>(RunStatus::Pending.as_str())
+        .load(conn)
 }
 
 /// In `claim_run`'s transaction, with the run row locked: when the run's org already has
@@ -416,6 +420,13 @@ pub fn load_steps(conn: &mut PgConnection, run_id: &str) -> Result<Vec<StepRunRo
         .unwrap_or_default())
 }
 
+/// The statement of [`load_steps_of`] (public for the test of its plan).
+pub const STEPS_OF: &str =
+    "SELECT s.run_id, s.name, s.position, s.step_type, s.status, s.attempt, s.started_at,
+            s.completed_at, s.output, s.error, s.wake_at, s.child_run_id
+     FROM unnest($1::text[]) AS b(id)
+     CROSS JOIN LATERAL (SELECT * FROM step_runs WHERE run_id = b.id OFFSET 0) s";
+
 /// The step rows of `run_ids`, by run, each run's in position order: one statement.
 ///
 /// Each run's rows are looked up on their own (a lateral join on `run_id = b.id`), not with
@@ -430,14 +441,9 @@ fn load_steps_of(
     if run_ids.is_empty() {
         return Ok(by_run);
     }
-    let rows: Vec<StepRunRow> = prepared(
-        "SELECT s.run_id, s.name, s.position, s.step_type, s.status, s.attempt, s.started_at,
-                s.completed_at, s.output, s.error, s.wake_at, s.child_run_id
-         FROM unnest($1::text[]) AS b(id)
-         CROSS JOIN LATERAL (SELECT * FROM step_runs WHERE run_id = b.id OFFSET 0) s",
-    )
-    .bind::<Array<Text>, _>(run_ids)
-    .load(conn)?;
+    let rows: Vec<StepRunRow> = prepared(STEPS_OF)
+        .bind::<Array<Text>, _>(run_ids)
+        .load(conn)?;
     for row in rows {
         by_run.entry(row.run_id.clone()).or_default().push(row);
     }
