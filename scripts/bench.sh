@@ -8,6 +8,8 @@
 #   BENCH_OUT=path      where the JSON goes (default target/bench/results.json)
 #   BENCH_CONCURRENCY=32          each worker's WORKER_CONCURRENCY (default: the worker's, 32)
 #   BENCH_MAX_RUNNING_PER_ORG=0   the workers' running cap (default 0: none; deployments: 100)
+#   BENCH_YARDSTICK=1   first measure the machine (scripts/yardstick.sh) and scale the rates
+#                       to the targets' reference machine (0: skip)
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -16,5 +18,12 @@ cd "$REPO"
 bash "$REPO/scripts/ensure-services.sh"
 say "building the release binaries (cargo build --release --workspace --bins) ..."
 cargo build --release --workspace --bins
+if [ "${BENCH_YARDSTICK:-1}" != "0" ]; then
+    say "measuring the machine's yardstick (scripts/yardstick.sh, pgbench 10 s) ..."
+    if tps="$(bash "$REPO/scripts/yardstick.sh")"; then
+        export BENCH_YARDSTICK_TPS="$tps"
+        say "yardstick: $tps insert+update transactions/s (the targets' reference machine: about 5600)"
+    fi
+fi
 say "running the benchmark (cargo bench -p thygon-e2e --bench thygon) ..."
 cargo bench -p thygon-e2e --bench thygon

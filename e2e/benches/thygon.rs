@@ -12,7 +12,9 @@
 //! `BENCH_CONCURRENCY` (default 32, the worker's default) is each worker's `WORKER_CONCURRENCY`;
 //! `BENCH_MAX_RUNNING_PER_ORG` (default 0: no cap) is the workers' `MAX_RUNNING_PER_ORG`. The
 //! cap is tenancy, not the engine, so it is off unless asked for; with it, every claim takes
-//! the org's lock and counts its running runs.
+//! the org's lock and counts its running runs. `BENCH_YARDSTICK_TPS` (set by `make bench` from
+//! `scripts/yardstick.sh`) is the machine's PostgreSQL yardstick; with it, the machine-bound
+//! rates are also given scaled to the reference machine the targets are set on.
 
 use diesel::prelude::*;
 use diesel::sql_types::{Double, Text};
@@ -599,9 +601,14 @@ async fn main() {
     if let Some(dir) = std::path::Path::new(&out).parent() {
         std::fs::create_dir_all(dir).expect("output folder");
     }
+    let yardstick = yardstick();
     let doc = json!({
         "scale": scale(),
-        "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
+        "machine": {
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "yardstick_tps": yardstick,
+            "reference_yardstick_tps": REFERENCE_YARDSTICK_TPS,
+        },
         "results": results,
     });
     std::fs::write(&out, serde_json::to_string_pretty(&doc).expect("json")).expect("write results");
@@ -616,5 +623,45 @@ async fn main() {
             r["cpu_seconds"]
         );
     }
+    if let Some(tps) = yardstick {
+        print_against_reference(&results, tps);
+    }
     println!("\n(figures as JSON: {out})");
+}
+
+/// What the issue's reference machine does on the yardstick (`scripts/yardstick.sh`): about
+/// 5,600 insert+update transactions per second in PostgreSQL at 8 clients.
+const REFERENCE_YARDSTICK_TPS: f64 = 5600.0;
+
+/// This machine's yardstick, measured by `make bench` before the stack starts
+/// (`BENCH_YARDSTICK_TPS`; absent when run without it).
+fn yardstick() -> Option<f64> {
+    std::env::var("BENCH_YARDSTICK_TPS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|tps: &f64| *tps > 0.0)
+}
+
+/// The rates that depend on the machine's speed, scaled to the reference machine the targets
+/// are set on: this machine's figure times reference / yardstick.
+fn print_against_reference(results: &[Value], tps: f64) {
+    let factor = REFERENCE_YARDSTICK_TPS / tps;
+    println!(
+        "\nMachine yardstick (scripts/yardstick.sh): {tps:.0} insert+update transactions/s at 8 \
+         clients, {:.2} x the reference machine of the targets ({REFERENCE_YARDSTICK_TPS:.0}).",
+        tps / REFERENCE_YARDSTICK_TPS
+    );
+    for r in results {
+        let scaled = |v: &Value| (v.as_f64().unwrap_or(0.0) * factor).round();
+        println!(
+            "Scaled to the reference machine, {} worker(s): end to end {} runs/s at 1 step \
+             (target 1500), {} at 10 steps (target 540); triggers {}/s with the workers \
+             running, {}/s paused (target 3000).",
+            r["workers"],
+            scaled(&r["e2e_1_step"]["runs_per_second"]),
+            scaled(&r["e2e_10_steps"]["runs_per_second"]),
+            scaled(&r["trigger"]["per_second"]),
+            scaled(&r["trigger_alone"]["per_second"]),
+        );
+    }
 }
