@@ -29,7 +29,7 @@ hostport="${authority##*@}"
 host="${hostport%%:*}"
 port="${hostport##*:}"
 [ "$port" = "$hostport" ] && port=5432
-psql_() { psql -X -q -v ON_ERROR_STOP=1 -h "$host" -p "$port" -U "$user" "$@"; }
+psql_() { PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 -h "$host" -p "$port" -U "$user" "$@"; }
 
 db=thygon_yardstick
 psql_ -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null

@@ -583,16 +583,18 @@ fn start_events(
     events
 }
 
+/// A run the fence found held, with one of its steps' previous state (none when it has no
+/// step rows yet).
 #[derive(QueryableByName)]
-struct PreviousStep {
-    #[diesel(sql_type = diesel::sql_types::Text)]
+struct HeldStep {
+    #[diesel(sql_type = Text)]
     run_id: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    name: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    status: String,
-    #[diesel(sql_type = diesel::sql_types::Integer)]
-    attempt: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    name: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    status: Option<String>,
+    #[diesel(sql_type = Nullable<Int4>)]
+    attempt: Option<i32>,
 }
 
 /// A pure step's whole attempt (computed, not yet recorded), for [`checkpoint_pure_steps`].
@@ -603,9 +605,10 @@ pub struct PureStep {
 }
 
 /// Checkpoint the start and the completion of many pure steps, of any of the runs this
-/// worker holds, in ONE transaction of four statements whatever their number (group commit):
-/// the fence (every run's lease extended, those no longer held left out), the steps' previous
-/// states, one upsert of every step row, one insert of every event. What is written for each
+/// worker holds, in ONE transaction of two statements whatever their number (group commit):
+/// the fence (every run's lease extended, those no longer held left out) returning the held
+/// runs' previous step states, then one upsert of every step row with one insert of every
+/// event (a CTE). What is written for each
 /// step is exactly what [`start_step`] then [`record_step`] with [`StepChange::completed`]
 /// would write. Returns, in the order given, whether each step was written or its run's
 /// lease was lost (then nothing of it was written).
@@ -652,40 +655,44 @@ fn pure_steps_in(
     let mut ids: Vec<&str> = steps.iter().map(|s| s.record.run_id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    let held: Vec<Id> = prepared(
-        "UPDATE runs SET updated_at = $1, lease_expires_at = $2
-         WHERE id = ANY($3) AND lease_owner = $4
-         RETURNING id",
+    // The fence and the previous states of the held runs' steps, in one statement: a held run
+    // without steps yet comes back once, with no step.
+    let fenced: Vec<HeldStep> = prepared(
+        "WITH held AS (
+             UPDATE runs SET updated_at = $1, lease_expires_at = $2
+             WHERE id = ANY($3) AND lease_owner = $4
+             RETURNING id
+         )
+         SELECT h.id AS run_id, s.name, s.status, s.attempt
+         FROM held h
+         LEFT JOIN LATERAL (
+             SELECT name, status, attempt FROM step_runs WHERE run_id = h.id OFFSET 0
+         ) s ON true",
     )
     .bind::<Timestamptz, _>(now)
     .bind::<Timestamptz, _>(me.expires(now))
     .bind::<Array<Text>, _>(&ids)
     .bind::<Text, _>(&me.worker_id)
     .load(conn)?;
-    let held: std::collections::HashSet<String> = held.into_iter().map(|r| r.id).collect();
+    let held: std::collections::HashSet<&str> = fenced.iter().map(|r| r.run_id.as_str()).collect();
+    let previous: std::collections::HashMap<(&str, &str), (&str, i32)> = fenced
+        .iter()
+        .filter_map(|r| {
+            let (name, status, attempt) = (r.name.as_deref()?, r.status.as_deref()?, r.attempt?);
+            Some(((r.run_id.as_str(), name), (status, attempt)))
+        })
+        .collect();
     let live: Vec<&PureStep> = steps
         .iter()
-        .filter(|s| held.contains(&s.record.run_id))
+        .filter(|s| held.contains(s.record.run_id.as_str()))
         .collect();
     if !live.is_empty() {
-        let held_ids: Vec<&str> = held.iter().map(String::as_str).collect();
-        // Every step row of those runs. Planned at each call (diesel does not cache a raw
-        // query): a plan cached while the table was small scans all of it once it is not.
-        let previous: Vec<PreviousStep> = diesel::sql_query(
-            "SELECT run_id, name, status, attempt FROM step_runs WHERE run_id = ANY($1)",
-        )
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&held_ids)
-        .load(conn)?;
-        let previous: std::collections::HashMap<(String, String), (String, i32)> = previous
-            .into_iter()
-            .map(|p| ((p.run_id, p.name), (p.status, p.attempt)))
-            .collect();
         let mut rows = Vec::with_capacity(live.len());
         let mut events = Vec::with_capacity(live.len() * 4);
         for step in &live {
             let rec = &step.record;
-            let (from, attempt) = match previous.get(&(rec.run_id.clone(), rec.name.clone())) {
-                Some((status, attempt)) => (status.as_str(), attempt + 1),
+            let (from, attempt) = match previous.get(&(rec.run_id.as_str(), rec.name.as_str())) {
+                Some((status, attempt)) => (*status, attempt + 1),
                 None => (StepStatus::Pending.as_str(), 1),
             };
             let change = StepChange::completed(step.output.clone());
@@ -717,17 +724,26 @@ fn pure_steps_in(
                 change.log.1,
             ));
         }
-        // One text for any batch: the rows as arrays. A completed pure step has no error,
-        // wake-up or child run, so those columns are cleared.
-        prepared(
-            "INSERT INTO step_runs (run_id, name, position, step_type, status, attempt,
-                                    started_at, completed_at, output)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[],
-                                  $6::int4[], $7::timestamptz[], $8::timestamptz[], $9::jsonb[])
-             ON CONFLICT (run_id, name) DO UPDATE SET
-                 status = excluded.status, attempt = excluded.attempt,
-                 started_at = excluded.started_at, completed_at = excluded.completed_at,
-                 output = excluded.output, error = NULL, wake_at = NULL",
+        // One statement for any batch: the step rows (as arrays: `$9` on) and the events
+        // (`$1` to `$8`). A completed pure step has no error, wake-up or child run, so those
+        // columns are cleared.
+        runs::with_events(
+            concat!(
+                "WITH steps AS (
+                     INSERT INTO step_runs (run_id, name, position, step_type, status, attempt,
+                                            started_at, completed_at, output)
+                     SELECT * FROM unnest($9::text[], $10::text[], $11::int4[], $12::text[],
+                                          $13::text[], $14::int4[], $15::timestamptz[],
+                                          $16::timestamptz[], $17::jsonb[])
+                     ON CONFLICT (run_id, name) DO UPDATE SET
+                         status = excluded.status, attempt = excluded.attempt,
+                         started_at = excluded.started_at, completed_at = excluded.completed_at,
+                         output = excluded.output, error = NULL, wake_at = NULL
+                 )
+                 ",
+                shared_models::insert_events_sql!()
+            ),
+            &events,
         )
         .bind::<Array<Text>, _>(column(&rows, |r| r.run_id.as_str()))
         .bind::<Array<Text>, _>(column(&rows, |r| r.name.as_str()))
@@ -739,12 +755,11 @@ fn pure_steps_in(
         .bind::<Array<Nullable<Timestamptz>>, _>(column(&rows, |r| r.completed_at))
         .bind::<Array<Nullable<Jsonb>>, _>(column(&rows, |r| r.output.as_ref()))
         .execute(conn)?;
-        runs::insert_events(conn, &events)?;
     }
     Ok(steps
         .iter()
         .map(|s| {
-            if held.contains(&s.record.run_id) {
+            if held.contains(s.record.run_id.as_str()) {
                 Fenced::Written
             } else {
                 Fenced::LeaseLost
@@ -775,8 +790,9 @@ impl RunFinish {
     }
 }
 
-/// End many runs (each as [`finish_run`] would) in one transaction of two statements, each
-/// fenced by its own lease. Returns, in the order given, whether each was written.
+/// End many runs (each as [`finish_run`] would) in one statement (the runs updated and their
+/// events inserted, in a CTE), each fenced by its own lease. Returns, in the order given,
+/// whether each was written.
 pub fn finish_runs(
     conn: &mut PgConnection,
     ends: &[RunFinish],
@@ -792,14 +808,33 @@ fn finish_runs_in(
     me: &LeaseHolder,
     now: DateTime<Utc>,
 ) -> Result<Vec<Fenced>, Error> {
-    let ended: Vec<Id> = prepared(
-        "UPDATE runs AS r SET status = v.status, output = v.output, error = v.error,
-                completed_at = $1, updated_at = $1, wake_at = NULL,
-                lease_owner = NULL, lease_expires_at = NULL
-         FROM unnest($2::text[], $3::text[], $4::jsonb[], $5::text[])
-              AS v(id, status, output, error)
-         WHERE r.id = v.id AND r.lease_owner = $6
-         RETURNING r.id",
+    // The events of every end, written for the runs the update ended only (its fence): one
+    // statement. Each ended run has at least its transition, so the events inserted name the
+    // runs ended; `ORDER BY` keeps them in the order given (their ids order the stream).
+    let events: Vec<NewRunEvent> = ends
+        .iter()
+        .flat_map(|e| end_events(&e.run_id, e.status, e.error.as_deref(), now))
+        .collect();
+    let ended: Vec<Id> = runs::with_events(
+        "WITH ended AS (
+             UPDATE runs AS r SET status = v.status, output = v.output, error = v.error,
+                    completed_at = $9, updated_at = $9, wake_at = NULL,
+                    lease_owner = NULL, lease_expires_at = NULL
+             FROM unnest($10::text[], $11::text[], $12::jsonb[], $13::text[])
+                  AS v(id, status, output, error)
+             WHERE r.id = v.id AND r.lease_owner = $14
+             RETURNING r.id
+         )
+         INSERT INTO run_events (run_id, at, kind, step, from_status, to_status, level, message)
+         SELECT e.run_id, e.at, e.kind, e.step, e.from_status, e.to_status, e.level, e.message
+         FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[],
+                     $5::text[], $6::text[], $7::text[], $8::text[])
+              WITH ORDINALITY AS e(run_id, at, kind, step, from_status, to_status, level,
+                                   message, position)
+         WHERE e.run_id IN (SELECT id FROM ended)
+         ORDER BY e.position
+         RETURNING run_id AS id",
+        &events,
     )
     .bind::<Timestamptz, _>(now)
     .bind::<Array<Text>, _>(column(ends, |e| e.run_id.as_str()))
@@ -809,12 +844,6 @@ fn finish_runs_in(
     .bind::<Text, _>(&me.worker_id)
     .load(conn)?;
     let ended: std::collections::HashSet<String> = ended.into_iter().map(|r| r.id).collect();
-    let events: Vec<NewRunEvent> = ends
-        .iter()
-        .filter(|e| ended.contains(&e.run_id))
-        .flat_map(|e| end_events(&e.run_id, e.status, e.error.as_deref(), now))
-        .collect();
-    runs::insert_events(conn, &events)?;
     Ok(ends
         .iter()
         .map(|e| {

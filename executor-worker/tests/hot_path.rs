@@ -313,6 +313,9 @@ async fn run_ends_are_batched_each_fenced_by_its_own_lease() {
     );
     assert!(run.completed_at.is_some() && run.lease_expires_at.is_none());
     let events = get_events(&db.pool, &done).await;
+    // In the stream's order: the transition, then the last line (as finish_run writes them).
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["transition", "log"]);
     assert_eq!(
         transitions_of(&events, None),
         vec![ft("RUNNING", "COMPLETED")]
