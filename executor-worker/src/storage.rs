@@ -583,6 +583,20 @@ fn start_events(
     events
 }
 
+/// The fence of a checkpoint batch (public for the test of its plan): the leases of the runs
+/// `$3` still held by `$4` extended, and every step row of those runs, or one row with no
+/// step for a run that has none yet.
+pub const FENCE_STEPS: &str = "WITH held AS (
+         UPDATE runs SET updated_at = $1, lease_expires_at = $2
+         WHERE id = ANY($3) AND lease_owner = $4
+         RETURNING id
+     )
+     SELECT h.id AS run_id, s.name, s.status, s.attempt
+     FROM held h
+     LEFT JOIN LATERAL (
+         SELECT name, status, attempt FROM step_runs WHERE run_id = h.id OFFSET 0
+     ) s ON true";
+
 /// A run the fence found held, with one of its steps' previous state (none when it has no
 /// step rows yet).
 #[derive(QueryableByName)]
@@ -657,23 +671,12 @@ fn pure_steps_in(
     ids.dedup();
     // The fence and the previous states of the held runs' steps, in one statement: a held run
     // without steps yet comes back once, with no step.
-    let fenced: Vec<HeldStep> = prepared(
-        "WITH held AS (
-             UPDATE runs SET updated_at = $1, lease_expires_at = $2
-             WHERE id = ANY($3) AND lease_owner = $4
-             RETURNING id
-         )
-         SELECT h.id AS run_id, s.name, s.status, s.attempt
-         FROM held h
-         LEFT JOIN LATERAL (
-             SELECT name, status, attempt FROM step_runs WHERE run_id = h.id OFFSET 0
-         ) s ON true",
-    )
-    .bind::<Timestamptz, _>(now)
-    .bind::<Timestamptz, _>(me.expires(now))
-    .bind::<Array<Text>, _>(&ids)
-    .bind::<Text, _>(&me.worker_id)
-    .load(conn)?;
+    let fenced: Vec<HeldStep> = prepared(FENCE_STEPS)
+        .bind::<Timestamptz, _>(now)
+        .bind::<Timestamptz, _>(me.expires(now))
+        .bind::<Array<Text>, _>(&ids)
+        .bind::<Text, _>(&me.worker_id)
+        .load(conn)?;
     let held: std::collections::HashSet<&str> = fenced.iter().map(|r| r.run_id.as_str()).collect();
     let previous: std::collections::HashMap<(&str, &str), (&str, i32)> = fenced
         .iter()
@@ -802,6 +805,29 @@ pub fn finish_runs(
     write_batch(conn, &[], ends, me, now).map(|(_, ends)| ends)
 }
 
+/// The run ends of a checkpoint batch with their events (public for the test of its plan):
+/// `$1` to `$8` the events ([`runs::with_events`]), `$9` now, `$10` to `$13` the ends, `$14`
+/// this worker. The runs are found by `id = ANY($10)`: joined to the ends' rows only, a plan
+/// made while few runs had a lease scans `runs` for the lease's owner.
+pub const END_RUNS: &str = "WITH ended AS (
+         UPDATE runs AS r SET status = v.status, output = v.output, error = v.error,
+                completed_at = $9, updated_at = $9, wake_at = NULL,
+                lease_owner = NULL, lease_expires_at = NULL
+         FROM unnest($10::text[], $11::text[], $12::jsonb[], $13::text[])
+              AS v(id, status, output, error)
+         WHERE r.id = ANY($10) AND r.id = v.id AND r.lease_owner = $14
+         RETURNING r.id
+     )
+     INSERT INTO run_events (run_id, at, kind, step, from_status, to_status, level, message)
+     SELECT e.run_id, e.at, e.kind, e.step, e.from_status, e.to_status, e.level, e.message
+     FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[],
+                 $5::text[], $6::text[], $7::text[], $8::text[])
+          WITH ORDINALITY AS e(run_id, at, kind, step, from_status, to_status, level,
+                               message, position)
+     WHERE e.run_id IN (SELECT id FROM ended)
+     ORDER BY e.position
+     RETURNING run_id AS id";
+
 fn finish_runs_in(
     conn: &mut PgConnection,
     ends: &[RunFinish],
@@ -815,34 +841,14 @@ fn finish_runs_in(
         .iter()
         .flat_map(|e| end_events(&e.run_id, e.status, e.error.as_deref(), now))
         .collect();
-    let ended: Vec<Id> = runs::with_events(
-        "WITH ended AS (
-             UPDATE runs AS r SET status = v.status, output = v.output, error = v.error,
-                    completed_at = $9, updated_at = $9, wake_at = NULL,
-                    lease_owner = NULL, lease_expires_at = NULL
-             FROM unnest($10::text[], $11::text[], $12::jsonb[], $13::text[])
-                  AS v(id, status, output, error)
-             WHERE r.id = v.id AND r.lease_owner = $14
-             RETURNING r.id
-         )
-         INSERT INTO run_events (run_id, at, kind, step, from_status, to_status, level, message)
-         SELECT e.run_id, e.at, e.kind, e.step, e.from_status, e.to_status, e.level, e.message
-         FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[],
-                     $5::text[], $6::text[], $7::text[], $8::text[])
-              WITH ORDINALITY AS e(run_id, at, kind, step, from_status, to_status, level,
-                                   message, position)
-         WHERE e.run_id IN (SELECT id FROM ended)
-         ORDER BY e.position
-         RETURNING run_id AS id",
-        &events,
-    )
-    .bind::<Timestamptz, _>(now)
-    .bind::<Array<Text>, _>(column(ends, |e| e.run_id.as_str()))
-    .bind::<Array<Text>, _>(column(ends, |e| e.status.as_str()))
-    .bind::<Array<Nullable<Jsonb>>, _>(column(ends, |e| e.output.as_ref()))
-    .bind::<Array<Nullable<Text>>, _>(column(ends, |e| e.error.as_deref()))
-    .bind::<Text, _>(&me.worker_id)
-    .load(conn)?;
+    let ended: Vec<Id> = runs::with_events(END_RUNS, &events)
+        .bind::<Timestamptz, _>(now)
+        .bind::<Array<Text>, _>(column(ends, |e| e.run_id.as_str()))
+        .bind::<Array<Text>, _>(column(ends, |e| e.status.as_str()))
+        .bind::<Array<Nullable<Jsonb>>, _>(column(ends, |e| e.output.as_ref()))
+        .bind::<Array<Nullable<Text>>, _>(column(ends, |e| e.error.as_deref()))
+        .bind::<Text, _>(&me.worker_id)
+        .load(conn)?;
     let ended: std::collections::HashSet<String> = ended.into_iter().map(|r| r.id).collect();
     Ok(ends
         .iter()

@@ -12,7 +12,7 @@ mod common;
 use common::*;
 use diesel::prelude::*;
 use diesel::sql_types::Text;
-use executor_worker::storage::{CLAIM_PENDING, STEPS_OF};
+use executor_worker::storage::{CLAIM_PENDING, END_RUNS, FENCE_STEPS, STEPS_OF};
 use serde_json::json;
 use shared_models::db::blocking;
 use shared_models::schema::{runs, step_runs};
@@ -78,8 +78,8 @@ async fn generic_plans(statements: Vec<(&'static str, &'static str, &'static str
 }
 
 #[tokio::test]
-async fn the_claim_and_its_step_read_stay_lookups_by_key_with_a_backlog_unknown_to_the_statistics()
-{
+async fn the_claim_and_checkpoint_statements_stay_lookups_by_key_with_a_backlog_unknown_to_the_statistics(
+) {
     let plans = generic_plans(vec![
         (
             CLAIM_PENDING,
@@ -88,9 +88,22 @@ async fn the_claim_and_its_step_read_stay_lookups_by_key_with_a_backlog_unknown_
              100, 'PENDING'",
         ),
         (STEPS_OF, "text[]", "ARRAY['run_a', 'run_b']"),
+        (
+            FENCE_STEPS,
+            "timestamptz, timestamptz, text[], text",
+            "now(), now(), ARRAY['run_a', 'run_b'], 'w'",
+        ),
+        (
+            END_RUNS,
+            "text[], timestamptz[], text[], text[], text[], text[], text[], text[], \
+             timestamptz, text[], text[], jsonb[], text[], text",
+            "ARRAY['run_a'], ARRAY[now()], ARRAY['transition'], ARRAY[NULL], \
+             ARRAY['RUNNING'], ARRAY['COMPLETED'], ARRAY[NULL], ARRAY[NULL], now(), \
+             ARRAY['run_a'], ARRAY['COMPLETED'], ARRAY['{}'::jsonb], ARRAY[NULL], 'w'",
+        ),
     ])
     .await;
-    let (claim, steps) = (&plans[0], &plans[1]);
+    let (claim, steps, fence, ends) = (&plans[0], &plans[1], &plans[2], &plans[3]);
     assert!(!claim.contains("runs_pending_by_age"), "{claim}");
     assert!(!claim.contains("Seq Scan on runs"), "{claim}");
     assert!(
@@ -99,4 +112,11 @@ async fn the_claim_and_its_step_read_stay_lookups_by_key_with_a_backlog_unknown_
     );
     assert!(!steps.contains("Seq Scan"), "{steps}");
     assert!(steps.contains("Index Scan using step_runs_pkey"), "{steps}");
+    // The checkpoint batch's fence and its run ends: the runs by key, not a scan of `runs`
+    // filtered on the lease (which statistics taken with few leases make look cheap).
+    for plan in [fence, ends] {
+        assert!(!plan.contains("Seq Scan"), "{plan}");
+        assert!(plan.contains("using runs_pkey on runs"), "{plan}");
+    }
+    assert!(fence.contains("Index Scan using step_runs_pkey"), "{fence}");
 }
