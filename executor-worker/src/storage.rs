@@ -149,15 +149,7 @@ pub fn claim_runs(
                 with_definition(conn, run, steps, &mut has_definition)
                     .map(|c| Claim::Claimed(Box::new(c)))
             }
-            None => claim_locked(
-                conn,
-                &job.run_id,
-                &job.org_id,
-                me,
-                max_running_per_org,
-                now,
-                &mut has_definition,
-            ),
+            None => claim_locked(conn, job, me, max_running_per_org, now, &mut has_definition),
         };
         answers.push(answer);
     }
@@ -169,13 +161,13 @@ pub fn claim_runs(
 /// at its org's cap, or nothing to do (ended, held elsewhere, missing).
 fn claim_locked(
     conn: &mut PgConnection,
-    run_id: &str,
-    org_id: &str,
+    job: &ClaimJob,
     me: &LeaseHolder,
     max_running_per_org: u32,
     now: DateTime<Utc>,
     has_definition: impl FnMut(&RunRow) -> bool,
 ) -> Result<Claim, Error> {
+    let (run_id, org_id) = (job.run_id.as_str(), job.org_id.as_str());
     conn.transaction(|conn| {
         let run: Option<RunRow> = runs_table::table
             .find(run_id)

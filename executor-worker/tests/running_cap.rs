@@ -102,10 +102,7 @@ async fn an_org_at_its_cap_runs_no_more_and_its_held_runs_start_once_slots_free_
     let engines: Vec<Arc<Engine>> = (0..2)
         .map(|_| Arc::new(engine_with_cap(&db.pool, agents(), AGENT_TIMEOUT, 2)))
         .collect();
-    let (workflow_id, first) =
-        workflow_with_run(&db.pool, "slow", slow_workflow(), json!({})).await;
-    let mut ids = vec![first];
-    ids.extend(insert_runs(&db.pool, &workflow_id, 4, |_| json!({})).await);
+    let ids = slow_runs(&db.pool, "slow", 5).await;
     let other_run = blocking(&db.pool, |conn| {
         let wf = fixtures::insert_workflow(conn, OTHER_ORG, "slow", slow_workflow(), true);
         Ok(fixtures::insert_run(conn, OTHER_ORG, &wf, json!({})))
@@ -208,6 +205,23 @@ async fn an_org_at_its_cap_runs_no_more_and_its_held_runs_start_once_slots_free_
         );
     }
     agent.verify().await;
+}
+
+/// `count` PENDING runs of a new slow workflow of `ORG`.
+async fn slow_runs(pool: &PgPool, name: &str, count: usize) -> Vec<String> {
+    let (workflow_id, first) = workflow_with_run(pool, name, slow_workflow(), json!({})).await;
+    let mut ids = vec![first];
+    ids.extend(insert_runs(pool, &workflow_id, count - 1, |_| json!({})).await);
+    ids
+}
+
+/// How many of `claims` started their run, and how many were held at the cap.
+fn claimed_and_held<'a>(claims: impl IntoIterator<Item = &'a Claim> + Clone) -> (usize, usize) {
+    let count = |f: fn(&Claim) -> bool| claims.clone().into_iter().filter(|c| f(c)).count();
+    (
+        count(|c| matches!(c, Claim::Claimed(_))),
+        count(|c| matches!(c, Claim::Held)),
+    )
 }
 
 /// A lease holder for calling `claim_run` directly.
@@ -449,36 +463,26 @@ async fn a_pending_run_below_its_cap_is_claimed_in_one_statement_writing_what_a_
 #[tokio::test]
 async fn concurrent_claims_of_one_org_never_start_more_than_its_cap() {
     let db = test_db().await;
-    let (workflow_id, first) =
-        workflow_with_run(&db.pool, "crowd", slow_workflow(), json!({})).await;
-    let mut ids = vec![first];
-    ids.extend(insert_runs(&db.pool, &workflow_id, 39, |_| json!({})).await);
+    let ids = slow_runs(&db.pool, "crowd", 40).await;
     let now = shared_models::time::now();
     // Each claim on its own connection (the pool has 8), all at once, each by its own worker.
     let claims = ids.iter().map(|id| {
         let (pool, id) = (db.pool.clone(), id.clone());
         tokio::spawn(async move { claim_as(&pool, &id, ORG, &holder(), 5, now).await })
     });
-    let outcomes = futures_util::future::join_all(claims).await;
-    let claimed = outcomes
-        .iter()
-        .filter(|o| matches!(o, Ok(Claim::Claimed(_))))
-        .count();
-    let held = outcomes
-        .iter()
-        .filter(|o| matches!(o, Ok(Claim::Held)))
-        .count();
-    assert_eq!((claimed, held), (5, 35));
+    let outcomes: Vec<Claim> = futures_util::future::join_all(claims)
+        .await
+        .into_iter()
+        .map(|o| o.expect("the claim's task"))
+        .collect();
+    assert_eq!(claimed_and_held(&outcomes), (5, 35));
     assert_eq!(running_in(&db.pool, ORG).await, 5);
 }
 
 #[tokio::test]
 async fn prepared_claims_keep_working_on_their_connection_after_a_column_is_added_to_runs() {
     let db = test_db().await;
-    let (workflow_id, first) =
-        workflow_with_run(&db.pool, "migrated", slow_workflow(), json!({})).await;
-    let mut ids = vec![first];
-    ids.extend(insert_runs(&db.pool, &workflow_id, 3, |_| json!({})).await);
+    let ids = slow_runs(&db.pool, "migrated", 4).await;
     let now = shared_models::time::now();
     set_status(&db.pool, &ids[1], "WAITING", None).await;
     set_status(&db.pool, &ids[3], "WAITING", None).await;
@@ -630,10 +634,7 @@ async fn a_batch_claims_each_orgs_pending_runs_in_order_up_to_its_cap_and_answer
 #[tokio::test]
 async fn concurrent_batches_of_two_orgs_keep_both_caps_and_never_deadlock() {
     let db = test_db().await;
-    let (workflow_id, first) =
-        workflow_with_run(&db.pool, "crowd", slow_workflow(), json!({})).await;
-    let mut ours = vec![first];
-    ours.extend(insert_runs(&db.pool, &workflow_id, 39, |_| json!({})).await);
+    let ours = slow_runs(&db.pool, "crowd", 40).await;
     let theirs = other_org_runs(&db.pool, 40).await;
     let now = shared_models::time::now();
     let start = Arc::new(std::sync::Barrier::new(8));
@@ -666,12 +667,7 @@ async fn concurrent_batches_of_two_orgs_keep_both_caps_and_never_deadlock() {
         .into_iter()
         .flat_map(|batch| batch.expect("a batch"))
         .collect();
-    let claimed = outcomes
-        .iter()
-        .filter(|o| matches!(o, Claim::Claimed(_)))
-        .count();
-    let held = outcomes.iter().filter(|o| matches!(o, Claim::Held)).count();
-    assert_eq!((claimed, held), (10, 70));
+    assert_eq!(claimed_and_held(&outcomes), (10, 70));
     assert_eq!(running_in(&db.pool, ORG).await, 5);
     assert_eq!(running_in(&db.pool, OTHER_ORG).await, 5);
 }
@@ -679,10 +675,7 @@ async fn concurrent_batches_of_two_orgs_keep_both_caps_and_never_deadlock() {
 #[tokio::test]
 async fn jobs_handed_to_the_claimer_at_once_are_each_answered_with_their_own_run() {
     let db = test_db().await;
-    let (workflow_id, first) =
-        workflow_with_run(&db.pool, "many", slow_workflow(), json!({})).await;
-    let mut ids = vec![first];
-    ids.extend(insert_runs(&db.pool, &workflow_id, 29, |_| json!({})).await);
+    let ids = slow_runs(&db.pool, "many", 30).await;
     let graphs = Arc::new(GraphCache::default());
     let claimer = Claimer::start(db.pool.clone(), holder(), 0, graphs);
     let claims = ids.iter().map(|id| {
