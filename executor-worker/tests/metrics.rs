@@ -83,4 +83,14 @@ async fn executed_transform_steps_and_finished_runs_show_on_the_health_server() 
         "{after}"
     );
     assert_eq!(sample(&after, "thygon_jobs_in_flight", ""), Some(0.0));
+    // The job's claim and its checkpoints went through the group commits.
+    for batches in [
+        "thygon_claim_batch_size_count",
+        "thygon_checkpoint_batch_size_count",
+    ] {
+        assert!(
+            value(&after, batches, "") - value(&before, batches, "") >= 1.0,
+            "{batches}: {after}"
+        );
+    }
 }
