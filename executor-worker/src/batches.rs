@@ -9,8 +9,7 @@
 
 use shared_models::db::StorageError;
 use std::future::Future;
-use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 type Reply<R> = oneshot::Sender<Result<R, StorageError>>;
 
@@ -32,34 +31,22 @@ impl<W, R> Clone for Batches<W, R> {
 
 impl<W: Send + 'static, R: Send + 'static> Batches<W, R> {
     /// Start the writing task (on the current tokio runtime). `write` gets up to `max` writes
-    /// and answers each, in their order; a write it leaves unanswered gets an error. Up to
-    /// `in_flight` batches are written at once (each on its own connection): a batch forms
-    /// while another is being written, and waits only when `in_flight` are. `what` names the
-    /// writer in that error ("the checkpoint writer").
-    pub fn start<F, Fut>(what: &'static str, max: usize, in_flight: usize, mut write: F) -> Self
+    /// and answers each, in their order; a write it leaves unanswered gets an error.
+    /// `what` names the writer in that error ("the checkpoint writer").
+    pub fn start<F, Fut>(what: &'static str, max: usize, mut write: F) -> Self
     where
         F: FnMut(Vec<W>) -> Fut + Send + 'static,
         Fut: Future<Output = Vec<Result<R, StorageError>>> + Send + 'static,
     {
         let (tx, mut rx) = mpsc::unbounded_channel::<(W, Reply<R>)>();
-        let slots = Arc::new(Semaphore::new(in_flight.max(1)));
         tokio::spawn(async move {
-            loop {
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let mut waiting = Vec::with_capacity(max);
-                if rx.recv_many(&mut waiting, max).await == 0 {
-                    return;
+            let mut waiting = Vec::with_capacity(max);
+            while rx.recv_many(&mut waiting, max).await > 0 {
+                let (writes, replies): (Vec<W>, Vec<Reply<R>>) = waiting.drain(..).unzip();
+                let answers = write(writes).await;
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(answer);
                 }
-                let (writes, replies): (Vec<W>, Vec<Reply<R>>) = waiting.into_iter().unzip();
-                let answers = write(writes);
-                tokio::spawn(async move {
-                    for (reply, answer) in replies.into_iter().zip(answers.await) {
-                        let _ = reply.send(answer);
-                    }
-                    drop(slot);
-                });
             }
         });
         Self { tx, what }
@@ -99,7 +86,7 @@ fn copy(e: &StorageError) -> StorageError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     #[tokio::test]
     async fn each_write_gets_its_own_answer_and_waiting_writes_go_together() {
@@ -107,7 +94,7 @@ mod tests {
         let seen = sizes.clone();
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let open = gate.clone();
-        let doubler = Batches::start("the doubler", 8, 1, move |writes: Vec<u32>| {
+        let doubler = Batches::start("the doubler", 8, move |writes: Vec<u32>| {
             seen.lock().unwrap().push(writes.len());
             let gate = gate.clone();
             async move {
@@ -143,36 +130,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn with_two_in_flight_a_batch_is_written_while_another_still_is() {
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let held = gate.clone();
-        // Write 0 blocks until the gate opens; any other write is answered at once.
-        let writer = Batches::start("the writer", 8, 2, move |writes: Vec<u32>| {
-            let gate = held.clone();
-            async move {
-                if writes.contains(&0) {
-                    let _ = gate.acquire().await;
-                }
-                writes.into_iter().map(Ok).collect()
-            }
-        });
-        let blocked = tokio::spawn({
-            let w = writer.clone();
-            async move { w.submit(0).await }
-        });
-        for _ in 0..20 {
-            tokio::task::yield_now().await;
-        }
-        let second = tokio::time::timeout(std::time::Duration::from_secs(5), writer.submit(1));
-        assert_eq!(second.await.expect("not held behind").unwrap(), 1);
-        assert!(!blocked.is_finished());
-        gate.add_permits(1);
-        assert_eq!(blocked.await.unwrap().unwrap(), 0);
-    }
-
-    #[tokio::test]
     async fn a_failed_batch_fails_each_write_and_an_unanswered_write_is_an_error() {
-        let failing = Batches::start("the failing writer", 4, 1, |writes: Vec<u32>| async move {
+        let failing = Batches::start("the failing writer", 4, |writes: Vec<u32>| async move {
             answers::<u32>(
                 writes.len(),
                 Err(StorageError::Unavailable("database away".into())),
@@ -183,7 +142,7 @@ mod tests {
             matches!(e, StorageError::Unavailable(ref m) if m == "database away"),
             "{e}"
         );
-        let silent = Batches::start("the silent writer", 4, 1, |_: Vec<u32>| async move {
+        let silent = Batches::start("the silent writer", 4, |_: Vec<u32>| async move {
             Vec::<Result<u32, StorageError>>::new()
         });
         let e = silent.submit(1).await.unwrap_err();

@@ -24,11 +24,6 @@ use shared_models::db::{blocking, PgPool, StorageError};
 /// At most this many steps per transaction.
 pub const MAX_BATCH: usize = 256;
 
-/// Batches written at once, each in its own transaction on its own connection. A run is in
-/// one batch at a time (it waits for its answer before its next write), so two batches never
-/// write the same run.
-pub const WRITERS: usize = 2;
-
 /// One write to make.
 enum Write {
     Step(PureStep),
@@ -44,7 +39,7 @@ pub struct Checkpointer {
 impl Checkpointer {
     /// Start the writing task (on the current tokio runtime).
     pub fn start(pool: PgPool, me: LeaseHolder) -> Self {
-        let batches = Batches::start("the checkpoint writer", MAX_BATCH, WRITERS, move |writes| {
+        let batches = Batches::start("the checkpoint writer", MAX_BATCH, move |writes| {
             write_batch(pool.clone(), me.clone(), writes)
         });
         Self { batches }

@@ -36,7 +36,7 @@ impl Claimer {
     /// Start the claiming task (on the current tokio runtime). `cap` is the org cap
     /// (`MAX_RUNNING_PER_ORG`, 0 = none).
     pub fn start(pool: PgPool, me: LeaseHolder, cap: u32, graphs: Arc<GraphCache>) -> Self {
-        let batches = Batches::start("the claimer", MAX_BATCH, 1, move |jobs| {
+        let batches = Batches::start("the claimer", MAX_BATCH, move |jobs| {
             claim_batch(pool.clone(), me.clone(), cap, graphs.clone(), jobs)
         });
         Self { batches }
