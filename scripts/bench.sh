@@ -6,7 +6,7 @@
 #   BENCH_WORKERS=1,2   worker-process counts to measure (default 1,2)
 #   BENCH_SCALE=1.0     scales every run count (0.2 for a quick look)
 #   BENCH_OUT=path      where the JSON goes (default target/bench/results.json)
-#   BENCH_CONCURRENCY=32          each worker's WORKER_CONCURRENCY (default: the worker's, 32)
+#   BENCH_CONCURRENCY=64          each worker's WORKER_CONCURRENCY (default: the worker's, 64)
 #   BENCH_MAX_RUNNING_PER_ORG=0   the workers' running cap (default 0: none; deployments: 100)
 #   BENCH_YARDSTICK=1   first measure the machine (scripts/yardstick.sh) and scale the rates
 #                       to the targets' reference machine (0: skip)

@@ -9,7 +9,7 @@
 //! Prints a table and writes the same figures as JSON (`BENCH_OUT`, default
 //! `target/bench/results.json`). `BENCH_SCALE` (default 1.0) scales every run count;
 //! `BENCH_WORKERS` (default `1,2`) lists the worker-process counts to measure;
-//! `BENCH_CONCURRENCY` (default 32, the worker's default) is each worker's `WORKER_CONCURRENCY`;
+//! `BENCH_CONCURRENCY` (default 64, the worker's default) is each worker's `WORKER_CONCURRENCY`;
 //! `BENCH_MAX_RUNNING_PER_ORG` (default 0: no cap) is the workers' `MAX_RUNNING_PER_ORG`. The
 //! cap is tenancy, not the engine, so it is off unless asked for; with it, every claim takes
 //! the org's lock and counts its running runs. `BENCH_YARDSTICK_TPS` (set by `make bench` from
@@ -39,9 +39,9 @@ fn scale() -> f64 {
     positive_env("BENCH_SCALE", 1.0)
 }
 
-/// `WORKER_CONCURRENCY` of each worker process (`BENCH_CONCURRENCY`, default 32 as the worker's).
+/// `WORKER_CONCURRENCY` of each worker process (`BENCH_CONCURRENCY`, default 64 as the worker's).
 fn concurrency() -> usize {
-    positive_env("BENCH_CONCURRENCY", 32)
+    positive_env("BENCH_CONCURRENCY", 64)
 }
 
 /// The workers' `MAX_RUNNING_PER_ORG` (`BENCH_MAX_RUNNING_PER_ORG`, default 0 = no cap).
