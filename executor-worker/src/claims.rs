@@ -60,12 +60,15 @@ async fn claim_batch(
     let now = shared_models::time::now();
     let claimed = blocking(&pool, move |conn| {
         let mut cached = HashMap::new();
-        let claims = storage::claim_runs(conn, &jobs, &me, cap, now, |run| {
-            graphs
-                .get(run)
-                .map(|graph| cached.insert(run.id.clone(), graph))
-                .is_some()
-        })?;
+        // A claimed run whose version this worker has compiled gets the graph, not the definition.
+        let claims =
+            storage::claim_runs(conn, &jobs, &me, cap, now, |run| match graphs.get(run) {
+                Some(graph) => {
+                    cached.insert(run.id.clone(), graph);
+                    true
+                }
+                None => false,
+            })?;
         let with_graphs = claims
             .into_iter()
             .map(|claim| {

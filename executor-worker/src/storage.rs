@@ -137,6 +137,21 @@ pub fn claim_runs(
     let mut claimed: std::collections::HashMap<String, RunRow> =
         pending.into_iter().map(|r| (r.id.clone(), r)).collect();
     let mut seen = std::collections::HashSet::new();
+    // A claimed run with what it needs to resume: its definition too when the caller has not
+    // got it, read once per version in the batch.
+    let mut definitions = Definitions::default();
+    let mut resume = |conn: &mut PgConnection, run: RunRow, steps: Vec<StepRunRow>| {
+        let definition = if has_definition(&run) {
+            None
+        } else {
+            Some(definitions.of(conn, &run)?)
+        };
+        Ok(ClaimedRun {
+            run,
+            definition,
+            steps,
+        })
+    };
     let mut answers = Vec::with_capacity(jobs.len());
     for job in jobs {
         if !seen.insert(job.run_id.as_str()) {
@@ -146,10 +161,9 @@ pub fn claim_runs(
         let answer = match claimed.remove(&job.run_id) {
             Some(run) => {
                 let steps = steps.remove(&run.id).unwrap_or_default();
-                with_definition(conn, run, steps, &mut has_definition)
-                    .map(|c| Claim::Claimed(Box::new(c)))
+                resume(conn, run, steps).map(|c| Claim::Claimed(Box::new(c)))
             }
-            None => claim_locked(conn, job, me, max_running_per_org, now, &mut has_definition),
+            None => claim_locked(conn, job, me, max_running_per_org, now, &mut resume),
         };
         answers.push(answer);
     }
@@ -158,14 +172,15 @@ pub fn claim_runs(
 
 /// The claim of one run that [`claim_pending`] did not take, in a transaction that locks the
 /// run first: a WAITING run (resumed), a RUNNING run (taken over or redelivered), a run held
-/// at its org's cap, or nothing to do (ended, held elsewhere, missing).
+/// at its org's cap, or nothing to do (ended, held elsewhere, missing). `resume` completes a
+/// claimed run with what it needs (see [`claim_runs`]).
 fn claim_locked(
     conn: &mut PgConnection,
     job: &ClaimJob,
     me: &LeaseHolder,
     max_running_per_org: u32,
     now: DateTime<Utc>,
-    has_definition: impl FnMut(&RunRow) -> bool,
+    resume: &mut impl FnMut(&mut PgConnection, RunRow, Vec<StepRunRow>) -> Result<ClaimedRun, Error>,
 ) -> Result<Claim, Error> {
     let (run_id, org_id) = (job.run_id.as_str(), job.org_id.as_str());
     conn.transaction(|conn| {
@@ -238,33 +253,12 @@ fn claim_locked(
         }
         runs::insert_events(conn, &events)?;
         let steps = load_steps(conn, run_id)?;
-        with_definition(conn, claimed_row, steps, has_definition)
-            .map(|c| Claim::Claimed(Box::new(c)))
+        resume(conn, claimed_row, steps).map(|c| Claim::Claimed(Box::new(c)))
     })
 }
 
 fn started_log(verb: &str, me: &LeaseHolder) -> String {
     format!("run {verb} on worker {}", me.worker_id)
-}
-
-/// A claimed run with what it needs to resume: its step rows, and its definition when the
-/// caller has not got it.
-fn with_definition(
-    conn: &mut PgConnection,
-    run: RunRow,
-    steps: Vec<StepRunRow>,
-    mut has_definition: impl FnMut(&RunRow) -> bool,
-) -> Result<ClaimedRun, Error> {
-    let definition = if has_definition(&run) {
-        None
-    } else {
-        Some(load_definition(conn, &run)?)
-    };
-    Ok(ClaimedRun {
-        run,
-        definition,
-        steps,
-    })
 }
 
 /// The statement of [`claim_pending`] (public for the test of its plan).
@@ -397,12 +391,29 @@ fn hold_for_slot(
     Ok(true)
 }
 
-/// The definition of the run's workflow version.
-fn load_definition(conn: &mut PgConnection, run: &RunRow) -> Result<Value, Error> {
-    workflow_versions::table
-        .find((&run.org_id, &run.workflow_id, run.workflow_version))
-        .select(workflow_versions::definition)
-        .first(conn)
+/// The definitions read during one claim batch, by workflow version: the runs of a version
+/// the caller has not got yet (a worker's first batch of it) read it once, not once each.
+#[derive(Default)]
+struct Definitions(std::collections::HashMap<(String, String, i32), Value>);
+
+impl Definitions {
+    /// The definition of the run's workflow version.
+    fn of(&mut self, conn: &mut PgConnection, run: &RunRow) -> Result<Value, Error> {
+        let key = (
+            run.org_id.clone(),
+            run.workflow_id.clone(),
+            run.workflow_version,
+        );
+        if let Some(definition) = self.0.get(&key) {
+            return Ok(definition.clone());
+        }
+        let definition: Value = workflow_versions::table
+            .find((&run.org_id, &run.workflow_id, run.workflow_version))
+            .select(workflow_versions::definition)
+            .first(conn)?;
+        self.0.insert(key, definition.clone());
+        Ok(definition)
+    }
 }
 
 /// The step rows of one run, in position order.
