@@ -351,10 +351,10 @@ async fn claim_run_holds_a_run_at_the_cap_and_claims_it_below_or_without_one() {
 #[tokio::test]
 async fn a_held_run_can_be_cancelled_and_its_job_then_does_nothing() {
     let db = test_db().await;
-    let (workflow_id, a) = workflow_with_run(&db.pool, "capped", slow_workflow(), json!({})).await;
-    let held = insert_runs(&db.pool, &workflow_id, 1, |_| json!({}))
+    let [a, held]: [String; 2] = slow_runs(&db.pool, "capped", 2)
         .await
-        .remove(0);
+        .try_into()
+        .expect("two runs");
     let live = Some(shared_models::time::now() + chrono::Duration::seconds(30));
     set_status(&db.pool, &a, "RUNNING", live).await;
     let engine = engine_with_cap(&db.pool, registry(&[]), AGENT_TIMEOUT, 1);
@@ -418,10 +418,10 @@ async fn claim_written(pool: &PgPool, run_id: &str, me: &LeaseHolder) -> String 
 #[tokio::test]
 async fn a_pending_run_below_its_cap_is_claimed_in_one_statement_writing_what_a_claim_writes() {
     let db = test_db().await;
-    let (workflow_id, a) = workflow_with_run(&db.pool, "plain", slow_workflow(), json!({})).await;
-    let b = insert_runs(&db.pool, &workflow_id, 1, |_| json!({}))
+    let [a, b]: [String; 2] = slow_runs(&db.pool, "plain", 2)
         .await
-        .remove(0);
+        .try_into()
+        .expect("two runs");
     let now = shared_models::time::now();
     let (me_a, me_b) = (holder(), holder());
 

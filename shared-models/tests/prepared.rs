@@ -35,6 +35,12 @@ fn prepared_here(conn: &mut PgConnection) -> Vec<PreparedRow> {
     .expect("read pg_prepared_statements")
 }
 
+/// Org `org_a` and a workflow of it; returns the workflow's id.
+fn org_a_workflow(conn: &mut PgConnection) -> String {
+    fixtures::org_key(conn, "org_a");
+    fixtures::insert_workflow(conn, "org_a", "w", json!({}), true)
+}
+
 #[test]
 fn a_fixed_statement_is_prepared_once_per_connection_and_executed_by_name() {
     let db = TestDb::create();
@@ -73,8 +79,7 @@ fn a_fixed_statement_is_prepared_once_per_connection_and_executed_by_name() {
 fn the_hot_statements_are_prepared_once_for_every_batch_size() {
     let db = TestDb::create();
     let mut conn = PgConnection::establish(&db.url).expect("connect");
-    fixtures::org_key(&mut conn, "org_a");
-    let wf = fixtures::insert_workflow(&mut conn, "org_a", "w", json!({}), true);
+    let wf = org_a_workflow(&mut conn);
     for size in [1, 3, 17] {
         let rows: Vec<RunRow> = (0..size).map(|_| new_run(&wf)).collect();
         let ids = runs::insert_pending_runs(&mut conn, &rows).expect("insert runs");
@@ -120,8 +125,7 @@ fn new_run(workflow_id: &str) -> RunRow {
 fn runs_and_jobs_inserted_in_a_batch_are_the_rows_given() {
     let db = TestDb::create();
     let mut conn = db.pool.get().expect("connection");
-    fixtures::org_key(&mut conn, "org_a");
-    let wf = fixtures::insert_workflow(&mut conn, "org_a", "w", json!({}), true);
+    let wf = org_a_workflow(&mut conn);
     let mut rows: Vec<RunRow> = (0..5).map(|_| new_run(&wf)).collect();
     rows[1].idempotency_key = Some("key-1".into());
     rows[1].request_hash = Some("hash".into());
@@ -171,8 +175,7 @@ fn runs_and_jobs_inserted_in_a_batch_are_the_rows_given() {
 fn events_inserted_in_a_batch_keep_their_order_and_their_empty_fields() {
     let db = TestDb::create();
     let mut conn = db.pool.get().expect("connection");
-    fixtures::org_key(&mut conn, "org_a");
-    let wf = fixtures::insert_workflow(&mut conn, "org_a", "w", json!({}), true);
+    let wf = org_a_workflow(&mut conn);
     let run = fixtures::insert_run(&mut conn, "org_a", &wf, json!({}));
     let now = shared_models::time::now();
     let events = vec![
