@@ -15,7 +15,7 @@
 use crate::agents::AgentRegistry;
 use crate::checkpoints::Checkpointer;
 use crate::claims::Claimer;
-use crate::steps::{self, StepEnv};
+use crate::steps::{self, StepEnv, StepFailure};
 use crate::storage::{
     self, Claim, ClaimedRun, Fenced, LeaseHolder, Park, PureStep, RunEnd, RunFinish, StepChange,
     StepRecord,
@@ -767,16 +767,23 @@ impl Engine {
             let result = match step.timeout {
                 Some(limit) => tokio::time::timeout(limit, steps::execute(&step.kind, &ctx, &env))
                     .await
-                    .unwrap_or_else(|_| Err(format!("timed out after {}s", limit.as_secs_f64()))),
+                    .unwrap_or_else(|_| {
+                        Err(StepFailure::retry(format!(
+                            "timed out after {}s",
+                            limit.as_secs_f64()
+                        )))
+                    }),
                 None => steps::execute(&step.kind, &ctx, &env).await,
             };
             let elapsed = started.elapsed();
             let change = match &result {
                 Ok(output) => StepChange::completed(output.clone()),
-                Err(e) if tries < step.retry.max_attempts => {
-                    StepChange::retrying(attempt, e.clone(), step.retry.delay_before(attempt + 1))
-                }
-                Err(e) => StepChange::failed(e.clone()),
+                Err(e) if e.retryable && tries < step.retry.max_attempts => StepChange::retrying(
+                    attempt,
+                    e.message.clone(),
+                    step.retry.delay_before(attempt + 1),
+                ),
+                Err(e) => StepChange::failed(e.message.clone()),
             };
             match &result {
                 Ok(_) => log::info!("run {}: step {} completed", run.id, step.name),
@@ -811,7 +818,7 @@ impl Engine {
                 (Err(_), StepStatus::Pending) => {
                     tokio::time::sleep(step.retry.delay_before(attempt + 1)).await
                 }
-                (Err(e), _) => return Err(StepEnd::Failed(e)),
+                (Err(e), _) => return Err(StepEnd::Failed(e.message)),
             }
         }
     }

@@ -1,6 +1,6 @@
 //! `agent`: ask the agent named by `agentId` to carry out the (templated) instructions.
 
-use super::StepEnv;
+use super::{StepEnv, StepFailure};
 use crate::agents::{self, AgentCall};
 use serde_json::Value;
 use shared_models::template;
@@ -11,11 +11,11 @@ pub async fn execute(
     inputs: Option<&Value>,
     ctx: &Value,
     env: &StepEnv<'_>,
-) -> Result<Value, String> {
+) -> Result<Value, StepFailure> {
     let instructions =
-        template::render_text(instructions, ctx).map_err(|e| format!("instructions: {e}"))?;
+        template::render_text(instructions, ctx).map_err(|e| StepFailure::fatal(format!("instructions: {e}")))?;
     let inputs = match inputs {
-        Some(inputs) => template::render_json(inputs, ctx).map_err(|e| format!("inputs: {e}"))?,
+        Some(inputs) => template::render_json(inputs, ctx).map_err(|e| StepFailure::fatal(format!("inputs: {e}")))?,
         None => Value::Null,
     };
     let call = AgentCall {
@@ -36,5 +36,5 @@ pub async fn execute(
         env.step_timeout,
     )
     .await
-    .map_err(|e| e.to_string())
+    .map_err(|e| StepFailure::retry(e.to_string()))
 }

@@ -2,7 +2,7 @@
 //! `{ "status", "headers", "body" }` (body as JSON when it parses, else text); a non-2xx
 //! status fails the attempt unless `allowStatus` lists it.
 
-use super::StepEnv;
+use super::{StepEnv, StepFailure};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 use shared_models::graph::HttpRequestSpec;
@@ -16,15 +16,15 @@ pub async fn execute(
     allow_status: &[u16],
     ctx: &Value,
     env: &StepEnv<'_>,
-) -> Result<Value, String> {
-    let url = template::render_text(&request.url, ctx).map_err(|e| format!("request.url: {e}"))?;
+) -> Result<Value, StepFailure> {
+    let url = template::render_text(&request.url, ctx).map_err(|e| StepFailure::fatal(format!("request.url: {e}")))?;
     let url =
-        reqwest::Url::parse(&url).map_err(|e| format!("request.url '{url}' is not a URL: {e}"))?;
+        reqwest::Url::parse(&url).map_err(|e| StepFailure::fatal(format!("request.url is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
+        return Err(StepFailure::fatal(format!(
             "request.url must be http or https, not {}",
             url.scheme()
-        ));
+        )));
     }
     let mut headers = HeaderMap::new();
     // The same key on every attempt of this step, so the endpoint can deduplicate retries.
@@ -34,13 +34,13 @@ pub async fn execute(
     );
     for (name, value) in &request.headers {
         let rendered = template::render_text(value.as_str().unwrap_or_default(), ctx)
-            .map_err(|e| format!("request.headers.{name}: {e}"))?;
+            .map_err(|e| StepFailure::fatal(format!("request.headers.{name}: {e}")))?;
         let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("request.headers: '{name}' is not a header name"))?;
+            .map_err(|_| StepFailure::fatal(format!("request.headers: '{name}' is not a header name")))?;
         headers.insert(name, header_value(&rendered)?);
     }
     let method = reqwest::Method::from_bytes(request.method.as_bytes())
-        .map_err(|_| format!("'{}' is not an HTTP method", request.method))?;
+        .map_err(|_| StepFailure::fatal(format!("'{}' is not an HTTP method", request.method)))?;
     // The step's own timeoutSeconds wins over the worker's default.
     let timeout = env.step_timeout.unwrap_or(env.agent_timeout);
     let mut builder = env
@@ -49,7 +49,7 @@ pub async fn execute(
         .headers(headers)
         .timeout(timeout);
     if let Some(body) = &request.body {
-        match template::render_json(body, ctx).map_err(|e| format!("request.body: {e}"))? {
+        match template::render_json(body, ctx).map_err(|e| StepFailure::fatal(format!("request.body: {e}")))? {
             Value::String(text) => builder = builder.body(text),
             json => builder = builder.json(&json),
         }
@@ -75,21 +75,23 @@ pub async fn execute(
         .await
         .map_err(|e| format!("could not read the answer of {shown}: {e}"))?;
     if bytes.len() > MAX_RESPONSE_BYTES {
-        return Err(format!(
+        return Err(StepFailure::fatal(format!(
             "the answer of {shown} is larger than {MAX_RESPONSE_BYTES} bytes"
-        ));
+        )));
     }
     let body = serde_json::from_slice::<Value>(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     if !(200..300).contains(&status) && !allow_status.contains(&status) {
         let text = String::from_utf8_lossy(&bytes);
         let snippet: String = text.chars().take(200).collect();
-        return Err(format!("{shown} answered HTTP {status}: {snippet}"));
+        return Err(StepFailure::retry(format!(
+            "{shown} answered HTTP {status}: {snippet}"
+        )));
     }
     Ok(serde_json::json!({ "status": status, "headers": out_headers, "body": body }))
 }
 
-fn header_value(v: &str) -> Result<HeaderValue, String> {
+fn header_value(v: &str) -> Result<HeaderValue, StepFailure> {
     HeaderValue::from_str(v)
-        .map_err(|_| "a header value has characters headers cannot carry".to_string())
+        .map_err(|_| StepFailure::fatal("a header value has characters headers cannot carry"))
 }

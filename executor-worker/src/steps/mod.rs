@@ -24,8 +24,51 @@ pub struct StepEnv<'a> {
     pub attempt: i32,
 }
 
+/// Why an attempt of a step failed, and whether another attempt could succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepFailure {
+    pub message: String,
+    /// False when the same attempt would fail the same way (a refused egress, a limit went
+    /// over, an invalid template result): the step fails at once, whatever its retry policy.
+    pub retryable: bool,
+}
+
+impl StepFailure {
+    /// A failure another attempt may not repeat (a timeout, a 5xx, a connection reset).
+    pub fn retry(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    /// A failure every attempt would repeat: never retried.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+impl From<String> for StepFailure {
+    fn from(message: String) -> Self {
+        Self::retry(message)
+    }
+}
+
+impl std::fmt::Display for StepFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// `ctx` is the template context: `variables`, `steps.<name>.output|status`, `run`.
-pub async fn execute(kind: &StepKind, ctx: &Value, env: &StepEnv<'_>) -> Result<Value, String> {
+pub async fn execute(
+    kind: &StepKind,
+    ctx: &Value,
+    env: &StepEnv<'_>,
+) -> Result<Value, StepFailure> {
     match kind {
         StepKind::Agent {
             agent_id,
@@ -38,9 +81,11 @@ pub async fn execute(kind: &StepKind, ctx: &Value, env: &StepEnv<'_>) -> Result<
         } => http::execute(request, allow_status, ctx, env).await,
         StepKind::Transform { value } => transform::execute(value, ctx),
         // The engine waits for these itself; they have nothing to execute.
-        StepKind::Delay { .. } | StepKind::Approval | StepKind::Subworkflow { .. } => Err(format!(
-            "a {} step is waited for, not executed",
-            kind.type_name()
-        )),
+        StepKind::Delay { .. } | StepKind::Approval | StepKind::Subworkflow { .. } => {
+            Err(StepFailure::fatal(format!(
+                "a {} step is waited for, not executed",
+                kind.type_name()
+            )))
+        }
     }
 }
