@@ -160,7 +160,10 @@ async fn the_gateway_refuses_large_bodies_and_limits_unkeyed_traffic_per_address
     // A flood without a key from one address: far more than the burst (200) plus what
     // 50 requests a second refill while it lasts. Some are refused with the gateway's 429.
     let (limited, other) = flood(&client, &stack.base_url, None, 1000).await;
-    assert!(limited > 0, "no request of 1000 without a key was limited ({other:?})");
+    assert!(
+        limited > 0,
+        "no request of 1000 without a key was limited ({other:?})"
+    );
     assert!(
         other.iter().all(|s| *s == 200),
         "unkeyed /healthz answered {other:?}"
