@@ -29,6 +29,11 @@ async fn browse(stack: &Stack, url: &str, args: &[&str]) -> String {
         "chromium-{}",
         shared_models::testing::unique_token()
     ));
+    browse_in(&profile, url, args).await
+}
+
+/// [`browse`] with the browser profile `profile`, which keeps its localStorage between calls.
+async fn browse_in(profile: &Path, url: &str, args: &[&str]) -> String {
     let mut cmd = tokio::process::Command::new(chromium());
     cmd.args([
         "--headless=new",
@@ -402,6 +407,36 @@ async fn the_dashboard_shows_runs_graphs_queues_and_workers_in_a_browser() {
             worker_rows[0]["data-live"].as_str()
         ),
         (worker_id.as_str(), "true")
+    );
+
+    // ---- a link never silently replaces the saved keys ----
+    // The first visit saves the stack's keys; a link with another org's key, opened in the
+    // same browser, only offers it: the page still shows the saved org's runs.
+    let other_key = stack.provision("org_link_sender").await;
+    let profile = stack.dir.join("chromium-shared");
+    let first = browse_in(&profile, &page_url(&stack, ""), &["--dump-dom"]).await;
+    assert!(
+        !first.contains("id=\"key-offer\""),
+        "nothing to offer on a first visit"
+    );
+    let link = format!("{}/ui/#key={other_key}", stack.base_url);
+    let html = browse_in(&profile, &link, &["--dump-dom"]).await;
+    assert!(
+        html.contains("id=\"key-offer\""),
+        "no offer of the link's key: {html}"
+    );
+    assert!(
+        html.contains(&other_key[..8]),
+        "the offer names the link's key"
+    );
+    assert!(!html.contains(&other_key), "the whole key is shown");
+    let shown: Vec<String> = with(&tags(&html, "tr"), "data-run")
+        .map(|a| a["data-run"].clone())
+        .collect();
+    assert_eq!(
+        shown.len(),
+        3,
+        "the saved org's runs are still shown: {shown:?}"
     );
 
     // ---- screenshots, for a person to look at ----

@@ -38,11 +38,14 @@
   }
 
   // #key=...&admin=... sets the keys, then leaves the address bar. A link never silently
-  // replaces a key this browser already keeps: a different one is taken only if the user says
-  // so (anyone can send a link that would otherwise switch the dashboard to their own org).
+  // replaces a key this browser already keeps (anyone can send a link that would otherwise
+  // switch the dashboard to an org of their own): a different key is only offered, and the
+  // page goes on with the saved one until the user takes it (see offerKeys). Returns the
+  // offered keys, { key: "...", admin: "..." }.
   function keysFromFragment() {
+    const offered = {};
     const hash = window.location.hash.replace(/^#/, "");
-    if (!hash) return;
+    if (!hash) return offered;
     const params = new URLSearchParams(hash);
     let used = false;
     for (const which of ["key", "admin"]) {
@@ -51,18 +54,37 @@
       used = true;
       const v = raw.trim();
       const saved = getKey(which);
-      if (saved && saved !== v) {
-        const what = which === "key" ? "org API key" : "admin key";
-        const question =
-          "This link carries a different " + what + " (" + shortKey(v) + ") than the one saved " +
-          "in this browser (" + shortKey(saved) + "). Replace the saved key?";
-        if (!window.confirm(question)) continue;
-      }
-      setKey(which, v);
+      if (saved && v && saved !== v) offered[which] = v;
+      else setKey(which, v);
     }
     if (used && window.history && window.history.replaceState) {
       window.history.replaceState(null, "", window.location.pathname + window.location.search);
     }
+    return offered;
+  }
+
+  // A notice above the page: the link carried keys other than the saved ones.
+  function offerKeys(offered) {
+    const names = { key: "org key", admin: "admin key" };
+    const which = Object.keys(offered);
+    const main = document.querySelector("main");
+    if (!which.length || !main) return;
+    const take = el("button", { type: "button", id: "key-offer-take", text: "Use the link's keys" });
+    const keep = el("button", { type: "button", class: "plain", id: "key-offer-keep", text: "Keep the saved keys" });
+    const notice = el("div", { class: "banner shown", id: "key-offer", role: "alert" }, [
+      el("span", {
+        text: "This link carries a different " +
+          which.map((w) => names[w] + " (" + shortKey(offered[w]) + ", saved: " + shortKey(getKey(w)) + ")").join(" and ") +
+          ". The page uses the saved keys until you choose. ",
+      }),
+      take, " ", keep,
+    ]);
+    take.addEventListener("click", () => {
+      for (const w of which) setKey(w, offered[w]);
+      window.location.reload();
+    });
+    keep.addEventListener("click", () => notice.remove());
+    main.insertBefore(notice, main.firstChild);
   }
 
   // ---- DOM helpers ---------------------------------------------------------------------
@@ -589,9 +611,10 @@
 
   // ---- start ---------------------------------------------------------------------------
 
-  keysFromFragment();
+  const offered = keysFromFragment();
   const page = document.body.getAttribute("data-page");
   header(page);
+  offerKeys(offered);
   if (page === "runs") runsPage();
   else if (page === "run") runPage();
   else if (page === "queues") queuesPage();
