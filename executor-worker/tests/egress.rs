@@ -39,8 +39,13 @@ async fn fetch(
     engine: &executor_worker::engine::Engine,
     url: &str,
 ) -> shared_models::models::StepRunRow {
-    let (_, run_id) =
-        workflow_with_run(&db.pool, &fresh_name(), fetch_definition(), json!({ "u": url })).await;
+    let (_, run_id) = workflow_with_run(
+        &db.pool,
+        &fresh_name(),
+        fetch_definition(),
+        json!({ "u": url }),
+    )
+    .await;
     engine.process(&run_job(&run_id)).await;
     let steps = get_steps(&db.pool, &run_id).await;
     find_step(&steps, "fetch").clone()
@@ -77,12 +82,36 @@ async fn loopback_in_every_spelling_fails_at_once_and_reaches_nothing() {
     let port = target.address().port();
     let engine = engine(&db.pool, registry(&[]), CALL_TIMEOUT);
     let cases = [
-        (format!("http://127.0.0.1:{port}/healthz"), format!("127.0.0.1:{port}"), "loopback"),
-        (format!("http://2130706433:{port}/healthz"), format!("127.0.0.1:{port}"), "loopback"),
-        (format!("http://0x7f.1:{port}/"), format!("127.0.0.1:{port}"), "loopback"),
-        (format!("http://0.0.0.0:{port}/"), format!("0.0.0.0:{port}"), "unspecified"),
-        (format!("http://[::1]:{port}/"), format!("[::1]:{port}"), "loopback"),
-        (format!("http://[::ffff:127.0.0.1]:{port}/"), format!("127.0.0.1:{port}"), "loopback"),
+        (
+            format!("http://127.0.0.1:{port}/healthz"),
+            format!("127.0.0.1:{port}"),
+            "loopback",
+        ),
+        (
+            format!("http://2130706433:{port}/healthz"),
+            format!("127.0.0.1:{port}"),
+            "loopback",
+        ),
+        (
+            format!("http://0x7f.1:{port}/"),
+            format!("127.0.0.1:{port}"),
+            "loopback",
+        ),
+        (
+            format!("http://0.0.0.0:{port}/"),
+            format!("0.0.0.0:{port}"),
+            "unspecified",
+        ),
+        (
+            format!("http://[::1]:{port}/"),
+            format!("[::1]:{port}"),
+            "loopback",
+        ),
+        (
+            format!("http://[::ffff:127.0.0.1]:{port}/"),
+            format!("127.0.0.1:{port}"),
+            "loopback",
+        ),
     ];
     for (url, target_text, range) in cases {
         let step = fetch(&db, &engine, &url).await;
@@ -121,13 +150,20 @@ async fn a_redirect_from_an_allowed_server_to_another_port_is_refused_at_the_hop
             .mount(&allowed)
             .await;
     }
-    let engine = engine_allowing(&db.pool, registry(&[]), CALL_TIMEOUT, &allow_server(&allowed));
+    let engine = engine_allowing(
+        &db.pool,
+        registry(&[]),
+        CALL_TIMEOUT,
+        &allow_server(&allowed),
+    );
 
     let url = format!("{}/literal", allowed.uri());
     let error = assert_failed_at_once(&fetch(&db, &engine, &url).await, &url);
     assert_eq!(
         error,
-        format!("egress to 127.0.0.1:{inside_port} refused (loopback); EGRESS_ALLOW lists exceptions")
+        format!(
+            "egress to 127.0.0.1:{inside_port} refused (loopback); EGRESS_ALLOW lists exceptions"
+        )
     );
     let url = format!("{}/named", allowed.uri());
     let error = assert_failed_at_once(&fetch(&db, &engine, &url).await, &url);
@@ -135,8 +171,16 @@ async fn a_redirect_from_an_allowed_server_to_another_port_is_refused_at_the_hop
         error.starts_with("egress to localhost (") && error.contains("refused (loopback)"),
         "{error}"
     );
-    assert_eq!(requests(&allowed).await, 2, "one request per run to the allowed server");
-    assert_eq!(requests(&inside).await, 0, "the redirect target got nothing");
+    assert_eq!(
+        requests(&allowed).await,
+        2,
+        "one request per run to the allowed server"
+    );
+    assert_eq!(
+        requests(&inside).await,
+        0,
+        "the redirect target got nothing"
+    );
 }
 
 #[tokio::test]
@@ -145,15 +189,25 @@ async fn a_redirect_chain_stops_at_the_cap() {
     let looping = MockServer::start().await;
     Mock::given(method("GET"))
         .respond_with(
-            ResponseTemplate::new(302).insert_header("location", format!("{}/again", looping.uri()).as_str()),
+            ResponseTemplate::new(302)
+                .insert_header("location", format!("{}/again", looping.uri()).as_str()),
         )
         .mount(&looping)
         .await;
-    let engine = engine_allowing(&db.pool, registry(&[]), CALL_TIMEOUT, &allow_server(&looping));
+    let engine = engine_allowing(
+        &db.pool,
+        registry(&[]),
+        CALL_TIMEOUT,
+        &allow_server(&looping),
+    );
     let url = format!("{}/start", looping.uri());
     let error = assert_failed_at_once(&fetch(&db, &engine, &url).await, &url);
     assert_eq!(error, "stopped after 5 redirects (HTTP_MAX_REDIRECTS)");
-    assert_eq!(requests(&looping).await, 6, "the first request and five hops");
+    assert_eq!(
+        requests(&looping).await,
+        6,
+        "the first request and five hops"
+    );
 }
 
 #[tokio::test]
@@ -162,10 +216,18 @@ async fn a_listed_target_is_reached() {
     let target = counting_server().await;
     let port = target.address().port();
     // Address and port: the URL must write the address.
-    let engine = engine_allowing(&db.pool, registry(&[]), CALL_TIMEOUT, &format!("127.0.0.1:{port}"));
+    let engine = engine_allowing(
+        &db.pool,
+        registry(&[]),
+        CALL_TIMEOUT,
+        &format!("127.0.0.1:{port}"),
+    );
     let step = fetch(&db, &engine, &format!("http://127.0.0.1:{port}/x")).await;
     assert_eq!(step.status, "COMPLETED", "{:?}", step.error);
-    assert_eq!(step.output.expect("output")["body"], json!("internal secret"));
+    assert_eq!(
+        step.output.expect("output")["body"],
+        json!("internal secret")
+    );
     // Address on every port: a name resolving to it is let through too.
     let engine = engine_allowing(&db.pool, registry(&[]), CALL_TIMEOUT, "127.0.0.1");
     let step = fetch(&db, &engine, &format!("http://localhost:{port}/x")).await;
@@ -250,12 +312,18 @@ async fn an_answer_over_the_size_cap_fails_the_step_naming_the_setting() {
     // No length: stopped as the chunks arrive.
     let url = format!("http://{chunked}/stream");
     let error = assert_failed_at_once(&fetch(&db, &engine, &url).await, &url);
-    assert!(error.contains("larger than HTTP_MAX_RESPONSE_BYTES (10000 bytes)"), "{error}");
+    assert!(
+        error.contains("larger than HTTP_MAX_RESPONSE_BYTES (10000 bytes)"),
+        "{error}"
+    );
     assert_eq!(chunked_requests.load(Ordering::SeqCst), 1, "not retried");
     // Under the cap, chunked: read whole.
     let step = fetch(&db, &engine, &format!("http://{small}/stream")).await;
     assert_eq!(step.status, "COMPLETED", "{:?}", step.error);
-    assert_eq!(step.output.expect("output")["body"], json!("x".repeat(5000)));
+    assert_eq!(
+        step.output.expect("output")["body"],
+        json!("x".repeat(5000))
+    );
 }
 
 #[tokio::test]
@@ -283,11 +351,19 @@ async fn no_error_carries_the_query_or_the_userinfo() {
         format!("http://{secrets}{closed}/b{query}"),
         // Refused by the policy.
         format!("http://{secrets}{}/c{query}", blocked.address()),
-        format!("http://{secrets}localhost:{}/d{query}", blocked.address().port()),
+        format!(
+            "http://{secrets}localhost:{}/d{query}",
+            blocked.address().port()
+        ),
     ];
     for url in cases {
-        let (_, run_id) =
-            workflow_with_run(&db.pool, &fresh_name(), fetch_definition(), json!({ "u": url })).await;
+        let (_, run_id) = workflow_with_run(
+            &db.pool,
+            &fresh_name(),
+            fetch_definition(),
+            json!({ "u": url }),
+        )
+        .await;
         engine.process(&run_job(&run_id)).await;
         let steps = get_steps(&db.pool, &run_id).await;
         let step = find_step(&steps, "fetch");
@@ -298,7 +374,10 @@ async fn no_error_carries_the_query_or_the_userinfo() {
         let events = get_events(&db.pool, &run_id).await;
         let everything = format!("{error} {:?} {events:?}", run.error);
         for secret in ["s3cret", "token="] {
-            assert!(!everything.contains(secret), "{url} leaked {secret}: {everything}");
+            assert!(
+                !everything.contains(secret),
+                "{url} leaked {secret}: {everything}"
+            );
         }
     }
     assert_eq!(requests(&blocked).await, 0);
@@ -358,7 +437,11 @@ async fn a_step_timeout_over_the_maximum_is_cut_to_it() {
     );
     let started = Instant::now();
     engine.process(&run_job(&run_id)).await;
-    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     let steps = get_steps(&db.pool, &run_id).await;
     let step = find_step(&steps, "fetch");
     assert_eq!(step.status, "FAILED");

@@ -109,12 +109,24 @@ const V6_RANGES: &[([u16; 8], u8, Blocked)] = &[
     ([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10, Blocked::Private),
     ([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10, Blocked::LinkLocal),
     ([0xff00, 0, 0, 0, 0, 0, 0, 0], 8, Blocked::Multicast),
-    ([0x2001, 0x0db8, 0, 0, 0, 0, 0, 0], 32, Blocked::Documentation),
+    (
+        [0x2001, 0x0db8, 0, 0, 0, 0, 0, 0],
+        32,
+        Blocked::Documentation,
+    ),
     ([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20, Blocked::Documentation),
-    ([0x2001, 0x0002, 0, 0, 0, 0, 0, 0], 48, Blocked::Benchmarking),
+    (
+        [0x2001, 0x0002, 0, 0, 0, 0, 0, 0],
+        48,
+        Blocked::Benchmarking,
+    ),
     ([0x2001, 0, 0, 0, 0, 0, 0, 0], 32, Blocked::Reserved),
     ([0x0100, 0, 0, 0, 0, 0, 0, 0], 64, Blocked::Discard),
-    ([0x0064, 0xff9b, 0x0001, 0, 0, 0, 0, 0], 48, Blocked::Private),
+    (
+        [0x0064, 0xff9b, 0x0001, 0, 0, 0, 0, 0],
+        48,
+        Blocked::Private,
+    ),
     ([0, 0, 0, 0, 0, 0, 0, 0], 8, Blocked::Reserved),
 ];
 
@@ -162,13 +174,21 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<(Ipv4Addr, bool)> {
     }
     let bits = u128::from(ip);
     let low = Ipv4Addr::from(bits as u32);
-    if same_prefix_v6(bits, u128::from(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0)), 96) {
+    if same_prefix_v6(
+        bits,
+        u128::from(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0)),
+        96,
+    ) {
         return Some((low, false));
     }
     if same_prefix_v6(bits, 0, 96) {
         return Some((low, true));
     }
-    if same_prefix_v6(bits, u128::from(Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0)), 16) {
+    if same_prefix_v6(
+        bits,
+        u128::from(Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0)),
+        16,
+    ) {
         return Some((Ipv4Addr::from((bits >> 80) as u32), false));
     }
     None
@@ -243,12 +263,20 @@ enum Allow {
 impl Allow {
     fn contains_ip(&self, ip: IpAddr) -> bool {
         match (self, ip) {
-            (Allow::Net { net: IpAddr::V4(net), prefix }, IpAddr::V4(ip)) => {
-                same_prefix_v4(u32::from(ip), u32::from(*net), *prefix)
-            }
-            (Allow::Net { net: IpAddr::V6(net), prefix }, IpAddr::V6(ip)) => {
-                same_prefix_v6(u128::from(ip), u128::from(*net), *prefix)
-            }
+            (
+                Allow::Net {
+                    net: IpAddr::V4(net),
+                    prefix,
+                },
+                IpAddr::V4(ip),
+            ) => same_prefix_v4(u32::from(ip), u32::from(*net), *prefix),
+            (
+                Allow::Net {
+                    net: IpAddr::V6(net),
+                    prefix,
+                },
+                IpAddr::V6(ip),
+            ) => same_prefix_v6(u128::from(ip), u128::from(*net), *prefix),
             _ => false,
         }
     }
@@ -330,7 +358,10 @@ impl EgressPolicy {
     pub fn check_socket(&self, ip: IpAddr, port: u16) -> Result<(), EgressRefused> {
         let ip = canonical(ip);
         let listed = self.allow.iter().any(|a| match a {
-            Allow::Socket { ip: allowed, port: p } => *allowed == ip && *p == port,
+            Allow::Socket {
+                ip: allowed,
+                port: p,
+            } => *allowed == ip && *p == port,
             other => other.contains_ip(ip),
         });
         match classify(ip) {
@@ -537,9 +568,8 @@ impl Resolve for SystemResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
     }

@@ -28,9 +28,9 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod db;
-pub mod envelope;
 #[cfg(feature = "egress")]
 pub mod egress;
+pub mod envelope;
 pub mod graph;
 pub mod http;
 pub mod ids;

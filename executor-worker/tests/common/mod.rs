@@ -45,7 +45,13 @@ pub fn engine_with_cap(
     agent_timeout: Duration,
     cap: u32,
 ) -> Engine {
-    engine_with(pool, agents, agent_timeout, cap, OutboundSettings::default())
+    engine_with(
+        pool,
+        agents,
+        agent_timeout,
+        cap,
+        OutboundSettings::default(),
+    )
 }
 
 /// [`engine`] whose `http` steps may reach what `allow` lists (`EGRESS_ALLOW`): the

@@ -134,7 +134,11 @@ fn ipv6_forms_carrying_an_ipv4_address_are_classified_by_it() {
 
 #[test]
 fn public_ipv6_addresses_pass() {
-    for addr in ["2606:4700:4700::1111", "2a00:1450:4001::200e", "2001:4860::8888"] {
+    for addr in [
+        "2606:4700:4700::1111",
+        "2a00:1450:4001::200e",
+        "2001:4860::8888",
+    ] {
         assert_eq!(classify(ip(addr)), None, "{addr}");
     }
 }
@@ -171,12 +175,28 @@ fn other_literal_forms_are_refused_on_the_url() {
         ("http://0:8081/", "0.0.0.0:8081", "unspecified"),
         ("http://[::]:8081/", "[::]:8081", "unspecified"),
         ("http://[::1]:8081/", "[::1]:8081", "loopback"),
-        ("http://[::ffff:127.0.0.1]:8081/", "127.0.0.1:8081", "loopback"),
-        ("http://[0:0:0:0:0:ffff:7f00:1]/", "127.0.0.1:80", "loopback"),
-        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254:80", "link-local"),
+        (
+            "http://[::ffff:127.0.0.1]:8081/",
+            "127.0.0.1:8081",
+            "loopback",
+        ),
+        (
+            "http://[0:0:0:0:0:ffff:7f00:1]/",
+            "127.0.0.1:80",
+            "loopback",
+        ),
+        (
+            "http://169.254.169.254/latest/meta-data/",
+            "169.254.169.254:80",
+            "link-local",
+        ),
         ("https://10.0.0.1/", "10.0.0.1:443", "private"),
         ("http://[fe80::1]/", "[fe80::1]:80", "link-local"),
-        ("http://[64:ff9b::7f00:1]/", "[64:ff9b::7f00:1]:80", "loopback"),
+        (
+            "http://[64:ff9b::7f00:1]/",
+            "[64:ff9b::7f00:1]:80",
+            "loopback",
+        ),
         ("http://user:pw@127.0.0.1:9/", "127.0.0.1:9", "loopback"),
     ];
     for (spelling, target, range) in cases {
@@ -248,7 +268,10 @@ fn cidr_entries_allow_their_network() {
     let kept = p
         .filter_resolved(
             "inside.test",
-            vec!["10.0.0.5:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()],
+            vec![
+                "10.0.0.5:0".parse().unwrap(),
+                "127.0.0.1:0".parse().unwrap(),
+            ],
         )
         .expect("10.0.0.5 is listed");
     assert_eq!(kept, vec!["10.0.0.5:0".parse::<SocketAddr>().unwrap()]);
@@ -344,8 +367,8 @@ fn the_resolver_drops_refused_addresses() {
 
 #[test]
 fn the_resolver_refuses_a_name_that_resolves_only_inside() {
-    let err = resolve_with("", &["10.0.0.5:0", "127.0.0.1:0"], "inside.test")
-        .expect_err("nothing left");
+    let err =
+        resolve_with("", &["10.0.0.5:0", "127.0.0.1:0"], "inside.test").expect_err("nothing left");
     let refused = err
         .downcast_ref::<EgressRefused>()
         .expect("the refusal itself");
@@ -362,7 +385,9 @@ fn the_resolver_refuses_a_name_that_resolves_only_inside() {
 #[test]
 fn the_resolver_keeps_listed_addresses_and_names() {
     assert_eq!(
-        resolve_with("127.0.0.1", &["127.0.0.1:0"], "localhost").expect("listed").len(),
+        resolve_with("127.0.0.1", &["127.0.0.1:0"], "localhost")
+            .expect("listed")
+            .len(),
         1
     );
     assert_eq!(
