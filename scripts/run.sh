@@ -40,6 +40,12 @@ WORKER_HOST="${WORKER_HOST:-127.0.0.1}"
 WORKER_BASE_PORT="${WORKER_BASE_PORT:-8083}"
 SUPPORT_AGENT="${SUPPORT_AGENT:-1}"
 export SUPPORT_AGENT_ADDR="${SUPPORT_AGENT_ADDR:-127.0.0.1:9000}"
+# What `http` steps may reach inside the network (docs/SECURITY.md, "Egress"): only the
+# example agent's address, whose POST /webhook the README's branching example calls.
+# Set EGRESS_ALLOW (even to nothing) to change it.
+if [[ $SUPPORT_AGENT != 0 ]]; then
+    export EGRESS_ALLOW="${EGRESS_ALLOW-$SUPPORT_AGENT_ADDR}"
+fi
 READY_TIMEOUT="${READY_TIMEOUT:-60}"
 STOP_TIMEOUT="${STOP_TIMEOUT:-15}"
 
@@ -271,6 +277,7 @@ EOF
     cat <<EOF
   Logs:              $LOG_DIR/<name>.log
   Agents file:       $AGENTS_FILE
+  Egress allowed:    ${EGRESS_ALLOW:-(nothing inside; see docs/SECURITY.md, "Egress")}
   Database:          $(redact_url "$DATABASE_URL")
   Broker:            $(redact_url "$AMQP_URL") (queue prefix $QUEUE_PREFIX)
 EOF

@@ -253,7 +253,11 @@ impl Stack {
             vec![("HTTP_ADDR", format!("127.0.0.1:{rt}"))],
             format!("http://127.0.0.1:{rt}/readyz"),
         ));
-        let mut worker_env = common.clone();
+        let gateway = free_port();
+        // `http` steps may call this stack's own gateway (tests use it as a real endpoint) and
+        // nothing else inside; `env` may set EGRESS_ALLOW otherwise (the later value wins).
+        let mut worker_env = vec![("EGRESS_ALLOW".to_string(), format!("127.0.0.1:{gateway}"))];
+        worker_env.extend(common.iter().cloned());
         worker_env.push((
             "WORKER_CONCURRENCY".into(),
             options.worker_concurrency.to_string(),
@@ -262,7 +266,6 @@ impl Stack {
             specs.push(worker_spec(&worker_env, i, options.release));
         }
 
-        let gateway = free_port();
         let template =
             std::fs::read_to_string(workspace_root().join("deploy/nginx/thygon.conf.template"))
                 .expect("nginx template");

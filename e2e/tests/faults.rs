@@ -71,6 +71,8 @@ async fn fault_stack(workers: usize, concurrency: usize, db: &str, mq: &PrivateR
         ("LEASE_SECONDS", "3"),
         ("SHUTDOWN_GRACE_SECONDS", "10"),
         ("REAPER_GRACE_SECONDS", "1"),
+        // The slow endpoint's `http` steps: it listens on a loopback port picked later.
+        ("EGRESS_ALLOW", "127.0.0.1"),
     ];
     Stack::start_opts(StackOptions {
         workers,

@@ -1,3 +1,4 @@
+use crate::outbound::OutboundSettings;
 use shared_models::config::{env_or, env_parse, env_seconds, CommonConfig};
 use std::time::Duration;
 
@@ -25,6 +26,9 @@ pub struct Settings {
     /// default 5): the ops view calls a worker live while its last beat is at most three
     /// intervals old.
     pub heartbeat: Duration,
+    /// The egress policy and the bounds of `http` and `agent` calls (`EGRESS_ALLOW`,
+    /// `HTTP_MAX_RESPONSE_BYTES`, `HTTP_MAX_REDIRECTS`, `MAX_STEP_TIMEOUT_SECONDS`).
+    pub outbound: OutboundSettings,
 }
 
 /// `WORKER_CONCURRENCY` when unset: runs in flight share their claim and checkpoint commits,
@@ -55,6 +59,7 @@ impl Settings {
             worker_id: env_or("WORKER_ID", &format!("{host}-{}", std::process::id())),
             max_running_per_org: env_parse("MAX_RUNNING_PER_ORG", DEFAULT_MAX_RUNNING_PER_ORG)?,
             heartbeat: env_seconds("WORKER_HEARTBEAT_SECONDS", 5.0)?,
+            outbound: OutboundSettings::from_env()?,
         })
     }
 }

@@ -15,6 +15,7 @@
 use crate::agents::AgentRegistry;
 use crate::checkpoints::Checkpointer;
 use crate::claims::Claimer;
+use crate::outbound::Outbound;
 use crate::steps::{self, StepEnv, StepFailure};
 use crate::storage::{
     self, Claim, ClaimedRun, Fenced, LeaseHolder, Park, PureStep, RunEnd, RunFinish, StepChange,
@@ -48,7 +49,8 @@ pub enum JobOutcome {
 pub struct Engine {
     pub pool: PgPool,
     pub agents: AgentRegistry,
-    pub http: reqwest::Client,
+    /// The clients of `http` steps (egress policy on) and of agents, and their bounds.
+    pub http: Outbound,
     pub me: LeaseHolder,
     /// Per-attempt timeout of agent and HTTP calls whose step or agent entry sets none.
     pub agent_timeout: Duration,
@@ -110,7 +112,7 @@ impl Engine {
     pub fn new(
         pool: PgPool,
         agents: AgentRegistry,
-        http: reqwest::Client,
+        http: Outbound,
         me: LeaseHolder,
         agent_timeout: Duration,
         max_running_per_org: u32,
@@ -764,15 +766,10 @@ impl Engine {
             );
             let env = self.step_env(run, step, attempt);
             let started = Instant::now();
-            let result = match step.timeout {
+            let result = match self.http.step_timeout(step.timeout) {
                 Some(limit) => tokio::time::timeout(limit, steps::execute(&step.kind, &ctx, &env))
                     .await
-                    .unwrap_or_else(|_| {
-                        Err(StepFailure::retry(format!(
-                            "timed out after {}s",
-                            limit.as_secs_f64()
-                        )))
-                    }),
+                    .unwrap_or_else(|_| Err(StepFailure::retry(self.http.timed_out(limit)))),
                 None => steps::execute(&step.kind, &ctx, &env).await,
             };
             let elapsed = started.elapsed();
@@ -829,7 +826,7 @@ impl Engine {
             agents: &self.agents,
             http: &self.http,
             agent_timeout: self.agent_timeout,
-            step_timeout: step.timeout,
+            step_timeout: self.http.step_timeout(step.timeout),
             run_id: &run.id,
             workflow_id: &run.workflow_id,
             step: step.name.as_str(),

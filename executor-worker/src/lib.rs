@@ -9,6 +9,7 @@
 //! - [`engine`]: one job: claim the run, resume from checkpoints, execute ready steps, finish.
 //! - [`metrics`]: step durations, jobs in flight and settled, runs finished (`/metrics`).
 //! - [`steps`]: one executor per step type.
+//! - [`outbound`]: the HTTP clients of `http` steps (egress policy on) and of agents.
 //! - [`agents`]: the agent registry and the HTTP and OpenAI-compatible agent protocols.
 //! - [`batches`]: group commit: one task writes what many runs hand it, together.
 //! - [`claims`]: the claims of the jobs that arrive together, in one statement.
@@ -24,6 +25,7 @@ pub mod consumer;
 pub mod dead_letters;
 pub mod engine;
 pub mod metrics;
+pub mod outbound;
 pub mod presence;
 pub mod startup;
 pub mod steps;

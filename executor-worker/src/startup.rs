@@ -4,6 +4,7 @@ use crate::agents::AgentRegistry;
 use crate::config::Settings;
 use crate::consumer::{Consumer, WorkerState};
 use crate::engine::Engine;
+use crate::outbound::Outbound;
 use crate::storage::LeaseHolder;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
@@ -18,13 +19,7 @@ pub fn build_engine(
     pool: PgPool,
     agents: AgentRegistry,
 ) -> Result<Engine, String> {
-    let http = reqwest::Client::builder()
-        .user_agent(concat!(
-            "thygon-executor-worker/",
-            env!("CARGO_PKG_VERSION")
-        ))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let http = Outbound::new(settings.outbound.clone())?;
     let me = LeaseHolder {
         worker_id: settings.worker_id.clone(),
         lease: settings.lease,

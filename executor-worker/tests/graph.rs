@@ -289,7 +289,12 @@ async fn a_flaky_step_succeeds_on_its_third_attempt_with_the_same_idempotency_ke
         "retry": { "maxAttempts": 3, "backoffSeconds": 0.05, "backoffMultiplier": 2 },
     }] });
     let (_, run_id) = workflow_with_run(&db.pool, "flaky", definition, json!({})).await;
-    let engine = engine(&db.pool, registry(&[]), AGENT_TIMEOUT);
+    let engine = engine_allowing(
+        &db.pool,
+        registry(&[]),
+        AGENT_TIMEOUT,
+        &allow_server(&server),
+    );
 
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
 
@@ -377,7 +382,12 @@ async fn a_step_that_exhausts_its_attempts_fails_the_run_and_cancels_the_next_st
         { "name": "after", "type": "transform", "value": "{{ steps.call.output }}" },
     ] });
     let (_, run_id) = workflow_with_run(&db.pool, "exhausted", definition, json!({})).await;
-    let engine = engine(&db.pool, registry(&[]), AGENT_TIMEOUT);
+    let engine = engine_allowing(
+        &db.pool,
+        registry(&[]),
+        AGENT_TIMEOUT,
+        &allow_server(&server),
+    );
 
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
 
@@ -445,7 +455,12 @@ async fn run_slow_agent_step(retry: Value) -> (shared_models::testing::TestDb, S
         { "name": "after", "type": "transform", "value": 1 },
     ] });
     let (_, run_id) = workflow_with_run(&db.pool, "slow_step", definition, json!({})).await;
-    let engine = engine(&db.pool, agents_at(&server, &["slow"]), AGENT_TIMEOUT);
+    let engine = engine_allowing(
+        &db.pool,
+        agents_at(&server, &["slow"]),
+        AGENT_TIMEOUT,
+        &allow_server(&server),
+    );
 
     let started = std::time::Instant::now();
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
@@ -539,7 +554,12 @@ async fn an_http_step_sends_its_templated_request_and_outputs_status_headers_and
     let variables = json!({ "base": server.uri(), "orderId": "o-7", "token": "s3cret",
                             "qty": 3, "item": "widget" });
     let (_, run_id) = workflow_with_run(&db.pool, "http_post", definition, variables).await;
-    let engine = engine(&db.pool, registry(&[]), AGENT_TIMEOUT);
+    let engine = engine_allowing(
+        &db.pool,
+        registry(&[]),
+        AGENT_TIMEOUT,
+        &allow_server(&server),
+    );
 
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
 
@@ -594,7 +614,12 @@ async fn an_http_404_fails_its_step_unless_allow_status_lists_it() {
         json!({}),
     )
     .await;
-    let engine = engine(&db.pool, registry(&[]), AGENT_TIMEOUT);
+    let engine = engine_allowing(
+        &db.pool,
+        registry(&[]),
+        AGENT_TIMEOUT,
+        &allow_server(&server),
+    );
 
     assert_eq!(process(&engine, &strict).await, JobOutcome::Done);
     assert_eq!(process(&engine, &lenient).await, JobOutcome::Done);
@@ -633,7 +658,12 @@ async fn an_http_text_body_is_output_as_a_string() {
     let definition = json!({ "steps": [{ "name": "motd", "type": "http",
         "request": { "method": "GET", "url": format!("{}/motd", server.uri()) } }] });
     let (_, run_id) = workflow_with_run(&db.pool, "http_text", definition, json!({})).await;
-    let engine = engine(&db.pool, registry(&[]), AGENT_TIMEOUT);
+    let engine = engine_allowing(
+        &db.pool,
+        registry(&[]),
+        AGENT_TIMEOUT,
+        &allow_server(&server),
+    );
 
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
 
@@ -1078,7 +1108,12 @@ async fn a_failure_lets_a_branch_in_flight_finish_and_be_recorded_before_the_run
         { "name": "after", "type": "transform", "value": 1, "dependsOn": ["fast_fail", "slow_ok"] },
     ] });
     let (_, run_id) = workflow_with_run(&db.pool, "in_flight", definition, json!({})).await;
-    let engine = engine(&db.pool, agents_at(&server, &["slow"]), AGENT_TIMEOUT);
+    let engine = engine_allowing(
+        &db.pool,
+        agents_at(&server, &["slow"]),
+        AGENT_TIMEOUT,
+        &allow_server(&server),
+    );
 
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
 
@@ -1265,7 +1300,12 @@ async fn a_steps_own_timeout_wins_over_the_workers_default_call_timeout() {
     )
     .await;
     // The worker's default per-call timeout is shorter than the answer takes.
-    let engine = engine(&db.pool, registry(&[]), Duration::from_millis(200));
+    let engine = engine_allowing(
+        &db.pool,
+        registry(&[]),
+        Duration::from_millis(200),
+        &allow_server(&server),
+    );
 
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
 
@@ -1299,7 +1339,12 @@ async fn a_failing_branch_cancels_a_waiting_subworkflow_and_its_child_run() {
         json!({ "base": server.uri() }),
     )
     .await;
-    let engine = engine(&db.pool, registry(&[]), AGENT_TIMEOUT);
+    let engine = engine_allowing(
+        &db.pool,
+        registry(&[]),
+        AGENT_TIMEOUT,
+        &allow_server(&server),
+    );
 
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
 

@@ -64,7 +64,12 @@ async fn every_line_logged_while_a_run_is_processed_carries_its_request_and_run_
         .respond_with(ResponseTemplate::new(503))
         .mount(&server)
         .await;
-    let engine = engine(&db.pool, registry(&[]), Duration::from_secs(10));
+    let engine = engine_allowing(
+        &db.pool,
+        registry(&[]),
+        Duration::from_secs(10),
+        &allow_server(&server),
+    );
 
     // Parallel branches that complete, and one that fails after a retry.
     let runs = [

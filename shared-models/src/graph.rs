@@ -30,6 +30,10 @@ pub const STEP_TYPES: &[&str] = &[
 pub const MAX_ATTEMPTS: u32 = 20;
 pub const MAX_BACKOFF_SECONDS: f64 = 3600.0;
 pub const MAX_TIMEOUT_SECONDS: f64 = 30.0 * 24.0 * 3600.0;
+/// `timeoutSeconds` of an `http` or `agent` step: a call holds a worker slot while it waits
+/// (approvals and subworkflows hold none, so they keep [`MAX_TIMEOUT_SECONDS`]). Workers
+/// also clamp it to their `MAX_STEP_TIMEOUT_SECONDS` at run time.
+pub const MAX_CALL_TIMEOUT_SECONDS: f64 = 3600.0;
 pub const MAX_DELAY_SECONDS: f64 = 30.0 * 24.0 * 3600.0;
 pub const HTTP_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];
 
@@ -385,6 +389,16 @@ impl RawStep {
             }
             None => None,
         };
+        if let (Some(StepKind::Http { .. } | StepKind::Agent { .. }), Some(t)) = (&kind, timeout) {
+            if t.as_secs_f64() > MAX_CALL_TIMEOUT_SECONDS {
+                errors.push(FieldError::new(
+                    obj.path("timeoutSeconds"),
+                    format!(
+                        "must be at most {MAX_CALL_TIMEOUT_SECONDS} for an http or agent step (a call holds a worker slot while it waits)"
+                    ),
+                ));
+            }
+        }
         // Unknown fields are only meaningful once the type (and so its fields) is known.
         if kind.is_some() {
             obj.finish(errors);
@@ -1060,6 +1074,32 @@ mod tests {
         let delay = only_step(json!({"name": "d", "type": "delay", "seconds": 60,
             "timeoutSeconds": 1}));
         assert_eq!(delay.timeout, Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn calls_may_not_wait_longer_than_an_hour() {
+        let http = json!({"name": "h", "type": "http", "request": {"url": "https://example.com"}});
+        let agent = json!({"name": "a", "type": "agent", "agentId": "x", "instructions": "go"});
+        for step in [http, agent] {
+            let mut long = step.clone();
+            long["timeoutSeconds"] = json!(MAX_CALL_TIMEOUT_SECONDS + 1.0);
+            assert_eq!(
+                step_errors(long),
+                ["definition.steps[0].timeoutSeconds"],
+                "{step}"
+            );
+            let mut hour = step.clone();
+            hour["timeoutSeconds"] = json!(MAX_CALL_TIMEOUT_SECONDS);
+            assert_eq!(
+                only_step(hour).timeout,
+                Some(Duration::from_secs(3600)),
+                "{step}"
+            );
+        }
+        // Waits hold no worker slot: an approval may wait a day.
+        let approval = only_step(json!({"name": "ok", "type": "approval",
+            "timeoutSeconds": 86400}));
+        assert_eq!(approval.timeout, Some(Duration::from_secs(86400)));
     }
 
     #[test]

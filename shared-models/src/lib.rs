@@ -21,12 +21,15 @@
 //! - [`config`]: environment variables with local defaults; logging (`LOG_FORMAT`).
 //! - [`logctx`]: the request and run ids every log line carries when known.
 //! - [`metrics`]: Prometheus metrics, the `/metrics` handler, HTTP request durations.
+//! - [`egress`] (feature `egress`): the egress policy for calls whose target a tenant decides.
 //! - [`testing`] (feature `testing`): a fresh database per test.
 
 pub mod auth;
 pub mod body;
 pub mod config;
 pub mod db;
+#[cfg(feature = "egress")]
+pub mod egress;
 pub mod envelope;
 pub mod graph;
 pub mod http;

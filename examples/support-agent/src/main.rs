@@ -4,6 +4,9 @@
 //! - `POST /classify`: ticket text -> `{ category, priority, confidence, reason }`
 //! - `POST /draft-reply`: category/priority (+ name, ticket id) -> `{ reply }`
 //! - `POST /route`: category/priority -> `{ team, queue }`
+//! - `POST /webhook`: not an agent: the endpoint the README's branching example posts its
+//!   result to (`make run` lets `http` steps reach this address through `EGRESS_ALLOW`);
+//!   answers `{ "received": <the JSON body> }`
 //! - `GET /healthz`: 200
 //!
 //! Listens on `SUPPORT_AGENT_ADDR` (default `127.0.0.1:9000`); `examples/agents.toml` maps
@@ -86,6 +89,13 @@ async fn route(call: web::Json<AgentCall>) -> HttpResponse {
     output(json!({ "team": team, "queue": queue }))
 }
 
+/// The webhook of the README's example: logs the ticket id and echoes the body.
+async fn webhook(body: web::Json<Value>) -> HttpResponse {
+    let ticket = body.get("ticketId").and_then(Value::as_str).unwrap_or("?");
+    log::info!("webhook: ticket {ticket}");
+    HttpResponse::Ok().json(json!({ "received": body.into_inner() }))
+}
+
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
@@ -108,6 +118,7 @@ async fn main() -> std::io::Result<()> {
             .route("/classify", web::post().to(classify))
             .route("/draft-reply", web::post().to(draft_reply))
             .route("/route", web::post().to(route))
+            .route("/webhook", web::post().to(webhook))
             .route("/healthz", web::get().to(healthz))
     })
     .bind(&addr)

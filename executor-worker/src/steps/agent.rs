@@ -31,7 +31,8 @@ pub async fn execute(
     };
     agents::invoke_within(
         env.agents,
-        env.http,
+        // The agent's URL is the operator's (AGENTS_FILE): the unfiltered client.
+        &env.http.operator,
         &call,
         env.agent_timeout,
         env.step_timeout,

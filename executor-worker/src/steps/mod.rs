@@ -13,10 +13,12 @@ use std::time::Duration;
 /// What executors may use besides the step itself.
 pub struct StepEnv<'a> {
     pub agents: &'a AgentRegistry,
-    pub http: &'a reqwest::Client,
+    /// The tenant client (`http` steps), the operator client (agents) and their bounds.
+    pub http: &'a crate::outbound::Outbound,
     /// Per-call timeout when neither the step nor the agent entry sets one.
     pub agent_timeout: Duration,
-    /// The step's own `timeoutSeconds`, which wins over every other.
+    /// The step's own `timeoutSeconds` (cut to `MAX_STEP_TIMEOUT_SECONDS`), which wins over
+    /// every other.
     pub step_timeout: Option<Duration>,
     pub run_id: &'a str,
     pub workflow_id: &'a str,

@@ -10,6 +10,7 @@ use diesel::prelude::*;
 use executor_worker::agents::AgentRegistry;
 use executor_worker::config::DEFAULT_MAX_RUNNING_PER_ORG;
 use executor_worker::engine::Engine;
+use executor_worker::outbound::{Outbound, OutboundSettings};
 use executor_worker::storage::LeaseHolder;
 use serde_json::{json, Value};
 use shared_models::db::{blocking, PgPool};
@@ -44,6 +45,41 @@ pub fn engine_with_cap(
     agent_timeout: Duration,
     cap: u32,
 ) -> Engine {
+    engine_with(
+        pool,
+        agents,
+        agent_timeout,
+        cap,
+        OutboundSettings::default(),
+    )
+}
+
+/// [`engine`] whose `http` steps may reach what `allow` lists (`EGRESS_ALLOW`): the
+/// wiremock servers of these tests listen on 127.0.0.1, which is refused by default.
+pub fn engine_allowing(
+    pool: &PgPool,
+    agents: AgentRegistry,
+    agent_timeout: Duration,
+    allow: &str,
+) -> Engine {
+    let outbound = OutboundSettings::allowing(allow).expect("a valid EGRESS_ALLOW");
+    engine_with(
+        pool,
+        agents,
+        agent_timeout,
+        DEFAULT_MAX_RUNNING_PER_ORG,
+        outbound,
+    )
+}
+
+/// An engine with every setting given.
+pub fn engine_with(
+    pool: &PgPool,
+    agents: AgentRegistry,
+    agent_timeout: Duration,
+    cap: u32,
+    outbound: OutboundSettings,
+) -> Engine {
     let me = LeaseHolder {
         worker_id: format!("test-worker-{}", unique_token()),
         lease: Duration::from_secs(30),
@@ -51,11 +87,16 @@ pub fn engine_with_cap(
     Engine::new(
         pool.clone(),
         agents,
-        reqwest::Client::new(),
+        Outbound::new(outbound).expect("the HTTP clients"),
         me,
         agent_timeout,
         cap,
     )
+}
+
+/// The `EGRESS_ALLOW` entry of a wiremock server: its address and port only.
+pub fn allow_server(server: &MockServer) -> String {
+    server.address().to_string()
 }
 
 /// A registry of HTTP agents, each `(id, url)`, and no `AGENT_BASE_URL` fallback.
