@@ -1,4 +1,6 @@
+use crate::limits::WorkLimits;
 use shared_models::config::{env_or, env_parse, env_seconds, CommonConfig};
+use shared_models::template;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -25,6 +27,10 @@ pub struct Settings {
     /// default 5): the ops view calls a worker live while its last beat is at most three
     /// intervals old.
     pub heartbeat: Duration,
+    /// What one step or run may spend ([`crate::limits`]).
+    pub limits: WorkLimits,
+    /// What one render may spend (`TEMPLATE_FUEL`, `TEMPLATE_MAX_OUTPUT_BYTES`).
+    pub templates: template::Limits,
 }
 
 /// `WORKER_CONCURRENCY` when unset: runs in flight share their claim and checkpoint commits,
@@ -45,6 +51,7 @@ impl Settings {
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "worker".into());
+        let (limits, templates) = WorkLimits::from_env()?;
         Ok(Self {
             common: CommonConfig::from_env()?,
             http_addr: env_or("HTTP_ADDR", "127.0.0.1:8083"),
@@ -55,6 +62,8 @@ impl Settings {
             worker_id: env_or("WORKER_ID", &format!("{host}-{}", std::process::id())),
             max_running_per_org: env_parse("MAX_RUNNING_PER_ORG", DEFAULT_MAX_RUNNING_PER_ORG)?,
             heartbeat: env_seconds("WORKER_HEARTBEAT_SECONDS", 5.0)?,
+            limits,
+            templates,
         })
     }
 }

@@ -9,6 +9,8 @@
 //! - [`engine`]: one job: claim the run, resume from checkpoints, execute ready steps, finish.
 //! - [`metrics`]: step durations, jobs in flight and settled, runs finished (`/metrics`).
 //! - [`steps`]: one executor per step type.
+//! - [`limits`]: bounded work: output caps, poison runs, steps in flight (settings).
+//! - [`render`]: templates rendered on the blocking pool, within a deadline.
 //! - [`agents`]: the agent registry and the HTTP and OpenAI-compatible agent protocols.
 //! - [`batches`]: group commit: one task writes what many runs hand it, together.
 //! - [`claims`]: the claims of the jobs that arrive together, in one statement.
@@ -23,8 +25,10 @@ pub mod config;
 pub mod consumer;
 pub mod dead_letters;
 pub mod engine;
+pub mod limits;
 pub mod metrics;
 pub mod presence;
+pub mod render;
 pub mod startup;
 pub mod steps;
 pub mod storage;

@@ -102,8 +102,19 @@ impl std::io::Write for Capped {
     }
 }
 
-fn is_templated(s: &str) -> bool {
+/// Whether `s` has template syntax (a string without renders as itself).
+pub fn is_templated(s: &str) -> bool {
     s.contains("{{") || s.contains("{%") || s.contains("{#")
+}
+
+/// Whether any string inside `v` has template syntax.
+pub fn is_templated_json(v: &Value) -> bool {
+    match v {
+        Value::String(s) => is_templated(s),
+        Value::Array(items) => items.iter().any(is_templated_json),
+        Value::Object(map) => map.values().any(is_templated_json),
+        _ => false,
+    }
 }
 
 /// The expression of a string that is exactly one `{{ expression }}`, which keeps its JSON type.

@@ -3,10 +3,10 @@
 //! status fails the attempt unless `allowStatus` lists it.
 
 use super::{StepEnv, StepFailure};
+use crate::render::{self, Ctx};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 use shared_models::graph::HttpRequestSpec;
-use shared_models::template;
 
 /// Bodies larger than this are refused rather than stored as a step output.
 const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
@@ -14,10 +14,10 @@ const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 pub async fn execute(
     request: &HttpRequestSpec,
     allow_status: &[u16],
-    ctx: &Value,
+    ctx: &Ctx,
     env: &StepEnv<'_>,
 ) -> Result<Value, StepFailure> {
-    let url = template::render_text(&request.url, ctx).map_err(|e| StepFailure::fatal(format!("request.url: {e}")))?;
+    let url = render::text(&request.url, ctx, env.template_deadline).await.map_err(|e| StepFailure::fatal(format!("request.url: {e}")))?;
     let url =
         reqwest::Url::parse(&url).map_err(|e| StepFailure::fatal(format!("request.url is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -33,7 +33,7 @@ pub async fn execute(
         header_value(&format!("{}:{}", env.run_id, env.step))?,
     );
     for (name, value) in &request.headers {
-        let rendered = template::render_text(value.as_str().unwrap_or_default(), ctx)
+        let rendered = render::text(value.as_str().unwrap_or_default(), ctx, env.template_deadline).await
             .map_err(|e| StepFailure::fatal(format!("request.headers.{name}: {e}")))?;
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| StepFailure::fatal(format!("request.headers: '{name}' is not a header name")))?;
@@ -49,7 +49,7 @@ pub async fn execute(
         .headers(headers)
         .timeout(timeout);
     if let Some(body) = &request.body {
-        match template::render_json(body, ctx).map_err(|e| StepFailure::fatal(format!("request.body: {e}")))? {
+        match render::json(body, ctx, env.template_deadline).await.map_err(|e| StepFailure::fatal(format!("request.body: {e}")))? {
             Value::String(text) => builder = builder.body(text),
             json => builder = builder.json(&json),
         }
