@@ -59,8 +59,14 @@ async fn a_transform_rendering_a_nul_fails_its_run_at_once() {
 #[tokio::test]
 async fn a_nul_in_an_error_text_is_replaced_not_refused() {
     let db = test_db().await;
-    // The undefined name's error quotes the expression, NUL included.
-    let definition = json!({ "steps": [transform("bad", json!("{{ nope ~ \"\\0\" }}"))] });
+    // An endpoint's answer goes into the step's error (a snippet of it), NUL included.
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .respond_with(wiremock::ResponseTemplate::new(500).set_body_bytes(b"a\0b".to_vec()))
+        .mount(&server)
+        .await;
+    let definition = json!({ "steps": [{ "name": "call", "type": "http",
+        "request": { "url": format!("{}/nul", server.uri()) } }] });
     let (_, run_id) = workflow_with_run(&db.pool, "nul-error", definition, json!({})).await;
     let engine = engine(&db.pool, registry(&[]), AGENT_TIMEOUT);
 
@@ -68,7 +74,10 @@ async fn a_nul_in_an_error_text_is_replaced_not_refused() {
 
     let run = get_run(&db.pool, &run_id).await;
     assert_eq!(run.status, "FAILED");
-    assert!(!run.error.unwrap_or_default().contains('\0'));
+    let error = run.error.unwrap_or_default();
+    assert!(error.ends_with("answered HTTP 500: a\u{FFFD}b"), "{error:?}");
+    let logs = logs_of(&get_events(&db.pool, &run_id).await, Some("call"));
+    assert!(logs.iter().any(|(_, m)| m.contains('\u{FFFD}')), "{logs:?}");
 }
 
 #[tokio::test]
