@@ -100,12 +100,22 @@ impl WorkLimits {
 
     /// A step's output, before it is written: storable and within `STEP_OUTPUT_MAX_BYTES`.
     pub fn check_step_output(&self, output: &Value) -> Result<(), String> {
-        storable("the step's output", output, self.step_output_max_bytes, "STEP_OUTPUT_MAX_BYTES")
+        storable(
+            "the step's output",
+            output,
+            self.step_output_max_bytes,
+            "STEP_OUTPUT_MAX_BYTES",
+        )
     }
 
     /// A run's output, before it is written: storable and within `RUN_OUTPUT_MAX_BYTES`.
     pub fn check_run_output(&self, output: &Value) -> Result<(), String> {
-        storable("the run's output", output, self.run_output_max_bytes, "RUN_OUTPUT_MAX_BYTES")
+        storable(
+            "the run's output",
+            output,
+            self.run_output_max_bytes,
+            "RUN_OUTPUT_MAX_BYTES",
+        )
     }
 }
 
@@ -170,13 +180,19 @@ mod tests {
     #[test]
     fn nul_in_a_string_or_a_key_is_refused_naming_postgresql() {
         let limits = WorkLimits::default();
-        for v in [json!("a\u{0}b"), json!({"k": ["x", "\u{0}"]}), json!({"a\u{0}": 1})] {
+        for v in [
+            json!("a\u{0}b"),
+            json!({"k": ["x", "\u{0}"]}),
+            json!({"a\u{0}": 1}),
+        ] {
             assert_eq!(
                 limits.check_step_output(&v).unwrap_err(),
                 "the step's output contains U+0000, which PostgreSQL cannot store"
             );
         }
-        assert!(limits.check_step_output(&json!({"a": "\\u0000 spelled out"})).is_ok());
+        assert!(limits
+            .check_step_output(&json!({"a": "\\u0000 spelled out"}))
+            .is_ok());
     }
 
     #[test]
@@ -193,7 +209,9 @@ mod tests {
             "the step's output is larger than STEP_OUTPUT_MAX_BYTES (10 bytes)"
         );
         assert_eq!(
-            limits.check_run_output(&json!({"a": "123456789"})).unwrap_err(),
+            limits
+                .check_run_output(&json!({"a": "123456789"}))
+                .unwrap_err(),
             "the run's output is larger than RUN_OUTPUT_MAX_BYTES (12 bytes)"
         );
     }

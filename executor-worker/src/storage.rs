@@ -6,6 +6,7 @@
 //! worker. A worker that lost its run (lease expired and taken over, or the run cancelled)
 //! finds out at its next write ([`Fenced::LeaseLost`]) and stops touching it.
 
+use crate::limits::text_column;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::Error;
@@ -16,7 +17,6 @@ use shared_models::prepared::{column, prepared, Id};
 use shared_models::runs::{self, NewRun};
 use shared_models::schema::{runs as runs_table, step_runs, workflow_versions, workflows};
 use shared_models::status::{RunStatus, StepStatus};
-use crate::limits::text_column;
 use std::time::Duration;
 
 /// The columns of [`RunRow`], for the `RETURNING` of prepared statements: a list, not `*`, so

@@ -38,7 +38,11 @@ async fn a_transform_rendering_a_nul_fails_its_run_at_once() {
 
     let started = Instant::now();
     assert_eq!(engine.process(&run_job(&run_id)).await, JobOutcome::Done);
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 
     let run = get_run(&db.pool, &run_id).await;
     assert_eq!(run.status, "FAILED");
@@ -75,7 +79,10 @@ async fn a_nul_in_an_error_text_is_replaced_not_refused() {
     let run = get_run(&db.pool, &run_id).await;
     assert_eq!(run.status, "FAILED");
     let error = run.error.unwrap_or_default();
-    assert!(error.ends_with("answered HTTP 500: a\u{FFFD}b"), "{error:?}");
+    assert!(
+        error.ends_with("answered HTTP 500: a\u{FFFD}b"),
+        "{error:?}"
+    );
     let logs = logs_of(&get_events(&db.pool, &run_id).await, Some("call"));
     assert!(logs.iter().any(|(_, m)| m.contains('\u{FFFD}')), "{logs:?}");
 }
@@ -83,7 +90,8 @@ async fn a_nul_in_an_error_text_is_replaced_not_refused() {
 #[tokio::test]
 async fn hostile_templates_fail_naming_the_setting_while_another_run_completes() {
     let db = test_db().await;
-    let loops = "{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}";
+    let loops =
+        "{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}";
     let huge = "{% set s = 'x' * 1000000 %}{% for i in range(2000) %}{{ s }}{% endfor %}";
     let (_, loops_run) = workflow_with_run(
         &db.pool,
@@ -148,7 +156,8 @@ async fn hostile_templates_fail_naming_the_setting_while_another_run_completes()
 #[tokio::test]
 async fn a_render_past_its_deadline_fails_its_step_naming_the_setting() {
     let db = test_db().await;
-    let loops = "{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}";
+    let loops =
+        "{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}";
     let (_, run_id) = workflow_with_run(
         &db.pool,
         "slow",
@@ -222,7 +231,9 @@ async fn held_runs(db: &shared_models::testing::TestDb, me: &LeaseHolder, n: usi
     for id in &ids {
         let (id, me) = (id.clone(), me.clone());
         let claim = blocking(&db.pool, move |conn| {
-            storage::claim_run(conn, &id, ORG, &me, 0, shared_models::time::now(), |_| false)
+            storage::claim_run(conn, &id, ORG, &me, 0, shared_models::time::now(), |_| {
+                false
+            })
         })
         .await
         .expect("claim");
@@ -261,7 +272,11 @@ async fn a_refused_write_fails_alone_and_the_rest_of_its_batch_commits() {
         async move { checkpoints.checkpoint(step).await }
     });
     let ends = (6..9).map(|i| {
-        let output = if i == 7 { nul.clone() } else { json!({ "t": i }) };
+        let output = if i == 7 {
+            nul.clone()
+        } else {
+            json!({ "t": i })
+        };
         let checkpoints = checkpoints.clone();
         let end = RunFinish {
             run_id: runs[i].clone(),
@@ -349,7 +364,10 @@ async fn a_run_taken_over_too_often_ends_failed_as_a_poison_run() {
     })
     .await
     .expect("claim");
-    assert!(matches!(claim, Claim::Claimed(ref c) if c.lease_takeovers == 0), "{claim:?}");
+    assert!(
+        matches!(claim, Claim::Claimed(ref c) if c.lease_takeovers == 0),
+        "{claim:?}"
+    );
 
     // The fourth takeover: the engine ends it instead of running it.
     mark_held_by_dead_worker(&db.pool, &run_id, "dead-last").await;
@@ -406,15 +424,22 @@ async fn no_more_steps_of_one_run_execute_at_once_than_the_cap() {
     let db = test_db().await;
     let (url, most) = counting_server(Duration::from_millis(200)).await;
     let steps: Vec<Value> = (0..6)
-        .map(|i| json!({ "name": format!("call{i}"), "type": "http", "dependsOn": [],
-                         "request": { "url": format!("{url}/x{i}") } }))
+        .map(|i| {
+            json!({ "name": format!("call{i}"), "type": "http", "dependsOn": [],
+                         "request": { "url": format!("{url}/x{i}") } })
+        })
         .collect();
-    let (_, run_id) = workflow_with_run(&db.pool, "fan-out", json!({ "steps": steps }), json!({})).await;
+    let (_, run_id) =
+        workflow_with_run(&db.pool, "fan-out", json!({ "steps": steps }), json!({})).await;
     let mut engine = engine(&db.pool, registry(&[]), AGENT_TIMEOUT);
     engine.limits.max_steps_in_flight_per_run = 2;
 
     assert_eq!(engine.process(&run_job(&run_id)).await, JobOutcome::Done);
 
     assert_eq!(get_run(&db.pool, &run_id).await.status, "COMPLETED");
-    assert_eq!(most.load(Ordering::SeqCst), 2, "at most 2 at once, and 2 did go together");
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        2,
+        "at most 2 at once, and 2 did go together"
+    );
 }

@@ -117,6 +117,89 @@ pub fn is_templated_json(v: &Value) -> bool {
     }
 }
 
+/// Whether rendering `src` is provably short, so a caller may render it inline (on an async
+/// runtime's thread): every tag is a `{{ }}` holding a lookup (`a.b[0]['c']`), with no loop,
+/// call, filter or operator. Such a render does a few map lookups and prints values of the
+/// context, whose size the context's own limits bound.
+pub fn is_lookup_only(src: &str) -> bool {
+    if src.contains("{%") || src.contains("{#") {
+        return false;
+    }
+    let mut rest = src;
+    while let Some(start) = rest.find("{{") {
+        let body = &rest[start + 2..];
+        let Some(end) = body.find("}}") else {
+            return false;
+        };
+        if !simple_expression(&body[..end], false) {
+            return false;
+        }
+        rest = &body[end + 2..];
+    }
+    true
+}
+
+/// Whether a condition is provably short to evaluate (see [`is_lookup_only`]): lookups and
+/// literals compared (`==`, `!=`, `<`, `>`, `<=`, `>=`) and combined (`and`, `or`, `not`).
+pub fn is_simple_condition(expr: &str) -> bool {
+    expr.len() <= MAX_CONDITION_CHARS && simple_expression(expr, true)
+}
+
+/// Lookups only; with `compare`, also literals, comparisons and `and`/`or`/`not`.
+fn simple_expression(expr: &str, compare: bool) -> bool {
+    let b = expr.as_bytes();
+    let mut i = 0;
+    let mut terms = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+        } else if c.is_ascii_alphabetic() || c == b'_' {
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                i += 1;
+            }
+            let word = &expr[start..i];
+            let keyword = matches!(word, "and" | "or" | "not");
+            if keyword && !compare {
+                return false;
+            }
+            // Other keywords (`in`, `is`, `if`, ...) are operators, not lookups.
+            if !keyword && terms_forbidden(word) {
+                return false;
+            }
+            terms += 1;
+        } else if c == b'.' {
+            i += 1;
+        } else if c == b'[' || c == b']' {
+            i += 1;
+        } else if c == b'\'' || c == b'"' {
+            let close = b[i + 1..].iter().position(|&x| x == c || x == b'\\');
+            match close {
+                Some(n) if b[i + 1 + n] == c => i += n + 2,
+                _ => return false,
+            }
+        } else if c.is_ascii_digit() {
+            while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
+                i += 1;
+            }
+        } else if compare && matches!(c, b'=' | b'!' | b'<' | b'>') {
+            i += 1;
+        } else {
+            return false;
+        }
+    }
+    terms > 0
+}
+
+/// Words that are not lookups of the context.
+fn terms_forbidden(word: &str) -> bool {
+    matches!(
+        word,
+        "in" | "is" | "if" | "else" | "for" | "recursive" | "with" | "without"
+    )
+}
+
 /// The expression of a string that is exactly one `{{ expression }}`, which keeps its JSON type.
 fn sole_expression(s: &str) -> Option<&str> {
     let inner = s.trim().strip_prefix("{{")?.strip_suffix("}}")?;
@@ -253,7 +336,9 @@ pub fn render_str(src: &str, ctx: &Value) -> Result<Value, String> {
 fn render_str_within(src: &str, ctx: &Value, left: &mut usize) -> Result<Value, String> {
     let limits = limits();
     if !is_templated(src) {
-        *left = left.checked_sub(src.len()).ok_or_else(|| too_large(limits))?;
+        *left = left
+            .checked_sub(src.len())
+            .ok_or_else(|| too_large(limits))?;
         return Ok(Value::String(src.to_string()));
     }
     let env = environment();
@@ -453,7 +538,11 @@ mod tests {
         assert!(check(NESTED_LOOPS).is_ok(), "it passes validation");
         // Debug builds are several times slower than the release build the default is
         // measured on; still well under the deadline.
-        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
@@ -466,17 +555,26 @@ mod tests {
                 "template output is larger than TEMPLATE_MAX_OUTPUT_BYTES ({DEFAULT_TEMPLATE_MAX_OUTPUT_BYTES} bytes)"
             )
         );
-        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
         // Just under the cap renders.
         let fits = format!("{{{{ 'x' * {} }}}}", DEFAULT_TEMPLATE_MAX_OUTPUT_BYTES - 10);
-        assert_eq!(render_text(&format!("a{fits}"), &ctx()).unwrap().len(), DEFAULT_TEMPLATE_MAX_OUTPUT_BYTES - 9);
+        assert_eq!(
+            render_text(&format!("a{fits}"), &ctx()).unwrap().len(),
+            DEFAULT_TEMPLATE_MAX_OUTPUT_BYTES - 9
+        );
     }
 
     #[test]
     fn a_sole_expression_is_capped_on_its_json() {
         let over = format!("{{{{ 'x' * {DEFAULT_TEMPLATE_MAX_OUTPUT_BYTES} }}}}");
         // Its JSON has two quotes more than the string.
-        assert!(render_str(&over, &ctx()).unwrap_err().contains("TEMPLATE_MAX_OUTPUT_BYTES"));
+        assert!(render_str(&over, &ctx())
+            .unwrap_err()
+            .contains("TEMPLATE_MAX_OUTPUT_BYTES"));
         let fits = format!("{{{{ 'x' * {} }}}}", DEFAULT_TEMPLATE_MAX_OUTPUT_BYTES - 2);
         assert!(render_str(&fits, &ctx()).is_ok());
     }
@@ -493,5 +591,45 @@ mod tests {
     fn a_loop_of_some_thousands_is_well_within_the_fuel() {
         let out = render_text("{% for a in range(10000) %}{{ a }},{% endfor %}", &ctx()).unwrap();
         assert!(out.starts_with("0,1,2,") && out.ends_with("9999,"));
+    }
+
+    #[test]
+    fn lookups_and_simple_conditions_are_told_from_the_rest() {
+        for t in [
+            "plain",
+            "{{ variables.ticketId }}",
+            "Ticket {{ variables.ticketId }} is {{ steps.classify.output['priority'] }}",
+            "{{ steps.a.output.items[0] }}",
+        ] {
+            assert!(is_lookup_only(t), "{t}");
+        }
+        for t in [
+            "{% for a in range(3) %}{{ a }}{% endfor %}",
+            "{{ 'x' * 1000 }}",
+            "{{ a | upper }}",
+            "{{ range(10) }}",
+            "{{ a ~ b }}",
+            "{{ a == b }}",
+            "{{ a if b }}",
+            "{# c #}",
+            "{{ a }",
+        ] {
+            assert!(!is_lookup_only(t), "{t}");
+        }
+        for c in [
+            "steps.classify.output.priority == 'high'",
+            "not variables.skip and variables.n >= 3",
+            "steps.a.status != \"FAILED\" or variables.force",
+        ] {
+            assert!(is_simple_condition(c), "{c}");
+        }
+        for c in [
+            "range(10) | length > 3",
+            "'a' in variables.s",
+            "a * 3 > 1",
+            "x is defined",
+        ] {
+            assert!(!is_simple_condition(c), "{c}");
+        }
     }
 }

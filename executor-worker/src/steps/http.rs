@@ -17,9 +17,11 @@ pub async fn execute(
     ctx: &Ctx,
     env: &StepEnv<'_>,
 ) -> Result<Value, StepFailure> {
-    let url = render::text(&request.url, ctx, env.template_deadline).await.map_err(|e| StepFailure::fatal(format!("request.url: {e}")))?;
-    let url =
-        reqwest::Url::parse(&url).map_err(|e| StepFailure::fatal(format!("request.url is not a URL: {e}")))?;
+    let url = render::text(&request.url, ctx, env.template_deadline)
+        .await
+        .map_err(|e| StepFailure::fatal(format!("request.url: {e}")))?;
+    let url = reqwest::Url::parse(&url)
+        .map_err(|e| StepFailure::fatal(format!("request.url is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(StepFailure::fatal(format!(
             "request.url must be http or https, not {}",
@@ -33,10 +35,16 @@ pub async fn execute(
         header_value(&format!("{}:{}", env.run_id, env.step))?,
     );
     for (name, value) in &request.headers {
-        let rendered = render::text(value.as_str().unwrap_or_default(), ctx, env.template_deadline).await
-            .map_err(|e| StepFailure::fatal(format!("request.headers.{name}: {e}")))?;
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| StepFailure::fatal(format!("request.headers: '{name}' is not a header name")))?;
+        let rendered = render::text(
+            value.as_str().unwrap_or_default(),
+            ctx,
+            env.template_deadline,
+        )
+        .await
+        .map_err(|e| StepFailure::fatal(format!("request.headers.{name}: {e}")))?;
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            StepFailure::fatal(format!("request.headers: '{name}' is not a header name"))
+        })?;
         headers.insert(name, header_value(&rendered)?);
     }
     let method = reqwest::Method::from_bytes(request.method.as_bytes())
@@ -49,7 +57,10 @@ pub async fn execute(
         .headers(headers)
         .timeout(timeout);
     if let Some(body) = &request.body {
-        match render::json(body, ctx, env.template_deadline).await.map_err(|e| StepFailure::fatal(format!("request.body: {e}")))? {
+        match render::json(body, ctx, env.template_deadline)
+            .await
+            .map_err(|e| StepFailure::fatal(format!("request.body: {e}")))?
+        {
             Value::String(text) => builder = builder.body(text),
             json => builder = builder.json(&json),
         }

@@ -67,11 +67,7 @@ impl std::fmt::Display for StepFailure {
 }
 
 /// `ctx` is the template context: `variables`, `steps.<name>.output|status`, `run`.
-pub async fn execute(
-    kind: &StepKind,
-    ctx: &Ctx,
-    env: &StepEnv<'_>,
-) -> Result<Value, StepFailure> {
+pub async fn execute(kind: &StepKind, ctx: &Ctx, env: &StepEnv<'_>) -> Result<Value, StepFailure> {
     match kind {
         StepKind::Agent {
             agent_id,
