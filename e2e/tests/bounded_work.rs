@@ -9,6 +9,10 @@ use thygon_e2e::Stack;
 const LOOPS: &str =
     "{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}";
 
+/// Prints nothing, so only the fuel (or the deadline) stops it, not the output cap.
+const SILENT_LOOPS: &str =
+    "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_stops_a_worker_busy_rendering_within_its_grace_period() {
     // Fuel and deadline far beyond the grace: the render is still going at SIGTERM.
@@ -25,7 +29,7 @@ async fn sigterm_stops_a_worker_busy_rendering_within_its_grace_period() {
     stack
         .create_workflow(
             "long-render",
-            json!({ "steps": [{ "name": "t", "type": "transform", "value": LOOPS }] }),
+            json!({ "steps": [{ "name": "t", "type": "transform", "value": SILENT_LOOPS }] }),
         )
         .await;
     let run = stack.trigger("wf_long-render", json!({})).await;
@@ -50,7 +54,18 @@ async fn sigterm_stops_a_worker_busy_rendering_within_its_grace_period() {
         status.is_some(),
         "the worker still runs {took:?} after SIGTERM"
     );
+    assert!(
+        took > grace,
+        "the in-flight job had its grace period: {took:?}"
+    );
     assert!(took < grace + Duration::from_secs(3), "{took:?}");
+    let (_, body) = stack
+        .call("GET", &format!("/workflows/runs/{run}"), None)
+        .await;
+    assert_eq!(
+        body["data"]["status"], "RUNNING",
+        "handed back, not ended: {body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
