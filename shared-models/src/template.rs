@@ -169,9 +169,7 @@ fn simple_expression(expr: &str, compare: bool) -> bool {
                 return false;
             }
             terms += 1;
-        } else if c == b'.' {
-            i += 1;
-        } else if c == b'[' || c == b']' {
+        } else if matches!(c, b'.' | b'[' | b']') {
             i += 1;
         } else if c == b'\'' || c == b'"' {
             let close = b[i + 1..].iter().position(|&x| x == c || x == b'\\');
