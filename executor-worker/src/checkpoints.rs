@@ -11,8 +11,11 @@
 //! Guarantees are unchanged: a run never starts its next step before its previous one is
 //! committed (it waits for its answer); every write is still fenced by the run's lease (a
 //! run whose lease was lost gets [`Fenced::LeaseLost`] and nothing of it is written, the
-//! rest of the batch is); a failed batch fails every step in it, each run stops with a
-//! storage error and its job is retried, exactly as when a single checkpoint fails.
+//! rest of the batch is). A batch that fails for an outage fails every write in it: each run
+//! stops with a storage error and its job is retried, exactly as when a single checkpoint
+//! fails. A batch PostgreSQL refuses (a value it cannot store) is split and written again
+//! until only the refused write fails; its run then fails (the engine records why), and the
+//! others' writes commit.
 //!
 //! Batches form as in [`crate::batches`]: whatever arrived while the previous one was being
 //! committed.
@@ -56,42 +59,123 @@ impl Checkpointer {
     }
 }
 
-/// Write one batch in one transaction; the answers in the writes' order.
+/// A batch as the storage function takes it: its steps, its ends, and where each write's
+/// answer is among them (is a run end, index among the steps or the ends).
+struct Batch {
+    steps: Vec<PureStep>,
+    ends: Vec<RunFinish>,
+    places: Vec<(bool, usize)>,
+}
+
+impl Batch {
+    fn new(writes: impl IntoIterator<Item = Write>) -> Self {
+        let mut batch = Batch {
+            steps: Vec::new(),
+            ends: Vec::new(),
+            places: Vec::new(),
+        };
+        for write in writes {
+            match write {
+                Write::Step(step) => {
+                    batch.places.push((false, batch.steps.len()));
+                    batch.steps.push(step);
+                }
+                Write::End(end) => {
+                    batch.places.push((true, batch.ends.len()));
+                    batch.ends.push(end);
+                }
+            }
+        }
+        batch
+    }
+
+    /// The writes again, in their order (copies: only a failed batch is split).
+    fn writes(&self, places: &[(bool, usize)]) -> Vec<Write> {
+        places
+            .iter()
+            .map(|&(end, i)| {
+                if end {
+                    Write::End(self.ends[i].clone())
+                } else {
+                    Write::Step(self.steps[i].clone())
+                }
+            })
+            .collect()
+    }
+}
+
+/// Whether PostgreSQL refused a write for what it is (a value it cannot store, a constraint),
+/// so that the same write would be refused again: not an outage, not a conflict with another
+/// transaction (a deadlock, a serialization failure, a cancelled statement), which another
+/// try can get past.
+pub fn is_refused(e: &StorageError) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match e {
+        StorageError::Unavailable(_) => false,
+        StorageError::Query(Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _)) => {
+            false
+        }
+        StorageError::Query(Error::DatabaseError(_, info)) => {
+            let m = info.message();
+            !(m.contains("deadlock detected") || m.contains("canceling statement"))
+        }
+        StorageError::Query(_) => true,
+    }
+}
+
+/// Write one batch in one transaction; the answers in the writes' order. A batch PostgreSQL
+/// refuses ([`is_refused`]) is written again in halves, and so on, so that only the write it
+/// refuses gets the error and the others commit: one run's bad value must not fail its
+/// neighbours' checkpoints (issue 13).
 async fn write_batch(
     pool: PgPool,
     me: LeaseHolder,
     writes: Vec<Write>,
 ) -> Vec<Result<Fenced, StorageError>> {
-    let n = writes.len();
-    // Where each write's answer is: (is a run end, index among the steps or the ends).
-    let mut places = Vec::with_capacity(n);
-    let (mut steps, mut ends) = (Vec::new(), Vec::new());
-    for write in writes {
-        match write {
-            Write::Step(step) => {
-                places.push((false, steps.len()));
-                steps.push(step);
+    crate::metrics::CHECKPOINT_BATCH.observe(writes.len() as f64);
+    write_split(pool, me, Batch::new(writes)).await
+}
+
+fn write_split(
+    pool: PgPool,
+    me: LeaseHolder,
+    batch: Batch,
+) -> futures_util::future::BoxFuture<'static, Vec<Result<Fenced, StorageError>>> {
+    Box::pin(async move {
+        let n = batch.places.len();
+        let now = shared_models::time::now();
+        let (who, batch) = (me.clone(), std::sync::Arc::new(batch));
+        let writing = batch.clone();
+        let written = blocking(&pool, move |conn| {
+            storage::write_batch(conn, &writing.steps, &writing.ends, &who, now)
+        })
+        .await;
+        match written {
+            Ok((steps, ends)) => batch
+                .places
+                .iter()
+                .map(|&(end, i)| Ok(if end { ends[i] } else { steps[i] }))
+                .collect(),
+            Err(e) if n > 1 && is_refused(&e) => {
+                log::warn!("checkpoint batch of {n} failed ({e}); writing it again in halves");
+                let (first, second) = batch.places.split_at(n / 2);
+                let (first, second) = (
+                    Batch::new(batch.writes(first)),
+                    Batch::new(batch.writes(second)),
+                );
+                let mut answers = write_split(pool.clone(), me.clone(), first).await;
+                answers.extend(write_split(pool, me, second).await);
+                answers
             }
-            Write::End(end) => {
-                places.push((true, ends.len()));
-                ends.push(end);
+            // One write keeps its own error (a copy would lose what kind it is).
+            Err(e) if n == 1 => {
+                log::warn!("checkpoint failed: {e}");
+                vec![Err(e)]
+            }
+            Err(e) => {
+                log::warn!("checkpoint batch failed: {e}");
+                answers(n, Err(e))
             }
         }
-    }
-    crate::metrics::CHECKPOINT_BATCH.observe(n as f64);
-    let now = shared_models::time::now();
-    let written = blocking(&pool, move |conn| {
-        storage::write_batch(conn, &steps, &ends, &me, now)
     })
-    .await;
-    if let Err(e) = &written {
-        log::warn!("checkpoint batch failed: {e}");
-    }
-    let written = written.map(|(steps, ends)| {
-        places
-            .into_iter()
-            .map(|(end, i)| Ok(if end { ends[i] } else { steps[i] }))
-            .collect()
-    });
-    answers(n, written)
 }

@@ -1,5 +1,7 @@
+use crate::limits::WorkLimits;
 use crate::outbound::OutboundSettings;
 use shared_models::config::{env_or, env_parse, env_seconds, CommonConfig};
+use shared_models::template;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -29,6 +31,10 @@ pub struct Settings {
     /// The egress policy and the bounds of `http` and `agent` calls (`EGRESS_ALLOW`,
     /// `HTTP_MAX_RESPONSE_BYTES`, `HTTP_MAX_REDIRECTS`, `MAX_STEP_TIMEOUT_SECONDS`).
     pub outbound: OutboundSettings,
+    /// What one step or run may spend ([`crate::limits`]).
+    pub limits: WorkLimits,
+    /// What one render may spend (`TEMPLATE_FUEL`, `TEMPLATE_MAX_OUTPUT_BYTES`).
+    pub templates: template::Limits,
 }
 
 /// `WORKER_CONCURRENCY` when unset: runs in flight share their claim and checkpoint commits,
@@ -49,6 +55,7 @@ impl Settings {
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "worker".into());
+        let (limits, templates) = WorkLimits::from_env()?;
         Ok(Self {
             common: CommonConfig::from_env()?,
             http_addr: env_or("HTTP_ADDR", "127.0.0.1:8083"),
@@ -60,6 +67,8 @@ impl Settings {
             max_running_per_org: env_parse("MAX_RUNNING_PER_ORG", DEFAULT_MAX_RUNNING_PER_ORG)?,
             heartbeat: env_seconds("WORKER_HEARTBEAT_SECONDS", 5.0)?,
             outbound: OutboundSettings::from_env()?,
+            limits,
+            templates,
         })
     }
 }

@@ -13,9 +13,11 @@
 //!   processed in a [`logctx`] scope, and the lease heartbeat inherits it).
 
 use crate::agents::AgentRegistry;
-use crate::checkpoints::Checkpointer;
+use crate::checkpoints::{is_refused, Checkpointer};
 use crate::claims::Claimer;
+use crate::limits::{self, WorkLimits};
 use crate::outbound::Outbound;
+use crate::render::{self, Ctx};
 use crate::steps::{self, StepEnv, StepFailure};
 use crate::storage::{
     self, Claim, ClaimedRun, Fenced, LeaseHolder, Park, PureStep, RunEnd, RunFinish, StepChange,
@@ -30,7 +32,6 @@ use shared_models::logctx::{self, LogContext};
 use shared_models::models::{RunRow, StepRunRow};
 use shared_models::queue::RunJob;
 use shared_models::status::{RunStatus, StepStatus};
-use shared_models::template;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,6 +64,8 @@ pub struct Engine {
     pub claims: Claimer,
     /// Workflow versions already compiled by this worker.
     pub graphs: Arc<GraphCache>,
+    /// What one step or run may spend ([`crate::limits`]); the defaults unless set.
+    pub limits: WorkLimits,
 }
 
 /// Compiled workflow versions, shared by every run this worker executes. A version never
@@ -133,6 +136,7 @@ impl Engine {
             me,
             agent_timeout,
             max_running_per_org,
+            limits: WorkLimits::default(),
         }
     }
 }
@@ -215,7 +219,7 @@ impl RunState<'_> {
     }
 
     /// The template context now: `variables`, `steps.<name>.output|status`, `run`.
-    fn context(&self) -> Value {
+    fn context(&self) -> Ctx {
         let steps: Map<String, Value> = self
             .graph
             .steps
@@ -228,11 +232,24 @@ impl RunState<'_> {
                 )
             })
             .collect();
-        json!({
+        Arc::new(json!({
             "variables": self.run.variables,
             "steps": steps,
             "run": { "id": self.run.id, "workflowId": self.run.workflow_id },
-        })
+        }))
+    }
+
+    /// The steps not settled yet (not started, or waiting): CANCELLED when the run fails.
+    fn unsettled(&self) -> Vec<StepRecord> {
+        (0..self.steps.len())
+            .filter(|&j| {
+                matches!(
+                    self.steps[j].status,
+                    StepStatus::Pending | StepStatus::Waiting
+                )
+            })
+            .map(|j| self.record(j))
+            .collect()
     }
 
     fn reload(&mut self, rows: &[StepRunRow]) {
@@ -367,19 +384,14 @@ impl Engine {
             graph,
             steps,
         };
+        if c.lease_takeovers > self.limits.max_lease_takeovers {
+            return self.end_poison_run(&rs, c.lease_takeovers).await;
+        }
         loop {
             self.resolve_waits(&mut rs).await?;
             let failed = self.execute_ready(&mut rs).await?;
             if let Some(i) = failed {
-                let cancelled: Vec<StepRecord> = (0..rs.steps.len())
-                    .filter(|&j| {
-                        matches!(
-                            rs.steps[j].status,
-                            StepStatus::Pending | StepStatus::Waiting
-                        )
-                    })
-                    .map(|j| rs.record(j))
-                    .collect();
+                let cancelled = rs.unsettled();
                 let step = &rs.graph.steps[i].name;
                 let reason = format!(
                     "step '{step}' failed: {}",
@@ -415,14 +427,14 @@ impl Engine {
                         )
                     })
                     .collect();
+                let output = Value::Object(output);
+                if let Err(reason) = self.limits.check_run_output(&output) {
+                    return self
+                        .finish(rs.run, RunStatus::Failed, None, Some(reason), Vec::new())
+                        .await;
+                }
                 return self
-                    .finish(
-                        rs.run,
-                        RunStatus::Completed,
-                        Some(Value::Object(output)),
-                        None,
-                        Vec::new(),
-                    )
+                    .finish(rs.run, RunStatus::Completed, Some(output), None, Vec::new())
                     .await;
             }
             let names: Vec<String> = waiting
@@ -501,7 +513,11 @@ impl Engine {
             ))),
             Some((status, output, error)) => match RunStatus::parse(&status) {
                 Some(RunStatus::Completed) => {
-                    Some(StepChange::completed(output.unwrap_or(Value::Null)))
+                    let output = output.unwrap_or(Value::Null);
+                    Some(match self.limits.check_step_output(&output) {
+                        Ok(()) => StepChange::completed(output),
+                        Err(e) => StepChange::failed(format!("child run {child}: {e}")),
+                    })
                 }
                 Some(s) if s.is_terminal() => Some(StepChange::failed(format!(
                     "child run {child} {}: {}",
@@ -529,6 +545,10 @@ impl Engine {
             while changed && failed.is_none() {
                 changed = false;
                 for i in rs.ready(&running) {
+                    // The others wait for a step of this run to end (and a turn).
+                    if running.len() >= self.limits.max_steps_in_flight_per_run {
+                        break;
+                    }
                     match self.begin(rs, i).await? {
                         Begin::Settled => changed = true,
                         Begin::Failed => {
@@ -582,7 +602,7 @@ impl Engine {
             return Ok(Begin::Settled);
         }
         if let Some(condition) = &step.when {
-            match template::eval_condition(condition, &rs.context()) {
+            match render::condition(condition, &rs.context(), self.limits.template_deadline).await {
                 Ok(true) => {}
                 Ok(false) => {
                     self.record(
@@ -617,12 +637,19 @@ impl Engine {
                 workflow_id,
                 variables,
             } => {
-                let vars = match variables
-                    .as_ref()
-                    .map(|v| template::render_json(v, &rs.context()))
-                    .transpose()
-                {
+                let rendered = match variables {
+                    Some(v) => render::json(v, &rs.context(), self.limits.template_deadline)
+                        .await
+                        .map(Some),
+                    None => Ok(None),
+                };
+                let vars = match rendered {
                     Ok(None) => Value::Object(Map::new()),
+                    Ok(Some(v)) if limits::has_nul(&v) => {
+                        let e = "variables contain U+0000, which PostgreSQL cannot store";
+                        self.record(rs, i, StepChange::failed(e.into())).await?;
+                        return Ok(Begin::Failed);
+                    }
                     Ok(Some(v @ Value::Object(_))) => v,
                     Ok(Some(other)) => {
                         self.record(
@@ -733,7 +760,7 @@ impl Engine {
         run: &RunRow,
         step: Step,
         record: StepRecord,
-        ctx: Value,
+        ctx: Ctx,
         i: usize,
     ) -> (usize, Result<Value, StepEnd>) {
         (i, self.attempts(run, &step, record, ctx).await)
@@ -744,11 +771,14 @@ impl Engine {
         run: &RunRow,
         step: &Step,
         record: StepRecord,
-        ctx: Value,
+        ctx: Ctx,
     ) -> Result<Value, StepEnd> {
-        if let Some(output) = self.pure_step(run, step, &record, &ctx).await? {
-            return Ok(output);
-        }
+        // A pure step's failure is its first attempt's result: it is not computed again.
+        let mut computed = match self.pure_step(run, step, &record, &ctx).await? {
+            Some(Ok(output)) => return Ok(output),
+            Some(Err(failure)) => Some(failure),
+            None => None,
+        };
         let mut tries: u32 = 0;
         loop {
             tries += 1;
@@ -764,13 +794,10 @@ impl Engine {
                 run.id,
                 step.name
             );
-            let env = self.step_env(run, step, attempt);
             let started = Instant::now();
-            let result = match self.http.step_timeout(step.timeout) {
-                Some(limit) => tokio::time::timeout(limit, steps::execute(&step.kind, &ctx, &env))
-                    .await
-                    .unwrap_or_else(|_| Err(StepFailure::retry(self.http.timed_out(limit)))),
-                None => steps::execute(&step.kind, &ctx, &env).await,
+            let result = match computed.take() {
+                Some(failure) => Err(failure),
+                None => self.execute(run, step, attempt, &ctx).await,
             };
             let elapsed = started.elapsed();
             let change = match &result {
@@ -790,18 +817,7 @@ impl Engine {
                     step.name
                 ),
             }
-            let (rec, me, now, c) = (
-                record.clone(),
-                self.me.clone(),
-                shared_models::time::now(),
-                change.clone(),
-            );
-            let written = blocking(&self.pool, move |conn| {
-                storage::record_step(conn, &rec, &c, &me, now)
-            })
-            .await
-            .map_err(|e| StepEnd::Stop(e.into()))?;
-            fenced(written).map_err(StepEnd::Stop)?;
+            let (change, result) = self.write_step(&record, change, result).await?;
             let outcome = if result.is_ok() {
                 StepStatus::Completed
             } else {
@@ -820,6 +836,62 @@ impl Engine {
         }
     }
 
+    /// One attempt of a step: executed within its timeout, its output checked before it is
+    /// written ([`WorkLimits::check_step_output`]).
+    async fn execute(
+        &self,
+        run: &RunRow,
+        step: &Step,
+        attempt: i32,
+        ctx: &Ctx,
+    ) -> Result<Value, StepFailure> {
+        let env = self.step_env(run, step, attempt);
+        let output = match self.http.step_timeout(step.timeout) {
+            Some(limit) => tokio::time::timeout(limit, steps::execute(&step.kind, ctx, &env))
+                .await
+                .unwrap_or_else(|_| Err(StepFailure::retry(self.http.timed_out(limit)))),
+            None => steps::execute(&step.kind, ctx, &env).await,
+        }?;
+        self.limits
+            .check_step_output(&output)
+            .map_err(StepFailure::fatal)?;
+        Ok(output)
+    }
+
+    /// Record an attempt's change. A write PostgreSQL refuses (not an outage: the same write
+    /// would be refused again) fails the step with that reason instead of retrying the job
+    /// forever; returns the change and the result as recorded.
+    async fn write_step(
+        &self,
+        record: &StepRecord,
+        change: StepChange,
+        result: Result<Value, StepFailure>,
+    ) -> Result<(StepChange, Result<Value, StepFailure>), StepEnd> {
+        let write = |c: StepChange| {
+            let (rec, me, now) = (record.clone(), self.me.clone(), shared_models::time::now());
+            blocking(&self.pool, move |conn| {
+                storage::record_step(conn, &rec, &c, &me, now)
+            })
+        };
+        match write(change.clone()).await {
+            Ok(written) => {
+                fenced(written).map_err(StepEnd::Stop)?;
+                Ok((change, result))
+            }
+            Err(e) if is_refused(&e) && change.to != StepStatus::Failed => {
+                let failure = StepFailure::fatal(format!("the step could not be written: {e}"));
+                log::warn!("run {}: {failure}", record.run_id);
+                let failed = StepChange::failed(failure.message.clone());
+                let written = write(failed.clone())
+                    .await
+                    .map_err(|e| StepEnd::Stop(e.into()))?;
+                fenced(written).map_err(StepEnd::Stop)?;
+                Ok((failed, Err(failure)))
+            }
+            Err(e) => Err(StepEnd::Stop(e.into())),
+        }
+    }
+
     /// What a step's execution may use, for attempt `attempt` of `step` of `run`.
     fn step_env<'a>(&'a self, run: &'a RunRow, step: &'a Step, attempt: i32) -> StepEnv<'a> {
         StepEnv {
@@ -831,6 +903,7 @@ impl Engine {
             workflow_id: &run.workflow_id,
             step: step.name.as_str(),
             attempt,
+            template_deadline: self.limits.template_deadline,
         }
     }
 
@@ -838,22 +911,24 @@ impl Engine {
     /// the database sees it, and computing it again gives the same value. So it is computed
     /// first, and its start and its completion are checkpointed together, in one transaction
     /// shared with the pure steps of the other runs in flight ([`Checkpointer`]); a worker
-    /// that dies before the commit leaves no trace, and the step simply runs again. `None`: not a transform, or it failed — the general path
-    /// (start, attempt, record, retries) handles it.
+    /// that dies before the commit leaves no trace, and the step simply runs again.
+    ///
+    /// `None`: not a transform. `Some(Err)`: it failed (its template, its output's limits, or
+    /// a checkpoint PostgreSQL refused), which the general path records as its first attempt.
     async fn pure_step(
         &self,
         run: &RunRow,
         step: &Step,
         record: &StepRecord,
-        ctx: &Value,
-    ) -> Result<Option<Value>, StepEnd> {
+        ctx: &Ctx,
+    ) -> Result<Option<Result<Value, StepFailure>>, StepEnd> {
         if !matches!(step.kind, StepKind::Transform { .. }) {
             return Ok(None);
         }
-        let env = self.step_env(run, step, 1);
         let started = Instant::now();
-        let Ok(output) = steps::execute(&step.kind, ctx, &env).await else {
-            return Ok(None);
+        let output = match self.execute(run, step, 1, ctx).await {
+            Ok(output) => output,
+            Err(failure) => return Ok(Some(Err(failure))),
         };
         let elapsed = started.elapsed();
         let written = self
@@ -862,14 +937,40 @@ impl Engine {
                 record: record.clone(),
                 output: output.clone(),
             })
-            .await
-            .map_err(|e| StepEnd::Stop(e.into()))?;
+            .await;
+        let written = match written {
+            Ok(written) => written,
+            // Refused on its own (the writer splits a failed batch): it would be again.
+            Err(e) if is_refused(&e) => {
+                let failure = StepFailure::fatal(format!("the step could not be written: {e}"));
+                return Ok(Some(Err(failure)));
+            }
+            Err(e) => return Err(StepEnd::Stop(e.into())),
+        };
         fenced(written).map_err(StepEnd::Stop)?;
         log::info!("run {}: step {} completed", run.id, step.name);
         crate::metrics::STEP_DURATION
             .with_label_values(&[step.kind.type_name(), StepStatus::Completed.as_str()])
             .observe(elapsed.as_secs_f64());
-        Ok(Some(output))
+        Ok(Some(Ok(output)))
+    }
+
+    /// End a run taken over more than `MAX_LEASE_TAKEOVERS` times without running it: each
+    /// worker that held it stopped renewing its lease (killed, out of memory, wedged), so the
+    /// next would likely go the same way.
+    async fn end_poison_run(&self, rs: &RunState<'_>, takeovers: i32) -> Result<(), Stop> {
+        let reason = format!(
+            "poison run: taken over {takeovers} times (MAX_LEASE_TAKEOVERS); it keeps killing or wedging workers"
+        );
+        log::error!("run {}: {reason}", rs.run.id);
+        self.finish(
+            rs.run,
+            RunStatus::Failed,
+            None,
+            Some(reason),
+            rs.unsettled(),
+        )
+        .await
     }
 
     async fn finish(
@@ -880,30 +981,56 @@ impl Engine {
         error: Option<String>,
         cancelled: Vec<StepRecord>,
     ) -> Result<(), Stop> {
-        let (run, me, now) = (run.clone(), self.me.clone(), shared_models::time::now());
         log::info!("run {}: {}", run.id, status.as_str());
         let end = RunEnd {
             status,
             output,
-            error,
+            error: error.map(limits::text_column),
             cancelled,
         };
         // The common end (nothing to cancel, no parent to wake) is batched with the other
         // runs' writes; the rest is its own transaction.
-        let written = match RunFinish::simple(&run, &end) {
-            Some(simple) => self.checkpoints.finish(simple).await?,
-            None => {
-                blocking(&self.pool, move |conn| {
-                    storage::finish_run(conn, &run, &end, &me, now)
-                })
-                .await?
-            }
+        let written = match RunFinish::simple(run, &end) {
+            Some(simple) => self.checkpoints.finish(simple).await,
+            None => self.finish_alone(run, &end).await,
         };
-        fenced(written)?;
+        let (written, status) = match written {
+            // PostgreSQL refused this end (the writer splits a failed batch, so it is this
+            // run's own): it would refuse it again, so the run FAILS with that reason.
+            Err(e) if is_refused(&e) && (status != RunStatus::Failed || end.output.is_some()) => {
+                let failed = RunEnd {
+                    status: RunStatus::Failed,
+                    output: None,
+                    error: Some(limits::text_column(format!(
+                        "the run's end could not be written: {e}"
+                    ))),
+                    cancelled: end.cancelled,
+                };
+                log::warn!("run {}: {}", run.id, failed.error.as_deref().unwrap_or(""));
+                (self.finish_alone(run, &failed).await, RunStatus::Failed)
+            }
+            other => (other, status),
+        };
+        fenced(written?)?;
         crate::metrics::RUNS_FINISHED
             .with_label_values(&[status.as_str()])
             .inc();
         Ok(())
+    }
+
+    /// [`storage::finish_run`] in its own transaction.
+    async fn finish_alone(&self, run: &RunRow, end: &RunEnd) -> Result<Fenced, StorageError> {
+        let (run, me, now) = (run.clone(), self.me.clone(), shared_models::time::now());
+        let end = RunEnd {
+            status: end.status,
+            output: end.output.clone(),
+            error: end.error.clone(),
+            cancelled: end.cancelled.clone(),
+        };
+        blocking(&self.pool, move |conn| {
+            storage::finish_run(conn, &run, &end, &me, now)
+        })
+        .await
     }
 }
 

@@ -10,6 +10,8 @@
 //! - [`metrics`]: step durations, jobs in flight and settled, runs finished (`/metrics`).
 //! - [`steps`]: one executor per step type.
 //! - [`outbound`]: the HTTP clients of `http` steps (egress policy on) and of agents.
+//! - [`limits`]: bounded work: output caps, poison runs, steps in flight (settings).
+//! - [`render`]: templates rendered on the blocking pool, within a deadline.
 //! - [`agents`]: the agent registry and the HTTP and OpenAI-compatible agent protocols.
 //! - [`batches`]: group commit: one task writes what many runs hand it, together.
 //! - [`claims`]: the claims of the jobs that arrive together, in one statement.
@@ -24,9 +26,11 @@ pub mod config;
 pub mod consumer;
 pub mod dead_letters;
 pub mod engine;
+pub mod limits;
 pub mod metrics;
 pub mod outbound;
 pub mod presence;
+pub mod render;
 pub mod startup;
 pub mod steps;
 pub mod storage;

@@ -4,11 +4,29 @@ use executor_worker::consumer::WorkerState;
 use executor_worker::startup;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// How long the runtime's shutdown waits for tasks still running once the worker has
+/// stopped (handed back its runs, closed its channel): a render on the blocking pool or a
+/// task stuck in a long call must not keep the process alive past its grace period.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
+
+fn main() -> ExitCode {
     shared_models::config::init_logging();
-    match run().await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            log::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run());
+    // Dropping the runtime would wait for every blocking task, however long it runs.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -55,7 +73,12 @@ async fn run() -> Result<(), String> {
         settings.shutdown_grace
     );
     let _ = stop.send(true);
-    let _ = consumer.await;
+    // The consumer drains within the grace period and hands back what is left; the margin
+    // covers the handback and closing the channel, so the process never outlives both.
+    let margin = settings.shutdown_grace + Duration::from_secs(5);
+    if tokio::time::timeout(margin, consumer).await.is_err() {
+        log::warn!("the consumer did not stop within {margin:?}; exiting anyway");
+    }
     let _ = stop_beating.send(true);
     let _ = heartbeat.await;
     if let Err(e) = presence.remove().await {

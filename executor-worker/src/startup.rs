@@ -24,14 +24,18 @@ pub fn build_engine(
         worker_id: settings.worker_id.clone(),
         lease: settings.lease,
     };
-    Ok(Engine::new(
+    // Once per process, before the first render.
+    shared_models::template::set_limits(settings.templates);
+    let mut engine = Engine::new(
         pool,
         agents,
         http,
         me,
         settings.agent_timeout,
         settings.max_running_per_org,
-    ))
+    );
+    engine.limits = settings.limits;
+    Ok(engine)
 }
 
 pub fn build_consumer(

@@ -6,6 +6,7 @@
 //! worker. A worker that lost its run (lease expired and taken over, or the run cancelled)
 //! finds out at its next write ([`Fenced::LeaseLost`]) and stops touching it.
 
+use crate::limits::text_column;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::Error;
@@ -50,6 +51,10 @@ pub struct ClaimedRun {
     /// The workflow version's definition; `None` when the caller said it has it.
     pub definition: Option<Value>,
     pub steps: Vec<StepRunRow>,
+    /// How many times the run was taken over after its worker stopped renewing its lease,
+    /// this claim included when it is one (`runs.lease_takeovers`); 0 otherwise. The engine
+    /// ends a run over `MAX_LEASE_TAKEOVERS` as a poison run instead of running it.
+    pub lease_takeovers: i32,
 }
 
 #[derive(Debug)]
@@ -150,6 +155,7 @@ pub fn claim_runs(
             run,
             definition,
             steps,
+            lease_takeovers: 0,
         })
     };
     let mut answers = Vec::with_capacity(jobs.len());
@@ -222,6 +228,13 @@ fn claim_locked(
         .bind::<Text, _>(&me.worker_id)
         .bind::<Timestamptz, _>(me.expires(now))
         .get_result(conn)?;
+        // A takeover: the run's worker stopped renewing its lease (a run handed back at
+        // shutdown has no owner, and is not counted).
+        let takeovers = if status == RunStatus::Running && !mine && run.lease_owner.is_some() {
+            count_takeover(conn, run_id)?
+        } else {
+            0
+        };
         let mut events = Vec::new();
         if status != RunStatus::Running {
             events.push(NewRunEvent::transition(
@@ -246,15 +259,31 @@ fn claim_locked(
         } else if !mine {
             let previous = run.lease_owner.as_deref().unwrap_or("another worker");
             let message = format!(
-                "run resumed on worker {} after {previous} stopped holding it",
-                me.worker_id
+                "run resumed on worker {} after {previous} stopped holding it{}",
+                me.worker_id,
+                if takeovers > 0 {
+                    format!(" (takeover {takeovers})")
+                } else {
+                    String::new()
+                }
             );
             events.push(NewRunEvent::log(run_id, now, None, "WARN", message));
         }
         runs::insert_events(conn, &events)?;
         let steps = load_steps(conn, run_id)?;
-        resume(conn, claimed_row, steps).map(|c| Claim::Claimed(Box::new(c)))
+        resume(conn, claimed_row, steps).map(|mut c| {
+            c.lease_takeovers = takeovers;
+            Claim::Claimed(Box::new(c))
+        })
     })
+}
+
+/// Count one more takeover of the run (its row locked by the claim); returns the new count.
+fn count_takeover(conn: &mut PgConnection, run_id: &str) -> Result<i32, Error> {
+    diesel::update(runs_table::table.find(run_id))
+        .set(runs_table::lease_takeovers.eq(runs_table::lease_takeovers + 1))
+        .returning(runs_table::lease_takeovers)
+        .get_result(conn)
 }
 
 fn started_log(verb: &str, me: &LeaseHolder) -> String {
@@ -840,16 +869,21 @@ fn finish_runs_in(
     // The events of every end, written for the runs the update ended only (its fence): one
     // statement. Each ended run has at least its transition, so the events inserted name the
     // runs ended; `ORDER BY` keeps them in the order given (their ids order the stream).
+    let errors: Vec<Option<String>> = ends
+        .iter()
+        .map(|e| e.error.clone().map(text_column))
+        .collect();
     let events: Vec<NewRunEvent> = ends
         .iter()
-        .flat_map(|e| end_events(&e.run_id, e.status, e.error.as_deref(), now))
+        .zip(&errors)
+        .flat_map(|(e, error)| end_events(&e.run_id, e.status, error.as_deref(), now))
         .collect();
     let ended: Vec<Id> = runs::with_events(END_RUNS, &events)
         .bind::<Timestamptz, _>(now)
         .bind::<Array<Text>, _>(column(ends, |e| e.run_id.as_str()))
         .bind::<Array<Text>, _>(column(ends, |e| e.status.as_str()))
         .bind::<Array<Nullable<Jsonb>>, _>(column(ends, |e| e.output.as_ref()))
-        .bind::<Array<Nullable<Text>>, _>(column(ends, |e| e.error.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(column(&errors, |e| e.as_deref()))
         .bind::<Text, _>(&me.worker_id)
         .load(conn)?;
     let ended: std::collections::HashSet<String> = ended.into_iter().map(|r| r.id).collect();
@@ -944,6 +978,7 @@ impl StepChange {
     }
 
     pub fn failed(error: String) -> Self {
+        let error = text_column(error);
         let log = ("ERROR", format!("step failed: {error}"));
         Self {
             to: StepStatus::Failed,
@@ -956,6 +991,7 @@ impl StepChange {
     }
 
     pub fn skipped(reason: String) -> Self {
+        let reason = text_column(reason);
         Self {
             to: StepStatus::Skipped,
             output: None,
@@ -968,6 +1004,7 @@ impl StepChange {
 
     /// A failed attempt with attempts left: back to PENDING until the next one.
     pub fn retrying(attempt: i32, error: String, pause: Duration) -> Self {
+        let error = text_column(error);
         let log = (
             "WARN",
             format!(
@@ -990,6 +1027,7 @@ impl StepChange {
         child_run_id: Option<String>,
         message: String,
     ) -> Self {
+        let message = text_column(message);
         Self {
             to: StepStatus::Waiting,
             output: None,
@@ -1268,6 +1306,7 @@ pub fn finish_run(
     me: &LeaseHolder,
     now: DateTime<Utc>,
 ) -> Result<Fenced, Error> {
+    let error = end.error.clone().map(text_column);
     conn.transaction(|conn| {
         let n = diesel::update(
             runs_table::table
@@ -1277,7 +1316,7 @@ pub fn finish_run(
         .set((
             runs_table::status.eq(end.status.as_str()),
             runs_table::output.eq(&end.output),
-            runs_table::error.eq(&end.error),
+            runs_table::error.eq(&error),
             runs_table::completed_at.eq(now),
             runs_table::updated_at.eq(now),
             runs_table::wake_at.eq(None::<DateTime<Utc>>),
@@ -1332,7 +1371,7 @@ pub fn finish_run(
         }
         // Children of cancelled subworkflow steps must not run on as orphans.
         runs::cancel_descendants(conn, run, children, now)?;
-        events.extend(end_events(&run.id, end.status, end.error.as_deref(), now));
+        events.extend(end_events(&run.id, end.status, error.as_deref(), now));
         runs::insert_events(conn, &events)?;
         if let Some(parent) = &run.parent_run_id {
             runs::enqueue_job(

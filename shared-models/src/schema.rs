@@ -47,6 +47,7 @@ diesel::table! {
         parent_run_id -> Nullable<Text>,
         parent_step -> Nullable<Text>,
         wake_at -> Nullable<Timestamptz>,
+        lease_takeovers -> Int4,
     }
 }
 

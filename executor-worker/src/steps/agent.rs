@@ -2,20 +2,22 @@
 
 use super::{StepEnv, StepFailure};
 use crate::agents::{self, AgentCall};
+use crate::render::{self, Ctx};
 use serde_json::Value;
-use shared_models::template;
 
 pub async fn execute(
     agent_id: &str,
     instructions: &str,
     inputs: Option<&Value>,
-    ctx: &Value,
+    ctx: &Ctx,
     env: &StepEnv<'_>,
 ) -> Result<Value, StepFailure> {
-    let instructions = template::render_text(instructions, ctx)
+    let instructions = render::text(instructions, ctx, env.template_deadline)
+        .await
         .map_err(|e| StepFailure::fatal(format!("instructions: {e}")))?;
     let inputs = match inputs {
-        Some(inputs) => template::render_json(inputs, ctx)
+        Some(inputs) => render::json(inputs, ctx, env.template_deadline)
+            .await
             .map_err(|e| StepFailure::fatal(format!("inputs: {e}")))?,
         None => Value::Null,
     };

@@ -8,20 +8,21 @@
 //! URL's query or userinfo, where secrets travel.
 
 use super::{StepEnv, StepFailure};
+use crate::render::{self, Ctx};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 use shared_models::egress;
 use shared_models::graph::HttpRequestSpec;
-use shared_models::template;
 use std::error::Error as _;
 
 pub async fn execute(
     request: &HttpRequestSpec,
     allow_status: &[u16],
-    ctx: &Value,
+    ctx: &Ctx,
     env: &StepEnv<'_>,
 ) -> Result<Value, StepFailure> {
-    let url = template::render_text(&request.url, ctx)
+    let url = render::text(&request.url, ctx, env.template_deadline)
+        .await
         .map_err(|e| StepFailure::fatal(format!("request.url: {e}")))?;
     let url = reqwest::Url::parse(&url)
         .map_err(|e| StepFailure::fatal(format!("request.url is not a URL: {e}")))?;
@@ -38,8 +39,13 @@ pub async fn execute(
         header_value(&format!("{}:{}", env.run_id, env.step))?,
     );
     for (name, value) in &request.headers {
-        let rendered = template::render_text(value.as_str().unwrap_or_default(), ctx)
-            .map_err(|e| StepFailure::fatal(format!("request.headers.{name}: {e}")))?;
+        let rendered = render::text(
+            value.as_str().unwrap_or_default(),
+            ctx,
+            env.template_deadline,
+        )
+        .await
+        .map_err(|e| StepFailure::fatal(format!("request.headers.{name}: {e}")))?;
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
             StepFailure::fatal(format!("request.headers: '{name}' is not a header name"))
         })?;
@@ -56,7 +62,8 @@ pub async fn execute(
         .headers(headers)
         .timeout(timeout);
     if let Some(body) = &request.body {
-        match template::render_json(body, ctx)
+        match render::json(body, ctx, env.template_deadline)
+            .await
             .map_err(|e| StepFailure::fatal(format!("request.body: {e}")))?
         {
             Value::String(text) => builder = builder.body(text),

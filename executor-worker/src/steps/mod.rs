@@ -6,6 +6,7 @@ mod http;
 mod transform;
 
 use crate::agents::AgentRegistry;
+use crate::render::Ctx;
 use serde_json::Value;
 use shared_models::graph::StepKind;
 use std::time::Duration;
@@ -24,6 +25,8 @@ pub struct StepEnv<'a> {
     pub workflow_id: &'a str,
     pub step: &'a str,
     pub attempt: i32,
+    /// How long one render may take (`TEMPLATE_DEADLINE_SECONDS`, [`crate::render`]).
+    pub template_deadline: Duration,
 }
 
 /// Why an attempt of a step failed, and whether another attempt could succeed.
@@ -66,11 +69,7 @@ impl std::fmt::Display for StepFailure {
 }
 
 /// `ctx` is the template context: `variables`, `steps.<name>.output|status`, `run`.
-pub async fn execute(
-    kind: &StepKind,
-    ctx: &Value,
-    env: &StepEnv<'_>,
-) -> Result<Value, StepFailure> {
+pub async fn execute(kind: &StepKind, ctx: &Ctx, env: &StepEnv<'_>) -> Result<Value, StepFailure> {
     match kind {
         StepKind::Agent {
             agent_id,
@@ -81,7 +80,7 @@ pub async fn execute(
             request,
             allow_status,
         } => http::execute(request, allow_status, ctx, env).await,
-        StepKind::Transform { value } => transform::execute(value, ctx),
+        StepKind::Transform { value } => transform::execute(value, ctx, env).await,
         // The engine waits for these itself; they have nothing to execute.
         StepKind::Delay { .. } | StepKind::Approval | StepKind::Subworkflow { .. } => {
             Err(StepFailure::fatal(format!(

@@ -1,9 +1,11 @@
 //! `transform`: the output is the templated `value`.
 
-use super::StepFailure;
+use super::{StepEnv, StepFailure};
+use crate::render::{self, Ctx};
 use serde_json::Value;
-use shared_models::template;
 
-pub fn execute(value: &Value, ctx: &Value) -> Result<Value, StepFailure> {
-    template::render_json(value, ctx).map_err(|e| StepFailure::fatal(format!("value: {e}")))
+pub async fn execute(value: &Value, ctx: &Ctx, env: &StepEnv<'_>) -> Result<Value, StepFailure> {
+    render::json(value, ctx, env.template_deadline)
+        .await
+        .map_err(|e| StepFailure::fatal(format!("value: {e}")))
 }

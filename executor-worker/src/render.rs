@@ -1,0 +1,157 @@
+//! Rendering off the async runtime's threads. A template is a tenant's code: with fuel and an
+//! output cap ([`shared_models::template::Limits`]) it ends, but it may still take a while,
+//! and a worker thread of the runtime busy rendering is one that drives no other run, timer
+//! or heartbeat (issue 13: two templates stopped every worker). So every render runs on the
+//! blocking pool, and the step waits for it at most `TEMPLATE_DEADLINE_SECONDS`; a render
+//! past it goes on (until its fuel runs out) while its step has already failed.
+//!
+//! What is provably short is rendered inline, which costs nothing extra: a string with no
+//! template syntax, a template of lookups only ([`template::is_lookup_only`]), a condition
+//! that compares lookups and literals ([`template::is_simple_condition`]). The rest (loops,
+//! filters, calls, operators) goes to the blocking pool; handing a render there costs some
+//! microseconds (measured in `cost_of_a_render_off_thread`).
+
+use serde_json::Value;
+use shared_models::template;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The template context (`variables`, `steps`, `run`), shared with the blocking pool.
+pub type Ctx = Arc<Value>;
+
+/// Run `render` on the blocking pool; wait for it at most `deadline`.
+async fn off_thread<T, F>(deadline: Duration, render: F) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, String> + Send + 'static,
+{
+    match tokio::time::timeout(deadline, tokio::task::spawn_blocking(render)).await {
+        Ok(Ok(rendered)) => rendered,
+        // A panic inside the template engine fails the render, not the worker.
+        Ok(Err(e)) => Err(format!("the template could not be rendered: {e}")),
+        Err(_) => Err(format!(
+            "template took longer than TEMPLATE_DEADLINE_SECONDS ({}s)",
+            deadline.as_secs_f64()
+        )),
+    }
+}
+
+/// [`template::render_json`], off the runtime's threads.
+pub async fn json(value: &Value, ctx: &Ctx, deadline: Duration) -> Result<Value, String> {
+    if !template::is_templated_json(value) {
+        return Ok(value.clone());
+    }
+    if lookups_only(value) {
+        return template::render_json(value, ctx);
+    }
+    let (value, ctx) = (value.clone(), ctx.clone());
+    off_thread(deadline, move || template::render_json(&value, &ctx)).await
+}
+
+/// [`template::render_text`], off the runtime's threads.
+pub async fn text(src: &str, ctx: &Ctx, deadline: Duration) -> Result<String, String> {
+    if !template::is_templated(src) {
+        return Ok(src.to_string());
+    }
+    if template::is_lookup_only(src) {
+        return template::render_text(src, ctx);
+    }
+    let (src, ctx) = (src.to_string(), ctx.clone());
+    off_thread(deadline, move || template::render_text(&src, &ctx)).await
+}
+
+/// [`template::eval_condition`], off the runtime's threads.
+pub async fn condition(expr: &str, ctx: &Ctx, deadline: Duration) -> Result<bool, String> {
+    if template::is_simple_condition(expr) {
+        return template::eval_condition(expr, ctx);
+    }
+    let (expr, ctx) = (expr.to_string(), ctx.clone());
+    off_thread(deadline, move || template::eval_condition(&expr, &ctx)).await
+}
+
+/// Whether every string inside `value` is rendered inline ([`template::is_lookup_only`]).
+fn lookups_only(value: &Value) -> bool {
+    match value {
+        Value::String(s) => template::is_lookup_only(s),
+        Value::Array(items) => items.iter().all(lookups_only),
+        Value::Object(map) => map.values().all(lookups_only),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn renders_come_back_and_plain_strings_are_not_rendered() {
+        let ctx: Ctx = Arc::new(json!({"variables": {"n": 2}}));
+        let d = Duration::from_secs(2);
+        assert_eq!(
+            json(&json!({"a": "{{ variables.n }}"}), &ctx, d).await,
+            Ok(json!({"a": 2}))
+        );
+        assert_eq!(
+            json(&json!({"a": "plain"}), &ctx, d).await,
+            Ok(json!({"a": "plain"}))
+        );
+        assert_eq!(
+            text("n={{ variables.n }}", &ctx, d).await.as_deref(),
+            Ok("n=2")
+        );
+        assert_eq!(condition("variables.n > 1", &ctx, d).await, Ok(true));
+    }
+
+    #[tokio::test]
+    async fn a_render_past_the_deadline_fails_naming_the_setting() {
+        let ctx: Ctx = Arc::new(json!({}));
+        let slow = "{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}";
+        let e = text(slow, &ctx, Duration::from_millis(1))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "template took longer than TEMPLATE_DEADLINE_SECONDS (0.001s)"
+        );
+    }
+}
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn cost_of_a_render_off_thread() {
+        let ctx: Ctx =
+            Arc::new(json!({"variables": {"n": 2, "s": "text"}, "steps": {}, "run": {"id": "r"}}));
+        // Not a lookup (a filter): it goes to the blocking pool.
+        let v = json!({"a": "{{ variables.n }}", "b": "n={{ variables.s | upper }}"});
+        let d = Duration::from_secs(2);
+        for _ in 0..1000 {
+            let _ = json(&v, &ctx, d).await;
+        }
+        let n = 20_000;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let _ = template::render_json(&v, &ctx);
+        }
+        let inline = t.elapsed() / n;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let _ = json(&v, &ctx, d).await;
+        }
+        let off = t.elapsed() / n;
+        let lookups = json!({"a": "{{ variables.n }}", "b": "n={{ variables.s }}"});
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let _ = json(&lookups, &ctx, d).await;
+        }
+        let inline_lookups = t.elapsed() / n;
+        eprintln!(
+            "filter template: inline {inline:?}, off-thread {off:?} (extra {:?}); lookups (inline) {inline_lookups:?}",
+            off.saturating_sub(inline)
+        );
+    }
+}
