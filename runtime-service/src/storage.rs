@@ -325,6 +325,35 @@ pub fn mark_outbox_sent(
         .map(|_| ())
 }
 
+/// Delete up to `limit` outbox rows sent more than `retention_secs` ago, oldest first;
+/// returns how many.
+///
+/// Safe after an hour (the default): a sent row is never read again except through its
+/// `dedupe_key`, which the scheduler and the lease reaper look up (`NOT EXISTS (... outbox
+/// o WHERE o.dedupe_key = ...)`, storage/wakeups.rs and storage/reaper.rs) so as to queue a
+/// wake-up or an expired lease once. Those keys name the run and its `wake_at` or
+/// `lease_expires_at`, and the worker's claim clears `wake_at` and renews the lease; a key
+/// can only be seen again after its row is pruned if its run kept that very `wake_at` or
+/// expired lease for the whole retention, i.e. the job sent an hour ago never reached a
+/// worker. Queueing it again then is what should happen, and a duplicate job is harmless
+/// anyway: the worker's claim of the run decides (CONTRACT.md, at-least-once delivery).
+/// Child-start keys (`start:<run>`) are written once, when the child is made.
+pub fn prune_sent_outbox(
+    conn: &mut PgConnection,
+    retention_secs: f64,
+    limit: i64,
+) -> Result<usize, Error> {
+    prepared(
+        "DELETE FROM outbox WHERE id IN (
+             SELECT id FROM outbox
+             WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1)
+             ORDER BY sent_at LIMIT $2)",
+    )
+    .bind::<Double, _>(retention_secs)
+    .bind::<BigInt, _>(limit)
+    .execute(conn)
+}
+
 #[derive(QueryableByName, Debug)]
 pub struct PendingJob {
     #[diesel(sql_type = BigInt)]

@@ -1,3 +1,5 @@
+DROP INDEX outbox_sent;
+DROP INDEX runs_by_version;
 DROP INDEX runs_by_root;
 ALTER TABLE runs DROP COLUMN root_run_id;
 ALTER TABLE orgs

@@ -16,5 +16,14 @@ ALTER TABLE orgs
 ALTER TABLE runs ADD COLUMN root_run_id TEXT;
 CREATE INDEX runs_by_root ON runs (root_run_id) WHERE root_run_id IS NOT NULL;
 
+-- maxVersionsKept deletes a workflow's old versions that no run uses: this index answers
+-- "does a run use this version" (the pruning's NOT EXISTS, and the foreign key's own check
+-- on delete) without reading every run of the workflow.
+CREATE INDEX runs_by_version ON runs (org_id, workflow_id, workflow_version);
+
 -- maxQueuedRuns counts an org's PENDING and WAITING runs with a bounded scan of
 -- runs_by_status (org_id, status, id DESC): no other index is needed.
+
+-- Sent outbox rows are pruned once OUTBOX_RETENTION_SECONDS old (runtime-service's
+-- scheduler, in bounded batches): this keeps each pass an index range scan.
+CREATE INDEX outbox_sent ON outbox (sent_at) WHERE sent_at IS NOT NULL;
