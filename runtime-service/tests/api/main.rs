@@ -7,6 +7,7 @@ mod hostile;
 mod metrics;
 mod openapi;
 mod ops;
+mod quotas;
 mod queueing;
 mod reaper;
 mod runs;
