@@ -162,13 +162,24 @@ pub mod fixtures {
         key
     }
 
-    /// Set every quota override of `org_id` (as `PUT /admin/orgs/{orgId}/limits` would).
+    /// Set every quota override of `org_id` (as `PUT /admin/orgs/{orgId}/limits` would),
+    /// creating the org if needed.
     /// A key's lookup is cached for a second: set them before its first request.
     pub fn set_limits(
         conn: &mut PgConnection,
         org_id: &str,
         limits: &crate::limits::OrgLimitOverrides,
     ) {
+        // The org too, if no key made it yet (the worker's tests have no keys).
+        diesel::insert_into(orgs::table)
+            .values(OrgRow {
+                id: org_id.into(),
+                name: org_id.into(),
+                created_at: crate::time::now(),
+            })
+            .on_conflict_do_nothing()
+            .execute(conn)
+            .expect("insert org");
         let n = diesel::update(orgs::table.find(org_id))
             .set((
                 orgs::max_queued_runs.eq(limits.max_queued_runs),
