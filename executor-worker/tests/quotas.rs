@@ -93,9 +93,7 @@ async fn a_self_recursive_fan_out_ends_at_max_descendants_per_run() {
     )
     .await;
     // Three subworkflow steps at once, each starting this very workflow.
-    let step = |name: &str| {
-        json!({ "name": name, "type": "subworkflow", "workflowId": "wf_fan", "dependsOn": [] })
-    };
+    let step = |name: &str| json!({ "name": name, "type": "subworkflow", "workflowId": "wf_fan", "dependsOn": [] });
     let definition = json!({ "steps": [step("a"), step("b"), step("c")] });
     let (_, root) = workflow_with_run(&db.pool, "fan", definition, json!({})).await;
     // Two workers, so children of one tree are started concurrently.
@@ -110,8 +108,14 @@ async fn a_self_recursive_fan_out_ends_at_max_descendants_per_run() {
     assert!(took < Duration::from_secs(30), "took {took:?}");
     let total = count_runs(&db.pool).await;
     eprintln!("fan-out: {total} runs, the root FAILED after {took:?}");
-    assert!(total <= 21, "{total} runs: at most the root and 20 descendants");
-    assert!(total > 3, "{total} runs: the tree grew before it was stopped");
+    assert!(
+        total <= 21,
+        "{total} runs: at most the root and 20 descendants"
+    );
+    assert!(
+        total > 3,
+        "{total} runs: the tree grew before it was stopped"
+    );
     // Every descendant carries the root; some step failed naming the quota.
     let (roots, errors) = blocking(&db.pool, |conn| {
         let roots: Vec<Option<String>> = runs::table
@@ -129,10 +133,7 @@ async fn a_self_recursive_fan_out_ends_at_max_descendants_per_run() {
     assert!(roots.iter().all(|r| r.as_deref() == Some(root.as_str())));
     let named = format!("maxDescendantsPerRun (20) reached: the run tree of {root} has 20 runs");
     assert!(
-        errors
-            .iter()
-            .flatten()
-            .any(|e| e.starts_with(&named)),
+        errors.iter().flatten().any(|e| e.starts_with(&named)),
         "{errors:?}"
     );
 }

@@ -92,9 +92,21 @@ pub const FIELDS: [Field; 7] = [
         max_descendants_per_run
     ),
     field!("maxWorkflows", "ORG_MAX_WORKFLOWS", max_workflows),
-    field!("maxVersionsKept", "ORG_MAX_VERSIONS_KEPT", max_versions_kept),
-    field!("maxEventStreams", "ORG_MAX_EVENT_STREAMS", max_event_streams),
-    field!("requestsPerSecond", "RATE_LIMIT_PER_SECOND", requests_per_second),
+    field!(
+        "maxVersionsKept",
+        "ORG_MAX_VERSIONS_KEPT",
+        max_versions_kept
+    ),
+    field!(
+        "maxEventStreams",
+        "ORG_MAX_EVENT_STREAMS",
+        max_event_streams
+    ),
+    field!(
+        "requestsPerSecond",
+        "RATE_LIMIT_PER_SECOND",
+        requests_per_second
+    ),
 ];
 
 impl OrgLimits {
@@ -251,7 +263,10 @@ mod tests {
         assert_eq!(limits.max_queued_runs, 3);
         assert_eq!(limits.requests_per_second, 7);
         assert_eq!(limits.max_workflows, BUILT_IN.max_workflows);
-        assert_eq!(effective(&BUILT_IN, &OrgLimitOverrides::default()), BUILT_IN);
+        assert_eq!(
+            effective(&BUILT_IN, &OrgLimitOverrides::default()),
+            BUILT_IN
+        );
     }
 
     #[test]
@@ -260,7 +275,12 @@ mod tests {
         assert_eq!(json.len(), 7);
         let v = serde_json::to_value(BUILT_IN).unwrap();
         for f in &FIELDS {
-            assert_eq!(v[f.json], serde_json::json!((f.get)(&BUILT_IN)), "{}", f.json);
+            assert_eq!(
+                v[f.json],
+                serde_json::json!((f.get)(&BUILT_IN)),
+                "{}",
+                f.json
+            );
         }
         assert_eq!(BUILT_IN.max_descendants_per_run, 1000);
     }

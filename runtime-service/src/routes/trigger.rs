@@ -156,7 +156,15 @@ async fn queue_run(
         let req = request.clone();
         let outcome = blocking(&state.pool, move |conn| {
             let request_id = Some(request_id.0.as_str());
-            storage::create_run(conn, &org_id, &req, &workflow_id, request_id, max_queued, now)
+            storage::create_run(
+                conn,
+                &org_id,
+                &req,
+                &workflow_id,
+                request_id,
+                max_queued,
+                now,
+            )
         })
         .await?;
         if let CreateOutcome::Created { job, outbox_id, .. } = &outcome {

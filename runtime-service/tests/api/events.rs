@@ -343,7 +343,10 @@ async fn a_stream_ends_at_its_lifetime_with_an_id_to_resume_from() {
     let (id, ids) = with_history(&app, "RUNNING");
     let started = std::time::Instant::now();
     let frames = read_to_end(subscribe(&app, &id, None).await).await;
-    assert!(started.elapsed() >= Duration::from_millis(900), "ended early");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "ended early"
+    );
     let got: Vec<i64> = frames.iter().map(|f| f.id).collect();
     let last = *ids.last().unwrap();
     assert_eq!(got, [ids.clone(), vec![last]].concat(), "{frames:?}");

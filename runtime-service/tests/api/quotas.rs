@@ -228,7 +228,10 @@ async fn outbox_rows_sent_longer_ago_than_the_retention_are_pruned() {
     left.sort();
     assert_eq!(
         left,
-        [Some("just-sent".to_string()), Some("never-sent".to_string())]
+        [
+            Some("just-sent".to_string()),
+            Some("never-sent".to_string())
+        ]
     );
     let again = prune_once(&app.db.pool, Duration::from_secs(3600))
         .await

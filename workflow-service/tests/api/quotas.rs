@@ -122,7 +122,9 @@ async fn creating_a_workflow_over_max_workflows_is_a_429_and_deleted_ones_do_not
         let r = app.send("POST", "/workflows", Some(workflow(name))).await;
         assert_eq!(r.status, 201, "{}", r.body);
     }
-    let r = app.send("POST", "/workflows", Some(workflow("three"))).await;
+    let r = app
+        .send("POST", "/workflows", Some(workflow("three")))
+        .await;
     assert_error(&r, 429, "QUOTA_EXCEEDED", "a third workflow");
     assert_eq!(
         r.body["error"]["message"],
@@ -133,8 +135,14 @@ async fn creating_a_workflow_over_max_workflows_is_a_429_and_deleted_ones_do_not
 
     let r = app.send("DELETE", "/workflows/wf_one", None).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = app.send("POST", "/workflows", Some(workflow("three"))).await;
-    assert_eq!(r.status, 201, "a deleted workflow frees its place: {}", r.body);
+    let r = app
+        .send("POST", "/workflows", Some(workflow("three")))
+        .await;
+    assert_eq!(
+        r.status, 201,
+        "a deleted workflow frees its place: {}",
+        r.body
+    );
 }
 
 fn versions_of(app: &TestApp, id: &str) -> Vec<i32> {
