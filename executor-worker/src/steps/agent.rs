@@ -12,11 +12,10 @@ pub async fn execute(
     ctx: &Value,
     env: &StepEnv<'_>,
 ) -> Result<Value, StepFailure> {
-    let instructions = template::render_text(instructions, ctx)
-        .map_err(|e| StepFailure::fatal(format!("instructions: {e}")))?;
+    let instructions =
+        template::render_text(instructions, ctx).map_err(|e| StepFailure::fatal(format!("instructions: {e}")))?;
     let inputs = match inputs {
-        Some(inputs) => template::render_json(inputs, ctx)
-            .map_err(|e| StepFailure::fatal(format!("inputs: {e}")))?,
+        Some(inputs) => template::render_json(inputs, ctx).map_err(|e| StepFailure::fatal(format!("inputs: {e}")))?,
         None => Value::Null,
     };
     let call = AgentCall {

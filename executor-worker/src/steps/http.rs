@@ -17,10 +17,9 @@ pub async fn execute(
     ctx: &Value,
     env: &StepEnv<'_>,
 ) -> Result<Value, StepFailure> {
-    let url = template::render_text(&request.url, ctx)
-        .map_err(|e| StepFailure::fatal(format!("request.url: {e}")))?;
-    let url = reqwest::Url::parse(&url)
-        .map_err(|e| StepFailure::fatal(format!("request.url is not a URL: {e}")))?;
+    let url = template::render_text(&request.url, ctx).map_err(|e| StepFailure::fatal(format!("request.url: {e}")))?;
+    let url =
+        reqwest::Url::parse(&url).map_err(|e| StepFailure::fatal(format!("request.url is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(StepFailure::fatal(format!(
             "request.url must be http or https, not {}",
@@ -36,9 +35,8 @@ pub async fn execute(
     for (name, value) in &request.headers {
         let rendered = template::render_text(value.as_str().unwrap_or_default(), ctx)
             .map_err(|e| StepFailure::fatal(format!("request.headers.{name}: {e}")))?;
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-            StepFailure::fatal(format!("request.headers: '{name}' is not a header name"))
-        })?;
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| StepFailure::fatal(format!("request.headers: '{name}' is not a header name")))?;
         headers.insert(name, header_value(&rendered)?);
     }
     let method = reqwest::Method::from_bytes(request.method.as_bytes())
@@ -51,9 +49,7 @@ pub async fn execute(
         .headers(headers)
         .timeout(timeout);
     if let Some(body) = &request.body {
-        match template::render_json(body, ctx)
-            .map_err(|e| StepFailure::fatal(format!("request.body: {e}")))?
-        {
+        match template::render_json(body, ctx).map_err(|e| StepFailure::fatal(format!("request.body: {e}")))? {
             Value::String(text) => builder = builder.body(text),
             json => builder = builder.json(&json),
         }
