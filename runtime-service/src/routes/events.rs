@@ -225,7 +225,8 @@ impl Feed {
                 continue;
             }
             if !self.read_now {
-                tokio::time::sleep(POLL_INTERVAL.min(self.ends_at - Instant::now())).await;
+                let left = self.ends_at.saturating_duration_since(Instant::now());
+                tokio::time::sleep(POLL_INTERVAL.min(left)).await;
             }
             self.read().await;
             if self.ready.is_empty() && self.last_write.elapsed() >= KEEP_ALIVE_AFTER {
