@@ -25,6 +25,8 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("post", "/admin/orgs/{orgId}/keys"),
     ("get", "/admin/orgs/{orgId}/keys"),
     ("delete", "/admin/keys/{id}"),
+    ("get", "/admin/orgs/{orgId}/limits"),
+    ("put", "/admin/orgs/{orgId}/limits"),
     ("post", "/workflows/{id}/trigger"),
     ("post", "/workflows/runs"),
     ("get", "/workflows/runs"),

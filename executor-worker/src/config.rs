@@ -56,6 +56,9 @@ impl Settings {
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "worker".into());
         let (limits, templates) = WorkLimits::from_env()?;
+        // The quota defaults (`shared_models::limits`), read once per process: a bad value
+        // stops the worker here.
+        shared_models::limits::OrgLimits::from_env()?;
         Ok(Self {
             common: CommonConfig::from_env()?,
             http_addr: env_or("HTTP_ADDR", "127.0.0.1:8083"),

@@ -12,6 +12,7 @@ use diesel::prelude::*;
 use diesel::result::Error;
 use diesel::sql_types::{Array, BigInt, Int4, Jsonb, Nullable, Text, Timestamptz};
 use serde_json::Value;
+use shared_models::limits::{self, QuotaExceeded};
 use shared_models::models::{NewRunEvent, RunRow, StepRunRow};
 use shared_models::prepared::{column, prepared, Id};
 use shared_models::runs::{self, NewRun};
@@ -27,7 +28,7 @@ macro_rules! run_columns {
     () => {
         "id, org_id, workflow_id, workflow_version, status, variables, output, error, \
          created_at, updated_at, started_at, completed_at, lease_owner, lease_expires_at, \
-         idempotency_key, request_hash, request_id, parent_run_id, parent_step, wake_at"
+         idempotency_key, request_hash, request_id, parent_run_id, parent_step, wake_at, root_run_id"
     };
 }
 
@@ -210,7 +211,6 @@ fn claim_locked(
             return Ok(Claim::HeldElsewhere);
         }
         if status != RunStatus::Running
-            && max_running_per_org > 0
             && hold_for_slot(conn, &run, status, max_running_per_org, now)?
         {
             return Ok(Claim::Held);
@@ -311,13 +311,17 @@ pub const CLAIM_PENDING: &str = concat!(
              WHERE id = b.id AND org_id = b.org_id AND status = $8
              OFFSET 0
          ) r
+     ), caps AS (
+         SELECT o.org_id,
+                COALESCE((SELECT g.max_running_runs FROM orgs g WHERE g.id = o.org_id), $7) AS cap
+         FROM (SELECT DISTINCT org_id FROM pending) o
      ), slots AS (
-         SELECT o.org_id, $7 - thygon_lock_and_count_running(o.org_id) AS free
-         FROM (SELECT DISTINCT org_id FROM pending ORDER BY org_id) o
-         WHERE $7 > 0
+         SELECT c.org_id, c.cap - thygon_lock_and_count_running(c.org_id) AS free
+         FROM (SELECT org_id, cap FROM caps WHERE cap > 0 ORDER BY org_id) c
      ), admitted AS (
          SELECT p.id FROM pending p
-         WHERE $7 = 0 OR p.place <= (SELECT s.free FROM slots s WHERE s.org_id = p.org_id)
+         WHERE p.place <= COALESCE((SELECT s.free FROM slots s WHERE s.org_id = p.org_id),
+                                   p.place)
      ), claimed AS (
          UPDATE runs SET status = 'RUNNING', started_at = COALESCE(started_at, $3),
                 updated_at = $3, wake_at = NULL, lease_owner = $4, lease_expires_at = $5
@@ -339,7 +343,8 @@ pub const CLAIM_PENDING: &str = concat!(
 
 /// Claim the PENDING runs among `jobs` in one statement (no explicit transaction): what
 /// [`claim_locked`] writes for each (RUNNING, lease, the transition and the start line), for
-/// as many of each org's runs, in the jobs' order, as its cap (0 = none) leaves room for.
+/// as many of each org's runs, in the jobs' order, as its cap leaves room for: the org's
+/// `maxRunningRuns` override (a primary-key lookup in `orgs`), else `cap` (0 = none).
 /// Returns the runs claimed; a job whose run is not PENDING (or not in that org), or that its
 /// org's cap leaves out, is not among them.
 ///
@@ -376,7 +381,8 @@ fn claim_pending(
 }
 
 /// In `claim_run`'s transaction, with the run row locked: when the run's org already has
-/// `cap` runs RUNNING, hold the run back (status unchanged, `wake_at` = now +
+/// its cap of runs RUNNING (its `maxRunningRuns` override, else `default_cap`; 0 = no cap),
+/// hold the run back (status unchanged, `wake_at` = now +
 /// [`RUNNING_SLOT_HOLD`], and a log line the first time a PENDING run is held) and return
 /// true. The org's transaction-scoped lock (taken by `thygon_lock_and_count_running`, which
 /// counts after it is granted) serialises the count-then-start of every claim in that org, so
@@ -385,19 +391,26 @@ fn hold_for_slot(
     conn: &mut PgConnection,
     run: &RunRow,
     status: RunStatus,
-    cap: u32,
+    default_cap: u32,
     now: DateTime<Utc>,
 ) -> Result<bool, Error> {
     #[derive(QueryableByName)]
     struct Running {
         #[diesel(sql_type = BigInt)]
+        cap: i64,
+        #[diesel(sql_type = BigInt)]
         running: i64,
     }
-    let running = prepared("SELECT thygon_lock_and_count_running($1) AS running")
-        .bind::<Text, _>(&run.org_id)
-        .get_result::<Running>(conn)?
-        .running;
-    if running < i64::from(cap) {
+    // The org's lock is taken (and the count made) only when there is a cap.
+    let Running { cap, running } = prepared(
+        "SELECT c.cap,
+                CASE WHEN c.cap > 0 THEN thygon_lock_and_count_running($1) ELSE 0 END AS running
+         FROM (SELECT COALESCE((SELECT max_running_runs FROM orgs WHERE id = $1)::int8, $2) AS cap) c",
+    )
+    .bind::<Text, _>(&run.org_id)
+    .bind::<BigInt, _>(i64::from(default_cap))
+    .get_result::<Running>(conn)?;
+    if cap <= 0 || running < cap {
         return Ok(false);
     }
     let hold =
@@ -409,8 +422,14 @@ fn hold_for_slot(
         ))
         .execute(conn)?;
     if status == RunStatus::Pending && run.wake_at.is_none() {
+        // The setting, or the org's own quota when it overrides it.
+        let limit = if cap == i64::from(default_cap) {
+            "MAX_RUNNING_PER_ORG"
+        } else {
+            "maxRunningRuns"
+        };
         let message = format!(
-            "waiting for a running slot: org has {running} of {cap} runs running (MAX_RUNNING_PER_ORG)"
+            "waiting for a running slot: org has {running} of {cap} runs running ({limit})"
         );
         runs::insert_events(
             conn,
@@ -1118,7 +1137,7 @@ pub const MAX_SUBWORKFLOW_DEPTH: usize = 8;
 /// a redelivery start a second one): the child is in the parent's org, at its workflow's
 /// current version, and its job is queued (the outbox relay publishes it).
 /// `Ok(Ok(Err(reason)))` when the child workflow cannot run (unknown, deleted, inactive, or
-/// nested too deep).
+/// nested too deep), or when the org's quotas leave no room for it ([`child_quota`]).
 #[allow(clippy::too_many_arguments)]
 pub fn start_child_run(
     conn: &mut PgConnection,
@@ -1151,6 +1170,10 @@ pub fn start_child_run(
                 .optional()?
                 .flatten();
         }
+        let root = parent.root_run_id.as_deref().unwrap_or(&parent.id);
+        if let Some(exceeded) = child_quota(conn, &parent.org_id, root)? {
+            return Ok(Ok(Err(exceeded.to_string())));
+        }
         let current: Option<(i32, bool)> = workflows::table
             .find((&parent.org_id, workflow_id))
             .filter(workflows::deleted_at.is_null())
@@ -1173,7 +1196,7 @@ pub fn start_child_run(
                 idempotency_key: None,
                 request_hash: None,
                 request_id: parent.request_id.clone(),
-                parent: Some((&parent.id, &step.name)),
+                parent: Some((&parent.id, &step.name, root)),
             },
             now,
         );
@@ -1193,6 +1216,65 @@ pub fn start_child_run(
         }
         Ok(Ok(Ok(child.id)))
     })
+}
+
+/// Counts the runs of one tree (`root_run_id`), at most `$2`.
+const COUNT_DESCENDANTS: &str = "SELECT count(*) AS n FROM (
+         SELECT 1 FROM runs WHERE root_run_id = $1 LIMIT $2
+     ) q";
+
+/// In [`start_child_run`]'s transaction: the quota a new child run of the tree rooted at
+/// `root` would go over, if any.
+///
+/// - `maxDescendantsPerRun`: the tree's runs (the root not counted), counted under a
+///   transaction-scoped advisory lock keyed by the root, so two workers starting children
+///   of one tree at once cannot both take its last place (the count, a statement of its own,
+///   sees every child committed by the lock's previous holder). An advisory lock rather than
+///   the root's row lock: a cancel locks a tree's rows from the root down while this
+///   transaction already holds the parent's row, so waiting on the root's row could deadlock.
+/// - `maxQueuedRuns`: the org's PENDING and WAITING runs (the child would be one more).
+///   Not serialised: workers starting children of one org at the same moment may each see
+///   the last place free, so the org may go over by as many (docs/SECURITY.md).
+///
+/// Both counts are bounded by the limit, so a tree or a backlog at its limit costs no more
+/// than the limit's rows of an index.
+fn child_quota(
+    conn: &mut PgConnection,
+    org_id: &str,
+    root: &str,
+) -> Result<Option<QuotaExceeded>, Error> {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let quotas = limits::load_effective(conn, org_id, &limits::defaults())?;
+    let max = quotas.max_descendants_per_run;
+    let descendants = if max > 0 {
+        prepared("SELECT pg_advisory_xact_lock(hashtextextended('thygon-tree:' || $1, 0))")
+            .bind::<Text, _>(root)
+            .execute(conn)?;
+        prepared(COUNT_DESCENDANTS)
+            .bind::<Text, _>(root)
+            .bind::<BigInt, _>(i64::from(max))
+            .get_result::<Count>(conn)?
+            .n
+    } else {
+        0
+    };
+    if max > 0 && descendants >= i64::from(max) {
+        return Ok(Some(QuotaExceeded::new(
+            "maxDescendantsPerRun",
+            max,
+            format!("the run tree of {root} has {descendants} runs besides its root"),
+        )));
+    }
+    let max = quotas.max_queued_runs;
+    let queued = limits::count_queued(conn, org_id, max)?;
+    if max > 0 && queued >= i64::from(max) {
+        return Ok(Some(QuotaExceeded::queued_runs(max, queued)));
+    }
+    Ok(None)
 }
 
 /// A child run's status, output and error.

@@ -691,3 +691,70 @@ async fn jobs_handed_to_the_claimer_at_once_are_each_answered_with_their_own_run
     }
     assert_eq!(running_in(&db.pool, ORG).await, 30);
 }
+
+#[tokio::test]
+async fn an_org_s_max_running_runs_override_replaces_the_default_cap() {
+    let db = test_db().await;
+    let ids = slow_runs(&db.pool, "overridden", 3).await;
+    let other_ids = blocking(&db.pool, |conn| {
+        let wf = fixtures::insert_workflow(conn, OTHER_ORG, "slow", slow_workflow(), true);
+        Ok((0..2)
+            .map(|_| fixtures::insert_run(conn, OTHER_ORG, &wf, json!({})))
+            .collect::<Vec<_>>())
+    })
+    .await
+    .expect("runs of another org");
+    blocking(&db.pool, |conn| {
+        fixtures::set_limits(
+            conn,
+            ORG,
+            &shared_models::limits::OrgLimitOverrides {
+                max_running_runs: Some(1),
+                ..Default::default()
+            },
+        );
+        Ok(())
+    })
+    .await
+    .expect("the override");
+    let (me, now) = (holder(), shared_models::time::now());
+
+    // The worker's default is 100; the org's own cap is 1. Batched: one of two starts.
+    let jobs: Vec<ClaimJob> = ids[..2]
+        .iter()
+        .map(|id| ClaimJob {
+            run_id: id.clone(),
+            org_id: ORG.to_string(),
+        })
+        .collect();
+    let batch = {
+        let me = me.clone();
+        blocking(&db.pool, move |conn| {
+            storage::claim_runs(conn, &jobs, &me, 100, now, |_| false)
+        })
+        .await
+        .expect("the batch")
+    };
+    let claims: Vec<Claim> = batch.into_iter().map(|c| c.expect("a claim")).collect();
+    assert_eq!(claimed_and_held(&claims), (1, 1));
+    // One at a time (the locked path): held too, and the log names the org's quota.
+    let third = claim_as(&db.pool, &ids[2], ORG, &me, 100, now).await;
+    assert!(matches!(third, Claim::Held), "{third:?}");
+    assert_eq!(
+        slot_logs(&db.pool, &ids[2]).await,
+        vec![(
+            "INFO".to_string(),
+            "waiting for a running slot: org has 1 of 1 runs running (maxRunningRuns)".to_string()
+        )]
+    );
+    assert_eq!(running_in(&db.pool, ORG).await, 1);
+
+    // Another org keeps the default.
+    for id in &other_ids {
+        let c = claim_as(&db.pool, id, OTHER_ORG, &me, 100, now).await;
+        assert!(matches!(c, Claim::Claimed(_)), "{c:?}");
+    }
+    // And with no default cap at all (0), the override still holds.
+    let fourth = claim_as(&db.pool, &ids[1], ORG, &me, 0, now).await;
+    assert!(matches!(fourth, Claim::Held), "{fourth:?}");
+}

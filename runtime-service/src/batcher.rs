@@ -10,7 +10,9 @@
 //! What each request is guaranteed, exactly as on the single path (`storage::create_run`,
 //! then `publish_committed`):
 //! - Its outcome is its own: `Created`, or `WorkflowNotFound` / `WorkflowInactive` for its
-//!   workflow. Another trigger's missing or inactive workflow is not an error of the batch.
+//!   workflow, or `QuotaExceeded` when its org's `maxQueuedRuns` leaves no room for it (each
+//!   org of a batch is counted once, and only as many of its triggers as fit are written;
+//!   `storage::create_runs`). Another trigger's missing or inactive workflow is not an error of the batch.
 //!   If the batch transaction fails with a query error (one trigger might be the cause),
 //!   each trigger of the batch is written again alone, so only a trigger that fails alone
 //!   gets an error. If the database is unavailable, every trigger of the batch gets that

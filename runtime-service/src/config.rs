@@ -27,6 +27,12 @@ pub struct Settings {
     /// The workers' heartbeat interval (`WORKER_HEARTBEAT_SECONDS`, as the workers read it):
     /// `GET /ops/workers` calls a worker live while its last beat is at most three old.
     pub worker_heartbeat: Duration,
+    /// How long a sent outbox row is kept before the scheduler deletes it
+    /// (`OUTBOX_RETENTION_SECONDS`, default 3600).
+    pub outbox_retention: Duration,
+    /// The longest an event stream stays open (`EVENT_STREAM_MAX_SECONDS`, default 3600); it
+    /// then ends with a `reconnect` event whose id the client resumes from.
+    pub event_stream_max: Duration,
 }
 
 pub const DEFAULT_REAPER_GRACE_SECONDS: f64 = 5.0;
@@ -34,6 +40,11 @@ pub const DEFAULT_REAPER_GRACE_SECONDS: f64 = 5.0;
 /// `REAPER_GRACE_SECONDS`, default [`DEFAULT_REAPER_GRACE_SECONDS`].
 pub fn reaper_grace_from_env() -> Result<Duration, String> {
     env_seconds("REAPER_GRACE_SECONDS", DEFAULT_REAPER_GRACE_SECONDS)
+}
+
+/// `EVENT_STREAM_MAX_SECONDS`, default 3600 (at least 1 s).
+pub fn event_stream_max_from_env() -> Result<Duration, String> {
+    Ok(env_seconds("EVENT_STREAM_MAX_SECONDS", 3600.0)?.max(Duration::from_secs(1)))
 }
 
 impl Settings {
@@ -48,6 +59,8 @@ impl Settings {
             reaper_grace: reaper_grace_from_env()?,
             ops_sample_interval: env_seconds("OPS_SAMPLE_SECONDS", 5.0)?,
             worker_heartbeat: env_seconds("WORKER_HEARTBEAT_SECONDS", 5.0)?,
+            outbox_retention: env_seconds("OUTBOX_RETENTION_SECONDS", 3600.0)?,
+            event_stream_max: event_stream_max_from_env()?,
         })
     }
 }

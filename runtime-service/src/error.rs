@@ -31,6 +31,9 @@ pub enum RuntimeError {
     OtherOrg(String),
     #[error("Idempotency-Key '{0}' was already used with a different request body")]
     IdempotencyKeyReused(String),
+    /// One of the org's quotas (`maxQueuedRuns`, `maxEventStreams`) is reached.
+    #[error(transparent)]
+    Quota(#[from] shared_models::limits::QuotaExceeded),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -48,6 +51,7 @@ impl RuntimeError {
             | RuntimeError::RunNotRetryable { .. }
             | RuntimeError::StepNotWaiting { .. } => ApiError::conflict(self.to_string()),
             RuntimeError::OtherOrg(_) => ApiError::new(ErrorCode::Forbidden, self.to_string()),
+            RuntimeError::Quota(e) => e.clone().into(),
             RuntimeError::Storage(e) => e.to_api(),
         }
     }

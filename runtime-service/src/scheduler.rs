@@ -3,7 +3,8 @@
 //! for every PENDING run whose `wake_at` has come (a worker held it back because its org was
 //! at `MAX_RUNNING_PER_ORG`), so it is tried again; and it reaps expired leases: a RUNNING run
 //! whose worker died gets a new job, so another worker resumes it even when its message is
-//! gone too.
+//! gone too; and it prunes outbox rows sent more than `OUTBOX_RETENTION_SECONDS` ago
+//! ([`prune_once`]), so the table holds about that long's traffic and no more.
 //! Every replica runs one; the outbox's unique dedupe key queues each wake-up and each
 //! expired lease once, and the relay publishes them at once.
 
@@ -42,10 +43,42 @@ pub async fn reap_once(pool: &PgPool, grace: Duration) -> Result<usize, StorageE
     Ok(queued)
 }
 
+/// Outbox rows deleted per pruning pass: a pass is one short statement whatever the
+/// backlog, which drains over the next passes (a pass that deleted a full batch is followed
+/// by another at once, up to [`PRUNE_PASSES`]).
+pub const PRUNE_BATCH: i64 = 5000;
+const PRUNE_PASSES: usize = 10;
+
+/// Delete outbox rows sent more than `retention` ago, [`PRUNE_BATCH`] at a time (see
+/// `storage::prune_sent_outbox` for why that is safe); returns how many.
+pub async fn prune_once(pool: &PgPool, retention: Duration) -> Result<usize, StorageError> {
+    let secs = retention.as_secs_f64();
+    let mut pruned = 0;
+    for _ in 0..PRUNE_PASSES {
+        let n = blocking(pool, move |conn| {
+            storage::prune_sent_outbox(conn, secs, PRUNE_BATCH)
+        })
+        .await?;
+        pruned += n;
+        if (n as i64) < PRUNE_BATCH {
+            break;
+        }
+    }
+    if pruned > 0 {
+        log::info!("pruned {pruned} outbox row(s) sent more than {secs} s ago");
+    }
+    Ok(pruned)
+}
+
 /// Run passes (wake-ups, then expired leases with the reaper grace of
-/// `REAPER_GRACE_SECONDS`) forever, `interval` apart; the caller aborts the task at shutdown
-/// (safe: each pass is one transaction).
-pub async fn run(pool: PgPool, interval: Duration, reaper_grace: Duration) {
+/// `REAPER_GRACE_SECONDS`, then outbox pruning with `outbox_retention`) forever, `interval`
+/// apart; the caller aborts the task at shutdown (safe: each pass is one transaction).
+pub async fn run(
+    pool: PgPool,
+    interval: Duration,
+    reaper_grace: Duration,
+    outbox_retention: Duration,
+) {
     loop {
         tokio::time::sleep(interval).await;
         if let Err(e) = schedule_once(&pool).await {
@@ -53,6 +86,9 @@ pub async fn run(pool: PgPool, interval: Duration, reaper_grace: Duration) {
         }
         if let Err(e) = reap_once(&pool, reaper_grace).await {
             log::warn!("lease reaper pass failed: {e}");
+        }
+        if let Err(e) = prune_once(&pool, outbox_retention).await {
+            log::warn!("outbox pruning pass failed: {e}");
         }
     }
 }

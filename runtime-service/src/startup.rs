@@ -6,6 +6,7 @@ use crate::batcher::Batcher;
 use crate::config::Settings;
 use crate::publisher::{AmqpPublisher, JobPublisher};
 use crate::queue_stats::{QueueStats, Sampler, SharedQueueStats};
+use crate::routes::events::EventStreams;
 use crate::{relay, routes, scheduler};
 use actix_web::dev::Server;
 use actix_web::{web, HttpServer};
@@ -31,6 +32,10 @@ pub struct AppState {
     /// Where triggers without an Idempotency-Key go to be written together.
     pub batcher: Batcher,
     pub ops: OpsState,
+    /// The event streams open on this replica, per key (`maxEventStreams`).
+    pub streams: EventStreams,
+    /// How long an event stream stays open (`EVENT_STREAM_MAX_SECONDS`).
+    pub event_stream_max: Duration,
 }
 
 /// What the `/ops` routes read: the queue sampler's numbers, and the workers' heartbeat
@@ -70,12 +75,13 @@ impl Application {
             queues: sampler.stats(),
             worker_heartbeat: settings.worker_heartbeat,
         };
-        let mut app = Self::with_ops(
+        let mut app = Self::with_stream_lifetime(
             listener,
             pool.clone(),
             publisher.clone(),
             &settings.auth,
             ops,
+            settings.event_stream_max,
         )?;
         app.background.extend([
             tokio::spawn(sampler.run()),
@@ -89,6 +95,7 @@ impl Application {
                 pool,
                 settings.scheduler_interval,
                 settings.reaper_grace,
+                settings.outbox_retention,
             )),
         ]);
         Ok(app)
@@ -115,6 +122,20 @@ impl Application {
         auth: &AuthConfig,
         ops: OpsState,
     ) -> std::io::Result<Self> {
+        let lifetime = crate::config::event_stream_max_from_env()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        Self::with_stream_lifetime(listener, pool, publisher, auth, ops, lifetime)
+    }
+
+    /// [`Application::with_ops`] with event streams ending after `event_stream_max`.
+    pub fn with_stream_lifetime(
+        listener: TcpListener,
+        pool: PgPool,
+        publisher: Arc<dyn JobPublisher>,
+        auth: &AuthConfig,
+        ops: OpsState,
+        event_stream_max: Duration,
+    ) -> std::io::Result<Self> {
         shared_models::metrics::set_service_name("runtime-service");
         let port = listener.local_addr()?.port();
         let auth = web::Data::new(Authenticator::new(pool.clone(), auth));
@@ -124,6 +145,8 @@ impl Application {
             publisher,
             batcher,
             ops,
+            streams: EventStreams::default(),
+            event_stream_max,
         });
         let server = HttpServer::new(move || {
             shared_models::http::app(auth.clone())

@@ -23,6 +23,7 @@ use diesel::result::Error;
 use diesel::sql_types::{BigInt, Double, Jsonb};
 use serde_json::{Map, Value};
 use shared_models::ids::WorkflowId;
+use shared_models::limits::{self, QuotaExceeded};
 use shared_models::models::{RunEventRow, RunRow, StepRunRow};
 use shared_models::prepared::prepared;
 use shared_models::queue::RunJob;
@@ -44,16 +45,22 @@ pub enum CreateOutcome {
     KeyReused,
     WorkflowNotFound,
     WorkflowInactive,
+    /// The org's `maxQueuedRuns` is reached: nothing was written.
+    QuotaExceeded(QuotaExceeded),
 }
 
-/// In ONE transaction: read the workflow's current version, insert the run (PENDING) and
-/// its outbox row. Publishing happens after commit, so a crash in between loses nothing.
+/// In ONE transaction: read the workflow's current version, check the org's `maxQueuedRuns`
+/// (`max_queued`, 0 = none), insert the run (PENDING) and its outbox row. Publishing happens
+/// after commit, so a crash in between loses nothing. A replay of an Idempotency-Key is
+/// answered whatever the quota (it creates nothing).
+#[allow(clippy::too_many_arguments)]
 pub fn create_run(
     conn: &mut PgConnection,
     org_id: &str,
     req: &RunRequest,
     workflow_id: &WorkflowId,
     request_id: Option<&str>,
+    max_queued: u32,
     now: DateTime<Utc>,
 ) -> Result<CreateOutcome, Error> {
     let fingerprint = req.fingerprint();
@@ -74,6 +81,14 @@ pub fn create_run(
             Some((_, false)) => return Ok(CreateOutcome::WorkflowInactive),
             Some((version, true)) => version,
         };
+        if max_queued > 0 {
+            let queued = limits::count_queued(conn, org_id, max_queued)?;
+            if queued >= i64::from(max_queued) {
+                return Ok(CreateOutcome::QuotaExceeded(QuotaExceeded::queued_runs(
+                    max_queued, queued,
+                )));
+            }
+        }
         let run = runs::pending_run(
             NewRun {
                 org_id,
@@ -112,6 +127,8 @@ pub struct PlainTrigger {
     pub request_id: Option<String>,
     /// The run's `created_at`, taken when the request arrived.
     pub now: DateTime<Utc>,
+    /// The org's `maxQueuedRuns` (0 = none), from the caller's key lookup.
+    pub max_queued: u32,
 }
 
 /// [`create_run`] for many triggers without an Idempotency-Key, in ONE transaction of three
@@ -123,6 +140,12 @@ pub struct PlainTrigger {
 /// run whose insert did nothing (an id collision, which `create_run` also refuses) is that
 /// trigger's `Err(NotFound)` with nothing written for it. An `Err` of the whole function
 /// means nothing was written at all.
+///
+/// `maxQueuedRuns`: each org of the batch has its PENDING + WAITING runs counted once (a
+/// bounded count, [`limits::count_queued`]), and only as many of its triggers as fit are
+/// written, in order; the others are [`CreateOutcome::QuotaExceeded`]. Batches of one org
+/// written at the same moment count without seeing each other, so together they may go over
+/// the quota by up to one batch ([`crate::batcher::MAX_BATCH`] runs; docs/SECURITY.md).
 pub fn create_runs(
     conn: &mut PgConnection,
     triggers: &[PlainTrigger],
@@ -152,12 +175,17 @@ pub fn create_runs(
         let mut outcomes: Vec<Option<Result<CreateOutcome, Error>>> =
             Vec::with_capacity(triggers.len());
         let mut new_runs: Vec<RunRow> = Vec::new();
+        let mut room = QueueRoom::default();
         for t in triggers {
             let key = (t.org_id.clone(), t.workflow_id.as_str().to_string());
             match current.get(&key) {
                 None => outcomes.push(Some(Ok(CreateOutcome::WorkflowNotFound))),
                 Some((_, false)) => outcomes.push(Some(Ok(CreateOutcome::WorkflowInactive))),
                 Some((version, true)) => {
+                    if let Some(exceeded) = room.take(conn, &t.org_id, t.max_queued)? {
+                        outcomes.push(Some(Ok(CreateOutcome::QuotaExceeded(exceeded))));
+                        continue;
+                    }
                     outcomes.push(None);
                     new_runs.push(runs::pending_run(
                         NewRun {
@@ -232,6 +260,37 @@ pub fn create_runs(
     })
 }
 
+/// The places left under `maxQueuedRuns` for each org of one batch: counted at the org's
+/// first trigger, then taken one per run.
+#[derive(Default)]
+struct QueueRoom(HashMap<String, (u32, i64, i64)>);
+
+impl QueueRoom {
+    /// Take a place for one more run of `org_id`, or the quota it would go over.
+    fn take(
+        &mut self,
+        conn: &mut PgConnection,
+        org_id: &str,
+        max: u32,
+    ) -> Result<Option<QuotaExceeded>, Error> {
+        if max == 0 {
+            return Ok(None);
+        }
+        let (limit, queued, taken) = match self.0.get_mut(org_id) {
+            Some(entry) => entry,
+            None => {
+                let queued = limits::count_queued(conn, org_id, max)?;
+                self.0.entry(org_id.to_string()).or_insert((max, queued, 0))
+            }
+        };
+        if *queued + *taken >= i64::from(*limit) {
+            return Ok(Some(QuotaExceeded::queued_runs(*limit, *queued + *taken)));
+        }
+        *taken += 1;
+        Ok(None)
+    }
+}
+
 fn replay(
     conn: &mut PgConnection,
     org_id: &str,
@@ -264,6 +323,35 @@ pub fn mark_outbox_sent(
         .bind::<diesel::sql_types::Array<BigInt>, _>(outbox_ids)
         .execute(conn)
         .map(|_| ())
+}
+
+/// Delete up to `limit` outbox rows sent more than `retention_secs` ago, oldest first;
+/// returns how many.
+///
+/// Safe after an hour (the default): a sent row is never read again except through its
+/// `dedupe_key`, which the scheduler and the lease reaper look up (`NOT EXISTS (... outbox
+/// o WHERE o.dedupe_key = ...)`, storage/wakeups.rs and storage/reaper.rs) so as to queue a
+/// wake-up or an expired lease once. Those keys name the run and its `wake_at` or
+/// `lease_expires_at`, and the worker's claim clears `wake_at` and renews the lease; a key
+/// can only be seen again after its row is pruned if its run kept that very `wake_at` or
+/// expired lease for the whole retention, i.e. the job sent an hour ago never reached a
+/// worker. Queueing it again then is what should happen, and a duplicate job is harmless
+/// anyway: the worker's claim of the run decides (CONTRACT.md, at-least-once delivery).
+/// Child-start keys (`start:<run>`) are written once, when the child is made.
+pub fn prune_sent_outbox(
+    conn: &mut PgConnection,
+    retention_secs: f64,
+    limit: i64,
+) -> Result<usize, Error> {
+    prepared(
+        "DELETE FROM outbox WHERE id IN (
+             SELECT id FROM outbox
+             WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1)
+             ORDER BY sent_at LIMIT $2)",
+    )
+    .bind::<Double, _>(retention_secs)
+    .bind::<BigInt, _>(limit)
+    .execute(conn)
 }
 
 #[derive(QueryableByName, Debug)]

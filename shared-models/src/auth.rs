@@ -9,14 +9,19 @@
 //! - Lookups are cached for at most [`CACHE_TTL`], so a revoked key stops working within a
 //!   second on every replica, and a flood of requests costs one query per key per second.
 //! - Each key (and the admin key) has its own rate limit, `RATE_LIMIT_PER_SECOND`
-//!   requests per second with a burst of as many; over it the answer is 429 with `Retry-After`.
+//!   requests per second with a burst of as many, or its org's `requestsPerSecond` override;
+//!   over it the answer is 429 with `Retry-After`.
+//! - The lookup of a key reads its org's quota overrides too (one query, cached with it), so
+//!   a [`Caller`] carries the org's [`OrgLimits`] in effect and no request pays another query
+//!   for them; a changed limit takes effect within [`CACHE_TTL`].
 //!
 //! [`authenticate`] is the middleware; handlers ask for a [`Caller`] (an org) or an
 //! [`Admin`], and never see the key.
 
 use crate::db::{blocking, PgPool, StorageError};
 use crate::envelope::{ApiError, ErrorCode};
-use crate::schema::api_keys;
+use crate::limits::{self, OrgLimitOverrides, OrgLimits};
+use crate::schema::{api_keys, orgs};
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::header;
@@ -25,7 +30,7 @@ use actix_web::{web, FromRequest, HttpMessage, HttpRequest, ResponseError};
 use base64::Engine as _;
 use diesel::prelude::*;
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::future::{ready, Ready};
@@ -84,7 +89,12 @@ pub fn new_key_id() -> String {
 /// The principal a request authenticated as (in the request's extensions).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
-    Org { org_id: String, key_id: String },
+    Org {
+        org_id: String,
+        key_id: String,
+        /// The org's quotas in effect, read with the key.
+        limits: OrgLimits,
+    },
     Admin,
 }
 
@@ -94,8 +104,13 @@ pub struct Authenticator {
     admin_key_hash: Option<String>,
     cache: Mutex<HashMap<String, (Instant, Option<Principal>)>>,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
+    /// Keys of orgs whose `requestsPerSecond` is overridden: a limiter of that rate per key
+    /// (replaced when the rate changes), at most [`CACHE_CAPACITY`] of them.
+    overridden: Mutex<HashMap<String, (u32, DefaultDirectRateLimiter)>>,
     /// The rate-limit bucket of the admin key.
     admin_bucket: String,
+    /// The quota defaults, with `requests_per_second` from [`AuthConfig`].
+    defaults: OrgLimits,
 }
 
 /// What the environment says about keys (`ADMIN_API_KEY`, `RATE_LIMIT_PER_SECOND`).
@@ -121,6 +136,9 @@ impl std::fmt::Debug for AuthConfig {
 
 impl AuthConfig {
     pub fn from_env() -> Result<Self, String> {
+        // The quota defaults are read once per process (`limits::defaults`); a bad value
+        // stops the service here rather than being ignored.
+        crate::limits::OrgLimits::from_env()?;
         Ok(Self {
             admin_api_key: admin_key(std::env::var("ADMIN_API_KEY").ok())?,
             rate_limit_per_second: crate::config::env_parse("RATE_LIMIT_PER_SECOND", 100)?,
@@ -172,7 +190,12 @@ impl Authenticator {
             cache: Mutex::new(HashMap::new()),
             limiter: NonZeroU32::new(config.rate_limit_per_second)
                 .map(|n| RateLimiter::keyed(Quota::per_second(n))),
+            overridden: Mutex::new(HashMap::new()),
             admin_bucket: "admin".to_string(),
+            defaults: OrgLimits {
+                requests_per_second: config.rate_limit_per_second,
+                ..limits::defaults()
+            },
         }
     }
 
@@ -186,16 +209,26 @@ impl Authenticator {
             return Ok(hit);
         }
         let lookup = hash.clone();
-        let found: Option<(String, String)> = blocking(&self.pool, move |conn| {
-            api_keys::table
-                .filter(api_keys::key_hash.eq(&lookup))
-                .filter(api_keys::revoked_at.is_null())
-                .select((api_keys::id, api_keys::org_id))
-                .first(conn)
-                .optional()
-        })
-        .await?;
-        let principal = found.map(|(key_id, org_id)| Principal::Org { org_id, key_id });
+        let found: Option<(String, String, OrgLimitOverrides)> =
+            blocking(&self.pool, move |conn| {
+                api_keys::table
+                    .inner_join(orgs::table.on(orgs::id.eq(api_keys::org_id)))
+                    .filter(api_keys::key_hash.eq(&lookup))
+                    .filter(api_keys::revoked_at.is_null())
+                    .select((
+                        api_keys::id,
+                        api_keys::org_id,
+                        OrgLimitOverrides::as_select(),
+                    ))
+                    .first(conn)
+                    .optional()
+            })
+            .await?;
+        let principal = found.map(|(key_id, org_id, overrides)| Principal::Org {
+            org_id,
+            key_id,
+            limits: limits::effective(&self.defaults, &overrides),
+        });
         self.remember(hash, principal.clone());
         Ok(principal)
     }
@@ -221,19 +254,49 @@ impl Authenticator {
 
     /// `Err(wait)` when `principal` is over its rate limit.
     pub fn check_rate(&self, principal: &Principal) -> Result<(), Duration> {
-        let Some(limiter) = &self.limiter else {
-            return Ok(());
-        };
         // Key ids are `key_…`, so the admin's bucket cannot collide with an org key's.
         let key = match principal {
-            Principal::Org { key_id, .. } => key_id,
+            Principal::Org { key_id, limits, .. } => {
+                if limits.requests_per_second != self.defaults.requests_per_second {
+                    return self.check_overridden(key_id, limits.requests_per_second);
+                }
+                key_id
+            }
             Principal::Admin => &self.admin_bucket,
+        };
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
         };
         if limiter.len() > CACHE_CAPACITY {
             limiter.retain_recent();
         }
         limiter
             .check_key(key)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+}
+
+impl Authenticator {
+    /// The rate limit of a key whose org overrides `requestsPerSecond` (always positive):
+    /// a limiter of its own, kept while the rate stays the same.
+    fn check_overridden(&self, key_id: &str, rate: u32) -> Result<(), Duration> {
+        let Some(per_second) = NonZeroU32::new(rate) else {
+            return Ok(());
+        };
+        let mut limiters = self.overridden.lock().unwrap_or_else(|e| e.into_inner());
+        if limiters.len() >= CACHE_CAPACITY && !limiters.contains_key(key_id) {
+            // A bound on memory: the buckets start full again, as after a restart.
+            limiters.clear();
+        }
+        let entry = limiters
+            .entry(key_id.to_string())
+            .or_insert_with(|| (rate, RateLimiter::direct(Quota::per_second(per_second))));
+        if entry.0 != rate {
+            *entry = (rate, RateLimiter::direct(Quota::per_second(per_second)));
+        }
+        entry
+            .1
+            .check()
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 }
@@ -303,7 +366,7 @@ pub async fn authenticate(
     if let Err(wait) = auth.check_rate(&principal) {
         let e = ApiError::new(
             ErrorCode::RateLimited,
-            "too many requests for this API key (RATE_LIMIT_PER_SECOND); retry after the time in Retry-After",
+            "too many requests for this API key (RATE_LIMIT_PER_SECOND, or the org's requestsPerSecond); retry after the time in Retry-After",
         );
         return Ok(reject(req, e, Some(wait)));
     }
@@ -346,6 +409,8 @@ fn principal(req: &HttpRequest) -> Result<Principal, ApiError> {
 pub struct Caller {
     pub org_id: String,
     pub key_id: String,
+    /// The org's quotas in effect (read with the key, at most [`CACHE_TTL`] old).
+    pub limits: OrgLimits,
 }
 
 impl FromRequest for Caller {
@@ -354,7 +419,15 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(match principal(req) {
-            Ok(Principal::Org { org_id, key_id }) => Ok(Caller { org_id, key_id }),
+            Ok(Principal::Org {
+                org_id,
+                key_id,
+                limits,
+            }) => Ok(Caller {
+                org_id,
+                key_id,
+                limits,
+            }),
             Ok(Principal::Admin) => Err(ApiError::new(
                 ErrorCode::Forbidden,
                 "the admin key reaches /admin and /ops routes only; use an org's API key",

@@ -3,6 +3,7 @@
 //!
 //! - [`envelope`]: the JSON envelope every response wears, and the error type behind it.
 //! - [`auth`]: API keys, the admin key, rate limits; the `Caller` and `Admin` extractors.
+//! - [`limits`]: per-org quotas, their defaults (settings) and overrides (`orgs` columns).
 //! - [`http`]: actix-web helpers shared by both HTTP services (body and query parsing,
 //!   404/405 handlers, limits), so both edges behave the same.
 //! - [`body`]: a field-by-field JSON object reader that collects every problem with its path.
@@ -34,6 +35,7 @@ pub mod envelope;
 pub mod graph;
 pub mod http;
 pub mod ids;
+pub mod limits;
 pub mod logctx;
 pub mod metrics;
 pub mod models;

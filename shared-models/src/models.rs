@@ -74,6 +74,8 @@ pub struct RunRow {
     pub parent_run_id: Option<String>,
     pub parent_step: Option<String>,
     pub wake_at: Option<DateTime<Utc>>,
+    /// The root of the run's tree (NULL for a root run): descendants are counted by it.
+    pub root_run_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]

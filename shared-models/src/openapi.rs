@@ -293,7 +293,7 @@ fn error_response(code: ErrorCode, description: &str, message: &str) -> RefOr<Re
             .example(Some(json!({"success": false, "error": error})))
             .build(),
     );
-    if code == ErrorCode::RateLimited {
+    if code == ErrorCode::RateLimited || description.contains("RATE_LIMITED") {
         builder = builder.header(
             "Retry-After",
             HeaderBuilder::new()
@@ -363,6 +363,18 @@ error_response!(
     "too many requests for this API key (RATE_LIMIT_PER_SECOND); retry after the time in Retry-After"
 );
 error_response!(
+    QuotaExceeded,
+    ErrorCode::QuotaExceeded,
+    "One of the org's quotas is reached (QUOTA_EXCEEDED): the message names it and its value; nothing was created. GET /admin/orgs/{orgId}/limits lists them",
+    "maxQueuedRuns (10000) reached: 10000 runs are PENDING or WAITING"
+);
+error_response!(
+    RateLimitedOrQuota,
+    ErrorCode::QuotaExceeded,
+    "More than RATE_LIMIT_PER_SECOND requests a second with this key (RATE_LIMITED, with `Retry-After`), or one of the org's quotas is reached (QUOTA_EXCEEDED: the message names it and its value; nothing was created)",
+    "maxQueuedRuns (10000) reached: 10000 runs are PENDING or WAITING"
+);
+error_response!(
     Unavailable,
     ErrorCode::Unavailable,
     "The database (or the broker, or another service) is unreachable (UNAVAILABLE)",
@@ -380,6 +392,8 @@ pub fn error_responses() -> Vec<(&'static str, RefOr<Response>)> {
         PayloadTooLarge::response(),
         UnsupportedMediaType::response(),
         RateLimited::response(),
+        QuotaExceeded::response(),
+        RateLimitedOrQuota::response(),
         Unavailable::response(),
     ]
 }
@@ -697,6 +711,7 @@ mod tests {
             "INVALID_JSON",
             "VALIDATION_ERROR",
             "RATE_LIMITED",
+            "QUOTA_EXCEEDED",
             "UNAVAILABLE",
         ] {
             assert!(codes.as_array().unwrap().contains(&json!(code)), "{code}");

@@ -25,8 +25,9 @@ pub struct NewRun<'a> {
     pub idempotency_key: Option<String>,
     pub request_hash: Option<String>,
     pub request_id: Option<String>,
-    /// For a child run: the parent run and its step that waits for it.
-    pub parent: Option<(&'a str, &'a str)>,
+    /// For a child run: the parent run, its step that waits for it, and the root of the
+    /// parent's tree (the parent itself when it is a root run).
+    pub parent: Option<(&'a str, &'a str, &'a str)>,
 }
 
 /// A PENDING run row (not yet inserted).
@@ -49,9 +50,10 @@ pub fn pending_run(new: NewRun, now: DateTime<Utc>) -> RunRow {
         idempotency_key: new.idempotency_key,
         request_hash: new.request_hash,
         request_id: new.request_id,
-        parent_run_id: new.parent.map(|(run, _)| run.to_string()),
-        parent_step: new.parent.map(|(_, step)| step.to_string()),
+        parent_run_id: new.parent.map(|(run, _, _)| run.to_string()),
+        parent_step: new.parent.map(|(_, step, _)| step.to_string()),
         wake_at: None,
+        root_run_id: new.parent.map(|(_, _, root)| root.to_string()),
     }
 }
 
@@ -79,10 +81,10 @@ pub fn insert_pending_runs(conn: &mut PgConnection, rows: &[RunRow]) -> Result<V
     let inserted: Vec<Id> = prepared(
         "INSERT INTO runs (id, org_id, workflow_id, workflow_version, status, variables,
                            created_at, updated_at, idempotency_key, request_hash, request_id,
-                           parent_run_id, parent_step)
+                           parent_run_id, parent_step, root_run_id)
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[],
                               $6::jsonb[], $7::timestamptz[], $8::timestamptz[], $9::text[],
-                              $10::text[], $11::text[], $12::text[], $13::text[])
+                              $10::text[], $11::text[], $12::text[], $13::text[], $14::text[])
          ON CONFLICT DO NOTHING
          RETURNING id",
     )
@@ -99,6 +101,7 @@ pub fn insert_pending_runs(conn: &mut PgConnection, rows: &[RunRow]) -> Result<V
     .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.request_id.as_deref()))
     .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.parent_run_id.as_deref()))
     .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.parent_step.as_deref()))
+    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.root_run_id.as_deref()))
     .load(conn)?;
     Ok(inserted.into_iter().map(|r| r.id).collect())
 }

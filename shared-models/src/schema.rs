@@ -48,6 +48,7 @@ diesel::table! {
         parent_step -> Nullable<Text>,
         wake_at -> Nullable<Timestamptz>,
         lease_takeovers -> Int4,
+        root_run_id -> Nullable<Text>,
     }
 }
 
@@ -100,6 +101,13 @@ diesel::table! {
         id -> Text,
         name -> Text,
         created_at -> Timestamptz,
+        max_queued_runs -> Nullable<Int4>,
+        max_running_runs -> Nullable<Int4>,
+        max_descendants_per_run -> Nullable<Int4>,
+        max_workflows -> Nullable<Int4>,
+        max_versions_kept -> Nullable<Int4>,
+        max_event_streams -> Nullable<Int4>,
+        requests_per_second -> Nullable<Int4>,
     }
 }
 

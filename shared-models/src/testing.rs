@@ -162,6 +162,39 @@ pub mod fixtures {
         key
     }
 
+    /// Set every quota override of `org_id` (as `PUT /admin/orgs/{orgId}/limits` would),
+    /// creating the org if needed.
+    /// A key's lookup is cached for a second: set them before its first request.
+    pub fn set_limits(
+        conn: &mut PgConnection,
+        org_id: &str,
+        limits: &crate::limits::OrgLimitOverrides,
+    ) {
+        // The org too, if no key made it yet (the worker's tests have no keys).
+        diesel::insert_into(orgs::table)
+            .values(OrgRow {
+                id: org_id.into(),
+                name: org_id.into(),
+                created_at: crate::time::now(),
+            })
+            .on_conflict_do_nothing()
+            .execute(conn)
+            .expect("insert org");
+        let n = diesel::update(orgs::table.find(org_id))
+            .set((
+                orgs::max_queued_runs.eq(limits.max_queued_runs),
+                orgs::max_running_runs.eq(limits.max_running_runs),
+                orgs::max_descendants_per_run.eq(limits.max_descendants_per_run),
+                orgs::max_workflows.eq(limits.max_workflows),
+                orgs::max_versions_kept.eq(limits.max_versions_kept),
+                orgs::max_event_streams.eq(limits.max_event_streams),
+                orgs::requests_per_second.eq(limits.requests_per_second),
+            ))
+            .execute(conn)
+            .expect("set the org's limits");
+        assert_eq!(n, 1, "org {org_id} exists");
+    }
+
     /// A live workflow `wf_<name>` at version 1 with `definition`.
     pub fn insert_workflow(
         conn: &mut PgConnection,

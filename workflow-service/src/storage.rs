@@ -6,8 +6,11 @@ use crate::domain::{ListWorkflows, NewWorkflow, WorkflowUpdate};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::Error;
+use diesel::sql_types::{BigInt, Text};
 use serde_json::Value;
+use shared_models::limits::{OrgLimits, QuotaExceeded};
 use shared_models::models::{WorkflowRow, WorkflowVersionRow};
+use shared_models::prepared::prepared;
 use shared_models::schema::{workflow_versions, workflows};
 
 /// A workflow with the definition of its current version.
@@ -20,18 +23,94 @@ pub struct StoredWorkflow {
 pub enum CreateOutcome {
     Created(StoredWorkflow),
     NameTaken,
+    /// The org already has `maxWorkflows` live workflows: nothing was written.
+    QuotaExceeded(QuotaExceeded),
+}
+
+/// An org's live workflows, counted up to `$2`.
+const COUNT_WORKFLOWS: &str = "SELECT count(*) AS n FROM (
+         SELECT 1 FROM workflows WHERE org_id = $1 AND deleted_at IS NULL LIMIT $2
+     ) q";
+
+/// In the create's transaction: `maxWorkflows` would be exceeded by one more live workflow.
+/// Creates of one org are serialised by a transaction-scoped advisory lock (creating
+/// workflows is rare; two at once must not both take the last place).
+fn workflow_quota(
+    conn: &mut PgConnection,
+    org_id: &str,
+    max: u32,
+) -> Result<Option<QuotaExceeded>, Error> {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    if max == 0 {
+        return Ok(None);
+    }
+    prepared("SELECT pg_advisory_xact_lock(hashtextextended('thygon-workflows:' || $1, 0))")
+        .bind::<Text, _>(org_id)
+        .execute(conn)?;
+    let live = prepared(COUNT_WORKFLOWS)
+        .bind::<Text, _>(org_id)
+        .bind::<BigInt, _>(i64::from(max))
+        .get_result::<Count>(conn)?
+        .n;
+    Ok((live >= i64::from(max)).then(|| {
+        QuotaExceeded::new(
+            "maxWorkflows",
+            max,
+            format!("the org has {live} workflows (deleted ones do not count)"),
+        )
+    }))
+}
+
+/// Delete the workflow's versions older than its newest `keep` (0 = keep all), except those
+/// a run uses (runs keep pointing at their version, by a foreign key). The current version
+/// is the newest, so it always stays. Returns how many were deleted.
+pub fn prune_versions(
+    conn: &mut PgConnection,
+    org_id: &str,
+    id: &str,
+    keep: u32,
+) -> Result<usize, Error> {
+    if keep == 0 {
+        return Ok(0);
+    }
+    prepared(
+        "DELETE FROM workflow_versions v
+         WHERE v.org_id = $1 AND v.workflow_id = $2
+           AND v.version < (SELECT min(k.version) FROM (
+                   SELECT version FROM workflow_versions
+                   WHERE org_id = $1 AND workflow_id = $2
+                   ORDER BY version DESC LIMIT $3) k)
+           AND NOT EXISTS (SELECT 1 FROM runs r
+                           WHERE r.org_id = v.org_id AND r.workflow_id = v.workflow_id
+                             AND r.workflow_version = v.version)",
+    )
+    .bind::<Text, _>(org_id)
+    .bind::<Text, _>(id)
+    .bind::<BigInt, _>(i64::from(keep))
+    .execute(conn)
 }
 
 /// Insert a workflow at version 1, or bring a deleted one back: it keeps its id and its
 /// versions continue the old numbering, so old runs still point at the version they ran.
+///
+/// `limits`: the org's `maxWorkflows` (a new live workflow over it is refused) and
+/// `maxVersionsKept` (a re-created workflow's oldest versions are pruned, [`prune_versions`]).
 pub fn insert_workflow(
     conn: &mut PgConnection,
     org_id: &str,
     new: &NewWorkflow,
+    limits: &OrgLimits,
     now: DateTime<Utc>,
 ) -> Result<CreateOutcome, Error> {
     let id = new.id();
     conn.transaction(|conn| {
+        if let Some(exceeded) = workflow_quota(conn, org_id, limits.max_workflows)? {
+            return Ok(CreateOutcome::QuotaExceeded(exceeded));
+        }
         let existing: Option<WorkflowRow> = workflows::table
             .find((org_id, id.as_str()))
             .select(WorkflowRow::as_select())
@@ -85,6 +164,7 @@ pub fn insert_workflow(
             &new.definition.json,
             now,
         )?;
+        prune_versions(conn, org_id, id.as_str(), limits.max_versions_kept)?;
         let stored = get_workflow(conn, org_id, id.as_str())?.ok_or(Error::NotFound)?;
         Ok(CreateOutcome::Created(stored))
     })
@@ -166,12 +246,14 @@ pub fn list_workflows(
     Ok((rows, more))
 }
 
-/// Make the update's definition the next version. `None` when there is no such workflow.
+/// Make the update's definition the next version, and prune versions beyond the newest
+/// `max_versions_kept` ([`prune_versions`]). `None` when there is no such workflow.
 pub fn update_workflow(
     conn: &mut PgConnection,
     org_id: &str,
     id: &str,
     update: &WorkflowUpdate,
+    max_versions_kept: u32,
     now: DateTime<Utc>,
 ) -> Result<Option<StoredWorkflow>, Error> {
     conn.transaction(|conn| {
@@ -195,6 +277,7 @@ pub fn update_workflow(
             ))
             .execute(conn)?;
         insert_version(conn, org_id, id, version, &update.definition.json, now)?;
+        prune_versions(conn, org_id, id, max_versions_kept)?;
         get_workflow(conn, org_id, id)
     })
 }

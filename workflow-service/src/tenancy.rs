@@ -10,6 +10,7 @@ use shared_models::auth;
 use shared_models::body::{Errors, Obj};
 use shared_models::envelope::{ApiError, FieldError};
 use shared_models::http::Query;
+use shared_models::limits::{self, OrgLimitOverrides};
 use shared_models::models::{ApiKeyRow, OrgRow};
 use shared_models::pagination;
 use shared_models::schema::{api_keys, orgs};
@@ -289,4 +290,88 @@ mod tests {
             "ci"
         );
     }
+}
+
+/// `PUT /admin/orgs/{orgId}/limits` body: for each quota field given (camelCase, as in
+/// `shared_models::limits::FIELDS`), a positive integer up to [`limits::MAX_OVERRIDE`], or
+/// `null` to return it to the default. A field left out keeps its value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitsUpdate(pub Vec<(&'static str, Option<i32>)>);
+
+impl TryFrom<&Map<String, Value>> for LimitsUpdate {
+    type Error = ApiError;
+
+    fn try_from(map: &Map<String, Value>) -> Result<Self, ApiError> {
+        let mut errors = Errors::new();
+        let mut obj = Obj::new(map, "");
+        let mut changes = Vec::new();
+        for field in &limits::FIELDS {
+            // Marks the field known; `null` must stay distinct from absent, so the map decides.
+            obj.optional(field.json);
+            match map.get(field.json) {
+                None => {}
+                Some(Value::Null) => changes.push((field.json, None)),
+                Some(v) => match v
+                    .as_u64()
+                    .filter(|n| (1..=u64::from(limits::MAX_OVERRIDE)).contains(n))
+                {
+                    Some(n) => changes.push((field.json, i32::try_from(n).ok())),
+                    None => errors.push(FieldError::new(
+                        field.json,
+                        format!(
+                            "must be an integer from 1 to {}, or null for the default",
+                            limits::MAX_OVERRIDE
+                        ),
+                    )),
+                },
+            }
+        }
+        obj.finish(&mut errors);
+        shared_models::body::finish(errors, || LimitsUpdate(changes))
+    }
+}
+
+/// The org's quota overrides; `None` when there is no such org.
+pub fn get_limits(
+    conn: &mut PgConnection,
+    org_id: &str,
+) -> Result<Option<OrgLimitOverrides>, Error> {
+    limits::load_overrides(conn, org_id)
+}
+
+/// Apply `update` to the org's overrides (a field left out keeps its value) and return them;
+/// `None` when there is no such org.
+pub fn set_limits(
+    conn: &mut PgConnection,
+    org_id: &str,
+    update: &LimitsUpdate,
+) -> Result<Option<OrgLimitOverrides>, Error> {
+    conn.transaction(|conn| {
+        let current: Option<OrgLimitOverrides> = orgs::table
+            .find(org_id)
+            .select(OrgLimitOverrides::as_select())
+            .for_update()
+            .first(conn)
+            .optional()?;
+        let Some(mut overrides) = current else {
+            return Ok(None);
+        };
+        for (json, value) in &update.0 {
+            if let Some(field) = limits::FIELDS.iter().find(|f| f.json == *json) {
+                (field.set_override)(&mut overrides, *value);
+            }
+        }
+        diesel::update(orgs::table.find(org_id))
+            .set((
+                orgs::max_queued_runs.eq(overrides.max_queued_runs),
+                orgs::max_running_runs.eq(overrides.max_running_runs),
+                orgs::max_descendants_per_run.eq(overrides.max_descendants_per_run),
+                orgs::max_workflows.eq(overrides.max_workflows),
+                orgs::max_versions_kept.eq(overrides.max_versions_kept),
+                orgs::max_event_streams.eq(overrides.max_event_streams),
+                orgs::requests_per_second.eq(overrides.requests_per_second),
+            ))
+            .execute(conn)?;
+        Ok(Some(overrides))
+    })
 }

@@ -3,6 +3,12 @@
 //!
 //! Live events come from polling `run_events` for ids above the last one sent: the worker
 //! writes through the database, so the database is the one place every event passes.
+//!
+//! Each stream polls the database, so streams are bounded: at most the org's
+//! `maxEventStreams` open at once per API key on this replica ([`EventStreams`]; over it,
+//! 429 `QUOTA_EXCEEDED`), and each ends after `EVENT_STREAM_MAX_SECONDS` with a `reconnect`
+//! event whose `id` is the last event sent, so the client's next request (`Last-Event-ID`)
+//! resumes exactly there.
 
 use crate::domain;
 use crate::error::RuntimeError;
@@ -16,10 +22,12 @@ use futures_util::stream::{self, Stream};
 use shared_models::auth::Caller;
 use shared_models::db::{blocking, PgPool};
 use shared_models::ids::RunId;
+use shared_models::limits::QuotaExceeded;
 use shared_models::models::RunEventRow;
 use shared_models::openapi as doc;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How often a subscriber's stream looks for new events.
@@ -52,6 +60,55 @@ struct RunStreamEvent {
 enum RunStreamEventKind {
     Transition,
     Log,
+    /// The last event of a stream that reached `EVENT_STREAM_MAX_SECONDS`: its `id` is the
+    /// last event sent; reconnect with it as `Last-Event-ID`.
+    Reconnect,
+}
+
+/// The event streams open on this replica, per API key: what `maxEventStreams` counts.
+/// In-process (like the rate limit), so each replica allows that many per key.
+#[derive(Clone, Default)]
+pub struct EventStreams(Arc<Mutex<HashMap<String, u32>>>);
+
+/// One open stream of a key; dropping it (with the stream) gives its place back.
+pub struct StreamSlot {
+    streams: EventStreams,
+    key_id: String,
+}
+
+impl EventStreams {
+    /// A place for one more stream of `key_id`, or the quota it would go over (`max` 0: none).
+    pub fn open(&self, key_id: &str, max: u32) -> Result<StreamSlot, QuotaExceeded> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(key_id.to_string()).or_insert(0);
+        if max > 0 && *count >= max {
+            let what = format!("{count} event streams are open with this API key");
+            return Err(QuotaExceeded::new("maxEventStreams", max, what));
+        }
+        *count += 1;
+        Ok(StreamSlot {
+            streams: self.clone(),
+            key_id: key_id.to_string(),
+        })
+    }
+
+    /// Streams open with `key_id` on this replica.
+    pub fn open_with(&self, key_id: &str) -> u32 {
+        let open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        open.get(key_id).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.streams.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.key_id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.key_id);
+            }
+        }
+    }
 }
 
 /// `GET /workflows/runs/{id}/events`; `Last-Event-ID` resumes after that event.
@@ -63,8 +120,10 @@ enum RunStreamEventKind {
     description = "The run's history first, then live events until the run has ended, as \
         `text/event-stream`: each event is `id: <n>`, `event: transition` or `event: log`, and \
         `data:` the JSON of a `TransitionView` or a `LogView` (as in the run's `transitions` and \
-        `logs`). Comment lines (`: keep-alive`) keep an idle stream open. The response schema \
-        describes one event.",
+        `logs`). Comment lines (`: keep-alive`) keep an idle stream open. A stream open for \
+        `EVENT_STREAM_MAX_SECONDS` ends with `event: reconnect` whose `id` is the last event \
+        sent: reconnect with it as `Last-Event-ID`. At most the org's `maxEventStreams` streams \
+        are open per key (429 `QUOTA_EXCEEDED` over it). The response schema describes one event.",
     params(
         ("id" = String, Path, description = "The run id (`run_` + a lowercase ULID)", example = "run_01j9z3c4x5v6b7n8m9q0r1s2t3"),
         ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0, description = "Resume after this event's `id`"),
@@ -75,7 +134,7 @@ enum RunStreamEventKind {
         (status = 401, response = doc::Unauthorized),
         (status = 403, response = doc::Forbidden),
         (status = 404, response = doc::NotFound),
-        (status = 429, response = doc::RateLimited),
+        (status = 429, response = doc::RateLimitedOrQuota),
         (status = 503, response = doc::Unavailable),
     ),
     security(("bearer" = []))
@@ -89,6 +148,9 @@ pub async fn stream_run_events(
     let raw = path.into_inner();
     let after = domain::last_event_id(req.headers().get("last-event-id").map(|v| v.as_bytes()))?;
     let id = RunId::parse(&raw).ok_or_else(|| RuntimeError::RunNotFound(raw.clone()))?;
+    let slot = state
+        .streams
+        .open(&caller.key_id, caller.limits.max_event_streams)?;
     let (org_id, key_id, run_id) = (caller.org_id, caller.key_id, id.as_str().to_string());
     let (org, run) = (org_id.clone(), run_id.clone());
     if blocking(&state.pool, move |conn| storage::get_run(conn, &org, &run))
@@ -108,6 +170,8 @@ pub async fn stream_run_events(
         done: false,
         read_now: true,
         last_write: Instant::now(),
+        ends_at: Instant::now() + state.event_stream_max,
+        _slot: slot,
     };
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -135,6 +199,10 @@ struct Feed {
     /// Read again without waiting (the first read, and after a full batch).
     read_now: bool,
     last_write: Instant,
+    /// `EVENT_STREAM_MAX_SECONDS` after it opened: the stream ends then (with a `reconnect`).
+    ends_at: Instant,
+    /// The stream's place under `maxEventStreams`, given back when the feed is dropped.
+    _slot: StreamSlot,
 }
 
 impl Feed {
@@ -151,8 +219,14 @@ impl Feed {
             if self.done {
                 return None;
             }
+            if Instant::now() >= self.ends_at {
+                self.ready.push_back(self.reconnect_frame());
+                self.done = true;
+                continue;
+            }
             if !self.read_now {
-                tokio::time::sleep(POLL_INTERVAL).await;
+                let left = self.ends_at.saturating_duration_since(Instant::now());
+                tokio::time::sleep(POLL_INTERVAL.min(left)).await;
             }
             self.read().await;
             if self.ready.is_empty() && self.last_write.elapsed() >= KEEP_ALIVE_AFTER {
@@ -160,6 +234,24 @@ impl Feed {
                     .push_back(Bytes::from_static(b": keep-alive\n\n"));
             }
         }
+    }
+
+    /// The last frame of a stream at its maximum lifetime: its `id` (the last event sent,
+    /// or the client's `Last-Event-ID`) is where the client's reconnection resumes.
+    fn reconnect_frame(&self) -> Bytes {
+        log::debug!(
+            "event stream of run {}: open for EVENT_STREAM_MAX_SECONDS; ending it after event {}",
+            self.run_id,
+            self.last_id
+        );
+        let data = serde_json::json!({
+            "reason": "the stream reached EVENT_STREAM_MAX_SECONDS; reconnect with Last-Event-ID",
+            "lastEventId": self.last_id.to_string(),
+        });
+        Bytes::from(format!(
+            "id: {}\nevent: reconnect\ndata: {data}\n\n",
+            self.last_id
+        ))
     }
 
     async fn read(&mut self) {

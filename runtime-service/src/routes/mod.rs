@@ -1,7 +1,7 @@
 //! HTTP in and out: one file per resource.
 
 mod control;
-mod events;
+pub mod events;
 mod health;
 pub mod openapi;
 mod ops;

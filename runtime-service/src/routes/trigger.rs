@@ -70,7 +70,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, RuntimeError> {
         (status = 409, response = doc::Conflict),
         (status = 413, response = doc::PayloadTooLarge),
         (status = 415, response = doc::UnsupportedMediaType),
-        (status = 429, response = doc::RateLimited),
+        (status = 429, response = doc::RateLimitedOrQuota),
         (status = 503, response = doc::Unavailable),
     ),
     security(("bearer" = []))
@@ -109,7 +109,7 @@ pub async fn trigger_run(
         (status = 409, response = doc::Conflict),
         (status = 413, response = doc::PayloadTooLarge),
         (status = 415, response = doc::UnsupportedMediaType),
-        (status = 429, response = doc::RateLimited),
+        (status = 429, response = doc::RateLimitedOrQuota),
         (status = 503, response = doc::Unavailable),
     ),
     security(("bearer" = []))
@@ -148,13 +148,23 @@ async fn queue_run(
             variables: request.variables,
             request_id: Some(request_id.0),
             now,
+            max_queued: caller.limits.max_queued_runs,
         };
         state.batcher.submit(trigger).await?
     } else {
-        let org_id = caller.org_id;
+        let (org_id, max_queued) = (caller.org_id, caller.limits.max_queued_runs);
         let req = request.clone();
         let outcome = blocking(&state.pool, move |conn| {
-            storage::create_run(conn, &org_id, &req, &workflow_id, Some(&request_id.0), now)
+            let request_id = Some(request_id.0.as_str());
+            storage::create_run(
+                conn,
+                &org_id,
+                &req,
+                &workflow_id,
+                request_id,
+                max_queued,
+                now,
+            )
         })
         .await?;
         if let CreateOutcome::Created { job, outbox_id, .. } = &outcome {
@@ -179,5 +189,6 @@ async fn queue_run(
         )),
         CreateOutcome::WorkflowNotFound => Err(RuntimeError::WorkflowNotFound(request.workflow_id)),
         CreateOutcome::WorkflowInactive => Err(RuntimeError::WorkflowInactive(request.workflow_id)),
+        CreateOutcome::QuotaExceeded(e) => Err(RuntimeError::Quota(e)),
     }
 }

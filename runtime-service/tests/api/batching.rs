@@ -143,6 +143,7 @@ fn trigger(org_id: &str, workflow_id: &str, variables: Value) -> PlainTrigger {
         variables,
         request_id: Some(format!("req-{}", shared_models::testing::unique_token())),
         now: shared_models::time::now(),
+        max_queued: 0,
     }
 }
 

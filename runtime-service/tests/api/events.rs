@@ -1,4 +1,4 @@
-use crate::helpers::{fields, spawn_app, TestApp};
+use crate::helpers::{fields, spawn_app, spawn_app_with_stream_lifetime, TestApp, ORG};
 use diesel::prelude::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -263,4 +263,115 @@ async fn revoking_the_key_ends_an_open_stream_within_about_a_second() {
         "an event written after the revocation was delivered: {rest}"
     );
     assert!(revoked_at.elapsed() < Duration::from_secs(5));
+}
+
+/// Read frames from an open stream until `n` have come.
+async fn frames_of(
+    body: &mut (impl futures_util::Stream<Item = reqwest::Result<actix_web::web::Bytes>> + Unpin),
+    n: usize,
+) -> Vec<Frame> {
+    let mut text = String::new();
+    let mut frames = Vec::new();
+    while frames.len() < n {
+        let chunk = body.next().await.expect("open").expect("chunk");
+        text.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+        let (mut got, rest) = parse_frames(&text);
+        frames.append(&mut got);
+        text = rest;
+    }
+    frames
+}
+
+#[tokio::test]
+async fn streams_over_max_event_streams_are_429s_and_a_closed_one_frees_its_place() {
+    let app = spawn_app().await;
+    shared_models::testing::fixtures::set_limits(
+        &mut app.conn(),
+        ORG,
+        &shared_models::limits::OrgLimitOverrides {
+            max_event_streams: Some(2),
+            ..Default::default()
+        },
+    );
+    let (id, ids) = with_history(&app, "RUNNING");
+    let mut first = subscribe(&app, &id, None).await.bytes_stream();
+    let mut second = subscribe(&app, &id, None).await.bytes_stream();
+    // Both are open (their history arrived).
+    frames_of(&mut first, ids.len()).await;
+    frames_of(&mut second, ids.len()).await;
+
+    let third = subscribe(&app, &id, None).await;
+    assert_eq!(third.status(), 429);
+    let body: Value = third.json().await.expect("envelope");
+    assert_eq!(body["error"]["code"], "QUOTA_EXCEEDED");
+    assert_eq!(
+        body["error"]["message"],
+        "maxEventStreams (2) reached: 2 event streams are open with this API key"
+    );
+    // Another key of the org has places of its own.
+    let other = app.key_for(ORG);
+    let res = app
+        .client
+        .get(format!("{}/workflows/runs/{id}/events", app.address))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .expect("subscribe");
+    assert_eq!(res.status(), 200, "another key");
+    drop(res);
+
+    // The client goes away: its place is given back.
+    drop(first);
+    let reopened = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let res = subscribe(&app, &id, None).await;
+            if res.status() == 200 {
+                return res;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("a place is free again once a stream has closed");
+    frames_of(&mut reopened.bytes_stream(), ids.len()).await;
+    drop(second);
+}
+
+#[tokio::test]
+async fn a_stream_ends_at_its_lifetime_with_an_id_to_resume_from() {
+    let app = spawn_app_with_stream_lifetime(Duration::from_secs(1)).await;
+    let (id, ids) = with_history(&app, "RUNNING");
+    let started = std::time::Instant::now();
+    let frames = read_to_end(subscribe(&app, &id, None).await).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "ended early"
+    );
+    let got: Vec<i64> = frames.iter().map(|f| f.id).collect();
+    let last = *ids.last().unwrap();
+    assert_eq!(got, [ids.clone(), vec![last]].concat(), "{frames:?}");
+    let end = frames.last().unwrap();
+    assert_eq!(end.event, "reconnect");
+    assert_eq!(end.data["lastEventId"], last.to_string());
+    assert!(
+        end.data["reason"]
+            .as_str()
+            .unwrap()
+            .contains("EVENT_STREAM_MAX_SECONDS"),
+        "{}",
+        end.data
+    );
+
+    // The run goes on; the client reconnects from the reconnect event's id and gets only
+    // what came after.
+    let later = app.event(NewRunEvent::log(
+        &id,
+        shared_models::time::now(),
+        None,
+        "INFO",
+        "later",
+    ));
+    let frames = read_to_end(subscribe(&app, &id, Some(&last.to_string())).await).await;
+    let got: Vec<(i64, &str)> = frames.iter().map(|f| (f.id, f.event.as_str())).collect();
+    assert_eq!(got, [(later, "log"), (later, "reconnect")]);
 }

@@ -88,15 +88,34 @@ async fn spawn(amqp: &str, auth: &AuthConfig) -> TestApp {
     spawn_with(amqp, auth, None).await
 }
 
+/// The app with event streams ending after `lifetime` (`EVENT_STREAM_MAX_SECONDS`).
+pub async fn spawn_app_with_stream_lifetime(lifetime: Duration) -> TestApp {
+    spawn_full(&amqp_url(), &testing::auth_config(), None, Some(lifetime)).await
+}
+
 async fn spawn_with(amqp: &str, auth: &AuthConfig, ops: Option<MakeOps>) -> TestApp {
+    spawn_full(amqp, auth, ops, None).await
+}
+
+async fn spawn_full(
+    amqp: &str,
+    auth: &AuthConfig,
+    ops: Option<MakeOps>,
+    stream_lifetime: Option<Duration>,
+) -> TestApp {
     let db = TestDb::create();
     let prefix = testing::unique_queue_prefix();
     let publisher: Arc<dyn JobPublisher> =
         Arc::new(AmqpPublisher::new(amqp, QueueNames::new(&prefix)));
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let app = match ops {
-        None => Application::with_parts(listener, db.pool.clone(), publisher, auth),
-        Some(make) => {
+    let app = match (ops, stream_lifetime) {
+        (None, None) => Application::with_parts(listener, db.pool.clone(), publisher, auth),
+        (None, Some(lifetime)) => {
+            let ops = OpsState::unsampled(&QueueNames::new(&prefix));
+            let pool = db.pool.clone();
+            Application::with_stream_lifetime(listener, pool, publisher, auth, ops, lifetime)
+        }
+        (Some(make), _) => {
             let ops = make(&QueueNames::new(&prefix), db.pool.clone());
             Application::with_ops(listener, db.pool.clone(), publisher, auth, ops)
         }

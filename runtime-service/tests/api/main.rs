@@ -8,6 +8,7 @@ mod metrics;
 mod openapi;
 mod ops;
 mod queueing;
+mod quotas;
 mod reaper;
 mod runs;
 mod scheduler;

@@ -28,6 +28,7 @@ pub const CODES: &[&str] = &[
     "PAYLOAD_TOO_LARGE",
     "UNSUPPORTED_MEDIA_TYPE",
     "RATE_LIMITED",
+    "QUOTA_EXCEEDED",
     "UNAVAILABLE",
     "INTERNAL",
 ];

@@ -1,7 +1,7 @@
-//! `/admin`: orgs and their API keys, for the operator's `ADMIN_API_KEY` only.
+//! `/admin`: orgs, their API keys and their quotas, for the operator's `ADMIN_API_KEY` only.
 
 use crate::error::WorkflowError;
-use crate::tenancy::{self, ListPage, NewKey, NewOrg};
+use crate::tenancy::{self, LimitsUpdate, ListPage, NewKey, NewOrg};
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -9,6 +9,7 @@ use shared_models::auth::{self, Admin};
 use shared_models::db::{blocking, PgPool};
 use shared_models::envelope::{self, ApiError, Pagination};
 use shared_models::http::{JsonObject, Query};
+use shared_models::limits::{self, OrgLimitOverrides, OrgLimits};
 use shared_models::models::{ApiKeyRow, OrgRow};
 use shared_models::openapi::{self as doc, Envelope, PageEnvelope, PageParams};
 use shared_models::pagination;
@@ -324,4 +325,126 @@ pub async fn revoke_key(
         "revoked": true,
         "revokedAt": row.revoked_at.map(|t| shared_models::time::format(&t)),
     })))
+}
+
+/// An org's quotas: those in effect, and the overrides that differ from the defaults.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct LimitsView {
+    #[schema(example = "org_acme_123")]
+    org_id: String,
+    /// Every quota in effect: the override where set, else the deployment's default.
+    limits: OrgLimits,
+    /// Only the quotas overridden for this org.
+    #[schema(value_type = Object, example = json!({"maxQueuedRuns": 500}))]
+    overrides: serde_json::Map<String, serde_json::Value>,
+}
+
+impl LimitsView {
+    fn new(org_id: String, overrides: &OrgLimitOverrides) -> Self {
+        let set = limits::FIELDS
+            .iter()
+            .filter_map(|f| (f.get_override)(overrides).map(|v| (f.json.to_string(), v.into())))
+            .collect();
+        LimitsView {
+            org_id,
+            limits: limits::effective(&limits::defaults(), overrides),
+            overrides: set,
+        }
+    }
+}
+
+/// `PUT /admin/orgs/{orgId}/limits` body: any of the quota fields.
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)] // documentation only
+struct LimitsBody {
+    /// PENDING + WAITING runs at once (default `ORG_MAX_QUEUED_RUNS`).
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    max_queued_runs: Option<u32>,
+    /// RUNNING runs at once (default `MAX_RUNNING_PER_ORG`).
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    max_running_runs: Option<u32>,
+    /// Runs in one run's tree of subworkflows, the root not counted (default `ORG_MAX_DESCENDANTS_PER_RUN`).
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    max_descendants_per_run: Option<u32>,
+    /// Workflows not deleted (default `ORG_MAX_WORKFLOWS`).
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    max_workflows: Option<u32>,
+    /// Versions kept per workflow (default `ORG_MAX_VERSIONS_KEPT`).
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    max_versions_kept: Option<u32>,
+    /// Open event streams per key and replica (default `ORG_MAX_EVENT_STREAMS`).
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    max_event_streams: Option<u32>,
+    /// Requests per second per key and replica (default `RATE_LIMIT_PER_SECOND`).
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    requests_per_second: Option<u32>,
+}
+
+/// `GET /admin/orgs/{orgId}/limits`
+#[utoipa::path(
+    get,
+    path = "/admin/orgs/{orgId}/limits",
+    tag = "admin",
+    summary = "An org's quotas in effect and its overrides (admin key)",
+    params(("orgId" = String, Path, description = "The org's id", example = "org_acme_123")),
+    responses(
+        (status = 200, description = "The org's quotas", body = Envelope<LimitsView>),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_limits(
+    pool: web::Data<PgPool>,
+    _: Admin,
+    path: web::Path<String>,
+) -> Result<HttpResponse, WorkflowError> {
+    let org_id = path.into_inner();
+    let org = org_id.clone();
+    let overrides = blocking(&pool, move |conn| tenancy::get_limits(conn, &org))
+        .await?
+        .ok_or_else(|| org_not_found(&org_id))?;
+    Ok(envelope::ok(LimitsView::new(org_id, &overrides)))
+}
+
+/// `PUT /admin/orgs/{orgId}/limits`: in effect on every replica within a second.
+#[utoipa::path(
+    put,
+    path = "/admin/orgs/{orgId}/limits",
+    tag = "admin",
+    summary = "Override an org's quotas (admin key): a field left out keeps its value, null returns it to the default",
+    params(("orgId" = String, Path, description = "The org's id", example = "org_acme_123")),
+    request_body(content = LimitsBody, example = json!({"maxQueuedRuns": 500, "requestsPerSecond": null})),
+    responses(
+        (status = 200, description = "The org's quotas", body = Envelope<LimitsView>),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 413, response = doc::PayloadTooLarge),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn put_limits(
+    pool: web::Data<PgPool>,
+    _: Admin,
+    path: web::Path<String>,
+    body: JsonObject,
+) -> Result<HttpResponse, WorkflowError> {
+    let org_id = path.into_inner();
+    let update = LimitsUpdate::try_from(&body.0)?;
+    let org = org_id.clone();
+    let overrides = blocking(&pool, move |conn| tenancy::set_limits(conn, &org, &update))
+        .await?
+        .ok_or_else(|| org_not_found(&org_id))?;
+    log::info!("quotas of org {org_id} set: {overrides:?}");
+    Ok(envelope::ok(LimitsView::new(org_id, &overrides)))
 }

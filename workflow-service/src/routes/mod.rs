@@ -63,6 +63,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(method_not_allowed)),
         )
         .service(
+            web::resource("/admin/orgs/{orgId}/limits")
+                .route(web::get().to(admin::get_limits))
+                .route(web::put().to(admin::put_limits))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
             web::resource("/admin/keys/{id}")
                 .route(web::delete().to(admin::revoke_key))
                 .default_service(web::to(method_not_allowed)),

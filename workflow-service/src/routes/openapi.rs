@@ -39,6 +39,8 @@ pub const CACHE_TTL: Duration = Duration::from_secs(60);
         super::admin::create_key,
         super::admin::list_keys,
         super::admin::revoke_key,
+        super::admin::get_limits,
+        super::admin::put_limits,
     ),
     tags(
         (name = "workflows", description = "Workflow definitions and their versions (workflow-service)"),

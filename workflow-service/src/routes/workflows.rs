@@ -127,7 +127,7 @@ fn not_found(raw_id: &str) -> WorkflowError {
         (status = 409, response = doc::Conflict),
         (status = 413, response = doc::PayloadTooLarge),
         (status = 415, response = doc::UnsupportedMediaType),
-        (status = 429, response = doc::RateLimited),
+        (status = 429, response = doc::RateLimitedOrQuota),
         (status = 503, response = doc::Unavailable),
     ),
     security(("bearer" = []))
@@ -141,12 +141,13 @@ pub async fn create_workflow(
     let name = new.name.to_string();
     let now = shared_models::time::now();
     match blocking(&pool, move |conn| {
-        storage::insert_workflow(conn, &caller.org_id, &new, now)
+        storage::insert_workflow(conn, &caller.org_id, &new, &caller.limits, now)
     })
     .await?
     {
         CreateOutcome::Created(w) => Ok(envelope::created(WorkflowView::from(w))),
         CreateOutcome::NameTaken => Err(WorkflowError::NameTaken(name)),
+        CreateOutcome::QuotaExceeded(e) => Err(WorkflowError::Request(e.into())),
     }
 }
 
@@ -260,7 +261,8 @@ pub async fn update_workflow(
     let update = WorkflowUpdate::parse(&body.0, &id)?;
     let now = shared_models::time::now();
     blocking(&pool, move |conn| {
-        storage::update_workflow(conn, &caller.org_id, id.as_str(), &update, now)
+        let keep = caller.limits.max_versions_kept;
+        storage::update_workflow(conn, &caller.org_id, id.as_str(), &update, keep, now)
     })
     .await?
     .map(|w| envelope::ok(WorkflowView::from(w)))

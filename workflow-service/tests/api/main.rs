@@ -4,6 +4,7 @@ mod helpers;
 mod hostile;
 mod metrics;
 mod openapi;
+mod quotas;
 mod tenancy;
 mod validate;
 mod versions;

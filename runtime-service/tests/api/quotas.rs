@@ -1,0 +1,240 @@
+//! Per-org quotas this service enforces: `maxQueuedRuns` on triggers (both the group-commit
+//! path and the Idempotency-Key path), `requestsPerSecond` per key, and the pruning of sent
+//! outbox rows (`OUTBOX_RETENTION_SECONDS`). Event streams: events.rs.
+
+use crate::helpers::{assert_error, spawn_app, spawn_app_with_auth, TestApp, ORG};
+use diesel::prelude::*;
+use runtime_service::scheduler::prune_once;
+use runtime_service::storage::{self, CreateOutcome, PlainTrigger};
+use serde_json::json;
+use shared_models::auth::AuthConfig;
+use shared_models::ids::WorkflowId;
+use shared_models::limits::OrgLimitOverrides;
+use shared_models::schema::{outbox, runs};
+use shared_models::testing::{self, fixtures};
+use std::time::Duration;
+
+fn max_queued(app: &TestApp, org: &str, max: i32) {
+    fixtures::set_limits(
+        &mut app.conn(),
+        org,
+        &OrgLimitOverrides {
+            max_queued_runs: Some(max),
+            ..Default::default()
+        },
+    );
+}
+
+fn count_runs(app: &TestApp) -> i64 {
+    runs::table
+        .filter(runs::org_id.eq(ORG))
+        .count()
+        .get_result(&mut app.conn())
+        .expect("count runs")
+}
+
+fn count_outbox(app: &TestApp) -> i64 {
+    outbox::table
+        .count()
+        .get_result(&mut app.conn())
+        .expect("count outbox")
+}
+
+#[tokio::test]
+async fn a_trigger_over_max_queued_runs_is_a_429_and_creates_nothing() {
+    let app = spawn_app().await;
+    max_queued(&app, ORG, 3);
+    let wf = app.workflow("queued", true);
+    // PENDING and WAITING runs count; RUNNING and ended ones do not.
+    app.run_in(&wf, "PENDING");
+    app.run_in(&wf, "WAITING");
+    app.run_in(&wf, "RUNNING");
+    app.run_in(&wf, "COMPLETED");
+    let path = format!("/workflows/{wf}/trigger");
+    let r = app.post(&path, json!({})).await;
+    assert_eq!(r.status, 201, "the third queued run: {}", r.body);
+    assert_eq!(app.queued().await, 1);
+    let (runs_before, outbox_before) = (count_runs(&app), count_outbox(&app));
+
+    let message = "maxQueuedRuns (3) reached: 3 runs are PENDING or WAITING";
+    let r = app.post(&path, json!({})).await;
+    assert_error(&r, 429, "QUOTA_EXCEEDED", "over maxQueuedRuns");
+    assert_eq!(r.body["error"]["message"], message);
+    let r = app
+        .send(
+            "POST",
+            "/workflows/runs",
+            Some(json!({"workflowId": wf})),
+            &[("Idempotency-Key", "over-the-quota")],
+        )
+        .await;
+    assert_error(&r, 429, "QUOTA_EXCEEDED", "over maxQueuedRuns, with a key");
+    assert_eq!(r.body["error"]["message"], message);
+
+    // No run, no outbox row, no job.
+    assert_eq!(count_runs(&app), runs_before);
+    assert_eq!(count_outbox(&app), outbox_before);
+    assert_eq!(app.queued().await, 1);
+
+    // Another org is not held back by this one's backlog.
+    let other = app.key_for("org_other");
+    let other_wf = fixtures::insert_workflow(
+        &mut app.conn(),
+        "org_other",
+        "queued",
+        json!({"steps": [{"name": "t", "type": "transform", "output": {}}]}),
+        true,
+    );
+    let bearer = format!("Bearer {other}");
+    let r = app
+        .send_auth(
+            Some(&bearer),
+            "POST",
+            &format!("/workflows/{other_wf}/trigger"),
+            Some(json!({})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_batch_admits_only_as_many_triggers_as_the_quota_leaves_room_for() {
+    let app = spawn_app().await;
+    let wf = app.workflow("batched", true);
+    app.run_in(&wf, "WAITING");
+    let trigger = |org: &str, max: u32| PlainTrigger {
+        org_id: org.to_string(),
+        workflow_id: WorkflowId::parse(&wf).unwrap(),
+        variables: Default::default(),
+        request_id: None,
+        now: shared_models::time::now(),
+        max_queued: max,
+    };
+    // Five triggers of an org at 1 of 3: two are written, three refused, in order.
+    let batch: Vec<PlainTrigger> = (0..5).map(|_| trigger(ORG, 3)).collect();
+    let outcomes = storage::create_runs(&mut app.conn(), &batch).expect("the batch");
+    let kinds: Vec<String> = outcomes
+        .iter()
+        .map(|o| match o {
+            Ok(CreateOutcome::Created { .. }) => "created".to_string(),
+            Ok(CreateOutcome::QuotaExceeded(e)) => e.to_string(),
+            _ => "other".to_string(),
+        })
+        .collect();
+    let over = "maxQueuedRuns (3) reached: 3 runs are PENDING or WAITING".to_string();
+    assert_eq!(
+        kinds,
+        [
+            "created".to_string(),
+            "created".to_string(),
+            over.clone(),
+            over.clone(),
+            over
+        ]
+    );
+    assert_eq!(count_runs(&app), 3);
+    assert_eq!(count_outbox(&app), 2);
+}
+
+#[tokio::test]
+async fn an_org_s_requests_per_second_replaces_the_default_for_its_keys() {
+    let app = spawn_app_with_auth(AuthConfig {
+        rate_limit_per_second: 100,
+        ..testing::auth_config()
+    })
+    .await;
+    let limited = app.key_for("org_slow");
+    fixtures::set_limits(
+        &mut app.conn(),
+        "org_slow",
+        &OrgLimitOverrides {
+            requests_per_second: Some(3),
+            ..Default::default()
+        },
+    );
+    let burst = |key: String| {
+        let app = &app;
+        async move {
+            let bearer = format!("Bearer {key}");
+            let mut statuses = Vec::new();
+            for _ in 0..4 {
+                let r = app
+                    .send_auth(Some(&bearer), "GET", "/workflows/runs", None, &[])
+                    .await;
+                statuses.push(r.status);
+                if r.status == 429 {
+                    assert_eq!(r.body["error"]["code"], "RATE_LIMITED", "{}", r.body);
+                    assert!(!r.header("retry-after").is_empty());
+                }
+            }
+            statuses
+        }
+    };
+    // Retried only when the machine was too slow to send 4 requests within a third of a
+    // second (a fresh key each time: a fresh bucket).
+    let mut statuses = Vec::new();
+    for attempt in 0..5 {
+        let key = if attempt == 0 {
+            limited.clone()
+        } else {
+            app.key_for("org_slow")
+        };
+        let started = std::time::Instant::now();
+        statuses = burst(key).await;
+        if started.elapsed() < Duration::from_millis(300) {
+            break;
+        }
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    // Another org keeps the default (100 a second).
+    assert_eq!(burst(app.key.clone()).await, [200, 200, 200, 200]);
+}
+
+#[tokio::test]
+async fn outbox_rows_sent_longer_ago_than_the_retention_are_pruned() {
+    let app = spawn_app().await;
+    let wf = app.workflow("pruned", true);
+    let run = app.run_in(&wf, "COMPLETED");
+    let now = shared_models::time::now();
+    let hours_ago = |h: i64| now - chrono::Duration::hours(h);
+    let row = |sent: Option<chrono::DateTime<chrono::Utc>>, key: &str| {
+        (
+            outbox::run_id.eq(run.clone()),
+            outbox::payload.eq(json!({})),
+            outbox::created_at.eq(hours_ago(3)),
+            outbox::sent_at.eq(sent),
+            outbox::dedupe_key.eq(key.to_string()),
+        )
+    };
+    diesel::insert_into(outbox::table)
+        .values(vec![
+            row(Some(hours_ago(2)), "old-sent-1"),
+            row(Some(hours_ago(2)), "old-sent-2"),
+            row(Some(now), "just-sent"),
+            row(None, "never-sent"),
+        ])
+        .execute(&mut app.conn())
+        .expect("outbox rows");
+
+    let pruned = prune_once(&app.db.pool, Duration::from_secs(3600))
+        .await
+        .expect("prune");
+    assert_eq!(pruned, 2);
+    let mut left: Vec<Option<String>> = outbox::table
+        .select(outbox::dedupe_key)
+        .load(&mut app.conn())
+        .expect("outbox");
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            Some("just-sent".to_string()),
+            Some("never-sent".to_string())
+        ]
+    );
+    let again = prune_once(&app.db.pool, Duration::from_secs(3600))
+        .await
+        .expect("prune");
+    assert_eq!(again, 0);
+}
