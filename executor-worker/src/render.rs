@@ -1,8 +1,9 @@
 //! Rendering off the async runtime's threads. A template is a tenant's code: with fuel and an
 //! output cap ([`shared_models::template::Limits`]) it ends, but it may still take a while,
 //! and a worker thread of the runtime busy rendering is one that drives no other run, timer
-//! or heartbeat (issue 13: two templates stopped every worker). So every render runs on the
-//! blocking pool, and the step waits for it at most `TEMPLATE_DEADLINE_SECONDS`; a render
+//! or heartbeat (issue 13: two templates stopped every worker). So every render runs on a
+//! render thread of its own pool, at a lower priority than the rest of the worker
+//! ([`RENDER_NICE`]), and the step waits for it at most `TEMPLATE_DEADLINE_SECONDS`; a render
 //! past it goes on (until its fuel runs out) while its step has already failed.
 //!
 //! What is provably short is rendered inline, which costs nothing extra: a string with no
@@ -13,19 +14,54 @@
 
 use serde_json::Value;
 use shared_models::template;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// The template context (`variables`, `steps`, `run`), shared with the blocking pool.
 pub type Ctx = Arc<Value>;
 
-/// Run `render` on the blocking pool; wait for it at most `deadline`.
+/// Threads that may render at once; more renders wait for one of them.
+pub const MAX_RENDER_THREADS: usize = 64;
+/// The nice value of the render threads: a tenant's template gets the cores the others
+/// leave, so a template that burns its fuel slows its own run, not the other runs of the
+/// worker (their claims, steps, heartbeats and database calls run at the normal priority).
+pub const RENDER_NICE: i32 = 10;
+
+/// The render threads: a blocking pool of their own (threads made on demand and kept a while,
+/// as tokio's are), each lowered to [`RENDER_NICE`] as it starts. Never dropped.
+fn renderers() -> &'static tokio::runtime::Runtime {
+    static RENDERERS: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RENDERERS.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(MAX_RENDER_THREADS)
+            .thread_name("render")
+            .on_thread_start(lower_priority)
+            .build()
+            .expect("the render threads start")
+    })
+}
+
+/// Lower the calling thread's priority (on Linux a nice value is per thread). Raising it
+/// back would need a privilege the worker does not have, hence threads of their own.
+fn lower_priority() {
+    // SAFETY: setpriority only reads its arguments; `0` names the calling thread.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, RENDER_NICE) };
+    if rc != 0 {
+        log::warn!(
+            "cannot lower the render threads' priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Run `render` on a render thread; wait for it at most `deadline`.
 async fn off_thread<T, F>(deadline: Duration, render: F) -> Result<T, String>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, String> + Send + 'static,
 {
-    match tokio::time::timeout(deadline, tokio::task::spawn_blocking(render)).await {
+    match tokio::time::timeout(deadline, renderers().spawn_blocking(render)).await {
         Ok(Ok(rendered)) => rendered,
         // A panic inside the template engine fails the render, not the worker.
         Ok(Err(e)) => Err(format!("the template could not be rendered: {e}")),
