@@ -393,7 +393,7 @@ async fn a_run_taken_over_too_often_ends_failed_as_a_poison_run() {
 /// An HTTP endpoint on 127.0.0.1 that answers `{}` after `delay`, counting the requests it
 /// serves at once; returns its base URL and the most it saw at once.
 async fn counting_server(delay: Duration) -> (String, Arc<AtomicUsize>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1");
@@ -404,13 +404,8 @@ async fn counting_server(delay: Duration) -> (String, Arc<AtomicUsize>) {
         while let Ok((mut socket, _)) = listener.accept().await {
             let (now, most) = (now.clone(), most.clone());
             tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
+                if !read_request_head(&mut socket).await {
+                    return;
                 }
                 let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
                 most.fetch_max(at_once, Ordering::SeqCst);

@@ -499,3 +499,18 @@ pub async fn mount_post(server: &MockServer, at: &str, response: ResponseTemplat
         .mount(server)
         .await;
 }
+
+/// Read an HTTP request's head (up to the blank line) from `socket`, for the raw loopback
+/// servers of the tests; false if the client went away first.
+pub async fn read_request_head(socket: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
