@@ -33,7 +33,7 @@
 //! the next one's transaction.
 
 use crate::publisher::{publish_jobs, JobPublisher};
-use crate::storage::{self, CreateOutcome, PlainTrigger};
+use crate::storage::{self, CreateOutcome, PlainTrigger, QueuedCounts};
 use prometheus::{register_histogram, Histogram};
 use shared_models::db::{blocking, PgPool, StorageError};
 use shared_models::queue::RunJob;
@@ -111,6 +111,8 @@ pub struct BatchLoop {
     pool: PgPool,
     publisher: Arc<dyn JobPublisher>,
     counters: Arc<Counters>,
+    /// Each org's last queued-runs count, shared by the batches (`maxQueuedRuns`).
+    queued: Arc<QueuedCounts>,
     max_batch: usize,
     max_in_flight: usize,
 }
@@ -141,6 +143,7 @@ impl Batcher {
             pool,
             publisher,
             counters,
+            queued: Arc::default(),
             max_batch: max_batch.max(1),
             max_in_flight: max_in_flight.max(1),
         };
@@ -201,9 +204,13 @@ impl BatchLoop {
                 }
             }
             self.counters.record(batch.len());
-            let (pool, publisher) = (self.pool.clone(), self.publisher.clone());
+            let (pool, publisher, queued) = (
+                self.pool.clone(),
+                self.publisher.clone(),
+                self.queued.clone(),
+            );
             tokio::spawn(async move {
-                write_batch(&pool, publisher.as_ref(), batch).await;
+                write_batch(&pool, publisher.as_ref(), &queued, batch).await;
                 drop(slot);
             });
         }
@@ -211,10 +218,15 @@ impl BatchLoop {
 }
 
 /// Write, publish, mark sent, answer: see the module's documentation.
-async fn write_batch(pool: &PgPool, publisher: &dyn JobPublisher, batch: Vec<Waiting>) {
+async fn write_batch(
+    pool: &PgPool,
+    publisher: &dyn JobPublisher,
+    queued: &Arc<QueuedCounts>,
+    batch: Vec<Waiting>,
+) {
     let (triggers, replies): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|w| (w.trigger, w.reply)).unzip();
-    let outcomes = write(pool, triggers).await;
+    let outcomes = write(pool, queued, triggers).await;
     publish(pool, publisher, &outcomes).await;
     for (reply, outcome) in replies.into_iter().zip(outcomes) {
         // The request may have gone (client disconnected): its run stands all the same.
@@ -223,10 +235,14 @@ async fn write_batch(pool: &PgPool, publisher: &dyn JobPublisher, batch: Vec<Wai
 }
 
 /// One outcome per trigger, in order.
-async fn write(pool: &PgPool, triggers: Vec<PlainTrigger>) -> Vec<Answer> {
+async fn write(
+    pool: &PgPool,
+    queued: &Arc<QueuedCounts>,
+    triggers: Vec<PlainTrigger>,
+) -> Vec<Answer> {
     let triggers = Arc::new(triggers);
-    let all = triggers.clone();
-    let written = blocking(pool, move |conn| storage::create_runs(conn, &all)).await;
+    let (all, known) = (triggers.clone(), queued.clone());
+    let written = blocking(pool, move |conn| storage::create_runs(conn, &all, &known)).await;
     match written {
         Ok(outcomes) => outcomes
             .into_iter()
@@ -250,8 +266,9 @@ async fn write(pool: &PgPool, triggers: Vec<PlainTrigger>) -> Vec<Answer> {
                     outcomes.push(Err(StorageError::Unavailable(cause)));
                     continue;
                 }
-                let one = [trigger.clone()];
-                let written = blocking(pool, move |conn| storage::create_runs(conn, &one)).await;
+                let (one, known) = ([trigger.clone()], queued.clone());
+                let written =
+                    blocking(pool, move |conn| storage::create_runs(conn, &one, &known)).await;
                 outcomes.push(match written {
                     Ok(mut outcome) => outcome
                         .pop()

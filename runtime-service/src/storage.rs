@@ -32,6 +32,8 @@ use shared_models::schema::{
     outbox, run_events, runs as runs_table, step_runs, workflow_versions, workflows,
 };
 use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 pub enum CreateOutcome {
     /// A new run, and the outbox row of its job.
@@ -142,13 +144,15 @@ pub struct PlainTrigger {
 /// means nothing was written at all.
 ///
 /// `maxQueuedRuns`: each org of the batch has its PENDING + WAITING runs counted once (a
-/// bounded count, [`limits::count_queued`]), and only as many of its triggers as fit are
+/// bounded count, [`limits::count_queued`]; far below the quota, the figure `known` keeps
+/// stands in for it, see [`QueuedCounts`]), and only as many of its triggers as fit are
 /// written, in order; the others are [`CreateOutcome::QuotaExceeded`]. Batches of one org
 /// written at the same moment count without seeing each other, so together they may go over
 /// the quota by up to one batch ([`crate::batcher::MAX_BATCH`] runs; docs/SECURITY.md).
 pub fn create_runs(
     conn: &mut PgConnection,
     triggers: &[PlainTrigger],
+    known: &QueuedCounts,
 ) -> Result<Vec<Result<CreateOutcome, Error>>, Error> {
     conn.transaction(|conn| {
         // The same text for any batch (`= ANY` of two arrays), so diesel prepares it once per
@@ -175,7 +179,7 @@ pub fn create_runs(
         let mut outcomes: Vec<Option<Result<CreateOutcome, Error>>> =
             Vec::with_capacity(triggers.len());
         let mut new_runs: Vec<RunRow> = Vec::new();
-        let mut room = QueueRoom::default();
+        let mut room = QueueRoom::new(known);
         for t in triggers {
             let key = (t.org_id.clone(), t.workflow_id.as_str().to_string());
             match current.get(&key) {
@@ -260,12 +264,97 @@ pub fn create_runs(
     })
 }
 
-/// The places left under `maxQueuedRuns` for each org of one batch: counted at the org's
-/// first trigger, then taken one per run.
+/// Far below an org's `maxQueuedRuns`, counting its queued runs for every batch costs more
+/// than the quota protects (the count reads up to `maxQueuedRuns` index entries, and a trigger
+/// flood makes one batch every millisecond or two). So each process keeps the last exact count
+/// of each org, with what it admitted since: while that stays under half the quota and is at
+/// most [`QueuedCounts::RECOUNT_AFTER`] old, a batch is admitted against it without counting;
+/// nearer the quota, every batch counts exactly. The kept figure only errs high (runs that
+/// ended since are still in it; an admission whose batch rolled back too), which makes the
+/// next exact count come sooner, never later. Other replicas' admissions are not in it: they
+/// would have to admit half the quota within a second to take an org past it
+/// (docs/SECURITY.md, "Known limits").
 #[derive(Default)]
-struct QueueRoom(HashMap<String, (u32, i64, i64)>);
+pub struct QueuedCounts {
+    known: Mutex<HashMap<String, KnownQueue>>,
+    /// Exact counts made so far (for tests and a glance at how often the quota costs one).
+    counts: std::sync::atomic::AtomicU64,
+}
 
-impl QueueRoom {
+#[derive(Clone, Copy)]
+struct KnownQueue {
+    counted_at: Instant,
+    /// Queued runs at `counted_at`, plus every run admitted since.
+    queued: i64,
+}
+
+impl QueuedCounts {
+    /// How long a count is trusted far below the quota.
+    pub const RECOUNT_AFTER: Duration = Duration::from_secs(1);
+    /// Orgs remembered at most; the map is emptied past it.
+    const CAPACITY: usize = 10_000;
+
+    /// The kept figure of `org_id` if it may stand in for a count against `max`.
+    fn trusted(&self, org_id: &str, max: u32) -> Option<i64> {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known
+            .get(org_id)
+            .filter(|k| k.counted_at.elapsed() < Self::RECOUNT_AFTER)
+            .filter(|k| 2 * (k.queued + 1) <= i64::from(max))
+            .map(|k| k.queued)
+    }
+
+    /// How many exact counts were made so far.
+    pub fn counts(&self) -> u64 {
+        self.counts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn counted(&self, org_id: &str, queued: i64) {
+        self.counts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= Self::CAPACITY {
+            known.clear();
+        }
+        known.insert(
+            org_id.to_string(),
+            KnownQueue {
+                counted_at: Instant::now(),
+                queued,
+            },
+        );
+    }
+
+    fn admitted(&self, org_id: &str) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = known.get_mut(org_id) {
+            k.queued += 1;
+        }
+    }
+}
+
+/// The places left under `maxQueuedRuns` for each org of one batch: the org's queued runs
+/// (counted, or trusted from [`QueuedCounts`]) and the places taken in this batch.
+struct QueueRoom<'a> {
+    known: &'a QueuedCounts,
+    orgs: HashMap<String, Room>,
+}
+
+struct Room {
+    queued: i64,
+    taken: i64,
+    /// Whether `queued` was counted in this batch (else trusted from the kept figure).
+    exact: bool,
+}
+
+impl<'a> QueueRoom<'a> {
+    fn new(known: &'a QueuedCounts) -> Self {
+        Self {
+            known,
+            orgs: HashMap::new(),
+        }
+    }
+
     /// Take a place for one more run of `org_id`, or the quota it would go over.
     fn take(
         &mut self,
@@ -276,18 +365,48 @@ impl QueueRoom {
         if max == 0 {
             return Ok(None);
         }
-        let (limit, queued, taken) = match self.0.get_mut(org_id) {
-            Some(entry) => entry,
-            None => {
-                let queued = limits::count_queued(conn, org_id, max)?;
-                self.0.entry(org_id.to_string()).or_insert((max, queued, 0))
-            }
-        };
-        if *queued + *taken >= i64::from(*limit) {
-            return Ok(Some(QuotaExceeded::queued_runs(*limit, *queued + *taken)));
+        if !self.orgs.contains_key(org_id) {
+            let room = match self.known.trusted(org_id, max) {
+                Some(queued) => Room {
+                    queued,
+                    taken: 0,
+                    exact: false,
+                },
+                None => self.count(conn, org_id, max)?,
+            };
+            self.orgs.insert(org_id.to_string(), room);
         }
-        *taken += 1;
+        let near = {
+            let room = &self.orgs[org_id];
+            !room.exact && 2 * (room.queued + room.taken + 1) > i64::from(max)
+        };
+        if near {
+            let taken = self.orgs[org_id].taken;
+            let mut room = self.count(conn, org_id, max)?;
+            room.taken = taken;
+            self.orgs.insert(org_id.to_string(), room);
+        }
+        let room = self.orgs.get_mut(org_id).ok_or(Error::NotFound)?;
+        if room.queued + room.taken >= i64::from(max) {
+            return Ok(Some(QuotaExceeded::queued_runs(
+                max,
+                room.queued + room.taken,
+            )));
+        }
+        room.taken += 1;
+        self.known.admitted(org_id);
         Ok(None)
+    }
+
+    /// Count `org_id`'s queued runs now (bounded by `max`), and keep the figure.
+    fn count(&self, conn: &mut PgConnection, org_id: &str, max: u32) -> Result<Room, Error> {
+        let queued = limits::count_queued(conn, org_id, max)?;
+        self.known.counted(org_id, queued);
+        Ok(Room {
+            queued,
+            taken: 0,
+            exact: true,
+        })
     }
 }
 

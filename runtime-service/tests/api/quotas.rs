@@ -5,7 +5,7 @@
 use crate::helpers::{assert_error, spawn_app, spawn_app_with_auth, TestApp, ORG};
 use diesel::prelude::*;
 use runtime_service::scheduler::prune_once;
-use runtime_service::storage::{self, CreateOutcome, PlainTrigger};
+use runtime_service::storage::{self, CreateOutcome, PlainTrigger, QueuedCounts};
 use serde_json::json;
 use shared_models::auth::AuthConfig;
 use shared_models::ids::WorkflowId;
@@ -113,7 +113,8 @@ async fn a_batch_admits_only_as_many_triggers_as_the_quota_leaves_room_for() {
     };
     // Five triggers of an org at 1 of 3: two are written, three refused, in order.
     let batch: Vec<PlainTrigger> = (0..5).map(|_| trigger(ORG, 3)).collect();
-    let outcomes = storage::create_runs(&mut app.conn(), &batch).expect("the batch");
+    let outcomes =
+        storage::create_runs(&mut app.conn(), &batch, &QueuedCounts::default()).expect("the batch");
     let kinds: Vec<String> = outcomes
         .iter()
         .map(|o| match o {
@@ -135,6 +136,54 @@ async fn a_batch_admits_only_as_many_triggers_as_the_quota_leaves_room_for() {
     );
     assert_eq!(count_runs(&app), 3);
     assert_eq!(count_outbox(&app), 2);
+}
+
+/// Far below the quota a batch is admitted against the count kept from an earlier batch (no
+/// count); past half of it every batch counts again, so runs another replica admitted
+/// meanwhile are seen and the quota holds.
+#[tokio::test]
+async fn a_kept_count_stands_in_far_below_the_quota_and_near_it_batches_count_again() {
+    let app = spawn_app().await;
+    let wf = app.workflow("kept", true);
+    let trigger = || PlainTrigger {
+        org_id: ORG.to_string(),
+        workflow_id: WorkflowId::parse(&wf).unwrap(),
+        variables: Default::default(),
+        request_id: None,
+        now: shared_models::time::now(),
+        max_queued: 20,
+    };
+    let created = |batch: usize, known: &QueuedCounts| {
+        let triggers: Vec<PlainTrigger> = (0..batch).map(|_| trigger()).collect();
+        storage::create_runs(&mut app.conn(), &triggers, known)
+            .expect("the batch")
+            .iter()
+            .filter(|o| matches!(o, Ok(CreateOutcome::Created { .. })))
+            .count()
+    };
+    let (this, other_replica) = (QueuedCounts::default(), QueuedCounts::default());
+    // The first batch counts (nothing kept yet); the next four, far below 20, do not.
+    for _ in 0..5 {
+        assert_eq!(created(1, &this), 1);
+    }
+    assert_eq!(
+        this.counts(),
+        1,
+        "batches far below the quota counted again"
+    );
+    // Another replica admits 6 (this one's kept figure does not see them): 11 queued.
+    assert_eq!(created(6, &other_replica), 6);
+    // Kept 5 is trusted up to half the quota (10); past it the batch counts again, sees the
+    // other replica's runs and its own, and stops at 20.
+    assert_eq!(created(12, &this), 9);
+    assert_eq!(count_runs(&app), 20);
+    assert!(this.counts() >= 2, "no count near the quota");
+    // At the quota, every batch counts: nothing more.
+    let before = this.counts();
+    assert_eq!(created(1, &this), 0);
+    assert_eq!(created(1, &other_replica), 0);
+    assert_eq!(this.counts(), before + 1);
+    assert_eq!(count_runs(&app), 20);
 }
 
 #[tokio::test]
