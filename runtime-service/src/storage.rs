@@ -444,8 +444,10 @@ pub fn mark_outbox_sent(
         .map(|_| ())
 }
 
-/// Delete up to `limit` outbox rows sent more than `retention_secs` ago, oldest first;
-/// returns how many.
+/// Delete the outbox rows sent more than `retention_secs` ago among the `limit` oldest
+/// (lowest ids: rows are made in id order and sent soon after); returns how many. The scan
+/// is the first `limit` entries of the primary key, whatever the table holds: fewer deleted
+/// than `limit` means the old end is pruned (or held by a row not yet sent).
 ///
 /// Safe after an hour (the default): a sent row is never read again except through its
 /// `dedupe_key`, which the scheduler and the lease reaper look up (`NOT EXISTS (... outbox
@@ -463,10 +465,10 @@ pub fn prune_sent_outbox(
     limit: i64,
 ) -> Result<usize, Error> {
     prepared(
-        "DELETE FROM outbox WHERE id IN (
-             SELECT id FROM outbox
-             WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1)
-             ORDER BY sent_at LIMIT $2)",
+        "DELETE FROM outbox o USING (SELECT id, sent_at FROM outbox ORDER BY id LIMIT $2) oldest
+         WHERE o.id = oldest.id
+           AND oldest.sent_at IS NOT NULL
+           AND oldest.sent_at < now() - make_interval(secs => $1)",
     )
     .bind::<Double, _>(retention_secs)
     .bind::<BigInt, _>(limit)

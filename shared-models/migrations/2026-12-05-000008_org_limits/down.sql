@@ -1,4 +1,3 @@
-DROP INDEX outbox_sent;
 DROP INDEX runs_by_version;
 DROP INDEX runs_by_root;
 ALTER TABLE runs DROP COLUMN root_run_id;

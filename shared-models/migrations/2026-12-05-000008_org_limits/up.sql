@@ -25,5 +25,5 @@ CREATE INDEX runs_by_version ON runs (org_id, workflow_id, workflow_version);
 -- runs_by_status (org_id, status, id DESC): no other index is needed.
 
 -- Sent outbox rows are pruned once OUTBOX_RETENTION_SECONDS old (runtime-service's
--- scheduler, in bounded batches): this keeps each pass an index range scan.
-CREATE INDEX outbox_sent ON outbox (sent_at) WHERE sent_at IS NOT NULL;
+-- scheduler, in bounded batches) oldest id first, through the primary key: no index on
+-- sent_at, which every publish would have to update.
