@@ -136,9 +136,10 @@ pub fn defaults() -> OrgLimits {
     *DEFAULTS
 }
 
-/// An org's overrides as stored: `None` is the default.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Queryable, Selectable)]
-#[diesel(table_name = orgs, check_for_backend(diesel::pg::Pg))]
+/// An org's overrides as stored: `None` is the default. As a changeset it writes every
+/// column, `None` as NULL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Queryable, Selectable, AsChangeset)]
+#[diesel(table_name = orgs, check_for_backend(diesel::pg::Pg), treat_none_as_null = true)]
 pub struct OrgLimitOverrides {
     pub max_queued_runs: Option<i32>,
     pub max_running_runs: Option<i32>,

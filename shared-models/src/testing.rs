@@ -181,15 +181,7 @@ pub mod fixtures {
             .execute(conn)
             .expect("insert org");
         let n = diesel::update(orgs::table.find(org_id))
-            .set((
-                orgs::max_queued_runs.eq(limits.max_queued_runs),
-                orgs::max_running_runs.eq(limits.max_running_runs),
-                orgs::max_descendants_per_run.eq(limits.max_descendants_per_run),
-                orgs::max_workflows.eq(limits.max_workflows),
-                orgs::max_versions_kept.eq(limits.max_versions_kept),
-                orgs::max_event_streams.eq(limits.max_event_streams),
-                orgs::requests_per_second.eq(limits.requests_per_second),
-            ))
+            .set(limits)
             .execute(conn)
             .expect("set the org's limits");
         assert_eq!(n, 1, "org {org_id} exists");

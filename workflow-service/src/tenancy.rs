@@ -362,15 +362,7 @@ pub fn set_limits(
             }
         }
         diesel::update(orgs::table.find(org_id))
-            .set((
-                orgs::max_queued_runs.eq(overrides.max_queued_runs),
-                orgs::max_running_runs.eq(overrides.max_running_runs),
-                orgs::max_descendants_per_run.eq(overrides.max_descendants_per_run),
-                orgs::max_workflows.eq(overrides.max_workflows),
-                orgs::max_versions_kept.eq(overrides.max_versions_kept),
-                orgs::max_event_streams.eq(overrides.max_event_streams),
-                orgs::requests_per_second.eq(overrides.requests_per_second),
-            ))
+            .set(&overrides)
             .execute(conn)?;
         Ok(Some(overrides))
     })
