@@ -308,7 +308,7 @@ impl Engine {
             Ok((Claim::Held, _)) => {
                 // The scheduler queues it again once its wake_at has come.
                 log::info!(
-                    "run {}: org {} is at its cap of {} running runs (MAX_RUNNING_PER_ORG); held back for {:?}",
+                    "run {}: org {} is at its running cap (maxRunningRuns: the org's override, else MAX_RUNNING_PER_ORG = {}); held back for {:?}",
                     job.run_id,
                     job.org_id,
                     self.max_running_per_org,
