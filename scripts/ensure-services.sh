@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Make sure this machine has what Thygon needs to build, run and test (`make services`):
 #   - Debian packages: postgresql, rabbitmq-server, nginx, libpq-dev, pkg-config, libssl-dev,
-#     curl, gettext-base (envsubst), make, chromium (the dashboard's browser test); only the
-#     missing ones are installed.
+#     curl, gettext-base (envsubst), make; with --test-tools (`make test`) also chromium (the
+#     dashboard's browser test) and pgbouncer (the connection-budget tests start one); only
+#     the missing ones are installed, and `make run` installs no test tool.
 #   - a Rust toolchain (stable >= 1.85; not installed here, only checked);
 #   - PostgreSQL and RabbitMQ running and accepting connections (started if they are not;
 #     services that already run are never stopped or reconfigured);
@@ -15,6 +16,9 @@ set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+TEST_TOOLS=0
+[[ ${1:-} == --test-tools ]] && TEST_TOOLS=1
 
 PG_WAIT_SECONDS="${PG_WAIT_SECONDS:-60}"
 RABBITMQ_WAIT_SECONDS="${RABBITMQ_WAIT_SECONDS:-120}"
@@ -47,7 +51,10 @@ missing_packages() {
     have_cmd curl || echo curl
     have_cmd envsubst || echo gettext-base
     have_cmd make || echo make
-    [[ -x /usr/bin/chromium ]] || echo chromium
+    if ((TEST_TOOLS)); then
+        [[ -x /usr/bin/chromium ]] || echo chromium
+        { have_cmd pgbouncer || [[ -x /usr/sbin/pgbouncer ]]; } || echo pgbouncer
+    fi
 }
 
 install_missing_packages() {

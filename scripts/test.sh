@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: every test of the workspace, against the local PostgreSQL and RabbitMQ.
 #
-#   1. scripts/ensure-services.sh (packages, PostgreSQL, RabbitMQ, role and database), then
+#   1. scripts/ensure-services.sh --test-tools (packages, the test-only ones included:
+#      chromium, pgbouncer; PostgreSQL, RabbitMQ, role and database), then
 #      scripts/validate-deploy.sh (k8s/, docker-compose.yml and the nginx template);
 #   2. cargo build --workspace --bins (the end-to-end test starts the debug binaries);
 #   3. cargo test --workspace, with any arguments given to this script passed on
@@ -22,7 +23,7 @@ export AMQP_URL="${AMQP_URL:-$THYGON_DEFAULT_AMQP_URL}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
 section "services"
-bash "$REPO/scripts/ensure-services.sh"
+bash "$REPO/scripts/ensure-services.sh" --test-tools
 
 section "deployment files (scripts/validate-deploy.sh)"
 bash "$REPO/scripts/validate-deploy.sh"

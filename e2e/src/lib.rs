@@ -95,7 +95,7 @@ pub struct Stack {
 /// picks one by itself, in turn from a per-process counter (never twice in one binary) that
 /// starts at an offset from the pid (so two binaries at once start far apart), and are probed
 /// before use.
-pub(crate) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let (low, high) = port_pool();
@@ -134,7 +134,9 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn binary(name: &str, release: bool) -> PathBuf {
+/// The path of one of the workspace's binaries (`target/debug` or, with `release`,
+/// `target/release`).
+pub fn binary(name: &str, release: bool) -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| workspace_root().join("target"));

@@ -66,6 +66,7 @@ pub struct PrivatePostgres {
     bin: PathBuf,
     as_postgres: bool,
     running: bool,
+    max_connections: u32,
 }
 
 fn postgres_bin_dir() -> PathBuf {
@@ -87,8 +88,14 @@ fn postgres_bin_dir() -> PathBuf {
 }
 
 impl PrivatePostgres {
-    /// `initdb` and start; panics if that fails (within 60 s).
+    /// `initdb` and start with `max_connections=200`; panics if that fails (within 60 s).
     pub fn start() -> PrivatePostgres {
+        Self::start_with_max_connections(200)
+    }
+
+    /// [`PrivatePostgres::start`] with PostgreSQL's `max_connections` (3 of them are kept
+    /// for superusers, as `superuser_reserved_connections` has it by default).
+    pub fn start_with_max_connections(max_connections: u32) -> PrivatePostgres {
         let dir = std::env::temp_dir().join(format!("thygon-fault-pg-{}", token()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let as_postgres = running_as_root();
@@ -105,6 +112,7 @@ impl PrivatePostgres {
             bin: postgres_bin_dir(),
             as_postgres,
             running: false,
+            max_connections,
         };
         let data = pg.data_dir();
         let mut initdb = pg.command("initdb");
@@ -141,9 +149,10 @@ impl PrivatePostgres {
     /// Start the stopped cluster (same data, same port).
     pub fn start_again(&mut self) {
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {} -c max_connections=200",
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c max_connections={}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.max_connections
         );
         let log = self.dir.join("postgres.log").display().to_string();
         self.pg_ctl(&["-l", &log, "-o", &options, "start"])
@@ -170,15 +179,155 @@ impl PrivatePostgres {
 
     /// A new database with every migration applied; returns its URL.
     pub fn create_database(&self) -> String {
+        let url = self.create_empty_database();
+        shared_models::db::run_migrations(&url).expect("migrate the private database");
+        url
+    }
+
+    /// A new database without any migration; returns its URL.
+    pub fn create_empty_database(&self) -> String {
         let name = format!("thygon_fault_{}", token());
         let mut cmd = Command::new(self.bin.join("createdb"));
         cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-U", "postgres", &name]);
         run(cmd, Duration::from_secs(30), &self.dir.join("createdb.log"))
             .unwrap_or_else(|e| panic!("createdb: {e}"));
-        let url = self.url(&name);
-        shared_models::db::run_migrations(&url).expect("migrate the private database");
-        url
+        self.url(&name)
+    }
+
+    /// The connections to `database` now, by state (`active`, `idle`, ...), as
+    /// `pg_stat_activity` shows them; psql's connections (this query's, [`Self::psql`]'s)
+    /// are not counted.
+    pub fn connections(&self, database: &str) -> Vec<(String, i64)> {
+        self.psql(
+            "postgres",
+            &format!(
+                "SELECT coalesce(state, '?'), count(*) FROM pg_stat_activity \
+                 WHERE datname = '{database}' AND application_name <> 'psql' GROUP BY 1"
+            ),
+        )
+        .lines()
+        .filter_map(|l| {
+            let (state, n) = l.rsplit_once('|')?;
+            Some((state.to_string(), n.parse().ok()?))
+        })
+        .collect()
+    }
+
+    /// `sql` run by psql as the superuser in `database`: its rows, columns split by `|`.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-d", database, "-At", "-c", sql])
+            .output()
+            .expect("psql");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// A PgBouncer of its own in front of a [`PrivatePostgres`], in transaction pooling mode:
+/// clients see one PostgreSQL on 127.0.0.1:<free port>; PostgreSQL sees at most
+/// `server_pool_size` connections per database. As root, it runs as the `postgres` OS user
+/// (PgBouncer refuses to run as root).
+pub struct PrivatePgBouncer {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivatePgBouncer {
+    /// Start PgBouncer (`/usr/sbin/pgbouncer`, Debian's package `pgbouncer`) for `pg`, and
+    /// wait until it accepts connections; panics if it does not within 20 s.
+    pub fn start(pg: &PrivatePostgres, server_pool_size: u32) -> PrivatePgBouncer {
+        let dir = std::env::temp_dir().join(format!("thygon-pgbouncer-{}", token()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let port = free_port();
+        let ini = format!(
+            "[databases]\n* = host=127.0.0.1 port={pg_port}\n\n[pgbouncer]\n\
+             listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = trust\nauth_file = {dir}/users.txt\n\
+             pool_mode = transaction\ndefault_pool_size = {server_pool_size}\n\
+             max_client_conn = 2000\nmax_db_connections = {server_pool_size}\n\
+             server_reset_query =\nignore_startup_parameters = extra_float_digits,options\n\
+             logfile = {dir}/pgbouncer.log\npidfile = {dir}/pgbouncer.pid\n",
+            pg_port = pg.port,
+            dir = dir.display(),
+        );
+        std::fs::write(dir.join("pgbouncer.ini"), ini).expect("pgbouncer.ini");
+        std::fs::write(dir.join("users.txt"), "\"postgres\" \"\"\n").expect("users.txt");
+        let program = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("pgbouncer not found (Debian package pgbouncer; make test installs it)");
+        let ini = dir.join("pgbouncer.ini").display().to_string();
+        let mut cmd = if running_as_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres", &dir.display().to_string()])
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown postgres {}", dir.display());
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--", program, &ini]);
+            cmd
+        } else {
+            let mut cmd = Command::new(program);
+            cmd.arg(&ini);
+            cmd
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pgbouncer");
+        let bouncer = PrivatePgBouncer {
+            port,
+            dir,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "pgbouncer did not listen within 20 s:\n{}",
+                tail(&bouncer.dir.join("pgbouncer.log"), 20)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bouncer
+    }
+
+    /// `url` (a [`PrivatePostgres::url`]) through this PgBouncer.
+    pub fn url_for(&self, url: &str) -> String {
+        let (head, database) = url.rsplit_once('/').expect("a database URL");
+        let (head, _port) = head.rsplit_once(':').expect("a host:port");
+        format!("{head}:{}/{database}", self.port)
+    }
+
+    /// What PgBouncer logged (its last lines).
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.dir.join("pgbouncer.log"), lines)
+    }
+}
+
+impl Drop for PrivatePgBouncer {
+    fn drop(&mut self) {
+        // runuser may not pass a kill on to PgBouncer: stop it by its pid file first.
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pgbouncer.pid")) {
+            let _ = Command::new("kill").args(["-TERM", pid.trim()]).status();
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -4,6 +4,11 @@ use shared_models::config::{env_or, env_parse, env_seconds, CommonConfig};
 use shared_models::template;
 use std::time::Duration;
 
+/// This process's share of the connection budget (`DB_POOL_SIZE`; docs/DEPLOY.md "Sizing").
+/// Claims and checkpoints are written in batches, so a worker needs a few connections,
+/// not one per job in flight (WORKER_CONCURRENCY).
+pub const DEFAULT_DB_POOL_SIZE: u32 = 4;
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub common: CommonConfig,
@@ -60,7 +65,7 @@ impl Settings {
         // stops the worker here.
         shared_models::limits::OrgLimits::from_env()?;
         Ok(Self {
-            common: CommonConfig::from_env()?,
+            common: CommonConfig::from_env(DEFAULT_DB_POOL_SIZE)?,
             http_addr: env_or("HTTP_ADDR", "127.0.0.1:8083"),
             concurrency,
             lease: env_seconds("LEASE_SECONDS", 30.0)?.max(Duration::from_secs(1)),

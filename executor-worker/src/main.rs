@@ -37,16 +37,10 @@ fn main() -> ExitCode {
 
 async fn run() -> Result<(), String> {
     let settings = Settings::from_env()?;
-    shared_models::db::run_migrations(&settings.common.database_url)
-        .map_err(|e| format!("migrations: {e}"))?;
+    shared_models::db::prepare_schema(&settings.common).map_err(|e| format!("migrations: {e}"))?;
     let agents = AgentRegistry::from_env()?;
-    let pool = shared_models::db::pool(
-        &settings.common.database_url,
-        settings
-            .common
-            .db_pool_size
-            .max(settings.concurrency as u32 + 2),
-    );
+    let pool = shared_models::db::pool_with(&settings.common.database_url, &settings.common.pool);
+    shared_models::db::pool_metrics::register(&pool);
     let engine = Arc::new(startup::build_engine(&settings, pool.clone(), agents)?);
     let state = Arc::new(WorkerState::default());
     let listener = std::net::TcpListener::bind(&settings.http_addr)

@@ -2,6 +2,10 @@ use shared_models::auth::AuthConfig;
 use shared_models::config::{env_or, env_seconds, CommonConfig};
 use std::time::Duration;
 
+/// This process's share of the connection budget (`DB_POOL_SIZE`; docs/DEPLOY.md "Sizing").
+/// Trigger batches, the outbox relay, the reaper and the API share these.
+pub const DEFAULT_DB_POOL_SIZE: u32 = 8;
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub common: CommonConfig,
@@ -50,7 +54,7 @@ pub fn event_stream_max_from_env() -> Result<Duration, String> {
 impl Settings {
     pub fn from_env() -> Result<Self, String> {
         Ok(Self {
-            common: CommonConfig::from_env()?,
+            common: CommonConfig::from_env(DEFAULT_DB_POOL_SIZE)?,
             auth: AuthConfig::from_env()?,
             http_addr: env_or("HTTP_ADDR", "127.0.0.1:8082"),
             relay_interval: env_seconds("OUTBOX_RELAY_INTERVAL_SECONDS", 1.0)?,

@@ -11,7 +11,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    if let Err(e) = shared_models::db::run_migrations(&settings.common.database_url) {
+    if let Err(e) = shared_models::db::prepare_schema(&settings.common) {
         log::error!("migrations: {e}");
         return std::process::ExitCode::FAILURE;
     }

@@ -59,7 +59,8 @@ impl OpsState {
 
 impl Application {
     pub fn build(settings: &Settings) -> std::io::Result<Self> {
-        let pool = db::pool(&settings.common.database_url, settings.common.db_pool_size);
+        let pool = db::pool_with(&settings.common.database_url, &settings.common.pool);
+        db::pool_metrics::register(&pool);
         let publisher: Arc<dyn JobPublisher> = Arc::new(AmqpPublisher::new(
             &settings.common.amqp_url,
             QueueNames::new(&settings.common.queue_prefix),

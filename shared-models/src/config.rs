@@ -26,6 +26,20 @@ pub fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> Result<T, Stri
     }
 }
 
+/// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`), or `default` when unset.
+pub fn env_bool(name: &str, default: bool) -> Result<bool, String> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => match v.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(format!(
+                "environment variable {name}={v:?} is not valid (true or false)"
+            )),
+        },
+        _ => Ok(default),
+    }
+}
+
 pub fn env_seconds(name: &str, default_secs: f64) -> Result<Duration, String> {
     let secs: f64 = env_parse(name, default_secs)?;
     if !(secs.is_finite() && secs >= 0.0) {
@@ -43,16 +57,31 @@ pub struct CommonConfig {
     pub amqp_url: String,
     /// Prefix of every queue and exchange name; tests give each test its own.
     pub queue_prefix: String,
-    pub db_pool_size: u32,
+    /// This process's connection pool (`DB_POOL_SIZE`, `DB_POOL_IDLE_SECONDS`,
+    /// `DB_STATEMENT_CACHE`).
+    pub pool: crate::db::PoolSettings,
+    /// Whether the process applies the migrations itself at start (`MIGRATE_ON_START`,
+    /// default true). When false it waits for a schema that holds every migration it embeds,
+    /// as deployments do where a migrate Job runs first with its own role.
+    pub migrate_on_start: bool,
+    /// Where migrations connect (`MIGRATION_DATABASE_URL`, default `DATABASE_URL`): straight
+    /// to PostgreSQL with a role that may change the schema, never through a pooler in
+    /// transaction mode (the migration lock is a session advisory lock).
+    pub migration_database_url: String,
 }
 
 impl CommonConfig {
-    pub fn from_env() -> Result<Self, String> {
+    /// The settings from the environment; `default_pool_size` is this kind of process's
+    /// share of the connection budget (docs/DEPLOY.md "Sizing").
+    pub fn from_env(default_pool_size: u32) -> Result<Self, String> {
+        let database_url = env_or("DATABASE_URL", DEFAULT_DATABASE_URL);
         Ok(Self {
-            database_url: env_or("DATABASE_URL", DEFAULT_DATABASE_URL),
+            migration_database_url: env_or("MIGRATION_DATABASE_URL", &database_url),
+            database_url,
             amqp_url: env_or("AMQP_URL", DEFAULT_AMQP_URL),
             queue_prefix: env_or("QUEUE_PREFIX", crate::queue::DEFAULT_PREFIX),
-            db_pool_size: env_parse("DB_POOL_SIZE", 10)?,
+            pool: crate::db::PoolSettings::from_env(default_pool_size)?,
+            migrate_on_start: env_bool("MIGRATE_ON_START", true)?,
         })
     }
 }

@@ -29,19 +29,213 @@ pub enum DbSetupError {
     Pool(#[from] diesel::r2d2::PoolError),
 }
 
+/// How a process's pool is sized and behaves (`DB_POOL_SIZE`, `DB_POOL_IDLE_SECONDS`,
+/// `DB_STATEMENT_CACHE`); docs/DEPLOY.md "Sizing" has the connection budget these add up to.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// The most connections this process ever holds.
+    pub max_size: u32,
+    /// A connection idle this long is closed, so a burst (or the reconnect storm after an
+    /// outage) does not leave the pool holding its peak.
+    pub idle_timeout: Duration,
+    /// Named prepared statements (diesel's statement cache). Off behind PgBouncer in
+    /// transaction mode before 1.21, where a named statement prepared through one server
+    /// connection is not there on the next: every statement is then sent unnamed, parsed and
+    /// bound in one round trip.
+    pub statement_cache: bool,
+}
+
+impl PoolSettings {
+    /// `max_size` connections, idle ones closed after 30 s, statements cached.
+    pub fn sized(max_size: u32) -> PoolSettings {
+        PoolSettings {
+            max_size,
+            idle_timeout: Duration::from_secs(30),
+            statement_cache: true,
+        }
+    }
+
+    /// `DB_POOL_SIZE` (default `default_size`, this process's share of the budget),
+    /// `DB_POOL_IDLE_SECONDS` (30) and `DB_STATEMENT_CACHE` (true).
+    pub fn from_env(default_size: u32) -> Result<PoolSettings, String> {
+        let max_size: u32 = crate::config::env_parse("DB_POOL_SIZE", default_size)?;
+        if !(1..=1000).contains(&max_size) {
+            return Err(format!(
+                "DB_POOL_SIZE={max_size} must be between 1 and 1000"
+            ));
+        }
+        let idle_timeout = crate::config::env_seconds("DB_POOL_IDLE_SECONDS", 30.0)?;
+        if idle_timeout < Duration::from_secs(1) {
+            return Err("DB_POOL_IDLE_SECONDS must be at least 1".to_string());
+        }
+        Ok(PoolSettings {
+            max_size,
+            idle_timeout,
+            statement_cache: crate::config::env_bool("DB_STATEMENT_CACHE", true)?,
+        })
+    }
+}
+
 /// A pool that does not fail at start when the database is down: connections are made on
 /// demand, so a service starts, reports not-ready, and recovers when PostgreSQL returns.
 pub fn pool(database_url: &str, max_size: u32) -> PgPool {
+    pool_with(database_url, &PoolSettings::sized(max_size))
+}
+
+/// [`pool`] with every setting. The pool keeps no idle connection (`min_idle` 0), closes
+/// idle ones after [`PoolSettings::idle_timeout`], checks a connection before handing it
+/// out, and reports checkouts, waits and timeouts to [`pool_metrics`].
+pub fn pool_with(database_url: &str, settings: &PoolSettings) -> PgPool {
     Pool::builder()
-        .max_size(max_size)
+        .max_size(settings.max_size)
         .min_idle(Some(0))
+        .idle_timeout(Some(settings.idle_timeout))
+        .max_lifetime(Some(Duration::from_secs(30 * 60)))
         .connection_timeout(Duration::from_secs(5))
         .test_on_check_out(true)
+        .connection_customizer(Box::new(Customizer {
+            statement_cache: settings.statement_cache,
+        }))
+        .event_handler(Box::new(pool_metrics::Events))
         .build_unchecked(ConnectionManager::new(database_url))
 }
 
+/// Applied to every new connection of a pool.
+#[derive(Debug)]
+struct Customizer {
+    statement_cache: bool,
+}
+
+impl diesel::r2d2::CustomizeConnection<PgConnection, diesel::r2d2::Error> for Customizer {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        if !self.statement_cache {
+            use diesel::connection::{CacheSize, Connection};
+            conn.set_prepared_statement_cache_size(CacheSize::Disabled);
+        }
+        Ok(())
+    }
+}
+
+/// A connection from the pool, counted in `thygon_db_pool_waiting` while it is awaited.
+pub fn checkout(pool: &PgPool) -> Result<PgPooled, diesel::r2d2::PoolError> {
+    pool_metrics::WAITING.inc();
+    let conn = pool.get();
+    pool_metrics::WAITING.dec();
+    conn
+}
+
+/// The pool's state and history in `/metrics`: connections in use and idle (read from the
+/// pool at each scrape), threads waiting for one, checkouts with their wait, and timeouts.
+pub mod pool_metrics {
+    use super::PgPool;
+    use prometheus::core::{Collector, Desc};
+    use prometheus::proto::MetricFamily;
+    use prometheus::{
+        register_histogram, register_int_counter, register_int_gauge, Histogram, IntCounter,
+        IntGauge, IntGaugeVec, Opts,
+    };
+    use std::sync::LazyLock;
+
+    pub static WAITING: LazyLock<IntGauge> = LazyLock::new(|| {
+        register_int_gauge!(
+            "thygon_db_pool_waiting",
+            "Threads waiting for a connection from this process's pool now"
+        )
+        .expect("register thygon_db_pool_waiting")
+    });
+    pub static WAIT_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+        register_histogram!(
+            "thygon_db_pool_wait_seconds",
+            "How long each checkout waited for a connection",
+            vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]
+        )
+        .expect("register thygon_db_pool_wait_seconds")
+    });
+    pub static TIMEOUTS: LazyLock<IntCounter> = LazyLock::new(|| {
+        register_int_counter!(
+            "thygon_db_pool_timeouts_total",
+            "Checkouts that found no connection within the pool's timeout (5 s)"
+        )
+        .expect("register thygon_db_pool_timeouts_total")
+    });
+
+    /// r2d2's events, into the metrics above.
+    #[derive(Debug)]
+    pub(super) struct Events;
+
+    impl diesel::r2d2::HandleEvent for Events {
+        fn handle_checkout(&self, event: diesel::r2d2::event::CheckoutEvent) {
+            WAIT_SECONDS.observe(event.duration().as_secs_f64());
+        }
+
+        fn handle_timeout(&self, _event: diesel::r2d2::event::TimeoutEvent) {
+            TIMEOUTS.inc();
+        }
+    }
+
+    /// Connections in use and idle, read from the pool when scraped.
+    struct State {
+        pool: PgPool,
+        connections: IntGaugeVec,
+        max: IntGauge,
+    }
+
+    impl Collector for State {
+        fn desc(&self) -> Vec<&Desc> {
+            let mut d = self.connections.desc();
+            d.extend(self.max.desc());
+            d
+        }
+
+        fn collect(&self) -> Vec<MetricFamily> {
+            let state = self.pool.state();
+            let idle = i64::from(state.idle_connections);
+            self.connections.with_label_values(&["idle"]).set(idle);
+            self.connections
+                .with_label_values(&["in_use"])
+                .set(i64::from(state.connections) - idle);
+            self.max.set(i64::from(self.pool.max_size()));
+            let mut families = self.connections.collect();
+            families.extend(self.max.collect());
+            families
+        }
+    }
+
+    /// Report `pool` in `/metrics`: the process's own pool, registered once at start (a
+    /// second call, as in tests that start several apps in one process, changes nothing).
+    pub fn register(pool: &PgPool) {
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "thygon_db_pool_connections",
+                "Connections of this process's pool, by state (in_use, idle)",
+            ),
+            &["state"],
+        )
+        .expect("thygon_db_pool_connections");
+        let max = IntGauge::new(
+            "thygon_db_pool_max_connections",
+            "The most connections this process's pool holds (DB_POOL_SIZE)",
+        )
+        .expect("thygon_db_pool_max_connections");
+        // Touch the lazily registered ones so they are in the exposition from the start.
+        LazyLock::force(&WAITING);
+        LazyLock::force(&WAIT_SECONDS);
+        LazyLock::force(&TIMEOUTS);
+        let state = State {
+            pool: pool.clone(),
+            connections,
+            max,
+        };
+        if let Err(e) = prometheus::register(Box::new(state)) {
+            log::debug!("pool metrics already registered: {e}");
+        }
+    }
+}
+
 /// Apply pending migrations under a PostgreSQL advisory lock: when many processes start at
-/// once, one migrates and the rest wait, then find nothing to do.
+/// once, one migrates and the rest wait, then find nothing to do. The lock is a session
+/// lock, so `database_url` must reach PostgreSQL directly, not through a pooler in
+/// transaction mode (`MIGRATION_DATABASE_URL`).
 pub fn run_migrations(database_url: &str) -> Result<usize, DbSetupError> {
     let mut conn = PgConnection::establish(database_url)?;
     diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
@@ -55,9 +249,86 @@ pub fn run_migrations(database_url: &str) -> Result<usize, DbSetupError> {
     applied
 }
 
+/// The versions of the embedded migrations that `database_url`'s schema lacks: empty when
+/// this binary can run on it. Reads `__diesel_schema_migrations` only (no DDL, so the app's
+/// role needs none); a schema never migrated lacks all of them.
+pub fn missing_migrations(database_url: &str) -> Result<Vec<String>, DbSetupError> {
+    use diesel::migration::MigrationSource;
+    #[derive(QueryableByName)]
+    struct Applied {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        version: String,
+    }
+    let mut conn = PgConnection::establish(database_url)?;
+    let exists: Vec<Applied> = diesel::sql_query(
+        "SELECT 'x' AS version WHERE to_regclass('__diesel_schema_migrations') IS NOT NULL",
+    )
+    .load(&mut conn)?;
+    let applied: std::collections::HashSet<String> = if exists.is_empty() {
+        Default::default()
+    } else {
+        diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
+            .load::<Applied>(&mut conn)?
+            .into_iter()
+            .map(|a| a.version)
+            .collect()
+    };
+    let embedded = MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)
+        .map_err(|e| DbSetupError::Migrate(e.to_string()))?;
+    Ok(embedded
+        .iter()
+        .map(|m| m.name().version().to_string())
+        .filter(|v| !applied.contains(v))
+        .collect())
+}
+
+/// What a process does with the schema before it starts: apply the migrations through
+/// `MIGRATION_DATABASE_URL` (`MIGRATE_ON_START=true`, the default), or wait, checking every
+/// 2 s, until the schema holds every migration this binary embeds (a migrate Job applies
+/// them). A schema with migrations this binary does not know is fine: migrations only
+/// expand, so the previous release runs on the next one's schema (docs/DEPLOY.md "Upgrade").
+/// Blocks; call it before the process's runtime starts its work.
+pub fn prepare_schema(common: &crate::config::CommonConfig) -> Result<(), DbSetupError> {
+    if common.migrate_on_start {
+        let applied = run_migrations(&common.migration_database_url)?;
+        log::info!("migrations: {applied} applied");
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut last_log: Option<std::time::Instant> = None;
+    loop {
+        let missing = missing_migrations(&common.database_url);
+        match &missing {
+            Ok(missing) if missing.is_empty() => {
+                log::info!("schema ready: every migration of this binary is applied");
+                return Ok(());
+            }
+            _ if last_log.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) => {}
+            Ok(missing) => {
+                last_log = Some(std::time::Instant::now());
+                log::warn!(
+                    "waiting {}s for the schema: {} migration(s) not applied (newest {}); \
+                     MIGRATE_ON_START=false, so `workflow-service migrate` must apply them",
+                    started.elapsed().as_secs(),
+                    missing.len(),
+                    missing.last().map(String::as_str).unwrap_or("?"),
+                );
+            }
+            Err(e) => {
+                last_log = Some(std::time::Instant::now());
+                log::warn!(
+                    "waiting {}s for the schema: {e}",
+                    started.elapsed().as_secs()
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
 /// `SELECT 1` through the pool: the database half of `/readyz`.
 pub fn ping(pool: &PgPool) -> bool {
-    pool.get()
+    checkout(pool)
         .map(|mut c| diesel::sql_query("SELECT 1").execute(&mut c).is_ok())
         .unwrap_or(false)
 }
@@ -128,9 +399,7 @@ where
     let ctx = crate::logctx::current();
     tokio::task::spawn_blocking(move || {
         crate::logctx::sync_scope(ctx, || {
-            let mut conn = pool
-                .get()
-                .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+            let mut conn = checkout(&pool).map_err(|e| StorageError::Unavailable(e.to_string()))?;
             f(&mut conn).map_err(StorageError::from)
         })
     })

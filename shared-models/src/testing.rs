@@ -51,6 +51,13 @@ pub fn unique_token() -> String {
 impl TestDb {
     /// Create a fresh database with every migration applied.
     pub fn create() -> Self {
+        let db = Self::create_empty();
+        db::run_migrations(&db.url).expect("migrate test database");
+        db
+    }
+
+    /// Create a fresh database without any migration (nothing in it).
+    pub fn create_empty() -> Self {
         let base = base_database_url();
         let admin_url = url_with_database(&base, "postgres");
         let name = format!("thygon_test_{}", unique_token());
@@ -60,7 +67,6 @@ impl TestDb {
             .execute(&mut admin)
             .expect("create test database");
         let url = url_with_database(&base, &name);
-        db::run_migrations(&url).expect("migrate test database");
         let pool = db::pool(&url, 8);
         TestDb {
             name,

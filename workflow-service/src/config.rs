@@ -3,6 +3,10 @@ use shared_models::config::{env_or, CommonConfig};
 
 pub const DEFAULT_RUNTIME_SERVICE_URL: &str = "http://127.0.0.1:8082";
 
+/// This process's share of the connection budget (`DB_POOL_SIZE`; docs/DEPLOY.md "Sizing").
+/// The API answers from a few connections: each request holds one for a query or two.
+pub const DEFAULT_DB_POOL_SIZE: u32 = 4;
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub common: CommonConfig,
@@ -18,7 +22,7 @@ pub struct Settings {
 impl Settings {
     pub fn from_env() -> Result<Self, String> {
         Ok(Self {
-            common: CommonConfig::from_env()?,
+            common: CommonConfig::from_env(DEFAULT_DB_POOL_SIZE)?,
             auth: AuthConfig::from_env()?,
             http_addr: env_or("HTTP_ADDR", "127.0.0.1:8081"),
             runtime_service_url: env_or("RUNTIME_SERVICE_URL", DEFAULT_RUNTIME_SERVICE_URL),

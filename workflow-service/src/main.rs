@@ -11,17 +11,23 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    // `workflow-service migrate`: apply migrations and exit (compose and Kubernetes jobs).
-    let migrate_only = std::env::args().nth(1).as_deref() == Some("migrate");
-    match shared_models::db::run_migrations(&settings.common.database_url) {
-        Ok(n) => log::info!("migrations: {n} applied"),
-        Err(e) => {
-            log::error!("migrations: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
+    // `workflow-service migrate`: apply the migrations through MIGRATION_DATABASE_URL and
+    // exit (the compose `migrate` service and the Kubernetes migrate Job).
+    if std::env::args().nth(1).as_deref() == Some("migrate") {
+        return match shared_models::db::run_migrations(&settings.common.migration_database_url) {
+            Ok(n) => {
+                log::info!("migrations: {n} applied");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                log::error!("migrations: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
-    if migrate_only {
-        return std::process::ExitCode::SUCCESS;
+    if let Err(e) = shared_models::db::prepare_schema(&settings.common) {
+        log::error!("migrations: {e}");
+        return std::process::ExitCode::FAILURE;
     }
     let app = match Application::build(&settings) {
         Ok(app) => app,

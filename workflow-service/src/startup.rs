@@ -17,7 +17,8 @@ pub struct Application {
 
 impl Application {
     pub fn build(settings: &Settings) -> std::io::Result<Self> {
-        let pool = db::pool(&settings.common.database_url, settings.common.db_pool_size);
+        let pool = db::pool_with(&settings.common.database_url, &settings.common.pool);
+        db::pool_metrics::register(&pool);
         let listener = TcpListener::bind(&settings.http_addr)?;
         Self::with_runtime_url(
             listener,
