@@ -1,0 +1,87 @@
+//! The connection pool against a real PostgreSQL: its size is a hard ceiling, idle
+//! connections are closed, and `/metrics` shows it (in use, idle, waits, timeouts).
+
+use shared_models::db::{self, PoolSettings};
+use shared_models::metrics::{render, sample};
+use shared_models::testing::TestDb;
+use std::time::Duration;
+
+#[test]
+fn the_pool_never_holds_more_than_its_size_and_reports_itself() {
+    let test_db = TestDb::create();
+    let settings = PoolSettings {
+        max_size: 2,
+        idle_timeout: Duration::from_secs(1),
+        statement_cache: false,
+    };
+    let pool = db::pool_with(&test_db.url, &settings);
+    db::pool_metrics::register(&pool);
+
+    let first = db::checkout(&pool).expect("first connection");
+    let second = db::checkout(&pool).expect("second connection");
+    let text = render().unwrap();
+    assert_eq!(
+        sample(&text, "thygon_db_pool_connections", "state=\"in_use\""),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&text, "thygon_db_pool_max_connections", ""),
+        Some(2.0)
+    );
+
+    // A third checkout waits (counted while it does), then times out after 5 s.
+    let waiter = {
+        let pool = pool.clone();
+        std::thread::spawn(move || db::checkout(&pool).is_err())
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let text = render().unwrap();
+    assert_eq!(sample(&text, "thygon_db_pool_waiting", ""), Some(1.0));
+    assert!(
+        waiter.join().unwrap(),
+        "a pool of 2 with 2 out hands out no third"
+    );
+    let text = render().unwrap();
+    assert!(sample(&text, "thygon_db_pool_timeouts_total", "").unwrap() >= 1.0);
+    assert!(sample(&text, "thygon_db_pool_wait_seconds_count", "").unwrap() >= 2.0);
+
+    drop((first, second));
+    let text = render().unwrap();
+    assert_eq!(
+        sample(&text, "thygon_db_pool_connections", "state=\"in_use\""),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, "thygon_db_pool_connections", "state=\"idle\""),
+        Some(2.0)
+    );
+}
+
+#[test]
+fn without_the_statement_cache_statements_still_run() {
+    // DB_STATEMENT_CACHE=false (PgBouncer in transaction mode): the same fixed-text
+    // statement, many times over, through connections that keep no named statement.
+    use diesel::RunQueryDsl;
+    let test_db = TestDb::create();
+    let settings = PoolSettings {
+        statement_cache: false,
+        ..PoolSettings::sized(1)
+    };
+    let pool = db::pool_with(&test_db.url, &settings);
+    let mut conn = db::checkout(&pool).unwrap();
+    for _ in 0..3 {
+        let n = shared_models::prepared::prepared("SELECT 1 AS id")
+            .execute(&mut conn)
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let named = diesel::sql_query("SELECT count(*) AS n FROM pg_prepared_statements")
+        .get_result::<Count>(&mut conn)
+        .unwrap();
+    assert_eq!(named.n, 0, "no named prepared statement on the connection");
+}
