@@ -79,6 +79,8 @@ pub struct Stack {
     pub db: Option<TestDb>,
     pub database_url: String,
     pub amqp_url: String,
+    /// [`Stack::amqp_url`] with the `AMQP_TLS_CA_FILE` of the stack's environment.
+    pub broker: shared_models::queue::Broker,
     /// Environment of every worker (without its own address and id).
     worker_env: Vec<(String, String)>,
     /// Whether the binaries are the release builds.
@@ -219,6 +221,13 @@ impl Stack {
             ("RATE_LIMIT_PER_SECOND".into(), "0".into()),
         ];
         common.extend(options.env.iter().cloned());
+        let ca_file = common
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "AMQP_TLS_CA_FILE")
+            .map(|(_, v)| v.as_str());
+        let broker = shared_models::queue::Broker::from_settings(&amqp_url, ca_file)
+            .unwrap_or_else(|e| panic!("{e}"));
         let spec = |name: &str, bin: &str, env: Vec<(&str, String)>, ready: String| Spec {
             name: name.to_string(),
             program: binary(bin, options.release),
@@ -312,6 +321,7 @@ impl Stack {
             db,
             database_url,
             amqp_url,
+            broker,
             worker_env,
             release: options.release,
         };
@@ -676,13 +686,13 @@ fn worker_spec(env: &[(String, String)], i: usize, release: bool) -> Spec {
 impl Drop for Stack {
     fn drop(&mut self) {
         self.stop_all();
-        let (url, prefix) = (self.amqp_url.clone(), self.prefix.clone());
+        let (broker, prefix) = (self.broker.clone(), self.prefix.clone());
         std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {
-                rt.block_on(shared_models::testing::delete_queues(&url, &prefix));
+                rt.block_on(shared_models::testing::delete_queues(&broker, &prefix));
             }
         })
         .join()

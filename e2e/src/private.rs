@@ -5,6 +5,9 @@
 //!
 //! The calls block (they run `pg_ctl`, `rabbitmqctl`); from async code call them inside
 //! `tokio::task::block_in_place` (multi-threaded runtime) or `spawn_blocking`.
+//!
+//! [`TestCerts`] makes a throwaway CA and a server certificate for 127.0.0.1 / localhost;
+//! [`PrivatePostgres::start_tls`] and [`PrivateRabbit::start_tls`] serve TLS with it.
 
 use crate::free_port;
 use std::path::{Path, PathBuf};
@@ -58,6 +61,105 @@ fn run(mut cmd: Command, within: Duration, log: &Path) -> Result<(), String> {
     }
 }
 
+/// A CA of its own (in a temp dir, removed when dropped) and a server certificate it signed
+/// for `IP:127.0.0.1` and `DNS:localhost`, made with the `openssl` command (P-256 keys,
+/// valid for two days). `other_ca` is a second CA that signed nothing here: trusting only it
+/// must fail verification.
+pub struct TestCerts {
+    dir: PathBuf,
+    /// The CA certificate (PEM): what a client trusts.
+    pub ca: PathBuf,
+    /// An unrelated CA certificate (PEM).
+    pub other_ca: PathBuf,
+    /// The server's certificate (PEM), signed by `ca`.
+    pub server_cert: PathBuf,
+    /// The server's private key (PEM, unencrypted).
+    pub server_key: PathBuf,
+}
+
+const OPENSSL_CONF: &str = "\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = unused
+[ca_ext]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server_ext]
+basicConstraints = CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+authorityKeyIdentifier = keyid
+subjectKeyIdentifier = hash
+";
+
+impl TestCerts {
+    /// Make the CAs and the server certificate; panics if `openssl` fails.
+    pub fn generate() -> TestCerts {
+        let dir = std::env::temp_dir().join(format!("thygon-tls-{}", token()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("openssl.cnf"), OPENSSL_CONF).expect("openssl.cnf");
+        let file = |name: &str| dir.join(name).display().to_string();
+        let log = dir.join("openssl.log");
+        let openssl = |args: &[&str]| {
+            let mut cmd = Command::new("openssl");
+            cmd.args(args);
+            run(cmd, Duration::from_secs(30), &log).unwrap_or_else(|e| panic!("openssl: {e}"));
+        };
+        let conf = file("openssl.cnf");
+        let new_key = |key: &str, out: &str, subject: &str, extra: &[&str]| {
+            let mut args = vec!["req", "-config", &conf, "-subj", subject, "-nodes"];
+            args.extend(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]);
+            args.extend(["-keyout", key, "-out", out]);
+            args.extend(extra);
+            openssl(&args);
+        };
+        let self_signed = ["-x509", "-extensions", "ca_ext", "-days", "2"];
+        let (ca, ca_key) = (file("ca.pem"), file("ca.key"));
+        new_key(&ca_key, &ca, "/CN=Thygon test CA", &self_signed);
+        let (other, other_key) = (file("other-ca.pem"), file("other-ca.key"));
+        new_key(&other_key, &other, "/CN=Unrelated test CA", &self_signed);
+        let (key, csr, cert) = (file("server.key"), file("server.csr"), file("server.pem"));
+        new_key(&key, &csr, "/CN=localhost", &["-new"]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-set_serial",
+            "1",
+            "-days",
+            "2",
+            "-extfile",
+            &conf,
+            "-extensions",
+            "server_ext",
+            "-out",
+            &cert,
+        ]);
+        TestCerts {
+            ca: dir.join("ca.pem"),
+            other_ca: dir.join("other-ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            dir,
+        }
+    }
+}
+
+impl Drop for TestCerts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A PostgreSQL cluster of its own: `initdb` in a temp dir, trust authentication, listening
 /// on 127.0.0.1:<free port>. As root, the server runs as the `postgres` OS user.
 pub struct PrivatePostgres {
@@ -90,12 +192,22 @@ fn postgres_bin_dir() -> PathBuf {
 impl PrivatePostgres {
     /// `initdb` and start with `max_connections=200`; panics if that fails (within 60 s).
     pub fn start() -> PrivatePostgres {
-        Self::start_with_max_connections(200)
+        Self::start_with(200, None)
     }
 
     /// [`PrivatePostgres::start`] with PostgreSQL's `max_connections` (3 of them are kept
     /// for superusers, as `superuser_reserved_connections` has it by default).
     pub fn start_with_max_connections(max_connections: u32) -> PrivatePostgres {
+        Self::start_with(max_connections, None)
+    }
+
+    /// Like [`PrivatePostgres::start`], with `ssl = on` serving `certs`' server certificate,
+    /// and TCP connections accepted over TLS only (`hostssl` in pg_hba.conf, nothing else).
+    pub fn start_tls(certs: &TestCerts) -> PrivatePostgres {
+        Self::start_with(200, Some(certs))
+    }
+
+    fn start_with(max_connections: u32, tls: Option<&TestCerts>) -> PrivatePostgres {
         let dir = std::env::temp_dir().join(format!("thygon-fault-pg-{}", token()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let as_postgres = running_as_root();
@@ -120,8 +232,46 @@ impl PrivatePostgres {
         initdb.args(["--locale=C", "--no-sync"]);
         run(initdb, Duration::from_secs(60), &pg.dir.join("initdb.log"))
             .unwrap_or_else(|e| panic!("initdb: {e}"));
+        if let Some(certs) = tls {
+            pg.serve_tls(certs);
+        }
         pg.start_again();
         pg
+    }
+
+    /// The server key must belong to the server's user and be private to it.
+    fn serve_tls(&self, certs: &TestCerts) {
+        let data = self.dir.join("data");
+        for (from, to) in [
+            (&certs.server_cert, "server.crt"),
+            (&certs.server_key, "server.key"),
+        ] {
+            let to = data.join(to);
+            std::fs::copy(from, &to).expect("copy the server certificate");
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod");
+            if self.as_postgres {
+                let status = Command::new("chown")
+                    .args(["postgres:postgres", &to.display().to_string()])
+                    .status()
+                    .expect("chown");
+                assert!(status.success(), "chown postgres {}", to.display());
+            }
+        }
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("postgresql.conf");
+        std::io::Write::write_all(
+            &mut conf,
+            b"ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        )
+        .expect("postgresql.conf");
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .expect("pg_hba.conf");
     }
 
     fn data_dir(&self) -> String {
@@ -346,6 +496,8 @@ impl Drop for PrivatePostgres {
 /// durable queues and persistent messages survive.
 pub struct PrivateRabbit {
     pub port: u16,
+    /// The TLS listener's port ([`PrivateRabbit::start_tls`]).
+    pub tls_port: Option<u16>,
     pub node: String,
     dir: PathBuf,
     dist_port: u16,
@@ -368,21 +520,44 @@ fn rabbit_program(name: &str) -> PathBuf {
 impl PrivateRabbit {
     /// Start the node and wait until it accepts work (panics after 90 s).
     pub fn start() -> PrivateRabbit {
+        Self::start_with(None)
+    }
+
+    /// Like [`PrivateRabbit::start`], with a TLS listener too (on `tls_port`) serving
+    /// `certs`' server certificate; clients are not asked for certificates.
+    pub fn start_tls(certs: &TestCerts) -> PrivateRabbit {
+        Self::start_with(Some(certs))
+    }
+
+    fn start_with(tls: Option<&TestCerts>) -> PrivateRabbit {
         let dir = std::env::temp_dir().join(format!("thygon-fault-rabbit-{}", token()));
         for sub in ["home", "mnesia", "log"] {
             std::fs::create_dir_all(dir.join(sub)).expect("temp dir");
         }
         let port = free_port();
         let dist_port = free_port();
-        std::fs::write(
-            dir.join("rabbitmq.conf"),
-            format!("listeners.tcp.1 = 127.0.0.1:{port}\n"),
-        )
-        .expect("rabbitmq.conf");
+        let mut conf = format!("listeners.tcp.1 = 127.0.0.1:{port}\n");
+        let tls_port = tls.map(|certs| {
+            let tls_port = free_port();
+            conf.push_str(&format!(
+                "listeners.ssl.1 = 127.0.0.1:{tls_port}\n\
+                 ssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\n\
+                 ssl_options.keyfile = {}\n\
+                 ssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                certs.ca.display(),
+                certs.server_cert.display(),
+                certs.server_key.display()
+            ));
+            tls_port
+        });
+        std::fs::write(dir.join("rabbitmq.conf"), conf).expect("rabbitmq.conf");
         std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("enabled_plugins");
         std::fs::write(dir.join("rabbitmq-env.conf"), "").expect("rabbitmq-env.conf");
         let mut rabbit = PrivateRabbit {
             port,
+            tls_port,
             node: format!("thygon-fault-{}@localhost", token()),
             dir,
             dist_port,
@@ -394,6 +569,26 @@ impl PrivateRabbit {
 
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// `amqps://` to the TLS listener (a node of [`PrivateRabbit::start_tls`]).
+    pub fn tls_url(&self) -> String {
+        let port = self.tls_port.expect("a node started with start_tls");
+        format!("amqps://guest:guest@127.0.0.1:{port}/%2f")
+    }
+
+    /// A user with every permission on the default vhost (unlike `guest`, not limited to
+    /// loopback: a test can give it a password of its own).
+    pub fn add_user(&self, user: &str, password: &str) {
+        let within = Duration::from_secs(30);
+        self.ctl(&["add_user", user, password], within)
+            .and_then(|()| {
+                self.ctl(
+                    &["set_permissions", "-p", "/", user, ".*", ".*", ".*"],
+                    within,
+                )
+            })
+            .unwrap_or_else(|e| panic!("rabbitmqctl add_user: {e}"));
     }
 
     fn env(&self, cmd: &mut Command) {

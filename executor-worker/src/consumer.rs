@@ -19,7 +19,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use shared_models::db::blocking;
 use shared_models::logctx::{self, LogContext};
-use shared_models::queue::{self, QueueNames, RunJob};
+use shared_models::queue::{self, Broker, QueueNames, RunJob};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,7 +44,7 @@ impl WorkerState {
 }
 
 pub struct Consumer {
-    pub amqp_url: String,
+    pub broker: Broker,
     pub names: QueueNames,
     pub concurrency: usize,
     pub shutdown_grace: Duration,
@@ -93,7 +93,7 @@ impl Consumer {
     ) -> Result<(), String> {
         let e = |e: lapin::Error| e.to_string();
         let connection = queue::connect(
-            &self.amqp_url,
+            &self.broker,
             &format!("thygon-worker-{}", self.engine.me.worker_id),
         )
         .await
@@ -129,8 +129,9 @@ impl Consumer {
             .map_err(e)?;
         self.state.consuming.store(true, Ordering::SeqCst);
         log::info!(
-            "consuming {} with concurrency {}",
+            "consuming {} on {} with concurrency {}",
             self.names.jobs,
+            self.broker.redacted(),
             self.concurrency
         );
         loop {

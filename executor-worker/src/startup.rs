@@ -44,7 +44,7 @@ pub fn build_consumer(
     state: Arc<WorkerState>,
 ) -> Arc<Consumer> {
     Arc::new(Consumer {
-        amqp_url: settings.common.amqp_url.clone(),
+        broker: settings.common.broker.clone(),
         names: QueueNames::new(&settings.common.queue_prefix),
         concurrency: settings.concurrency,
         shutdown_grace: settings.shutdown_grace,

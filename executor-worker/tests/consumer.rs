@@ -27,8 +27,8 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-fn amqp_url() -> String {
-    shared_models::config::env_or("AMQP_URL", shared_models::config::DEFAULT_AMQP_URL)
+fn broker() -> shared_models::queue::Broker {
+    shared_models::testing::broker()
 }
 
 /// This test's queues, and a publishing channel (with confirms) on them. Dropping it deletes
@@ -44,7 +44,7 @@ impl TestQueues {
     async fn declare() -> Self {
         let prefix = unique_queue_prefix();
         let names = QueueNames::new(&prefix);
-        let connection = queue::connect(&amqp_url(), "thygon-test-publisher")
+        let connection = queue::connect(&broker(), "thygon-test-publisher")
             .await
             .expect("connect to RabbitMQ");
         let channel = connection.create_channel().await.expect("open a channel");
@@ -157,7 +157,7 @@ impl Drop for TestQueues {
                 .enable_all()
                 .build()
             {
-                rt.block_on(delete_queues(&amqp_url(), &prefix));
+                rt.block_on(delete_queues(&broker(), &prefix));
             }
         })
         .join();
@@ -181,7 +181,7 @@ impl RunningConsumer {
     ) -> Self {
         let state = Arc::new(WorkerState::default());
         let consumer = Arc::new(Consumer {
-            amqp_url: amqp_url(),
+            broker: broker(),
             names: queues.names.clone(),
             concurrency,
             shutdown_grace,

@@ -8,7 +8,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use shared_models::db::{blocking, PgPool};
 use shared_models::logctx::{self, LogContext};
-use shared_models::queue::{self, QueueNames, RunJob};
+use shared_models::queue::{self, Broker, QueueNames, RunJob};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
@@ -49,16 +49,16 @@ struct State {
 }
 
 pub struct AmqpPublisher {
-    amqp_url: String,
+    broker: Broker,
     names: QueueNames,
     state: Mutex<State>,
 }
 
 impl AmqpPublisher {
     /// Does not connect yet: a service starts during a broker outage and recovers after it.
-    pub fn new(amqp_url: &str, names: QueueNames) -> Self {
+    pub fn new(broker: &Broker, names: QueueNames) -> Self {
         Self {
-            amqp_url: amqp_url.to_string(),
+            broker: broker.clone(),
             names,
             state: Mutex::new(State::default()),
         }
@@ -86,7 +86,8 @@ impl AmqpPublisher {
             })?
             .map_err(|e| PublishError::Unreachable(e.to_string()))?;
         log::info!(
-            "publisher connected to the broker; queue {}",
+            "publisher connected to the broker {}; queue {}",
+            self.broker.redacted(),
             self.names.jobs
         );
         let link = Arc::new(link);
@@ -95,7 +96,7 @@ impl AmqpPublisher {
     }
 
     async fn connect(&self) -> Result<Link, lapin::Error> {
-        let connection = queue::connect(&self.amqp_url, "thygon-runtime-publisher").await?;
+        let connection = queue::connect(&self.broker, "thygon-runtime-publisher").await?;
         let channel = connection.create_channel().await?;
         queue::declare_topology(&channel, &self.names).await?;
         channel

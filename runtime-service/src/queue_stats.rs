@@ -16,7 +16,7 @@ use lapin::types::FieldTable;
 use lapin::Connection;
 use prometheus::{register_int_gauge_vec, IntGaugeVec};
 use shared_models::db::{blocking, PgPool};
-use shared_models::queue::{self, QueueNames};
+use shared_models::queue::{self, Broker, QueueNames};
 use std::collections::VecDeque;
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
@@ -140,7 +140,7 @@ pub type SharedQueueStats = Arc<RwLock<QueueStats>>;
 /// The sampler: owns its broker connection (reconnecting after a failure) and writes
 /// [`QueueStats`].
 pub struct Sampler {
-    amqp_url: String,
+    broker: Broker,
     pool: PgPool,
     interval: Duration,
     stats: SharedQueueStats,
@@ -154,10 +154,10 @@ enum Found {
 }
 
 impl Sampler {
-    pub fn new(amqp_url: &str, names: &QueueNames, pool: PgPool, interval: Duration) -> Self {
+    pub fn new(broker: &Broker, names: &QueueNames, pool: PgPool, interval: Duration) -> Self {
         let interval = interval.max(Duration::from_millis(100));
         Self {
-            amqp_url: amqp_url.to_string(),
+            broker: broker.clone(),
             pool,
             interval,
             stats: Arc::new(RwLock::new(QueueStats::new(names, interval))),
@@ -270,7 +270,7 @@ impl Sampler {
             .is_some_and(|c| c.status().connected())
         {
             self.connection = None;
-            let c = queue::connect(&self.amqp_url, "thygon-runtime-queue-sampler")
+            let c = queue::connect(&self.broker, "thygon-runtime-queue-sampler")
                 .await
                 .map_err(|e| e.to_string())?;
             self.connection = Some(c);

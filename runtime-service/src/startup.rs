@@ -62,12 +62,12 @@ impl Application {
         let pool = db::pool_with(&settings.common.database_url, &settings.common.pool);
         db::pool_metrics::register(&pool);
         let publisher: Arc<dyn JobPublisher> = Arc::new(AmqpPublisher::new(
-            &settings.common.amqp_url,
+            &settings.common.broker,
             QueueNames::new(&settings.common.queue_prefix),
         ));
         let listener = TcpListener::bind(&settings.http_addr)?;
         let sampler = Sampler::new(
-            &settings.common.amqp_url,
+            &settings.common.broker,
             &QueueNames::new(&settings.common.queue_prefix),
             pool.clone(),
             settings.ops_sample_interval,

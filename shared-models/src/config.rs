@@ -51,10 +51,15 @@ pub fn env_seconds(name: &str, default_secs: f64) -> Result<Duration, String> {
 }
 
 /// Settings every process shares: where the database and the broker are, which queue.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CommonConfig {
+    /// `DATABASE_URL`, with [`with_database_tls`] applied when `DATABASE_TLS_CA_FILE` is set.
     pub database_url: String,
-    pub amqp_url: String,
+    /// `DATABASE_TLS_CA_FILE`, checked at start: apply it with [`with_database_tls`] to any
+    /// other URL of the same server (the migration role's).
+    pub database_tls_ca_file: Option<String>,
+    /// `AMQP_URL` and `AMQP_TLS_CA_FILE`: every broker connection is made from it.
+    pub broker: crate::queue::Broker,
     /// Prefix of every queue and exchange name; tests give each test its own.
     pub queue_prefix: String,
     /// This process's connection pool (`DB_POOL_SIZE`, `DB_POOL_IDLE_SECONDS`,
@@ -74,16 +79,195 @@ impl CommonConfig {
     /// The settings from the environment; `default_pool_size` is this kind of process's
     /// share of the connection budget (docs/DEPLOY.md "Sizing").
     pub fn from_env(default_pool_size: u32) -> Result<Self, String> {
+        let database_tls_ca_file = database_tls_ca_file()?;
+        let tls = |var: &str, url: &str| {
+            with_database_tls(url, database_tls_ca_file.as_deref())
+                .map_err(|e| format!("{var}: {e}"))
+        };
         let database_url = env_or("DATABASE_URL", DEFAULT_DATABASE_URL);
+        let migration_database_url = tls(
+            "MIGRATION_DATABASE_URL",
+            &env_or("MIGRATION_DATABASE_URL", &database_url),
+        )?;
+        let database_url = tls("DATABASE_URL", &database_url)?;
         Ok(Self {
-            migration_database_url: env_or("MIGRATION_DATABASE_URL", &database_url),
             database_url,
-            amqp_url: env_or("AMQP_URL", DEFAULT_AMQP_URL),
+            migration_database_url,
+            database_tls_ca_file,
+            broker: crate::queue::Broker::from_env()?,
             queue_prefix: env_or("QUEUE_PREFIX", crate::queue::DEFAULT_PREFIX),
             pool: crate::db::PoolSettings::from_env(default_pool_size)?,
             migrate_on_start: env_bool("MIGRATE_ON_START", true)?,
         })
     }
+}
+
+/// The URLs carry passwords: shown redacted.
+impl std::fmt::Debug for CommonConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommonConfig")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("database_tls_ca_file", &self.database_tls_ca_file)
+            .field("broker", &self.broker)
+            .field("queue_prefix", &self.queue_prefix)
+            .field("pool", &self.pool)
+            .field("migrate_on_start", &self.migrate_on_start)
+            .field(
+                "migration_database_url",
+                &redact_url(&self.migration_database_url),
+            )
+            .finish()
+    }
+}
+
+/// `url` with the password of its user info (`scheme://user:password@host`) replaced by
+/// `***`, for log lines and errors. A string without one comes back as it was.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// The PEM CA bundle at `path`, named by the variable `var` in errors: read and checked the
+/// way the TLS client will load it (every `CERTIFICATE` block parsed), so a missing,
+/// unreadable or malformed file stops the process at start, not at its first connection.
+pub fn read_ca_bundle(var: &str, path: &str) -> Result<String, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| format!("{var}={path}: cannot read the CA file: {e}"))?;
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{var}={path}: not a PEM certificate bundle: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{var}={path}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        ));
+    }
+    for (i, der) in certs.iter().enumerate() {
+        native_tls::Certificate::from_der(der)
+            .map_err(|e| format!("{var}={path}: certificate {} does not parse: {e}", i + 1))?;
+    }
+    Ok(pem)
+}
+
+/// `DATABASE_TLS_CA_FILE`: the CA bundle libpq verifies PostgreSQL's certificate against
+/// (checked at start), or `None` when unset.
+pub fn database_tls_ca_file() -> Result<Option<String>, String> {
+    const VAR: &str = "DATABASE_TLS_CA_FILE";
+    match std::env::var(VAR) {
+        Ok(path) if !path.trim().is_empty() => {
+            read_ca_bundle(VAR, &path)?;
+            Ok(Some(path))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// libpq's `sslmode`s that verify the server's certificate or at least encrypt; with a CA
+/// file, `require` behaves as `verify-ca` (libpq's own rule when a root certificate is given).
+const VERIFYING_SSLMODES: [&str; 3] = ["require", "verify-ca", "verify-full"];
+
+/// A PostgreSQL URL made to verify the server against `ca_file` (`DATABASE_TLS_CA_FILE`):
+/// `sslrootcert=<ca_file>` is added, and `sslmode=verify-full` unless the URL names a
+/// verifying `sslmode` of its own; every other parameter stays. `None` leaves the URL as it
+/// is. Refused (the error names no part of the URL, which holds the password): a URL that
+/// is not `postgres://` / `postgresql://`, one with `sslmode=disable|allow|prefer`, one
+/// whose `sslrootcert` names another file. Applying it twice changes nothing.
+pub fn with_database_tls(url: &str, ca_file: Option<&str>) -> Result<String, String> {
+    let Some(ca_file) = ca_file else {
+        return Ok(url.to_string());
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(
+            "DATABASE_TLS_CA_FILE needs the URL form postgres://user:password@host/db".into(),
+        );
+    }
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let params: Vec<(String, String)> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect();
+    let value = |key: &str| params.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    let mut added = Vec::new();
+    match value("sslmode") {
+        Some(mode) if VERIFYING_SSLMODES.contains(&mode.as_str()) => {}
+        Some(mode) => {
+            return Err(format!(
+                "DATABASE_TLS_CA_FILE is set but the URL says sslmode={mode}; \
+                 remove the sslmode or use verify-full"
+            ))
+        }
+        None => added.push("sslmode=verify-full".to_string()),
+    }
+    match value("sslrootcert") {
+        Some(cert) if cert == ca_file => {}
+        Some(_) => {
+            return Err("the URL's sslrootcert names another file than DATABASE_TLS_CA_FILE".into())
+        }
+        None => added.push(format!("sslrootcert={}", percent_encode(ca_file))),
+    }
+    if added.is_empty() {
+        return Ok(url.to_string());
+    }
+    let query = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .chain(added)
+        .collect::<Vec<_>>()
+        .join("&");
+    Ok(format!("{base}?{query}"))
+}
+
+/// `%XX` decoded (libpq decodes URI parameters so); a malformed escape stays as written.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Every byte but the unreserved ones and `/` as `%XX`.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// How log lines are written (`LOG_FORMAT`).

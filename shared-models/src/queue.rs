@@ -5,8 +5,10 @@
 //! crash loop) goes to the dead-letter queue instead of spinning forever.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::tcp::{AMQPUriTcpExt, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::{AsyncTcpStream, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_PREFIX: &str = "thygon";
@@ -81,9 +83,143 @@ impl RunJob {
     }
 }
 
-pub async fn connect(amqp_url: &str, name: &str) -> Result<Connection, lapin::Error> {
+/// Where the broker is and which CA certificates TLS trusts beyond the system's: every
+/// connection of every process is made from one of these by [`connect`]. Shown (`Debug`,
+/// [`Broker::redacted`]) without the password.
+#[derive(Clone)]
+pub struct Broker {
+    uri: AMQPUri,
+    tls: OwnedTLSConfig,
+}
+
+impl Broker {
+    /// A broker at `url` (`amqp://` or `amqps://`), trusting the system's CA certificates.
+    /// The error names no part of the URL (it holds the password).
+    pub fn new(url: &str) -> Result<Self, String> {
+        let mut uri: AMQPUri = url.parse().map_err(|e: String| {
+            let reason = if e.contains(url) {
+                "not a URL with a host".to_string()
+            } else {
+                e
+            };
+            format!("not a valid amqp:// or amqps:// URL: {reason}")
+        })?;
+        // amq-protocol-uri 10.6 takes the host from `Url::domain`, which is `None` for an IP
+        // address, and then connects to `localhost` instead: keep the host as written.
+        if let Ok(parsed) = url::Url::parse(url) {
+            match parsed.host() {
+                Some(url::Host::Ipv4(ip)) => uri.authority.host = ip.to_string(),
+                Some(url::Host::Ipv6(ip)) => uri.authority.host = ip.to_string(),
+                _ => {}
+            }
+        }
+        Ok(Self {
+            uri,
+            tls: OwnedTLSConfig::default(),
+        })
+    }
+
+    /// Also trust the CA certificates of `pem` (a PEM bundle, as [`read_ca_bundle`] returns
+    /// it) for this broker's certificate. Only an `amqps://` URL has one.
+    ///
+    /// [`read_ca_bundle`]: crate::config::read_ca_bundle
+    pub fn with_ca_pem(mut self, pem: String) -> Result<Self, String> {
+        if !self.is_tls() {
+            return Err(
+                "a TLS CA is given for an amqp:// URL, which does not use TLS: use amqps://".into(),
+            );
+        }
+        self.tls.cert_chain = Some(pem);
+        Ok(self)
+    }
+
+    /// `AMQP_URL` (default [`DEFAULT_AMQP_URL`]) and `AMQP_TLS_CA_FILE` (a PEM CA bundle
+    /// added to the trust roots; read and checked here, so a bad file stops the process).
+    ///
+    /// [`DEFAULT_AMQP_URL`]: crate::config::DEFAULT_AMQP_URL
+    pub fn from_env() -> Result<Self, String> {
+        use crate::config::{env_or, DEFAULT_AMQP_URL};
+        let ca_file = std::env::var("AMQP_TLS_CA_FILE").ok();
+        Self::from_settings(&env_or("AMQP_URL", DEFAULT_AMQP_URL), ca_file.as_deref())
+    }
+
+    /// The broker of the settings `AMQP_URL` = `url` and `AMQP_TLS_CA_FILE` = `ca_file`
+    /// (unset when `None` or blank); errors name the variable.
+    pub fn from_settings(url: &str, ca_file: Option<&str>) -> Result<Self, String> {
+        let broker = Self::new(url).map_err(|e| format!("AMQP_URL: {e}"))?;
+        match ca_file {
+            Some(path) if !path.trim().is_empty() => broker
+                .with_ca_pem(crate::config::read_ca_bundle("AMQP_TLS_CA_FILE", path)?)
+                .map_err(|e| format!("AMQP_TLS_CA_FILE with AMQP_URL: {e}")),
+            _ => Ok(broker),
+        }
+    }
+
+    /// Whether connections are TLS (`amqps://`).
+    pub fn is_tls(&self) -> bool {
+        self.uri.scheme == AMQPScheme::AMQPS
+    }
+
+    /// The URL without the password, for log lines.
+    pub fn redacted(&self) -> String {
+        let a = &self.uri.authority;
+        format!(
+            "{}://{}:***@{}:{}/{}",
+            self.uri.scheme,
+            a.userinfo.username,
+            a.host,
+            a.port,
+            self.uri.vhost.replace('/', "%2f")
+        )
+    }
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("url", &self.redacted())
+            .field("extra_ca", &self.tls.cert_chain.is_some())
+            .finish()
+    }
+}
+
+// The TLS backend is compiled in: without lapin's `native-tls` feature this import, and so
+// the build, fails (lapin would otherwise open `amqps://` connections as plain TCP).
+#[allow(unused_imports)]
+use lapin::tcp::NativeTlsConnector as _;
+
+/// Connect to `broker`, over TLS with its certificate verified for an `amqps://` URL (the
+/// system's CAs plus the broker's extra ones). An `amqps://` connection that is not TLS is
+/// refused, whatever the TLS backend, so credentials never cross in clear. Reconnections
+/// lapin makes go through the same check.
+pub async fn connect(broker: &Broker, name: &str) -> Result<Connection, lapin::Error> {
     let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
-    Connection::connect(amqp_url, props).await
+    let runtime = lapin::runtime::default_runtime()?;
+    let tls = broker.tls.clone();
+    Connection::connector(
+        broker.uri.clone(),
+        runtime,
+        async move |uri: AMQPUri, runtime| {
+            let stream = uri
+                .connect_with_config_async(tls.as_ref(), &runtime)
+                .await
+                .map_err(|e| {
+                    if runtime.is_runtime_shutdown_error(&e) {
+                        lapin::ErrorKind::RuntimeShutdownError(std::sync::Arc::new(e)).into()
+                    } else {
+                        lapin::Error::from(e)
+                    }
+                })?;
+            if uri.scheme == AMQPScheme::AMQPS && matches!(stream, AsyncTcpStream::Plain(_)) {
+                return Err(lapin::Error::from(std::io::Error::other(
+                    "amqps:// but the connection is not TLS (no TLS backend): refused",
+                )));
+            }
+            Ok(stream)
+        },
+        props,
+    )
+    .await
 }
 
 /// Declare the exchanges and queues once, at start-up (idempotent with the same arguments).

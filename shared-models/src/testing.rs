@@ -31,6 +31,12 @@ pub fn base_database_url() -> String {
     crate::config::env_or("DATABASE_URL", crate::config::DEFAULT_DATABASE_URL)
 }
 
+/// The test broker: `AMQP_URL` (or the local default).
+pub fn broker() -> crate::queue::Broker {
+    let url = crate::config::env_or("AMQP_URL", crate::config::DEFAULT_AMQP_URL);
+    crate::queue::Broker::new(&url).unwrap_or_else(|e| panic!("AMQP_URL: {e}"))
+}
+
 /// The operator key every test app is built with.
 pub const ADMIN_KEY: &str = "thygon-test-admin-key-0123456789";
 
@@ -61,8 +67,10 @@ impl TestDb {
         let base = base_database_url();
         let admin_url = url_with_database(&base, "postgres");
         let name = format!("thygon_test_{}", unique_token());
-        let mut admin = PgConnection::establish(&admin_url)
-            .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at {admin_url} (run `make test`, which starts it): {e}"));
+        let mut admin = PgConnection::establish(&admin_url).unwrap_or_else(|e| {
+            let at = crate::config::redact_url(&admin_url);
+            panic!("cannot connect to PostgreSQL at {at} (run `make test`, which starts it): {e}")
+        });
         diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
             .execute(&mut admin)
             .expect("create test database");
@@ -95,9 +103,9 @@ pub fn unique_queue_prefix() -> String {
 }
 
 /// Delete a test's queues and exchange (they are durable, so they would outlive the test).
-pub async fn delete_queues(amqp_url: &str, prefix: &str) {
+pub async fn delete_queues(broker: &crate::queue::Broker, prefix: &str) {
     let names = crate::queue::QueueNames::new(prefix);
-    if let Ok(conn) = crate::queue::connect(amqp_url, "thygon-test-cleanup").await {
+    if let Ok(conn) = crate::queue::connect(broker, "thygon-test-cleanup").await {
         if let Ok(ch) = conn.create_channel().await {
             for q in [&names.jobs, &names.dead_letter_queue] {
                 let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;

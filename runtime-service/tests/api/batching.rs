@@ -2,7 +2,7 @@
 //! shared transactions, and each still gets exactly the single path's answer, its one run,
 //! its one outbox row marked sent by the time it is answered, and its one job message.
 
-use crate::helpers::{amqp_url, assert_error, spawn_app, TestApp, ORG};
+use crate::helpers::{assert_error, broker, spawn_app, TestApp, ORG};
 use diesel::prelude::*;
 use lapin::options::BasicGetOptions;
 use runtime_service::batcher::{BatchStats, Batcher};
@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 /// Take every message from this test's job queue: the run id of each job, in order.
 async fn drain_jobs(app: &TestApp) -> Vec<String> {
-    let conn = shared_models::queue::connect(&amqp_url(), "test-drain")
+    let conn = shared_models::queue::connect(&broker(), "test-drain")
         .await
         .expect("amqp");
     let ch = conn.create_channel().await.expect("channel");
@@ -149,10 +149,8 @@ fn trigger(org_id: &str, workflow_id: &str, variables: Value) -> PlainTrigger {
 
 /// A batcher over the test app's database and queue, and its loop (not running yet).
 fn batcher(app: &TestApp, max_batch: usize) -> (Batcher, runtime_service::batcher::BatchLoop) {
-    let publisher: Arc<dyn JobPublisher> = Arc::new(AmqpPublisher::new(
-        &amqp_url(),
-        QueueNames::new(&app.prefix),
-    ));
+    let publisher: Arc<dyn JobPublisher> =
+        Arc::new(AmqpPublisher::new(&broker(), QueueNames::new(&app.prefix)));
     Batcher::with_limits(app.db.pool.clone(), publisher, max_batch, 1)
 }
 
@@ -356,7 +354,7 @@ async fn a_trigger_that_fails_its_batch_fails_alone() {
 async fn every_trigger_of_a_batch_gets_the_outage_when_the_database_is_away() {
     let pool = shared_models::db::pool("postgres://thygon:thygon@127.0.0.1:1/nowhere", 1);
     let publisher: Arc<dyn JobPublisher> = Arc::new(AmqpPublisher::new(
-        &amqp_url(),
+        &broker(),
         QueueNames::new(&shared_models::testing::unique_queue_prefix()),
     ));
     let (batcher, batch_loop) = Batcher::with_limits(pool, publisher, 128, 1);

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use shared_models::auth::AuthConfig;
 use shared_models::db::{PgPool, PgPooled};
 use shared_models::models::{NewRunEvent, OutboxRow, StepRunRow};
-use shared_models::queue::QueueNames;
+use shared_models::queue::{Broker, QueueNames};
 use shared_models::schema::{outbox, run_events, runs, step_runs};
 use shared_models::testing::{self, fixtures, TestDb};
 use std::net::TcpListener;
@@ -21,6 +21,15 @@ pub const ORG: &str = "org_test";
 
 pub fn amqp_url() -> String {
     shared_models::config::env_or("AMQP_URL", shared_models::config::DEFAULT_AMQP_URL)
+}
+
+pub fn broker() -> Broker {
+    testing::broker()
+}
+
+/// A broker address where nothing listens (port 1).
+pub fn nowhere() -> Broker {
+    Broker::new("amqp://guest:guest@127.0.0.1:1/%2f").expect("url")
 }
 
 pub struct TestApp {
@@ -34,14 +43,14 @@ pub struct TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        let (url, prefix) = (amqp_url(), self.prefix.clone());
+        let (broker, prefix) = (broker(), self.prefix.clone());
         // Queues are durable: remove this test's from the broker.
         std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {
-                rt.block_on(testing::delete_queues(&url, &prefix));
+                rt.block_on(testing::delete_queues(&broker, &prefix));
             }
         })
         .join()
@@ -50,20 +59,20 @@ impl Drop for TestApp {
 }
 
 /// The app with a real publisher; `amqp` lets a test point it at a broker that is not there.
-pub async fn spawn_app_with_broker(amqp: &str) -> TestApp {
+pub async fn spawn_app_with_broker(amqp: &Broker) -> TestApp {
     spawn(amqp, &testing::auth_config()).await
 }
 
 /// The app with its own authentication settings (e.g. a rate limit).
 pub async fn spawn_app_with_auth(auth: AuthConfig) -> TestApp {
-    spawn(&amqp_url(), &auth).await
+    spawn(&broker(), &auth).await
 }
 
 /// The app with the queue sampler of `GET /ops/queues` running every 100 ms over this
 /// test's queues, and workers called live for 3 s after a heartbeat (a 1 s interval).
 pub async fn spawn_app_sampling() -> TestApp {
     spawn_app_with_ops(|names, pool| {
-        let sampler = Sampler::new(&amqp_url(), names, pool, Duration::from_millis(100));
+        let sampler = Sampler::new(&broker(), names, pool, Duration::from_millis(100));
         let ops = OpsState {
             queues: sampler.stats(),
             worker_heartbeat: Duration::from_secs(1),
@@ -79,26 +88,26 @@ pub async fn spawn_app_sampling() -> TestApp {
 pub async fn spawn_app_with_ops(
     ops: impl FnOnce(&QueueNames, PgPool) -> OpsState + 'static,
 ) -> TestApp {
-    spawn_with(&amqp_url(), &testing::auth_config(), Some(Box::new(ops))).await
+    spawn_with(&broker(), &testing::auth_config(), Some(Box::new(ops))).await
 }
 
 type MakeOps = Box<dyn FnOnce(&QueueNames, PgPool) -> OpsState>;
 
-async fn spawn(amqp: &str, auth: &AuthConfig) -> TestApp {
+async fn spawn(amqp: &Broker, auth: &AuthConfig) -> TestApp {
     spawn_with(amqp, auth, None).await
 }
 
 /// The app with event streams ending after `lifetime` (`EVENT_STREAM_MAX_SECONDS`).
 pub async fn spawn_app_with_stream_lifetime(lifetime: Duration) -> TestApp {
-    spawn_full(&amqp_url(), &testing::auth_config(), None, Some(lifetime)).await
+    spawn_full(&broker(), &testing::auth_config(), None, Some(lifetime)).await
 }
 
-async fn spawn_with(amqp: &str, auth: &AuthConfig, ops: Option<MakeOps>) -> TestApp {
+async fn spawn_with(amqp: &Broker, auth: &AuthConfig, ops: Option<MakeOps>) -> TestApp {
     spawn_full(amqp, auth, ops, None).await
 }
 
 async fn spawn_full(
-    amqp: &str,
+    amqp: &Broker,
     auth: &AuthConfig,
     ops: Option<MakeOps>,
     stream_lifetime: Option<Duration>,
@@ -134,7 +143,7 @@ async fn spawn_full(
 }
 
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with_broker(&amqp_url()).await
+    spawn_app_with_broker(&broker()).await
 }
 
 pub struct Reply {
@@ -314,7 +323,7 @@ impl TestApp {
 
     /// Messages waiting in this test's job queue (a passive declare: creates nothing).
     pub async fn queued(&self) -> u32 {
-        let conn = shared_models::queue::connect(&amqp_url(), "test-probe")
+        let conn = shared_models::queue::connect(&broker(), "test-probe")
             .await
             .expect("amqp");
         let ch = conn.create_channel().await.expect("channel");

@@ -123,7 +123,7 @@ async fn a_scrape_succeeds_with_the_last_values_when_the_database_is_away() {
     let pool = shared_models::db::pool("postgres://thygon:thygon@127.0.0.1:1/nowhere", 1);
     let prefix = testing::unique_queue_prefix();
     let publisher: Arc<dyn JobPublisher> = Arc::new(AmqpPublisher::new(
-        &crate::helpers::amqp_url(),
+        &crate::helpers::broker(),
         shared_models::queue::QueueNames::new(&prefix),
     ));
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");

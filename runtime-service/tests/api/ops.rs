@@ -3,8 +3,8 @@
 //! with the RUNNING runs they hold, live or stale by their last heartbeat.
 
 use crate::helpers::{
-    amqp_url, assert_error, seconds_from_now, spawn_app, spawn_app_sampling, spawn_app_with_ops,
-    TestApp, ORG,
+    amqp_url, assert_error, broker, nowhere, seconds_from_now, spawn_app, spawn_app_sampling,
+    spawn_app_with_ops, TestApp, ORG,
 };
 use diesel::prelude::*;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
@@ -94,7 +94,7 @@ async fn ops_routes_need_the_admin_key() {
 async fn queue_numbers_are_what_the_broker_holds() {
     let app = spawn_app_sampling().await;
     let names = QueueNames::new(&app.prefix);
-    let conn = queue::connect(&amqp_url(), "test-ops-publisher")
+    let conn = queue::connect(&broker(), "test-ops-publisher")
         .await
         .expect("amqp");
     let channel = conn.create_channel().await.expect("channel");
@@ -215,12 +215,7 @@ fn gauge(text: &str, name: &str, queue: &str) -> Option<f64> {
 async fn an_unreachable_broker_is_a_503_until_a_sample_succeeded() {
     // Nothing listens on port 1.
     let app = spawn_app_with_ops(|names, pool| {
-        let sampler = Sampler::new(
-            "amqp://guest:guest@127.0.0.1:1/%2f",
-            names,
-            pool,
-            Duration::from_millis(100),
-        );
+        let sampler = Sampler::new(&nowhere(), names, pool, Duration::from_millis(100));
         let ops = OpsState {
             queues: sampler.stats(),
             worker_heartbeat: Duration::from_secs(1),
@@ -273,7 +268,12 @@ async fn when_the_broker_goes_away_the_last_numbers_stay_marked_unreachable() {
     let sampler = Arc::new(Mutex::new(None::<Sampler>));
     let slot = sampler.clone();
     let app = spawn_app_with_ops(move |names, pool| {
-        let s = Sampler::new(&relayed, names, pool, Duration::from_secs(3600));
+        let s = Sampler::new(
+            &queue::Broker::new(&relayed).expect("url"),
+            names,
+            pool,
+            Duration::from_secs(3600),
+        );
         let ops = OpsState {
             queues: s.stats(),
             worker_heartbeat: Duration::from_secs(1),
@@ -285,7 +285,7 @@ async fn when_the_broker_goes_away_the_last_numbers_stay_marked_unreachable() {
     let mut sampler = sampler.lock().unwrap().take().unwrap();
 
     let names = QueueNames::new(&app.prefix);
-    let conn = queue::connect(&amqp_url(), "test-ops-publisher")
+    let conn = queue::connect(&broker(), "test-ops-publisher")
         .await
         .unwrap();
     let channel = conn.create_channel().await.unwrap();

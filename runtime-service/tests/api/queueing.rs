@@ -1,4 +1,4 @@
-use crate::helpers::{spawn_app_with_broker, TestApp};
+use crate::helpers::{nowhere, spawn_app_with_broker, TestApp};
 use runtime_service::publisher::AmqpPublisher;
 use runtime_service::relay::relay_once;
 use serde_json::json;
@@ -19,7 +19,7 @@ async fn unsent(app: &TestApp) -> i64 {
 #[tokio::test]
 async fn runs_accepted_while_the_broker_is_unreachable_are_published_by_the_relay() {
     // A real broker connection that fails: nothing listens on this port.
-    let app = spawn_app_with_broker("amqp://guest:guest@127.0.0.1:1/%2f").await;
+    let app = spawn_app_with_broker(&nowhere()).await;
     app.workflow("w", true);
     for _ in 0..3 {
         let r = app.post("/workflows/wf_w/trigger", json!({})).await;
@@ -37,7 +37,7 @@ async fn runs_accepted_while_the_broker_is_unreachable_are_published_by_the_rela
     );
 
     // The broker is back: the relay publishes everything once, and marks it sent.
-    let healthy = AmqpPublisher::new(&crate::helpers::amqp_url(), QueueNames::new(&app.prefix));
+    let healthy = AmqpPublisher::new(&crate::helpers::broker(), QueueNames::new(&app.prefix));
     assert_eq!(
         relay_once(&app.db.pool, &healthy, Duration::ZERO)
             .await
@@ -56,10 +56,10 @@ async fn runs_accepted_while_the_broker_is_unreachable_are_published_by_the_rela
 
 #[tokio::test]
 async fn the_relay_leaves_fresh_rows_to_the_request_path() {
-    let app = spawn_app_with_broker("amqp://guest:guest@127.0.0.1:1/%2f").await;
+    let app = spawn_app_with_broker(&nowhere()).await;
     app.workflow("w", true);
     app.post("/workflows/wf_w/trigger", json!({})).await;
-    let healthy = AmqpPublisher::new(&crate::helpers::amqp_url(), QueueNames::new(&app.prefix));
+    let healthy = AmqpPublisher::new(&crate::helpers::broker(), QueueNames::new(&app.prefix));
     assert_eq!(
         relay_once(&app.db.pool, &healthy, Duration::from_secs(60))
             .await

@@ -1,4 +1,4 @@
-use crate::helpers::{amqp_url, seconds_from_now, spawn_app, TestApp, ORG};
+use crate::helpers::{broker, seconds_from_now, spawn_app, TestApp, ORG};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use runtime_service::publisher::AmqpPublisher;
@@ -63,7 +63,7 @@ async fn an_expired_lease_gets_exactly_one_job_however_many_passes_see_it() {
     );
 
     // Like a wake-up, it goes out with the next relay pass, without the request path's grace.
-    let publisher = AmqpPublisher::new(&amqp_url(), QueueNames::new(&app.prefix));
+    let publisher = AmqpPublisher::new(&broker(), QueueNames::new(&app.prefix));
     let published = relay_once(&app.db.pool, &publisher, Duration::from_secs(60))
         .await
         .expect("relay");

@@ -1,4 +1,4 @@
-use crate::helpers::{amqp_url, seconds_from_now, spawn_app, TestApp, ORG};
+use crate::helpers::{broker, seconds_from_now, spawn_app, TestApp, ORG};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use runtime_service::publisher::AmqpPublisher;
@@ -46,7 +46,7 @@ async fn a_due_wake_up_is_queued_once_however_many_passes_see_it() {
     );
 
     // Wake-ups go out with the next relay pass, without the request path's grace delay.
-    let publisher = AmqpPublisher::new(&amqp_url(), QueueNames::new(&app.prefix));
+    let publisher = AmqpPublisher::new(&broker(), QueueNames::new(&app.prefix));
     let published = relay_once(&app.db.pool, &publisher, Duration::from_secs(60))
         .await
         .expect("relay");
