@@ -49,6 +49,7 @@ missing_packages() {
     have_cmd pkg-config || echo pkg-config
     { dpkg_installed libssl-dev || [[ -e /usr/include/openssl/ssl.h ]]; } || echo libssl-dev
     have_cmd curl || echo curl
+    have_cmd openssl || echo openssl # e2e/tests/tls.rs makes its CA with it
     have_cmd envsubst || echo gettext-base
     have_cmd make || echo make
     if ((TEST_TOOLS)); then

@@ -410,6 +410,112 @@ mod tests {
         );
     }
 
+    const PW: &str = "s3cr3t-pw";
+
+    #[test]
+    fn database_tls_adds_verify_full_and_the_ca_and_keeps_every_other_parameter() {
+        let url =
+            format!("postgres://thygon:{PW}@db:5432/thygon?application_name=wf&connect_timeout=5");
+        let ca = "/etc/thygon/ca.pem";
+        let tls = with_database_tls(&url, Some(ca)).unwrap();
+        assert_eq!(
+            tls,
+            format!("{url}&sslmode=verify-full&sslrootcert=/etc/thygon/ca.pem")
+        );
+        assert_eq!(with_database_tls(&tls, Some(ca)).unwrap(), tls, "twice");
+        assert_eq!(with_database_tls(&url, None).unwrap(), url);
+        assert_eq!(
+            with_database_tls("postgresql://u@db/x", Some("/tmp/my ca&1.pem")).unwrap(),
+            "postgresql://u@db/x?sslmode=verify-full&sslrootcert=/tmp/my%20ca%261.pem"
+        );
+        // A verifying sslmode of the URL stays (libpq treats require with a CA as verify-ca).
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let url = format!("postgres://u:{PW}@db/x?sslmode={mode}");
+            assert_eq!(
+                with_database_tls(&url, Some(ca)).unwrap(),
+                format!("{url}&sslrootcert=/etc/thygon/ca.pem")
+            );
+        }
+        let url = format!("postgres://u:{PW}@db/x?sslrootcert=%2Fetc%2Fthygon%2Fca.pem");
+        assert_eq!(
+            with_database_tls(&url, Some(ca)).unwrap(),
+            format!("{url}&sslmode=verify-full")
+        );
+    }
+
+    #[test]
+    fn database_tls_refuses_what_would_not_verify_and_never_shows_the_url() {
+        let ca = Some("/etc/thygon/ca.pem");
+        for mode in ["disable", "allow", "prefer"] {
+            let e = with_database_tls(&format!("postgres://u:{PW}@db/x?sslmode={mode}"), ca)
+                .unwrap_err();
+            assert!(
+                e.contains(&format!("sslmode={mode}")) && !e.contains(PW),
+                "{e}"
+            );
+        }
+        for url in [
+            format!("postgres://u:{PW}@db/x?sslrootcert=/other.pem"),
+            format!("host=db user=u password={PW} dbname=x"),
+        ] {
+            let e = with_database_tls(&url, ca).unwrap_err();
+            assert!(!e.contains(PW), "{e}");
+        }
+    }
+
+    #[test]
+    fn redact_url_hides_only_the_password() {
+        for (url, shown) in [
+            (
+                "postgres://u:pw@db:5432/x?a=1",
+                "postgres://u:***@db:5432/x?a=1",
+            ),
+            ("amqps://u:p%40w@h/%2f", "amqps://u:***@h/%2f"),
+            ("amqp://u:p@ss@h", "amqp://u:***@h"),
+            ("postgres://u@db/x", "postgres://u@db/x"),
+            ("postgres://db/x?user=u", "postgres://db/x?user=u"),
+            ("host=db", "host=db"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
+    }
+
+    #[test]
+    fn a_ca_bundle_is_refused_when_missing_empty_or_malformed() {
+        let dir = std::env::temp_dir().join(format!("thygon-ca-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let cases = [
+            (
+                dir.join("missing.pem").display().to_string(),
+                "cannot read the CA file",
+            ),
+            (
+                file("empty.pem", "not PEM at all\n"),
+                "holds no PEM certificate",
+            ),
+            (
+                file(
+                    "bad.pem",
+                    "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                ),
+                "certificate 1 does not parse",
+            ),
+        ];
+        for (path, why) in cases {
+            let e = read_ca_bundle("SOME_CA_FILE", &path).unwrap_err();
+            assert!(
+                e.starts_with(&format!("SOME_CA_FILE={path}: ")) && e.contains(why),
+                "{e}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn log_format_parses_text_and_json_only() {
         assert_eq!(" JSON ".parse(), Ok(LogFormat::Json));

@@ -104,14 +104,14 @@ impl Broker {
             };
             format!("not a valid amqp:// or amqps:// URL: {reason}")
         })?;
-        // amq-protocol-uri 10.6 takes the host from `Url::domain`, which is `None` for an IP
-        // address, and then connects to `localhost` instead: keep the host as written.
-        if let Ok(parsed) = url::Url::parse(url) {
-            match parsed.host() {
-                Some(url::Host::Ipv4(ip)) => uri.authority.host = ip.to_string(),
-                Some(url::Host::Ipv6(ip)) => uri.authority.host = ip.to_string(),
-                _ => {}
-            }
+        // amq-protocol-uri 10.6 takes the host from `Url::domain`, which is `None` for an
+        // IPv6 literal (`[::1]`), and then connects to `localhost` instead: keep the address.
+        let ipv6 = url::Url::parse(url).ok().and_then(|u| match u.host() {
+            Some(url::Host::Ipv6(ip)) => Some(ip),
+            _ => None,
+        });
+        if let Some(ip) = ipv6 {
+            uri.authority.host = ip.to_string();
         }
         Ok(Self {
             uri,
@@ -163,11 +163,15 @@ impl Broker {
     /// The URL without the password, for log lines.
     pub fn redacted(&self) -> String {
         let a = &self.uri.authority;
+        let host = if a.host.contains(':') {
+            format!("[{}]", a.host)
+        } else {
+            a.host.clone()
+        };
         format!(
-            "{}://{}:***@{}:{}/{}",
+            "{}://{}:***@{host}:{}/{}",
             self.uri.scheme,
             a.userinfo.username,
-            a.host,
             a.port,
             self.uri.vhost.replace('/', "%2f")
         )
@@ -278,6 +282,51 @@ pub async fn declare_topology(channel: &Channel, names: &QueueNames) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broker_keeps_the_host_as_written_and_never_shows_the_password() {
+        let b = Broker::new("amqps://thygon:s3cr3t-pw@10.1.2.3:5671/prod").unwrap();
+        assert_eq!(b.uri.authority.host, "10.1.2.3");
+        assert!(b.is_tls());
+        assert_eq!(b.redacted(), "amqps://thygon:***@10.1.2.3:5671/prod");
+        let shown = format!("{b:?}");
+        assert!(
+            !shown.contains("s3cr3t-pw") && shown.contains("***"),
+            "{shown}"
+        );
+
+        let b = Broker::new("amqp://u:s3cr3t-pw@[::1]:5672/%2f").unwrap();
+        assert_eq!(b.uri.authority.host, "::1");
+        assert_eq!(b.redacted(), "amqp://u:***@[::1]:5672/%2f");
+
+        let b = Broker::new("amqps://u:s3cr3t-pw@rabbit.internal/%2f").unwrap();
+        assert_eq!(b.uri.authority.host, "rabbit.internal");
+        assert_eq!(b.redacted(), "amqps://u:***@rabbit.internal:5671/%2f");
+    }
+
+    #[test]
+    fn bad_broker_settings_are_refused_without_showing_the_password() {
+        for url in ["amqp:thygon:s3cr3t-pw@host", "http://u:s3cr3t-pw@host/"] {
+            let e = Broker::new(url).unwrap_err();
+            assert!(!e.contains("s3cr3t-pw"), "{e}");
+        }
+        let plain = "amqp://u:s3cr3t-pw@h/%2f";
+        let e = Broker::new(plain)
+            .unwrap()
+            .with_ca_pem(String::new())
+            .unwrap_err();
+        assert!(
+            e.contains("use amqps://") && !e.contains("s3cr3t-pw"),
+            "{e}"
+        );
+        let e = Broker::from_settings(plain, Some("/nonexistent/ca.pem")).unwrap_err();
+        assert!(
+            e.contains("AMQP_TLS_CA_FILE=/nonexistent/ca.pem: cannot read"),
+            "{e}"
+        );
+        // A blank AMQP_TLS_CA_FILE is unset.
+        assert!(Broker::from_settings(plain, Some(" ")).is_ok());
+    }
 
     #[test]
     fn jobs_round_trip_and_refuse_other_versions() {
