@@ -143,12 +143,14 @@ async fn a_stack_runs_over_amqps_and_verified_postgres_tls_and_nothing_unverifie
             .expect_err("a plain connection");
         assert!(e.contains("no encryption"), "{e}");
     });
-    // A process applies the CA files at start: it migrates over verify-full with the right
-    // CA; an unverifiable database, a missing CA file or a CA file for an amqp:// URL stops it.
+    // A process applies the CA files at start: `migrate` (MIGRATION_DATABASE_URL) goes over
+    // verify-full with the right CA; an unverifiable database, a missing CA file or a CA
+    // file for an amqp:// URL stops it.
     let migrate = |db_ca: &str, amqp: &str, amqp_ca: &str| {
         tokio::task::block_in_place(|| {
             migrate_with(&[
                 ("DATABASE_URL", &database_url),
+                ("MIGRATION_DATABASE_URL", &database_url),
                 ("DATABASE_TLS_CA_FILE", db_ca),
                 ("AMQP_URL", amqp),
                 ("AMQP_TLS_CA_FILE", amqp_ca),
