@@ -1,9 +1,11 @@
 //! Builds the HTTP server and its background tasks (the trigger batcher, the outbox relay,
-//! the wake-up scheduler and the queue sampler of `GET /ops/queues`). The listener is bound
-//! here (port 0 in tests) so callers can ask for the port before the server runs.
+//! the wake-up scheduler, the queue sampler of `GET /ops/queues` and the reads of the
+//! database gauges of `GET /metrics`). The listener is bound here (port 0 in tests) so
+//! callers can ask for the port before the server runs.
 
 use crate::batcher::Batcher;
 use crate::config::Settings;
+use crate::metrics::DatabaseGauges;
 use crate::publisher::{AmqpPublisher, JobPublisher};
 use crate::queue_stats::{QueueStats, Sampler, SharedQueueStats};
 use crate::routes::events::EventStreams;
@@ -12,6 +14,7 @@ use actix_web::dev::Server;
 use actix_web::{web, HttpServer};
 use shared_models::auth::{AuthConfig, Authenticator};
 use shared_models::db::{self, PgPool};
+use shared_models::metrics::{Endpoint, Exposition};
 use shared_models::queue::QueueNames;
 use std::net::TcpListener;
 use std::sync::{Arc, RwLock};
@@ -20,8 +23,14 @@ use std::time::Duration;
 pub struct Application {
     port: u16,
     server: Server,
-    /// The trigger batcher, the outbox relay and the scheduler; aborted once the server has
-    /// stopped (every request answered).
+    /// `/metrics` on `METRICS_ADDR`, when set (then not on the main port).
+    metrics: Option<Server>,
+    metrics_port: Option<u16>,
+    /// The runs and outbox gauges of `/metrics`; [`Application::build`] reads them every
+    /// `METRICS_REFRESH_SECONDS`, tests call [`DatabaseGauges::refresh`].
+    gauges: DatabaseGauges,
+    /// The trigger batcher, the outbox relay, the scheduler and the gauges' reads; aborted
+    /// once the server has stopped (every request answered).
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -65,6 +74,7 @@ impl Application {
             QueueNames::new(&settings.common.queue_prefix),
         ));
         let listener = TcpListener::bind(&settings.http_addr)?;
+        let metrics = Endpoint::bind(settings.common.metrics_addr)?;
         let sampler = Sampler::new(
             &settings.common.amqp_url,
             &QueueNames::new(&settings.common.queue_prefix),
@@ -75,8 +85,9 @@ impl Application {
             queues: sampler.stats(),
             worker_heartbeat: settings.worker_heartbeat,
         };
-        let mut app = Self::with_stream_lifetime(
+        let mut app = Self::assemble(
             listener,
+            metrics,
             pool.clone(),
             publisher.clone(),
             &settings.auth,
@@ -84,6 +95,7 @@ impl Application {
             settings.event_stream_max,
         )?;
         app.background.extend([
+            tokio::spawn(app.gauges.clone().run(settings.metrics_refresh)),
             tokio::spawn(sampler.run()),
             tokio::spawn(relay::run(
                 pool.clone(),
@@ -136,10 +148,27 @@ impl Application {
         ops: OpsState,
         event_stream_max: Duration,
     ) -> std::io::Result<Self> {
+        let main = Endpoint::Main;
+        Self::assemble(listener, main, pool, publisher, auth, ops, event_stream_max)
+    }
+
+    fn assemble(
+        listener: TcpListener,
+        metrics: Endpoint,
+        pool: PgPool,
+        publisher: Arc<dyn JobPublisher>,
+        auth: &AuthConfig,
+        ops: OpsState,
+        event_stream_max: Duration,
+    ) -> std::io::Result<Self> {
         shared_models::metrics::set_service_name("runtime-service");
         let port = listener.local_addr()?.port();
         let auth = web::Data::new(Authenticator::new(pool.clone(), auth));
         let (batcher, batch_loop) = Batcher::new(pool.clone(), publisher.clone());
+        let gauges = DatabaseGauges::new(pool.clone());
+        let exposition = Exposition::with_registry(gauges.registry());
+        let metrics_on_main = metrics.on_main();
+        let metrics_port = metrics.port();
         let state = web::Data::new(AppState {
             pool,
             publisher,
@@ -148,26 +177,43 @@ impl Application {
             streams: EventStreams::default(),
             event_stream_max,
         });
-        let server = HttpServer::new(move || {
-            shared_models::http::app(auth.clone())
-                .app_data(state.clone())
-                .configure(routes::configure)
-        })
-        // A client that closes its side has gone: abort the connection at once, so an event
-        // stream stops polling then, not after its next failed write.
-        .h1_allow_half_closed(false)
-        .listen(listener)?
-        .shutdown_timeout(10)
-        .run();
+        let server = {
+            let exposition = exposition.clone();
+            HttpServer::new(move || {
+                shared_models::http::app(auth.clone())
+                    .app_data(state.clone())
+                    .configure(|cfg| exposition.route_if(metrics_on_main, cfg))
+                    .configure(routes::configure)
+            })
+            // A client that closes its side has gone: abort the connection at once, so an
+            // event stream stops polling then, not after its next failed write.
+            .h1_allow_half_closed(false)
+            .listen(listener)?
+            .shutdown_timeout(10)
+            .run()
+        };
         Ok(Self {
             port,
             server,
+            metrics: metrics.serve(exposition)?,
+            metrics_port,
+            gauges,
             background: vec![tokio::spawn(batch_loop.run())],
         })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of `/metrics` when it has one of its own (`METRICS_ADDR`).
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_port
+    }
+
+    /// The database gauges this application's `/metrics` shows.
+    pub fn gauges(&self) -> &DatabaseGauges {
+        &self.gauges
     }
 
     pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
@@ -178,7 +224,7 @@ impl Application {
     /// relay and the scheduler stop (safe at any point: their work is transactional or
     /// claimed, and a batch already taken finishes in its own task).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let result = self.server.await;
+        let result = shared_models::metrics::run_beside(self.server, self.metrics).await;
         for task in self.background {
             task.abort();
         }

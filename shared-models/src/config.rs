@@ -44,6 +44,8 @@ pub struct CommonConfig {
     /// Prefix of every queue and exchange name; tests give each test its own.
     pub queue_prefix: String,
     pub db_pool_size: u32,
+    /// Where `/metrics` is served on its own (`METRICS_ADDR`); `None`: on the HTTP address.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl CommonConfig {
@@ -53,6 +55,7 @@ impl CommonConfig {
             amqp_url: env_or("AMQP_URL", DEFAULT_AMQP_URL),
             queue_prefix: env_or("QUEUE_PREFIX", crate::queue::DEFAULT_PREFIX),
             db_pool_size: env_parse("DB_POOL_SIZE", 10)?,
+            metrics_addr: crate::metrics::addr_from_env()?,
         })
     }
 }

@@ -8,19 +8,25 @@ use actix_web::dev::Server;
 use actix_web::{web, HttpServer};
 use shared_models::auth::{AuthConfig, Authenticator};
 use shared_models::db::{self, PgPool};
+use shared_models::metrics::{Endpoint, Exposition};
 use std::net::TcpListener;
 
 pub struct Application {
     port: u16,
     server: Server,
+    /// `/metrics` on `METRICS_ADDR`, when set (then not on the main port).
+    metrics: Option<Server>,
+    metrics_port: Option<u16>,
 }
 
 impl Application {
     pub fn build(settings: &Settings) -> std::io::Result<Self> {
         let pool = db::pool(&settings.common.database_url, settings.common.db_pool_size);
         let listener = TcpListener::bind(&settings.http_addr)?;
-        Self::with_runtime_url(
+        let metrics = Endpoint::bind(settings.common.metrics_addr)?;
+        Self::assemble(
             listener,
+            metrics,
             pool,
             &settings.auth,
             &settings.runtime_service_url,
@@ -43,30 +49,57 @@ impl Application {
         auth: &AuthConfig,
         runtime_service_url: &str,
     ) -> std::io::Result<Self> {
+        Self::assemble(listener, Endpoint::Main, pool, auth, runtime_service_url)
+    }
+
+    fn assemble(
+        listener: TcpListener,
+        metrics: Endpoint,
+        pool: PgPool,
+        auth: &AuthConfig,
+        runtime_service_url: &str,
+    ) -> std::io::Result<Self> {
         shared_models::metrics::set_service_name("workflow-service");
         let port = listener.local_addr()?.port();
         let auth = web::Data::new(Authenticator::new(pool.clone(), auth));
         let pool = web::Data::new(pool);
         let spec = web::Data::new(MergedSpec::new(runtime_service_url));
-        let server = HttpServer::new(move || {
-            shared_models::http::app(auth.clone())
-                .app_data(pool.clone())
-                .app_data(spec.clone())
-                .configure(routes::configure)
+        let exposition = Exposition::default();
+        let metrics_on_main = metrics.on_main();
+        let metrics_port = metrics.port();
+        let server = {
+            let exposition = exposition.clone();
+            HttpServer::new(move || {
+                shared_models::http::app(auth.clone())
+                    .app_data(pool.clone())
+                    .app_data(spec.clone())
+                    .configure(|cfg| exposition.route_if(metrics_on_main, cfg))
+                    .configure(routes::configure)
+            })
+            .listen(listener)?
+            .shutdown_timeout(10)
+            .run()
+        };
+        Ok(Self {
+            port,
+            server,
+            metrics: metrics.serve(exposition)?,
+            metrics_port,
         })
-        .listen(listener)?
-        .shutdown_timeout(10)
-        .run();
-        Ok(Self { port, server })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// The port of `/metrics` when it has one of its own (`METRICS_ADDR`).
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_port
+    }
+
     /// Runs until SIGINT/SIGTERM; actix then stops accepting and drains in-flight requests.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        shared_models::metrics::run_beside(self.server, self.metrics).await
     }
 
     pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
