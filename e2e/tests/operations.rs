@@ -77,7 +77,11 @@ async fn with_metrics_addr_each_process_serves_metrics_there_only_and_healthchec
     assert_eq!(status, 404, "the gateway");
     // The example agent's image has no curl either.
     let agent = stack.env_of("support-agent", "SUPPORT_AGENT_ADDR").unwrap();
-    let out = run("support-agent", &["healthcheck"], &[("SUPPORT_AGENT_ADDR", &agent)]);
+    let out = run(
+        "support-agent",
+        &["healthcheck"],
+        &[("SUPPORT_AGENT_ADDR", &agent)],
+    );
     assert!(out.status.success(), "support-agent: {}", stderr(&out));
 
     // Nothing listening, a 503, an endpoint that never answers: exit 1 each, within the

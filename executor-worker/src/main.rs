@@ -67,7 +67,7 @@ async fn run() -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     let health_handle = health.handle();
-    tokio::spawn(shared_models::metrics::run_beside(health, metrics));
+    tokio::spawn(metrics.run_beside(health));
     log::info!(
         "worker {} up; health on {}",
         settings.worker_id,

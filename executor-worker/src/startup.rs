@@ -9,7 +9,7 @@ use crate::storage::LeaseHolder;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use shared_models::db::{self, PgPool};
-use shared_models::metrics::{Endpoint, Exposition};
+use shared_models::metrics::{Endpoint, Exposition, MetricsServer};
 use shared_models::queue::QueueNames;
 use std::net::TcpListener;
 use std::sync::atomic::Ordering;
@@ -77,40 +77,39 @@ struct HealthState {
 
 /// `/healthz`, `/readyz` (database reachable and consuming), `/status` and `/metrics` for one
 /// worker; `/metrics` on a server of its own (the second one) when `metrics` is
-/// [`Endpoint::Own`] (`METRICS_ADDR`). Neither handles signals: the worker stops them.
+/// [`Endpoint::Own`] (`METRICS_ADDR`). Neither handles signals: the worker stops them
+/// ([`MetricsServer::run_beside`] stops the second after the first).
 pub fn health_server(
     listener: TcpListener,
     metrics: Endpoint,
     pool: PgPool,
     worker: Arc<WorkerState>,
     worker_id: String,
-) -> std::io::Result<(Server, Option<Server>)> {
+) -> std::io::Result<(Server, MetricsServer)> {
     // Registered before the first scrape, so it shows them before their first sample.
     crate::metrics::register();
     let exposition = Exposition::default();
     let metrics_on_main = metrics.on_main();
+    let metrics = metrics.serve(exposition.clone())?;
     let state = web::Data::new(HealthState {
         pool,
         worker,
         worker_id,
     });
-    let health = {
-        let exposition = exposition.clone();
-        HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .route("/healthz", web::get().to(shared_models::http::healthz))
-                .route("/readyz", web::get().to(readyz))
-                .route("/status", web::get().to(status))
-                .configure(|cfg| exposition.route_if(metrics_on_main, cfg))
-                .default_service(web::to(shared_models::http::route_not_found))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)?
-        .run()
-    };
-    Ok((health, metrics.serve(exposition)?))
+    let health = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/healthz", web::get().to(shared_models::http::healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/status", web::get().to(status))
+            .configure(|cfg| exposition.route_if(metrics_on_main, cfg))
+            .default_service(web::to(shared_models::http::route_not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok((health, metrics))
 }
 
 async fn readyz(state: web::Data<HealthState>) -> HttpResponse {

@@ -171,16 +171,22 @@ impl DatabaseGauges {
     }
 }
 
+impl DatabaseGauges {
+    /// Every metric this collector exposes.
+    fn parts(&self) -> [&dyn Collector; 5] {
+        [
+            &self.runs,
+            &self.oldest_age,
+            &self.outbox_unsent,
+            &self.refreshes,
+            &self.failures,
+        ]
+    }
+}
+
 impl Collector for DatabaseGauges {
     fn desc(&self) -> Vec<&Desc> {
-        [
-            self.runs.desc(),
-            self.oldest_age.desc(),
-            self.outbox_unsent.desc(),
-            self.refreshes.desc(),
-            self.failures.desc(),
-        ]
-        .concat()
+        self.parts().into_iter().flat_map(|m| m.desc()).collect()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
@@ -192,13 +198,6 @@ impl Collector for DatabaseGauges {
             let age = shared_models::time::now() - created;
             (age.num_milliseconds().max(0) as f64) / 1000.0
         }));
-        [
-            self.runs.collect(),
-            self.oldest_age.collect(),
-            self.outbox_unsent.collect(),
-            self.refreshes.collect(),
-            self.failures.collect(),
-        ]
-        .concat()
+        self.parts().into_iter().flat_map(|m| m.collect()).collect()
     }
 }

@@ -14,7 +14,7 @@ use actix_web::dev::Server;
 use actix_web::{web, HttpServer};
 use shared_models::auth::{AuthConfig, Authenticator};
 use shared_models::db::{self, PgPool};
-use shared_models::metrics::{Endpoint, Exposition};
+use shared_models::metrics::{Endpoint, Exposition, MetricsServer};
 use shared_models::queue::QueueNames;
 use std::net::TcpListener;
 use std::sync::{Arc, RwLock};
@@ -24,8 +24,7 @@ pub struct Application {
     port: u16,
     server: Server,
     /// `/metrics` on `METRICS_ADDR`, when set (then not on the main port).
-    metrics: Option<Server>,
-    metrics_port: Option<u16>,
+    metrics: MetricsServer,
     /// The runs and outbox gauges of `/metrics`; [`Application::build`] reads them every
     /// `METRICS_REFRESH_SECONDS`, tests call [`DatabaseGauges::refresh`].
     gauges: DatabaseGauges,
@@ -168,7 +167,7 @@ impl Application {
         let gauges = DatabaseGauges::new(pool.clone());
         let exposition = Exposition::with_registry(gauges.registry());
         let metrics_on_main = metrics.on_main();
-        let metrics_port = metrics.port();
+        let metrics = metrics.serve(exposition.clone())?;
         let state = web::Data::new(AppState {
             pool,
             publisher,
@@ -177,27 +176,23 @@ impl Application {
             streams: EventStreams::default(),
             event_stream_max,
         });
-        let server = {
-            let exposition = exposition.clone();
-            HttpServer::new(move || {
-                shared_models::http::app(auth.clone())
-                    .app_data(state.clone())
-                    .configure(|cfg| exposition.route_if(metrics_on_main, cfg))
-                    .configure(routes::configure)
-            })
-            // A client that closes its side has gone: abort the connection at once, so an
-            // event stream stops polling then, not after its next failed write.
-            .h1_allow_half_closed(false)
-            .listen(listener)?
-            .shutdown_timeout(10)
-            .run()
-        };
+        let server = HttpServer::new(move || {
+            shared_models::http::app(auth.clone())
+                .app_data(state.clone())
+                .configure(|cfg| exposition.route_if(metrics_on_main, cfg))
+                .configure(routes::configure)
+        })
+        // A client that closes its side has gone: abort the connection at once, so an event
+        // stream stops polling then, not after its next failed write.
+        .h1_allow_half_closed(false)
+        .listen(listener)?
+        .shutdown_timeout(10)
+        .run();
         Ok(Self {
             port,
             server,
-            metrics: metrics.serve(exposition)?,
-            metrics_port,
             gauges,
+            metrics,
             background: vec![tokio::spawn(batch_loop.run())],
         })
     }
@@ -208,7 +203,7 @@ impl Application {
 
     /// The port of `/metrics` when it has one of its own (`METRICS_ADDR`).
     pub fn metrics_port(&self) -> Option<u16> {
-        self.metrics_port
+        self.metrics.port()
     }
 
     /// The database gauges this application's `/metrics` shows.
@@ -224,7 +219,7 @@ impl Application {
     /// relay and the scheduler stop (safe at any point: their work is transactional or
     /// claimed, and a batch already taken finishes in its own task).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let result = shared_models::metrics::run_beside(self.server, self.metrics).await;
+        let result = self.metrics.run_beside(self.server).await;
         for task in self.background {
             task.abort();
         }

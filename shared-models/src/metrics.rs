@@ -197,24 +197,15 @@ impl Endpoint {
         matches!(self, Endpoint::Main)
     }
 
-    /// The port of the metrics server of its own, if any.
-    pub fn port(&self) -> Option<u16> {
-        match self {
-            Endpoint::Main => None,
-            Endpoint::Own(listener) => listener.local_addr().ok().map(|a| a.port()),
-        }
-    }
-
-    /// The server of [`Endpoint::Own`] (`None` for [`Endpoint::Main`]): `GET /metrics` and a
+    /// The server of [`Endpoint::Own`] (none for [`Endpoint::Main`]): `GET /metrics` and a
     /// 404 for everything else, one worker thread, no signal handling of its own (the process
-    /// stops it after its main server, see [`run_beside`], or by exiting).
-    pub fn serve(self, exposition: Exposition) -> std::io::Result<Option<Server>> {
+    /// stops it after its main server, see [`MetricsServer::run_beside`], or by exiting).
+    pub fn serve(self, exposition: Exposition) -> std::io::Result<MetricsServer> {
         let Endpoint::Own(listener) = self else {
-            return Ok(None);
+            return Ok(MetricsServer::default());
         };
-        if let Ok(addr) = listener.local_addr() {
-            log::info!("metrics on {addr} (METRICS_ADDR)");
-        }
+        let addr = listener.local_addr()?;
+        log::info!("metrics on {addr} (METRICS_ADDR)");
         let server = HttpServer::new(move || {
             App::new()
                 .configure(|cfg| exposition.route(cfg))
@@ -225,22 +216,39 @@ impl Endpoint {
         .listen(listener)?
         .shutdown_timeout(1)
         .run();
-        Ok(Some(server))
+        Ok(MetricsServer {
+            server: Some(server),
+            port: Some(addr.port()),
+        })
     }
 }
 
-/// Run `main` until it stops, with `metrics` (the server of [`Endpoint::serve`]) beside it;
-/// the metrics server stops after the main one, so a draining process can still be scraped.
-pub async fn run_beside(main: Server, metrics: Option<Server>) -> std::io::Result<()> {
-    let Some(metrics) = metrics else {
-        return main.await;
-    };
-    let handle = metrics.handle();
-    let beside = tokio::spawn(metrics);
-    let result = main.await;
-    handle.stop(true).await;
-    let _ = beside.await;
-    result
+/// The metrics server of its own of a process ([`Endpoint::serve`]), or none.
+#[derive(Default)]
+pub struct MetricsServer {
+    server: Option<Server>,
+    port: Option<u16>,
+}
+
+impl MetricsServer {
+    /// Its port, when there is one.
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    /// Run `main` until it stops, with this server beside it; it stops after the main one,
+    /// so a draining process can still be scraped.
+    pub async fn run_beside(self, main: Server) -> std::io::Result<()> {
+        let Some(metrics) = self.server else {
+            return main.await;
+        };
+        let handle = metrics.handle();
+        let beside = tokio::spawn(metrics);
+        let result = main.await;
+        handle.stop(true).await;
+        let _ = beside.await;
+        result
+    }
 }
 
 /// The value of the sample `name{labels}` in a text exposition (`labels` as rendered, e.g.

@@ -8,15 +8,14 @@ use actix_web::dev::Server;
 use actix_web::{web, HttpServer};
 use shared_models::auth::{AuthConfig, Authenticator};
 use shared_models::db::{self, PgPool};
-use shared_models::metrics::{Endpoint, Exposition};
+use shared_models::metrics::{Endpoint, Exposition, MetricsServer};
 use std::net::TcpListener;
 
 pub struct Application {
     port: u16,
     server: Server,
     /// `/metrics` on `METRICS_ADDR`, when set (then not on the main port).
-    metrics: Option<Server>,
-    metrics_port: Option<u16>,
+    metrics: MetricsServer,
 }
 
 impl Application {
@@ -66,25 +65,21 @@ impl Application {
         let spec = web::Data::new(MergedSpec::new(runtime_service_url));
         let exposition = Exposition::default();
         let metrics_on_main = metrics.on_main();
-        let metrics_port = metrics.port();
-        let server = {
-            let exposition = exposition.clone();
-            HttpServer::new(move || {
-                shared_models::http::app(auth.clone())
-                    .app_data(pool.clone())
-                    .app_data(spec.clone())
-                    .configure(|cfg| exposition.route_if(metrics_on_main, cfg))
-                    .configure(routes::configure)
-            })
-            .listen(listener)?
-            .shutdown_timeout(10)
-            .run()
-        };
+        let metrics = metrics.serve(exposition.clone())?;
+        let server = HttpServer::new(move || {
+            shared_models::http::app(auth.clone())
+                .app_data(pool.clone())
+                .app_data(spec.clone())
+                .configure(|cfg| exposition.route_if(metrics_on_main, cfg))
+                .configure(routes::configure)
+        })
+        .listen(listener)?
+        .shutdown_timeout(10)
+        .run();
         Ok(Self {
             port,
             server,
-            metrics: metrics.serve(exposition)?,
-            metrics_port,
+            metrics,
         })
     }
 
@@ -94,12 +89,12 @@ impl Application {
 
     /// The port of `/metrics` when it has one of its own (`METRICS_ADDR`).
     pub fn metrics_port(&self) -> Option<u16> {
-        self.metrics_port
+        self.metrics.port()
     }
 
     /// Runs until SIGINT/SIGTERM; actix then stops accepting and drains in-flight requests.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        shared_models::metrics::run_beside(self.server, self.metrics).await
+        self.metrics.run_beside(self.server).await
     }
 
     pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
