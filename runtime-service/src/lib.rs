@@ -15,8 +15,8 @@
 //!   and wake-ups.
 //! - [`scheduler`]: queues jobs for WAITING runs whose wake-up time has come.
 //! - [`error`]: the one error enum of this service.
-//! - [`metrics`]: runs by status, the oldest due PENDING run, the unsent outbox, at each
-//!   scrape of `GET /metrics`.
+//! - [`metrics`]: runs by status, the oldest due PENDING run, the unsent outbox, read in the
+//!   background every `METRICS_REFRESH_SECONDS` for `GET /metrics`.
 //! - [`queue_stats`]: samples the queues' depth and consumers for `GET /ops/queues`.
 
 pub mod batcher;

@@ -1,9 +1,13 @@
-use runtime_service::config::Settings;
+use runtime_service::config::{Settings, DEFAULT_HTTP_ADDR};
 use runtime_service::startup::Application;
 
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
     shared_models::config::init_logging();
+    // `healthcheck`, `prestop`.
+    if let Some(done) = shared_models::cli::dispatch(DEFAULT_HTTP_ADDR, &[]) {
+        return done;
+    }
     let settings = match Settings::from_env() {
         Ok(s) => s,
         Err(e) => {

@@ -1,64 +1,56 @@
-//! The runs and the outbox as Prometheus gauges, read from the database at each scrape of
-//! `GET /metrics` (three short queries). When the database does not answer, the scrape still
-//! succeeds with the last values read, and a line is logged.
+//! The runs and the outbox as Prometheus gauges, read from the database by a background task
+//! every `METRICS_REFRESH_SECONDS` (default 15) and kept in memory: a scrape of `GET /metrics`
+//! never touches the database. Reading them at each scrape cost every replica a count of all
+//! runs by status per scrape, so the database's load grew with replicas times scrapers; now
+//! it is one read per replica per interval, whoever scrapes and however often. When the
+//! database does not answer, the gauges keep their last values, and a line is logged.
 //!
 //! - `thygon_runs{status}`: runs by status (every status, 0 included).
 //! - `thygon_oldest_pending_run_age_seconds`: since its creation, the age of the oldest
-//!   PENDING run that is due (no `wake_at`, or one that has come); 0 when there is none.
+//!   PENDING run that was due (no `wake_at`, or one that had come) at the last read; the age
+//!   itself is computed at the scrape, so it grows between reads. 0 when there was none.
 //! - `thygon_outbox_unsent`: outbox rows not yet published.
-//! - `thygon_metrics_refresh_failures_total`: scrapes that could not read the database (the
-//!   gauges above then keep their last values).
+//! - `thygon_metrics_refresh_total`: reads of the three above attempted.
+//! - `thygon_metrics_refresh_failures_total`: reads that failed (the gauges above then kept
+//!   their last values).
 //!
-//! The trigger batcher adds `thygon_trigger_batch_size` (a histogram of the triggers each
-//! group-commit transaction wrote; see [`crate::batcher`]).
+//! These live in a registry of the application's own ([`DatabaseGauges::registry`]), so the
+//! applications of one test binary, each on its own database, each show theirs. The trigger
+//! batcher adds `thygon_trigger_batch_size` (a histogram of the triggers each group-commit
+//! transaction wrote; see [`crate::batcher`]) to the process's default registry.
 
-use crate::startup::AppState;
-use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use diesel::dsl::count_star;
 use diesel::prelude::*;
-use prometheus::{
-    register_gauge, register_int_counter, register_int_gauge, register_int_gauge_vec, Gauge,
-    IntCounter, IntGauge, IntGaugeVec,
-};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{Gauge, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 use shared_models::db::{blocking, PgPool};
 use shared_models::schema::{outbox, runs};
 use shared_models::status::RunStatus;
-use std::sync::LazyLock;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub static RUNS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!("thygon_runs", "Runs by status", &["status"])
-        .expect("register thygon_runs")
-});
-
-pub static OLDEST_PENDING_RUN_AGE: LazyLock<Gauge> = LazyLock::new(|| {
-    register_gauge!(
-        "thygon_oldest_pending_run_age_seconds",
-        "Age (since creation) of the oldest PENDING run that is due; 0 when none"
-    )
-    .expect("register thygon_oldest_pending_run_age_seconds")
-});
-
-pub static OUTBOX_UNSENT: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!("thygon_outbox_unsent", "Outbox rows not yet published")
-        .expect("register thygon_outbox_unsent")
-});
-
-pub static REFRESH_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
-        "thygon_metrics_refresh_failures_total",
-        "Scrapes that could not read the runs and the outbox (their gauges kept their last values)"
-    )
-    .expect("register thygon_metrics_refresh_failures_total")
-});
-
-/// How long a scrape waits for the database before it answers with the last values.
+/// How long a read may wait for the database before it counts as failed.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// One scrape at a time: the gauges are process-wide, and a scrape must render the values
-/// it read (tests run several apps, each with its own database, in one process).
-static SCRAPE: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::Mutex::new(()));
+/// `METRICS_REFRESH_SECONDS` when unset.
+pub const DEFAULT_REFRESH_SECONDS: f64 = 15.0;
+
+/// The gauges read from the database, and the counters of those reads. Cheap to clone (the
+/// metrics are shared handles).
+#[derive(Clone)]
+pub struct DatabaseGauges {
+    pool: PgPool,
+    runs: IntGaugeVec,
+    /// When the oldest due PENDING run was created, as last read (`None`: there was none).
+    oldest_due_pending: Arc<Mutex<Option<DateTime<Utc>>>>,
+    /// Set from `oldest_due_pending` at each collection (see [`Collector::collect`]).
+    oldest_age: Gauge,
+    outbox_unsent: IntGauge,
+    refreshes: IntCounter,
+    failures: IntCounter,
+}
 
 struct Snapshot {
     by_status: Vec<(String, i64)>,
@@ -83,48 +75,129 @@ fn read(conn: &mut PgConnection, now: DateTime<Utc>) -> QueryResult<Snapshot> {
     })
 }
 
-/// Read the gauges' values from the database; on failure keep the last ones.
-pub async fn refresh(pool: &PgPool) {
-    // Registered before any read, so they are exposed even when the database is away.
-    let (runs_gauge, age, unsent) = (&*RUNS, &*OLDEST_PENDING_RUN_AGE, &*OUTBOX_UNSENT);
-    let failures = &*REFRESH_FAILURES;
-    let now = shared_models::time::now();
-    let read =
-        tokio::time::timeout(REFRESH_TIMEOUT, blocking(pool, move |conn| read(conn, now))).await;
-    let snapshot = match read {
-        Ok(Ok(snapshot)) => snapshot,
-        Ok(Err(e)) => {
-            failures.inc();
-            log::warn!(
-                "metrics: cannot read the runs and the outbox ({e}); keeping the last values"
-            );
-            return;
+impl DatabaseGauges {
+    /// Gauges over `pool`'s database, never read yet (0 everywhere).
+    pub fn new(pool: PgPool) -> Self {
+        // The names and help texts are constants: building them cannot fail.
+        let runs = IntGaugeVec::new(Opts::new("thygon_runs", "Runs by status"), &["status"])
+            .expect("thygon_runs");
+        for status in RunStatus::ALL {
+            runs.with_label_values(&[status.as_str()]).set(0);
         }
-        Err(_) => {
-            failures.inc();
-            log::warn!(
-                "metrics: the database did not answer within {REFRESH_TIMEOUT:?}; keeping the last values"
-            );
-            return;
+        Self {
+            pool,
+            runs,
+            oldest_due_pending: Arc::new(Mutex::new(None)),
+            oldest_age: Gauge::new(
+                "thygon_oldest_pending_run_age_seconds",
+                "Age (since creation) of the oldest PENDING run that was due at the last read; 0 when none",
+            )
+            .expect("thygon_oldest_pending_run_age_seconds"),
+            outbox_unsent: IntGauge::new("thygon_outbox_unsent", "Outbox rows not yet published")
+                .expect("thygon_outbox_unsent"),
+            refreshes: IntCounter::new(
+                "thygon_metrics_refresh_total",
+                "Reads of the runs and the outbox for the gauges (one per METRICS_REFRESH_SECONDS, never per scrape)",
+            )
+            .expect("thygon_metrics_refresh_total"),
+            failures: IntCounter::new(
+                "thygon_metrics_refresh_failures_total",
+                "Reads of the runs and the outbox that failed (their gauges kept their last values)",
+            )
+            .expect("thygon_metrics_refresh_failures_total"),
         }
-    };
-    for status in RunStatus::ALL {
-        let n = snapshot
-            .by_status
-            .iter()
-            .find(|(s, _)| s == status.as_str())
-            .map_or(0, |(_, n)| *n);
-        runs_gauge.with_label_values(&[status.as_str()]).set(n);
     }
-    age.set(snapshot.oldest_due_pending.map_or(0.0, |created| {
-        ((now - created).num_milliseconds().max(0) as f64) / 1000.0
-    }));
-    unsent.set(snapshot.outbox_unsent);
+
+    /// A registry holding these gauges, for [`shared_models::metrics::Exposition`].
+    pub fn registry(&self) -> Registry {
+        let registry = Registry::new();
+        // A fresh registry and distinct names: registering cannot collide.
+        registry
+            .register(Box::new(self.clone()))
+            .expect("a fresh registry");
+        registry
+    }
+
+    /// Read the database once into the gauges; on failure keep the last values.
+    pub async fn refresh(&self) {
+        self.refreshes.inc();
+        let now = shared_models::time::now();
+        let read = tokio::time::timeout(
+            REFRESH_TIMEOUT,
+            blocking(&self.pool, move |conn| read(conn, now)),
+        )
+        .await;
+        let snapshot = match read {
+            Ok(Ok(snapshot)) => snapshot,
+            Ok(Err(e)) => {
+                self.failures.inc();
+                log::warn!(
+                    "metrics: cannot read the runs and the outbox ({e}); keeping the last values"
+                );
+                return;
+            }
+            Err(_) => {
+                self.failures.inc();
+                log::warn!(
+                    "metrics: the database did not answer within {REFRESH_TIMEOUT:?}; keeping the last values"
+                );
+                return;
+            }
+        };
+        for status in RunStatus::ALL {
+            let n = snapshot
+                .by_status
+                .iter()
+                .find(|(s, _)| s == status.as_str())
+                .map_or(0, |(_, n)| *n);
+            self.runs.with_label_values(&[status.as_str()]).set(n);
+        }
+        *self
+            .oldest_due_pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = snapshot.oldest_due_pending;
+        self.outbox_unsent.set(snapshot.outbox_unsent);
+    }
+
+    /// Refresh now and every `interval`, for ever (the task is aborted at shutdown). A read
+    /// that overruns the interval delays the next one: reads never pile up.
+    pub async fn run(self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            self.refresh().await;
+        }
+    }
 }
 
-/// `GET /metrics` (public): the gauges above refreshed, and every other metric of the process.
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let _one_at_a_time = SCRAPE.lock().await;
-    refresh(&state.pool).await;
-    shared_models::metrics::response()
+impl DatabaseGauges {
+    /// Every metric this collector exposes.
+    fn parts(&self) -> [&dyn Collector; 5] {
+        [
+            &self.runs,
+            &self.oldest_age,
+            &self.outbox_unsent,
+            &self.refreshes,
+            &self.failures,
+        ]
+    }
+}
+
+impl Collector for DatabaseGauges {
+    fn desc(&self) -> Vec<&Desc> {
+        self.parts().into_iter().flat_map(|m| m.desc()).collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let oldest = *self
+            .oldest_due_pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.oldest_age.set(oldest.map_or(0.0, |created| {
+            let age = shared_models::time::now() - created;
+            (age.num_milliseconds().max(0) as f64) / 1000.0
+        }));
+        self.parts().into_iter().flat_map(|m| m.collect()).collect()
+    }
 }

@@ -4,7 +4,7 @@
 //! connection of its own), reads the age of the oldest due PENDING run from the database,
 //! keeps the latest numbers and an hour of history in memory, and sets the Prometheus gauges
 //! `thygon_queue_messages{queue}` and `thygon_queue_consumers{queue}` (the oldest pending
-//! run's gauge is [`crate::metrics`]'s, read at each scrape).
+//! run's gauge is [`crate::metrics`]'s, read on its own interval).
 //!
 //! Each replica samples on its own; the numbers are the broker's, so every replica shows the
 //! same ones. When the broker cannot be reached, the last known numbers stay, marked

@@ -1,9 +1,11 @@
 //! Builds the HTTP server and its background tasks (the trigger batcher, the outbox relay,
-//! the wake-up scheduler and the queue sampler of `GET /ops/queues`). The listener is bound
-//! here (port 0 in tests) so callers can ask for the port before the server runs.
+//! the wake-up scheduler, the queue sampler of `GET /ops/queues` and the reads of the
+//! database gauges of `GET /metrics`). The listener is bound here (port 0 in tests) so
+//! callers can ask for the port before the server runs.
 
 use crate::batcher::Batcher;
 use crate::config::Settings;
+use crate::metrics::DatabaseGauges;
 use crate::publisher::{AmqpPublisher, JobPublisher};
 use crate::queue_stats::{QueueStats, Sampler, SharedQueueStats};
 use crate::routes::events::EventStreams;
@@ -12,6 +14,7 @@ use actix_web::dev::Server;
 use actix_web::{web, HttpServer};
 use shared_models::auth::{AuthConfig, Authenticator};
 use shared_models::db::{self, PgPool};
+use shared_models::metrics::{Endpoint, Exposition, MetricsServer};
 use shared_models::queue::QueueNames;
 use std::net::TcpListener;
 use std::sync::{Arc, RwLock};
@@ -20,8 +23,13 @@ use std::time::Duration;
 pub struct Application {
     port: u16,
     server: Server,
-    /// The trigger batcher, the outbox relay and the scheduler; aborted once the server has
-    /// stopped (every request answered).
+    /// `/metrics` on `METRICS_ADDR`, when set (then not on the main port).
+    metrics: MetricsServer,
+    /// The runs and outbox gauges of `/metrics`; [`Application::build`] reads them every
+    /// `METRICS_REFRESH_SECONDS`, tests call [`DatabaseGauges::refresh`].
+    gauges: DatabaseGauges,
+    /// The trigger batcher, the outbox relay, the scheduler and the gauges' reads; aborted
+    /// once the server has stopped (every request answered).
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -66,6 +74,7 @@ impl Application {
             QueueNames::new(&settings.common.queue_prefix),
         ));
         let listener = TcpListener::bind(&settings.http_addr)?;
+        let metrics = Endpoint::bind(settings.common.metrics_addr)?;
         let sampler = Sampler::new(
             &settings.common.broker,
             &QueueNames::new(&settings.common.queue_prefix),
@@ -76,8 +85,9 @@ impl Application {
             queues: sampler.stats(),
             worker_heartbeat: settings.worker_heartbeat,
         };
-        let mut app = Self::with_stream_lifetime(
+        let mut app = Self::assemble(
             listener,
+            metrics,
             pool.clone(),
             publisher.clone(),
             &settings.auth,
@@ -85,6 +95,7 @@ impl Application {
             settings.event_stream_max,
         )?;
         app.background.extend([
+            tokio::spawn(app.gauges.clone().run(settings.metrics_refresh)),
             tokio::spawn(sampler.run()),
             tokio::spawn(relay::run(
                 pool.clone(),
@@ -137,10 +148,27 @@ impl Application {
         ops: OpsState,
         event_stream_max: Duration,
     ) -> std::io::Result<Self> {
+        let main = Endpoint::Main;
+        Self::assemble(listener, main, pool, publisher, auth, ops, event_stream_max)
+    }
+
+    fn assemble(
+        listener: TcpListener,
+        metrics: Endpoint,
+        pool: PgPool,
+        publisher: Arc<dyn JobPublisher>,
+        auth: &AuthConfig,
+        ops: OpsState,
+        event_stream_max: Duration,
+    ) -> std::io::Result<Self> {
         shared_models::metrics::set_service_name("runtime-service");
         let port = listener.local_addr()?.port();
         let auth = web::Data::new(Authenticator::new(pool.clone(), auth));
         let (batcher, batch_loop) = Batcher::new(pool.clone(), publisher.clone());
+        let gauges = DatabaseGauges::new(pool.clone());
+        let exposition = Exposition::with_registry(gauges.registry());
+        let metrics_on_main = metrics.on_main();
+        let metrics = metrics.serve(exposition.clone())?;
         let state = web::Data::new(AppState {
             pool,
             publisher,
@@ -152,6 +180,7 @@ impl Application {
         let server = HttpServer::new(move || {
             shared_models::http::app(auth.clone())
                 .app_data(state.clone())
+                .configure(|cfg| exposition.route_if(metrics_on_main, cfg))
                 .configure(routes::configure)
         })
         // A client that closes its side has gone: abort the connection at once, so an event
@@ -163,12 +192,24 @@ impl Application {
         Ok(Self {
             port,
             server,
+            gauges,
+            metrics,
             background: vec![tokio::spawn(batch_loop.run())],
         })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of `/metrics` when it has one of its own (`METRICS_ADDR`).
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics.port()
+    }
+
+    /// The database gauges this application's `/metrics` shows.
+    pub fn gauges(&self) -> &DatabaseGauges {
+        &self.gauges
     }
 
     pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
@@ -179,7 +220,7 @@ impl Application {
     /// relay and the scheduler stop (safe at any point: their work is transactional or
     /// claimed, and a batch already taken finishes in its own task).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let result = self.server.await;
+        let result = self.metrics.run_beside(self.server).await;
         for task in self.background {
             task.abort();
         }

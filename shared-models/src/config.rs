@@ -73,6 +73,8 @@ pub struct CommonConfig {
     /// to PostgreSQL with a role that may change the schema, never through a pooler in
     /// transaction mode (the migration lock is a session advisory lock).
     pub migration_database_url: String,
+    /// Where `/metrics` is served on its own (`METRICS_ADDR`); `None`: on the HTTP address.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl CommonConfig {
@@ -98,6 +100,7 @@ impl CommonConfig {
             queue_prefix: env_or("QUEUE_PREFIX", crate::queue::DEFAULT_PREFIX),
             pool: crate::db::PoolSettings::from_env(default_pool_size)?,
             migrate_on_start: env_bool("MIGRATE_ON_START", true)?,
+            metrics_addr: crate::metrics::addr_from_env()?,
         })
     }
 }

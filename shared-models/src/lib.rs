@@ -20,13 +20,16 @@
 //! - [`queue`]: queue topology and the versioned job message (`RunJob`).
 //! - [`runs`]: creating runs and queueing their jobs through the outbox.
 //! - [`config`]: environment variables with local defaults; logging (`LOG_FORMAT`).
+//! - [`cli`]: the subcommands of every binary (`healthcheck`, `prestop`).
 //! - [`logctx`]: the request and run ids every log line carries when known.
-//! - [`metrics`]: Prometheus metrics, the `/metrics` handler, HTTP request durations.
+//! - [`metrics`]: Prometheus metrics, `/metrics` (on `METRICS_ADDR` when set), HTTP request
+//!   durations.
 //! - [`egress`] (feature `egress`): the egress policy for calls whose target a tenant decides.
 //! - [`testing`] (feature `testing`): a fresh database per test.
 
 pub mod auth;
 pub mod body;
+pub mod cli;
 pub mod config;
 pub mod db;
 #[cfg(feature = "egress")]

@@ -1,9 +1,13 @@
-use workflow_service::config::Settings;
+use workflow_service::config::{Settings, DEFAULT_HTTP_ADDR};
 use workflow_service::startup::Application;
 
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
     shared_models::config::init_logging();
+    // `healthcheck`, `prestop` (shared); `migrate` below.
+    if let Some(done) = shared_models::cli::dispatch(DEFAULT_HTTP_ADDR, &["migrate"]) {
+        return done;
+    }
     let settings = match Settings::from_env() {
         Ok(s) => s,
         Err(e) => {

@@ -8,11 +8,14 @@ use actix_web::dev::Server;
 use actix_web::{web, HttpServer};
 use shared_models::auth::{AuthConfig, Authenticator};
 use shared_models::db::{self, PgPool};
+use shared_models::metrics::{Endpoint, Exposition, MetricsServer};
 use std::net::TcpListener;
 
 pub struct Application {
     port: u16,
     server: Server,
+    /// `/metrics` on `METRICS_ADDR`, when set (then not on the main port).
+    metrics: MetricsServer,
 }
 
 impl Application {
@@ -20,8 +23,10 @@ impl Application {
         let pool = db::pool_with(&settings.common.database_url, &settings.common.pool);
         db::pool_metrics::register(&pool);
         let listener = TcpListener::bind(&settings.http_addr)?;
-        Self::with_runtime_url(
+        let metrics = Endpoint::bind(settings.common.metrics_addr)?;
+        Self::assemble(
             listener,
+            metrics,
             pool,
             &settings.auth,
             &settings.runtime_service_url,
@@ -44,30 +49,53 @@ impl Application {
         auth: &AuthConfig,
         runtime_service_url: &str,
     ) -> std::io::Result<Self> {
+        Self::assemble(listener, Endpoint::Main, pool, auth, runtime_service_url)
+    }
+
+    fn assemble(
+        listener: TcpListener,
+        metrics: Endpoint,
+        pool: PgPool,
+        auth: &AuthConfig,
+        runtime_service_url: &str,
+    ) -> std::io::Result<Self> {
         shared_models::metrics::set_service_name("workflow-service");
         let port = listener.local_addr()?.port();
         let auth = web::Data::new(Authenticator::new(pool.clone(), auth));
         let pool = web::Data::new(pool);
         let spec = web::Data::new(MergedSpec::new(runtime_service_url));
+        let exposition = Exposition::default();
+        let metrics_on_main = metrics.on_main();
+        let metrics = metrics.serve(exposition.clone())?;
         let server = HttpServer::new(move || {
             shared_models::http::app(auth.clone())
                 .app_data(pool.clone())
                 .app_data(spec.clone())
+                .configure(|cfg| exposition.route_if(metrics_on_main, cfg))
                 .configure(routes::configure)
         })
         .listen(listener)?
         .shutdown_timeout(10)
         .run();
-        Ok(Self { port, server })
+        Ok(Self {
+            port,
+            server,
+            metrics,
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// The port of `/metrics` when it has one of its own (`METRICS_ADDR`).
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics.port()
+    }
+
     /// Runs until SIGINT/SIGTERM; actix then stops accepting and drains in-flight requests.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        self.metrics.run_beside(self.server).await
     }
 
     pub fn server_handle(&self) -> actix_web::dev::ServerHandle {

@@ -11,6 +11,8 @@
 //!
 //! Listens on `SUPPORT_AGENT_ADDR` (default `127.0.0.1:9000`); `examples/agents.toml` maps
 //! the agent ids `support-classifier`, `reply-drafter` and `ticket-router` to these routes.
+//! `support-agent healthcheck` asks its `/healthz` on the loopback and exits 0 iff it answered
+//! 200 (the compose healthcheck: the image has no curl).
 
 mod tickets;
 
@@ -108,10 +110,36 @@ fn json_config() -> web::JsonConfig {
     })
 }
 
+/// `GET /healthz` on the loopback at the port of `addr`: `Ok` iff it answered 200 in time.
+fn healthcheck(addr: &str) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(2);
+    let port = addr.rsplit(':').next().unwrap_or_default();
+    let target = format!("127.0.0.1:{port}")
+        .parse()
+        .map_err(|_| std::io::Error::other(format!("no port in {addr:?}")))?;
+    let mut conn = std::net::TcpStream::connect_timeout(&target, timeout)?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut status_line = [0u8; 12];
+    conn.read_exact(&mut status_line)?;
+    match &status_line {
+        b"HTTP/1.1 200" => Ok(()),
+        other => Err(std::io::Error::other(format!(
+            "/healthz answered {}",
+            String::from_utf8_lossy(other)
+        ))),
+    }
+}
+
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let addr = std::env::var("SUPPORT_AGENT_ADDR").unwrap_or_else(|_| "127.0.0.1:9000".into());
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return healthcheck(&addr);
+    }
     let server = HttpServer::new(|| {
         App::new()
             .app_data(json_config())

@@ -3,6 +3,7 @@ use diesel::prelude::*;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use reqwest::header::HeaderMap;
+use runtime_service::metrics::DatabaseGauges;
 use runtime_service::publisher::{AmqpPublisher, JobPublisher};
 use runtime_service::queue_stats::Sampler;
 use runtime_service::startup::{Application, OpsState};
@@ -39,6 +40,9 @@ pub struct TestApp {
     pub key: String,
     pub db: TestDb,
     pub prefix: String,
+    /// The app's database gauges of `/metrics`: no background task reads them here, a test
+    /// calls [`DatabaseGauges::refresh`].
+    pub gauges: DatabaseGauges,
 }
 
 impl Drop for TestApp {
@@ -132,6 +136,7 @@ async fn spawn_full(
     .expect("build app");
     let key = fixtures::org_key(&mut db.pool.get().expect("conn"), ORG);
     let address = format!("http://127.0.0.1:{}", app.port());
+    let gauges = app.gauges().clone();
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
@@ -139,6 +144,7 @@ async fn spawn_full(
         key,
         db,
         prefix,
+        gauges,
     }
 }
 

@@ -1,8 +1,10 @@
 //! `GET /metrics`: public, Prometheus text; runs by status, the oldest due PENDING run and
-//! the unsent outbox read from the database at each scrape; request durations by route.
+//! the unsent outbox as last read from the database (in the background, never by a scrape);
+//! request durations by route; a port of its own with `METRICS_ADDR`.
 
 use crate::helpers::{seconds_from_now, spawn_app, ORG};
 use diesel::prelude::*;
+use runtime_service::config::Settings;
 use runtime_service::publisher::{AmqpPublisher, JobPublisher};
 use runtime_service::startup::Application;
 use shared_models::metrics::sample;
@@ -10,6 +12,7 @@ use shared_models::schema::{outbox, runs};
 use shared_models::testing;
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// `GET /metrics` with no key: (status, content type, body).
 async fn scrape(address: &str) -> (u16, String, String) {
@@ -30,8 +33,12 @@ fn runs_with(text: &str, status: &str) -> Option<f64> {
     sample(text, "thygon_runs", &format!(r#"status="{status}""#))
 }
 
+fn refreshes(text: &str) -> Option<f64> {
+    sample(text, "thygon_metrics_refresh_total", "")
+}
+
 #[tokio::test]
-async fn the_runs_gauges_show_this_database_at_each_scrape() {
+async fn the_runs_gauges_show_this_database_as_of_the_last_read_never_read_by_a_scrape() {
     let app = spawn_app().await;
     let wf = app.workflow("metrics_gauges", true);
     let due_old = app.run_in(&wf, "PENDING");
@@ -63,9 +70,18 @@ async fn the_runs_gauges_show_this_database_at_each_scrape() {
             .unwrap();
     }
 
-    let (status, content_type, text) = scrape(&app.address).await;
-    assert_eq!(status, 200, "{text}");
-    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    // Nothing read yet: scrapes show zeros, however many there are.
+    for _ in 0..3 {
+        let (status, content_type, text) = scrape(&app.address).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(content_type.starts_with("text/plain"), "{content_type}");
+        assert_eq!(runs_with(&text, "PENDING"), Some(0.0), "{text}");
+        assert_eq!(refreshes(&text), Some(0.0), "{text}");
+    }
+
+    app.gauges.refresh().await;
+    let (_, _, text) = scrape(&app.address).await;
+    assert_eq!(refreshes(&text), Some(1.0), "{text}");
     assert_eq!(runs_with(&text, "PENDING"), Some(3.0), "{text}");
     assert_eq!(runs_with(&text, "COMPLETED"), Some(1.0), "{text}");
     assert_eq!(runs_with(&text, "RUNNING"), Some(1.0), "{text}");
@@ -78,11 +94,14 @@ async fn the_runs_gauges_show_this_database_at_each_scrape() {
     assert!((60.0..120.0).contains(&age), "{age}");
     assert_eq!(sample(&text, "thygon_outbox_unsent", ""), Some(1.0));
 
-    // The next scrape reads again: no PENDING run left, so no age.
+    // A change shows after the next read, not before.
     diesel::update(runs::table.filter(runs::status.eq("PENDING")))
         .set(runs::status.eq("CANCELLED"))
         .execute(&mut app.conn())
         .unwrap();
+    let (_, _, text) = scrape(&app.address).await;
+    assert_eq!(runs_with(&text, "PENDING"), Some(3.0), "{text}");
+    app.gauges.refresh().await;
     let (_, _, text) = scrape(&app.address).await;
     assert_eq!(runs_with(&text, "PENDING"), Some(0.0), "{text}");
     assert_eq!(runs_with(&text, "CANCELLED"), Some(3.0), "{text}");
@@ -90,6 +109,7 @@ async fn the_runs_gauges_show_this_database_at_each_scrape() {
         sample(&text, "thygon_oldest_pending_run_age_seconds", ""),
         Some(0.0)
     );
+    assert_eq!(refreshes(&text), Some(2.0), "{text}");
 }
 
 #[tokio::test]
@@ -114,12 +134,7 @@ async fn request_durations_are_labelled_by_route_pattern_never_by_path() {
 }
 
 #[tokio::test]
-async fn a_scrape_succeeds_with_the_last_values_when_the_database_is_away() {
-    // A scrape that reads a database first, so the gauges have values to keep.
-    let good = spawn_app().await;
-    let (status, _, _) = scrape(&good.address).await;
-    assert_eq!(status, 200);
-
+async fn a_failed_read_is_counted_and_the_gauges_are_still_shown() {
     let pool = shared_models::db::pool("postgres://thygon:thygon@127.0.0.1:1/nowhere", 1);
     let prefix = testing::unique_queue_prefix();
     let publisher: Arc<dyn JobPublisher> = Arc::new(AmqpPublisher::new(
@@ -130,13 +145,104 @@ async fn a_scrape_succeeds_with_the_last_values_when_the_database_is_away() {
     let app = Application::with_parts(listener, pool, publisher, &testing::auth_config())
         .expect("build app");
     let address = format!("http://127.0.0.1:{}", app.port());
+    app.gauges().refresh().await;
     tokio::spawn(app.run_until_stopped());
 
-    let failures = |text: &str| sample(text, "thygon_metrics_refresh_failures_total", "");
-    let before = failures(&scrape(&good.address).await.2).expect("the failure counter");
     let (status, _, text) = scrape(&address).await;
     assert_eq!(status, 200, "{text}");
-    assert!(failures(&text).expect("the failure counter") >= before + 1.0);
-    assert!(runs_with(&text, "PENDING").is_some(), "{text}");
+    assert_eq!(
+        sample(&text, "thygon_metrics_refresh_failures_total", ""),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(refreshes(&text), Some(1.0), "{text}");
+    assert_eq!(runs_with(&text, "PENDING"), Some(0.0), "{text}");
     assert!(text.contains("thygon_outbox_unsent"), "{text}");
+}
+
+/// `GET <address>/<path>`: (status, body). One client for all (keep-alive: a scrape costs
+/// no new connection).
+async fn get(client: &reqwest::Client, address: &str, path: &str) -> (u16, String) {
+    let res = client
+        .get(format!("{address}{path}"))
+        .send()
+        .await
+        .expect(path);
+    (res.status().as_u16(), res.text().await.expect("body"))
+}
+
+#[tokio::test]
+async fn with_metrics_addr_metrics_have_a_port_of_their_own_read_at_most_once_an_interval() {
+    // Fixtures and queue cleanup from a test app; the application under test is the one
+    // `Application::build` makes from settings, background tasks and all.
+    let fixture = spawn_app().await;
+    let mut settings = Settings::from_env().expect("settings");
+    settings.http_addr = "127.0.0.1:0".into();
+    settings.common.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    settings.common.database_url = fixture.db.url.clone();
+    settings.common.broker = crate::helpers::broker();
+    settings.common.queue_prefix = fixture.prefix.clone();
+    settings.auth = testing::auth_config();
+    let interval = Duration::from_millis(500);
+    settings.metrics_refresh = interval;
+    let app = Application::build(&settings).expect("build");
+    let main = format!("http://127.0.0.1:{}", app.port());
+    let metrics = format!(
+        "http://127.0.0.1:{}",
+        app.metrics_port().expect("a metrics port")
+    );
+    tokio::spawn(app.run_until_stopped());
+    let client = reqwest::Client::new();
+
+    let (status, text) = get(&client, &metrics, "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(runs_with(&text, "PENDING").is_some(), "{text}");
+    assert!(
+        sample(&text, "process_resident_memory_bytes", "").is_some(),
+        "{text}"
+    );
+    assert_eq!(
+        get(&client, &main, "/metrics").await.0,
+        404,
+        "not on HTTP_ADDR"
+    );
+    assert_eq!(get(&client, &main, "/healthz").await.0, 200);
+    assert_eq!(
+        get(&client, &metrics, "/healthz").await.0,
+        404,
+        "metrics only"
+    );
+
+    // The background task reads the database: a new run shows without anyone refreshing.
+    let wf = fixture.workflow("metrics_port", true);
+    fixture.run_in(&wf, "PENDING");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, text) = get(&client, &metrics, "/metrics").await;
+        if runs_with(&text, "PENDING") == Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run never showed: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Many scrapes, at most one read per interval (plus the one under way).
+    let started = Instant::now();
+    let (_, text) = get(&client, &metrics, "/metrics").await;
+    let before = refreshes(&text).expect("the refresh counter");
+    let mut scrapes = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        let (status, _) = get(&client, &metrics, "/metrics").await;
+        assert_eq!(status, 200);
+        scrapes += 1;
+    }
+    let (_, text) = get(&client, &metrics, "/metrics").await;
+    let reads = refreshes(&text).expect("the refresh counter") - before;
+    let most = (started.elapsed().as_secs_f64() / interval.as_secs_f64()).floor() + 1.0;
+    assert!(scrapes >= 20, "only {scrapes} scrapes");
+    assert!(
+        (1.0..=most).contains(&reads),
+        "{reads} reads for {scrapes} scrapes in {:?} (at most {most})",
+        started.elapsed()
+    );
 }

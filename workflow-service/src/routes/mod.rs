@@ -10,10 +10,10 @@ mod workflows;
 use actix_web::web;
 use shared_models::http::{method_not_allowed, route_not_found};
 
+/// Every route but `/metrics`, which [`crate::startup`] adds where `METRICS_ADDR` says.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(shared_models::http::healthz))
         .route("/readyz", web::get().to(health::readyz))
-        .route("/metrics", web::get().to(shared_models::metrics::metrics))
         .route("/openapi.json", web::get().to(openapi::merged))
         .route(
             "/openapi/workflow-service.json",
