@@ -1,5 +1,5 @@
 """What the deployment checks share: the problem list and YAML loading
-(scripts/validate_deploy.py, validate_k8s.py, k8s_routing.py)."""
+(scripts/validate_deploy.py, validate_k8s.py and the k8s_*.py)."""
 
 import os
 import sys
@@ -31,6 +31,10 @@ def load_docs(path):
     except (OSError, yaml.YAMLError) as e:
         problem(path, f"cannot read YAML: {e}")
         return []
+
+
+def name_of(obj):
+    return f"{obj.get('kind', '?')}/{(obj.get('metadata') or {}).get('name', '?')}"
 
 
 def rel(path):

