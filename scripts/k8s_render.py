@@ -259,6 +259,8 @@ def check_migrate_job(r, job, c, cname, tag):
             f"{name_of(job)}: a release's migrate Job is named thygon-migrate-{tag.replace('.', '-')} "
             f"(its image's tag {tag}; the overlay's patch renames it), so a new release gets a new Job"
         )
+    if not job["spec"].get("activeDeadlineSeconds"):
+        r.error(f"{name_of(job)}: needs activeDeadlineSeconds (the pods' startup probes wait that long)")
     if job["spec"]["template"]["spec"].get("restartPolicy") not in ("OnFailure", "Never"):
         r.error(f"{name_of(job)}: restartPolicy must be OnFailure or Never")
 
@@ -291,10 +293,22 @@ def check_workloads(r, scaled):
         r.error(
             f"the images are of several versions ({', '.join(sorted(tags - {None}))}): one release at a time"
         )
-    if not r.kind("Job"):
+    jobs = r.kind("Job")
+    if not jobs:
         r.error("no migrate Job")
+    # MIGRATE_ON_START=false: a process serves nothing (no /healthz) until the migrate Job has
+    # applied its migrations; the startup probe must wait as long as the Job may run.
+    deadline = max((j["spec"].get("activeDeadlineSeconds", 0) for j in jobs), default=0)
     for d in r.deployments:
         name = d["metadata"]["name"]
+        for c in pod_spec(d).get("containers") or []:
+            probe = c.get("startupProbe") or {}
+            window = probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+            if window < deadline:
+                r.error(
+                    f"{name_of(d)}: the startupProbe gives up after {window}s, before the migrate Job's "
+                    f"activeDeadlineSeconds ({deadline}s): pods waiting for the schema would be restarted"
+                )
         if name in scaled and "replicas" in d["spec"]:
             r.error(f"{name_of(d)} sets spec.replicas although {scaled[name][0]} owns it")
         if not selector_matches((d["spec"].get("selector") or {}), pod_labels(d)):
