@@ -21,9 +21,9 @@ import os
 import re
 import sys
 
-from deploy_lib import PROBLEMS, finish, load_docs, problem
+from deploy_lib import PROBLEMS, REPO, finish, load_docs, problem
 
-K8S = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "k8s")
+K8S = os.path.join(REPO, "k8s")
 
 
 def cmd_k8s(args):
