@@ -345,6 +345,57 @@ def check_autoscalers(r):
     return scaled
 
 
+BUDGET_ANNOTATION = "thygon.io/postgres-max-connections"
+# superuser_reserved_connections' default: slots ordinary roles never get.
+RESERVED_CONNECTIONS = 3
+# The defaults of DB_POOL_SIZE in the code (each crate's config.rs DEFAULT_DB_POOL_SIZE).
+DEFAULT_POOL = {"workflow-service": 4, "runtime-service": 8, "executor-worker": 4}
+
+
+def surge(d):
+    """The extra pods a rolling update of Deployment d adds (maxSurge; default 25%, rounded up)."""
+    value = ((d["spec"].get("strategy") or {}).get("rollingUpdate") or {}).get("maxSurge", "25%")
+    return value if isinstance(value, int) else None
+
+
+def check_connection_budget(r):
+    """docs/DEPLOY.md "Sizing": at the autoscalers' maxima, plus a rolling update's surge and
+    the migrate Job, the processes' pools fit in what the thygon-config ConfigMap says
+    PostgreSQL (or the PgBouncer in front of it) accepts."""
+    cm = r.named("ConfigMap", "thygon-config") or {}
+    declared = ((cm.get("metadata") or {}).get("annotations") or {}).get(BUDGET_ANNOTATION)
+    if declared is None or not str(declared).isdigit():
+        r.error(f"ConfigMap/thygon-config: annotation {BUDGET_ANNOTATION} (a number) is missing")
+        return
+    most = {}
+    for hpa in r.kind("HorizontalPodAutoscaler"):
+        most[hpa["spec"]["scaleTargetRef"]["name"]] = hpa["spec"]["maxReplicas"]
+    for so in r.kind("ScaledObject"):
+        most[so["spec"]["scaleTargetRef"]["name"]] = so["spec"].get("maxReplicaCount", 100)
+    total, parts = 1, ["1 (migrate Job)"]
+    for d in r.deployments:
+        name = d["metadata"]["name"]
+        extra = surge(d)
+        pods = most.get(name, d["spec"].get("replicas", 1))
+        if extra is None:
+            extra = -(-pods // 4)
+        pool = DEFAULT_POOL.get(name, 0)
+        for c in pod_spec(d).get("containers") or []:
+            value = effective_env(r, c).get("DB_POOL_SIZE")
+            if value is not None and str(value).isdigit():
+                pool = int(value)
+        total += (pods + extra) * pool
+        parts.append(f"{name} ({pods}+{extra}) x {pool}")
+    allowed = int(declared) - RESERVED_CONNECTIONS
+    if total > allowed:
+        r.error(
+            f"connection budget: {' + '.join(parts)} = {total} connections at the autoscalers' maxima, "
+            f"over {allowed} ({BUDGET_ANNOTATION}={declared} minus {RESERVED_CONNECTIONS} reserved): "
+            "lower a maximum or DB_POOL_SIZE, or raise max_connections (docs/DEPLOY.md, \"Sizing\")"
+        )
+    return total, allowed
+
+
 def check_services_and_pdbs(r):
     for svc in r.kind("Service"):
         targets = [d for d in r.deployments if selector_matches(svc["spec"].get("selector"), pod_labels(d))]

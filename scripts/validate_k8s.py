@@ -231,6 +231,7 @@ def cross_checks(overlay, objs):
         )
     scaled = k8s_render.check_autoscalers(r)
     k8s_render.check_workloads(r, scaled)
+    k8s_render.check_connection_budget(r)
     k8s_render.check_services_and_pdbs(r)
     k8s_components.check_keda(r)
     k8s_components.check_monitoring(r)
