@@ -12,5 +12,6 @@ mod quotas;
 mod reaper;
 mod runs;
 mod scheduler;
+mod sweeper;
 mod tenancy;
 mod trigger;
