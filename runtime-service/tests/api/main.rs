@@ -10,6 +10,7 @@ mod ops;
 mod queueing;
 mod quotas;
 mod reaper;
+mod redrive;
 mod runs;
 mod scheduler;
 mod sweeper;
