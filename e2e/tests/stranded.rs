@@ -24,7 +24,7 @@ fn two_steps() -> Value {
 
 async fn broker(stack: &Stack) -> (AmqpConnection, Channel, QueueNames) {
     let names = QueueNames::new(&stack.prefix);
-    let conn = queue::connect(&stack.amqp_url, "e2e-stranded")
+    let conn = queue::connect(&stack.broker, "e2e-stranded")
         .await
         .expect("amqp");
     let channel = conn.create_channel().await.expect("channel");

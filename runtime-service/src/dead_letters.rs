@@ -13,13 +13,10 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Confirmation, Connection};
-use shared_models::queue::QueueNames;
+use shared_models::queue::{self, QueueNames};
 use std::time::Duration;
 
 /// How long a put-back copy may wait for the broker's confirm.
@@ -69,10 +66,7 @@ impl DeadLetterChannel {
     /// A channel on `connection` in confirm mode, for the dead-letter queue of `names`
     /// (declared with the topology when the connection was made).
     pub async fn open(connection: &Connection, names: &QueueNames) -> Result<Self, lapin::Error> {
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let channel = queue::confirm_channel(connection).await?;
         Ok(Self {
             channel,
             queue: names.dead_letter_queue.clone(),

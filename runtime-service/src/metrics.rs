@@ -31,9 +31,7 @@ use diesel::dsl::count_star;
 use diesel::prelude::*;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{
-    register_int_counter, Gauge, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{register_int_counter, Gauge, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 use shared_models::db::{blocking, PgPool};
 use shared_models::schema::{outbox, runs};
 use shared_models::status::RunStatus;

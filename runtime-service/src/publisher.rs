@@ -5,7 +5,7 @@
 use crate::dead_letters::DeadLetterChannel;
 use crate::storage;
 use futures_util::future::{join_all, BoxFuture};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Connection};
 use shared_models::db::{blocking, PgPool};
 use shared_models::logctx::{self, LogContext};
@@ -100,11 +100,8 @@ impl AmqpPublisher {
 
     async fn connect(&self) -> Result<Link, lapin::Error> {
         let connection = queue::connect(&self.broker, "thygon-runtime-publisher").await?;
-        let channel = connection.create_channel().await?;
+        let channel = queue::confirm_channel(&connection).await?;
         queue::declare_topology(&channel, &self.names).await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
         Ok(Link {
             connection,
             channel,

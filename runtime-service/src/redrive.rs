@@ -30,13 +30,19 @@ use std::collections::HashMap;
 /// Letters taken before their runs are read and their jobs published.
 const CHUNK: usize = 100;
 
-/// What one call did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What one call did (the answer's `data`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct RedriveReport {
+    /// Letters whose jobs are back on the job queue (each acked only after the broker
+    /// confirmed its job).
     pub redriven: u32,
+    /// Letters that matched but whose run has ended: dropped.
     pub skipped: u32,
+    /// Letters left in the dead-letter queue: outside the filter, undecodable, or naming no
+    /// run.
     pub kept: u32,
-    /// Letters ready in the dead-letter queue when the call ended.
+    /// Letters ready in the dead-letter queue after the call.
     pub remaining: u32,
 }
 

@@ -6,7 +6,6 @@ use crate::error::RuntimeError;
 use crate::redrive::{self, RedriveReport};
 use crate::startup::AppState;
 use actix_web::{web, HttpResponse};
-use serde::Serialize;
 use shared_models::auth::Admin;
 use shared_models::envelope;
 use shared_models::http::OptionalJsonObject;
@@ -18,7 +17,7 @@ use shared_models::openapi::{self as doc, Envelope};
 #[allow(dead_code)] // documentation only
 struct RedriveBody {
     /// Only jobs of this org.
-    #[schema(example = "org_acme_123")]
+    #[schema(example = "org_acme_123", max_length = 64)]
     org_id: Option<String>,
     /// Only jobs of runs of this workflow.
     #[schema(example = "wf_support_triage")]
@@ -32,33 +31,6 @@ struct RedriveBody {
     older_than_seconds: Option<f64>,
 }
 
-/// What one redrive did.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RedriveView {
-    /// Letters whose jobs are back on the job queue (each acked only after the broker
-    /// confirmed its job).
-    redriven: u32,
-    /// Letters that matched but whose run has ended: dropped.
-    skipped: u32,
-    /// Letters left in the dead-letter queue: outside the filter, undecodable, or naming no
-    /// run.
-    kept: u32,
-    /// Letters ready in the dead-letter queue after the call.
-    remaining: u32,
-}
-
-impl From<RedriveReport> for RedriveView {
-    fn from(r: RedriveReport) -> Self {
-        RedriveView {
-            redriven: r.redriven,
-            skipped: r.skipped,
-            kept: r.kept,
-            remaining: r.remaining,
-        }
-    }
-}
-
 /// `POST /ops/dead-letters/redrive`: take up to `limit` letters from the dead-letter queue
 /// (never more than it held when the call began) and move those the filter selects back to
 /// the job queue; drop those whose run has ended; put the others back.
@@ -69,7 +41,7 @@ impl From<RedriveReport> for RedriveView {
     summary = "Move dead-lettered jobs back to the job queue (admin key)",
     request_body(content = RedriveBody, example = json!({"orgId": "org_acme_123", "limit": 100, "olderThanSeconds": 60})),
     responses(
-        (status = 200, description = "What the call did, and what is left in the dead-letter queue", body = Envelope<RedriveView>),
+        (status = 200, description = "What the call did, and what is left in the dead-letter queue", body = Envelope<RedriveReport>),
         (status = 400, response = doc::BadRequest),
         (status = 401, response = doc::Unauthorized),
         (status = 403, response = doc::Forbidden),
@@ -87,5 +59,5 @@ pub async fn redrive_dead_letters(
 ) -> Result<HttpResponse, RuntimeError> {
     let filter = domain::redrive_request(&body.0)?;
     let report = redrive::redrive(&state.pool, state.publisher.as_ref(), &filter).await?;
-    Ok(envelope::ok(RedriveView::from(report)))
+    Ok(envelope::ok(report))
 }

@@ -2,32 +2,15 @@
 //! back to the job queue once, letters of ended runs are dropped, the rest stay; the filter,
 //! the limit and the admin key hold.
 
-use crate::helpers::{amqp_url, assert_error, spawn_app, spawn_app_sampling, Reply, TestApp, ORG};
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Connection};
+use crate::helpers::{assert_error, spawn_app, spawn_app_sampling, Reply, TestApp, ORG};
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
+use lapin::{BasicProperties, Channel};
 use serde_json::{json, Value};
-use shared_models::queue::{self, QueueNames, RunJob};
+use shared_models::queue::{QueueNames, RunJob};
 use shared_models::testing;
 use std::time::{Duration, Instant};
 
 const REDRIVE: &str = "/ops/dead-letters/redrive";
-
-/// A channel on this test's queues (topology declared), in confirm mode.
-async fn broker(app: &TestApp) -> (Connection, Channel, QueueNames) {
-    let names = QueueNames::new(&app.prefix);
-    let conn = queue::connect(&amqp_url(), "test-redrive")
-        .await
-        .expect("amqp");
-    let channel = conn.create_channel().await.expect("channel");
-    queue::declare_topology(&channel, &names)
-        .await
-        .expect("topology");
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    (conn, channel, names)
-}
 
 /// Put `body` in the dead-letter queue, as dead-lettered `age_secs` ago (its `timestamp`).
 async fn dead_letter(channel: &Channel, names: &QueueNames, body: &[u8], age_secs: u64) {
@@ -102,7 +85,7 @@ async fn redrive_needs_the_admin_key() {
 #[tokio::test]
 async fn letters_of_live_runs_go_back_once_those_of_ended_runs_are_dropped_the_rest_stay() {
     let app = spawn_app_sampling().await;
-    let (_conn, channel, names) = broker(&app).await;
+    let (_conn, channel, names) = app.queues().await;
     let wf = app.workflow("redriven", true);
     let live = app.run_in(&wf, "PENDING");
     let ended = app.run_in(&wf, "COMPLETED");
@@ -148,7 +131,7 @@ async fn letters_of_live_runs_go_back_once_those_of_ended_runs_are_dropped_the_r
 #[tokio::test]
 async fn the_filter_and_the_limit_choose_what_goes_back() {
     let app = spawn_app().await;
-    let (_conn, channel, names) = broker(&app).await;
+    let (_conn, channel, names) = app.queues().await;
     let (wf, other_wf) = (app.workflow("chosen", true), app.workflow("other", true));
     let other_org = "org_elsewhere";
     app.key_for(other_org);

@@ -3,7 +3,7 @@
 //! replicas look); runs with a job in flight, and runs held at their org's running cap while
 //! their wake-ups come and go, are left alone.
 
-use crate::helpers::{amqp_url, seconds_from_now, spawn_app, TestApp, ORG};
+use crate::helpers::{broker, seconds_from_now, spawn_app, TestApp, ORG};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use runtime_service::publisher::AmqpPublisher;
@@ -11,6 +11,7 @@ use runtime_service::relay::relay_once;
 use runtime_service::storage::counters;
 use runtime_service::sweeper::PendingSweeper;
 use serde_json::json;
+use shared_models::metrics::sample;
 use shared_models::queue::QueueNames;
 use shared_models::schema::{outbox, run_events, runs};
 use std::time::Duration;
@@ -112,7 +113,7 @@ async fn a_pending_run_whose_job_was_lost_is_queued_again_once_per_period() {
     assert_eq!(requeued_count(&app), 1);
 
     // The relay publishes it at once (a dedupe key), without the request path's grace.
-    let publisher = AmqpPublisher::new(&amqp_url(), QueueNames::new(&app.prefix));
+    let publisher = AmqpPublisher::new(&broker(), QueueNames::new(&app.prefix));
     let published = relay_once(&app.db.pool, &publisher, Duration::from_secs(60))
         .await
         .expect("relay");
@@ -124,6 +125,15 @@ async fn a_pending_run_whose_job_was_lost_is_queued_again_once_per_period() {
     assert_eq!(sweeper.sweep_once(&app.db.pool).await.expect("pass"), 0);
     assert_eq!(requeues(&app, &id).len(), 2);
     assert_eq!(requeued_count(&app), 2);
+    // The process's counter (other tests of this binary add to it too).
+    let metrics = reqwest::get(format!("{}/metrics", app.address))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    let counted = sample(&metrics, "thygon_pending_runs_requeued_total", "");
+    assert!(counted.is_some_and(|n| n >= 2.0), "{counted:?}");
 }
 
 #[tokio::test]
@@ -289,7 +299,7 @@ async fn a_job_the_relay_publishes_late_restarts_the_clock() {
     // Triggered ten minutes ago while the broker was away: its job waited in the outbox.
     let id = pending_since(&app, &wf, 600);
     job_row(&app, &id, None, 600, None);
-    let publisher = AmqpPublisher::new(&amqp_url(), QueueNames::new(&app.prefix));
+    let publisher = AmqpPublisher::new(&broker(), QueueNames::new(&app.prefix));
     let published = relay_once(&app.db.pool, &publisher, Duration::from_secs(2))
         .await
         .expect("relay");
