@@ -67,20 +67,28 @@ pub const MAX_PENDING_REQUEUE_BATCH: u32 = 10_000;
 
 /// `PENDING_REQUEUE_SECONDS` (0 turns the sweeper off) and `PENDING_REQUEUE_BATCH`.
 pub fn pending_requeue_from_env() -> Result<Option<PendingRequeue>, String> {
-    let after = env_seconds("PENDING_REQUEUE_SECONDS", DEFAULT_PENDING_REQUEUE_SECONDS)?;
-    let batch: u32 = env_parse("PENDING_REQUEUE_BATCH", DEFAULT_PENDING_REQUEUE_BATCH)?;
-    if !(1..=MAX_PENDING_REQUEUE_BATCH).contains(&batch) {
-        return Err(format!(
-            "PENDING_REQUEUE_BATCH must be a whole number from 1 to {MAX_PENDING_REQUEUE_BATCH}"
-        ));
+    PendingRequeue::checked(
+        env_seconds("PENDING_REQUEUE_SECONDS", DEFAULT_PENDING_REQUEUE_SECONDS)?,
+        env_parse("PENDING_REQUEUE_BATCH", DEFAULT_PENDING_REQUEUE_BATCH)?,
+    )
+}
+
+impl PendingRequeue {
+    /// The sweeper's settings if they are in range; `None` when `after` is 0 (off).
+    pub fn checked(after: Duration, batch: u32) -> Result<Option<Self>, String> {
+        if !(1..=MAX_PENDING_REQUEUE_BATCH).contains(&batch) {
+            return Err(format!(
+                "PENDING_REQUEUE_BATCH must be a whole number from 1 to {MAX_PENDING_REQUEUE_BATCH}"
+            ));
+        }
+        if after.is_zero() {
+            return Ok(None);
+        }
+        if after < Duration::from_secs(1) {
+            return Err("PENDING_REQUEUE_SECONDS must be 0 (off) or at least 1 second".into());
+        }
+        Ok(Some(Self { after, batch }))
     }
-    if after.is_zero() {
-        return Ok(None);
-    }
-    if after < Duration::from_secs(1) {
-        return Err("PENDING_REQUEUE_SECONDS must be 0 (off) or at least 1 second".into());
-    }
-    Ok(Some(PendingRequeue { after, batch }))
 }
 
 /// `REAPER_GRACE_SECONDS`, default [`DEFAULT_REAPER_GRACE_SECONDS`].
@@ -125,5 +133,28 @@ impl Settings {
             event_stream_max: event_stream_max_from_env()?,
             metrics_refresh: metrics_refresh_from_env()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pending_sweeper_settings_are_checked() {
+        let secs = Duration::from_secs;
+        assert_eq!(
+            PendingRequeue::checked(secs(300), 200),
+            Ok(Some(PendingRequeue {
+                after: secs(300),
+                batch: 200
+            }))
+        );
+        assert_eq!(PendingRequeue::checked(Duration::ZERO, 200), Ok(None));
+        assert!(PendingRequeue::checked(Duration::from_millis(500), 200).is_err());
+        for batch in [0, MAX_PENDING_REQUEUE_BATCH + 1] {
+            let e = PendingRequeue::checked(secs(300), batch).unwrap_err();
+            assert!(e.contains("PENDING_REQUEUE_BATCH"), "{e}");
+        }
     }
 }
