@@ -390,6 +390,13 @@ async fn the_dashboard_shows_runs_graphs_queues_and_workers_in_a_browser() {
             "0",
             "messages in {name}"
         );
+        // No run was queued again, no letter redriven.
+        let count = if q["kind"] == "jobs" {
+            "<div class=\"requeued\"><span>Runs queued again</span><b>"
+        } else {
+            "<div class=\"redriven\"><span>Redriven</span><b>"
+        };
+        assert_eq!(text_after(&html, &card, count), "0", "counts of {name}");
         assert!(html.contains("<svg class=\"chart\""), "a chart for {name}");
     }
     assert!(html.contains("Oldest pending run"));

@@ -3,7 +3,7 @@
 //! `x-thygon-worker` headers, confirmed by the broker, before the original is acked.
 
 use lapin::message::Delivery;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use shared_models::queue::{DEAD_LETTER_REASON_HEADER, DEAD_LETTER_WORKER_HEADER};
@@ -29,10 +29,7 @@ impl DeadLetters {
         exchange: &str,
         worker_id: &str,
     ) -> Result<Self, lapin::Error> {
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let channel = shared_models::queue::confirm_channel(connection).await?;
         Ok(Self {
             channel,
             exchange: exchange.to_string(),

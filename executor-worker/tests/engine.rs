@@ -521,6 +521,44 @@ async fn processing_a_completed_run_again_is_done_and_changes_nothing() {
     assert_eq!(events_after.len(), events_before.len(), "no new events");
 }
 
+/// The PENDING sweeper and the redrive of dead letters may queue a job for a run whose first
+/// job was not lost after all: the two reach two workers at once, or one after the other.
+#[tokio::test]
+async fn duplicate_jobs_of_a_run_at_two_workers_run_its_steps_once() {
+    let db = test_db().await;
+    let agent = MockServer::start().await;
+    let definition = json!({ "steps": [agent_step("classify", "support-classifier", "Classify")] });
+    let (_, run_id) = workflow_with_run(&db.pool, "duplicated", definition, json!({})).await;
+    let slow = agent_output(json!({ "category": "billing" })).set_delay(Duration::from_millis(300));
+    mount_post(&agent, "/classify", slow, 1).await;
+    let agents = || registry(&[("support-classifier", format!("{}/classify", agent.uri()))]);
+    let (first, second) = (
+        engine(&db.pool, agents(), AGENT_TIMEOUT),
+        engine(&db.pool, agents(), AGENT_TIMEOUT),
+    );
+    let job = RunJob::new(&run_id, ORG, None);
+
+    let (a, b) = tokio::join!(first.process(&job), second.process(&job));
+    assert_eq!((a, b), (JobOutcome::Done, JobOutcome::Done));
+    // And once more after the run has ended.
+    assert_eq!(second.process(&job).await, JobOutcome::Done);
+
+    agent.verify().await;
+    let run = get_run(&db.pool, &run_id).await;
+    assert_eq!(run.status, "COMPLETED");
+    let steps = get_steps(&db.pool, &run_id).await;
+    assert_eq!((steps.len(), steps[0].attempt), (1, 1));
+    let events = get_events(&db.pool, &run_id).await;
+    assert_eq!(
+        transitions_of(&events, None),
+        [ft("PENDING", "RUNNING"), ft("RUNNING", "COMPLETED")]
+    );
+    assert_eq!(
+        transitions_of(&events, Some("classify")),
+        [ft("PENDING", "RUNNING"), ft("RUNNING", "COMPLETED")]
+    );
+}
+
 #[tokio::test]
 async fn a_run_held_by_another_live_worker_is_left_alone() {
     let db = test_db().await;

@@ -1,5 +1,5 @@
 use shared_models::auth::AuthConfig;
-use shared_models::config::{env_or, env_seconds, CommonConfig};
+use shared_models::config::{env_or, env_parse, env_seconds, CommonConfig};
 use std::time::Duration;
 
 /// This process's share of the connection budget (`DB_POOL_SIZE`; docs/DEPLOY.md "Sizing").
@@ -34,6 +34,9 @@ pub struct Settings {
     /// How long a sent outbox row is kept before the scheduler deletes it
     /// (`OUTBOX_RETENTION_SECONDS`, default 3600).
     pub outbox_retention: Duration,
+    /// The PENDING sweeper (`PENDING_REQUEUE_SECONDS`, `PENDING_REQUEUE_BATCH`); `None` when
+    /// turned off (`PENDING_REQUEUE_SECONDS=0`).
+    pub pending_requeue: Option<PendingRequeue>,
     /// The longest an event stream stays open (`EVENT_STREAM_MAX_SECONDS`, default 3600); it
     /// then ends with a `reconnect` event whose id the client resumes from.
     pub event_stream_max: Duration,
@@ -46,6 +49,47 @@ pub struct Settings {
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8082";
 
 pub const DEFAULT_REAPER_GRACE_SECONDS: f64 = 5.0;
+
+/// How the scheduler's PENDING sweeper queues runs that have no job in flight again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PendingRequeue {
+    /// A PENDING run none of whose jobs went out for this long, with none waiting in the
+    /// outbox, is queued again (`PENDING_REQUEUE_SECONDS`, default 300; at least 1 s).
+    pub after: Duration,
+    /// PENDING runs looked at per scheduler pass (`PENDING_REQUEUE_BATCH`, default 200,
+    /// 1-10000).
+    pub batch: u32,
+}
+
+pub const DEFAULT_PENDING_REQUEUE_SECONDS: f64 = 300.0;
+pub const DEFAULT_PENDING_REQUEUE_BATCH: u32 = 200;
+pub const MAX_PENDING_REQUEUE_BATCH: u32 = 10_000;
+
+/// `PENDING_REQUEUE_SECONDS` (0 turns the sweeper off) and `PENDING_REQUEUE_BATCH`.
+pub fn pending_requeue_from_env() -> Result<Option<PendingRequeue>, String> {
+    PendingRequeue::checked(
+        env_seconds("PENDING_REQUEUE_SECONDS", DEFAULT_PENDING_REQUEUE_SECONDS)?,
+        env_parse("PENDING_REQUEUE_BATCH", DEFAULT_PENDING_REQUEUE_BATCH)?,
+    )
+}
+
+impl PendingRequeue {
+    /// The sweeper's settings if they are in range; `None` when `after` is 0 (off).
+    pub fn checked(after: Duration, batch: u32) -> Result<Option<Self>, String> {
+        if !(1..=MAX_PENDING_REQUEUE_BATCH).contains(&batch) {
+            return Err(format!(
+                "PENDING_REQUEUE_BATCH must be a whole number from 1 to {MAX_PENDING_REQUEUE_BATCH}"
+            ));
+        }
+        if after.is_zero() {
+            return Ok(None);
+        }
+        if after < Duration::from_secs(1) {
+            return Err("PENDING_REQUEUE_SECONDS must be 0 (off) or at least 1 second".into());
+        }
+        Ok(Some(Self { after, batch }))
+    }
+}
 
 /// `REAPER_GRACE_SECONDS`, default [`DEFAULT_REAPER_GRACE_SECONDS`].
 pub fn reaper_grace_from_env() -> Result<Duration, String> {
@@ -85,8 +129,32 @@ impl Settings {
             ops_sample_interval: env_seconds("OPS_SAMPLE_SECONDS", 5.0)?,
             worker_heartbeat: env_seconds("WORKER_HEARTBEAT_SECONDS", 5.0)?,
             outbox_retention: env_seconds("OUTBOX_RETENTION_SECONDS", 3600.0)?,
+            pending_requeue: pending_requeue_from_env()?,
             event_stream_max: event_stream_max_from_env()?,
             metrics_refresh: metrics_refresh_from_env()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pending_sweeper_settings_are_checked() {
+        let secs = Duration::from_secs;
+        assert_eq!(
+            PendingRequeue::checked(secs(300), 200),
+            Ok(Some(PendingRequeue {
+                after: secs(300),
+                batch: 200
+            }))
+        );
+        assert_eq!(PendingRequeue::checked(Duration::ZERO, 200), Ok(None));
+        assert!(PendingRequeue::checked(Duration::from_millis(500), 200).is_err());
+        for batch in [0, MAX_PENDING_REQUEUE_BATCH + 1] {
+            let e = PendingRequeue::checked(secs(300), batch).unwrap_err();
+            assert!(e.contains("PENDING_REQUEUE_BATCH"), "{e}");
+        }
     }
 }

@@ -251,6 +251,93 @@ pub fn approval_request(body: &Map<String, Value>) -> Result<Approval, ApiError>
     }
 }
 
+/// The most dead letters one redrive looks at, by default and at most.
+pub const DEFAULT_REDRIVE_LIMIT: u32 = 1000;
+pub const MAX_REDRIVE_LIMIT: u32 = 10_000;
+/// The longest `olderThanSeconds` (a year).
+pub const MAX_REDRIVE_AGE_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+/// The longest `orgId` a filter may name (org ids are at most 64 characters).
+const MAX_ORG_ID_CHARS: usize = 64;
+
+/// `POST /ops/dead-letters/redrive` body: which dead letters go back to the job queue.
+#[derive(Debug, Clone)]
+pub struct RedriveFilter {
+    /// Only jobs of this org (`orgId`).
+    pub org_id: Option<String>,
+    /// Only jobs of runs of this workflow (`workflowId`).
+    pub workflow_id: Option<WorkflowId>,
+    /// The most letters one call takes from the queue (`limit`, 1-10000, default 1000).
+    pub limit: u32,
+    /// Only letters dead-lettered at least this long ago (`olderThanSeconds`).
+    pub older_than: Option<std::time::Duration>,
+}
+
+/// `POST /ops/dead-letters/redrive` body: `orgId`, `workflowId`, `limit`, `olderThanSeconds`,
+/// all optional (no body at all is `{}`).
+pub fn redrive_request(body: &Map<String, Value>) -> Result<RedriveFilter, ApiError> {
+    let mut errors = Errors::new();
+    let mut obj = Obj::new(body, "");
+    let org_id = obj.opt_str("orgId", &mut errors).and_then(|o| {
+        if (1..=MAX_ORG_ID_CHARS).contains(&o.chars().count()) {
+            Some(o.to_string())
+        } else {
+            errors.push(FieldError::new(
+                "orgId",
+                format!("must be 1 to {MAX_ORG_ID_CHARS} characters"),
+            ));
+            None
+        }
+    });
+    let workflow_id =
+        obj.opt_str("workflowId", &mut errors)
+            .and_then(|w| match WorkflowId::parse(w) {
+                Some(id) => Some(id),
+                None => {
+                    errors.push(FieldError::new(
+                        "workflowId",
+                        "must be a workflow id (wf_ and a name)",
+                    ));
+                    None
+                }
+            });
+    let limit = match obj.optional("limit") {
+        None => DEFAULT_REDRIVE_LIMIT,
+        Some(v) => match v
+            .as_u64()
+            .filter(|n| (1..=u64::from(MAX_REDRIVE_LIMIT)).contains(n))
+        {
+            Some(n) => n as u32,
+            None => {
+                errors.push(FieldError::new(
+                    "limit",
+                    format!("must be a whole number from 1 to {MAX_REDRIVE_LIMIT}"),
+                ));
+                DEFAULT_REDRIVE_LIMIT
+            }
+        },
+    };
+    let older_than = obj
+        .opt_f64("olderThanSeconds", &mut errors)
+        .and_then(|secs| {
+            if (0.0..=MAX_REDRIVE_AGE_SECONDS).contains(&secs) {
+                Some(std::time::Duration::from_secs_f64(secs))
+            } else {
+                errors.push(FieldError::new(
+                    "olderThanSeconds",
+                    format!("must be from 0 to {MAX_REDRIVE_AGE_SECONDS}"),
+                ));
+                None
+            }
+        });
+    obj.finish(&mut errors);
+    shared_models::body::finish(errors, || RedriveFilter {
+        org_id,
+        workflow_id,
+        limit,
+        older_than,
+    })
+}
+
 /// The `Last-Event-ID` header of an event stream, if any: the id of the last event the
 /// client has (a non-negative integer, as this service sends them).
 pub fn last_event_id(raw: Option<&[u8]>) -> Result<Option<i64>, ApiError> {
@@ -391,6 +478,48 @@ mod tests {
                 .unwrap()
         )
         .is_err());
+    }
+
+    #[test]
+    fn redrive_bodies_are_optional_fields_in_range() {
+        let f = redrive_request(json!({}).as_object().unwrap()).unwrap();
+        assert_eq!(
+            (f.org_id, f.workflow_id, f.limit, f.older_than),
+            (None, None, DEFAULT_REDRIVE_LIMIT, None)
+        );
+        let f = redrive_request(
+            json!({"orgId": "org_a", "workflowId": "wf_triage", "limit": 10000,
+                   "olderThanSeconds": 1.5})
+            .as_object()
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(f.org_id.as_deref(), Some("org_a"));
+        assert_eq!(
+            f.workflow_id.map(|w| w.as_str().to_string()).as_deref(),
+            Some("wf_triage")
+        );
+        assert_eq!(f.limit, 10_000);
+        assert_eq!(f.older_than, Some(std::time::Duration::from_millis(1500)));
+        let e = redrive_request(
+            json!({"orgId": "", "workflowId": "triage", "limit": 0,
+                   "olderThanSeconds": -1, "queue": "x"})
+            .as_object()
+            .unwrap(),
+        )
+        .unwrap_err();
+        let fields: Vec<_> = e.details.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["orgId", "workflowId", "limit", "olderThanSeconds", "queue"]
+        );
+        for limit in [json!(10001), json!(2.5), json!("5")] {
+            let body = json!({ "limit": limit });
+            assert!(
+                redrive_request(body.as_object().unwrap()).is_err(),
+                "{body}"
+            );
+        }
     }
 
     #[test]

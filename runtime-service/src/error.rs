@@ -36,6 +36,9 @@ pub enum RuntimeError {
     Quota(#[from] shared_models::limits::QuotaExceeded),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A redrive of dead letters that could not go on (the broker or the database).
+    #[error(transparent)]
+    Redrive(#[from] crate::redrive::RedriveError),
 }
 
 impl RuntimeError {
@@ -53,6 +56,14 @@ impl RuntimeError {
             RuntimeError::OtherOrg(_) => ApiError::new(ErrorCode::Forbidden, self.to_string()),
             RuntimeError::Quota(e) => e.clone().into(),
             RuntimeError::Storage(e) => e.to_api(),
+            RuntimeError::Redrive(crate::redrive::RedriveError::Storage(e)) => e.to_api(),
+            RuntimeError::Redrive(e) => {
+                log::warn!("redrive of dead letters stopped: {e}");
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the broker cannot be reached: letters not yet moved stay in the dead-letter queue",
+                )
+            }
         }
     }
 }

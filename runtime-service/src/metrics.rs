@@ -17,19 +17,48 @@
 //! These live in a registry of the application's own ([`DatabaseGauges::registry`]), so the
 //! applications of one test binary, each on its own database, each show theirs. The trigger
 //! batcher adds `thygon_trigger_batch_size` (a histogram of the triggers each group-commit
-//! transaction wrote; see [`crate::batcher`]) to the process's default registry.
+//! transaction wrote; see [`crate::batcher`]) to the process's default registry, and so do
+//! these counters of what this process did (the operators' view shows the deployment's
+//! totals, from `ops_counters`):
+//!
+//! - `thygon_pending_runs_requeued_total`: PENDING runs the sweeper queued again
+//!   ([`crate::sweeper`]).
+//! - `thygon_dead_letters_redriven_total`: dead letters moved back to the job queue
+//!   ([`crate::redrive`]).
 
 use chrono::{DateTime, Utc};
 use diesel::dsl::count_star;
 use diesel::prelude::*;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{Gauge, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{register_int_counter, Gauge, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 use shared_models::db::{blocking, PgPool};
 use shared_models::schema::{outbox, runs};
 use shared_models::status::RunStatus;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
+
+pub static PENDING_RUNS_REQUEUED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "thygon_pending_runs_requeued_total",
+        "PENDING runs queued again because no job of theirs was in flight for PENDING_REQUEUE_SECONDS"
+    )
+    .expect("register thygon_pending_runs_requeued_total")
+});
+
+pub static DEAD_LETTERS_REDRIVEN: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "thygon_dead_letters_redriven_total",
+        "Dead letters moved back to the job queue by POST /ops/dead-letters/redrive"
+    )
+    .expect("register thygon_dead_letters_redriven_total")
+});
+
+/// Register the process's counters, so that they are shown (at 0) before anything is
+/// counted.
+pub fn register_counters() {
+    let _ = (&*PENDING_RUNS_REQUEUED, &*DEAD_LETTERS_REDRIVEN);
+}
 
 /// How long a read may wait for the database before it counts as failed.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(3);

@@ -2,9 +2,10 @@
 //! once per connection. The HTTP layer sees only [`JobPublisher`], and [`publish_jobs`] for
 //! jobs whose outbox rows have just committed (single triggers, run control, the batcher).
 
+use crate::dead_letters::DeadLetterChannel;
 use crate::storage;
 use futures_util::future::{join_all, BoxFuture};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Connection};
 use shared_models::db::{blocking, PgPool};
 use shared_models::logctx::{self, LogContext};
@@ -28,6 +29,8 @@ pub trait JobPublisher: Send + Sync + 'static {
     fn publish<'a>(&'a self, job: &'a RunJob) -> BoxFuture<'a, Result<(), PublishError>>;
     /// Can a publish succeed now? (The broker half of `/readyz`.)
     fn ready(&self) -> BoxFuture<'_, bool>;
+    /// A channel on the dead-letter queue, for one redrive of dead letters.
+    fn dead_letters(&self) -> BoxFuture<'_, Result<DeadLetterChannel, PublishError>>;
 }
 
 /// Timeouts keep a stuck broker (memory alarm, half-open socket) from holding requests.
@@ -37,8 +40,8 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 
 struct Link {
-    // Kept so the connection lives as long as its channel.
-    _connection: Connection,
+    // Lives as long as its channel; the redrive opens channels of its own on it.
+    connection: Connection,
     channel: Channel,
 }
 
@@ -97,13 +100,10 @@ impl AmqpPublisher {
 
     async fn connect(&self) -> Result<Link, lapin::Error> {
         let connection = queue::connect(&self.broker, "thygon-runtime-publisher").await?;
-        let channel = connection.create_channel().await?;
+        let channel = queue::confirm_channel(&connection).await?;
         queue::declare_topology(&channel, &self.names).await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
         Ok(Link {
-            _connection: connection,
+            connection,
             channel,
         })
     }
@@ -162,6 +162,19 @@ impl JobPublisher for AmqpPublisher {
     fn ready(&self) -> BoxFuture<'_, bool> {
         Box::pin(async move { self.link().await.is_ok() })
     }
+
+    fn dead_letters(&self) -> BoxFuture<'_, Result<DeadLetterChannel, PublishError>> {
+        Box::pin(async move {
+            let link = self.link().await?;
+            match DeadLetterChannel::open(&link.connection, &self.names).await {
+                Ok(channel) => Ok(channel),
+                Err(e) => {
+                    self.forget(&link).await;
+                    Err(PublishError::Unreachable(e.to_string()))
+                }
+            }
+        })
+    }
 }
 
 /// Publish jobs whose outbox rows have committed (all at once: their confirms are awaited
@@ -177,7 +190,7 @@ pub async fn publish_jobs(pool: &PgPool, publisher: &dyn JobPublisher, jobs: &[(
     for ((outbox_id, job), confirm) in jobs.iter().zip(confirms) {
         match confirm {
             Ok(()) => sent.push(*outbox_id),
-            Err(e) => in_run_context(job, || {
+            Err(e) => in_run_context(&job.run_id, job.request_id.as_deref(), || {
                 log::warn!(
                     "run {}: publish failed ({e}); left to the outbox relay",
                     job.run_id
@@ -202,7 +215,7 @@ pub async fn publish_jobs(pool: &PgPool, publisher: &dyn JobPublisher, jobs: &[(
 }
 
 /// Log lines about one run carry its ids, as they would in its request.
-fn in_run_context(job: &RunJob, f: impl FnOnce()) {
-    let ctx = LogContext::run(job.run_id.clone(), job.request_id.clone());
+pub(crate) fn in_run_context(run_id: &str, request_id: Option<&str>, f: impl FnOnce()) {
+    let ctx = LogContext::run(run_id, request_id);
     logctx::sync_scope(Some(ctx), f);
 }

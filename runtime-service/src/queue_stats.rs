@@ -1,7 +1,8 @@
 //! The queues as operators see them (`GET /ops/queues`): a background sampler that, every
 //! `OPS_SAMPLE_SECONDS`, asks the broker for the job queue's and the dead-letter queue's
 //! message and consumer counts (a passive `queue.declare`, which creates nothing, over a
-//! connection of its own), reads the age of the oldest due PENDING run from the database,
+//! connection of its own), reads the age of the oldest due PENDING run and the counts of
+//! runs queued again and dead letters redriven (`ops_counters`) from the database,
 //! keeps the latest numbers and an hour of history in memory, and sets the Prometheus gauges
 //! `thygon_queue_messages{queue}` and `thygon_queue_consumers{queue}` (the oldest pending
 //! run's gauge is [`crate::metrics`]'s, read on its own interval).
@@ -17,7 +18,7 @@ use lapin::Connection;
 use prometheus::{register_int_gauge_vec, IntGaugeVec};
 use shared_models::db::{blocking, PgPool};
 use shared_models::queue::{self, Broker, QueueNames};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
@@ -92,6 +93,8 @@ pub struct QueueStats {
     pub attempted_at: Option<DateTime<Utc>>,
     /// Seconds since the oldest due PENDING run was created (0 when none), as last read.
     pub oldest_pending_run_age_seconds: Option<f64>,
+    /// The deployment's counts (`ops_counters`, by name), as last read.
+    pub counters: Option<HashMap<String, i64>>,
     pub sample_interval: Duration,
 }
 
@@ -113,6 +116,7 @@ impl QueueStats {
             reachable: false,
             attempted_at: None,
             oldest_pending_run_age_seconds: None,
+            counters: None,
             sample_interval,
         }
     }
@@ -195,12 +199,16 @@ impl Sampler {
             }
         }
         let oldest = self.oldest_pending_age().await;
+        let counters = self.counters().await;
         let at = shared_models::time::now();
 
         let mut stats = self.stats.write().unwrap_or_else(|e| e.into_inner());
         stats.attempted_at = Some(at);
         if let Some(age) = oldest {
             stats.oldest_pending_run_age_seconds = Some(age);
+        }
+        if counters.is_some() {
+            stats.counters = counters;
         }
         match failure {
             Some(e) => {
@@ -318,6 +326,17 @@ impl Sampler {
             }
             Err(e) => {
                 log::warn!("queue sampler: cannot read the oldest pending run: {e}");
+                None
+            }
+        }
+    }
+
+    /// The deployment's counts; `None` when the database cannot say.
+    async fn counters(&self) -> Option<HashMap<String, i64>> {
+        match blocking(&self.pool, crate::storage::counters::read_all).await {
+            Ok(counts) => Some(counts),
+            Err(e) => {
+                log::warn!("queue sampler: cannot read the ops counters: {e}");
                 None
             }
         }

@@ -41,7 +41,7 @@ pub async fn relay_once(
                 let id = pending.id;
                 let now = shared_models::time::now();
                 blocking(pool, move |conn| {
-                    storage::mark_outbox_sent(conn, &[id], now)
+                    storage::mark_relayed(conn, id, now, grace_secs)
                 })
                 .await?;
                 published += 1;

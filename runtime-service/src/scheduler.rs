@@ -5,10 +5,14 @@
 //! whose worker died gets a new job, so another worker resumes it even when its message is
 //! gone too; and it prunes outbox rows sent more than `OUTBOX_RETENTION_SECONDS` ago
 //! ([`prune_once`]), so the table holds about that long's traffic and no more.
+//! And, when `PENDING_REQUEUE_SECONDS` is set, it sweeps PENDING runs that have no job in
+//! flight (the broker lost it) and queues them again ([`PendingSweeper`]).
 //! Every replica runs one; the outbox's unique dedupe key queues each wake-up and each
-//! expired lease once, and the relay publishes them at once.
+//! expired lease once (and a row lock each stranded run), and the relay publishes them at
+//! once.
 
 use crate::storage;
+use crate::sweeper::PendingSweeper;
 use shared_models::db::{blocking, PgPool, StorageError};
 use std::time::Duration;
 
@@ -71,12 +75,14 @@ pub async fn prune_once(pool: &PgPool, retention: Duration) -> Result<usize, Sto
 }
 
 /// Run passes (wake-ups, then expired leases with the reaper grace of
-/// `REAPER_GRACE_SECONDS`, then outbox pruning with `outbox_retention`) forever, `interval`
-/// apart; the caller aborts the task at shutdown (safe: each pass is one transaction).
+/// `REAPER_GRACE_SECONDS`, then the PENDING sweep when there is a `sweeper`, then outbox
+/// pruning with `outbox_retention`) forever, `interval` apart; the caller aborts the task at
+/// shutdown (safe: each pass is one transaction).
 pub async fn run(
     pool: PgPool,
     interval: Duration,
     reaper_grace: Duration,
+    mut sweeper: Option<PendingSweeper>,
     outbox_retention: Duration,
 ) {
     loop {
@@ -86,6 +92,11 @@ pub async fn run(
         }
         if let Err(e) = reap_once(&pool, reaper_grace).await {
             log::warn!("lease reaper pass failed: {e}");
+        }
+        if let Some(sweeper) = sweeper.as_mut() {
+            if let Err(e) = sweeper.sweep_once(&pool).await {
+                log::warn!("PENDING sweep failed: {e}");
+            }
         }
         if let Err(e) = prune_once(&pool, outbox_retention).await {
             log::warn!("outbox pruning pass failed: {e}");

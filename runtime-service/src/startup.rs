@@ -9,6 +9,7 @@ use crate::metrics::DatabaseGauges;
 use crate::publisher::{AmqpPublisher, JobPublisher};
 use crate::queue_stats::{QueueStats, Sampler, SharedQueueStats};
 use crate::routes::events::EventStreams;
+use crate::sweeper::PendingSweeper;
 use crate::{relay, routes, scheduler};
 use actix_web::dev::Server;
 use actix_web::{web, HttpServer};
@@ -107,6 +108,9 @@ impl Application {
                 pool,
                 settings.scheduler_interval,
                 settings.reaper_grace,
+                settings
+                    .pending_requeue
+                    .map(|p| PendingSweeper::new(p.after, p.batch)),
                 settings.outbox_retention,
             )),
         ]);
@@ -162,6 +166,7 @@ impl Application {
         event_stream_max: Duration,
     ) -> std::io::Result<Self> {
         shared_models::metrics::set_service_name("runtime-service");
+        crate::metrics::register_counters();
         let port = listener.local_addr()?.port();
         let auth = web::Data::new(Authenticator::new(pool.clone(), auth));
         let (batcher, batch_loop) = Batcher::new(pool.clone(), publisher.clone());

@@ -8,11 +8,17 @@
 //! - [`wakeups`]: jobs for WAITING runs, and PENDING runs held back by their org's running
 //!   cap, whose `wake_at` has come.
 //! - [`reaper`]: jobs for RUNNING runs whose lease expired (their worker is gone).
+//! - [`sweeper`]: jobs for PENDING runs that have none in flight (the broker lost it).
+//! - [`redrive`]: what the redrive of dead letters needs to know of their runs.
+//! - [`counters`]: the deployment-wide counts of the operators' view (`ops_counters`).
 //! - [`workers`]: the workers' presence rows and the runs each holds (read only).
 
 pub mod control;
+pub mod counters;
 pub mod events;
 pub mod reaper;
+pub mod redrive;
+pub mod sweeper;
 pub mod wakeups;
 pub mod workers;
 
@@ -442,6 +448,31 @@ pub fn mark_outbox_sent(
         .bind::<diesel::sql_types::Array<BigInt>, _>(outbox_ids)
         .execute(conn)
         .map(|_| ())
+}
+
+/// Mark one row the relay published sent. A row that waited longer than `grace_secs` (the
+/// broker was away, or the request path's process died) got its job to the broker only now:
+/// its run, if still PENDING, has `queued_at` set to now, so the PENDING sweeper
+/// ([`sweeper`]) counts from now and not from the run's creation.
+pub fn mark_relayed(
+    conn: &mut PgConnection,
+    outbox_id: i64,
+    now: DateTime<Utc>,
+    grace_secs: f64,
+) -> Result<(), Error> {
+    prepared(
+        "WITH sent AS (
+             UPDATE outbox SET sent_at = $1 WHERE id = $2 AND sent_at IS NULL
+             RETURNING run_id, created_at)
+         UPDATE runs r SET queued_at = $1 FROM sent
+         WHERE r.id = sent.run_id AND r.status = 'PENDING'
+           AND sent.created_at < $1 - make_interval(secs => $3)",
+    )
+    .bind::<diesel::sql_types::Timestamptz, _>(now)
+    .bind::<BigInt, _>(outbox_id)
+    .bind::<Double, _>(grace_secs)
+    .execute(conn)
+    .map(|_| ())
 }
 
 /// Delete the outbox rows sent more than `retention_secs` ago among the `limit` oldest

@@ -544,6 +544,11 @@
     ]);
   }
 
+  // A count the service could not read yet shows as a dash.
+  function fmtCount(n) {
+    return n === null || n === undefined ? "—" : String(n);
+  }
+
   function queueCard(q) {
     const number = (label, value, cls) =>
       el("div", { class: cls }, [el("span", { text: label }), el("b", { text: value })]);
@@ -561,6 +566,9 @@
         q.kind === "jobs"
           ? number("Oldest pending run", fmtSeconds(q.oldestPendingRunAgeSeconds), "oldest")
           : null,
+        q.kind === "jobs"
+          ? number("Runs queued again", fmtCount(q.pendingRunsRequeued), "requeued")
+          : number("Redriven", fmtCount(q.deadLettersRedriven), "redriven"),
       ]),
       chart(q),
       el("div", { class: "chart-legend" }, [

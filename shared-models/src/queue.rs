@@ -226,6 +226,16 @@ pub async fn connect(broker: &Broker, name: &str) -> Result<Connection, lapin::E
     .await
 }
 
+/// A new channel on `connection` with publisher confirms on: a publish counts only once the
+/// broker confirmed it.
+pub async fn confirm_channel(connection: &Connection) -> Result<Channel, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
 /// Declare the exchanges and queues once, at start-up (idempotent with the same arguments).
 pub async fn declare_topology(channel: &Channel, names: &QueueNames) -> Result<(), lapin::Error> {
     let durable = QueueDeclareOptions {

@@ -49,6 +49,7 @@ diesel::table! {
         wake_at -> Nullable<Timestamptz>,
         lease_takeovers -> Int4,
         root_run_id -> Nullable<Text>,
+        queued_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -135,6 +136,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    ops_counters (name) {
+        name -> Text,
+        value -> Int8,
+        updated_at -> Timestamptz,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     orgs,
     api_keys,
@@ -144,5 +153,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     outbox,
     step_runs,
     run_events,
-    workers
+    workers,
+    ops_counters
 );

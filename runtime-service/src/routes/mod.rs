@@ -1,6 +1,7 @@
 //! HTTP in and out: one file per resource.
 
 mod control;
+mod dead_letters;
 pub mod events;
 mod health;
 pub mod openapi;
@@ -56,6 +57,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/ops/queues")
                 .route(web::get().to(ops::queues))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/ops/dead-letters/redrive")
+                .route(web::post().to(dead_letters::redrive_dead_letters))
                 .default_service(web::to(method_not_allowed)),
         )
         .service(

@@ -23,28 +23,32 @@ use utoipa::{Modify, OpenApi};
         super::events::stream_run_events,
         super::ops::queues,
         super::ops::workers,
+        super::dead_letters::redrive_dead_letters,
     ),
     tags(
         (name = "runs", description = "Runs: trigger, follow and control them (runtime-service)"),
-        (name = "ops", description = "Queues and workers, for operators (admin key; runtime-service)"),
+        (name = "ops", description = "Queues, workers and dead letters, for operators (admin key; runtime-service)"),
     ),
-    modifiers(&Common, &OptionalTriggerBody)
+    modifiers(&Common, &OptionalBodies)
 )]
 struct ApiDoc;
 
-/// `POST /workflows/{id}/trigger` may have no body at all (it is then `{}`).
-struct OptionalTriggerBody;
+/// `POST /workflows/{id}/trigger` and `POST /ops/dead-letters/redrive` may have no body at
+/// all (it is then `{}`).
+struct OptionalBodies;
 
-impl Modify for OptionalTriggerBody {
+impl Modify for OptionalBodies {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        let body = doc
-            .paths
-            .paths
-            .get_mut("/workflows/{id}/trigger")
-            .and_then(|item| item.post.as_mut())
-            .and_then(|op| op.request_body.as_mut());
-        if let Some(body) = body {
-            body.required = Some(Required::False);
+        for path in ["/workflows/{id}/trigger", "/ops/dead-letters/redrive"] {
+            let body = doc
+                .paths
+                .paths
+                .get_mut(path)
+                .and_then(|item| item.post.as_mut())
+                .and_then(|op| op.request_body.as_mut());
+            if let Some(body) = body {
+                body.required = Some(Required::False);
+            }
         }
     }
 }

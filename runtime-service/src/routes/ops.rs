@@ -5,6 +5,7 @@ use crate::error::RuntimeError;
 use crate::queue_stats::{Point, QueueStats};
 use crate::startup::AppState;
 use crate::storage;
+use crate::storage::counters;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -59,6 +60,12 @@ pub struct QueueView {
     /// Seconds since the oldest due PENDING run was created (0 when none); on the jobs queue
     /// only (`null` on the dead-letter queue, and before the database answered once).
     oldest_pending_run_age_seconds: Option<f64>,
+    /// PENDING runs the sweeper queued again because no job of theirs was in flight, by
+    /// every replica since the count began; on the jobs queue only.
+    pending_runs_requeued: Option<i64>,
+    /// Dead letters moved back to the job queue (`POST /ops/dead-letters/redrive`), by every
+    /// replica since the count began; on the dead-letter queue only.
+    dead_letters_redriven: Option<i64>,
     /// When the numbers were read from the broker.
     #[serde(with = "rfc3339_opt")]
     sampled_at: Option<DateTime<Utc>>,
@@ -72,6 +79,12 @@ fn queue_views(stats: &QueueStats) -> Vec<QueueView> {
         .iter()
         .map(|q| {
             let latest = q.latest.as_ref();
+            let jobs = q.kind == crate::queue_stats::QueueKind::Jobs;
+            // A count never added to is 0, once the database has answered.
+            let count = |name: &str, shown: bool| {
+                let counters = stats.counters.as_ref().filter(|_| shown)?;
+                Some(counters.get(name).copied().unwrap_or(0))
+            };
             QueueView {
                 name: q.name.clone(),
                 kind: q.kind.as_str(),
@@ -79,9 +92,11 @@ fn queue_views(stats: &QueueStats) -> Vec<QueueView> {
                 exists: q.exists,
                 messages: latest.map_or(0, |p| p.messages),
                 consumers: latest.map_or(0, |p| p.consumers),
-                oldest_pending_run_age_seconds: (q.kind == crate::queue_stats::QueueKind::Jobs)
+                oldest_pending_run_age_seconds: jobs
                     .then_some(stats.oldest_pending_run_age_seconds)
                     .flatten(),
+                pending_runs_requeued: count(counters::PENDING_RUNS_REQUEUED, jobs),
+                dead_letters_redriven: count(counters::DEAD_LETTERS_REDRIVEN, !jobs),
                 sampled_at: latest.map(|p| p.at),
                 history: q.history.iter().map(PointView::from).collect(),
             }

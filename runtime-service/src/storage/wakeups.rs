@@ -12,14 +12,23 @@ use shared_models::runs::enqueue_job;
 #[derive(QueryableByName)]
 pub(super) struct RunToQueue {
     #[diesel(sql_type = Text)]
-    id: String,
+    pub(super) id: String,
     #[diesel(sql_type = Text)]
-    org_id: String,
+    pub(super) org_id: String,
     #[diesel(sql_type = Nullable<Text>)]
-    request_id: Option<String>,
+    pub(super) request_id: Option<String>,
     #[diesel(sql_type = Text)]
-    dedupe_key: String,
+    pub(super) dedupe_key: String,
 }
+
+/// The dedupe key of the wake-up of run `r` at its `wake_at` (SQL, over a row `r` of `runs`):
+/// the scheduler writes it, the PENDING sweeper looks it up.
+macro_rules! wake_key_sql {
+    () => {
+        "'wake:' || r.id || ':' || (extract(epoch FROM r.wake_at) * 1000000)::bigint"
+    };
+}
+pub(super) use wake_key_sql;
 
 /// Queue one job per due wake-up (a WAITING or held-back PENDING run whose `wake_at` has
 /// come), up to `limit` per call, in one transaction. The dedupe key
@@ -29,16 +38,17 @@ pub(super) struct RunToQueue {
 pub fn enqueue_due_wakeups(conn: &mut PgConnection, limit: i64) -> Result<usize, Error> {
     conn.transaction(|conn| {
         // Runs already queued are skipped here, so a backlog larger than `limit` drains.
-        let due: Vec<RunToQueue> = diesel::sql_query(
+        let due: Vec<RunToQueue> = diesel::sql_query(concat!(
             "SELECT r.id, r.org_id, r.request_id, k.dedupe_key
              FROM runs r
-             CROSS JOIN LATERAL (SELECT 'wake:' || r.id || ':'
-                 || (extract(epoch FROM r.wake_at) * 1000000)::bigint AS dedupe_key) k
+             CROSS JOIN LATERAL (SELECT ",
+            wake_key_sql!(),
+            " AS dedupe_key) k
              WHERE r.status IN ('WAITING', 'PENDING') AND r.wake_at <= now()
                AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.dedupe_key = k.dedupe_key)
              ORDER BY r.wake_at
-             LIMIT $1",
-        )
+             LIMIT $1"
+        ))
         .bind::<BigInt, _>(limit)
         .load(conn)?;
         queue_each(conn, due)

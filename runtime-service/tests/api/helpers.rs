@@ -327,6 +327,22 @@ impl TestApp {
             .expect("outbox")
     }
 
+    /// A connection and a channel in confirm mode on this test's queues (their topology
+    /// declared), to put messages in them or take some out.
+    pub async fn queues(&self) -> (lapin::Connection, lapin::Channel, QueueNames) {
+        let names = QueueNames::new(&self.prefix);
+        let conn = shared_models::queue::connect(&broker(), "test-queues")
+            .await
+            .expect("amqp");
+        let channel = shared_models::queue::confirm_channel(&conn)
+            .await
+            .expect("channel");
+        shared_models::queue::declare_topology(&channel, &names)
+            .await
+            .expect("topology");
+        (conn, channel, names)
+    }
+
     /// Messages waiting in this test's job queue (a passive declare: creates nothing).
     pub async fn queued(&self) -> u32 {
         let conn = shared_models::queue::connect(&broker(), "test-probe")

@@ -93,18 +93,7 @@ async fn ops_routes_need_the_admin_key() {
 #[tokio::test]
 async fn queue_numbers_are_what_the_broker_holds() {
     let app = spawn_app_sampling().await;
-    let names = QueueNames::new(&app.prefix);
-    let conn = queue::connect(&broker(), "test-ops-publisher")
-        .await
-        .expect("amqp");
-    let channel = conn.create_channel().await.expect("channel");
-    queue::declare_topology(&channel, &names)
-        .await
-        .expect("topology");
-    channel
-        .confirm_select(Default::default())
-        .await
-        .expect("confirms");
+    let (conn, channel, names) = app.queues().await;
     publish(&channel, &names.jobs, 3).await;
     publish(&channel, &names.dead_letter_queue, 2).await;
     // A PENDING run created 40 s ago, one held back until later (not due), and a RUNNING one.

@@ -1,0 +1,2 @@
+DROP TABLE ops_counters;
+ALTER TABLE runs DROP COLUMN queued_at;
