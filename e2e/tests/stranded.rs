@@ -121,7 +121,7 @@ async fn a_pending_run_whose_job_was_lost_is_queued_again_and_runs_once() {
     let mut stack = Stack::start_with(
         0,
         &[
-            ("PENDING_REQUEUE_SECONDS", "3"),
+            ("PENDING_REQUEUE_SECONDS", "6"),
             ("OPS_SAMPLE_SECONDS", "0.2"),
         ],
     )
@@ -157,7 +157,7 @@ async fn a_pending_run_whose_job_was_lost_is_queued_again_and_runs_once() {
     // queued for the first after a few more periods.
     let fine = stack.trigger("wf_lost", json!({})).await;
     assert_ran_once(&stack.wait_for_run(&fine, Duration::from_secs(30)).await);
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
     let mut db = PgConnection::establish(&stack.database_url).expect("database");
     let keys: Vec<Option<String>> = outbox::table
         .select(outbox::dedupe_key)
