@@ -536,7 +536,8 @@ mod tests {
 
     #[test]
     fn the_placeholders_shipped_in_example_files_are_refused() {
-        // What docker-compose.yml and k8s/secret.yaml used to ship, and the usual spellings.
+        // What docker-compose.yml and k8s/ used to ship, and the usual spellings; then what the
+        // dev overlay ships.
         for key in [
             "thygon-compose-admin-key-change-me",
             "REPLACE_ME_WITH_A_LONG_RANDOM_ADMIN_KEY",
@@ -546,13 +547,12 @@ mod tests {
             let err = admin_key(Some(key.into())).unwrap_err();
             assert!(err.contains("placeholder"), "{key}: {err}");
         }
-        let k8s = include_str!("../../k8s/secret.yaml");
+        let k8s = include_str!("../../k8s/overlays/dev/kustomization.yaml");
         let shipped = k8s
             .lines()
-            .find_map(|l| l.trim().strip_prefix("ADMIN_API_KEY:"))
-            .expect("k8s/secret.yaml names ADMIN_API_KEY")
-            .trim()
-            .trim_matches('"');
+            .find_map(|l| l.trim().strip_prefix("- admin-api-key="))
+            .expect("the dev overlay's Secret has admin-api-key")
+            .trim();
         assert!(admin_key(Some(shipped.into())).is_err(), "{shipped}");
         assert!(admin_key(Some("0f3a9c1e7b2d4a6f8e0c2b4d6f8a1c3e".into())).is_ok());
     }
