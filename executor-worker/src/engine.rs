@@ -36,6 +36,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A `subworkflow` step whose run tree is busy (another worker is starting a child of the
+/// same tree) tries again after this pause, doubled at each try up to
+/// [`TREE_BUSY_MAX_PAUSE`], and fails after [`TREE_BUSY_MAX_WAIT`] of trying.
+const TREE_BUSY_FIRST_PAUSE: Duration = Duration::from_millis(2);
+const TREE_BUSY_MAX_PAUSE: Duration = Duration::from_millis(100);
+const TREE_BUSY_MAX_WAIT: Duration = Duration::from_secs(60);
+
 /// What to do with the message once a job was processed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum JobOutcome {
@@ -668,28 +675,44 @@ impl Engine {
                         return Ok(Begin::Failed);
                     }
                 };
-                let (parent, record, wf, me) = (
-                    rs.run.clone(),
-                    rs.record(i),
-                    workflow_id.clone(),
-                    self.me.clone(),
-                );
-                let started = blocking(&self.pool, move |conn| {
-                    storage::start_child_run(
-                        conn,
-                        &parent,
-                        &record,
-                        &wf,
-                        vars,
-                        wait_deadline,
-                        &me,
-                        now,
-                    )
-                })
-                .await?
-                .map_err(|_| Stop::LeaseLost)?;
+                // Another worker may be starting a child of the same tree: its lock is
+                // tried, not waited for, so try again after a pause that grows, holding no
+                // connection meanwhile; the lease is renewed at each try.
+                let mut pause = TREE_BUSY_FIRST_PAUSE;
+                let deadline = Instant::now() + TREE_BUSY_MAX_WAIT;
+                let started = loop {
+                    let (parent, record, wf, me, vars) = (
+                        rs.run.clone(),
+                        rs.record(i),
+                        workflow_id.clone(),
+                        self.me.clone(),
+                        vars.clone(),
+                    );
+                    let now = shared_models::time::now();
+                    let started = blocking(&self.pool, move |conn| {
+                        storage::start_child_run(
+                            conn,
+                            &parent,
+                            &record,
+                            &wf,
+                            vars,
+                            wait_deadline,
+                            &me,
+                            now,
+                        )
+                    })
+                    .await?
+                    .map_err(|_| Stop::LeaseLost)?;
+                    match started {
+                        storage::ChildStart::TreeBusy if Instant::now() < deadline => {
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(TREE_BUSY_MAX_PAUSE);
+                        }
+                        other => break (other, now),
+                    }
+                };
                 match started {
-                    Ok(child) => {
+                    (storage::ChildStart::Started(child), now) => {
                         let st = &mut rs.steps[i];
                         st.status = StepStatus::Waiting;
                         st.wake_at = wait_deadline;
@@ -697,7 +720,16 @@ impl Engine {
                         st.started_at = Some(now);
                         return Ok(Begin::Waiting);
                     }
-                    Err(reason) => {
+                    (storage::ChildStart::Refused(reason), _) => {
+                        self.record(rs, i, StepChange::failed(reason)).await?;
+                        return Ok(Begin::Failed);
+                    }
+                    (storage::ChildStart::TreeBusy, _) => {
+                        let reason = format!(
+                            "could not start the child run: its run tree was busy starting \
+                             others for {}s",
+                            TREE_BUSY_MAX_WAIT.as_secs()
+                        );
                         self.record(rs, i, StepChange::failed(reason)).await?;
                         return Ok(Begin::Failed);
                     }

@@ -195,7 +195,7 @@ fn claim_locked(
             .find(run_id)
             .filter(runs_table::org_id.eq(org_id))
             .select(RunRow::as_select())
-            .for_update()
+            .for_no_key_update()
             .first(conn)
             .optional()?;
         let Some(run) = run else {
@@ -1136,8 +1136,11 @@ pub const MAX_SUBWORKFLOW_DEPTH: usize = 8;
 /// transaction and under the lease (so a crash or a cancel cannot leave an orphan child, nor
 /// a redelivery start a second one): the child is in the parent's org, at its workflow's
 /// current version, and its job is queued (the outbox relay publishes it).
-/// `Ok(Ok(Err(reason)))` when the child workflow cannot run (unknown, deleted, inactive, or
-/// nested too deep), or when the org's quotas leave no room for it ([`child_quota`]).
+/// [`ChildStart::Refused`] when the child workflow cannot run (unknown, deleted, inactive,
+/// or nested too deep), or when the org's quotas leave no room for it ([`child_quota`]);
+/// [`ChildStart::TreeBusy`] when another transaction is starting a child of the same tree:
+/// nothing was written but the lease's renewal, and the caller tries again later, with no
+/// connection held meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub fn start_child_run(
     conn: &mut PgConnection,
@@ -1148,7 +1151,7 @@ pub fn start_child_run(
     wait_until: Option<DateTime<Utc>>,
     me: &LeaseHolder,
     now: DateTime<Utc>,
-) -> Result<Result<Result<String, String>, Fenced>, Error> {
+) -> Result<Result<ChildStart, Fenced>, Error> {
     conn.transaction(|conn| {
         if touch(conn, &parent.id, me, now)? == Fenced::LeaseLost {
             return Ok(Err(Fenced::LeaseLost));
@@ -1159,7 +1162,7 @@ pub fn start_child_run(
         while let Some(id) = ancestor {
             depth += 1;
             if depth > MAX_SUBWORKFLOW_DEPTH {
-                return Ok(Ok(Err(format!(
+                return Ok(Ok(ChildStart::Refused(format!(
                     "subworkflows are nested more than {MAX_SUBWORKFLOW_DEPTH} deep"
                 ))));
             }
@@ -1171,8 +1174,10 @@ pub fn start_child_run(
                 .flatten();
         }
         let root = parent.root_run_id.as_deref().unwrap_or(&parent.id);
-        if let Some(exceeded) = child_quota(conn, &parent.org_id, root)? {
-            return Ok(Ok(Err(exceeded.to_string())));
+        match child_quota(conn, &parent.org_id, root)? {
+            Quota::Room => {}
+            Quota::TreeBusy => return Ok(Ok(ChildStart::TreeBusy)),
+            Quota::Exceeded(exceeded) => return Ok(Ok(ChildStart::Refused(exceeded.to_string()))),
         }
         let current: Option<(i32, bool)> = workflows::table
             .find((&parent.org_id, workflow_id))
@@ -1181,9 +1186,15 @@ pub fn start_child_run(
             .first(conn)
             .optional()?;
         let version = match current {
-            None => return Ok(Ok(Err(format!("workflow '{workflow_id}' was not found")))),
+            None => {
+                return Ok(Ok(ChildStart::Refused(format!(
+                    "workflow '{workflow_id}' was not found"
+                ))))
+            }
             Some((_, false)) => {
-                return Ok(Ok(Err(format!("workflow '{workflow_id}' is inactive"))))
+                return Ok(Ok(ChildStart::Refused(format!(
+                    "workflow '{workflow_id}' is inactive"
+                ))))
             }
             Some((version, true)) => version,
         };
@@ -1214,8 +1225,26 @@ pub fn start_child_run(
         if record_step(conn, step, &waiting, me, now)? == Fenced::LeaseLost {
             return Ok(Err(Fenced::LeaseLost));
         }
-        Ok(Ok(Ok(child.id)))
+        Ok(Ok(ChildStart::Started(child.id)))
     })
+}
+
+/// What [`start_child_run`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChildStart {
+    /// The child run (its id) is queued and the step WAITING for it.
+    Started(String),
+    /// The child cannot start: the step fails with this reason.
+    Refused(String),
+    /// Another worker holds the tree's lock: try again shortly.
+    TreeBusy,
+}
+
+/// What [`child_quota`] found.
+enum Quota {
+    Room,
+    Exceeded(QuotaExceeded),
+    TreeBusy,
 }
 
 /// Counts the runs of one tree (`root_run_id`), at most `$2`.
@@ -1232,28 +1261,37 @@ const COUNT_DESCENDANTS: &str = "SELECT count(*) AS n FROM (
 ///   sees every child committed by the lock's previous holder). An advisory lock rather than
 ///   the root's row lock: a cancel locks a tree's rows from the root down while this
 ///   transaction already holds the parent's row, so waiting on the root's row could deadlock.
+///   The lock is tried, never waited for ([`Quota::TreeBusy`]): a tree starting many children
+///   at once would otherwise hold a worker's every pooled connection waiting on its own lock,
+///   and other orgs' runs on that worker would wait for a connection.
 /// - `maxQueuedRuns`: the org's PENDING and WAITING runs (the child would be one more).
 ///   Not serialised: workers starting children of one org at the same moment may each see
 ///   the last place free, so the org may go over by as many (docs/SECURITY.md).
 ///
 /// Both counts are bounded by the limit, so a tree or a backlog at its limit costs no more
 /// than the limit's rows of an index.
-fn child_quota(
-    conn: &mut PgConnection,
-    org_id: &str,
-    root: &str,
-) -> Result<Option<QuotaExceeded>, Error> {
+fn child_quota(conn: &mut PgConnection, org_id: &str, root: &str) -> Result<Quota, Error> {
     #[derive(QueryableByName)]
     struct Count {
         #[diesel(sql_type = BigInt)]
         n: i64,
     }
+    #[derive(QueryableByName)]
+    struct Locked {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        locked: bool,
+    }
     let quotas = limits::load_effective(conn, org_id, &limits::defaults())?;
     let max = quotas.max_descendants_per_run;
     let descendants = if max > 0 {
-        prepared("SELECT pg_advisory_xact_lock(hashtextextended('thygon-tree:' || $1, 0))")
-            .bind::<Text, _>(root)
-            .execute(conn)?;
+        let got = prepared(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended('thygon-tree:' || $1, 0)) AS locked",
+        )
+        .bind::<Text, _>(root)
+        .get_result::<Locked>(conn)?;
+        if !got.locked {
+            return Ok(Quota::TreeBusy);
+        }
         prepared(COUNT_DESCENDANTS)
             .bind::<Text, _>(root)
             .bind::<BigInt, _>(i64::from(max))
@@ -1263,7 +1301,7 @@ fn child_quota(
         0
     };
     if max > 0 && descendants >= i64::from(max) {
-        return Ok(Some(QuotaExceeded::new(
+        return Ok(Quota::Exceeded(QuotaExceeded::new(
             "maxDescendantsPerRun",
             max,
             format!("the run tree of {root} has {descendants} runs besides its root"),
@@ -1272,9 +1310,9 @@ fn child_quota(
     let max = quotas.max_queued_runs;
     let queued = limits::count_queued(conn, org_id, max)?;
     if max > 0 && queued >= i64::from(max) {
-        return Ok(Some(QuotaExceeded::queued_runs(max, queued)));
+        return Ok(Quota::Exceeded(QuotaExceeded::queued_runs(max, queued)));
     }
-    Ok(None)
+    Ok(Quota::Room)
 }
 
 /// A child run's status, output and error.
@@ -1313,7 +1351,7 @@ pub fn park_run(
             .find(run_id)
             .filter(runs_table::lease_owner.eq(&me.worker_id))
             .select(runs_table::id)
-            .for_update()
+            .for_no_key_update()
             .first(conn)
             .optional()?;
         if held.is_none() {

@@ -164,6 +164,12 @@ pub const MAX_CHILD_DEPTH: usize = 8;
 /// Step states that have not ended.
 const OPEN_STEPS: [&str; 3] = ["PENDING", "RUNNING", "WAITING"];
 
+/// Lock a run's row for the rest of the transaction. Every lock on a run row (here, the
+/// worker's claim and park, the sweeper's) is `FOR NO KEY UPDATE`, not `FOR UPDATE`: they
+/// exclude each other all the same, but not the foreign-key checks of rows that reference
+/// the run (a child's end queues its parent's job in the outbox; a child run names its
+/// parent), which would otherwise wait, holding their pooled connection and the group
+/// commit they are part of, for whoever holds the parent (docs/PERFORMANCE.md).
 pub fn lock_run(
     conn: &mut PgConnection,
     org_id: &str,
@@ -173,7 +179,7 @@ pub fn lock_run(
         .find(run_id)
         .filter(runs::org_id.eq(org_id))
         .select(RunRow::as_select())
-        .for_update()
+        .for_no_key_update()
         .first(conn)
         .optional()
 }

@@ -1,6 +1,6 @@
 //! Run control: cancel, retry, and decisions on `approval` steps.
 //!
-//! Each is ONE transaction that locks the run row (`FOR UPDATE`) before it reads or writes
+//! Each is ONE transaction that locks the run row (`FOR NO KEY UPDATE`) before it reads or writes
 //! any step: the worker takes the same row lock first (every write it makes is fenced by
 //! an update of the run row), so the two never interleave on a run, and a run's events get
 //! their ids in commit order (the event stream relies on that).

@@ -91,7 +91,7 @@ const TAKE_STRANDED: &str = concat!(
                  AND w.sent_at < now() - make_interval(secs => $2)))
            AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.sent_at IS NULL AND o.run_id = r.id)
          ORDER BY r.created_at, r.id
-         FOR UPDATE OF r SKIP LOCKED
+         FOR NO KEY UPDATE OF r SKIP LOCKED
      )
      UPDATE runs SET queued_at = now() FROM stranded WHERE runs.id = stranded.id
      RETURNING runs.id, runs.org_id, runs.request_id,
