@@ -157,6 +157,18 @@ fn connection_errors(stack: &Stack) -> Vec<String> {
     found
 }
 
+/// A private cluster with PostgreSQL's default `max_connections=100`, and a migrated
+/// database in it (its URL).
+async fn private_database() -> (PrivatePostgres, String) {
+    tokio::task::spawn_blocking(|| {
+        let pg = PrivatePostgres::start_with_max_connections(100);
+        let url = pg.create_database();
+        (pg, url)
+    })
+    .await
+    .unwrap()
+}
+
 async fn start_stack(workers: usize, database_url: &str, env: &[(&str, &str)]) -> Arc<Stack> {
     Arc::new(
         Stack::start_opts(StackOptions {
@@ -270,13 +282,7 @@ async fn a_process_without_migrate_on_start_waits_for_its_schema_and_never_migra
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_a_postgres_outage_the_services_answer_and_hold_no_more_than_their_budget() {
     let _serial = SERIAL.lock().await;
-    let (mut pg, url) = tokio::task::spawn_blocking(|| {
-        let pg = PrivatePostgres::start_with_max_connections(100);
-        let url = pg.create_database();
-        (pg, url)
-    })
-    .await
-    .unwrap();
+    let (mut pg, url) = private_database().await;
     let database = database_name(&url);
     // `make run`'s kind: two workers at the default concurrency, the default pools.
     let stack = start_stack(2, &url, &[]).await;
@@ -351,13 +357,7 @@ async fn after_a_postgres_outage_the_services_answer_and_hold_no_more_than_their
 async fn twenty_workers(through_pgbouncer: bool) {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
-    let (pg, url) = tokio::task::spawn_blocking(|| {
-        let pg = PrivatePostgres::start_with_max_connections(100);
-        let url = pg.create_database();
-        (pg, url)
-    })
-    .await
-    .unwrap();
+    let (pg, url) = private_database().await;
     let database = database_name(&url);
     let pg = Arc::new(pg);
     let bouncer = through_pgbouncer.then(|| PrivatePgBouncer::start(&pg, 20));
