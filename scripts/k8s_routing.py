@@ -1,5 +1,5 @@
 """The routing of the one base URL through an Ingress or an HTTPRoute, checked against the
-gateway's (deploy/nginx/thygon.conf.template, CONTRACT.md "One base URL").
+gateway's (deploy/nginx/thygon.conf.template, docs/API.md "One base URL, two services").
 
 A table of requests and the service each must reach; every Ingress host and every HTTPRoute
 of a render is asked where each request goes:

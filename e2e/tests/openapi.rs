@@ -9,8 +9,8 @@ use serde_json::Value;
 use std::collections::HashSet;
 use thygon_e2e::{Stack, ADMIN_KEY};
 
-/// Every route of both services that the description must hold (CONTRACT.md), as the
-/// description spells them.
+/// Every route of both services that the description must hold (docs/API.md "One base URL,
+/// two services"), as the description spells them.
 const OPERATIONS: &[(&str, &str)] = &[
     ("post", "/workflows"),
     ("get", "/workflows"),

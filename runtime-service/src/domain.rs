@@ -192,7 +192,7 @@ impl Approval {
         }
     }
 
-    /// The step's output (CONTRACT.md "Workflow graphs": `{ "approved", "comment" }`).
+    /// The step's output (docs/API.md "Workflow graphs": `{ "approved", "comment" }`).
     pub fn output(&self) -> Value {
         serde_json::json!({ "approved": self.approved, "comment": self.comment })
     }

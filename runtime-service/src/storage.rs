@@ -488,7 +488,8 @@ pub fn mark_relayed(
 /// can only be seen again after its row is pruned if its run kept that very `wake_at` or
 /// expired lease for the whole retention, i.e. the job sent an hour ago never reached a
 /// worker. Queueing it again then is what should happen, and a duplicate job is harmless
-/// anyway: the worker's claim of the run decides (CONTRACT.md, at-least-once delivery).
+/// anyway: the worker's claim of the run decides (at-least-once delivery, docs/RELIABILITY.md
+/// "Guarantees").
 /// Child-start keys (`start:<run>`) are written once, when the child is made.
 pub fn prune_sent_outbox(
     conn: &mut PgConnection,

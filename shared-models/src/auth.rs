@@ -1,4 +1,4 @@
-//! Who is calling (CONTRACT.md "Tenancy and keys"): `Authorization: Bearer <key>` on every
+//! Who is calling (docs/API.md "Tenancy and keys"): `Authorization: Bearer <key>` on every
 //! route but health, metrics, the OpenAPI description and the dashboard's static pages.
 //!
 //! - An org key (`thy_…`, 256 random bits) belongs to one org; only its SHA-256 is stored

@@ -1,4 +1,4 @@
-//! The envelope every JSON response wears, success or failure (CONTRACT.md "Envelope").
+//! The envelope every JSON response wears, success or failure (docs/API.md "Envelope").
 //!
 //! Services keep their own error enums listing exactly what each can fail with; each
 //! converts into [`ApiError`], which is the only thing that reaches the wire.

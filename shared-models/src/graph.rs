@@ -3,7 +3,7 @@
 //!
 //! A definition is `{ "steps": [ ... ] }`. Array order is the default order: a step without
 //! `dependsOn` depends on the step before it, the first step is a root, and `dependsOn: []`
-//! makes any step a root (CONTRACT.md "Workflow graphs").
+//! makes any step a root (docs/API.md "Workflow graphs").
 
 use crate::body::{Errors, Obj};
 use crate::envelope::FieldError;

@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use serde_json::{Map, Value};
 use std::future::{ready, Ready};
 
-/// The default request body limit (CONTRACT.md: 1 MiB).
+/// The default request body limit (docs/API.md "Envelope": 1 MiB).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// A request body that is a JSON object (`application/json`, at most [`MAX_BODY_BYTES`]).

@@ -1,4 +1,4 @@
-//! Parsed identifiers (CONTRACT.md "Identifiers and times"). Once built, they are known good.
+//! Parsed identifiers (docs/API.md "Identifiers and times"). Once built, they are known good.
 
 use std::fmt;
 

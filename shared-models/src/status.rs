@@ -1,4 +1,4 @@
-//! Run and step states (CONTRACT.md "Runs"), stored as their upper-case names.
+//! Run and step states (docs/API.md "Runs"), stored as their upper-case names.
 
 use serde::Serialize;
 

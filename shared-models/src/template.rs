@@ -1,5 +1,5 @@
 //! Templates and conditions in Jinja syntax, as MiniJinja implements it
-//! (CONTRACT.md "Workflow graphs"). The context is `variables`, `steps.<name>.output|status`
+//! (docs/API.md "Workflow graphs"). The context is `variables`, `steps.<name>.output|status`
 //! and `run`; undefined names are errors, never empty strings.
 
 use minijinja::{Environment, ErrorKind, UndefinedBehavior};

@@ -1,5 +1,5 @@
 //! An EXAMPLE agent for the Thygon demo, not part of the platform: a deterministic keyword
-//! stand-in for a real AI agent, speaking the HTTP agent protocol (see CONTRACT.md, "Agents").
+//! stand-in for a real AI agent, speaking the HTTP agent protocol (see docs/API.md "Agents").
 //!
 //! - `POST /classify`: ticket text -> `{ category, priority, confidence, reason }`
 //! - `POST /draft-reply`: category/priority (+ name, ticket id) -> `{ reply }`

@@ -1,5 +1,5 @@
 //! `GET /ops/queues` and `GET /ops/workers`: what an operator needs to see of the queues and
-//! the workers (CONTRACT.md "Operating it"). The admin key only ([`Admin`]); org keys get 403.
+//! the workers (docs/API.md "Operating it"). The admin key only ([`Admin`]); org keys get 403.
 
 use crate::error::RuntimeError;
 use crate::queue_stats::{Point, QueueStats};

@@ -1,4 +1,4 @@
-//! Runs as clients see them (CONTRACT.md "Runs").
+//! Runs as clients see them (docs/API.md "Runs").
 
 use crate::storage::RunDetail;
 use chrono::{DateTime, Utc};

@@ -1,4 +1,4 @@
-//! Authentication (CONTRACT.md "Tenancy and keys"): every route of this service but health
+//! Authentication (docs/API.md "Tenancy and keys"): every route of this service but health
 //! needs `Authorization: Bearer <org key>`; the admin key is not an org key.
 
 use crate::helpers::{assert_error, spawn_app, spawn_app_with_auth, Reply, TestApp, ORG};

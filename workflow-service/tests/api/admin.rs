@@ -1,4 +1,4 @@
-//! `/admin`: orgs and their API keys, for the operator's key only (CONTRACT.md "Tenancy and
+//! `/admin`: orgs and their API keys, for the operator's key only (docs/API.md "Tenancy and
 //! keys"). Keys are shown once and stored as SHA-256 only.
 
 use crate::helpers::{assert_error, fields, spawn_app, workflow, Reply, TestApp, ORG};
