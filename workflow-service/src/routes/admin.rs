@@ -87,8 +87,8 @@ struct NewOrgBody {
     /// 3-64 of `a-z 0-9 _ -`, starting with a letter.
     #[schema(pattern = "^[a-z][a-z0-9_-]{2,63}$", example = "org_acme_123")]
     id: String,
-    /// 1-64 characters (surrounding spaces are trimmed).
-    #[schema(min_length = 1, max_length = 64, pattern = "\\S", example = "Acme")]
+    /// 1-200 characters (surrounding spaces are trimmed).
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S", example = "Acme")]
     name: String,
 }
 
@@ -97,8 +97,8 @@ struct NewOrgBody {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)] // documentation only
 struct NewKeyBody {
-    /// 1-64 characters (surrounding spaces are trimmed).
-    #[schema(min_length = 1, max_length = 64, pattern = "\\S", example = "ci")]
+    /// 1-200 characters (surrounding spaces are trimmed).
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S", example = "ci")]
     name: String,
 }
 

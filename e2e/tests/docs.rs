@@ -1,0 +1,188 @@
+//! The documentation stands alone: every relative link of the project's Markdown files
+//! resolves to a file of the repository (and its `#anchor` to a heading of that file), and no
+//! tracked file refers to a file outside the repository, which whoever clones it does not have.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use thygon_e2e::workspace_root;
+
+/// The repository's tracked files (`git ls-files`), relative to its root.
+fn tracked_files() -> Vec<PathBuf> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(workspace_root())
+        .args(["ls-files", "-z"])
+        .output()
+        .expect("git ls-files");
+    assert!(out.status.success(), "git ls-files failed");
+    out.stdout
+        .split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| PathBuf::from(String::from_utf8_lossy(p).into_owned()))
+        .collect()
+}
+
+/// The anchor GitHub gives a heading: lower case, punctuation dropped (but `-` and `_`),
+/// spaces as `-`.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of a Markdown file's headings (outside code blocks), with GitHub's `-1`,
+/// `-2`, ... for repeated ones.
+fn anchors(text: &str) -> HashSet<String> {
+    let mut seen = HashSet::new();
+    let mut in_code = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        if in_code || !line.starts_with('#') {
+            continue;
+        }
+        let base = slug(line.trim_start_matches('#'));
+        let mut anchor = base.clone();
+        let mut n = 0;
+        while seen.contains(&anchor) {
+            n += 1;
+            anchor = format!("{base}-{n}");
+        }
+        seen.insert(anchor);
+    }
+    seen
+}
+
+/// The targets of the inline links `[text](target)` of a Markdown file, outside code blocks
+/// and code spans, with their line numbers.
+fn links(text: &str) -> Vec<(usize, String)> {
+    let mut found = Vec::new();
+    let mut in_code = false;
+    for (n, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        if in_code {
+            continue;
+        }
+        // Drop code spans: what is between backticks is not a link.
+        let plain: String = line
+            .split('`')
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 0)
+            .map(|(_, s)| s)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut rest = plain.as_str();
+        while let Some(at) = rest.find("](") {
+            rest = &rest[at + 2..];
+            let end = rest.find(')').unwrap_or(rest.len());
+            let target = rest[..end].split_whitespace().next().unwrap_or("");
+            found.push((n + 1, target.to_string()));
+            rest = &rest[end..];
+        }
+    }
+    found
+}
+
+#[test]
+fn every_relative_link_of_the_docs_resolves_inside_the_repository() {
+    let root = workspace_root();
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for file in tracked_files()
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "md"))
+    {
+        let text = std::fs::read_to_string(root.join(&file)).expect("read a Markdown file");
+        for (line, target) in links(&text) {
+            if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            checked += 1;
+            let (path, anchor) = match target.split_once('#') {
+                Some((p, a)) => (p, Some(a)),
+                None => (target.as_str(), None),
+            };
+            let dest: PathBuf = if path.is_empty() {
+                root.join(&file)
+            } else {
+                root.join(file.parent().unwrap_or(Path::new(""))).join(path)
+            };
+            let Ok(dest) = dest.canonicalize() else {
+                broken.push(format!("{}:{line}: {target}: no such file", file.display()));
+                continue;
+            };
+            if !dest.starts_with(root.canonicalize().unwrap()) {
+                broken.push(format!(
+                    "{}:{line}: {target}: outside the repository",
+                    file.display()
+                ));
+                continue;
+            }
+            if let Some(anchor) = anchor {
+                let is_markdown = dest.extension().is_some_and(|e| e == "md");
+                let heads = anchors(&std::fs::read_to_string(&dest).unwrap_or_default());
+                if is_markdown && !heads.contains(anchor) {
+                    broken.push(format!(
+                        "{}:{line}: {target}: no heading with the anchor #{anchor}",
+                        file.display()
+                    ));
+                }
+            }
+        }
+    }
+    println!("{checked} relative links checked");
+    assert!(
+        checked > 20,
+        "the docs link to each other: only {checked} links found"
+    );
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn no_file_refers_to_a_file_outside_the_repository() {
+    let root = workspace_root();
+    // Built from pieces, so this file does not name them itself.
+    let outside = [format!("../{}", "shared/"), format!("{}.md", "CONTRACT")];
+    let mut found = Vec::new();
+    for file in tracked_files() {
+        let Ok(text) = std::fs::read_to_string(root.join(&file)) else {
+            continue; // not text
+        };
+        for (n, line) in text.lines().enumerate() {
+            if outside.iter().any(|o| line.contains(o.as_str())) {
+                found.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "references to files outside the repository:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_slugs_are_githubs() {
+    assert_eq!(slug("What to alert on"), "what-to-alert-on");
+    assert_eq!(slug("The broker: `amqps://`"), "the-broker-amqps");
+    assert_eq!(
+        slug("PgBouncer (transaction mode)"),
+        "pgbouncer-transaction-mode"
+    );
+    let a = anchors("# A\n```\n# not a heading\n```\n## A\n");
+    assert_eq!(a, HashSet::from(["a".to_string(), "a-1".to_string()]));
+    assert_eq!(
+        links("see [x](docs/A.md#b) and `[y](no)` [z](../c.md \"t\")"),
+        vec![(1, "docs/A.md#b".to_string()), (1, "../c.md".to_string())]
+    );
+}
