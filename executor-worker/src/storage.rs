@@ -1129,9 +1129,6 @@ pub fn record_step(
     })
 }
 
-/// How many runs deep subworkflows may nest (a run, its child, the child's child, ...).
-pub const MAX_SUBWORKFLOW_DEPTH: usize = 8;
-
 /// Start the child run of a `subworkflow` step and record the step WAITING for it, in one
 /// transaction and under the lease (so a crash or a cancel cannot leave an orphan child, nor
 /// a redelivery start a second one): the child is in the parent's org, at its workflow's
@@ -1161,9 +1158,10 @@ pub fn start_child_run(
         let mut ancestor = parent.parent_run_id.clone();
         while let Some(id) = ancestor {
             depth += 1;
-            if depth > MAX_SUBWORKFLOW_DEPTH {
+            if depth > runs::MAX_CHILD_DEPTH {
                 return Ok(Ok(ChildStart::Refused(format!(
-                    "subworkflows are nested more than {MAX_SUBWORKFLOW_DEPTH} deep"
+                    "subworkflows are nested more than {} deep",
+                    runs::MAX_CHILD_DEPTH
                 ))));
             }
             ancestor = runs_table::table

@@ -1213,12 +1213,19 @@ async fn cancellation_stops_the_run_at_the_next_step_boundary() {
     assert_eq!(run.lease_owner, None);
     assert_eq!(run.output, None);
     let steps = get_steps(&db.pool, &run_id).await;
+    // The cancel endpoint's transition cancels every step not yet ended, those not yet
+    // started included (a hand-written copy of it here used to leave them out).
     assert_eq!(
         statuses(&steps),
-        vec![("slow", "CANCELLED")],
-        "the late answer is not recorded over the cancellation, and the next step never starts"
+        vec![("slow", "CANCELLED"), ("next", "CANCELLED")],
+        "the late answer is not recorded over the cancellation"
     );
     assert_eq!(find_step(&steps, "slow").output, None);
+    assert_eq!(
+        find_step(&steps, "next").started_at,
+        None,
+        "the next step never starts"
+    );
     assert_eq!(
         get_events(&db.pool, &run_id).await.len(),
         events_at_cancel,

@@ -364,17 +364,7 @@ async fn a_held_run_can_be_cancelled_and_its_job_then_does_nothing() {
     assert_eq!(run.status, "PENDING");
     assert!(run.wake_at.is_some());
 
-    // What the cancel endpoint does (runtime-service's control::cancel_run).
-    let id = held.clone();
-    blocking(&db.pool, move |conn| {
-        conn.transaction(|conn| {
-            let run = shared_models::runs::lock_run(conn, ORG, &id)?.expect("the run");
-            let now = shared_models::time::now();
-            shared_models::runs::cancel_locked_run(conn, &run, "run cancelled".into(), now)
-        })
-    })
-    .await
-    .expect("cancel the held run");
+    cancel_run(&db.pool, &held).await;
     let run = get_run(&db.pool, &held).await;
     assert_eq!((run.status.as_str(), run.wake_at), ("CANCELLED", None));
 

@@ -7,7 +7,7 @@ use shared_models::envelope::{ApiError, FieldError};
 use shared_models::http::Query;
 use shared_models::ids::{RunId, WorkflowId};
 use shared_models::pagination;
-use shared_models::status::{RunStatus, StepStatus};
+use shared_models::status::RunStatus;
 
 /// What a new run needs, from either trigger endpoint.
 #[derive(Debug, Clone)]
@@ -175,49 +175,8 @@ impl TryFrom<Query> for ListRuns {
 /// The longest approval comment, in characters.
 pub const MAX_COMMENT_CHARS: usize = 2000;
 
-/// A decision on an `approval` step: `{ "approved": true|false, "comment": "..." }`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Approval {
-    pub approved: bool,
-    pub comment: Option<String>,
-}
-
-impl Approval {
-    /// The step's status once decided: a rejection fails the step.
-    pub fn step_status(&self) -> StepStatus {
-        if self.approved {
-            StepStatus::Completed
-        } else {
-            StepStatus::Failed
-        }
-    }
-
-    /// The step's output (docs/API.md "Workflow graphs": `{ "approved", "comment" }`).
-    pub fn output(&self) -> Value {
-        serde_json::json!({ "approved": self.approved, "comment": self.comment })
-    }
-
-    /// The step's error: only a rejection has one.
-    pub fn error(&self) -> Option<String> {
-        (!self.approved).then(|| match &self.comment {
-            Some(c) => format!("rejected: {c}"),
-            None => "rejected".to_string(),
-        })
-    }
-
-    /// The log line recording the decision: its level and message.
-    pub fn log_line(&self) -> (&'static str, String) {
-        let (level, verb) = if self.approved {
-            ("INFO", "approved")
-        } else {
-            ("WARN", "rejected")
-        };
-        match &self.comment {
-            Some(c) => (level, format!("{verb}: {c}")),
-            None => (level, verb.to_string()),
-        }
-    }
-}
+/// A decision on an `approval` step (the run lifecycle's, in `shared_models::runs`).
+pub use shared_models::runs::Approval;
 
 /// `POST /workflows/runs/{id}/steps/{step}/approve` body.
 pub fn approval_request(body: &Map<String, Value>) -> Result<Approval, ApiError> {
@@ -360,6 +319,7 @@ pub fn last_event_id(raw: Option<&[u8]>) -> Result<Option<i64>, ApiError> {
 mod tests {
     use super::*;
     use serde_json::json;
+    use shared_models::status::StepStatus;
 
     #[test]
     fn trigger_bodies_default_variables_and_refuse_unknown_fields() {

@@ -158,7 +158,8 @@ pub fn enqueue_job(
     Ok(id.map(|id| (id, job)))
 }
 
-/// How many levels of child runs a cancellation follows.
+/// How many runs deep subworkflows may nest (a run, its child, the child's child, ...): the
+/// worker refuses to start a child deeper, and a cancellation follows as many levels.
 pub const MAX_CHILD_DEPTH: usize = 8;
 
 /// Step states that have not ended.
@@ -383,4 +384,201 @@ pub fn cancel_descendants(
         children = grandchildren;
     }
     Ok(())
+}
+
+// ---- run control: the transitions the runtime's control routes make ----------------------
+//
+// Each runs inside the caller's transaction, which it starts by locking the run row (as the
+// worker's writes do), so a control action and a worker never interleave on a run.
+
+/// A decision on an `approval` step: `{ "approved": true|false, "comment": "..." }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    pub approved: bool,
+    pub comment: Option<String>,
+}
+
+impl Approval {
+    /// The step's status once decided: a rejection fails the step.
+    pub fn step_status(&self) -> StepStatus {
+        if self.approved {
+            StepStatus::Completed
+        } else {
+            StepStatus::Failed
+        }
+    }
+
+    /// The step's output (docs/API.md "Workflow graphs": `{ "approved", "comment" }`).
+    pub fn output(&self) -> Value {
+        serde_json::json!({ "approved": self.approved, "comment": self.comment })
+    }
+
+    /// The step's error: only a rejection has one.
+    pub fn error(&self) -> Option<String> {
+        (!self.approved).then(|| match &self.comment {
+            Some(c) => format!("rejected: {c}"),
+            None => "rejected".to_string(),
+        })
+    }
+
+    /// The log line recording the decision: its level and message.
+    pub fn log_line(&self) -> (&'static str, String) {
+        let (level, verb) = if self.approved {
+            ("INFO", "approved")
+        } else {
+            ("WARN", "rejected")
+        };
+        match &self.comment {
+            Some(c) => (level, format!("{verb}: {c}")),
+            None => (level, verb.to_string()),
+        }
+    }
+}
+
+/// What [`cancel`] did.
+pub enum Cancel {
+    /// The run, its open steps and its children's trees are CANCELLED; the job waking its
+    /// parent, when the run was a child its parked parent waits for.
+    Cancelled {
+        wake_parent: Option<(i64, RunJob)>,
+    },
+    NotFound,
+    /// The run had already ended, with this status.
+    Ended(String),
+}
+
+/// Cancel a run (in the caller's transaction): the run and every step not yet ended become
+/// CANCELLED, and so do the child runs of its `subworkflow` steps (up to
+/// [`MAX_CHILD_DEPTH`] levels). Clearing the lease owner is how a worker that holds the run
+/// learns of it: its next fenced write fails and it abandons the run.
+pub fn cancel(
+    conn: &mut PgConnection,
+    org_id: &str,
+    run_id: &str,
+    request_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Cancel, Error> {
+    let Some(run) = lock_run(conn, org_id, run_id)? else {
+        return Ok(Cancel::NotFound);
+    };
+    if is_ended(&run.status) {
+        return Ok(Cancel::Ended(run.status));
+    }
+    let children = cancel_locked_run(conn, &run, "run cancelled".into(), now)?;
+    cancel_descendants(conn, &run, children, now)?;
+    // A child cancelled on its own: its parent's step fails, but only once a worker looks,
+    // so wake the parent if it is parked.
+    let wake_parent = match &run.parent_run_id {
+        Some(parent_id) => wake_if_waiting(conn, parent_id, request_id)?,
+        None => None,
+    };
+    Ok(Cancel::Cancelled { wake_parent })
+}
+
+/// Queue a job for a run if it is parked (WAITING); a run in any other state has a worker
+/// or a job already, or has ended.
+fn wake_if_waiting(
+    conn: &mut PgConnection,
+    run_id: &str,
+    request_id: Option<&str>,
+) -> Result<Option<(i64, RunJob)>, Error> {
+    let parent: Option<(String, String)> = runs::table
+        .find(run_id)
+        .select((runs::org_id, runs::status))
+        .first(conn)
+        .optional()?;
+    match parent {
+        Some((org_id, status)) if status == RunStatus::Waiting.as_str() => {
+            enqueue_job(conn, run_id, &org_id, request_id.map(str::to_string), None)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// What [`decide_approval`] did.
+pub enum Decide {
+    /// Recorded; the job that resumes the run when no worker held it (it was WAITING).
+    Decided {
+        job: Option<(i64, RunJob)>,
+    },
+    RunNotFound,
+    /// The run's definition has no step of that name.
+    StepNotFound,
+    /// Why the step cannot take a decision now.
+    NotWaiting(String),
+}
+
+/// Record a decision on a WAITING `approval` step (in the caller's transaction). A parked
+/// (WAITING) run gets a job to resume it; a RUNNING run does not, since its worker re-reads
+/// waiting steps (under this same row lock) before it parks.
+pub fn decide_approval(
+    conn: &mut PgConnection,
+    org_id: &str,
+    run_id: &str,
+    step: &str,
+    approval: &Approval,
+    request_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Decide, Error> {
+    let Some(run) = lock_run(conn, org_id, run_id)? else {
+        return Ok(Decide::RunNotFound);
+    };
+    let outline = step_outline(&run_definition(conn, &run)?);
+    let Some((_, step_type)) = outline.iter().find(|(name, _)| name == step) else {
+        return Ok(Decide::StepNotFound);
+    };
+    if step_type != "approval" {
+        return Ok(Decide::NotWaiting(format!(
+            "it is a '{step_type}' step, not an 'approval' step"
+        )));
+    }
+    if is_ended(&run.status) {
+        return Ok(Decide::NotWaiting(format!(
+            "the run has ended ({})",
+            run.status
+        )));
+    }
+    let status: Option<String> = step_runs::table
+        .find((run_id, step))
+        .select(step_runs::status)
+        .for_update()
+        .first(conn)
+        .optional()?;
+    let waiting = StepStatus::Waiting.as_str();
+    match status.as_deref() {
+        Some(s) if s == waiting => {}
+        other => {
+            return Ok(Decide::NotWaiting(format!(
+                "its status is {}",
+                other.unwrap_or(StepStatus::Pending.as_str())
+            )))
+        }
+    }
+    let to = approval.step_status().as_str();
+    diesel::update(step_runs::table.find((run_id, step)))
+        .set((
+            step_runs::status.eq(to),
+            step_runs::output.eq(approval.output()),
+            step_runs::error.eq(approval.error()),
+            step_runs::completed_at.eq(now),
+            step_runs::wake_at.eq(None::<DateTime<Utc>>),
+        ))
+        .execute(conn)?;
+    diesel::update(runs::table.find(run_id))
+        .set(runs::updated_at.eq(now))
+        .execute(conn)?;
+    let (level, message) = approval.log_line();
+    insert_events(
+        conn,
+        &[
+            NewRunEvent::transition(run_id, now, Some(step), waiting, to),
+            NewRunEvent::log(run_id, now, Some(step), level, message),
+        ],
+    )?;
+    let job = if run.status == RunStatus::Waiting.as_str() {
+        enqueue_job(conn, run_id, org_id, request_id.map(str::to_string), None)?
+    } else {
+        None
+    };
+    Ok(Decide::Decided { job })
 }

@@ -14,7 +14,7 @@ use executor_worker::outbound::{Outbound, OutboundSettings};
 use executor_worker::storage::LeaseHolder;
 use serde_json::{json, Value};
 use shared_models::db::{blocking, PgPool};
-use shared_models::models::{NewRunEvent, OutboxRow, RunEventRow, RunRow, StepRunRow};
+use shared_models::models::{OutboxRow, RunEventRow, RunRow, StepRunRow};
 use shared_models::queue::RunJob;
 use shared_models::schema::{outbox, run_events, runs, step_runs};
 use shared_models::testing::{fixtures, unique_token, TestDb};
@@ -350,9 +350,8 @@ pub async fn child_runs(pool: &PgPool, parent_run_id: &str) -> Vec<RunRow> {
     .expect("read the child runs")
 }
 
-/// What the approve endpoint (runtime-service) writes for a decision on a WAITING approval
-/// step: the step settled (COMPLETED, or FAILED with `rejected: <comment>`) with the output
-/// `{ "approved", "comment" }`, its transition and a log line.
+/// A decision on a WAITING approval step of a run of [`ORG`], as the approve endpoint makes
+/// it: the run lifecycle's own transition (`shared_models::runs::decide_approval`).
 pub async fn decide_approval(
     pool: &PgPool,
     run_id: &str,
@@ -360,118 +359,41 @@ pub async fn decide_approval(
     approved: bool,
     comment: &str,
 ) {
-    let (run_id, step, comment) = (run_id.to_string(), step.to_string(), comment.to_string());
-    let now = shared_models::time::now();
-    let (to, error, level, verb) = if approved {
-        ("COMPLETED", None, "INFO", "approved")
-    } else {
-        (
-            "FAILED",
-            Some(format!("rejected: {comment}")),
-            "WARN",
-            "rejected",
-        )
+    use shared_models::runs::{Approval, Decide};
+    let (run_id, step) = (run_id.to_string(), step.to_string());
+    let approval = Approval {
+        approved,
+        comment: Some(comment.to_string()),
     };
-    let output = serde_json::json!({ "approved": approved, "comment": comment });
+    let now = shared_models::time::now();
     let decided = blocking(pool, move |conn| {
         conn.transaction(|conn| {
-            let n = diesel::update(
-                step_runs::table
-                    .find((&run_id, &step))
-                    .filter(step_runs::status.eq("WAITING")),
-            )
-            .set((
-                step_runs::status.eq(to),
-                step_runs::output.eq(Some(output)),
-                step_runs::error.eq(error),
-                step_runs::completed_at.eq(Some(now)),
-                step_runs::wake_at.eq(None::<DateTime<Utc>>),
-            ))
-            .execute(conn)?;
-            if n == 0 {
-                return Ok(n);
-            }
-            diesel::update(runs::table.find(&run_id))
-                .set(runs::updated_at.eq(now))
-                .execute(conn)?;
-            diesel::insert_into(run_events::table)
-                .values(vec![
-                    NewRunEvent::transition(&run_id, now, Some(&step), "WAITING", to),
-                    NewRunEvent::log(
-                        &run_id,
-                        now,
-                        Some(&step),
-                        level,
-                        format!("{verb}: {comment}"),
-                    ),
-                ])
-                .execute(conn)?;
-            Ok(n)
+            shared_models::runs::decide_approval(conn, ORG, &run_id, &step, &approval, None, now)
         })
     })
     .await
     .expect("record the approval decision");
-    assert_eq!(decided, 1, "the approval step is not WAITING");
+    match decided {
+        Decide::Decided { .. } => {}
+        Decide::NotWaiting(why) => panic!("the approval step takes no decision: {why}"),
+        Decide::RunNotFound | Decide::StepNotFound => panic!("no such run or step"),
+    }
 }
 
-/// What the cancel endpoint (runtime-service) writes: the run CANCELLED with its lease
-/// cleared (so the worker holding it finds out at its next write), and its open steps
-/// (PENDING, RUNNING, WAITING) CANCELLED, with their transitions.
+/// Cancel a run of [`ORG`], as the cancel endpoint does: the run lifecycle's own transition
+/// (`shared_models::runs::cancel`).
 pub async fn cancel_run(pool: &PgPool, run_id: &str) {
     let run_id = run_id.to_string();
     let now = shared_models::time::now();
-    blocking(pool, move |conn| {
-        conn.transaction(|conn| {
-            let from: String = runs::table
-                .find(&run_id)
-                .select(runs::status)
-                .for_update()
-                .first(conn)?;
-            diesel::update(runs::table.find(&run_id))
-                .set((
-                    runs::status.eq("CANCELLED"),
-                    runs::completed_at.eq(Some(now)),
-                    runs::updated_at.eq(now),
-                    runs::wake_at.eq(None::<DateTime<Utc>>),
-                    runs::lease_owner.eq(None::<String>),
-                    runs::lease_expires_at.eq(None::<DateTime<Utc>>),
-                ))
-                .execute(conn)?;
-            let open = ["PENDING", "RUNNING", "WAITING"];
-            let steps: Vec<(String, String)> = step_runs::table
-                .filter(step_runs::run_id.eq(&run_id))
-                .filter(step_runs::status.eq_any(open))
-                .select((step_runs::name, step_runs::status))
-                .for_update()
-                .load(conn)?;
-            diesel::update(
-                step_runs::table
-                    .filter(step_runs::run_id.eq(&run_id))
-                    .filter(step_runs::status.eq_any(open)),
-            )
-            .set((
-                step_runs::status.eq("CANCELLED"),
-                step_runs::completed_at.eq(Some(now)),
-                step_runs::wake_at.eq(None::<DateTime<Utc>>),
-            ))
-            .execute(conn)?;
-            let mut events = vec![NewRunEvent::transition(
-                &run_id,
-                now,
-                None,
-                &from,
-                "CANCELLED",
-            )];
-            events.extend(steps.iter().map(|(name, status)| {
-                NewRunEvent::transition(&run_id, now, Some(name), status, "CANCELLED")
-            }));
-            diesel::insert_into(run_events::table)
-                .values(events)
-                .execute(conn)
-        })
+    let cancelled = blocking(pool, move |conn| {
+        conn.transaction(|conn| shared_models::runs::cancel(conn, ORG, &run_id, None, now))
     })
     .await
     .expect("cancel the run");
+    assert!(
+        matches!(cancelled, shared_models::runs::Cancel::Cancelled { .. }),
+        "the run was not cancelled"
+    );
 }
 
 /// Wait (polling the clock, with a deadline) until `at` is in the past.

@@ -11,13 +11,10 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::Error;
 use serde_json::Value;
-use shared_models::graph::step_outline;
 use shared_models::models::NewRunEvent;
 use shared_models::queue::RunJob;
-use shared_models::runs::{
-    cancel_descendants, cancel_locked_run, enqueue_job, insert_events, is_ended, lock_run,
-    run_definition,
-};
+use shared_models::runs as lifecycle;
+use shared_models::runs::{enqueue_job, insert_events, lock_run};
 use shared_models::schema::{runs, step_runs};
 use shared_models::status::{RunStatus, StepStatus};
 
@@ -61,10 +58,8 @@ pub enum ApproveOutcome {
     NotWaiting(String),
 }
 
-/// `POST /workflows/runs/{id}/cancel`: the run and every step not yet ended become
-/// CANCELLED, and so do the child runs of its `subworkflow` steps (up to
-/// [`shared_models::runs::MAX_CHILD_DEPTH`] levels). Clearing the lease owner is how a worker that holds the run
-/// learns of it: its next fenced write fails and it abandons the run.
+/// `POST /workflows/runs/{id}/cancel`: [`lifecycle::cancel`], and the run as it
+/// now reads.
 pub fn cancel_run(
     conn: &mut PgConnection,
     org_id: &str,
@@ -73,46 +68,17 @@ pub fn cancel_run(
     now: DateTime<Utc>,
 ) -> Result<CancelOutcome, Error> {
     conn.transaction(|conn| {
-        let Some(run) = lock_run(conn, org_id, run_id)? else {
-            return Ok(CancelOutcome::NotFound);
-        };
-        if is_ended(&run.status) {
-            return Ok(CancelOutcome::Ended(run.status));
-        }
-        let children = cancel_locked_run(conn, &run, "run cancelled".into(), now)?;
-        cancel_descendants(conn, &run, children, now)?;
-        // A child cancelled on its own: its parent's step fails, but only once a worker
-        // looks, so wake the parent if it is parked.
-        let wake_parent = match &run.parent_run_id {
-            Some(parent_id) => wake_if_waiting(conn, parent_id, request_id)?,
-            None => None,
-        };
-        let detail = Box::new(get_run_detail(conn, org_id, run_id)?.ok_or(Error::NotFound)?);
-        Ok(CancelOutcome::Cancelled {
-            detail,
-            wake_parent,
-        })
+        Ok(
+            match lifecycle::cancel(conn, org_id, run_id, request_id, now)? {
+                lifecycle::Cancel::NotFound => CancelOutcome::NotFound,
+                lifecycle::Cancel::Ended(status) => CancelOutcome::Ended(status),
+                lifecycle::Cancel::Cancelled { wake_parent } => CancelOutcome::Cancelled {
+                    detail: Box::new(get_run_detail(conn, org_id, run_id)?.ok_or(Error::NotFound)?),
+                    wake_parent,
+                },
+            },
+        )
     })
-}
-
-/// Queue a job for a run if it is parked (WAITING); a run in any other state has a worker
-/// or a job already, or has ended.
-fn wake_if_waiting(
-    conn: &mut PgConnection,
-    run_id: &str,
-    request_id: Option<&str>,
-) -> Result<Option<QueuedJob>, Error> {
-    let parent: Option<(String, String)> = runs::table
-        .find(run_id)
-        .select((runs::org_id, runs::status))
-        .first(conn)
-        .optional()?;
-    match parent {
-        Some((org_id, status)) if status == RunStatus::Waiting.as_str() => {
-            enqueue_job(conn, run_id, &org_id, request_id.map(str::to_string), None)
-        }
-        _ => Ok(None),
-    }
 }
 
 /// `POST /workflows/runs/{id}/retry`: a FAILED or CANCELLED run goes back to PENDING with
@@ -193,9 +159,8 @@ pub fn retry_run(
     })
 }
 
-/// `POST /workflows/runs/{id}/steps/{step}/approve`: record the decision on a WAITING
-/// `approval` step. A parked (WAITING) run gets a job to resume it; a RUNNING run does not,
-/// since its worker re-reads waiting steps (under this same row lock) before it parks.
+/// `POST /workflows/runs/{id}/steps/{step}/approve`:
+/// [`lifecycle::decide_approval`], and the run as it now reads.
 pub fn decide_approval(
     conn: &mut PgConnection,
     org_id: &str,
@@ -206,67 +171,17 @@ pub fn decide_approval(
     now: DateTime<Utc>,
 ) -> Result<ApproveOutcome, Error> {
     conn.transaction(|conn| {
-        let Some(run) = lock_run(conn, org_id, run_id)? else {
-            return Ok(ApproveOutcome::RunNotFound);
-        };
-        let outline = step_outline(&run_definition(conn, &run)?);
-        let Some((_, step_type)) = outline.iter().find(|(name, _)| name == step) else {
-            return Ok(ApproveOutcome::StepNotFound);
-        };
-        if step_type != "approval" {
-            return Ok(ApproveOutcome::NotWaiting(format!(
-                "it is a '{step_type}' step, not an 'approval' step"
-            )));
-        }
-        if is_ended(&run.status) {
-            return Ok(ApproveOutcome::NotWaiting(format!(
-                "the run has ended ({})",
-                run.status
-            )));
-        }
-        let status: Option<String> = step_runs::table
-            .find((run_id, step))
-            .select(step_runs::status)
-            .for_update()
-            .first(conn)
-            .optional()?;
-        let waiting = StepStatus::Waiting.as_str();
-        match status.as_deref() {
-            Some(s) if s == waiting => {}
-            other => {
-                return Ok(ApproveOutcome::NotWaiting(format!(
-                    "its status is {}",
-                    other.unwrap_or(StepStatus::Pending.as_str())
-                )))
-            }
-        }
-        let to = approval.step_status().as_str();
-        diesel::update(step_runs::table.find((run_id, step)))
-            .set((
-                step_runs::status.eq(to),
-                step_runs::output.eq(approval.output()),
-                step_runs::error.eq(approval.error()),
-                step_runs::completed_at.eq(now),
-                step_runs::wake_at.eq(None::<DateTime<Utc>>),
-            ))
-            .execute(conn)?;
-        diesel::update(runs::table.find(run_id))
-            .set(runs::updated_at.eq(now))
-            .execute(conn)?;
-        let (level, message) = approval.log_line();
-        insert_events(
-            conn,
-            &[
-                NewRunEvent::transition(run_id, now, Some(step), waiting, to),
-                NewRunEvent::log(run_id, now, Some(step), level, message),
-            ],
-        )?;
-        let job = if run.status == RunStatus::Waiting.as_str() {
-            enqueue_job(conn, run_id, org_id, request_id.map(str::to_string), None)?
-        } else {
-            None
-        };
-        let detail = Box::new(get_run_detail(conn, org_id, run_id)?.ok_or(Error::NotFound)?);
-        Ok(ApproveOutcome::Decided { detail, job })
+        Ok(
+            match lifecycle::decide_approval(conn, org_id, run_id, step, approval, request_id, now)?
+            {
+                lifecycle::Decide::RunNotFound => ApproveOutcome::RunNotFound,
+                lifecycle::Decide::StepNotFound => ApproveOutcome::StepNotFound,
+                lifecycle::Decide::NotWaiting(why) => ApproveOutcome::NotWaiting(why),
+                lifecycle::Decide::Decided { job } => ApproveOutcome::Decided {
+                    detail: Box::new(get_run_detail(conn, org_id, run_id)?.ok_or(Error::NotFound)?),
+                    job,
+                },
+            },
+        )
     })
 }
