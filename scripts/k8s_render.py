@@ -185,11 +185,8 @@ def addr_port(value):
 
 def check_deployment(r, dep, c, cname, env, api):
     ports = container_ports(c)
-    if env.get("MIGRATE_ON_START") != "false":
-        r.error(
-            f'{cname}: MIGRATE_ON_START must be "false" (the migrate Job migrates), not '
-            f"{env.get('MIGRATE_ON_START')!r}"
-        )
+    if "MIGRATE_ON_START" in env:
+        r.error(f"{cname}: MIGRATE_ON_START is read by no process any more (the migrate Job migrates)")
     if not str(env.get("DB_POOL_SIZE", "")).isdigit() or int(env["DB_POOL_SIZE"]) < 1:
         r.error(f"{cname}: DB_POOL_SIZE must be set to a positive number, not {env.get('DB_POOL_SIZE')!r}")
     if addr_port(env.get("HTTP_ADDR")) != ports.get("http"):
@@ -296,12 +293,19 @@ def check_workloads(r, scaled):
     jobs = r.kind("Job")
     if not jobs:
         r.error("no migrate Job")
-    # MIGRATE_ON_START=false: a process serves nothing (no /healthz) until the migrate Job has
-    # applied its migrations; the startup probe must wait as long as the Job may run.
+    # A process serves nothing (no /healthz) until the migrate Job has applied its migrations:
+    # it waits SCHEMA_WAIT_SECONDS for them, then refuses to start. Both that wait and the
+    # startup probe must last as long as the Job may run.
     deadline = max((j["spec"].get("activeDeadlineSeconds", 0) for j in jobs), default=0)
     for d in r.deployments:
         name = d["metadata"]["name"]
         for c in pod_spec(d).get("containers") or []:
+            wait = effective_env(r, c).get("SCHEMA_WAIT_SECONDS", "0")
+            if not re.fullmatch(r"[0-9]+", str(wait)) or int(wait) < deadline:
+                r.error(
+                    f"{name_of(d)}: SCHEMA_WAIT_SECONDS={wait!r} is shorter than the migrate Job's "
+                    f"activeDeadlineSeconds ({deadline}s): pods started with the Job would refuse to start"
+                )
             probe = c.get("startupProbe") or {}
             window = probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
             if window < deadline:

@@ -12,7 +12,7 @@
     validate_deploy.py compose FILE --dockerfile Dockerfile
         Structure of the compose file that a compose client cannot see: healthchecks (the
         images' own `<bin> healthcheck`, never curl), depends_on conditions, Dockerfile
-        targets, bind mounts, settings (MIGRATE_ON_START, METRICS_ADDR unpublished). And the
+        targets, bind mounts, settings (no stale MIGRATE_ON_START, METRICS_ADDR unpublished). And the
         Dockerfile: every base image pinned by digest, the images non-root, no curl or wget in
         them, their HEALTHCHECK the subcommand, the version label the workspace's version.
 
@@ -234,8 +234,8 @@ def cmd_compose(args):
     for name in thygon[1:]:
         svc = services.get(name) or {}
         env = svc.get("environment") or {}
-        if str(env.get("MIGRATE_ON_START")).lower() != "false":
-            problem(where, f"service {name} must set MIGRATE_ON_START: \"false\" (migrate applies the schema)")
+        if "MIGRATE_ON_START" in env:
+            problem(where, f"service {name} sets MIGRATE_ON_START, which no process reads any more (migrate applies the schema)")
         metrics = str(env.get("METRICS_ADDR", ""))
         if not metrics:
             problem(where, f"service {name} must serve /metrics on a port of its own (METRICS_ADDR)")

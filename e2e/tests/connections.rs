@@ -1,8 +1,8 @@
 //! The connection budget (issue "Operate at scale"): every process holds at most its
 //! `DB_POOL_SIZE` connections, whatever its load and after an outage; 20 workers of
 //! `make run`'s kind fit in PostgreSQL's default `max_connections=100`, directly and through
-//! PgBouncer in transaction mode; a process started with `MIGRATE_ON_START=false` waits for
-//! its schema instead of migrating. Private PostgreSQL clusters (and a PgBouncer) that the
+//! PgBouncer in transaction mode; a process never migrates: it refuses a schema older than it
+//! needs, or waits `SCHEMA_WAIT_SECONDS` for the migrate step. Private PostgreSQL clusters (and a PgBouncer) that the
 //! tests start; the machine's RabbitMQ.
 
 use serde_json::{json, Value};
@@ -186,24 +186,39 @@ async fn start_stack(workers: usize, database_url: &str, env: &[(&str, &str)]) -
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_process_without_migrate_on_start_waits_for_its_schema_and_never_migrates() {
+async fn a_process_never_migrates_it_refuses_an_older_schema_or_waits_for_the_migrate_step() {
     let _serial = SERIAL.lock().await;
     let db = shared_models::testing::TestDb::create_empty();
     let port = free_port();
+    let service = |schema_wait: &str| {
+        let mut cmd = Command::new(binary("workflow-service", false));
+        cmd.env("DATABASE_URL", &db.url)
+            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("ADMIN_API_KEY", thygon_e2e::ADMIN_KEY)
+            .env("RUST_LOG", "info")
+            .env("LOG_FORMAT", "text")
+            .env("SCHEMA_WAIT_SECONDS", schema_wait)
+            .stdin(Stdio::null());
+        cmd
+    };
+
+    // By default a process refuses a schema older than it needs at once, saying what to run.
+    let refused = service("0").output().expect("start workflow-service");
+    let said = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert_eq!(refused.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("older than this binary") && said.contains("workflow-service migrate"),
+        "the refusal says what is wrong and what to run:\n{said}"
+    );
+
+    // With SCHEMA_WAIT_SECONDS it waits for a migrate step running beside it, serving nothing.
     let dir = std::env::temp_dir().join(format!(
         "thygon-schema-wait-{}",
         shared_models::testing::unique_token()
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let log = std::fs::File::create(dir.join("workflow-service.log")).unwrap();
-    let mut service = Command::new(binary("workflow-service", false))
-        .env("DATABASE_URL", &db.url)
-        .env("MIGRATE_ON_START", "false")
-        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("ADMIN_API_KEY", thygon_e2e::ADMIN_KEY)
-        .env("RUST_LOG", "info")
-        .env("LOG_FORMAT", "text")
-        .stdin(Stdio::null())
+    let mut service = service("60")
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
@@ -231,13 +246,10 @@ async fn a_process_without_migrate_on_start_waits_for_its_schema_and_never_migra
         .unwrap()
         .n
     };
-    assert_eq!(
-        tables, 0,
-        "MIGRATE_ON_START=false: the service changes no schema"
-    );
+    assert_eq!(tables, 0, "a service changes no schema");
     let waiting = std::fs::read_to_string(dir.join("workflow-service.log")).unwrap();
     assert!(
-        waiting.contains("waiting") && waiting.contains("not applied"),
+        waiting.contains("waiting for the migrate step") && waiting.contains("not applied"),
         "the service says what it waits for:\n{waiting}"
     );
 
@@ -368,7 +380,6 @@ async fn twenty_workers(through_pgbouncer: bool) {
             b.url_for(&url),
             vec![
                 ("DB_STATEMENT_CACHE", "false".to_string()),
-                ("MIGRATE_ON_START", "false".to_string()),
                 ("MIGRATION_DATABASE_URL", url.clone()),
             ],
         ),

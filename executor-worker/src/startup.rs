@@ -128,3 +128,79 @@ async fn status(state: web::Data<HealthState>) -> HttpResponse {
         "inFlight": state.worker.in_flight(),
     }))
 }
+
+/// The worker process, for the shared `main` ([`shared_models::service::main`]).
+pub struct Worker;
+
+impl shared_models::service::Service for Worker {
+    const NAME: &'static str = "executor-worker";
+    const DEFAULT_HTTP_ADDR: &'static str = crate::config::DEFAULT_HTTP_ADDR;
+    const RUNTIME: shared_models::service::Runtime = shared_models::service::Runtime::Tokio;
+    type Settings = Settings;
+
+    fn settings() -> Result<Settings, String> {
+        Settings::from_env()
+    }
+
+    fn common(settings: &Settings) -> &shared_models::config::CommonConfig {
+        &settings.common
+    }
+
+    async fn serve(settings: Settings) -> Result<(), String> {
+        serve(settings).await
+    }
+}
+
+/// Consume jobs until SIGINT/SIGTERM, then drain: no new jobs; in-flight ones get
+/// `SHUTDOWN_GRACE_SECONDS`, and what is left is handed back; the heartbeat stops last.
+async fn serve(settings: Settings) -> Result<(), String> {
+    let agents = AgentRegistry::from_env()?;
+    let pool = db::pool_with(&settings.common.database_url, &settings.common.pool);
+    db::pool_metrics::register(&pool);
+    let engine = Arc::new(build_engine(&settings, pool.clone(), agents)?);
+    let state = Arc::new(WorkerState::default());
+    let listener = TcpListener::bind(&settings.http_addr)
+        .map_err(|e| format!("cannot bind {}: {e}", settings.http_addr))?;
+    let metrics = Endpoint::bind(settings.common.metrics_addr).map_err(|e| e.to_string())?;
+    let presence = build_presence(&settings, pool.clone(), state.clone());
+    let (health, metrics) = health_server(
+        listener,
+        metrics,
+        pool,
+        state.clone(),
+        settings.worker_id.clone(),
+    )
+    .map_err(|e| e.to_string())?;
+    let health_handle = health.handle();
+    tokio::spawn(metrics.run_beside(health));
+    log::info!(
+        "worker {} up; health on {}",
+        settings.worker_id,
+        settings.http_addr
+    );
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    // The heartbeat goes on while in-flight jobs drain, and stops after them.
+    let (stop_beating, beating) = tokio::sync::watch::channel(false);
+    let heartbeat = tokio::spawn(presence.clone().run(beating));
+    let consumer = tokio::spawn(build_consumer(&settings, engine, state).run(stopped));
+    shared_models::service::shutdown_signal().await;
+    log::info!(
+        "shutting down: no new jobs; waiting up to {:?} for in-flight ones",
+        settings.shutdown_grace
+    );
+    let _ = stop.send(true);
+    // The consumer drains within the grace period and hands back what is left; the margin
+    // covers the handback and closing the channel, so the process never outlives both.
+    let margin = settings.shutdown_grace + std::time::Duration::from_secs(5);
+    if tokio::time::timeout(margin, consumer).await.is_err() {
+        log::warn!("the consumer did not stop within {margin:?}; exiting anyway");
+    }
+    let _ = stop_beating.send(true);
+    let _ = heartbeat.await;
+    if let Err(e) = presence.remove().await {
+        log::warn!("cannot remove this worker's row from workers: {e}");
+    }
+    health_handle.stop(true).await;
+    Ok(())
+}

@@ -235,3 +235,29 @@ impl Application {
 
 /// How long `/readyz` waits for the broker before calling it unreachable.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The runtime service process, for the shared `main` ([`shared_models::service::main`]).
+pub struct RuntimeService;
+
+impl shared_models::service::Service for RuntimeService {
+    const NAME: &'static str = "runtime-service";
+    const DEFAULT_HTTP_ADDR: &'static str = crate::config::DEFAULT_HTTP_ADDR;
+    const RUNTIME: shared_models::service::Runtime = shared_models::service::Runtime::Actix;
+    type Settings = Settings;
+
+    fn settings() -> Result<Settings, String> {
+        Settings::from_env()
+    }
+
+    fn common(settings: &Settings) -> &shared_models::config::CommonConfig {
+        &settings.common
+    }
+
+    async fn serve(settings: Settings) -> Result<(), String> {
+        let app = Application::build(&settings).map_err(|e| format!("cannot start: {e}"))?;
+        log::info!("runtime-service listening on {}", settings.http_addr);
+        app.run_until_stopped()
+            .await
+            .map_err(|e| format!("server error: {e}"))
+    }
+}

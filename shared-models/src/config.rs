@@ -65,10 +65,10 @@ pub struct CommonConfig {
     /// This process's connection pool (`DB_POOL_SIZE`, `DB_POOL_IDLE_SECONDS`,
     /// `DB_STATEMENT_CACHE`).
     pub pool: crate::db::PoolSettings,
-    /// Whether the process applies the migrations itself at start (`MIGRATE_ON_START`,
-    /// default true). When false it waits for a schema that holds every migration it embeds,
-    /// as deployments do where a migrate Job runs first with its own role.
-    pub migrate_on_start: bool,
+    /// How long a process waits at start for a schema that holds every migration it embeds
+    /// before it refuses to start (`SCHEMA_WAIT_SECONDS`, default 0: refuse at once).
+    /// Processes never migrate; `workflow-service migrate` does.
+    pub schema_wait: Duration,
     /// Where migrations connect (`MIGRATION_DATABASE_URL`, default `DATABASE_URL`): straight
     /// to PostgreSQL with a role that may change the schema, never through a pooler in
     /// transaction mode (the migration lock is a session advisory lock).
@@ -99,7 +99,7 @@ impl CommonConfig {
             broker: crate::queue::Broker::from_env()?,
             queue_prefix: env_or("QUEUE_PREFIX", crate::queue::DEFAULT_PREFIX),
             pool: crate::db::PoolSettings::from_env(default_pool_size)?,
-            migrate_on_start: env_bool("MIGRATE_ON_START", true)?,
+            schema_wait: env_seconds("SCHEMA_WAIT_SECONDS", 0.0)?,
             metrics_addr: crate::metrics::addr_from_env()?,
         })
     }
@@ -114,7 +114,7 @@ impl std::fmt::Debug for CommonConfig {
             .field("broker", &self.broker)
             .field("queue_prefix", &self.queue_prefix)
             .field("pool", &self.pool)
-            .field("migrate_on_start", &self.migrate_on_start)
+            .field("schema_wait", &self.schema_wait)
             .field(
                 "migration_database_url",
                 &redact_url(&self.migration_database_url),

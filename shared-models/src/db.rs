@@ -25,6 +25,9 @@ pub enum DbSetupError {
     Query(#[from] diesel::result::Error),
     #[error("cannot apply migrations: {0}")]
     Migrate(String),
+    /// The schema is not the one this binary needs (what to do is in the text).
+    #[error("{0}")]
+    Schema(String),
     #[error("cannot build the connection pool: {0}")]
     Pool(#[from] diesel::r2d2::PoolError),
 }
@@ -282,48 +285,65 @@ pub fn missing_migrations(database_url: &str) -> Result<Vec<String>, DbSetupErro
         .collect())
 }
 
-/// What a process does with the schema before it starts: apply the migrations through
-/// `MIGRATION_DATABASE_URL` (`MIGRATE_ON_START=true`, the default), or wait, checking every
-/// 2 s, until the schema holds every migration this binary embeds (a migrate Job applies
-/// them). A schema with migrations this binary does not know is fine: migrations only
-/// expand, so the previous release runs on the next one's schema (docs/DEPLOY.md "Upgrade").
-/// Blocks; call it before the process's runtime starts its work.
-pub fn prepare_schema(common: &crate::config::CommonConfig) -> Result<(), DbSetupError> {
-    if common.migrate_on_start {
-        let applied = run_migrations(&common.migration_database_url)?;
-        log::info!("migrations: {applied} applied");
-        return Ok(());
-    }
+/// The schema check every process makes before it starts: processes never migrate (the
+/// migrate step does: `workflow-service migrate`, run by `make run`, the compose `migrate`
+/// service and the Kubernetes migrate Job). A schema that lacks a migration this binary
+/// embeds is refused, with what to run; `common.schema_wait` (`SCHEMA_WAIT_SECONDS`, default
+/// 0) is how long to wait first, checking every 2 s, for a migrate step running beside the
+/// process (a Kubernetes rollout starts the Job and the pods together). A schema with
+/// migrations this binary does not know is fine: migrations only expand, so the previous
+/// release runs on the next one's schema (docs/DEPLOY.md "Upgrade"). Blocks; call it before
+/// the process's runtime starts its work.
+pub fn check_schema(common: &crate::config::CommonConfig) -> Result<(), DbSetupError> {
     let started = std::time::Instant::now();
     let mut last_log: Option<std::time::Instant> = None;
     loop {
         let missing = missing_migrations(&common.database_url);
+        let waited = started.elapsed();
         match &missing {
             Ok(missing) if missing.is_empty() => {
                 log::info!("schema ready: every migration of this binary is applied");
                 return Ok(());
             }
+            Ok(missing) if waited >= common.schema_wait => {
+                return Err(DbSetupError::Schema(schema_behind(missing, waited)))
+            }
+            Err(e) if waited >= common.schema_wait => {
+                return Err(DbSetupError::Schema(format!(
+                    "cannot read the schema's migrations: {e}"
+                )))
+            }
             _ if last_log.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) => {}
             Ok(missing) => {
                 last_log = Some(std::time::Instant::now());
                 log::warn!(
-                    "waiting {}s for the schema: {} migration(s) not applied (newest {}); \
-                     MIGRATE_ON_START=false, so `workflow-service migrate` must apply them",
-                    started.elapsed().as_secs(),
-                    missing.len(),
-                    missing.last().map(String::as_str).unwrap_or("?"),
+                    "waiting for the migrate step: {}",
+                    schema_behind(missing, waited)
                 );
             }
             Err(e) => {
                 last_log = Some(std::time::Instant::now());
-                log::warn!(
-                    "waiting {}s for the schema: {e}",
-                    started.elapsed().as_secs()
-                );
+                log::warn!("waiting {}s for the schema: {e}", waited.as_secs());
             }
         }
         std::thread::sleep(Duration::from_secs(2));
     }
+}
+
+/// What a process says of a schema older than it needs.
+fn schema_behind(missing: &[String], waited: Duration) -> String {
+    format!(
+        "the database schema is older than this binary: {} migration(s) not applied (newest \
+         {}); run `workflow-service migrate` first (MIGRATION_DATABASE_URL; `make run`, the \
+         compose `migrate` service and the Kubernetes migrate Job do){}",
+        missing.len(),
+        missing.last().map(String::as_str).unwrap_or("?"),
+        if waited.is_zero() {
+            String::new()
+        } else {
+            format!("; waited {}s (SCHEMA_WAIT_SECONDS)", waited.as_secs())
+        }
+    )
 }
 
 /// `SELECT 1` through the pool: the database half of `/readyz`.

@@ -21,6 +21,7 @@
 //! - [`runs`]: creating runs and queueing their jobs through the outbox.
 //! - [`config`]: environment variables with local defaults; logging (`LOG_FORMAT`).
 //! - [`cli`]: the subcommands of every binary (`healthcheck`, `prestop`).
+//! - [`service`]: the one `main` of every binary (subcommands, settings, schema check, serve).
 //! - [`logctx`]: the request and run ids every log line carries when known.
 //! - [`metrics`]: Prometheus metrics, `/metrics` (on `METRICS_ADDR` when set), HTTP request
 //!   durations.
@@ -48,6 +49,7 @@ pub mod prepared;
 pub mod queue;
 pub mod runs;
 pub mod schema;
+pub mod service;
 pub mod status;
 pub mod template;
 pub mod time;

@@ -102,3 +102,31 @@ impl Application {
         self.server.handle()
     }
 }
+
+/// The workflow service process, for the shared `main` ([`shared_models::service::main`]);
+/// it also answers `migrate`, the one migrate step.
+pub struct WorkflowService;
+
+impl shared_models::service::Service for WorkflowService {
+    const NAME: &'static str = "workflow-service";
+    const DEFAULT_HTTP_ADDR: &'static str = crate::config::DEFAULT_HTTP_ADDR;
+    const MIGRATE: bool = true;
+    const RUNTIME: shared_models::service::Runtime = shared_models::service::Runtime::Actix;
+    type Settings = Settings;
+
+    fn settings() -> Result<Settings, String> {
+        Settings::from_env()
+    }
+
+    fn common(settings: &Settings) -> &shared_models::config::CommonConfig {
+        &settings.common
+    }
+
+    async fn serve(settings: Settings) -> Result<(), String> {
+        let app = Application::build(&settings).map_err(|e| format!("cannot start: {e}"))?;
+        log::info!("workflow-service listening on {}", settings.http_addr);
+        app.run_until_stopped()
+            .await
+            .map_err(|e| format!("server error: {e}"))
+    }
+}
