@@ -43,6 +43,39 @@ pub struct Settings {
     /// How often the gauges of the runs and the outbox are read from the database
     /// (`METRICS_REFRESH_SECONDS`, default 15): a scrape shows the last read, never reads.
     pub metrics_refresh: Duration,
+    /// Which background tasks [`crate::startup::Application::build`] starts (all, from the
+    /// environment); a test that drives one itself turns it off.
+    pub tasks: Tasks,
+}
+
+/// The background tasks of the runtime service besides the server and the trigger batcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tasks {
+    /// The outbox relay (`relay`).
+    pub relay: bool,
+    /// The wake-up scheduler, lease reaper, PENDING sweeper and outbox pruning (`scheduler`).
+    pub scheduler: bool,
+    /// The queue sampler of `GET /ops/queues`; when off, its sampler is built but not run
+    /// ([`crate::startup::Application::take_sampler`]).
+    pub queue_sampler: bool,
+    /// The reads of the database gauges of `/metrics`; when off, they are read only by
+    /// [`crate::metrics::DatabaseGauges::refresh`].
+    pub gauges: bool,
+}
+
+impl Tasks {
+    pub const ALL: Tasks = Tasks {
+        relay: true,
+        scheduler: true,
+        queue_sampler: true,
+        gauges: true,
+    };
+    pub const NONE: Tasks = Tasks {
+        relay: false,
+        scheduler: false,
+        queue_sampler: false,
+        gauges: false,
+    };
 }
 
 /// `HTTP_ADDR` when unset.
@@ -132,6 +165,7 @@ impl Settings {
             pending_requeue: pending_requeue_from_env()?,
             event_stream_max: event_stream_max_from_env()?,
             metrics_refresh: metrics_refresh_from_env()?,
+            tasks: Tasks::ALL,
         })
     }
 }

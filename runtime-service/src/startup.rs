@@ -7,18 +7,18 @@ use crate::batcher::Batcher;
 use crate::config::Settings;
 use crate::metrics::DatabaseGauges;
 use crate::publisher::{AmqpPublisher, JobPublisher};
-use crate::queue_stats::{QueueStats, Sampler, SharedQueueStats};
+use crate::queue_stats::{Sampler, SharedQueueStats};
 use crate::routes::events::EventStreams;
 use crate::sweeper::PendingSweeper;
 use crate::{relay, routes, scheduler};
 use actix_web::dev::Server;
 use actix_web::{web, HttpServer};
-use shared_models::auth::{AuthConfig, Authenticator};
+use shared_models::auth::Authenticator;
 use shared_models::db::{self, PgPool};
 use shared_models::metrics::{Endpoint, Exposition, MetricsServer};
 use shared_models::queue::QueueNames;
 use std::net::TcpListener;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub struct Application {
@@ -26,11 +26,13 @@ pub struct Application {
     server: Server,
     /// `/metrics` on `METRICS_ADDR`, when set (then not on the main port).
     metrics: MetricsServer,
-    /// The runs and outbox gauges of `/metrics`; [`Application::build`] reads them every
-    /// `METRICS_REFRESH_SECONDS`, tests call [`DatabaseGauges::refresh`].
+    /// The runs and outbox gauges of `/metrics`, read every `METRICS_REFRESH_SECONDS` (or by
+    /// [`DatabaseGauges::refresh`] when that task is off).
     gauges: DatabaseGauges,
-    /// The trigger batcher, the outbox relay, the scheduler and the gauges' reads; aborted
-    /// once the server has stopped (every request answered).
+    /// The queue sampler, when its task is off ([`crate::config::Tasks::queue_sampler`]).
+    sampler: Option<Sampler>,
+    /// The trigger batcher and the tasks of [`crate::config::Tasks`]; aborted once the server has stopped
+    /// (every request answered).
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -55,30 +57,25 @@ pub struct OpsState {
     pub worker_heartbeat: Duration,
 }
 
-impl OpsState {
-    /// Queues never sampled (`GET /ops/queues` answers 503), the default heartbeat.
-    pub fn unsampled(names: &QueueNames) -> Self {
-        let interval = Duration::from_secs(5);
-        Self {
-            queues: Arc::new(RwLock::new(QueueStats::new(names, interval))),
-            worker_heartbeat: interval,
-        }
-    }
-}
-
 impl Application {
+    /// The server on `HTTP_ADDR` (port 0: any free port, see [`Application::port`]), `/metrics`
+    /// on `METRICS_ADDR` when set, the trigger batcher, and the background tasks that
+    /// `settings.tasks` names. Spawns tasks: call it inside a tokio runtime.
     pub fn build(settings: &Settings) -> std::io::Result<Self> {
-        let pool = db::pool_with(&settings.common.database_url, &settings.common.pool);
+        shared_models::metrics::set_service_name("runtime-service");
+        crate::metrics::register_counters();
+        let common = &settings.common;
+        let pool = db::pool_with(&common.database_url, &common.pool);
         db::pool_metrics::register(&pool);
-        let publisher: Arc<dyn JobPublisher> = Arc::new(AmqpPublisher::new(
-            &settings.common.broker,
-            QueueNames::new(&settings.common.queue_prefix),
-        ));
+        let names = QueueNames::new(&common.queue_prefix);
+        let publisher: Arc<dyn JobPublisher> =
+            Arc::new(AmqpPublisher::new(&common.broker, names.clone()));
         let listener = TcpListener::bind(&settings.http_addr)?;
-        let metrics = Endpoint::bind(settings.common.metrics_addr)?;
+        let port = listener.local_addr()?.port();
+        let metrics = Endpoint::bind(common.metrics_addr)?;
         let sampler = Sampler::new(
-            &settings.common.broker,
-            &QueueNames::new(&settings.common.queue_prefix),
+            &common.broker,
+            &names,
             pool.clone(),
             settings.ops_sample_interval,
         );
@@ -86,101 +83,19 @@ impl Application {
             queues: sampler.stats(),
             worker_heartbeat: settings.worker_heartbeat,
         };
-        let mut app = Self::assemble(
-            listener,
-            metrics,
-            pool.clone(),
-            publisher.clone(),
-            &settings.auth,
-            ops,
-            settings.event_stream_max,
-        )?;
-        app.background.extend([
-            tokio::spawn(app.gauges.clone().run(settings.metrics_refresh)),
-            tokio::spawn(sampler.run()),
-            tokio::spawn(relay::run(
-                pool.clone(),
-                publisher,
-                settings.relay_interval,
-                settings.relay_grace,
-            )),
-            tokio::spawn(scheduler::run(
-                pool,
-                settings.scheduler_interval,
-                settings.reaper_grace,
-                settings
-                    .pending_requeue
-                    .map(|p| PendingSweeper::new(p.after, p.batch)),
-                settings.outbox_retention,
-            )),
-        ]);
-        Ok(app)
-    }
-
-    /// The HTTP server and its trigger batcher alone (no relay, no scheduler, no queue
-    /// sampler): tests drive those themselves.
-    pub fn with_parts(
-        listener: TcpListener,
-        pool: PgPool,
-        publisher: Arc<dyn JobPublisher>,
-        auth: &AuthConfig,
-    ) -> std::io::Result<Self> {
-        let ops = OpsState::unsampled(&QueueNames::new(shared_models::queue::DEFAULT_PREFIX));
-        Self::with_ops(listener, pool, publisher, auth, ops)
-    }
-
-    /// [`Application::with_parts`] with the `/ops` routes reading `ops` (a sampler the
-    /// caller runs). Spawns the trigger batcher: call it inside a tokio runtime.
-    pub fn with_ops(
-        listener: TcpListener,
-        pool: PgPool,
-        publisher: Arc<dyn JobPublisher>,
-        auth: &AuthConfig,
-        ops: OpsState,
-    ) -> std::io::Result<Self> {
-        let lifetime = crate::config::event_stream_max_from_env()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        Self::with_stream_lifetime(listener, pool, publisher, auth, ops, lifetime)
-    }
-
-    /// [`Application::with_ops`] with event streams ending after `event_stream_max`.
-    pub fn with_stream_lifetime(
-        listener: TcpListener,
-        pool: PgPool,
-        publisher: Arc<dyn JobPublisher>,
-        auth: &AuthConfig,
-        ops: OpsState,
-        event_stream_max: Duration,
-    ) -> std::io::Result<Self> {
-        let main = Endpoint::Main;
-        Self::assemble(listener, main, pool, publisher, auth, ops, event_stream_max)
-    }
-
-    fn assemble(
-        listener: TcpListener,
-        metrics: Endpoint,
-        pool: PgPool,
-        publisher: Arc<dyn JobPublisher>,
-        auth: &AuthConfig,
-        ops: OpsState,
-        event_stream_max: Duration,
-    ) -> std::io::Result<Self> {
-        shared_models::metrics::set_service_name("runtime-service");
-        crate::metrics::register_counters();
-        let port = listener.local_addr()?.port();
-        let auth = web::Data::new(Authenticator::new(pool.clone(), auth));
+        let auth = web::Data::new(Authenticator::new(pool.clone(), &settings.auth));
         let (batcher, batch_loop) = Batcher::new(pool.clone(), publisher.clone());
         let gauges = DatabaseGauges::new(pool.clone());
         let exposition = Exposition::with_registry(gauges.registry());
         let metrics_on_main = metrics.on_main();
         let metrics = metrics.serve(exposition.clone())?;
         let state = web::Data::new(AppState {
-            pool,
-            publisher,
+            pool: pool.clone(),
+            publisher: publisher.clone(),
             batcher,
             ops,
             streams: EventStreams::default(),
-            event_stream_max,
+            event_stream_max: settings.event_stream_max,
         });
         let server = HttpServer::new(move || {
             shared_models::http::app(auth.clone())
@@ -194,13 +109,51 @@ impl Application {
         .listen(listener)?
         .shutdown_timeout(10)
         .run();
+
+        let tasks = settings.tasks;
+        let mut background = vec![tokio::spawn(batch_loop.run())];
+        if tasks.gauges {
+            background.push(tokio::spawn(gauges.clone().run(settings.metrics_refresh)));
+        }
+        let sampler = if tasks.queue_sampler {
+            background.push(tokio::spawn(sampler.run()));
+            None
+        } else {
+            Some(sampler)
+        };
+        if tasks.relay {
+            background.push(tokio::spawn(relay::run(
+                pool.clone(),
+                publisher,
+                settings.relay_interval,
+                settings.relay_grace,
+            )));
+        }
+        if tasks.scheduler {
+            background.push(tokio::spawn(scheduler::run(
+                pool,
+                settings.scheduler_interval,
+                settings.reaper_grace,
+                settings
+                    .pending_requeue
+                    .map(|p| PendingSweeper::new(p.after, p.batch)),
+                settings.outbox_retention,
+            )));
+        }
         Ok(Self {
             port,
             server,
-            gauges,
             metrics,
-            background: vec![tokio::spawn(batch_loop.run())],
+            gauges,
+            sampler,
+            background,
         })
+    }
+
+    /// The queue sampler, not running ([`crate::config::Tasks::queue_sampler`] off), once: the caller
+    /// samples when it chooses, and `GET /ops/queues` shows what it wrote.
+    pub fn take_sampler(&mut self) -> Option<Sampler> {
+        self.sampler.take()
     }
 
     pub fn port(&self) -> u16 {

@@ -3,19 +3,16 @@ use diesel::prelude::*;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use reqwest::header::HeaderMap;
+use runtime_service::config::{Settings, Tasks};
 use runtime_service::metrics::DatabaseGauges;
-use runtime_service::publisher::{AmqpPublisher, JobPublisher};
-use runtime_service::queue_stats::Sampler;
-use runtime_service::startup::{Application, OpsState};
+use runtime_service::startup::Application;
 use serde_json::{json, Value};
 use shared_models::auth::AuthConfig;
-use shared_models::db::{PgPool, PgPooled};
+use shared_models::db::PgPooled;
 use shared_models::models::{NewRunEvent, OutboxRow, StepRunRow};
 use shared_models::queue::{Broker, QueueNames};
 use shared_models::schema::{outbox, run_events, runs, step_runs};
 use shared_models::testing::{self, fixtures, TestDb};
-use std::net::TcpListener;
-use std::sync::Arc;
 use std::time::Duration;
 
 pub const ORG: &str = "org_test";
@@ -64,92 +61,77 @@ impl Drop for TestApp {
 
 /// The app with a real publisher; `amqp` lets a test point it at a broker that is not there.
 pub async fn spawn_app_with_broker(amqp: &Broker) -> TestApp {
-    spawn(amqp, &testing::auth_config()).await
+    let amqp = amqp.clone();
+    spawn_app_configured(move |s| s.common.broker = amqp).await
 }
 
 /// The app with its own authentication settings (e.g. a rate limit).
 pub async fn spawn_app_with_auth(auth: AuthConfig) -> TestApp {
-    spawn(&broker(), &auth).await
+    spawn_app_configured(move |s| s.auth = auth).await
 }
 
 /// The app with the queue sampler of `GET /ops/queues` running every 100 ms over this
 /// test's queues, and workers called live for 3 s after a heartbeat (a 1 s interval).
 pub async fn spawn_app_sampling() -> TestApp {
-    spawn_app_with_ops(|names, pool| {
-        let sampler = Sampler::new(&broker(), names, pool, Duration::from_millis(100));
-        let ops = OpsState {
-            queues: sampler.stats(),
-            worker_heartbeat: Duration::from_secs(1),
-        };
-        tokio::spawn(sampler.run());
-        ops
+    spawn_app_configured(|s| {
+        s.ops_sample_interval = Duration::from_millis(100);
+        s.worker_heartbeat = Duration::from_secs(1);
+        s.tasks.queue_sampler = true;
     })
     .await
 }
 
-/// The app with the `/ops` routes reading what `ops` makes from this test's queue names and
-/// database.
-pub async fn spawn_app_with_ops(
-    ops: impl FnOnce(&QueueNames, PgPool) -> OpsState + 'static,
-) -> TestApp {
-    spawn_with(&broker(), &testing::auth_config(), Some(Box::new(ops))).await
-}
-
-type MakeOps = Box<dyn FnOnce(&QueueNames, PgPool) -> OpsState>;
-
-async fn spawn(amqp: &Broker, auth: &AuthConfig) -> TestApp {
-    spawn_with(amqp, auth, None).await
-}
-
 /// The app with event streams ending after `lifetime` (`EVENT_STREAM_MAX_SECONDS`).
 pub async fn spawn_app_with_stream_lifetime(lifetime: Duration) -> TestApp {
-    spawn_full(&broker(), &testing::auth_config(), None, Some(lifetime)).await
+    spawn_app_configured(move |s| s.event_stream_max = lifetime).await
 }
 
-async fn spawn_with(amqp: &Broker, auth: &AuthConfig, ops: Option<MakeOps>) -> TestApp {
-    spawn_full(amqp, auth, ops, None).await
+/// The settings of a test app: the environment's, on this test's database and queues, on a
+/// free loopback port, with the test auth settings, and no background task besides the
+/// trigger batcher (tests drive the relay, the scheduler, the sampler and the gauges).
+pub fn test_settings(db: &TestDb, prefix: &str) -> Settings {
+    let mut s = Settings::from_env().expect("settings");
+    s.http_addr = "127.0.0.1:0".into();
+    s.common.metrics_addr = None;
+    s.common.database_url = db.url.clone();
+    s.common.broker = broker();
+    s.common.queue_prefix = prefix.to_string();
+    s.auth = testing::auth_config();
+    s.tasks = Tasks::NONE;
+    s
 }
 
-async fn spawn_full(
-    amqp: &Broker,
-    auth: &AuthConfig,
-    ops: Option<MakeOps>,
-    stream_lifetime: Option<Duration>,
-) -> TestApp {
+/// The app built by [`Application::build`] from [`test_settings`] as `configure` changes them.
+pub async fn spawn_app_configured(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let (app, test) = build_app_configured(configure);
+    tokio::spawn(app.run_until_stopped());
+    test
+}
+
+/// [`spawn_app_configured`], not yet running: the caller may take parts of it (the sampler)
+/// and must spawn `run_until_stopped`.
+pub fn build_app_configured(configure: impl FnOnce(&mut Settings)) -> (Application, TestApp) {
     let db = TestDb::create();
     let prefix = testing::unique_queue_prefix();
-    let publisher: Arc<dyn JobPublisher> =
-        Arc::new(AmqpPublisher::new(amqp, QueueNames::new(&prefix)));
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let app = match (ops, stream_lifetime) {
-        (None, None) => Application::with_parts(listener, db.pool.clone(), publisher, auth),
-        (None, Some(lifetime)) => {
-            let ops = OpsState::unsampled(&QueueNames::new(&prefix));
-            let pool = db.pool.clone();
-            Application::with_stream_lifetime(listener, pool, publisher, auth, ops, lifetime)
-        }
-        (Some(make), _) => {
-            let ops = make(&QueueNames::new(&prefix), db.pool.clone());
-            Application::with_ops(listener, db.pool.clone(), publisher, auth, ops)
-        }
-    }
-    .expect("build app");
+    let mut settings = test_settings(&db, &prefix);
+    configure(&mut settings);
+    let app = Application::build(&settings).expect("build app");
     let key = fixtures::org_key(&mut db.pool.get().expect("conn"), ORG);
     let address = format!("http://127.0.0.1:{}", app.port());
     let gauges = app.gauges().clone();
-    tokio::spawn(app.run_until_stopped());
-    TestApp {
+    let test = TestApp {
         address,
         client: reqwest::Client::new(),
         key,
         db,
         prefix,
         gauges,
-    }
+    };
+    (app, test)
 }
 
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with_broker(&broker()).await
+    spawn_app_configured(|_| {}).await
 }
 
 pub struct Reply {

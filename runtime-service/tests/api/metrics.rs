@@ -2,16 +2,11 @@
 //! the unsent outbox as last read from the database (in the background, never by a scrape);
 //! request durations by route; a port of its own with `METRICS_ADDR`.
 
-use crate::helpers::{seconds_from_now, spawn_app, ORG};
+use crate::helpers::{build_app_configured, seconds_from_now, spawn_app, ORG};
 use diesel::prelude::*;
-use runtime_service::config::Settings;
-use runtime_service::publisher::{AmqpPublisher, JobPublisher};
-use runtime_service::startup::Application;
+use runtime_service::config::Tasks;
 use shared_models::metrics::sample;
 use shared_models::schema::{outbox, runs};
-use shared_models::testing;
-use std::net::TcpListener;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// `GET /metrics` with no key: (status, content type, body).
@@ -135,15 +130,10 @@ async fn request_durations_are_labelled_by_route_pattern_never_by_path() {
 
 #[tokio::test]
 async fn a_failed_read_is_counted_and_the_gauges_are_still_shown() {
-    let pool = shared_models::db::pool("postgres://thygon:thygon@127.0.0.1:1/nowhere", 1);
-    let prefix = testing::unique_queue_prefix();
-    let publisher: Arc<dyn JobPublisher> = Arc::new(AmqpPublisher::new(
-        &crate::helpers::broker(),
-        shared_models::queue::QueueNames::new(&prefix),
-    ));
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let app = Application::with_parts(listener, pool, publisher, &testing::auth_config())
-        .expect("build app");
+    // Nothing listens on port 1: every read of the gauges fails.
+    let (app, _fixture) = build_app_configured(|s| {
+        s.common.database_url = "postgres://thygon:thygon@127.0.0.1:1/nowhere".into();
+    });
     let address = format!("http://127.0.0.1:{}", app.port());
     app.gauges().refresh().await;
     tokio::spawn(app.run_until_stopped());
@@ -173,19 +163,13 @@ async fn get(client: &reqwest::Client, address: &str, path: &str) -> (u16, Strin
 
 #[tokio::test]
 async fn with_metrics_addr_metrics_have_a_port_of_their_own_read_at_most_once_an_interval() {
-    // Fixtures and queue cleanup from a test app; the application under test is the one
-    // `Application::build` makes from settings, background tasks and all.
-    let fixture = spawn_app().await;
-    let mut settings = Settings::from_env().expect("settings");
-    settings.http_addr = "127.0.0.1:0".into();
-    settings.common.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
-    settings.common.database_url = fixture.db.url.clone();
-    settings.common.broker = crate::helpers::broker();
-    settings.common.queue_prefix = fixture.prefix.clone();
-    settings.auth = testing::auth_config();
+    // Background tasks and all, as a deployment has them.
     let interval = Duration::from_millis(500);
-    settings.metrics_refresh = interval;
-    let app = Application::build(&settings).expect("build");
+    let (app, fixture) = build_app_configured(|s| {
+        s.common.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+        s.metrics_refresh = interval;
+        s.tasks = Tasks::ALL;
+    });
     let main = format!("http://127.0.0.1:{}", app.port());
     let metrics = format!(
         "http://127.0.0.1:{}",

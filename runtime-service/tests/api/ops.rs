@@ -3,20 +3,17 @@
 //! with the RUNNING runs they hold, live or stale by their last heartbeat.
 
 use crate::helpers::{
-    amqp_url, assert_error, broker, nowhere, seconds_from_now, spawn_app, spawn_app_sampling,
-    spawn_app_with_ops, TestApp, ORG,
+    amqp_url, assert_error, broker, build_app_configured, nowhere, seconds_from_now, spawn_app,
+    spawn_app_configured, spawn_app_sampling, TestApp, ORG,
 };
 use diesel::prelude::*;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
-use runtime_service::queue_stats::Sampler;
-use runtime_service::startup::OpsState;
 use serde_json::{json, Value};
 use shared_models::models::WorkerRow;
 use shared_models::queue::{self, QueueNames};
 use shared_models::schema::{runs, workers};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Poll `GET /ops/queues` until `done` holds for its data (10 s at most).
@@ -203,14 +200,11 @@ fn gauge(text: &str, name: &str, queue: &str) -> Option<f64> {
 #[tokio::test]
 async fn an_unreachable_broker_is_a_503_until_a_sample_succeeded() {
     // Nothing listens on port 1.
-    let app = spawn_app_with_ops(|names, pool| {
-        let sampler = Sampler::new(&nowhere(), names, pool, Duration::from_millis(100));
-        let ops = OpsState {
-            queues: sampler.stats(),
-            worker_heartbeat: Duration::from_secs(1),
-        };
-        tokio::spawn(sampler.run());
-        ops
+    let app = spawn_app_configured(|s| {
+        s.common.broker = nowhere();
+        s.ops_sample_interval = Duration::from_millis(100);
+        s.worker_heartbeat = Duration::from_secs(1);
+        s.tasks.queue_sampler = true;
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -254,24 +248,13 @@ async fn when_the_broker_goes_away_the_last_numbers_stay_marked_unreachable() {
     let (creds, rest) = url.split_once('@').unwrap_or(("amqp://guest:guest", &url));
     let vhost = rest.split_once('/').map_or("%2f", |(_, v)| v);
     let relayed = format!("{creds}@127.0.0.1:{}/{vhost}", relay.port);
-    let sampler = Arc::new(Mutex::new(None::<Sampler>));
-    let slot = sampler.clone();
-    let app = spawn_app_with_ops(move |names, pool| {
-        let s = Sampler::new(
-            &queue::Broker::new(&relayed).expect("url"),
-            names,
-            pool,
-            Duration::from_secs(3600),
-        );
-        let ops = OpsState {
-            queues: s.stats(),
-            worker_heartbeat: Duration::from_secs(1),
-        };
-        *slot.lock().unwrap() = Some(s);
-        ops
-    })
-    .await;
-    let mut sampler = sampler.lock().unwrap().take().unwrap();
+    // The sampler does not run: the test samples when it chooses.
+    let (mut built, app) = build_app_configured(|s| {
+        s.common.broker = queue::Broker::new(&relayed).expect("url");
+        s.ops_sample_interval = Duration::from_secs(3600);
+    });
+    let mut sampler = built.take_sampler().expect("the sampler, not running");
+    tokio::spawn(built.run_until_stopped());
 
     let names = QueueNames::new(&app.prefix);
     let conn = queue::connect(&broker(), "test-ops-publisher")
