@@ -1,6 +1,6 @@
 """Checks of the components' objects in a rendered overlay (validate_k8s.py cross_checks):
 KEDA (the code's queue, unacknowledged messages counted), monitoring (every pod scraped,
-README's alerts, the dashboard) and NetworkPolicies."""
+the alerts of docs/OPERATIONS.md, the dashboard) and NetworkPolicies."""
 
 import ipaddress
 import json
@@ -11,7 +11,8 @@ from deploy_lib import REPO, name_of, rel
 from k8s_render import container_ports, pod_labels, pod_spec, selector_matches
 
 QUEUE_RS = os.path.join(REPO, "shared-models", "src", "queue.rs")
-README = os.path.join(REPO, "README.md")
+# The alert table ("### What to alert on") lives in docs/OPERATIONS.md.
+ALERTS_DOC = os.path.join(REPO, "docs", "OPERATIONS.md")
 
 # The ranges the workers' internet egress must leave out (networkpolicies.yaml).
 WORKER_EGRESS_EXCEPT = {
@@ -68,8 +69,8 @@ def check_keda(r):
 
 
 def readme_alert_expressions():
-    """The Prometheus expressions of README's "What to alert on" table."""
-    with open(README, encoding="utf-8") as f:
+    """The Prometheus expressions of the "What to alert on" table of docs/OPERATIONS.md."""
+    with open(ALERTS_DOC, encoding="utf-8") as f:
         text = f.read()
     section = text.split("### What to alert on", 1)[-1].split("\n#", 1)[0]
     out = []
@@ -109,7 +110,7 @@ def check_monitoring(r):
     }
     for want in readme_alert_expressions():
         if " ".join(want.split()) not in exprs:
-            r.error(f'README "What to alert on": `{want}` is in no PrometheusRule of the render')
+            r.error(f'docs/OPERATIONS.md "What to alert on": `{want}` is in no PrometheusRule of the render')
     for metric in ("thygon_pending_runs_requeued_total", "thygon_dead_letters_redriven_total"):
         if not any(metric in e for e in exprs):
             r.error(f"no alert on {metric}")

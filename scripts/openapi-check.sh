@@ -18,7 +18,7 @@ mkdir -p "$out"
 if [[ ! -x "$venv/bin/openapi-spec-validator" || ! -x "$venv/bin/st" ]]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --upgrade pip
-    # The versions this was last run with (scripts/openapi-check.sh in the README).
+    # The versions this was last run with (docs/TESTING.md, "Outside make test").
     "$venv/bin/pip" install --quiet 'openapi-spec-validator==0.9.0' 'schemathesis==4.32.5'
 fi
 

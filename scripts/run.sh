@@ -24,7 +24,7 @@ export AMQP_URL="${AMQP_URL:-$THYGON_DEFAULT_AMQP_URL}"
 export AGENTS_FILE="${AGENTS_FILE:-$REPO/examples/agents.toml}"
 export RUST_LOG="${RUST_LOG:-info}"
 export QUEUE_PREFIX="${QUEUE_PREFIX:-thygon}"
-# The org `make run` makes a ready key for (the README's curl examples use it).
+# The org `make run` makes a ready key for (the curl examples of the README and docs/ use it).
 DEV_ORG="${DEV_ORG:-org_dev}"
 # Passed through when set, left to the binaries' own defaults otherwise:
 #   AGENT_BASE_URL, WORKER_CONCURRENCY, DB_POOL_SIZE, ...
@@ -41,7 +41,7 @@ WORKER_BASE_PORT="${WORKER_BASE_PORT:-8083}"
 SUPPORT_AGENT="${SUPPORT_AGENT:-1}"
 export SUPPORT_AGENT_ADDR="${SUPPORT_AGENT_ADDR:-127.0.0.1:9000}"
 # What `http` steps may reach inside the network (docs/SECURITY.md, "Egress"): only the
-# example agent's address, whose POST /webhook the README's branching example calls.
+# example agent's address, whose POST /webhook the branching example of docs/WORKFLOWS.md calls.
 # Set EGRESS_ALLOW (even to nothing) to change it.
 if [[ $SUPPORT_AGENT != 0 ]]; then
     export EGRESS_ALLOW="${EGRESS_ALLOW-$SUPPORT_AGENT_ADDR}"

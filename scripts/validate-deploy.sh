@@ -13,7 +13,7 @@
 #      again and the objects against each other and the code (references and the Secrets an
 #      overlay may leave to the operator, probes, preStop and grace periods, images pinned,
 #      the migrate Job, KEDA counting unacknowledged messages on the code's queue, metrics
-#      ports and the PodMonitor, the README's alerts, NetworkPolicies, the routing of the base
+#      ports and the PodMonitor, the alerts of docs/OPERATIONS.md, NetworkPolicies, the routing of the base
 #      URL through the Ingress or HTTPRoute). Without kubectl or kustomize it says so and
 #      checks the tree only. (scripts/validate_deploy.py and validate_k8s.py with the k8s_*.py do the checks.)
 #   2. docker-compose.yml: `docker compose config -q` with the first compose v2 client found

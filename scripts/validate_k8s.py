@@ -1,4 +1,4 @@
-"""Checks of k8s/ (scripts/validate_deploy.py k8s; README "Validation", docs/DEPLOY.md "Files").
+"""Checks of k8s/ (scripts/validate_deploy.py k8s; docs/DEPLOY.md "Validation" and "Files").
 
 - The tree, with or without kubectl: every kustomization's resources, components, patches and
   generator files exist, and every file of its directory is one of them; every component and

@@ -1,6 +1,8 @@
 //! The documentation stands alone: every relative link of the project's Markdown files
 //! resolves to a file of the repository (and its `#anchor` to a heading of that file), and no
 //! tracked file refers to a file outside the repository, which whoever clones it does not have.
+//! The README stays a front page (at most 200 lines) that links every document of `docs/`,
+//! and measured figures stay in docs/PERFORMANCE.md.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -167,6 +169,96 @@ fn no_file_refers_to_a_file_outside_the_repository() {
     assert!(
         found.is_empty(),
         "references to files outside the repository:\n{}",
+        found.join("\n")
+    );
+}
+
+/// The README is the front page: what Thygon is, the two commands, a first workflow and run,
+/// and where to go next. Everything else lives in `docs/`.
+const README_MAX_LINES: usize = 200;
+
+/// The documents of `docs/`, each of which the README links to.
+const DOCS: [&str; 10] = [
+    "docs/API.md",
+    "docs/WORKFLOWS.md",
+    "docs/AGENTS.md",
+    "docs/OPERATIONS.md",
+    "docs/DEPLOY.md",
+    "docs/ARCHITECTURE.md",
+    "docs/TESTING.md",
+    "docs/SECURITY.md",
+    "docs/RELIABILITY.md",
+    "docs/PERFORMANCE.md",
+];
+
+fn readme() -> String {
+    std::fs::read_to_string(workspace_root().join("README.md")).expect("read README.md")
+}
+
+#[test]
+fn the_readme_is_short() {
+    let lines = readme().lines().count();
+    assert!(
+        lines <= README_MAX_LINES,
+        "README.md has {lines} lines, more than {README_MAX_LINES}: move reference material to docs/"
+    );
+}
+
+#[test]
+fn every_document_exists_and_the_readme_links_to_it() {
+    let root = workspace_root();
+    let linked: HashSet<String> = links(&readme())
+        .into_iter()
+        .map(|(_, target)| target.split('#').next().unwrap_or("").to_string())
+        .collect();
+    let mut problems = Vec::new();
+    for doc in DOCS {
+        if !root.join(doc).is_file() {
+            problems.push(format!("{doc} does not exist"));
+        }
+        if !linked.contains(doc) {
+            problems.push(format!("README.md does not link to {doc}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Measured figures (rates, latencies, speed-ups) live in docs/PERFORMANCE.md only, where they
+/// are dated and explained; elsewhere they go stale unseen. Limits and defaults are settings,
+/// not figures, and may appear anywhere.
+#[test]
+fn measured_figures_are_only_in_performance_md() {
+    let root = workspace_root();
+    let figures = [
+        "runs/s",
+        "triggers/s",
+        "ops/s",
+        "transactions/s",
+        "x faster",
+        "times faster",
+    ];
+    let mut found = Vec::new();
+    for file in tracked_files()
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "md"))
+        .filter(|f| f != Path::new("docs/PERFORMANCE.md"))
+    {
+        let text = std::fs::read_to_string(root.join(&file)).expect("read a Markdown file");
+        for (n, line) in text.lines().enumerate() {
+            let lower = line.to_lowercase();
+            if let Some(f) = figures.iter().find(|f| lower.contains(*f)) {
+                found.push(format!(
+                    "{}:{}: {f}: {}",
+                    file.display(),
+                    n + 1,
+                    line.trim()
+                ));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "measured figures outside docs/PERFORMANCE.md (move them there):\n{}",
         found.join("\n")
     );
 }
