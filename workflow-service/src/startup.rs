@@ -1,13 +1,13 @@
 //! Builds the HTTP server. The listener is bound here (port 0 in tests) so callers can ask
 //! for the port before the server runs.
 
-use crate::config::{Settings, DEFAULT_RUNTIME_SERVICE_URL};
+use crate::config::Settings;
 use crate::routes;
 use crate::routes::openapi::MergedSpec;
 use actix_web::dev::Server;
 use actix_web::{web, HttpServer};
-use shared_models::auth::{AuthConfig, Authenticator};
-use shared_models::db::{self, PgPool};
+use shared_models::auth::Authenticator;
+use shared_models::db;
 use shared_models::metrics::{Endpoint, Exposition, MetricsServer};
 use std::net::TcpListener;
 
@@ -19,51 +19,19 @@ pub struct Application {
 }
 
 impl Application {
+    /// The server on `HTTP_ADDR` (port 0: any free port, see [`Application::port`]), and
+    /// `/metrics` on `METRICS_ADDR` when set; `/openapi.json` fetches runtime-service's part
+    /// from `RUNTIME_SERVICE_URL`.
     pub fn build(settings: &Settings) -> std::io::Result<Self> {
+        shared_models::metrics::set_service_name("workflow-service");
         let pool = db::pool_with(&settings.common.database_url, &settings.common.pool);
         db::pool_metrics::register(&pool);
         let listener = TcpListener::bind(&settings.http_addr)?;
-        let metrics = Endpoint::bind(settings.common.metrics_addr)?;
-        Self::assemble(
-            listener,
-            metrics,
-            pool,
-            &settings.auth,
-            &settings.runtime_service_url,
-        )
-    }
-
-    /// With runtime-service at its default address (for `/openapi.json`).
-    pub fn with_parts(
-        listener: TcpListener,
-        pool: PgPool,
-        auth: &AuthConfig,
-    ) -> std::io::Result<Self> {
-        Self::with_runtime_url(listener, pool, auth, DEFAULT_RUNTIME_SERVICE_URL)
-    }
-
-    /// `runtime_service_url`: where `/openapi.json` fetches runtime-service's part from.
-    pub fn with_runtime_url(
-        listener: TcpListener,
-        pool: PgPool,
-        auth: &AuthConfig,
-        runtime_service_url: &str,
-    ) -> std::io::Result<Self> {
-        Self::assemble(listener, Endpoint::Main, pool, auth, runtime_service_url)
-    }
-
-    fn assemble(
-        listener: TcpListener,
-        metrics: Endpoint,
-        pool: PgPool,
-        auth: &AuthConfig,
-        runtime_service_url: &str,
-    ) -> std::io::Result<Self> {
-        shared_models::metrics::set_service_name("workflow-service");
         let port = listener.local_addr()?.port();
-        let auth = web::Data::new(Authenticator::new(pool.clone(), auth));
+        let metrics = Endpoint::bind(settings.common.metrics_addr)?;
+        let auth = web::Data::new(Authenticator::new(pool.clone(), &settings.auth));
         let pool = web::Data::new(pool);
-        let spec = web::Data::new(MergedSpec::new(runtime_service_url));
+        let spec = web::Data::new(MergedSpec::new(&settings.runtime_service_url));
         let exposition = Exposition::default();
         let metrics_on_main = metrics.on_main();
         let metrics = metrics.serve(exposition.clone())?;

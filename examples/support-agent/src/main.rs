@@ -4,7 +4,7 @@
 //! - `POST /classify`: ticket text -> `{ category, priority, confidence, reason }`
 //! - `POST /draft-reply`: category/priority (+ name, ticket id) -> `{ reply }`
 //! - `POST /route`: category/priority -> `{ team, queue }`
-//! - `POST /webhook`: not an agent: the endpoint the README's branching example posts its
+//! - `POST /webhook`: not an agent: the endpoint the branching example of docs/WORKFLOWS.md posts its
 //!   result to (`make run` lets `http` steps reach this address through `EGRESS_ALLOW`);
 //!   answers `{ "received": <the JSON body> }`
 //! - `GET /healthz`: 200
@@ -91,7 +91,7 @@ async fn route(call: web::Json<AgentCall>) -> HttpResponse {
     output(json!({ "team": team, "queue": queue }))
 }
 
-/// The webhook of the README's example: logs the ticket id and echoes the body.
+/// The webhook of the example of docs/WORKFLOWS.md: logs the ticket id and echoes the body.
 async fn webhook(body: web::Json<Value>) -> HttpResponse {
     let ticket = body.get("ticketId").and_then(Value::as_str).unwrap_or("?");
     log::info!("webhook: ticket {ticket}");

@@ -3,7 +3,7 @@ use serde_json::Value;
 use shared_models::auth::AuthConfig;
 use shared_models::db::PgPooled;
 use shared_models::testing::{self, fixtures, TestDb};
-use std::net::TcpListener;
+use workflow_service::config::Settings;
 use workflow_service::startup::Application;
 
 pub const ORG: &str = "org_test";
@@ -31,11 +31,17 @@ pub async fn spawn_app_with_runtime(runtime_service_url: &str) -> TestApp {
     spawn(&testing::auth_config(), runtime_service_url).await
 }
 
+/// The app [`Application::build`] makes from the environment's settings, on this test's
+/// database and a free loopback port.
 async fn spawn(auth: &AuthConfig, runtime_service_url: &str) -> TestApp {
     let db = TestDb::create();
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let app = Application::with_runtime_url(listener, db.pool.clone(), auth, runtime_service_url)
-        .expect("build app");
+    let mut settings = Settings::from_env().expect("settings");
+    settings.http_addr = "127.0.0.1:0".into();
+    settings.common.metrics_addr = None;
+    settings.common.database_url = db.url.clone();
+    settings.auth = auth.clone();
+    settings.runtime_service_url = runtime_service_url.to_string();
+    let app = Application::build(&settings).expect("build app");
     let key = fixtures::org_key(&mut db.pool.get().expect("conn"), ORG);
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());

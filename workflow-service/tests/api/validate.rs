@@ -1,7 +1,7 @@
 use crate::helpers::{fields, spawn_app};
 use serde_json::{json, Value};
 
-/// The README's worked example ("Example: a branching support workflow"), verbatim.
+/// The worked example of docs/WORKFLOWS.md ("Example: a branching support workflow"), verbatim.
 fn branching_definition() -> Value {
     json!({"steps": [
       {"name": "classify", "type": "agent", "agentId": "support-classifier",
@@ -28,7 +28,7 @@ fn branching_definition() -> Value {
     ]})
 }
 
-/// The README's approval variant: `review` between `draft` and `notify`.
+/// The approval variant of docs/WORKFLOWS.md: `review` between `draft` and `notify`.
 fn approval_definition() -> Value {
     let mut def = branching_definition();
     let steps = def["steps"].as_array_mut().unwrap();
