@@ -24,7 +24,7 @@ const BATCH: i64 = 500;
 /// their org's running cap); returns how many were queued.
 pub async fn schedule_once(pool: &PgPool) -> Result<usize, StorageError> {
     let queued = blocking(pool, |conn| {
-        storage::wakeups::enqueue_due_wakeups(conn, BATCH)
+        shared_models::runs::requeue::enqueue_due_wakeups(conn, BATCH)
     })
     .await?;
     if queued > 0 {
@@ -38,7 +38,7 @@ pub async fn schedule_once(pool: &PgPool) -> Result<usize, StorageError> {
 pub async fn reap_once(pool: &PgPool, grace: Duration) -> Result<usize, StorageError> {
     let grace_secs = grace.as_secs_f64();
     let queued = blocking(pool, move |conn| {
-        storage::reaper::enqueue_expired_leases(conn, grace_secs, BATCH)
+        shared_models::runs::requeue::enqueue_expired_leases(conn, grace_secs, BATCH)
     })
     .await?;
     if queued > 0 {

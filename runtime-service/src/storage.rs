@@ -16,10 +16,8 @@
 pub mod control;
 pub mod counters;
 pub mod events;
-pub mod reaper;
 pub mod redrive;
 pub mod sweeper;
-pub mod wakeups;
 pub mod workers;
 
 use crate::domain::{ListRuns, RunRequest};

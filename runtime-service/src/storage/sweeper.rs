@@ -13,7 +13,6 @@
 //! go (each hold moves `wake_at`); only a wake-up sent a whole period ago that left the run
 //! as it was (lost) makes it stranded.
 
-use super::wakeups::{queue_each, wake_key_sql, RunToQueue};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::Error;
@@ -21,6 +20,8 @@ use diesel::sql_types::{Array, BigInt, Double, Text, Timestamptz};
 use shared_models::models::NewRunEvent;
 use shared_models::prepared::prepared;
 use shared_models::runs::insert_events;
+use shared_models::runs::requeue::{queue_each, RunToQueue};
+use shared_models::wake_key_sql;
 
 /// While the outbox holds this many unsent jobs or more, the relay is behind (the broker is
 /// away or slow): jobs are waiting, not lost, and the sweep waits too. It also keeps the

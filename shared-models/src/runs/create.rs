@@ -1,0 +1,155 @@
+//! New runs and their jobs: PENDING run rows, and the outbox rows that queue their jobs
+//! (written in the caller's transaction, published after commit by the caller or the relay).
+
+use crate::ids::RunId;
+use crate::models::{NewOutbox, RunRow};
+use crate::prepared::{column, prepared, Id};
+use crate::queue::RunJob;
+use crate::schema::outbox;
+use crate::status::RunStatus;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::result::Error;
+use serde_json::Value;
+
+/// Everything a new run is made of.
+pub struct NewRun<'a> {
+    pub org_id: &'a str,
+    pub workflow_id: &'a str,
+    pub version: i32,
+    pub variables: Value,
+    pub idempotency_key: Option<String>,
+    pub request_hash: Option<String>,
+    pub request_id: Option<String>,
+    /// For a child run: the parent run, its step that waits for it, and the root of the
+    /// parent's tree (the parent itself when it is a root run).
+    pub parent: Option<(&'a str, &'a str, &'a str)>,
+}
+
+/// A PENDING run row (not yet inserted).
+pub fn pending_run(new: NewRun, now: DateTime<Utc>) -> RunRow {
+    RunRow {
+        id: RunId::generate().to_string(),
+        org_id: new.org_id.to_string(),
+        workflow_id: new.workflow_id.to_string(),
+        workflow_version: new.version,
+        status: RunStatus::Pending.as_str().to_string(),
+        variables: new.variables,
+        output: None,
+        error: None,
+        created_at: now,
+        updated_at: now,
+        started_at: None,
+        completed_at: None,
+        lease_owner: None,
+        lease_expires_at: None,
+        idempotency_key: new.idempotency_key,
+        request_hash: new.request_hash,
+        request_id: new.request_id,
+        parent_run_id: new.parent.map(|(run, _, _)| run.to_string()),
+        parent_step: new.parent.map(|(_, step, _)| step.to_string()),
+        wake_at: None,
+        root_run_id: new.parent.map(|(_, _, root)| root.to_string()),
+    }
+}
+
+/// Insert a run; `false` when an idempotency key made it a duplicate.
+pub fn insert_run(conn: &mut PgConnection, run: &RunRow) -> Result<bool, Error> {
+    insert_pending_runs(conn, std::slice::from_ref(run)).map(|ids| ids.len() == 1)
+}
+
+/// Insert new PENDING runs (made by [`pending_run`]) in one statement of fixed text; returns
+/// the ids of those inserted (an id or idempotency key already taken inserts nothing).
+pub fn insert_pending_runs(conn: &mut PgConnection, rows: &[RunRow]) -> Result<Vec<String>, Error> {
+    use diesel::sql_types::{Array, Int4, Jsonb, Nullable, Text, Timestamptz};
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    // What a new run has not got yet (output, error, start, end, lease, wake-up) is left to
+    // the columns' defaults, NULL.
+    debug_assert!(rows.iter().all(|r| r.output.is_none()
+        && r.error.is_none()
+        && r.started_at.is_none()
+        && r.completed_at.is_none()
+        && r.lease_owner.is_none()
+        && r.lease_expires_at.is_none()
+        && r.wake_at.is_none()));
+    let inserted: Vec<Id> = prepared(
+        "INSERT INTO runs (id, org_id, workflow_id, workflow_version, status, variables,
+                           created_at, updated_at, idempotency_key, request_hash, request_id,
+                           parent_run_id, parent_step, root_run_id)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[],
+                              $6::jsonb[], $7::timestamptz[], $8::timestamptz[], $9::text[],
+                              $10::text[], $11::text[], $12::text[], $13::text[], $14::text[])
+         ON CONFLICT DO NOTHING
+         RETURNING id",
+    )
+    .bind::<Array<Text>, _>(column(rows, |r| r.id.as_str()))
+    .bind::<Array<Text>, _>(column(rows, |r| r.org_id.as_str()))
+    .bind::<Array<Text>, _>(column(rows, |r| r.workflow_id.as_str()))
+    .bind::<Array<Int4>, _>(column(rows, |r| r.workflow_version))
+    .bind::<Array<Text>, _>(column(rows, |r| r.status.as_str()))
+    .bind::<Array<Jsonb>, _>(column(rows, |r| &r.variables))
+    .bind::<Array<Timestamptz>, _>(column(rows, |r| r.created_at))
+    .bind::<Array<Timestamptz>, _>(column(rows, |r| r.updated_at))
+    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.idempotency_key.as_deref()))
+    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.request_hash.as_deref()))
+    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.request_id.as_deref()))
+    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.parent_run_id.as_deref()))
+    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.parent_step.as_deref()))
+    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.root_run_id.as_deref()))
+    .load(conn)?;
+    Ok(inserted.into_iter().map(|r| r.id).collect())
+}
+
+/// Write many jobs to the outbox (no dedupe keys) in one statement of fixed text; returns
+/// each row's (run id, outbox id).
+pub fn enqueue_jobs(
+    conn: &mut PgConnection,
+    jobs: &[(&str, &Value)],
+) -> Result<Vec<(String, i64)>, Error> {
+    use diesel::sql_types::{Array, BigInt, Jsonb, Text};
+    #[derive(QueryableByName)]
+    struct Queued {
+        #[diesel(sql_type = Text)]
+        run_id: String,
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let queued: Vec<Queued> = prepared(
+        "INSERT INTO outbox (run_id, payload)
+         SELECT * FROM unnest($1::text[], $2::jsonb[])
+         RETURNING run_id, id",
+    )
+    .bind::<Array<Text>, _>(column(jobs, |(run, _)| *run))
+    .bind::<Array<Jsonb>, _>(column(jobs, |(_, payload)| *payload))
+    .load(conn)?;
+    Ok(queued.into_iter().map(|q| (q.run_id, q.id)).collect())
+}
+
+/// Write the job of a run to the outbox; returns the row id and the job, or `None` when a
+/// job with the same `dedupe_key` was already queued.
+pub fn enqueue_job(
+    conn: &mut PgConnection,
+    run_id: &str,
+    org_id: &str,
+    request_id: Option<String>,
+    dedupe_key: Option<&str>,
+) -> Result<Option<(i64, RunJob)>, Error> {
+    let job = RunJob::new(run_id, org_id, request_id);
+    let payload = serde_json::to_value(&job).map_err(|e| Error::SerializationError(Box::new(e)))?;
+    let id: Option<i64> = diesel::insert_into(outbox::table)
+        .values(NewOutbox {
+            run_id,
+            payload: &payload,
+            dedupe_key,
+        })
+        .on_conflict_do_nothing()
+        .returning(outbox::id)
+        .get_result(conn)
+        .optional()?;
+    Ok(id.map(|id| (id, job)))
+}
