@@ -12,22 +12,17 @@ use diesel::sql_types::{Array, Int4, Jsonb, Nullable, Text, Timestamptz};
 use serde_json::Value;
 use shared_models::models::{NewRunEvent, RunRow, StepRunRow};
 use shared_models::prepared::{column, prepared, Id};
-use shared_models::runs::{self};
+use shared_models::runs;
 use shared_models::status::{RunStatus, StepStatus};
 
 /// The fence of a checkpoint batch (public for the test of its plan): the leases of the runs
 /// `$3` still held by `$4` extended, and every step row of those runs, or one row with no
 /// step for a run that has none yet.
-pub const FENCE_STEPS: &str = "WITH held AS (
-         UPDATE runs SET updated_at = $1, lease_expires_at = $2
-         WHERE id = ANY($3) AND lease_owner = $4
-         RETURNING id
-     )
-     SELECT h.id AS run_id, s.name, s.status, s.attempt
-     FROM held h
-     LEFT JOIN LATERAL (
-         SELECT name, status, attempt FROM step_runs WHERE run_id = h.id OFFSET 0
-     ) s ON true";
+pub const FENCE_STEPS: &str = include_str!("sql/fence_steps.sql");
+
+/// The writes of a checkpoint batch's pure steps: every step row upserted (as arrays, `$9`
+/// on) with every event inserted (`$1` to `$8`, [`runs::with_events`]), in one statement.
+const CHECKPOINT_STEPS: &str = include_str!("sql/checkpoint_steps.sql");
 
 /// A run the fence found held, with one of its steps' previous state (none when it has no
 /// step rows yet).
@@ -159,37 +154,19 @@ fn pure_steps_in(
                 change.log.1,
             ));
         }
-        // One statement for any batch: the step rows (as arrays: `$9` on) and the events
-        // (`$1` to `$8`). A completed pure step has no error, wake-up or child run, so those
-        // columns are cleared.
-        runs::with_events(
-            concat!(
-                "WITH steps AS (
-                     INSERT INTO step_runs (run_id, name, position, step_type, status, attempt,
-                                            started_at, completed_at, output)
-                     SELECT * FROM unnest($9::text[], $10::text[], $11::int4[], $12::text[],
-                                          $13::text[], $14::int4[], $15::timestamptz[],
-                                          $16::timestamptz[], $17::jsonb[])
-                     ON CONFLICT (run_id, name) DO UPDATE SET
-                         status = excluded.status, attempt = excluded.attempt,
-                         started_at = excluded.started_at, completed_at = excluded.completed_at,
-                         output = excluded.output, error = NULL, wake_at = NULL
-                 )
-                 ",
-                shared_models::insert_events_sql!()
-            ),
-            &events,
-        )
-        .bind::<Array<Text>, _>(column(&rows, |r| r.run_id.as_str()))
-        .bind::<Array<Text>, _>(column(&rows, |r| r.name.as_str()))
-        .bind::<Array<Int4>, _>(column(&rows, |r| r.position))
-        .bind::<Array<Text>, _>(column(&rows, |r| r.step_type.as_str()))
-        .bind::<Array<Text>, _>(column(&rows, |r| r.status.as_str()))
-        .bind::<Array<Int4>, _>(column(&rows, |r| r.attempt))
-        .bind::<Array<Nullable<Timestamptz>>, _>(column(&rows, |r| r.started_at))
-        .bind::<Array<Nullable<Timestamptz>>, _>(column(&rows, |r| r.completed_at))
-        .bind::<Array<Nullable<Jsonb>>, _>(column(&rows, |r| r.output.as_ref()))
-        .execute(conn)?;
+        // One statement for any batch ([`CHECKPOINT_STEPS`]). A completed pure step has no
+        // error, wake-up or child run, so those columns are cleared.
+        runs::with_events(CHECKPOINT_STEPS, &events)
+            .bind::<Array<Text>, _>(column(&rows, |r| r.run_id.as_str()))
+            .bind::<Array<Text>, _>(column(&rows, |r| r.name.as_str()))
+            .bind::<Array<Int4>, _>(column(&rows, |r| r.position))
+            .bind::<Array<Text>, _>(column(&rows, |r| r.step_type.as_str()))
+            .bind::<Array<Text>, _>(column(&rows, |r| r.status.as_str()))
+            .bind::<Array<Int4>, _>(column(&rows, |r| r.attempt))
+            .bind::<Array<Nullable<Timestamptz>>, _>(column(&rows, |r| r.started_at))
+            .bind::<Array<Nullable<Timestamptz>>, _>(column(&rows, |r| r.completed_at))
+            .bind::<Array<Nullable<Jsonb>>, _>(column(&rows, |r| r.output.as_ref()))
+            .execute(conn)?;
     }
     Ok(steps
         .iter()
@@ -241,24 +218,7 @@ pub fn finish_runs(
 /// `$1` to `$8` the events ([`runs::with_events`]), `$9` now, `$10` to `$13` the ends, `$14`
 /// this worker. The runs are found by `id = ANY($10)`: joined to the ends' rows only, a plan
 /// made while few runs had a lease scans `runs` for the lease's owner.
-pub const END_RUNS: &str = "WITH ended AS (
-         UPDATE runs AS r SET status = v.status, output = v.output, error = v.error,
-                completed_at = $9, updated_at = $9, wake_at = NULL,
-                lease_owner = NULL, lease_expires_at = NULL
-         FROM unnest($10::text[], $11::text[], $12::jsonb[], $13::text[])
-              AS v(id, status, output, error)
-         WHERE r.id = ANY($10) AND r.id = v.id AND r.lease_owner = $14
-         RETURNING r.id
-     )
-     INSERT INTO run_events (run_id, at, kind, step, from_status, to_status, level, message)
-     SELECT e.run_id, e.at, e.kind, e.step, e.from_status, e.to_status, e.level, e.message
-     FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[],
-                 $5::text[], $6::text[], $7::text[], $8::text[])
-          WITH ORDINALITY AS e(run_id, at, kind, step, from_status, to_status, level,
-                               message, position)
-     WHERE e.run_id IN (SELECT id FROM ended)
-     ORDER BY e.position
-     RETURNING run_id AS id";
+pub const END_RUNS: &str = include_str!("sql/end_runs.sql");
 
 fn finish_runs_in(
     conn: &mut PgConnection,

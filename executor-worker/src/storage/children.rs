@@ -132,9 +132,7 @@ enum Quota {
 }
 
 /// Counts the runs of one tree (`root_run_id`), at most `$2`.
-const COUNT_DESCENDANTS: &str = "SELECT count(*) AS n FROM (
-         SELECT 1 FROM runs WHERE root_run_id = $1 LIMIT $2
-     ) q";
+const COUNT_DESCENDANTS: &str = include_str!("sql/count_descendants.sql");
 
 /// In [`start_child_run`]'s transaction: the quota a new child run of the tree rooted at
 /// `root` would go over, if any.

@@ -180,18 +180,12 @@ fn claim_locked(
             return Ok(Claim::Held);
         }
         // The row is locked: `started_at` stays what it was read as, or becomes now.
-        let claimed_row: RunRow = prepared(concat!(
-            "UPDATE runs SET status = 'RUNNING', started_at = COALESCE(started_at, $2),
-                    updated_at = $2, wake_at = NULL, lease_owner = $3, lease_expires_at = $4
-             WHERE id = $1
-             RETURNING ",
-            run_columns!()
-        ))
-        .bind::<Text, _>(run_id)
-        .bind::<Timestamptz, _>(now)
-        .bind::<Text, _>(&me.worker_id)
-        .bind::<Timestamptz, _>(me.expires(now))
-        .get_result(conn)?;
+        let claimed_row: RunRow = prepared(CLAIM_LOCKED)
+            .bind::<Text, _>(run_id)
+            .bind::<Timestamptz, _>(now)
+            .bind::<Text, _>(&me.worker_id)
+            .bind::<Timestamptz, _>(me.expires(now))
+            .get_result(conn)?;
         // A takeover: the run's worker stopped renewing its lease (a run handed back at
         // shutdown has no owner, and is not counted).
         let takeovers = if status == RunStatus::Running && !mine && run.lease_owner.is_some() {
@@ -261,49 +255,15 @@ fn started_log(verb: &str, me: &LeaseHolder) -> String {
 /// join, and the status is a parameter ($8), so that the partial index of PENDING runs
 /// (`runs_pending_by_age`) cannot be used. Statistics taken while few runs were PENDING make
 /// that index look empty; during a backlog, such a plan scans every PENDING run for each batch
-/// (seen in the bench: 2.7-3.5 ms per batch, against 0.4 ms).
-pub const CLAIM_PENDING: &str = concat!(
-    "WITH batch AS (
-         SELECT b.id, b.org_id, b.position
-         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS b(id, org_id, position)
-     ), pending AS (
-         SELECT r.id, r.org_id,
-                row_number() OVER (PARTITION BY r.org_id ORDER BY b.position) AS place
-         FROM batch b
-         CROSS JOIN LATERAL (
-             SELECT id, org_id FROM runs
-             WHERE id = b.id AND org_id = b.org_id AND status = $8
-             OFFSET 0
-         ) r
-     ), caps AS (
-         SELECT o.org_id,
-                COALESCE((SELECT g.max_running_runs FROM orgs g WHERE g.id = o.org_id), $7) AS cap
-         FROM (SELECT DISTINCT org_id FROM pending) o
-     ), slots AS (
-         SELECT c.org_id, c.cap - thygon_lock_and_count_running(c.org_id) AS free
-         FROM (SELECT org_id, cap FROM caps WHERE cap > 0 ORDER BY org_id) c
-     ), admitted AS (
-         SELECT p.id FROM pending p
-         WHERE p.place <= COALESCE((SELECT s.free FROM slots s WHERE s.org_id = p.org_id),
-                                   p.place)
-     ), claimed AS (
-         UPDATE runs SET status = 'RUNNING', started_at = COALESCE(started_at, $3),
-                updated_at = $3, wake_at = NULL, lease_owner = $4, lease_expires_at = $5
-         WHERE id IN (SELECT id FROM admitted) AND status = $8
-         RETURNING ",
-    run_columns!(),
-    "
-     ), logged AS (
-         INSERT INTO run_events (run_id, at, kind, from_status, to_status, level, message)
-         SELECT c.id, $3, e.kind, e.from_status, e.to_status, e.level, e.message
-         FROM claimed c,
-              (VALUES (1, 'transition', 'PENDING', 'RUNNING', NULL, NULL),
-                      (2, 'log', NULL, NULL, 'INFO', $6))
-              AS e(position, kind, from_status, to_status, level, message)
-         ORDER BY c.id, e.position
-     )
-     SELECT * FROM claimed"
-);
+/// (see docs/PERFORMANCE.md, "Plans cached on empty tables").
+pub const CLAIM_PENDING: &str = include_str!("sql/claim_pending.sql");
+
+/// The statement of [`claim_locked`]: the run, its row locked, RUNNING under this worker's lease.
+const CLAIM_LOCKED: &str = include_str!("sql/claim_locked.sql");
+
+/// The cap of an org's RUNNING runs and, when it has one, their count, under the org's lock
+/// (see [`hold_for_slot`]).
+const RUNNING_CAP: &str = include_str!("sql/running_cap.sql");
 
 /// Claim the PENDING runs among `jobs` in one statement (no explicit transaction): what
 /// [`claim_locked`] writes for each (RUNNING, lease, the transition and the start line), for
@@ -366,14 +326,10 @@ fn hold_for_slot(
         running: i64,
     }
     // The org's lock is taken (and the count made) only when there is a cap.
-    let Running { cap, running } = prepared(
-        "SELECT c.cap,
-                CASE WHEN c.cap > 0 THEN thygon_lock_and_count_running($1) ELSE 0 END AS running
-         FROM (SELECT COALESCE((SELECT max_running_runs FROM orgs WHERE id = $1)::int8, $2) AS cap) c",
-    )
-    .bind::<Text, _>(&run.org_id)
-    .bind::<BigInt, _>(i64::from(default_cap))
-    .get_result::<Running>(conn)?;
+    let Running { cap, running } = prepared(RUNNING_CAP)
+        .bind::<Text, _>(&run.org_id)
+        .bind::<BigInt, _>(i64::from(default_cap))
+        .get_result::<Running>(conn)?;
     if cap <= 0 || running < cap {
         return Ok(false);
     }
@@ -425,5 +381,44 @@ impl Definitions {
             .first(conn)?;
         self.0.insert(key, definition.clone());
         Ok(definition)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CLAIM_LOCKED, CLAIM_PENDING};
+    use diesel::prelude::*;
+    use shared_models::models::RunRow;
+    use shared_models::schema::runs as runs_table;
+
+    /// The columns a statement returns: those of its `RETURNING`, up to the end of its CTE.
+    fn returned(statement: &str) -> Vec<String> {
+        let (_, after) = statement
+            .split_once("RETURNING ")
+            .expect("the statement returns rows");
+        let list = after.split("\n)").next().unwrap_or_default();
+        list.split(',').map(|c| c.trim().to_string()).collect()
+    }
+
+    #[test]
+    fn the_returned_run_columns_are_those_of_run_row() {
+        let select = diesel::debug_query::<diesel::pg::Pg, _>(
+            &runs_table::table.select(RunRow::as_select()),
+        )
+        .to_string();
+        let from_diesel: Vec<String> = select
+            .trim_start_matches("SELECT ")
+            .split(" FROM")
+            .next()
+            .unwrap_or_default()
+            .split(", ")
+            .map(|c| {
+                c.trim_start_matches("\"runs\".")
+                    .trim_matches('"')
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(returned(CLAIM_PENDING), from_diesel);
+        assert_eq!(returned(CLAIM_LOCKED), from_diesel);
     }
 }

@@ -24,18 +24,15 @@ pub(crate) fn load_steps(conn: &mut PgConnection, run_id: &str) -> Result<Vec<St
 }
 
 /// The statement of [`load_steps_of`] (public for the test of its plan).
-pub const STEPS_OF: &str =
-    "SELECT s.run_id, s.name, s.position, s.step_type, s.status, s.attempt, s.started_at,
-            s.completed_at, s.output, s.error, s.wake_at, s.child_run_id
-     FROM unnest($1::text[]) AS b(id)
-     CROSS JOIN LATERAL (SELECT * FROM step_runs WHERE run_id = b.id OFFSET 0) s";
+pub const STEPS_OF: &str = include_str!("sql/steps_of.sql");
 
 /// The step rows of `run_ids`, by run, each run's in position order: one statement.
 ///
 /// Each run's rows are looked up on their own (a lateral join on `run_id = b.id`), not with
 /// `run_id = ANY($1)`: a plan PostgreSQL made once for the statement (prepared, it keeps a
-/// generic one) while `step_runs` was small scans the whole table for `ANY` (seen in the bench:
-/// 2.2 ms per claim batch, for no rows), while a lookup of one run's rows stays an index probe.
+/// generic one) while `step_runs` was small scans the whole table for `ANY`, even for no rows,
+/// while a lookup of one run's rows stays an index probe (see docs/PERFORMANCE.md, "Plans
+/// cached on empty tables").
 pub(super) fn load_steps_of(
     conn: &mut PgConnection,
     run_ids: &[&str],
