@@ -1,13 +1,13 @@
 //! A step's attempts: executed within their timeout, recorded, and retried by its policy.
 
+use super::handle::RunHandle;
 use super::state::{fenced, Stop};
 use super::Engine;
 use crate::checkpoints::is_refused;
 use crate::render::Ctx;
 use crate::steps::{self, StepEnv, StepFailure};
-use crate::storage::{self, PureStep, StepChange, StepRecord};
+use crate::storage::{PureStep, StepChange, StepRecord};
 use serde_json::Value;
-use shared_models::db::blocking;
 use shared_models::graph::{Step, StepKind};
 use shared_models::models::RunRow;
 use shared_models::status::StepStatus;
@@ -17,7 +17,7 @@ impl Engine {
     /// Every attempt of one executing step, with its timeout and the retry policy's pauses.
     pub(super) async fn run_attempts(
         &self,
-        run: &RunRow,
+        run: &RunHandle,
         step: Step,
         record: StepRecord,
         ctx: Ctx,
@@ -28,7 +28,7 @@ impl Engine {
 
     async fn attempts(
         &self,
-        run: &RunRow,
+        run: &RunHandle,
         step: &Step,
         record: StepRecord,
         ctx: Ctx,
@@ -42,13 +42,7 @@ impl Engine {
         let mut tries: u32 = 0;
         loop {
             tries += 1;
-            let (rec, me, now) = (record.clone(), self.me.clone(), shared_models::time::now());
-            let attempt = blocking(&self.pool, move |conn| {
-                storage::start_step(conn, &rec, &me, now)
-            })
-            .await
-            .map_err(|e| StepEnd::Stop(e.into()))?
-            .map_err(|_| StepEnd::Stop(Stop::LeaseLost))?;
+            let attempt = run.start_step(&record).await.map_err(StepEnd::Stop)?;
             log::info!(
                 "run {}: step {} started (attempt {attempt})",
                 run.id,
@@ -77,7 +71,7 @@ impl Engine {
                     step.name
                 ),
             }
-            let (change, result) = self.write_step(&record, change, result).await?;
+            let (change, result) = self.write_step(run, &record, change, result).await?;
             let outcome = if result.is_ok() {
                 StepStatus::Completed
             } else {
@@ -123,32 +117,24 @@ impl Engine {
     /// forever; returns the change and the result as recorded.
     async fn write_step(
         &self,
+        run: &RunHandle,
         record: &StepRecord,
         change: StepChange,
         result: Result<Value, StepFailure>,
     ) -> Result<(StepChange, Result<Value, StepFailure>), StepEnd> {
-        let write = |c: StepChange| {
-            let (rec, me, now) = (record.clone(), self.me.clone(), shared_models::time::now());
-            blocking(&self.pool, move |conn| {
-                storage::record_step(conn, &rec, &c, &me, now)
-            })
-        };
-        match write(change.clone()).await {
-            Ok(written) => {
-                fenced(written).map_err(StepEnd::Stop)?;
-                Ok((change, result))
-            }
-            Err(e) if is_refused(&e) && change.to != StepStatus::Failed => {
+        let now = shared_models::time::now;
+        match run.record(record, &change, now()).await {
+            Ok(()) => Ok((change, result)),
+            Err(Stop::Storage(e)) if is_refused(&e) && change.to != StepStatus::Failed => {
                 let failure = StepFailure::fatal(format!("the step could not be written: {e}"));
                 log::warn!("run {}: {failure}", record.run_id);
                 let failed = StepChange::failed(failure.message.clone());
-                let written = write(failed.clone())
+                run.record(record, &failed, now())
                     .await
-                    .map_err(|e| StepEnd::Stop(e.into()))?;
-                fenced(written).map_err(StepEnd::Stop)?;
+                    .map_err(StepEnd::Stop)?;
                 Ok((failed, Err(failure)))
             }
-            Err(e) => Err(StepEnd::Stop(e.into())),
+            Err(stop) => Err(StepEnd::Stop(stop)),
         }
     }
 

@@ -1,32 +1,37 @@
 //! The drive loop: steps started as they become ready, until the run ends or parks.
 
 use super::attempts::StepEnd;
+use super::handle::RunHandle;
 use super::state::{fenced, RunState, StepState, Stop};
 use super::Engine;
 use crate::checkpoints::is_refused;
-use crate::storage::{self, ClaimedRun, Fenced, Park, RunEnd, RunFinish, StepChange, StepRecord};
+use crate::storage::{Park, RunEnd, RunFinish, StepChange, StepRecord};
 use crate::{limits, render};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{Map, Value};
-use shared_models::db::{blocking, StorageError};
 use shared_models::graph::WorkflowGraph;
-use shared_models::models::RunRow;
+use shared_models::models::StepRunRow;
 use shared_models::status::{RunStatus, StepStatus};
 use std::collections::HashSet;
 use std::sync::Arc;
 
 impl Engine {
+    /// Drive the claimed run `run` from its step rows `rows`: `cached` is its graph when
+    /// this worker has compiled its version already, else the claim read its `definition`.
     pub(super) async fn drive(
         &self,
-        c: &ClaimedRun,
+        run: &RunHandle,
+        definition: Option<&Value>,
+        rows: &[StepRunRow],
+        lease_takeovers: i32,
         cached: Option<Arc<WorkflowGraph>>,
     ) -> Result<(), Stop> {
         // The claim read the definition exactly when the cache had no graph for it.
-        let compiled = match (cached, &c.definition) {
+        let compiled = match (cached, definition) {
             (Some(graph), _) => Ok(graph),
             (None, Some(definition)) => WorkflowGraph::from_stored(definition).map(|graph| {
                 let graph = Arc::new(graph);
-                self.graphs.insert(&c.run, graph.clone());
+                self.graphs.insert(run, graph.clone());
                 graph
             }),
             (None, None) => Err("the claim read no workflow definition".to_string()),
@@ -34,24 +39,20 @@ impl Engine {
         let graph = match compiled {
             Ok(g) => g,
             Err(e) => {
-                log::error!("run {}: {e}", c.run.id);
+                log::error!("run {}: {e}", run.id);
                 return self
-                    .finish(&c.run, RunStatus::Failed, None, Some(e), Vec::new())
+                    .finish(run, RunStatus::Failed, None, Some(e), Vec::new())
                     .await;
             }
         };
         let steps = graph
             .steps
             .iter()
-            .map(|s| StepState::from_row(c.steps.iter().find(|r| r.name == s.name.as_str())))
+            .map(|s| StepState::from_row(rows.iter().find(|r| r.name == s.name.as_str())))
             .collect();
-        let mut rs = RunState {
-            run: &c.run,
-            graph,
-            steps,
-        };
-        if c.lease_takeovers > self.limits.max_lease_takeovers {
-            return self.end_poison_run(&rs, c.lease_takeovers).await;
+        let mut rs = RunState { run, graph, steps };
+        if lease_takeovers > self.limits.max_lease_takeovers {
+            return self.end_poison_run(&rs, lease_takeovers).await;
         }
         loop {
             self.resolve_waits(&mut rs).await?;
@@ -108,26 +109,14 @@ impl Engine {
                 .map(|&i| rs.graph.steps[i].name.to_string())
                 .collect();
             let wake_at = waiting.iter().filter_map(|&i| rs.steps[i].wake_at).min();
-            let (run_id, me, now) = (
-                rs.run.id.clone(),
-                self.me.clone(),
-                shared_models::time::now(),
-            );
-            let parked = blocking(&self.pool, move |conn| {
-                storage::park_run(conn, &run_id, &names, wake_at, &me, now)
-            })
-            .await?;
-            match parked {
+            match run.park(names, wake_at).await? {
                 Park::Parked => {
                     log::info!("run {}: waiting; released", rs.run.id);
                     return Ok(());
                 }
                 Park::LeaseLost => return Err(Stop::LeaseLost),
                 Park::Changed => {
-                    let run_id = rs.run.id.clone();
-                    let rows = blocking(&self.pool, move |conn| storage::load_steps(conn, &run_id))
-                        .await?;
-                    rs.reload(&rows);
+                    rs.reload(&run.load_steps().await?);
                 }
             }
         }
@@ -193,8 +182,7 @@ impl Engine {
                 .iter()
                 .all(|&d| rs.steps[d].status == StepStatus::Skipped)
         {
-            self.record(
-                rs,
+            rs.apply(
                 i,
                 StepChange::skipped("every step it depends on was skipped".into()),
             )
@@ -205,8 +193,7 @@ impl Engine {
             match render::condition(condition, &rs.context(), self.limits.template_deadline).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    self.record(
-                        rs,
+                    rs.apply(
                         i,
                         StepChange::skipped(format!("condition is false: {condition}")),
                     )
@@ -214,7 +201,7 @@ impl Engine {
                     return Ok(Begin::Settled);
                 }
                 Err(e) => {
-                    self.record(rs, i, StepChange::failed(format!("when: {e}")))
+                    rs.apply(i, StepChange::failed(format!("when: {e}")))
                         .await?;
                     return Ok(Begin::Failed);
                 }
@@ -246,7 +233,7 @@ impl Engine {
 
     async fn finish(
         &self,
-        run: &RunRow,
+        run: &RunHandle,
         status: RunStatus,
         output: Option<Value>,
         error: Option<String>,
@@ -262,13 +249,17 @@ impl Engine {
         // The common end (nothing to cancel, no parent to wake) is batched with the other
         // runs' writes; the rest is its own transaction.
         let written = match RunFinish::simple(run, &end) {
-            Some(simple) => self.checkpoints.finish(simple).await,
-            None => self.finish_alone(run, &end).await,
+            Some(simple) => (self.checkpoints.finish(simple).await)
+                .map_err(Stop::from)
+                .and_then(fenced),
+            None => run.finish(&end).await,
         };
         let (written, status) = match written {
             // PostgreSQL refused this end (the writer splits a failed batch, so it is this
             // run's own): it would refuse it again, so the run FAILS with that reason.
-            Err(e) if is_refused(&e) && (status != RunStatus::Failed || end.output.is_some()) => {
+            Err(Stop::Storage(e))
+                if is_refused(&e) && (status != RunStatus::Failed || end.output.is_some()) =>
+            {
                 let failed = RunEnd {
                     status: RunStatus::Failed,
                     output: None,
@@ -278,30 +269,15 @@ impl Engine {
                     cancelled: end.cancelled,
                 };
                 log::warn!("run {}: {}", run.id, failed.error.as_deref().unwrap_or(""));
-                (self.finish_alone(run, &failed).await, RunStatus::Failed)
+                (run.finish(&failed).await, RunStatus::Failed)
             }
             other => (other, status),
         };
-        fenced(written?)?;
+        written?;
         crate::metrics::RUNS_FINISHED
             .with_label_values(&[status.as_str()])
             .inc();
         Ok(())
-    }
-
-    /// [`storage::finish_run`] in its own transaction.
-    async fn finish_alone(&self, run: &RunRow, end: &RunEnd) -> Result<Fenced, StorageError> {
-        let (run, me, now) = (run.clone(), self.me.clone(), shared_models::time::now());
-        let end = RunEnd {
-            status: end.status,
-            output: end.output.clone(),
-            error: end.error.clone(),
-            cancelled: end.cancelled.clone(),
-        };
-        blocking(&self.pool, move |conn| {
-            storage::finish_run(conn, &run, &end, &me, now)
-        })
-        .await
     }
 }
 

@@ -22,8 +22,8 @@ use crate::checkpoints::Checkpointer;
 use crate::claims::Claimer;
 use crate::limits::WorkLimits;
 use crate::outbound::Outbound;
-use crate::storage::{self, Claim, Fenced, LeaseHolder};
-use shared_models::db::{blocking, PgPool};
+use crate::storage::{self, Claim, ClaimedRun, LeaseHolder};
+use shared_models::db::PgPool;
 use shared_models::logctx::{self, LogContext};
 use shared_models::queue::RunJob;
 use std::sync::Arc;
@@ -32,10 +32,12 @@ use std::time::Duration;
 mod attempts;
 mod cache;
 mod drive;
+mod handle;
 mod state;
 mod waits;
 
 pub use cache::GraphCache;
+use handle::RunHandle;
 use state::Stop;
 
 /// What to do with the message once a job was processed.
@@ -146,8 +148,17 @@ impl Engine {
                 (JobOutcome::Done, "held")
             }
             Ok((Claim::Claimed(claimed), cached)) => {
-                let heartbeat = self.spawn_heartbeat(&job.run_id);
-                let result = self.drive(&claimed, cached).await;
+                let ClaimedRun {
+                    run,
+                    definition,
+                    steps,
+                    lease_takeovers,
+                } = *claimed;
+                let run = RunHandle::new(self.pool.clone(), self.me.clone(), run);
+                let heartbeat = run.spawn_heartbeat();
+                let result = self
+                    .drive(&run, definition.as_ref(), &steps, lease_takeovers, cached)
+                    .await;
                 heartbeat.abort();
                 match result {
                     Ok(()) => (JobOutcome::Done, "done"),
@@ -159,27 +170,5 @@ impl Engine {
                 }
             }
         }
-    }
-
-    /// Renew the lease every third of its length while the run executes.
-    fn spawn_heartbeat(&self, run_id: &str) -> tokio::task::JoinHandle<()> {
-        let (pool, me, run_id) = (self.pool.clone(), self.me.clone(), run_id.to_string());
-        tokio::spawn(logctx::inherit(async move {
-            let period = me.lease / 3;
-            loop {
-                tokio::time::sleep(period).await;
-                let (me, run_id) = (me.clone(), run_id.clone());
-                let now = shared_models::time::now();
-                match blocking(&pool, move |conn| {
-                    storage::renew_lease(conn, &run_id, &me, now)
-                })
-                .await
-                {
-                    Ok(Fenced::Written) => {}
-                    Ok(Fenced::LeaseLost) => return,
-                    Err(e) => log::warn!("lease heartbeat failed: {e}"),
-                }
-            }
-        }))
     }
 }

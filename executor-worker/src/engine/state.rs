@@ -1,13 +1,13 @@
 //! One run being driven: the state of its steps in memory, mirrored by every write.
 
-use super::Engine;
+use super::handle::RunHandle;
 use crate::render::Ctx;
-use crate::storage::{self, Fenced, StepChange, StepRecord};
+use crate::storage::{Fenced, StepChange, StepRecord};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
-use shared_models::db::{blocking, StorageError};
+use shared_models::db::StorageError;
 use shared_models::graph::WorkflowGraph;
-use shared_models::models::{RunRow, StepRunRow};
+use shared_models::models::StepRunRow;
 use shared_models::status::StepStatus;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -73,7 +73,7 @@ impl StepState {
 
 /// One run being driven: its graph and the state of each step.
 pub(super) struct RunState<'a> {
-    pub(super) run: &'a RunRow,
+    pub(super) run: &'a RunHandle,
     pub(super) graph: Arc<WorkflowGraph>,
     pub(super) steps: Vec<StepState>,
 }
@@ -141,31 +141,14 @@ impl RunState<'_> {
             })
             .collect()
     }
-}
 
-impl Engine {
     /// Record a step change and mirror it in memory.
-    pub(super) async fn record(
-        &self,
-        rs: &mut RunState<'_>,
-        i: usize,
-        change: StepChange,
-    ) -> Result<(), Stop> {
-        let (record, me, now, c) = (
-            rs.record(i),
-            self.me.clone(),
-            shared_models::time::now(),
-            change.clone(),
-        );
+    pub(super) async fn apply(&mut self, i: usize, change: StepChange) -> Result<(), Stop> {
+        let (record, now) = (self.record(i), shared_models::time::now());
         let step_type = record.step_type;
-        fenced(
-            blocking(&self.pool, move |conn| {
-                storage::record_step(conn, &record, &c, &me, now)
-            })
-            .await?,
-        )?;
-        let st = &mut rs.steps[i];
-        if rs.graph.steps[i].kind.waits()
+        self.run.record(&record, &change, now).await?;
+        let st = &mut self.steps[i];
+        if self.graph.steps[i].kind.waits()
             && st.status == StepStatus::Waiting
             && matches!(change.to, StepStatus::Completed | StepStatus::Failed)
         {

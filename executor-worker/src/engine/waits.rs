@@ -7,7 +7,6 @@ use crate::storage::{self, StepChange};
 use crate::{limits, render};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
-use shared_models::db::blocking;
 use shared_models::graph::{Step, StepKind};
 use shared_models::status::{RunStatus, StepStatus};
 use std::time::{Duration, Instant};
@@ -49,7 +48,7 @@ impl Engine {
                 let vars = match self.child_variables(rs, variables.as_ref()).await {
                     Ok(vars) => vars,
                     Err(reason) => {
-                        self.record(rs, i, StepChange::failed(reason)).await?;
+                        rs.apply(i, StepChange::failed(reason)).await?;
                         return Ok(Begin::Failed);
                     }
                 };
@@ -59,7 +58,7 @@ impl Engine {
             }
             _ => return Ok(Begin::Execute),
         };
-        self.record(rs, i, change).await?;
+        rs.apply(i, change).await?;
         Ok(Begin::Waiting)
     }
 
@@ -101,19 +100,11 @@ impl Engine {
         let mut pause = TREE_BUSY_FIRST_PAUSE;
         let deadline = Instant::now() + TREE_BUSY_MAX_WAIT;
         let started = loop {
-            let (parent, record, wf, me, vars) = (
-                rs.run.clone(),
-                rs.record(i),
-                workflow_id.to_string(),
-                self.me.clone(),
-                vars.clone(),
-            );
             let now = shared_models::time::now();
-            let started = blocking(&self.pool, move |conn| {
-                storage::start_child_run(conn, &parent, &record, &wf, vars, wait_deadline, &me, now)
-            })
-            .await?
-            .map_err(|_| Stop::LeaseLost)?;
+            let started = rs
+                .run
+                .start_child(&rs.record(i), workflow_id, vars.clone(), wait_deadline, now)
+                .await?;
             match started {
                 storage::ChildStart::TreeBusy if Instant::now() < deadline => {
                     tokio::time::sleep(pause).await;
@@ -132,7 +123,7 @@ impl Engine {
                 Ok(Begin::Waiting)
             }
             (storage::ChildStart::Refused(reason), _) => {
-                self.record(rs, i, StepChange::failed(reason)).await?;
+                rs.apply(i, StepChange::failed(reason)).await?;
                 Ok(Begin::Failed)
             }
             (storage::ChildStart::TreeBusy, _) => {
@@ -141,7 +132,7 @@ impl Engine {
                      others for {}s",
                     TREE_BUSY_MAX_WAIT.as_secs()
                 );
-                self.record(rs, i, StepChange::failed(reason)).await?;
+                rs.apply(i, StepChange::failed(reason)).await?;
                 Ok(Begin::Failed)
             }
         }
@@ -168,7 +159,7 @@ impl Engine {
                 _ => None,
             };
             if let Some(change) = change {
-                self.record(rs, i, change).await?;
+                rs.apply(i, change).await?;
             }
         }
         Ok(())
@@ -185,9 +176,7 @@ impl Engine {
                 "the child run was never recorded".into(),
             )));
         };
-        let id = child.clone();
-        let state = blocking(&self.pool, move |conn| storage::child_state(conn, &id)).await?;
-        Ok(match state {
+        Ok(match rs.run.child_state(&child).await? {
             None => Some(StepChange::failed(format!(
                 "child run {child} does not exist"
             ))),

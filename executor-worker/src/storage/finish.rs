@@ -14,6 +14,7 @@ use shared_models::schema::{runs as runs_table, step_runs};
 use shared_models::status::{RunStatus, StepStatus};
 
 /// How a run ends.
+#[derive(Clone)]
 pub(crate) struct RunEnd {
     pub status: RunStatus,
     pub output: Option<Value>,
