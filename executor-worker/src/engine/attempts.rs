@@ -91,7 +91,7 @@ impl Engine {
     }
 
     /// One attempt of a step: executed within its timeout, its output checked before it is
-    /// written ([`WorkLimits::check_step_output`]).
+    /// written ([`crate::limits::WorkLimits::check_step_output`]).
     async fn execute(
         &self,
         run: &RunRow,
@@ -156,7 +156,7 @@ impl Engine {
     /// A `transform` step computes its value from the run's context alone: nothing outside
     /// the database sees it, and computing it again gives the same value. So it is computed
     /// first, and its start and its completion are checkpointed together, in one transaction
-    /// shared with the pure steps of the other runs in flight ([`Checkpointer`]); a worker
+    /// shared with the pure steps of the other runs in flight ([`crate::checkpoints::Checkpointer`]); a worker
     /// that dies before the commit leaves no trace, and the step simply runs again.
     ///
     /// `None`: not a transform. `Some(Err)`: it failed (its template, its output's limits, or

@@ -12,10 +12,10 @@
 //! - Everything logged while a job is processed carries its run and request ids (the job is
 //!   processed in a [`logctx`] scope, and the lease heartbeat inherits it).
 //!
-//! Here the engine and its entry point; [`drive`] has the loop that starts the ready steps
-//! until the run ends or parks, [`waits`] the waiting kinds (delays, approvals, child runs),
-//! [`attempts`] a step's attempts and retries, [`state`] the run's state in memory, and
-//! [`cache`] the compiled workflow versions.
+//! Here the engine and its entry point; `drive` has the loop that starts the ready steps
+//! until the run ends or parks, `waits` the waiting kinds (delays, approvals, child runs),
+//! `attempts` a step's attempts and retries, `state` the run's state in memory, `handle` the
+//! claimed run's writes, and `cache` the compiled workflow versions.
 
 use crate::agents::AgentRegistry;
 use crate::checkpoints::Checkpointer;

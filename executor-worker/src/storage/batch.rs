@@ -50,7 +50,7 @@ pub struct PureStep {
 /// the fence (every run's lease extended, those no longer held left out) returning the held
 /// runs' previous step states, then one upsert of every step row with one insert of every
 /// event (a CTE). What is written for each
-/// step is exactly what [`start_step`] then [`record_step`] with [`StepChange::completed`]
+/// step is exactly what `start_step` then `record_step` with `StepChange::completed`
 /// would write. Returns, in the order given, whether each step was written or its run's
 /// lease was lost (then nothing of it was written).
 pub fn checkpoint_pure_steps(
@@ -181,7 +181,7 @@ fn pure_steps_in(
 }
 
 /// How a run ends when nothing else goes with its end: no step to cancel, no parent to wake
-/// (every other end goes through [`finish_run`]).
+/// (every other end goes through `finish_run`).
 #[derive(Debug, Clone)]
 pub struct RunFinish {
     pub run_id: String,
@@ -202,7 +202,7 @@ impl RunFinish {
     }
 }
 
-/// End many runs (each as [`finish_run`] would) in one statement (the runs updated and their
+/// End many runs (each as `finish_run` would) in one statement (the runs updated and their
 /// events inserted, in a CTE), each fenced by its own lease. Returns, in the order given,
 /// whether each was written.
 pub fn finish_runs(

@@ -6,10 +6,10 @@
 //! worker. A worker that lost its run (lease expired and taken over, or the run cancelled)
 //! finds out at its next write ([`Fenced::LeaseLost`]) and stops touching it.
 //!
-//! By concern: [`claim`] takes runs, [`lease`] fences and renews, [`steps`] writes one
-//! step, [`batch`] writes the pure steps and simple ends of many runs together (group
-//! commit), [`park`] puts a waiting run aside, [`finish`] ends a run, [`children`] starts
-//! and reads the child runs of `subworkflow` steps.
+//! By concern: `claim` takes runs, `lease` fences and renews, `steps` writes one step,
+//! `batch` writes the pure steps and simple ends of many runs together (group commit),
+//! `park` puts a waiting run aside, `finish` ends a run, `children` starts and reads the
+//! child runs of `subworkflow` steps.
 //!
 //! The statements written out in SQL are in `sql/`, each opening with a comment that lists
 //! its parameters. A statement that returns run rows lists their columns rather than `*`, so
