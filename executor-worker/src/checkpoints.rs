@@ -5,7 +5,7 @@
 //! transaction, and so is a run's end; with many runs in flight, those transactions are
 //! batched: each run hands its computed step (or its end) to the [`Checkpointer`] and waits
 //! for the commit; one task writes everything that is waiting in one transaction
-//! ([`storage::write_batch`]: two statements for the steps and one for the ends, whatever
+//! (`storage::write_batch`: two statements for the steps and one for the ends, whatever
 //! their number) and answers each run once it is committed.
 //!
 //! Guarantees are unchanged: a run never starts its next step before its previous one is

@@ -42,12 +42,12 @@ pub struct Settings {
     pub templates: template::Limits,
 }
 
-/// `WORKER_CONCURRENCY` when unset: runs in flight share their claim and checkpoint commits,
-/// so a worker's rate grows with them until the cores are busy (docs/PERFORMANCE.md: 16 -> 32
-/// took the 1-step flood from about 1,200 to about 1,700 runs/s on 2 cores; 32 -> 64, once
-/// claims were batched, 10 steps from 435-490 to 572-618 runs/s, for 2.5 MB more).
 /// `HTTP_ADDR` (the health server) when unset.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8083";
+
+/// `WORKER_CONCURRENCY` when unset: runs in flight share their claim and checkpoint commits,
+/// so a worker's rate grows with them until the cores are busy (see docs/PERFORMANCE.md for
+/// the figures behind this default).
 pub const DEFAULT_WORKER_CONCURRENCY: usize = 64;
 
 /// `MAX_RUNNING_PER_ORG` when unset.

@@ -1,0 +1,208 @@
+//! A step's attempts: executed within their timeout, recorded, and retried by its policy.
+
+use super::handle::RunHandle;
+use super::state::{fenced, Stop};
+use super::Engine;
+use crate::checkpoints::is_refused;
+use crate::render::Ctx;
+use crate::steps::{self, StepEnv, StepFailure};
+use crate::storage::{PureStep, StepChange, StepRecord};
+use serde_json::Value;
+use shared_models::graph::{Step, StepKind};
+use shared_models::models::RunRow;
+use shared_models::status::StepStatus;
+use std::time::Instant;
+
+impl Engine {
+    /// Every attempt of one executing step, with its timeout and the retry policy's pauses.
+    pub(super) async fn run_attempts(
+        &self,
+        run: &RunHandle,
+        step: Step,
+        record: StepRecord,
+        ctx: Ctx,
+        i: usize,
+    ) -> (usize, Result<Value, StepEnd>) {
+        (i, self.attempts(run, &step, record, ctx).await)
+    }
+
+    async fn attempts(
+        &self,
+        run: &RunHandle,
+        step: &Step,
+        record: StepRecord,
+        ctx: Ctx,
+    ) -> Result<Value, StepEnd> {
+        // A pure step's failure is its first attempt's result: it is not computed again.
+        let mut computed = match self.pure_step(run, step, &record, &ctx).await? {
+            Some(Ok(output)) => return Ok(output),
+            Some(Err(failure)) => Some(failure),
+            None => None,
+        };
+        let mut tries: u32 = 0;
+        loop {
+            tries += 1;
+            let attempt = run.start_step(&record).await.map_err(StepEnd::Stop)?;
+            log::info!(
+                "run {}: step {} started (attempt {attempt})",
+                run.id,
+                step.name
+            );
+            let started = Instant::now();
+            let result = match computed.take() {
+                Some(failure) => Err(failure),
+                None => self.execute(run, step, attempt, &ctx).await,
+            };
+            let elapsed = started.elapsed();
+            let change = match &result {
+                Ok(output) => StepChange::completed(output.clone()),
+                Err(e) if e.retryable && tries < step.retry.max_attempts => StepChange::retrying(
+                    attempt,
+                    e.message.clone(),
+                    step.retry.delay_before(attempt + 1),
+                ),
+                Err(e) => StepChange::failed(e.message.clone()),
+            };
+            match &result {
+                Ok(_) => log::info!("run {}: step {} completed", run.id, step.name),
+                Err(e) => log::warn!(
+                    "run {}: step {} attempt {attempt} failed: {e}",
+                    run.id,
+                    step.name
+                ),
+            }
+            let (change, result) = self.write_step(run, &record, change, result).await?;
+            let outcome = if result.is_ok() {
+                StepStatus::Completed
+            } else {
+                StepStatus::Failed
+            };
+            crate::metrics::STEP_DURATION
+                .with_label_values(&[step.kind.type_name(), outcome.as_str()])
+                .observe(elapsed.as_secs_f64());
+            match (result, change.to) {
+                (Ok(output), _) => return Ok(output),
+                (Err(_), StepStatus::Pending) => {
+                    tokio::time::sleep(step.retry.delay_before(attempt + 1)).await
+                }
+                (Err(e), _) => return Err(StepEnd::Failed(e.message)),
+            }
+        }
+    }
+
+    /// One attempt of a step: executed within its timeout, its output checked before it is
+    /// written ([`crate::limits::WorkLimits::check_step_output`]).
+    async fn execute(
+        &self,
+        run: &RunRow,
+        step: &Step,
+        attempt: i32,
+        ctx: &Ctx,
+    ) -> Result<Value, StepFailure> {
+        let env = self.step_env(run, step, attempt);
+        let output = match self.http.step_timeout(step.timeout) {
+            Some(limit) => tokio::time::timeout(limit, steps::execute(&step.kind, ctx, &env))
+                .await
+                .unwrap_or_else(|_| Err(StepFailure::retry(self.http.timed_out(limit)))),
+            None => steps::execute(&step.kind, ctx, &env).await,
+        }?;
+        self.limits
+            .check_step_output(&output)
+            .map_err(StepFailure::fatal)?;
+        Ok(output)
+    }
+
+    /// Record an attempt's change. A write PostgreSQL refuses (not an outage: the same write
+    /// would be refused again) fails the step with that reason instead of retrying the job
+    /// forever; returns the change and the result as recorded.
+    async fn write_step(
+        &self,
+        run: &RunHandle,
+        record: &StepRecord,
+        change: StepChange,
+        result: Result<Value, StepFailure>,
+    ) -> Result<(StepChange, Result<Value, StepFailure>), StepEnd> {
+        let now = shared_models::time::now;
+        match run.record(record, &change, now()).await {
+            Ok(()) => Ok((change, result)),
+            Err(Stop::Storage(e)) if is_refused(&e) && change.to != StepStatus::Failed => {
+                let failure = StepFailure::fatal(format!("the step could not be written: {e}"));
+                log::warn!("run {}: {failure}", record.run_id);
+                let failed = StepChange::failed(failure.message.clone());
+                run.record(record, &failed, now())
+                    .await
+                    .map_err(StepEnd::Stop)?;
+                Ok((failed, Err(failure)))
+            }
+            Err(stop) => Err(StepEnd::Stop(stop)),
+        }
+    }
+
+    /// What a step's execution may use, for attempt `attempt` of `step` of `run`.
+    fn step_env<'a>(&'a self, run: &'a RunRow, step: &'a Step, attempt: i32) -> StepEnv<'a> {
+        StepEnv {
+            agents: &self.agents,
+            http: &self.http,
+            agent_timeout: self.agent_timeout,
+            step_timeout: self.http.step_timeout(step.timeout),
+            run_id: &run.id,
+            workflow_id: &run.workflow_id,
+            step: step.name.as_str(),
+            attempt,
+            template_deadline: self.limits.template_deadline,
+        }
+    }
+
+    /// A `transform` step computes its value from the run's context alone: nothing outside
+    /// the database sees it, and computing it again gives the same value. So it is computed
+    /// first, and its start and its completion are checkpointed together, in one transaction
+    /// shared with the pure steps of the other runs in flight ([`crate::checkpoints::Checkpointer`]); a worker
+    /// that dies before the commit leaves no trace, and the step simply runs again.
+    ///
+    /// `None`: not a transform. `Some(Err)`: it failed (its template, its output's limits, or
+    /// a checkpoint PostgreSQL refused), which the general path records as its first attempt.
+    async fn pure_step(
+        &self,
+        run: &RunRow,
+        step: &Step,
+        record: &StepRecord,
+        ctx: &Ctx,
+    ) -> Result<Option<Result<Value, StepFailure>>, StepEnd> {
+        if !matches!(step.kind, StepKind::Transform { .. }) {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let output = match self.execute(run, step, 1, ctx).await {
+            Ok(output) => output,
+            Err(failure) => return Ok(Some(Err(failure))),
+        };
+        let elapsed = started.elapsed();
+        let written = self
+            .checkpoints
+            .checkpoint(PureStep {
+                record: record.clone(),
+                output: output.clone(),
+            })
+            .await;
+        let written = match written {
+            Ok(written) => written,
+            // Refused on its own (the writer splits a failed batch): it would be again.
+            Err(e) if is_refused(&e) => {
+                let failure = StepFailure::fatal(format!("the step could not be written: {e}"));
+                return Ok(Some(Err(failure)));
+            }
+            Err(e) => return Err(StepEnd::Stop(e.into())),
+        };
+        fenced(written).map_err(StepEnd::Stop)?;
+        log::info!("run {}: step {} completed", run.id, step.name);
+        crate::metrics::STEP_DURATION
+            .with_label_values(&[step.kind.type_name(), StepStatus::Completed.as_str()])
+            .observe(elapsed.as_secs_f64());
+        Ok(Some(Ok(output)))
+    }
+}
+
+pub(super) enum StepEnd {
+    Failed(String),
+    Stop(Stop),
+}
