@@ -12,7 +12,6 @@ use serde_json::json;
 use shared_models::db::{blocking, PgPool};
 use shared_models::limits::OrgLimitOverrides;
 use shared_models::schema::{outbox, runs};
-use shared_models::status::RunStatus;
 use shared_models::testing::fixtures;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,7 +57,7 @@ async fn drive(pool: &PgPool, engines: &[Arc<Engine>], root: &str, deadline: Dur
             task.await.expect("the job task");
         }
         let status = get_run(pool, root).await.status;
-        if RunStatus::parse(&status).is_some_and(RunStatus::is_terminal) {
+        if status.is_terminal() {
             return started.elapsed();
         }
         jobs = take_jobs(pool).await;

@@ -24,7 +24,6 @@ use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use shared_models::db::{blocking, PgPool, StorageError};
 use shared_models::queue::RunJob;
-use shared_models::status::RunStatus;
 use std::collections::HashMap;
 
 /// Letters taken before their runs are read and their jobs published.
@@ -99,8 +98,8 @@ pub fn judge(
     {
         return Verdict::Keep("another workflow");
     }
-    if RunStatus::parse(&run.status).is_some_and(RunStatus::is_terminal) {
-        return Verdict::Skip(run.status.clone());
+    if run.status.is_terminal() {
+        return Verdict::Skip(run.status.to_string());
     }
     Verdict::Redrive(job)
 }
@@ -282,7 +281,7 @@ mod tests {
             RunFacts {
                 org_id: "org_a".into(),
                 workflow_id: "wf_triage".into(),
-                status: status.into(),
+                status: shared_models::status::RunStatus::parse(status).expect("a run status"),
             },
         )])
     }

@@ -2,6 +2,7 @@
 //! HTTP views are built from them in the owning service.
 
 use crate::schema::*;
+use crate::status::{RunStatus, StepStatus};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde_json::Value;
@@ -58,7 +59,7 @@ pub struct RunRow {
     pub org_id: String,
     pub workflow_id: String,
     pub workflow_version: i32,
-    pub status: String,
+    pub status: RunStatus,
     pub variables: Value,
     pub output: Option<Value>,
     pub error: Option<String>,
@@ -107,7 +108,7 @@ pub struct StepRunRow {
     pub name: String,
     pub position: i32,
     pub step_type: String,
-    pub status: String,
+    pub status: StepStatus,
     pub attempt: i32,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -119,13 +120,19 @@ pub struct StepRunRow {
 
 impl StepRunRow {
     /// A step's row in a given state, with nothing recorded yet.
-    pub fn new(run_id: &str, name: &str, position: i32, step_type: &str, status: &str) -> Self {
+    pub fn new(
+        run_id: &str,
+        name: &str,
+        position: i32,
+        step_type: &str,
+        status: StepStatus,
+    ) -> Self {
         Self {
             run_id: run_id.to_string(),
             name: name.to_string(),
             position,
             step_type: step_type.to_string(),
-            status: status.to_string(),
+            status,
             attempt: 0,
             started_at: None,
             completed_at: None,
@@ -169,16 +176,16 @@ impl NewRunEvent {
         run_id: &str,
         at: DateTime<Utc>,
         step: Option<&str>,
-        from: &str,
-        to: &str,
+        from: impl AsRef<str>,
+        to: impl AsRef<str>,
     ) -> Self {
         Self {
             run_id: run_id.to_string(),
             at,
             kind: "transition".into(),
             step: step.map(str::to_string),
-            from_status: Some(from.to_string()),
-            to_status: Some(to.to_string()),
+            from_status: Some(from.as_ref().to_string()),
+            to_status: Some(to.as_ref().to_string()),
             level: None,
             message: None,
         }

@@ -1,8 +1,29 @@
-//! Run and step states (docs/API.md "Runs"), stored as their upper-case names.
+//! Run and step states (docs/API.md "Runs"), stored as their upper-case names: both are
+//! diesel types over `text` columns, so a row holds a status, never a string to parse; a
+//! name the code does not know is an error when the row is read. The transitions between
+//! them are the run lifecycle's (`crate::runs`).
 
+use diesel::deserialize::{self, FromSql};
+use diesel::pg::{Pg, PgValue};
+use diesel::serialize::{self, Output, ToSql};
+use diesel::sql_types::Text;
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    utoipa::ToSchema,
+    diesel::AsExpression,
+    diesel::FromSqlRow,
+)]
+#[diesel(sql_type = Text)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RunStatus {
     Pending,
@@ -46,7 +67,21 @@ impl RunStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    utoipa::ToSchema,
+    diesel::AsExpression,
+    diesel::FromSqlRow,
+)]
+#[diesel(sql_type = Text)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum StepStatus {
     Pending,
@@ -90,6 +125,45 @@ impl StepStatus {
         matches!(self, StepStatus::Completed | StepStatus::Skipped)
     }
 }
+
+/// The text column's value, and the name in messages.
+macro_rules! text_enum {
+    ($ty:ident, $what:literal) => {
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        /// Compared with its name (`status == "PENDING"`), as tests and SQL results read.
+        impl PartialEq<&str> for $ty {
+            fn eq(&self, name: &&str) -> bool {
+                self.as_str() == *name
+            }
+        }
+
+        impl AsRef<str> for $ty {
+            fn as_ref(&self) -> &str {
+                self.as_str()
+            }
+        }
+
+        impl ToSql<Text, Pg> for $ty {
+            fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+                <str as ToSql<Text, Pg>>::to_sql(self.as_str(), out)
+            }
+        }
+
+        impl FromSql<Text, Pg> for $ty {
+            fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
+                let name = <String as FromSql<Text, Pg>>::from_sql(value)?;
+                $ty::parse(&name).ok_or_else(|| format!("unknown {} {name:?}", $what).into())
+            }
+        }
+    };
+}
+text_enum!(RunStatus, "run status");
+text_enum!(StepStatus, "step status");
 
 #[cfg(test)]
 mod tests {

@@ -49,9 +49,9 @@ impl StepState {
         match row {
             Some(r) => StepState {
                 // RUNNING means an attempt was cut off by a crash: it runs again.
-                status: match StepStatus::parse(&r.status) {
-                    Some(StepStatus::Running) | None => StepStatus::Pending,
-                    Some(s) => s,
+                status: match r.status {
+                    StepStatus::Running => StepStatus::Pending,
+                    s => s,
                 },
                 output: r.output.clone(),
                 error: r.error.clone(),

@@ -180,7 +180,7 @@ impl Engine {
             None => Some(StepChange::failed(format!(
                 "child run {child} does not exist"
             ))),
-            Some((status, output, error)) => match RunStatus::parse(&status) {
+            Some((status, output, error)) => match Some(status) {
                 Some(RunStatus::Completed) => {
                     let output = output.unwrap_or(Value::Null);
                     Some(match self.limits.check_step_output(&output) {

@@ -131,7 +131,7 @@ fn pure_steps_in(
                 &rec.name,
                 rec.position,
                 rec.step_type,
-                change.to.as_str(),
+                change.to,
             );
             row.attempt = attempt;
             row.started_at = Some(now);

@@ -14,6 +14,7 @@ use shared_models::models::RunRow;
 use shared_models::prepared::prepared;
 use shared_models::runs::{self, NewRun};
 use shared_models::schema::{runs as runs_table, workflows};
+use shared_models::status::RunStatus;
 
 /// Start the child run of a `subworkflow` step and record the step WAITING for it, in one
 /// transaction and under the lease (so a crash or a cancel cannot leave an orphan child, nor
@@ -198,7 +199,7 @@ fn child_quota(conn: &mut PgConnection, org_id: &str, root: &str) -> Result<Quot
 }
 
 /// A child run's status, output and error.
-pub(crate) type ChildState = (String, Option<Value>, Option<String>);
+pub(crate) type ChildState = (RunStatus, Option<Value>, Option<String>);
 
 pub(crate) fn child_state(
     conn: &mut PgConnection,

@@ -165,7 +165,7 @@ fn claim_locked(
         let Some(run) = run else {
             return Ok(Claim::Missing);
         };
-        let status = RunStatus::parse(&run.status).unwrap_or(RunStatus::Failed);
+        let status = run.status;
         if status.is_terminal() {
             return Ok(Claim::Ended);
         }

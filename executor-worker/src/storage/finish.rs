@@ -80,7 +80,7 @@ pub(crate) fn finish_run(
                         &step.name,
                         step.position,
                         step.step_type,
-                        StepStatus::Cancelled.as_str(),
+                        StepStatus::Cancelled,
                     );
                     row.completed_at = Some(now);
                     upsert_step(conn, &row)?;

@@ -47,20 +47,16 @@ pub(crate) fn park_run(
             .select(StepRunRow::as_select())
             .load(conn)?;
         for row in &rows {
-            if row.status != StepStatus::Waiting.as_str() || row.wake_at.is_some_and(|t| t <= now) {
+            if row.status != StepStatus::Waiting || row.wake_at.is_some_and(|t| t <= now) {
                 return Ok(Park::Changed);
             }
             if let Some(child) = &row.child_run_id {
-                let status: Option<String> = runs_table::table
+                let status: Option<RunStatus> = runs_table::table
                     .find(child)
                     .select(runs_table::status)
                     .first(conn)
                     .optional()?;
-                if status
-                    .as_deref()
-                    .and_then(RunStatus::parse)
-                    .is_none_or(RunStatus::is_terminal)
-                {
+                if status.is_none_or(RunStatus::is_terminal) {
                     return Ok(Park::Changed);
                 }
             }

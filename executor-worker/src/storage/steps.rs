@@ -88,7 +88,7 @@ pub(crate) fn start_step(
             &step.name,
             step.position,
             step.step_type,
-            StepStatus::Running.as_str(),
+            StepStatus::Running,
         );
         row.attempt = attempt;
         row.started_at = Some(now);
@@ -269,14 +269,14 @@ pub(crate) fn record_step(
             .optional()?;
         let from = previous
             .as_ref()
-            .map(|p| p.status.clone())
-            .unwrap_or_else(|| StepStatus::Pending.as_str().to_string());
+            .map(|p| p.status)
+            .unwrap_or(StepStatus::Pending);
         let mut row = StepRunRow::new(
             &step.run_id,
             &step.name,
             step.position,
             step.step_type,
-            change.to.as_str(),
+            change.to,
         );
         row.started_at = match change.to {
             StepStatus::Waiting => Some(now),
@@ -300,7 +300,7 @@ pub(crate) fn record_step(
             .or_else(|| previous.as_ref().and_then(|p| p.child_run_id.clone()));
         upsert_step(conn, &row)?;
         let mut events = Vec::new();
-        if from != change.to.as_str() {
+        if from != change.to {
             events.push(NewRunEvent::transition(
                 &step.run_id,
                 now,

@@ -186,6 +186,7 @@ pub fn step_row(
     output: Option<Value>,
 ) -> StepRunRow {
     let started: DateTime<Utc> = shared_models::time::now() - chrono::Duration::minutes(2);
+    let status = shared_models::status::StepStatus::parse(status).expect("a step status");
     let mut row = StepRunRow::new(run_id, name, position, "agent", status);
     row.attempt = attempt;
     row.started_at = Some(started);

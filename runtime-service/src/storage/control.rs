@@ -63,7 +63,7 @@ pub fn cancel_run(
         Ok(
             match lifecycle::cancel(conn, org_id, run_id, request_id, now)? {
                 lifecycle::Cancel::NotFound => CancelOutcome::NotFound,
-                lifecycle::Cancel::Ended(status) => CancelOutcome::Ended(status),
+                lifecycle::Cancel::Ended(status) => CancelOutcome::Ended(status.to_string()),
                 lifecycle::Cancel::Cancelled { wake_parent } => CancelOutcome::Cancelled {
                     detail: Box::new(get_run_detail(conn, org_id, run_id)?.ok_or(Error::NotFound)?),
                     wake_parent,
@@ -85,7 +85,9 @@ pub fn retry_run(
         Ok(
             match lifecycle::retry(conn, org_id, run_id, request_id, now)? {
                 lifecycle::Retry::NotFound => RetryOutcome::NotFound,
-                lifecycle::Retry::NotRetryable(status) => RetryOutcome::NotRetryable(status),
+                lifecycle::Retry::NotRetryable(status) => {
+                    RetryOutcome::NotRetryable(status.to_string())
+                }
                 lifecycle::Retry::Retried { job } => RetryOutcome::Retried {
                     detail: Box::new(get_run_detail(conn, org_id, run_id)?.ok_or(Error::NotFound)?),
                     job,

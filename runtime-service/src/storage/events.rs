@@ -28,7 +28,7 @@ pub fn events_after(
 ) -> Result<Option<EventBatch>, Error> {
     // The status first: events written together with the end of the run are then certain
     // to be visible to the read below.
-    let status: Option<String> = runs::table
+    let status: Option<RunStatus> = runs::table
         .find(run_id)
         .filter(runs::org_id.eq(org_id))
         .select(runs::status)
@@ -46,6 +46,6 @@ pub fn events_after(
         .load(conn)?;
     Ok(Some(EventBatch {
         events,
-        run_ended: RunStatus::parse(&status).is_some_and(RunStatus::is_terminal),
+        run_ended: status.is_terminal(),
     }))
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 pub struct RunFacts {
     pub org_id: String,
     pub workflow_id: String,
-    pub status: String,
+    pub status: shared_models::status::RunStatus,
 }
 
 /// The runs among `ids` that exist, by id (one primary-key look-up per id).
@@ -22,7 +22,7 @@ pub fn runs_of_letters(
     Ok(runs::table
         .filter(runs::id.eq_any(ids))
         .select((runs::id, runs::org_id, runs::workflow_id, runs::status))
-        .load::<(String, String, String, String)>(conn)?
+        .load::<(String, String, String, shared_models::status::RunStatus)>(conn)?
         .into_iter()
         .map(|(id, org_id, workflow_id, status)| {
             (

@@ -12,6 +12,7 @@ use shared_models::db::PgPooled;
 use shared_models::models::{NewRunEvent, OutboxRow, StepRunRow};
 use shared_models::queue::{Broker, QueueNames};
 use shared_models::schema::{outbox, run_events, runs, step_runs};
+use shared_models::status::StepStatus;
 use shared_models::testing::{self, fixtures, TestDb};
 use std::time::Duration;
 
@@ -282,6 +283,7 @@ impl TestApp {
         status: &str,
         edit: impl FnOnce(&mut StepRunRow),
     ) {
+        let status = StepStatus::parse(status).expect("a step status");
         let mut row = StepRunRow::new(run_id, name, position, step_type, status);
         edit(&mut row);
         diesel::insert_into(step_runs::table)

@@ -23,7 +23,7 @@ pub fn cancel_locked_run(
     message: String,
     now: DateTime<Utc>,
 ) -> Result<Vec<String>, Error> {
-    let cancelled = StepStatus::Cancelled.as_str();
+    let cancelled = StepStatus::Cancelled;
     diesel::update(runs::table.find(&run.id))
         .set((
             runs::status.eq(RunStatus::Cancelled.as_str()),
@@ -47,7 +47,7 @@ pub fn cancel_locked_run(
     let mut children = Vec::new();
     for (position, (name, step_type)) in outline.iter().enumerate() {
         match rows.iter().find(|r| &r.name == name) {
-            Some(row) if OPEN_STEPS.contains(&row.status.as_str()) => {
+            Some(row) if OPEN_STEPS.contains(&row.status) => {
                 children.extend(row.child_run_id.clone());
                 events.push(NewRunEvent::transition(
                     &run.id,
@@ -109,7 +109,7 @@ pub fn cancel_descendants(
         let mut grandchildren = Vec::new();
         for child_id in children {
             match lock_run(conn, &run.org_id, &child_id)? {
-                Some(child) if !is_ended(&child.status) => {
+                Some(child) if !is_ended(child.status) => {
                     let message = format!("run cancelled with its parent run {}", run.id);
                     grandchildren.extend(cancel_locked_run(conn, &child, message, now)?);
                 }
@@ -174,7 +174,7 @@ pub enum Cancel {
     },
     NotFound,
     /// The run had already ended, with this status.
-    Ended(String),
+    Ended(RunStatus),
 }
 
 /// Cancel a run (in the caller's transaction): the run and every step not yet ended become
@@ -191,7 +191,7 @@ pub fn cancel(
     let Some(run) = lock_run(conn, org_id, run_id)? else {
         return Ok(Cancel::NotFound);
     };
-    if is_ended(&run.status) {
+    if is_ended(run.status) {
         return Ok(Cancel::Ended(run.status));
     }
     let children = cancel_locked_run(conn, &run, "run cancelled".into(), now)?;
@@ -262,7 +262,7 @@ pub fn decide_approval(
             "it is a '{step_type}' step, not an 'approval' step"
         )));
     }
-    if is_ended(&run.status) {
+    if is_ended(run.status) {
         return Ok(Decide::NotWaiting(format!(
             "the run has ended ({})",
             run.status
@@ -305,7 +305,7 @@ pub fn decide_approval(
             NewRunEvent::log(run_id, now, Some(step), level, message),
         ],
     )?;
-    let job = if run.status == RunStatus::Waiting.as_str() {
+    let job = if run.status == RunStatus::Waiting {
         enqueue_job(conn, run_id, org_id, request_id.map(str::to_string), None)?
     } else {
         None
@@ -324,7 +324,7 @@ pub enum Retry {
     },
     NotFound,
     /// The run is neither FAILED nor CANCELLED, but this.
-    NotRetryable(String),
+    NotRetryable(RunStatus),
 }
 
 /// Retry a run (in the caller's transaction): a FAILED or CANCELLED run goes back to PENDING
@@ -340,10 +340,7 @@ pub fn retry(
     let Some(run) = lock_run(conn, org_id, run_id)? else {
         return Ok(Retry::NotFound);
     };
-    let retryable = matches!(
-        RunStatus::parse(&run.status),
-        Some(RunStatus::Failed | RunStatus::Cancelled)
-    );
+    let retryable = matches!(run.status, RunStatus::Failed | RunStatus::Cancelled);
     if !retryable {
         return Ok(Retry::NotRetryable(run.status));
     }

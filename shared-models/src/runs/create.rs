@@ -33,7 +33,7 @@ pub fn pending_run(new: NewRun, now: DateTime<Utc>) -> RunRow {
         org_id: new.org_id.to_string(),
         workflow_id: new.workflow_id.to_string(),
         workflow_version: new.version,
-        status: RunStatus::Pending.as_str().to_string(),
+        status: RunStatus::Pending,
         variables: new.variables,
         output: None,
         error: None,

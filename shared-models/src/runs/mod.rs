@@ -107,7 +107,11 @@ pub fn step_may_become(from: StepStatus, to: StepStatus) -> bool {
 pub const MAX_CHILD_DEPTH: usize = 8;
 
 /// Step states that have not ended.
-const OPEN_STEPS: [&str; 3] = ["PENDING", "RUNNING", "WAITING"];
+const OPEN_STEPS: [StepStatus; 3] = [
+    StepStatus::Pending,
+    StepStatus::Running,
+    StepStatus::Waiting,
+];
 
 /// Lock a run's row for the rest of the transaction. Every lock on a run row (here, the
 /// worker's claim and park, the sweeper's) is `FOR NO KEY UPDATE`, not `FOR UPDATE`: they
@@ -129,8 +133,8 @@ pub fn lock_run(
         .optional()
 }
 
-pub fn is_ended(status: &str) -> bool {
-    RunStatus::parse(status).is_some_and(RunStatus::is_terminal)
+pub fn is_ended(status: RunStatus) -> bool {
+    status.is_terminal()
 }
 
 /// The definition of the version a run executes.
