@@ -305,7 +305,7 @@ pub(crate) fn record_step(
                 &step.run_id,
                 now,
                 Some(&step.name),
-                &from,
+                from,
                 change.to.as_str(),
             ));
         }

@@ -40,7 +40,7 @@ pub fn cancel_locked_run(
         &run.id,
         now,
         None,
-        &run.status,
+        run.status,
         RunStatus::Cancelled.as_str(),
     )];
     let mut new_rows = Vec::new();
@@ -53,7 +53,7 @@ pub fn cancel_locked_run(
                     &run.id,
                     now,
                     Some(name),
-                    &row.status,
+                    row.status,
                     cancelled,
                 ));
             }
@@ -381,11 +381,7 @@ pub fn retry(
     ))
     .execute(conn)?;
     let mut events = vec![NewRunEvent::transition(
-        run_id,
-        now,
-        None,
-        &run.status,
-        pending,
+        run_id, now, None, run.status, pending,
     )];
     events.extend(
         again
