@@ -2,6 +2,8 @@
 //! worker, run control (cancel, retry) and the event stream, through the gateway.
 
 use serde_json::{json, Value};
+use shared_models::runs::{run_may_become, step_may_become};
+use shared_models::status::{RunStatus, StepStatus};
 use std::time::Duration;
 use thygon_e2e::Stack;
 
@@ -11,6 +13,46 @@ async fn create(stack: &Stack, name: &str, steps: Value) {
 
 async fn trigger(stack: &Stack, workflow: &str, variables: Value) -> String {
     stack.trigger(workflow, variables).await
+}
+
+/// Every status change the stack wrote (its `transition` events) is one of the run
+/// lifecycle's tables (`shared_models::runs`): the tables say what the system really does.
+fn assert_lifecycle_transitions(stack: &Stack) {
+    use diesel::prelude::*;
+    use shared_models::schema::run_events;
+    let db = stack.db.as_ref().expect("the stack's own database");
+    let seen: Vec<(Option<String>, Option<String>, Option<String>)> = run_events::table
+        .filter(run_events::kind.eq("transition"))
+        .select((
+            run_events::step,
+            run_events::from_status,
+            run_events::to_status,
+        ))
+        .distinct()
+        .load(&mut db.pool.get().expect("database"))
+        .expect("transitions");
+    assert!(!seen.is_empty(), "the test made no transition");
+    let mut strays = Vec::new();
+    for (step, from, to) in &seen {
+        let (from, to) = (from.as_deref().unwrap_or(""), to.as_deref().unwrap_or(""));
+        let allowed = match step {
+            None => {
+                RunStatus::parse(to).is_some_and(|to| run_may_become(RunStatus::parse(from), to))
+            }
+            Some(_) => match (StepStatus::parse(from), StepStatus::parse(to)) {
+                (Some(from), Some(to)) => step_may_become(from, to),
+                _ => false,
+            },
+        };
+        if !allowed {
+            let what = if step.is_some() { "step" } else { "run" };
+            strays.push(format!("{what} {from} -> {to}"));
+        }
+    }
+    assert!(
+        strays.is_empty(),
+        "transitions not in the lifecycle's tables: {strays:?}"
+    );
 }
 
 fn step<'a>(run: &'a Value, name: &str) -> &'a Value {
@@ -81,6 +123,7 @@ async fn an_approval_resumes_the_run_after_every_process_restarted() {
         )
         .await;
     assert_eq!(status, 409, "the step is no longer waiting");
+    assert_lifecycle_transitions(&stack);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,6 +169,7 @@ async fn a_delay_of_many_runs_does_not_starve_a_quick_run() {
         assert_eq!(run["status"], "COMPLETED", "{run}");
         assert_eq!(step(&run, "wait")["output"], json!({"seconds": 2.0}));
     }
+    assert_lifecycle_transitions(&stack);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,6 +283,7 @@ async fn cancel_stops_a_run_and_retry_reruns_only_what_failed_or_was_cancelled()
     assert_eq!(status, 200);
     let done = stack.wait_for_run(&gated, Duration::from_secs(30)).await;
     assert_eq!(done["output"], json!({"after": true}));
+    assert_lifecycle_transitions(&stack);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,4 +335,5 @@ async fn the_event_stream_replays_history_and_ends_with_the_run() {
         resumed.matches("id: ").count(),
         text.matches("id: ").count() - 1
     );
+    assert_lifecycle_transitions(&stack);
 }

@@ -20,7 +20,7 @@
 //!
 //! | from | to | when | where |
 //! |---|---|---|---|
-//! | PENDING | RUNNING | its dependencies completed, its condition held | worker `storage::steps` |
+//! | PENDING | RUNNING, WAITING | its dependencies completed, its condition held (a delay or an approval waits at once) | worker `storage::steps` |
 //! | PENDING | SKIPPED | its condition was false, or a dependency did not complete | worker `storage::steps` |
 //! | RUNNING | RUNNING | a failed attempt is retried at once | worker `storage::steps` |
 //! | RUNNING | COMPLETED, FAILED | an attempt ended | worker `storage::steps` |
@@ -76,6 +76,7 @@ pub const STEP_TRANSITIONS: &[(StepStatus, StepStatus)] = {
     use StepStatus::*;
     &[
         (Pending, Running),
+        (Pending, Waiting),
         (Pending, Skipped),
         (Running, Running),
         (Running, Completed),
