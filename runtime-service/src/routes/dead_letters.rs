@@ -9,7 +9,7 @@ use actix_web::{web, HttpResponse};
 use shared_models::auth::Admin;
 use shared_models::envelope;
 use shared_models::http::OptionalJsonObject;
-use shared_models::openapi::{self as doc, Envelope};
+use shared_models::openapi::Envelope;
 
 /// `POST /ops/dead-letters/redrive` body; every field is optional, and so is the body.
 #[derive(utoipa::ToSchema)]
@@ -42,15 +42,7 @@ struct RedriveBody {
     request_body(content = RedriveBody, example = json!({"orgId": "org_acme_123", "limit": 100, "olderThanSeconds": 60})),
     responses(
         (status = 200, description = "What the call did, and what is left in the dead-letter queue", body = Envelope<RedriveReport>),
-        (status = 400, response = doc::BadRequest),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 413, response = doc::PayloadTooLarge),
-        (status = 415, response = doc::UnsupportedMediaType),
-        (status = 429, response = doc::RateLimited),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn redrive_dead_letters(
     state: web::Data<AppState>,

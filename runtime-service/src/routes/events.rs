@@ -130,14 +130,8 @@ impl Drop for StreamSlot {
     ),
     responses(
         (status = 200, description = "The event stream", content_type = "text/event-stream", body = RunStreamEvent),
-        (status = 400, response = doc::BadRequest),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 404, response = doc::NotFound),
         (status = 429, response = doc::RateLimitedOrQuota),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn stream_run_events(
     state: web::Data<AppState>,

@@ -63,17 +63,9 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, RuntimeError> {
     responses(
         (status = 201, description = "The run, PENDING and queued", body = MessageEnvelope<RunView>),
         (status = 200, description = "The run first made with this Idempotency-Key and body", body = MessageEnvelope<RunView>),
-        (status = 400, response = doc::BadRequest),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 404, response = doc::NotFound),
         (status = 409, response = doc::Conflict),
-        (status = 413, response = doc::PayloadTooLarge),
-        (status = 415, response = doc::UnsupportedMediaType),
         (status = 429, response = doc::RateLimitedOrQuota),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn trigger_run(
     state: web::Data<AppState>,
@@ -102,17 +94,10 @@ pub async fn trigger_run(
     responses(
         (status = 201, description = "The run, PENDING and queued", body = MessageEnvelope<RunView>),
         (status = 200, description = "The run first made with this Idempotency-Key and body", body = MessageEnvelope<RunView>),
-        (status = 400, response = doc::BadRequest),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
         (status = 404, response = doc::NotFound),
         (status = 409, response = doc::Conflict),
-        (status = 413, response = doc::PayloadTooLarge),
-        (status = 415, response = doc::UnsupportedMediaType),
         (status = 429, response = doc::RateLimitedOrQuota),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn create_run(
     state: web::Data<AppState>,

@@ -29,10 +29,31 @@ fn operations_need_the_bearer_key_and_answer_envelopes() {
                 serde_json::json!([{"bearer": []}]),
                 "{method} {path}"
             );
-            assert_eq!(
-                op["responses"]["401"]["$ref"], "#/components/responses/Unauthorized",
-                "{method} {path}"
-            );
+            // The edge's errors, added to every operation by one pass (openapi::Edge).
+            for (status, response) in [
+                ("401", "Unauthorized"),
+                ("403", "Forbidden"),
+                ("500", "Internal"),
+                ("503", "Unavailable"),
+            ] {
+                assert_eq!(
+                    op["responses"][status]["$ref"],
+                    format!("#/components/responses/{response}"),
+                    "{method} {path} {status}"
+                );
+            }
+            assert!(op["responses"]["429"].is_object(), "{method} {path}");
+            if op.get("requestBody").is_some() {
+                for status in ["400", "413", "415"] {
+                    assert!(
+                        op["responses"][status].is_object(),
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+            if path.contains('{') {
+                assert!(op["responses"]["404"].is_object(), "{method} {path}");
+            }
         }
     }
     // The seed's trigger body is the example, and an empty body is allowed.

@@ -32,6 +32,21 @@ fn operations_need_the_bearer_key_and_carry_the_seed_example() {
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             assert_eq!(op["security"], json!([{"bearer": []}]), "{method} {path}");
+            // The edge's errors, added to every operation by one pass (openapi::Edge).
+            for status in ["401", "403", "429", "500", "503"] {
+                assert!(
+                    op["responses"][status].is_object(),
+                    "{method} {path} {status}"
+                );
+            }
+            if op.get("requestBody").is_some() {
+                for status in ["400", "413", "415"] {
+                    assert!(
+                        op["responses"][status].is_object(),
+                        "{method} {path} {status}"
+                    );
+                }
+            }
         }
     }
     let create = &doc["paths"]["/workflows"]["post"]["requestBody"]["content"]["application/json"];
