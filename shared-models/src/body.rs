@@ -83,6 +83,17 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
+/// A JSON number that is a whole number, as JSON Schema's `integer` has it: `3`, and `3.0`
+/// too (the same number, however it is written); `None` for `3.5`, a negative number or
+/// anything else.
+pub fn whole_number(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(f))
+            .map(|f| f as u64)
+    })
+}
+
 /// `Ok(value)` when no error was collected, else the 400 naming every field.
 pub fn finish<T>(errors: Errors, value: impl FnOnce() -> T) -> Result<T, ApiError> {
     if errors.is_empty() {
@@ -300,5 +311,14 @@ mod tests {
         assert_eq!(parse_object(b"{").unwrap_err().code, ErrorCode::InvalidJson);
         assert_eq!(parse_object(b"").unwrap_err().code, ErrorCode::InvalidJson);
         assert!(parse_object(b" {} ").is_ok());
+    }
+
+    #[test]
+    fn whole_numbers_are_integers_however_written() {
+        assert_eq!(whole_number(&json!(3)), Some(3));
+        assert_eq!(whole_number(&json!(3.0)), Some(3));
+        for not_whole in [json!(3.5), json!(-1), json!(-2.0), json!("3"), json!(null)] {
+            assert_eq!(whole_number(&not_whole), None, "{not_whole}");
+        }
     }
 }

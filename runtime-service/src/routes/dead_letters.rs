@@ -17,10 +17,13 @@ use shared_models::openapi::Envelope;
 #[allow(dead_code)] // documentation only
 struct RedriveBody {
     /// Only jobs of this org.
-    #[schema(example = "org_acme_123", max_length = 64)]
+    #[schema(example = "org_acme_123", min_length = 1, max_length = 64)]
     org_id: Option<String>,
     /// Only jobs of runs of this workflow.
-    #[schema(example = "wf_support_triage")]
+    #[schema(
+        example = "wf_support_triage",
+        pattern = "^wf_[A-Za-z][A-Za-z0-9_-]{0,63}$"
+    )]
     workflow_id: Option<String>,
     /// The most letters this call takes from the dead-letter queue (default 1000).
     #[schema(minimum = 1, maximum = 10000)]

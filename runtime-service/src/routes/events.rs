@@ -126,7 +126,7 @@ impl Drop for StreamSlot {
         are open per key (429 `QUOTA_EXCEEDED` over it). The response schema describes one event.",
     params(
         ("id" = String, Path, description = "The run id (`run_` + a lowercase ULID)", example = "run_01j9z3c4x5v6b7n8m9q0r1s2t3"),
-        ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0, description = "Resume after this event's `id`"),
+        ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0, maximum = 9223372036854775807_i64, description = "Resume after this event's `id`"),
     ),
     responses(
         (status = 200, description = "The event stream", content_type = "text/event-stream", body = RunStreamEvent),

@@ -57,7 +57,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, RuntimeError> {
     summary = "Trigger a run of a workflow (queued; execution is asynchronous)",
     params(
         ("id" = String, Path, description = "The workflow id (`wf_` + name)", example = "wf_support_triage"),
-        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, description = "Scoped to the org: the same key with the same body returns the first run (200); with another body it is a 409. 1-255 visible ASCII characters."),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Scoped to the org: the same key with the same body returns the first run (200); with another body it is a 409. 1-255 visible ASCII characters."),
     ),
     request_body(content = TriggerBody, description = "Optional: an empty body is `{}`", example = json!({"variables": {"priorityOverride": "high"}})),
     responses(
@@ -85,7 +85,7 @@ pub async fn trigger_run(
     path = "/workflows/runs",
     tag = "runs",
     summary = "Create and queue a run",
-    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, description = "Scoped to the org: the same key with the same body returns the first run (200); with another body it is a 409. 1-255 visible ASCII characters."),),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Scoped to the org: the same key with the same body returns the first run (200); with another body it is a 409. 1-255 visible ASCII characters."),),
     request_body(content = CreateRunBody, example = json!({
         "workflowId": "wf_support_triage",
         "variables": {"ticketId": "TCK-101"},

@@ -130,3 +130,36 @@ pub fn assert_routes_documented(service: &str, routes_src: &str, doc: &serde_jso
          operations the routes do not serve: {phantom:?}"
     );
 }
+
+/// For each path of `doc`: the path with each `{name}` made `x`, the methods among `GET`,
+/// `POST`, `PUT`, `DELETE`, `PATCH` and `OPTIONS` that it does not serve (each must be a 405),
+/// and the methods it serves (the `Allow` of that 405).
+pub fn unserved_methods(doc: &serde_json::Value) -> Vec<(String, Vec<String>, BTreeSet<String>)> {
+    let mut out = Vec::new();
+    let Some(paths) = doc["paths"].as_object() else {
+        return out;
+    };
+    for (path, item) in paths {
+        let served: BTreeSet<String> = METHODS
+            .iter()
+            .filter(|m| item.get(**m).is_some())
+            .map(|m| m.to_ascii_uppercase())
+            .collect();
+        let unserved = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+            .into_iter()
+            .filter(|m| !served.contains(*m))
+            .map(str::to_string)
+            .collect();
+        out.push((normalise(path).replace("{}", "x"), unserved, served));
+    }
+    out
+}
+
+/// The methods an `Allow` value lists.
+pub fn allow_set(value: &str) -> BTreeSet<String> {
+    value
+        .split(',')
+        .map(|m| m.trim().to_string())
+        .filter(|m| !m.is_empty())
+        .collect()
+}

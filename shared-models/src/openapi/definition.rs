@@ -4,7 +4,7 @@
 //! conditions that compile) is in the descriptions, and is a 400 naming the field.
 
 use serde_json::Value;
-use utoipa::openapi::schema::{AdditionalProperties, Schema};
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
 
@@ -42,6 +42,21 @@ pub struct HttpStepRequest {
     /// Any JSON (templated).
     pub body: Option<Value>,
 }
+
+/// An HTTP status code that does not fail the attempt.
+pub struct StatusCode;
+
+impl PartialSchema for StatusCode {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(100))
+            .maximum(Some(599))
+            .into()
+    }
+}
+
+impl ToSchema for StatusCode {}
 
 #[derive(ToSchema)]
 #[allow(clippy::upper_case_acronyms)]
@@ -81,8 +96,10 @@ impl ToSchema for Step {
 }
 
 /// A step of a definition, by its `type`. Every step has a `name` (unique in the definition;
-/// the workflow-name rule) and may have `dependsOn`, `when`, `retry` and `timeoutSeconds`.
-/// Unknown fields are rejected (400 naming them).
+/// the workflow-name rule) and may have `dependsOn` (names of other steps of the definition,
+/// making no cycle), `when` (a condition that compiles), `retry` and `timeoutSeconds`; the
+/// templated strings must compile. Unknown fields are rejected. Each rule broken is a 400
+/// naming its field.
 #[derive(ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum StepVariants {
@@ -92,10 +109,12 @@ pub enum StepVariants {
         #[schema(pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
         name: String,
         depends_on: Option<Vec<String>>,
+        #[schema(pattern = "\\S")]
         when: Option<String>,
         retry: Option<Retry>,
-        #[schema(exclusive_minimum = 0)]
+        #[schema(minimum = 0.001, maximum = 3600)]
         timeout_seconds: Option<f64>,
+        #[schema(min_length = 1, max_length = 128, pattern = "\\S")]
         agent_id: String,
         /// Templated.
         instructions: String,
@@ -108,11 +127,13 @@ pub enum StepVariants {
         #[schema(pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
         name: String,
         depends_on: Option<Vec<String>>,
+        #[schema(pattern = "\\S")]
         when: Option<String>,
         retry: Option<Retry>,
-        #[schema(exclusive_minimum = 0)]
+        #[schema(minimum = 0.001, maximum = 3600)]
         timeout_seconds: Option<f64>,
         request: HttpStepRequest,
+        #[schema(inline, value_type = Option<Vec<StatusCode>>)]
         allow_status: Option<Vec<u16>>,
     },
     /// Output `value` (templated JSON).
@@ -121,9 +142,10 @@ pub enum StepVariants {
         #[schema(pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
         name: String,
         depends_on: Option<Vec<String>>,
+        #[schema(pattern = "\\S")]
         when: Option<String>,
         retry: Option<Retry>,
-        #[schema(exclusive_minimum = 0)]
+        #[schema(minimum = 0.001, maximum = 2592000)]
         timeout_seconds: Option<f64>,
         value: Value,
     },
@@ -133,9 +155,10 @@ pub enum StepVariants {
         #[schema(pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
         name: String,
         depends_on: Option<Vec<String>>,
+        #[schema(pattern = "\\S")]
         when: Option<String>,
         retry: Option<Retry>,
-        #[schema(exclusive_minimum = 0)]
+        #[schema(minimum = 0.001, maximum = 2592000)]
         timeout_seconds: Option<f64>,
         #[schema(minimum = 0, maximum = 2592000)]
         seconds: f64,
@@ -146,9 +169,10 @@ pub enum StepVariants {
         #[schema(pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
         name: String,
         depends_on: Option<Vec<String>>,
+        #[schema(pattern = "\\S")]
         when: Option<String>,
         retry: Option<Retry>,
-        #[schema(exclusive_minimum = 0)]
+        #[schema(minimum = 0.001, maximum = 2592000)]
         timeout_seconds: Option<f64>,
     },
     /// Start a run of `workflowId` and wait for it; its output is the step's.
@@ -157,10 +181,12 @@ pub enum StepVariants {
         #[schema(pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
         name: String,
         depends_on: Option<Vec<String>>,
+        #[schema(pattern = "\\S")]
         when: Option<String>,
         retry: Option<Retry>,
-        #[schema(exclusive_minimum = 0)]
+        #[schema(minimum = 0.001, maximum = 2592000)]
         timeout_seconds: Option<f64>,
+        #[schema(pattern = "^wf_[A-Za-z][A-Za-z0-9_-]{0,63}$")]
         workflow_id: String,
         /// An object, or a template that renders one.
         variables: Option<Value>,
