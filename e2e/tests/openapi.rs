@@ -220,14 +220,32 @@ async fn next_cursor(stack: &Stack, key: &str, path: &str) -> String {
 /// - a list's `cursor` is a `nextCursor` the API returned: no schema can say which strings
 ///   those are, so the lists are given real ones (as schemathesis advises for identifiers)
 ///   rather than strings that merely look like cursors, which are rightly a 400;
+/// - the run controls (cancel, retry, approve) are given a real run and step, so that they
+///   answer something other than the 404 of a made-up id;
+/// - a string holding U+0000 is a 400 wherever it is (the description says so once, in its
+///   `info`): no schema of a free-form value (a run's `variables`, a step's `value`) can say
+///   it of the strings inside, so schemathesis is told not to make such strings
+///   (`allow-x00 = false`); shared_models::body and e2e/tests/hostile_tenants.rs test them;
 /// - a workflow definition has rules that JSON Schema cannot state (step names unique in the
 ///   definition, `dependsOn` naming steps that exist and making no cycle, templates and
 ///   conditions that compile: the `Step` schema's description lists them), so a definition
 ///   valid by the schema may still be a 400. For the three operations that take one, the
 ///   `positive_data_acceptance` check accepts that 400; every other check still holds there,
 ///   and that check holds as it is everywhere else.
-fn schemathesis_config(cursors: &[(&str, String)]) -> String {
-    let mut toml = String::new();
+fn schemathesis_config(cursors: &[(&str, String)], run: &str) -> String {
+    let mut toml = String::from("[generation]\nallow-x00 = false\n\n");
+    for (operation, step) in [
+        ("POST /workflows/runs/{id}/cancel", ""),
+        ("POST /workflows/runs/{id}/retry", ""),
+        (
+            "POST /workflows/runs/{id}/steps/{step}/approve",
+            ", \"path.step\" = \"t\"",
+        ),
+    ] {
+        toml.push_str(&format!(
+            "[[operations]]\ninclude-name = \"{operation}\"\nparameters = {{ \"path.id\" = \"{run}\"{step} }}\n\n"
+        ));
+    }
     for (operation, cursor) in cursors {
         toml.push_str(&format!(
             "[[operations]]\ninclude-name = \"{operation}\"\nparameters = {{ \"query.cursor\" = \"{cursor}\" }}\n\n"
@@ -277,10 +295,13 @@ async fn schemathesis_finds_no_server_error_and_no_undescribed_answer() {
         .call("PUT", "/workflows/wf_support_triage", Some(update))
         .await;
     assert_eq!(status, 200, "{body}");
+    let mut runs = Vec::new();
     for _ in 0..2 {
-        stack
-            .trigger("wf_support_triage", serde_json::json!({}))
-            .await;
+        runs.push(
+            stack
+                .trigger("wf_support_triage", serde_json::json!({}))
+                .await,
+        );
     }
     stack.provision("org_other").await;
     stack.provision(ORG).await;
@@ -308,7 +329,8 @@ async fn schemathesis_finds_no_server_error_and_no_undescribed_answer() {
         ),
     ];
     let config = stack.dir.join("schemathesis.toml");
-    std::fs::write(&config, schemathesis_config(&cursors)).expect("write schemathesis.toml");
+    std::fs::write(&config, schemathesis_config(&cursors, &runs[0]))
+        .expect("write schemathesis.toml");
     let started = std::time::Instant::now();
     // The org's key on the org routes, the operator's key on /admin and /ops. The operator's
     // key is not an org key (`thy_...`), so the gateway limits it as unkeyed traffic (50

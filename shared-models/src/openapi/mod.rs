@@ -126,7 +126,9 @@ impl Modify for Common {
         doc.info.description = Some(
             "Workflows (workflow-service) and their runs (runtime-service) behind one base URL. \
              Every route but `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs/` and \
-             `/ui/` needs `Authorization: Bearer <key>`; every JSON answer is an envelope."
+             `/ui/` needs `Authorization: Bearer <key>`; every JSON answer is an envelope. \
+             A string holding U+0000, anywhere in a body (keys too), a query parameter or a \
+             header, is a 400 naming it."
                 .to_string(),
         );
         doc.info.license = None;
