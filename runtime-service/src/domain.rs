@@ -261,8 +261,7 @@ pub fn redrive_request(body: &Map<String, Value>) -> Result<RedriveFilter, ApiEr
             });
     let limit = match obj.optional("limit") {
         None => DEFAULT_REDRIVE_LIMIT,
-        Some(v) => match v
-            .as_u64()
+        Some(v) => match shared_models::body::whole_number(v)
             .filter(|n| (1..=u64::from(MAX_REDRIVE_LIMIT)).contains(n))
         {
             Some(n) => n as u32,

@@ -83,6 +83,17 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
+/// A JSON number that is a whole number, as JSON Schema's `integer` has it: `3`, and `3.0`
+/// too (the same number, however it is written); `None` for `3.5`, a negative number or
+/// anything else.
+pub fn whole_number(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(f))
+            .map(|f| f as u64)
+    })
+}
+
 /// `Ok(value)` when no error was collected, else the 400 naming every field.
 pub fn finish<T>(errors: Errors, value: impl FnOnce() -> T) -> Result<T, ApiError> {
     if errors.is_empty() {
@@ -300,5 +311,52 @@ mod tests {
         assert_eq!(parse_object(b"{").unwrap_err().code, ErrorCode::InvalidJson);
         assert_eq!(parse_object(b"").unwrap_err().code, ErrorCode::InvalidJson);
         assert!(parse_object(b" {} ").is_ok());
+    }
+
+    #[test]
+    fn whole_numbers_are_integers_however_written() {
+        assert_eq!(whole_number(&json!(3)), Some(3));
+        assert_eq!(whole_number(&json!(3.0)), Some(3));
+        for not_whole in [json!(3.5), json!(-1), json!(-2.0), json!("3"), json!(null)] {
+            assert_eq!(whole_number(&not_whole), None, "{not_whole}");
+        }
+    }
+
+    #[test]
+    fn numbers_survive_the_databases_decimal_form() {
+        // PostgreSQL keeps a JSON number as an exact decimal and gives it back written out in
+        // full: what a request held must read back the same (serde_json's float_roundtrip).
+        for written in [
+            "-1.7976931348623155e+308",
+            "1.7976931348623157e308",
+            "5e-324",
+        ] {
+            let body = parse_object(format!("{{\"v\": {written}}}").as_bytes()).unwrap();
+            let v = body["v"].as_f64().unwrap();
+            assert_eq!(v, written.parse::<f64>().unwrap(), "{written}");
+            let stored = serde_json::to_string(&body["v"]).unwrap();
+            let (mantissa, exponent) = stored.split_once('e').unwrap_or((stored.as_str(), "0"));
+            let exponent: i32 = exponent.trim_start_matches('+').parse().unwrap();
+            let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+            let digits = format!("{int}{frac}");
+            let shift = exponent - frac.len() as i32;
+            let decimal = if shift >= 0 {
+                format!("{digits}{}", "0".repeat(shift as usize))
+            } else {
+                let (sign, digits) = digits
+                    .strip_prefix('-')
+                    .map_or(("", digits.as_str()), |d| ("-", d));
+                let point = -shift as usize;
+                let padded = format!(
+                    "{}{digits}",
+                    "0".repeat(point.saturating_sub(digits.len()) + 1)
+                );
+                let at = padded.len() - point;
+                format!("{sign}{}.{}", &padded[..at], &padded[at..])
+            };
+            let read: Value =
+                serde_json::from_str(&decimal).unwrap_or_else(|e| panic!("{decimal}: {e}"));
+            assert_eq!(read.as_f64(), Some(v), "{written} as {decimal}");
+        }
     }
 }

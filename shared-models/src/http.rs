@@ -1,6 +1,6 @@
 //! The HTTP edge both services share, so both behave the same: JSON bodies with limits,
 //! query strings with unknown-parameter checks, request ids, and envelopes for every error
-//! (unknown routes and wrong methods included).
+//! (unknown routes and wrong methods included, a 405 with its `Allow`).
 
 use crate::auth::{authenticate, Authenticator};
 use crate::body::parse_object;
@@ -14,6 +14,7 @@ use actix_web::{App, FromRequest, HttpMessage, HttpRequest, HttpResponse, Respon
 use futures_util::future::LocalBoxFuture;
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 use std::future::{ready, Ready};
 
 /// The default request body limit (docs/API.md "Envelope": 1 MiB).
@@ -227,9 +228,66 @@ pub async fn request_id_middleware(
     Ok(res)
 }
 
+/// The methods each route of a service serves, by its path pattern (`/workflows/{id}`): the
+/// `Allow` of its 405s (RFC 9110: a 405 must list them). Read from the service's API
+/// description, which each service's `tests/api/openapi.rs` holds equal to its routes; a
+/// service registers it as app data next to its routes.
+#[derive(Debug, Clone, Default)]
+pub struct AllowedMethods(HashMap<String, String>);
+
+impl AllowedMethods {
+    /// From an API description: each path's operations, as `GET, PUT, DELETE`.
+    pub fn from_description(doc: &utoipa::openapi::OpenApi) -> Self {
+        let table = doc
+            .paths
+            .paths
+            .iter()
+            .map(|(path, item)| {
+                let methods: Vec<&str> = [
+                    ("GET", item.get.is_some()),
+                    ("HEAD", item.head.is_some()),
+                    ("POST", item.post.is_some()),
+                    ("PUT", item.put.is_some()),
+                    ("PATCH", item.patch.is_some()),
+                    ("DELETE", item.delete.is_some()),
+                    ("OPTIONS", item.options.is_some()),
+                    ("TRACE", item.trace.is_some()),
+                ]
+                .into_iter()
+                .filter_map(|(name, served)| served.then_some(name))
+                .collect();
+                (path.clone(), methods.join(", "))
+            })
+            .collect();
+        AllowedMethods(table)
+    }
+
+    /// The `Allow` value of a route, by its pattern.
+    pub fn of(&self, pattern: &str) -> Option<&str> {
+        self.0.get(pattern).map(String::as_str)
+    }
+}
+
+/// `Allow` for a 405 to `req`: the methods of the route it matched, if the service
+/// registered its [`AllowedMethods`].
+fn allow_for(req: &HttpRequest) -> Option<HeaderValue> {
+    let table = req.app_data::<actix_web::web::Data<AllowedMethods>>()?;
+    let methods = table.of(&req.match_pattern()?)?;
+    HeaderValue::from_str(methods).ok()
+}
+
 /// Error-handler middleware body: any error response that is not already an envelope (a
-/// framework 404, 405, 413, a path that did not parse) becomes one, keeping its status.
-pub fn envelope_errors<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+/// framework 404, 405, 413, a path that did not parse) becomes one, keeping its status; a 405
+/// gets its `Allow` ([`AllowedMethods`]) however it was made.
+pub fn envelope_errors<B>(
+    mut res: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    if res.status() == StatusCode::METHOD_NOT_ALLOWED && !res.headers().contains_key(header::ALLOW)
+    {
+        if let Some(allow) = allow_for(res.request()) {
+            res.headers_mut().insert(header::ALLOW, allow);
+        }
+    }
     let is_json = res
         .headers()
         .get(header::CONTENT_TYPE)
@@ -272,9 +330,13 @@ pub fn envelope_errors<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHan
         ),
         _ => (ErrorCode::Internal, "an internal error occurred".into()),
     };
+    let allow = res.headers().get(header::ALLOW).cloned();
     let (req, _) = res.into_parts();
     let mut response = ApiError::new(code, message).error_response();
     *response.status_mut() = status;
+    if let Some(allow) = allow {
+        response.headers_mut().insert(header::ALLOW, allow);
+    }
     Ok(ErrorHandlerResponse::Response(
         ServiceResponse::new(req, response).map_into_right_body(),
     ))
@@ -317,7 +379,7 @@ pub async fn route_not_found(req: HttpRequest) -> HttpResponse {
     .error_response()
 }
 
-/// Default of a known resource: the envelope 405.
+/// Default of a known resource: the envelope 405 (with its `Allow`, from [`envelope_errors`]).
 pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
     ApiError::new(
         ErrorCode::MethodNotAllowed,

@@ -311,8 +311,7 @@ impl TryFrom<&Map<String, Value>> for LimitsUpdate {
             match map.get(field.json) {
                 None => {}
                 Some(Value::Null) => changes.push((field.json, None)),
-                Some(v) => match v
-                    .as_u64()
+                Some(v) => match shared_models::body::whole_number(v)
                     .filter(|n| (1..=u64::from(limits::MAX_OVERRIDE)).contains(n))
                 {
                     Some(n) => changes.push((field.json, i32::try_from(n).ok())),

@@ -40,14 +40,8 @@ fn run_id(raw: &str) -> Result<RunId, RuntimeError> {
     params(("id" = String, Path, description = "The run id (`run_` + a lowercase ULID)", example = "run_01j9z3c4x5v6b7n8m9q0r1s2t3")),
     responses(
         (status = 200, description = "The run, now CANCELLED", body = Envelope<RunDetailView>),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 404, response = doc::NotFound),
         (status = 409, response = doc::Conflict),
-        (status = 429, response = doc::RateLimited),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn cancel_run(
     state: web::Data<AppState>,
@@ -86,14 +80,8 @@ pub async fn cancel_run(
     params(("id" = String, Path, description = "The run id (`run_` + a lowercase ULID)", example = "run_01j9z3c4x5v6b7n8m9q0r1s2t3")),
     responses(
         (status = 200, description = "The run, back at PENDING", body = Envelope<RunDetailView>),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 404, response = doc::NotFound),
         (status = 409, response = doc::Conflict),
-        (status = 429, response = doc::RateLimited),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn retry_run(
     state: web::Data<AppState>,
@@ -137,17 +125,8 @@ pub async fn retry_run(
     request_body(content = ApproveBody, example = json!({"approved": true, "comment": "looks right"})),
     responses(
         (status = 200, description = "The run after the decision", body = Envelope<RunDetailView>),
-        (status = 400, response = doc::BadRequest),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 404, response = doc::NotFound),
         (status = 409, response = doc::Conflict),
-        (status = 413, response = doc::PayloadTooLarge),
-        (status = 415, response = doc::UnsupportedMediaType),
-        (status = 429, response = doc::RateLimited),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn approve_step(
     state: web::Data<AppState>,

@@ -9,7 +9,7 @@ use actix_web::{web, HttpResponse};
 use shared_models::auth::Admin;
 use shared_models::envelope;
 use shared_models::http::OptionalJsonObject;
-use shared_models::openapi::{self as doc, Envelope};
+use shared_models::openapi::Envelope;
 
 /// `POST /ops/dead-letters/redrive` body; every field is optional, and so is the body.
 #[derive(utoipa::ToSchema)]
@@ -17,10 +17,13 @@ use shared_models::openapi::{self as doc, Envelope};
 #[allow(dead_code)] // documentation only
 struct RedriveBody {
     /// Only jobs of this org.
-    #[schema(example = "org_acme_123", max_length = 64)]
+    #[schema(example = "org_acme_123", min_length = 1, max_length = 64)]
     org_id: Option<String>,
     /// Only jobs of runs of this workflow.
-    #[schema(example = "wf_support_triage")]
+    #[schema(
+        example = "wf_support_triage",
+        pattern = "^wf_[A-Za-z][A-Za-z0-9_-]{0,63}$"
+    )]
     workflow_id: Option<String>,
     /// The most letters this call takes from the dead-letter queue (default 1000).
     #[schema(minimum = 1, maximum = 10000)]
@@ -42,15 +45,7 @@ struct RedriveBody {
     request_body(content = RedriveBody, example = json!({"orgId": "org_acme_123", "limit": 100, "olderThanSeconds": 60})),
     responses(
         (status = 200, description = "What the call did, and what is left in the dead-letter queue", body = Envelope<RedriveReport>),
-        (status = 400, response = doc::BadRequest),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 413, response = doc::PayloadTooLarge),
-        (status = 415, response = doc::UnsupportedMediaType),
-        (status = 429, response = doc::RateLimited),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn redrive_dead_letters(
     state: web::Data<AppState>,

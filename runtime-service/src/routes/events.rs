@@ -126,18 +126,12 @@ impl Drop for StreamSlot {
         are open per key (429 `QUOTA_EXCEEDED` over it). The response schema describes one event.",
     params(
         ("id" = String, Path, description = "The run id (`run_` + a lowercase ULID)", example = "run_01j9z3c4x5v6b7n8m9q0r1s2t3"),
-        ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0, description = "Resume after this event's `id`"),
+        ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0, maximum = 9223372036854775807_i64, description = "Resume after this event's `id`"),
     ),
     responses(
         (status = 200, description = "The event stream", content_type = "text/event-stream", body = RunStreamEvent),
-        (status = 400, response = doc::BadRequest),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 404, response = doc::NotFound),
         (status = 429, response = doc::RateLimitedOrQuota),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn stream_run_events(
     state: web::Data<AppState>,

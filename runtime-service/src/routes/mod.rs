@@ -13,10 +13,15 @@ mod ui;
 mod views;
 
 use actix_web::web;
-use shared_models::http::{method_not_allowed, route_not_found};
+use shared_models::http::{method_not_allowed, route_not_found, AllowedMethods};
 
 /// Every route but `/metrics`, which [`crate::startup`] adds where `METRICS_ADDR` says.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // The `Allow` of each route's 405, from the description this service's tests hold equal
+    // to the routes below.
+    cfg.app_data(web::Data::new(AllowedMethods::from_description(
+        &openapi::openapi(),
+    )));
     cfg.route("/healthz", web::get().to(shared_models::http::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route(

@@ -11,7 +11,7 @@ use shared_models::db::blocking;
 use shared_models::envelope::{self, Pagination};
 use shared_models::http::Query;
 use shared_models::ids::RunId;
-use shared_models::openapi::{self as doc, Envelope, PageEnvelope, PageParams};
+use shared_models::openapi::{Envelope, PageEnvelope, PageParams};
 use shared_models::pagination;
 
 /// `GET /workflows/runs`: newest first, filters `workflowId`, `status`, `orgId`.
@@ -28,13 +28,7 @@ use shared_models::pagination;
     ),
     responses(
         (status = 200, description = "A page of runs", body = PageEnvelope<RunView>),
-        (status = 400, response = doc::BadRequest),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 429, response = doc::RateLimited),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn list_runs(
     state: web::Data<AppState>,
@@ -68,13 +62,7 @@ pub async fn list_runs(
     params(("id" = String, Path, description = "The run id (`run_` + a lowercase ULID)", example = "run_01j9z3c4x5v6b7n8m9q0r1s2t3")),
     responses(
         (status = 200, description = "The run and its progress", body = Envelope<RunDetailView>),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 404, response = doc::NotFound),
-        (status = 429, response = doc::RateLimited),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn get_run(
     state: web::Data<AppState>,

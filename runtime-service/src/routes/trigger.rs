@@ -57,23 +57,15 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, RuntimeError> {
     summary = "Trigger a run of a workflow (queued; execution is asynchronous)",
     params(
         ("id" = String, Path, description = "The workflow id (`wf_` + name)", example = "wf_support_triage"),
-        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, description = "Scoped to the org: the same key with the same body returns the first run (200); with another body it is a 409. 1-255 visible ASCII characters."),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Scoped to the org: the same key with the same body returns the first run (200); with another body it is a 409. 1-255 visible ASCII characters."),
     ),
     request_body(content = TriggerBody, description = "Optional: an empty body is `{}`", example = json!({"variables": {"priorityOverride": "high"}})),
     responses(
         (status = 201, description = "The run, PENDING and queued", body = MessageEnvelope<RunView>),
         (status = 200, description = "The run first made with this Idempotency-Key and body", body = MessageEnvelope<RunView>),
-        (status = 400, response = doc::BadRequest),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 404, response = doc::NotFound),
         (status = 409, response = doc::Conflict),
-        (status = 413, response = doc::PayloadTooLarge),
-        (status = 415, response = doc::UnsupportedMediaType),
         (status = 429, response = doc::RateLimitedOrQuota),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn trigger_run(
     state: web::Data<AppState>,
@@ -93,7 +85,7 @@ pub async fn trigger_run(
     path = "/workflows/runs",
     tag = "runs",
     summary = "Create and queue a run",
-    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, description = "Scoped to the org: the same key with the same body returns the first run (200); with another body it is a 409. 1-255 visible ASCII characters."),),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Scoped to the org: the same key with the same body returns the first run (200); with another body it is a 409. 1-255 visible ASCII characters."),),
     request_body(content = CreateRunBody, example = json!({
         "workflowId": "wf_support_triage",
         "variables": {"ticketId": "TCK-101"},
@@ -102,17 +94,10 @@ pub async fn trigger_run(
     responses(
         (status = 201, description = "The run, PENDING and queued", body = MessageEnvelope<RunView>),
         (status = 200, description = "The run first made with this Idempotency-Key and body", body = MessageEnvelope<RunView>),
-        (status = 400, response = doc::BadRequest),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
         (status = 404, response = doc::NotFound),
         (status = 409, response = doc::Conflict),
-        (status = 413, response = doc::PayloadTooLarge),
-        (status = 415, response = doc::UnsupportedMediaType),
         (status = 429, response = doc::RateLimitedOrQuota),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn create_run(
     state: web::Data<AppState>,

@@ -1,7 +1,7 @@
 //! The API description of this service: every route it serves is in it, and it is public.
 
 use crate::helpers::spawn_app;
-use shared_models::openapi::coverage::assert_routes_documented;
+use shared_models::openapi::coverage::{allow_set, assert_routes_documented, unserved_methods};
 
 /// Every `(method, path)` registered in `src/routes/mod.rs` (less health, metrics, the
 /// dashboard's files and the description itself: `coverage::is_excluded`) is an operation of
@@ -29,10 +29,31 @@ fn operations_need_the_bearer_key_and_answer_envelopes() {
                 serde_json::json!([{"bearer": []}]),
                 "{method} {path}"
             );
-            assert_eq!(
-                op["responses"]["401"]["$ref"], "#/components/responses/Unauthorized",
-                "{method} {path}"
-            );
+            // The edge's errors, added to every operation by one pass (openapi::Edge).
+            for (status, response) in [
+                ("401", "Unauthorized"),
+                ("403", "Forbidden"),
+                ("500", "Internal"),
+                ("503", "Unavailable"),
+            ] {
+                assert_eq!(
+                    op["responses"][status]["$ref"],
+                    format!("#/components/responses/{response}"),
+                    "{method} {path} {status}"
+                );
+            }
+            assert!(op["responses"]["429"].is_object(), "{method} {path}");
+            if op.get("requestBody").is_some() {
+                for status in ["400", "413", "415"] {
+                    assert!(
+                        op["responses"][status].is_object(),
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+            if path.contains('{') {
+                assert!(op["responses"]["404"].is_object(), "{method} {path}");
+            }
         }
     }
     // The seed's trigger body is the example, and an empty body is allowed.
@@ -57,4 +78,20 @@ async fn the_part_is_served_without_a_key() {
         r.body,
         serde_json::to_value(runtime_service::openapi()).unwrap()
     );
+}
+
+/// A method a route does not serve is a 405 whose `Allow` lists the methods it does serve
+/// (RFC 9110), as the description has them.
+#[tokio::test]
+async fn a_wrong_method_is_a_405_that_names_the_right_ones() {
+    let app = spawn_app().await;
+    let doc = serde_json::to_value(runtime_service::openapi()).unwrap();
+    for (path, unserved, served) in unserved_methods(&doc) {
+        for method in unserved {
+            let r = app.send(&method, &path, None, &[]).await;
+            assert_eq!(r.status, 405, "{method} {path}: {}", r.body);
+            assert_eq!(r.body["error"]["code"], "METHOD_NOT_ALLOWED");
+            assert_eq!(allow_set(r.header("allow")), served, "{method} {path}");
+        }
+    }
 }

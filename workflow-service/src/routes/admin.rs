@@ -137,16 +137,8 @@ fn page_of<R, V: Serialize>(
     request_body(content = NewOrgBody, example = json!({"id": "org_acme_123", "name": "Acme"})),
     responses(
         (status = 201, description = "The org", body = Envelope<OrgView>),
-        (status = 400, response = doc::BadRequest),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
         (status = 409, response = doc::Conflict),
-        (status = 413, response = doc::PayloadTooLarge),
-        (status = 415, response = doc::UnsupportedMediaType),
-        (status = 429, response = doc::RateLimited),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn create_org(
     pool: web::Data<PgPool>,
@@ -174,13 +166,7 @@ pub async fn create_org(
     params(PageParams),
     responses(
         (status = 200, description = "A page of orgs", body = PageEnvelope<OrgView>),
-        (status = 400, response = doc::BadRequest),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 429, response = doc::RateLimited),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn list_orgs(
     pool: web::Data<PgPool>,
@@ -207,16 +193,7 @@ fn org_not_found(org_id: &str) -> WorkflowError {
     request_body(content = NewKeyBody, example = json!({"name": "ci"})),
     responses(
         (status = 201, description = "The key, shown this once", body = Envelope<CreatedKeyView>),
-        (status = 400, response = doc::BadRequest),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 404, response = doc::NotFound),
-        (status = 413, response = doc::PayloadTooLarge),
-        (status = 415, response = doc::UnsupportedMediaType),
-        (status = 429, response = doc::RateLimited),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn create_key(
     pool: web::Data<PgPool>,
@@ -265,14 +242,7 @@ pub async fn create_key(
     ),
     responses(
         (status = 200, description = "A page of keys", body = PageEnvelope<KeyView>),
-        (status = 400, response = doc::BadRequest),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 404, response = doc::NotFound),
-        (status = 429, response = doc::RateLimited),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn list_keys(
     pool: web::Data<PgPool>,
@@ -299,13 +269,7 @@ pub async fn list_keys(
     params(("id" = String, Path, description = "The key's id (`key_...`)")),
     responses(
         (status = 200, description = "Revoked", body = Envelope<Revoked>),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 404, response = doc::NotFound),
-        (status = 429, response = doc::RateLimited),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn revoke_key(
     pool: web::Data<PgPool>,
@@ -391,13 +355,7 @@ struct LimitsBody {
     params(("orgId" = String, Path, description = "The org's id", example = "org_acme_123")),
     responses(
         (status = 200, description = "The org's quotas", body = Envelope<LimitsView>),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 404, response = doc::NotFound),
-        (status = 429, response = doc::RateLimited),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn get_limits(
     pool: web::Data<PgPool>,
@@ -422,16 +380,7 @@ pub async fn get_limits(
     request_body(content = LimitsBody, example = json!({"maxQueuedRuns": 500, "requestsPerSecond": null})),
     responses(
         (status = 200, description = "The org's quotas", body = Envelope<LimitsView>),
-        (status = 400, response = doc::BadRequest),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 404, response = doc::NotFound),
-        (status = 413, response = doc::PayloadTooLarge),
-        (status = 415, response = doc::UnsupportedMediaType),
-        (status = 429, response = doc::RateLimited),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn put_limits(
     pool: web::Data<PgPool>,

@@ -39,15 +39,7 @@ struct Valid {
     })),
     responses(
         (status = 200, description = "The definition is valid", body = Envelope<Valid>),
-        (status = 400, response = doc::BadRequest),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 413, response = doc::PayloadTooLarge),
-        (status = 415, response = doc::UnsupportedMediaType),
-        (status = 429, response = doc::RateLimited),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn validate_definition(
     // Unused today, but it makes the route need a caller like every other once keys exist.

@@ -12,7 +12,7 @@ use shared_models::db::{blocking, PgPool};
 use shared_models::envelope::{self, Pagination};
 use shared_models::http::Query;
 use shared_models::models::WorkflowVersionRow;
-use shared_models::openapi::{self as doc, Envelope, PageEnvelope, PageParams, WorkflowDefinition};
+use shared_models::openapi::{Envelope, PageEnvelope, PageParams, WorkflowDefinition};
 use utoipa::ToSchema;
 
 /// A version as clients see it: the definition exactly as it was written.
@@ -50,14 +50,7 @@ impl From<WorkflowVersionRow> for VersionView {
     ),
     responses(
         (status = 200, description = "A page of versions", body = PageEnvelope<VersionView>),
-        (status = 400, response = doc::BadRequest),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 404, response = doc::NotFound),
-        (status = 429, response = doc::RateLimited),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn list_versions(
     pool: web::Data<PgPool>,
@@ -97,13 +90,7 @@ pub async fn list_versions(
     ),
     responses(
         (status = 200, description = "The version", body = Envelope<VersionView>),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 404, response = doc::NotFound),
-        (status = 429, response = doc::RateLimited),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn get_version(
     pool: web::Data<PgPool>,

@@ -121,16 +121,9 @@ fn not_found(raw_id: &str) -> WorkflowError {
     })),
     responses(
         (status = 201, description = "The workflow, version 1", body = Envelope<WorkflowView>),
-        (status = 400, response = doc::BadRequest),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
         (status = 409, response = doc::Conflict),
-        (status = 413, response = doc::PayloadTooLarge),
-        (status = 415, response = doc::UnsupportedMediaType),
         (status = 429, response = doc::RateLimitedOrQuota),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn create_workflow(
     pool: web::Data<PgPool>,
@@ -163,13 +156,7 @@ pub async fn create_workflow(
     ),
     responses(
         (status = 200, description = "A page of workflows (without definitions)", body = PageEnvelope<WorkflowView>),
-        (status = 400, response = doc::BadRequest),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 429, response = doc::RateLimited),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn list_workflows(
     pool: web::Data<PgPool>,
@@ -201,13 +188,7 @@ pub async fn list_workflows(
     params(("id" = String, Path, description = "The workflow id (`wf_` + name)", example = "wf_support_triage")),
     responses(
         (status = 200, description = "The workflow", body = Envelope<WorkflowView>),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 404, response = doc::NotFound),
-        (status = 429, response = doc::RateLimited),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn get_workflow(
     pool: web::Data<PgPool>,
@@ -239,16 +220,7 @@ pub async fn get_workflow(
     })),
     responses(
         (status = 200, description = "The workflow at its new version", body = Envelope<WorkflowView>),
-        (status = 400, response = doc::BadRequest),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 404, response = doc::NotFound),
-        (status = 413, response = doc::PayloadTooLarge),
-        (status = 415, response = doc::UnsupportedMediaType),
-        (status = 429, response = doc::RateLimited),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn update_workflow(
     pool: web::Data<PgPool>,
@@ -278,13 +250,7 @@ pub async fn update_workflow(
     params(("id" = String, Path, description = "The workflow id (`wf_` + name)", example = "wf_support_triage")),
     responses(
         (status = 200, description = "Deleted", body = Envelope<Deleted>),
-        (status = 401, response = doc::Unauthorized),
-        (status = 403, response = doc::Forbidden),
-        (status = 404, response = doc::NotFound),
-        (status = 429, response = doc::RateLimited),
-        (status = 503, response = doc::Unavailable),
     ),
-    security(("bearer" = []))
 )]
 pub async fn delete_workflow(
     pool: web::Data<PgPool>,
