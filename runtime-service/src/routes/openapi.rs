@@ -1,6 +1,6 @@
 //! This service's part of the API description, generated from the `#[utoipa::path]`
 //! annotations of its handlers, served (public) at `GET /openapi/runtime-service.json`.
-//! workflow-service merges it with its own part into `GET /openapi.json` (README "OpenAPI").
+//! workflow-service merges it with its own part into `GET /openapi.json` (docs/API.md "OpenAPI").
 
 use actix_web::http::header;
 use actix_web::web::Bytes;

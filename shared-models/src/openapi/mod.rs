@@ -4,7 +4,7 @@
 //!
 //! Each service derives its own document from its annotated handlers (`#[utoipa::path]`) and
 //! runs [`Common`] over it; workflow-service merges the two ([`merge_json`]) and serves the
-//! result at `GET /openapi.json` (README "OpenAPI"). An annotation names only what is its
+//! result at `GET /openapi.json` (docs/API.md "OpenAPI"). An annotation names only what is its
 //! route's own: its success answers, and the errors that only it gives (a 409, a quota's 429,
 //! a 404 without a path id); [`Edge`] adds the rest to every operation at once.
 //!

@@ -1,4 +1,4 @@
-//! The API description (README "OpenAPI"), all public:
+//! The API description (docs/API.md "OpenAPI"), all public:
 //!
 //! - `GET /openapi/workflow-service.json`: this service's part, generated from the
 //!   `#[utoipa::path]` annotations of its handlers ([`openapi`]).
