@@ -12,9 +12,9 @@ pub mod private;
 mod processes;
 mod start;
 
-use shared_models::testing::TestDb;
 use std::path::{Path, PathBuf};
 use std::process::Child;
+use thygon_testkit::TestDb;
 
 /// How to start a stack. `Default` is one worker on the machine's PostgreSQL and RabbitMQ
 /// (`DATABASE_URL`, `AMQP_URL` or the local defaults).
@@ -174,7 +174,7 @@ impl Drop for Stack {
                 .enable_all()
                 .build()
             {
-                rt.block_on(shared_models::testing::delete_queues(&broker, &prefix));
+                rt.block_on(thygon_testkit::delete_queues(&broker, &prefix));
             }
         })
         .join()

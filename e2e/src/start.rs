@@ -4,9 +4,9 @@ use crate::{
     binary, free_port, nginx, workspace_root, Spec, Stack, StackOptions, ADMIN_KEY, AGENT_SECRET,
     ORG,
 };
-use shared_models::testing::{unique_queue_prefix, TestDb};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use thygon_testkit::{unique_queue_prefix, TestDb};
 
 impl Stack {
     /// Start everything and wait until every part is ready.
@@ -41,10 +41,8 @@ impl Stack {
             shared_models::config::env_or("AMQP_URL", shared_models::config::DEFAULT_AMQP_URL)
         });
         let prefix = unique_queue_prefix();
-        let dir = std::env::temp_dir().join(format!(
-            "thygon-e2e-{}",
-            shared_models::testing::unique_token()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("thygon-e2e-{}", thygon_testkit::unique_token()));
         std::fs::create_dir_all(dir.join("nginx")).expect("temp dir");
 
         let agent_port = free_port();

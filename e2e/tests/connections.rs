@@ -188,11 +188,11 @@ async fn start_stack(workers: usize, database_url: &str, env: &[(&str, &str)]) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_process_without_migrate_on_start_waits_for_its_schema_and_never_migrates() {
     let _serial = SERIAL.lock().await;
-    let db = shared_models::testing::TestDb::create_empty();
+    let db = thygon_testkit::TestDb::create_empty();
     let port = free_port();
     let dir = std::env::temp_dir().join(format!(
         "thygon-schema-wait-{}",
-        shared_models::testing::unique_token()
+        thygon_testkit::unique_token()
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let log = std::fs::File::create(dir.join("workflow-service.log")).unwrap();

@@ -434,7 +434,7 @@ async fn a_step_that_exhausts_its_attempts_fails_the_run_and_cancels_the_next_st
 }
 
 /// A one-step run of an agent answering after 3 s, whose step allows 0.3 s per attempt.
-async fn run_slow_agent_step(retry: Value) -> (shared_models::testing::TestDb, String, Duration) {
+async fn run_slow_agent_step(retry: Value) -> (thygon_testkit::TestDb, String, Duration) {
     let db = test_db().await;
     let server = MockServer::start().await;
     let attempts = retry["maxAttempts"].as_u64().unwrap_or(1);
@@ -469,7 +469,7 @@ async fn run_slow_agent_step(retry: Value) -> (shared_models::testing::TestDb, S
     (db, run_id, took)
 }
 
-async fn assert_timed_out(db: &shared_models::testing::TestDb, run_id: &str, attempts: i32) {
+async fn assert_timed_out(db: &thygon_testkit::TestDb, run_id: &str, attempts: i32) {
     let steps = get_steps(&db.pool, run_id).await;
     let think = find_step(&steps, "think");
     assert_eq!((think.status.as_str(), think.attempt), ("FAILED", attempts));
@@ -763,7 +763,7 @@ async fn a_delay_parks_the_run_waiting_without_holding_it_and_a_later_job_finish
 async fn run_parked_on_an_approval(
     timeout: Option<f64>,
 ) -> (
-    shared_models::testing::TestDb,
+    thygon_testkit::TestDb,
     executor_worker::engine::Engine,
     String,
 ) {
@@ -919,7 +919,7 @@ async fn an_approval_past_its_timeout_fails_its_step_saying_it_timed_out() {
 /// A parent `wf_parent` whose step `child` runs `child_workflow` (with templated variables)
 /// and whose step `report` reads the child's output, and a PENDING run of it.
 async fn parent_and_child(
-    db: &shared_models::testing::TestDb,
+    db: &thygon_testkit::TestDb,
     child_workflow: &str,
     child_steps: Option<Value>,
 ) -> String {

@@ -25,7 +25,6 @@
 //! - [`metrics`]: Prometheus metrics, `/metrics` (on `METRICS_ADDR` when set), HTTP request
 //!   durations.
 //! - [`egress`] (feature `egress`): the egress policy for calls whose target a tenant decides.
-//! - [`testing`] (feature `testing`): a fresh database per test.
 
 pub mod auth;
 pub mod body;
@@ -51,6 +50,3 @@ pub mod schema;
 pub mod status;
 pub mod template;
 pub mod time;
-
-#[cfg(feature = "testing")]
-pub mod testing;

@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub(super) fn token() -> String {
-    shared_models::testing::unique_token()
+    thygon_testkit::unique_token()
 }
 
 pub(super) fn running_as_root() -> bool {

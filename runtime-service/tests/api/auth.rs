@@ -6,8 +6,8 @@ use diesel::prelude::*;
 use serde_json::{json, Value};
 use shared_models::auth::AuthConfig;
 use shared_models::schema::{api_keys, outbox, run_events, runs, step_runs};
-use shared_models::testing::ADMIN_KEY;
 use std::time::{Duration, Instant};
+use thygon_testkit::ADMIN_KEY;
 
 /// A request sent this long after a revocation is refused (the lookup cache is 1 s)...
 const REFUSED_AFTER: Duration = Duration::from_millis(1100);

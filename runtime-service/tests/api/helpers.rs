@@ -13,10 +13,10 @@ use shared_models::db::{PgPool, PgPooled};
 use shared_models::models::{NewRunEvent, OutboxRow, StepRunRow};
 use shared_models::queue::{Broker, QueueNames};
 use shared_models::schema::{outbox, run_events, runs, step_runs};
-use shared_models::testing::{self, fixtures, TestDb};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
+use thygon_testkit::{fixtures, TestDb};
 
 pub const ORG: &str = "org_test";
 
@@ -25,7 +25,7 @@ pub fn amqp_url() -> String {
 }
 
 pub fn broker() -> Broker {
-    testing::broker()
+    thygon_testkit::broker()
 }
 
 /// A broker address where nothing listens (port 1).
@@ -54,7 +54,7 @@ impl Drop for TestApp {
                 .enable_all()
                 .build()
             {
-                rt.block_on(testing::delete_queues(&broker, &prefix));
+                rt.block_on(thygon_testkit::delete_queues(&broker, &prefix));
             }
         })
         .join()
@@ -64,7 +64,7 @@ impl Drop for TestApp {
 
 /// The app with a real publisher; `amqp` lets a test point it at a broker that is not there.
 pub async fn spawn_app_with_broker(amqp: &Broker) -> TestApp {
-    spawn(amqp, &testing::auth_config()).await
+    spawn(amqp, &thygon_testkit::auth_config()).await
 }
 
 /// The app with its own authentication settings (e.g. a rate limit).
@@ -92,7 +92,12 @@ pub async fn spawn_app_sampling() -> TestApp {
 pub async fn spawn_app_with_ops(
     ops: impl FnOnce(&QueueNames, PgPool) -> OpsState + 'static,
 ) -> TestApp {
-    spawn_with(&broker(), &testing::auth_config(), Some(Box::new(ops))).await
+    spawn_with(
+        &broker(),
+        &thygon_testkit::auth_config(),
+        Some(Box::new(ops)),
+    )
+    .await
 }
 
 type MakeOps = Box<dyn FnOnce(&QueueNames, PgPool) -> OpsState>;
@@ -103,7 +108,13 @@ async fn spawn(amqp: &Broker, auth: &AuthConfig) -> TestApp {
 
 /// The app with event streams ending after `lifetime` (`EVENT_STREAM_MAX_SECONDS`).
 pub async fn spawn_app_with_stream_lifetime(lifetime: Duration) -> TestApp {
-    spawn_full(&broker(), &testing::auth_config(), None, Some(lifetime)).await
+    spawn_full(
+        &broker(),
+        &thygon_testkit::auth_config(),
+        None,
+        Some(lifetime),
+    )
+    .await
 }
 
 async fn spawn_with(amqp: &Broker, auth: &AuthConfig, ops: Option<MakeOps>) -> TestApp {
@@ -117,7 +128,7 @@ async fn spawn_full(
     stream_lifetime: Option<Duration>,
 ) -> TestApp {
     let db = TestDb::create();
-    let prefix = testing::unique_queue_prefix();
+    let prefix = thygon_testkit::unique_queue_prefix();
     let publisher: Arc<dyn JobPublisher> =
         Arc::new(AmqpPublisher::new(amqp, QueueNames::new(&prefix)));
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -240,9 +251,9 @@ impl TestApp {
         self.send("GET", path, None, &[]).await
     }
 
-    /// A GET with the operator's key ([`testing::ADMIN_KEY`]).
+    /// A GET with the operator's key ([`thygon_testkit::ADMIN_KEY`]).
     pub async fn get_as_admin(&self, path: &str) -> Reply {
-        let admin = format!("Bearer {}", testing::ADMIN_KEY);
+        let admin = format!("Bearer {}", thygon_testkit::ADMIN_KEY);
         self.send_auth(Some(&admin), "GET", path, None, &[]).await
     }
 

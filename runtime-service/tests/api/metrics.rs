@@ -9,7 +9,6 @@ use runtime_service::publisher::{AmqpPublisher, JobPublisher};
 use runtime_service::startup::Application;
 use shared_models::metrics::sample;
 use shared_models::schema::{outbox, runs};
-use shared_models::testing;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -136,13 +135,13 @@ async fn request_durations_are_labelled_by_route_pattern_never_by_path() {
 #[tokio::test]
 async fn a_failed_read_is_counted_and_the_gauges_are_still_shown() {
     let pool = shared_models::db::pool("postgres://thygon:thygon@127.0.0.1:1/nowhere", 1);
-    let prefix = testing::unique_queue_prefix();
+    let prefix = thygon_testkit::unique_queue_prefix();
     let publisher: Arc<dyn JobPublisher> = Arc::new(AmqpPublisher::new(
         &crate::helpers::broker(),
         shared_models::queue::QueueNames::new(&prefix),
     ));
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let app = Application::with_parts(listener, pool, publisher, &testing::auth_config())
+    let app = Application::with_parts(listener, pool, publisher, &thygon_testkit::auth_config())
         .expect("build app");
     let address = format!("http://127.0.0.1:{}", app.port());
     app.gauges().refresh().await;
@@ -182,7 +181,7 @@ async fn with_metrics_addr_metrics_have_a_port_of_their_own_read_at_most_once_an
     settings.common.database_url = fixture.db.url.clone();
     settings.common.broker = crate::helpers::broker();
     settings.common.queue_prefix = fixture.prefix.clone();
-    settings.auth = testing::auth_config();
+    settings.auth = thygon_testkit::auth_config();
     let interval = Duration::from_millis(500);
     settings.metrics_refresh = interval;
     let app = Application::build(&settings).expect("build");

@@ -2,8 +2,8 @@ use reqwest::header::HeaderMap;
 use serde_json::Value;
 use shared_models::auth::AuthConfig;
 use shared_models::db::PgPooled;
-use shared_models::testing::{self, fixtures, TestDb};
 use std::net::TcpListener;
+use thygon_testkit::{fixtures, TestDb};
 use workflow_service::startup::Application;
 
 pub const ORG: &str = "org_test";
@@ -18,7 +18,7 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with(testing::auth_config()).await
+    spawn_app_with(thygon_testkit::auth_config()).await
 }
 
 /// The app with its own authentication settings (e.g. a rate limit).
@@ -28,7 +28,7 @@ pub async fn spawn_app_with(auth: AuthConfig) -> TestApp {
 
 /// The app fetching runtime-service's part of `/openapi.json` from `runtime_service_url`.
 pub async fn spawn_app_with_runtime(runtime_service_url: &str) -> TestApp {
-    spawn(&testing::auth_config(), runtime_service_url).await
+    spawn(&thygon_testkit::auth_config(), runtime_service_url).await
 }
 
 async fn spawn(auth: &AuthConfig, runtime_service_url: &str) -> TestApp {
