@@ -4,8 +4,12 @@
 //!
 //! - [`fixtures`]: rows another service would have written, inserted directly.
 //! - [`hostile`]: the hostile-request strategies, invariant and harness.
+//! - [`http`]: requests to a service under test, its envelope replies, `/metrics` scrapes.
+//! - [`suites`]: the authentication and metrics suites both HTTP services run.
 
 pub mod hostile;
+pub mod http;
+pub mod suites;
 
 use diesel::prelude::*;
 use diesel::PgConnection;

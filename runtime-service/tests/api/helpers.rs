@@ -2,7 +2,6 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use reqwest::header::HeaderMap;
 use runtime_service::metrics::DatabaseGauges;
 use runtime_service::publisher::{AmqpPublisher, JobPublisher};
 use runtime_service::queue_stats::Sampler;
@@ -16,7 +15,8 @@ use shared_models::schema::{outbox, run_events, runs, step_runs};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
-use thygon_testkit::{fixtures, TestDb};
+pub use thygon_testkit::http::{assert_error, fields, Reply};
+use thygon_testkit::{fixtures, http, TestDb};
 
 pub const ORG: &str = "org_test";
 
@@ -163,36 +163,6 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with_broker(&broker()).await
 }
 
-pub struct Reply {
-    pub status: u16,
-    pub body: Value,
-    pub headers: HeaderMap,
-}
-
-impl Reply {
-    /// A response header as text ("" when absent).
-    pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-}
-
-/// Assert `r` is the failure envelope `status` / `code`; `what` names the request.
-pub fn assert_error(r: &Reply, status: u16, code: &str, what: &str) {
-    assert_eq!(
-        (
-            r.status,
-            r.body["success"].as_bool(),
-            r.body["error"]["code"].as_str()
-        ),
-        (status, Some(false), Some(code)),
-        "{what}: {}",
-        r.body
-    );
-}
-
 impl TestApp {
     pub async fn send(
         &self,
@@ -219,28 +189,16 @@ impl TestApp {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> Reply {
-        let mut req = self.client.request(
-            method.parse().expect("method"),
-            format!("{}{path}", self.address),
-        );
-        if let Some(value) = authorization {
-            req = req.header("authorization", value);
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let res = req.send().await.expect("request");
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        let text = res.text().await.expect("body");
-        Reply {
-            status,
-            body: serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}")),
+        http::send(
+            &self.client,
+            &self.address,
+            authorization,
+            method,
+            path,
+            body,
             headers,
-        }
+        )
+        .await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Reply {
@@ -375,17 +333,6 @@ impl TestApp {
         let _ = conn.close(200, "done".into()).await;
         n
     }
-}
-
-pub fn fields(body: &Value) -> Vec<String> {
-    body["error"]["details"]
-        .as_array()
-        .map(|d| {
-            d.iter()
-                .filter_map(|e| e["field"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Now plus (or minus) some seconds, as the database stores it.

@@ -1,9 +1,9 @@
-use reqwest::header::HeaderMap;
 use serde_json::Value;
 use shared_models::auth::AuthConfig;
 use shared_models::db::PgPooled;
 use std::net::TcpListener;
-use thygon_testkit::{fixtures, TestDb};
+pub use thygon_testkit::http::{assert_error, fields, Reply};
+use thygon_testkit::{fixtures, http, TestDb};
 use workflow_service::startup::Application;
 
 pub const ORG: &str = "org_test";
@@ -47,22 +47,6 @@ async fn spawn(auth: &AuthConfig, runtime_service_url: &str) -> TestApp {
     }
 }
 
-pub struct Reply {
-    pub status: u16,
-    pub body: Value,
-    pub headers: HeaderMap,
-}
-
-impl Reply {
-    /// A response header as text ("" when absent).
-    pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-}
-
 impl TestApp {
     pub async fn send(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
         self.send_as(Some(&self.key), method, path, body).await
@@ -89,26 +73,16 @@ impl TestApp {
         path: &str,
         body: Option<Value>,
     ) -> Reply {
-        let mut req = self.client.request(
-            method.parse().expect("method"),
-            format!("{}{path}", self.address),
-        );
-        if let Some(value) = authorization {
-            req = req.header("authorization", value);
-        }
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let res = req.send().await.expect("request");
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        let text = res.text().await.expect("body");
-        let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
-        Reply {
-            status,
+        http::send(
+            &self.client,
+            &self.address,
+            authorization,
+            method,
+            path,
             body,
-            headers,
-        }
+            &[],
+        )
+        .await
     }
 
     pub fn conn(&self) -> PgPooled {
@@ -133,14 +107,7 @@ impl TestApp {
             .send()
             .await
             .expect("request");
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        let text = res.text().await.expect("body");
-        Reply {
-            status,
-            body: serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}")),
-            headers,
-        }
+        Reply::read(res).await
     }
 }
 
@@ -151,30 +118,4 @@ pub fn workflow(name: &str) -> Value {
         "definition": {"steps": [{"name": "classify", "type": "agent", "agentId": "support-classifier",
             "instructions": "Determine ticket category and priority."}]}
     })
-}
-
-/// The `field`s of a failure envelope's details.
-pub fn fields(body: &Value) -> Vec<String> {
-    body["error"]["details"]
-        .as_array()
-        .map(|d| {
-            d.iter()
-                .filter_map(|e| e["field"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Assert `r` is the failure envelope `status` / `code`; `what` names the request.
-pub fn assert_error(r: &Reply, status: u16, code: &str, what: &str) {
-    assert_eq!(
-        (
-            r.status,
-            r.body["success"].as_bool(),
-            r.body["error"]["code"].as_str()
-        ),
-        (status, Some(false), Some(code)),
-        "{what}: {}",
-        r.body
-    );
 }
