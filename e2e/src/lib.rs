@@ -168,17 +168,7 @@ fn nginx() -> PathBuf {
 impl Drop for Stack {
     fn drop(&mut self) {
         self.stop_all();
-        let (broker, prefix) = (self.broker.clone(), self.prefix.clone());
-        std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(thygon_testkit::delete_queues(&broker, &prefix));
-            }
-        })
-        .join()
-        .ok();
+        thygon_testkit::delete_queues_blocking(&self.broker, &self.prefix);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -129,6 +129,22 @@ pub async fn delete_queues(broker: &shared_models::queue::Broker, prefix: &str) 
     }
 }
 
+/// [`delete_queues`] from synchronous code (a `Drop`, inside or outside a runtime): on a
+/// thread of its own with a runtime of its own, waited for.
+pub fn delete_queues_blocking(broker: &shared_models::queue::Broker, prefix: &str) {
+    let (broker, prefix) = (broker.clone(), prefix.to_string());
+    std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(delete_queues(&broker, &prefix));
+        }
+    })
+    .join()
+    .ok();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

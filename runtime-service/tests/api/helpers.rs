@@ -47,18 +47,8 @@ pub struct TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        let (broker, prefix) = (broker(), self.prefix.clone());
         // Queues are durable: remove this test's from the broker.
-        std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(thygon_testkit::delete_queues(&broker, &prefix));
-            }
-        })
-        .join()
-        .ok();
+        thygon_testkit::delete_queues_blocking(&broker(), &self.prefix);
     }
 }
 

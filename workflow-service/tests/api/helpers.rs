@@ -3,7 +3,8 @@ use shared_models::auth::AuthConfig;
 use shared_models::db::PgPooled;
 use std::net::TcpListener;
 pub use thygon_testkit::http::{assert_error, fields, Reply};
-use thygon_testkit::{fixtures, http, TestDb};
+use thygon_testkit::suites::ServiceUnderTest;
+use thygon_testkit::{fixtures, TestDb};
 use workflow_service::startup::Application;
 
 pub const ORG: &str = "org_test";
@@ -60,29 +61,7 @@ impl TestApp {
         path: &str,
         body: Option<Value>,
     ) -> Reply {
-        let authorization = key.map(|k| format!("Bearer {k}"));
-        self.send_auth(authorization.as_deref(), method, path, body)
-            .await
-    }
-
-    /// A request with `authorization` as its Authorization header, verbatim (or none).
-    pub async fn send_auth(
-        &self,
-        authorization: Option<&str>,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> Reply {
-        http::send(
-            &self.client,
-            &self.address,
-            authorization,
-            method,
-            path,
-            body,
-            &[],
-        )
-        .await
+        ServiceUnderTest::send_as(self, key, method, path, body).await
     }
 
     pub fn conn(&self) -> PgPooled {
