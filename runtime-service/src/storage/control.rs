@@ -22,9 +22,9 @@ use shared_models::status::{RunStatus, StepStatus};
 const RETRIED_STEPS: [&str; 2] = ["FAILED", "CANCELLED"];
 
 /// An outbox row written in the transaction, to publish once it has committed.
-pub type QueuedJob = (i64, RunJob);
+pub(crate) type QueuedJob = (i64, RunJob);
 
-pub enum CancelOutcome {
+pub(crate) enum CancelOutcome {
     Cancelled {
         detail: Box<RunDetail>,
         /// The job waking the run's parent, when the run was a child its parent waits for.
@@ -35,7 +35,7 @@ pub enum CancelOutcome {
     Ended(String),
 }
 
-pub enum RetryOutcome {
+pub(crate) enum RetryOutcome {
     Retried {
         detail: Box<RunDetail>,
         job: QueuedJob,
@@ -45,7 +45,7 @@ pub enum RetryOutcome {
     NotRetryable(String),
 }
 
-pub enum ApproveOutcome {
+pub(crate) enum ApproveOutcome {
     Decided {
         detail: Box<RunDetail>,
         /// Set when no worker held the run (it was WAITING): the job that resumes it.
@@ -60,7 +60,7 @@ pub enum ApproveOutcome {
 
 /// `POST /workflows/runs/{id}/cancel`: [`lifecycle::cancel`], and the run as it
 /// now reads.
-pub fn cancel_run(
+pub(crate) fn cancel_run(
     conn: &mut PgConnection,
     org_id: &str,
     run_id: &str,
@@ -84,7 +84,7 @@ pub fn cancel_run(
 /// `POST /workflows/runs/{id}/retry`: a FAILED or CANCELLED run goes back to PENDING with
 /// its failed and cancelled steps; completed and skipped steps keep their outputs, and
 /// attempt numbers continue. Its job is queued in the same transaction.
-pub fn retry_run(
+pub(crate) fn retry_run(
     conn: &mut PgConnection,
     org_id: &str,
     run_id: &str,
@@ -161,7 +161,7 @@ pub fn retry_run(
 
 /// `POST /workflows/runs/{id}/steps/{step}/approve`:
 /// [`lifecycle::decide_approval`], and the run as it now reads.
-pub fn decide_approval(
+pub(crate) fn decide_approval(
     conn: &mut PgConnection,
     org_id: &str,
     run_id: &str,

@@ -271,7 +271,7 @@ struct KnownQueue {
 
 impl QueuedCounts {
     /// How long a count is trusted far below the quota.
-    pub const RECOUNT_AFTER: Duration = Duration::from_secs(1);
+    pub(crate) const RECOUNT_AFTER: Duration = Duration::from_secs(1);
     /// Orgs remembered at most; the map is emptied past it.
     const CAPACITY: usize = 10_000;
 

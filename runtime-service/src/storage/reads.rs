@@ -9,7 +9,7 @@ use shared_models::models::{RunEventRow, RunRow, StepRunRow};
 use shared_models::schema::{run_events, runs as runs_table, step_runs, workflow_versions};
 
 /// Newest first; one more than the limit tells whether another page exists.
-pub fn list_runs(
+pub(crate) fn list_runs(
     conn: &mut PgConnection,
     org_id: &str,
     q: &ListRuns,
@@ -36,7 +36,7 @@ pub fn list_runs(
 }
 
 /// A run with everything its detail view shows.
-pub struct RunDetail {
+pub(crate) struct RunDetail {
     pub run: RunRow,
     /// Steps that have started, in definition order.
     pub steps: Vec<StepRunRow>,
@@ -45,7 +45,7 @@ pub struct RunDetail {
     pub definition: Value,
 }
 
-pub fn get_run(
+pub(crate) fn get_run(
     conn: &mut PgConnection,
     org_id: &str,
     run_id: &str,
@@ -58,7 +58,7 @@ pub fn get_run(
         .optional()
 }
 
-pub fn get_run_detail(
+pub(crate) fn get_run_detail(
     conn: &mut PgConnection,
     org_id: &str,
     run_id: &str,
@@ -90,7 +90,7 @@ pub fn get_run_detail(
 
 /// When the oldest PENDING run that is due (no `wake_at`, or one that has come) was
 /// created; `None` when there is none. Read by the metrics and by the queue sampler.
-pub fn oldest_due_pending(
+pub(crate) fn oldest_due_pending(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, Error> {

@@ -15,7 +15,7 @@ use diesel::sql_types::{BigInt, Double};
 /// once; a lease renewed by a worker that then died too is a new expiry and a new job.
 /// The grace leaves a redelivery (which normally follows a worker's death) the first go.
 /// Returns how many jobs were queued.
-pub fn enqueue_expired_leases(
+pub(crate) fn enqueue_expired_leases(
     conn: &mut PgConnection,
     grace_secs: f64,
     limit: i64,

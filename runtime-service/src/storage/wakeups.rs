@@ -35,7 +35,7 @@ pub(super) use wake_key_sql;
 /// names the run and its `wake_at` (epoch microseconds), so however many passes or replicas
 /// see a wake-up, it is queued once; a later `wake_at` of the same run is a new wake-up.
 /// Returns how many jobs were queued.
-pub fn enqueue_due_wakeups(conn: &mut PgConnection, limit: i64) -> Result<usize, Error> {
+pub(crate) fn enqueue_due_wakeups(conn: &mut PgConnection, limit: i64) -> Result<usize, Error> {
     conn.transaction(|conn| {
         // Runs already queued are skipped here, so a backlog larger than `limit` drains.
         let due: Vec<RunToQueue> = diesel::sql_query(concat!(

@@ -15,12 +15,12 @@ pub struct EgressResolver {
 
 impl EgressResolver {
     /// Over the system resolver (getaddrinfo, off the async threads).
-    pub fn new(policy: Arc<EgressPolicy>) -> Self {
+    pub(crate) fn new(policy: Arc<EgressPolicy>) -> Self {
         Self::with_inner(policy, Arc::new(SystemResolver))
     }
 
     /// Over another resolver (tests give a fixed answer).
-    pub fn with_inner(policy: Arc<EgressPolicy>, inner: Arc<dyn Resolve>) -> Self {
+    pub(crate) fn with_inner(policy: Arc<EgressPolicy>, inner: Arc<dyn Resolve>) -> Self {
         Self { policy, inner }
     }
 }

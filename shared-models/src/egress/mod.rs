@@ -44,4 +44,4 @@ pub use policy::{AllowListError, EgressPolicy, EgressRefused, Refusal, TooManyRe
 pub use ranges::{classify, Blocked};
 
 /// The environment variable listing the operator's exceptions.
-pub const ALLOW_VAR: &str = "EGRESS_ALLOW";
+pub(crate) const ALLOW_VAR: &str = "EGRESS_ALLOW";

@@ -147,7 +147,7 @@ impl EgressPolicy {
     }
 
     /// Decide a connection to `ip:port`.
-    pub fn check_socket(&self, ip: IpAddr, port: u16) -> Result<(), EgressRefused> {
+    pub(crate) fn check_socket(&self, ip: IpAddr, port: u16) -> Result<(), EgressRefused> {
         let ip = canonical(ip);
         let listed = self.allow.iter().any(|a| match a {
             Allow::Socket {
@@ -190,7 +190,7 @@ impl EgressPolicy {
     /// The addresses `name` resolved to that may be connected to: all of them when the name
     /// is listed (its port was checked on the URL), else those outside every refused range
     /// or inside a listed network. None left: refused, naming the first address dropped.
-    pub fn filter_resolved(
+    pub(crate) fn filter_resolved(
         &self,
         name: &str,
         addrs: Vec<SocketAddr>,

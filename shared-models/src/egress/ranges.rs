@@ -21,7 +21,7 @@ pub enum Blocked {
 }
 
 impl Blocked {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Blocked::Loopback => "loopback",
             Blocked::Unspecified => "unspecified",

@@ -15,10 +15,10 @@ pub use steps::step_outline;
 pub use types::{HttpRequestSpec, RetryPolicy, Step, StepKind, WorkflowGraph};
 
 /// More steps than this is a definition no one should run; it is refused at create/update.
-pub const MAX_STEPS: usize = 200;
+pub(crate) const MAX_STEPS: usize = 200;
 
 /// The step types this build executes.
-pub const STEP_TYPES: &[&str] = &[
+pub(crate) const STEP_TYPES: &[&str] = &[
     "agent",
     "http",
     "transform",
@@ -28,12 +28,12 @@ pub const STEP_TYPES: &[&str] = &[
 ];
 
 /// Bounds on step settings, so a typo cannot make a run wait for a year or retry forever.
-pub const MAX_ATTEMPTS: u32 = 20;
-pub const MAX_BACKOFF_SECONDS: f64 = 3600.0;
-pub const MAX_TIMEOUT_SECONDS: f64 = 30.0 * 24.0 * 3600.0;
+pub(crate) const MAX_ATTEMPTS: u32 = 20;
+pub(crate) const MAX_BACKOFF_SECONDS: f64 = 3600.0;
+pub(crate) const MAX_TIMEOUT_SECONDS: f64 = 30.0 * 24.0 * 3600.0;
 /// `timeoutSeconds` of an `http` or `agent` step: a call holds a worker slot while it waits
 /// (approvals and subworkflows hold none, so they keep [`MAX_TIMEOUT_SECONDS`]). Workers
 /// also clamp it to their `MAX_STEP_TIMEOUT_SECONDS` at run time.
-pub const MAX_CALL_TIMEOUT_SECONDS: f64 = 3600.0;
-pub const MAX_DELAY_SECONDS: f64 = 30.0 * 24.0 * 3600.0;
-pub const HTTP_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];
+pub(crate) const MAX_CALL_TIMEOUT_SECONDS: f64 = 3600.0;
+pub(crate) const MAX_DELAY_SECONDS: f64 = 30.0 * 24.0 * 3600.0;
+pub(crate) const HTTP_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];

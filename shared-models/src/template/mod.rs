@@ -36,7 +36,7 @@ fn expression<'env, 'source>(
 }
 
 /// Compile without rendering: the create/update check that turns a typo into a 400.
-pub fn check(src: &str) -> Result<(), String> {
+pub(crate) fn check(src: &str) -> Result<(), String> {
     within(src, MAX_TEMPLATE_CHARS)?;
     if !is_templated(src) {
         return Ok(());
@@ -54,7 +54,7 @@ pub fn check(src: &str) -> Result<(), String> {
 }
 
 /// Compile a condition (a bare expression, as in `when`).
-pub fn check_condition(expr: &str) -> Result<(), String> {
+pub(crate) fn check_condition(expr: &str) -> Result<(), String> {
     within(expr, MAX_CONDITION_CHARS)?;
     expression(&environment(), expr).map(|_| ())
 }
@@ -73,7 +73,7 @@ pub fn eval_condition(expr: &str, ctx: &Value) -> Result<bool, String> {
 }
 
 /// Check every string inside a templated JSON value; errors carry the JSON path below `path`.
-pub fn check_json(v: &Value, path: &str) -> Result<(), (String, String)> {
+pub(crate) fn check_json(v: &Value, path: &str) -> Result<(), (String, String)> {
     match v {
         Value::String(s) => check(s).map_err(|e| (path.to_string(), e)),
         Value::Array(items) => items
@@ -89,7 +89,7 @@ pub fn check_json(v: &Value, path: &str) -> Result<(), (String, String)> {
 
 /// Render one string. A string that is exactly one `{{ expression }}` keeps the value's JSON
 /// type; any other string renders to a string. Within this process's [`Limits`].
-pub fn render_str(src: &str, ctx: &Value) -> Result<Value, String> {
+pub(crate) fn render_str(src: &str, ctx: &Value) -> Result<Value, String> {
     let mut left = limits().max_output_bytes;
     render_str_within(src, ctx, &mut left)
 }
