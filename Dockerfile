@@ -53,6 +53,7 @@ ENV CARGO_TERM_COLOR=never CARGO_INCREMENTAL=0
 ARG PACKAGES
 COPY Cargo.toml Cargo.lock ./
 COPY shared-models/Cargo.toml shared-models/
+COPY testkit/Cargo.toml testkit/
 COPY workflow-service/Cargo.toml workflow-service/
 COPY runtime-service/Cargo.toml runtime-service/
 COPY executor-worker/Cargo.toml executor-worker/
@@ -61,7 +62,7 @@ COPY e2e/Cargo.toml e2e/
 # Stub sources with the same targets as the real crates (lib.rs and/or main.rs), so cargo
 # resolves the workspace and compiles every dependency, and nothing of ours.
 RUN set -eu; \
-    for crate in shared-models workflow-service runtime-service executor-worker e2e; do \
+    for crate in shared-models testkit workflow-service runtime-service executor-worker e2e; do \
         mkdir -p "$crate/src" && : > "$crate/src/lib.rs"; \
     done; \
     for crate in workflow-service runtime-service executor-worker examples/support-agent; do \
@@ -76,7 +77,7 @@ COPY . .
 # COPY keeps the files' own modification times, which can be older than the stubs' build;
 # touch them so cargo rebuilds our crates from the real sources.
 RUN set -eu; \
-    find shared-models workflow-service runtime-service executor-worker examples/support-agent e2e \
+    find shared-models testkit workflow-service runtime-service executor-worker examples/support-agent e2e \
         -type f \( -name '*.rs' -o -name '*.sql' -o -name '*.toml' \) -exec touch {} +; \
     cargo build --release --locked $PACKAGES --bins; \
     mkdir -p /out; \

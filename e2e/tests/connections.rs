@@ -188,7 +188,7 @@ async fn start_stack(workers: usize, database_url: &str, env: &[(&str, &str)]) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_process_never_migrates_it_refuses_an_older_schema_or_waits_for_the_migrate_step() {
     let _serial = SERIAL.lock().await;
-    let db = shared_models::testing::TestDb::create_empty();
+    let db = thygon_testkit::TestDb::create_empty();
     let port = free_port();
     let service = |schema_wait: &str| {
         let mut cmd = Command::new(binary("workflow-service", false));
@@ -214,7 +214,7 @@ async fn a_process_never_migrates_it_refuses_an_older_schema_or_waits_for_the_mi
     // With SCHEMA_WAIT_SECONDS it waits for a migrate step running beside it, serving nothing.
     let dir = std::env::temp_dir().join(format!(
         "thygon-schema-wait-{}",
-        shared_models::testing::unique_token()
+        thygon_testkit::unique_token()
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let log = std::fs::File::create(dir.join("workflow-service.log")).unwrap();

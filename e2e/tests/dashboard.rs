@@ -25,10 +25,9 @@ fn chromium() -> &'static str {
 /// Run headless chromium on `url` with `args` (`--dump-dom` or `--screenshot=...`); returns
 /// its stdout. Each call has a profile of its own under the stack's directory.
 async fn browse(stack: &Stack, url: &str, args: &[&str]) -> String {
-    let profile = stack.dir.join(format!(
-        "chromium-{}",
-        shared_models::testing::unique_token()
-    ));
+    let profile = stack
+        .dir
+        .join(format!("chromium-{}", thygon_testkit::unique_token()));
     browse_in(&profile, url, args).await
 }
 

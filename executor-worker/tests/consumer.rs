@@ -16,10 +16,10 @@ use serde_json::{json, Value};
 use shared_models::db::{blocking, PgPool};
 use shared_models::queue::{self, QueueNames, RunJob};
 use shared_models::schema::runs;
-use shared_models::testing::{delete_queues, unique_queue_prefix};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use thygon_testkit::{delete_queues, unique_queue_prefix};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use wiremock::matchers::{body_partial_json, method, path};
@@ -28,7 +28,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 const DEADLINE: Duration = Duration::from_secs(30);
 
 fn broker() -> shared_models::queue::Broker {
-    shared_models::testing::broker()
+    thygon_testkit::broker()
 }
 
 /// This test's queues, and a publishing channel (with confirms) on them. Dropping it deletes

@@ -35,7 +35,7 @@ fn fresh_name() -> String {
 
 /// Run a new fetch workflow on `url` with `engine`; the `fetch` step's row.
 async fn fetch(
-    db: &shared_models::testing::TestDb,
+    db: &thygon_testkit::TestDb,
     engine: &executor_worker::engine::Engine,
     url: &str,
 ) -> shared_models::models::StepRunRow {

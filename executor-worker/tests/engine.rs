@@ -169,7 +169,7 @@ async fn steps_run_in_array_order_and_templates_see_earlier_outputs() {
 /// Runs `classify` (answered by `response`) followed by `reply` (which must never be called),
 /// and returns the run id (and the agent, kept alive) once `process` is done.
 async fn run_with_failing_first_agent(
-    db: &shared_models::testing::TestDb,
+    db: &thygon_testkit::TestDb,
     response: ResponseTemplate,
     agent_timeout: Duration,
 ) -> (String, MockServer) {
@@ -203,7 +203,7 @@ async fn run_with_failing_first_agent(
 
 /// The error of the failed first step, after checking the run failed naming it and the
 /// second step was cancelled without ever starting.
-async fn first_step_error(db: &shared_models::testing::TestDb, run_id: &str) -> String {
+async fn first_step_error(db: &thygon_testkit::TestDb, run_id: &str) -> String {
     let run = get_run(&db.pool, run_id).await;
     assert_eq!(run.status, "FAILED");
     assert!(run.completed_at.is_some());

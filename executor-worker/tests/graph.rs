@@ -8,12 +8,13 @@ mod common;
 use chrono::{DateTime, Utc};
 use common::*;
 use executor_worker::agents::AgentRegistry;
-use executor_worker::engine::JobOutcome;
+use executor_worker::engine::{Engine, JobOutcome};
 use serde_json::{json, Value};
 use shared_models::models::StepRunRow;
 use shared_models::queue::RunJob;
 use std::sync::Arc;
 use std::time::Duration;
+use thygon_testkit::TestDb;
 use wiremock::matchers::{body_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -50,14 +51,53 @@ fn statuses(steps: &[StepRunRow]) -> Vec<(&str, &str)> {
         .collect()
 }
 
-async fn process(engine: &executor_worker::engine::Engine, run_id: &str) -> JobOutcome {
+async fn process(engine: &Engine, run_id: &str) -> JobOutcome {
     engine.process(&run_job(run_id)).await
+}
+
+/// One test's world, made the same way by every test: a fresh database, a mock server for
+/// its agents and endpoints (mount answers on it before processing), and the engine that
+/// runs its jobs.
+struct Setup {
+    db: TestDb,
+    server: MockServer,
+    engine: Arc<Engine>,
+}
+
+impl Setup {
+    /// The agents `agents`, each served by the mock server at `/<id>`; the egress policy is
+    /// the default one, so no `http` step reaches the server.
+    async fn new(agents: &[&str]) -> Setup {
+        Setup::build(agents, AGENT_TIMEOUT, false).await
+    }
+
+    /// [`Setup::new`] whose `http` steps may call the mock server (`EGRESS_ALLOW` lists it).
+    async fn calling_server(agents: &[&str]) -> Setup {
+        Setup::build(agents, AGENT_TIMEOUT, true).await
+    }
+
+    /// Every choice given: the worker's default per-call timeout, and whether `http` steps
+    /// may call the mock server.
+    async fn build(agents: &[&str], agent_timeout: Duration, calls_server: bool) -> Setup {
+        let db = test_db().await;
+        let server = MockServer::start().await;
+        let agents = agents_at(&server, agents);
+        let engine = if calls_server {
+            engine_allowing(&db.pool, agents, agent_timeout, &allow_server(&server))
+        } else {
+            engine(&db.pool, agents, agent_timeout)
+        };
+        Setup {
+            db,
+            server,
+            engine: Arc::new(engine),
+        }
+    }
 }
 
 #[tokio::test]
 async fn parallel_branches_overlap_in_time_and_the_join_waits_for_both() {
-    let db = test_db().await;
-    let server = MockServer::start().await;
+    let Setup { db, server, engine } = Setup::new(&["left", "right"]).await;
     let branch_delay = Duration::from_millis(400);
     mount_post(
         &server,
@@ -84,11 +124,6 @@ async fn parallel_branches_overlap_in_time_and_the_join_waits_for_both() {
     ] });
     let (_, run_id) =
         workflow_with_run(&db.pool, "fan_out", definition, json!({ "ticket": "T-1" })).await;
-    let engine = engine(
-        &db.pool,
-        agents_at(&server, &["left", "right"]),
-        AGENT_TIMEOUT,
-    );
 
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
 
@@ -146,8 +181,7 @@ async fn parallel_branches_overlap_in_time_and_the_join_waits_for_both() {
 
 #[tokio::test]
 async fn a_false_when_skips_the_step_and_its_skip_propagates() {
-    let db = test_db().await;
-    let server = MockServer::start().await;
+    let Setup { db, server, engine } = Setup::new(&["pager"]).await;
     mount_post(&server, "/pager", agent_output(json!("paged")), 0).await;
     let definition = json!({ "steps": [
         { "name": "classify", "type": "transform", "value": { "priority": "low" } },
@@ -162,7 +196,6 @@ async fn a_false_when_skips_the_step_and_its_skip_propagates() {
         } },
     ] });
     let (_, run_id) = workflow_with_run(&db.pool, "skips", definition, json!({})).await;
-    let engine = engine(&db.pool, agents_at(&server, &["pager"]), AGENT_TIMEOUT);
 
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
 
@@ -227,7 +260,7 @@ async fn a_false_when_skips_the_step_and_its_skip_propagates() {
 
 #[tokio::test]
 async fn templates_see_earlier_outputs_and_keep_json_types() {
-    let db = test_db().await;
+    let Setup { db, engine, .. } = Setup::new(&[]).await;
     let definition = json!({ "steps": [
         { "name": "a", "type": "transform", "value": { "n": "{{ variables.n }}" } },
         { "name": "b", "type": "transform", "value": "{{ steps.a.output.n + 1 }}" },
@@ -236,7 +269,6 @@ async fn templates_see_earlier_outputs_and_keep_json_types() {
     ] });
     let (_, run_id) =
         workflow_with_run(&db.pool, "templates", definition, json!({ "n": 41 })).await;
-    let engine = engine(&db.pool, registry(&[]), AGENT_TIMEOUT);
 
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
 
@@ -265,8 +297,7 @@ async fn templates_see_earlier_outputs_and_keep_json_types() {
 
 #[tokio::test]
 async fn a_flaky_step_succeeds_on_its_third_attempt_with_the_same_idempotency_key() {
-    let db = test_db().await;
-    let server = MockServer::start().await;
+    let Setup { db, server, engine } = Setup::calling_server(&[]).await;
     Mock::given(method("POST"))
         .and(path("/flaky"))
         .respond_with(ResponseTemplate::new(500).set_body_string("try again later"))
@@ -289,12 +320,6 @@ async fn a_flaky_step_succeeds_on_its_third_attempt_with_the_same_idempotency_ke
         "retry": { "maxAttempts": 3, "backoffSeconds": 0.05, "backoffMultiplier": 2 },
     }] });
     let (_, run_id) = workflow_with_run(&db.pool, "flaky", definition, json!({})).await;
-    let engine = engine_allowing(
-        &db.pool,
-        registry(&[]),
-        AGENT_TIMEOUT,
-        &allow_server(&server),
-    );
 
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
 
@@ -366,8 +391,7 @@ async fn a_flaky_step_succeeds_on_its_third_attempt_with_the_same_idempotency_ke
 
 #[tokio::test]
 async fn a_step_that_exhausts_its_attempts_fails_the_run_and_cancels_the_next_step() {
-    let db = test_db().await;
-    let server = MockServer::start().await;
+    let Setup { db, server, engine } = Setup::calling_server(&[]).await;
     mount_post(
         &server,
         "/down",
@@ -382,12 +406,6 @@ async fn a_step_that_exhausts_its_attempts_fails_the_run_and_cancels_the_next_st
         { "name": "after", "type": "transform", "value": "{{ steps.call.output }}" },
     ] });
     let (_, run_id) = workflow_with_run(&db.pool, "exhausted", definition, json!({})).await;
-    let engine = engine_allowing(
-        &db.pool,
-        registry(&[]),
-        AGENT_TIMEOUT,
-        &allow_server(&server),
-    );
 
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
 
@@ -434,9 +452,8 @@ async fn a_step_that_exhausts_its_attempts_fails_the_run_and_cancels_the_next_st
 }
 
 /// A one-step run of an agent answering after 3 s, whose step allows 0.3 s per attempt.
-async fn run_slow_agent_step(retry: Value) -> (shared_models::testing::TestDb, String, Duration) {
-    let db = test_db().await;
-    let server = MockServer::start().await;
+async fn run_slow_agent_step(retry: Value) -> (TestDb, String, Duration) {
+    let Setup { db, server, engine } = Setup::calling_server(&["slow"]).await;
     let attempts = retry["maxAttempts"].as_u64().unwrap_or(1);
     mount_post(
         &server,
@@ -455,12 +472,6 @@ async fn run_slow_agent_step(retry: Value) -> (shared_models::testing::TestDb, S
         { "name": "after", "type": "transform", "value": 1 },
     ] });
     let (_, run_id) = workflow_with_run(&db.pool, "slow_step", definition, json!({})).await;
-    let engine = engine_allowing(
-        &db.pool,
-        agents_at(&server, &["slow"]),
-        AGENT_TIMEOUT,
-        &allow_server(&server),
-    );
 
     let started = std::time::Instant::now();
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
@@ -469,7 +480,7 @@ async fn run_slow_agent_step(retry: Value) -> (shared_models::testing::TestDb, S
     (db, run_id, took)
 }
 
-async fn assert_timed_out(db: &shared_models::testing::TestDb, run_id: &str, attempts: i32) {
+async fn assert_timed_out(db: &TestDb, run_id: &str, attempts: i32) {
     let steps = get_steps(&db.pool, run_id).await;
     let think = find_step(&steps, "think");
     assert_eq!((think.status.as_str(), think.attempt), ("FAILED", attempts));
@@ -521,8 +532,7 @@ async fn a_slow_step_with_two_attempts_times_out_on_both() {
 
 #[tokio::test]
 async fn an_http_step_sends_its_templated_request_and_outputs_status_headers_and_json_body() {
-    let db = test_db().await;
-    let server = MockServer::start().await;
+    let Setup { db, server, engine } = Setup::calling_server(&[]).await;
     Mock::given(method("POST"))
         .and(path("/orders/o-7"))
         .and(header("authorization", "Bearer s3cret"))
@@ -554,12 +564,6 @@ async fn an_http_step_sends_its_templated_request_and_outputs_status_headers_and
     let variables = json!({ "base": server.uri(), "orderId": "o-7", "token": "s3cret",
                             "qty": 3, "item": "widget" });
     let (_, run_id) = workflow_with_run(&db.pool, "http_post", definition, variables).await;
-    let engine = engine_allowing(
-        &db.pool,
-        registry(&[]),
-        AGENT_TIMEOUT,
-        &allow_server(&server),
-    );
 
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
 
@@ -590,8 +594,7 @@ async fn an_http_step_sends_its_templated_request_and_outputs_status_headers_and
 
 #[tokio::test]
 async fn an_http_404_fails_its_step_unless_allow_status_lists_it() {
-    let db = test_db().await;
-    let server = MockServer::start().await;
+    let Setup { db, server, engine } = Setup::calling_server(&[]).await;
     Mock::given(method("GET"))
         .and(path("/things/missing"))
         .respond_with(ResponseTemplate::new(404).set_body_json(json!({ "error": "no such thing" })))
@@ -614,12 +617,6 @@ async fn an_http_404_fails_its_step_unless_allow_status_lists_it() {
         json!({}),
     )
     .await;
-    let engine = engine_allowing(
-        &db.pool,
-        registry(&[]),
-        AGENT_TIMEOUT,
-        &allow_server(&server),
-    );
 
     assert_eq!(process(&engine, &strict).await, JobOutcome::Done);
     assert_eq!(process(&engine, &lenient).await, JobOutcome::Done);
@@ -645,8 +642,7 @@ async fn an_http_404_fails_its_step_unless_allow_status_lists_it() {
 
 #[tokio::test]
 async fn an_http_text_body_is_output_as_a_string() {
-    let db = test_db().await;
-    let server = MockServer::start().await;
+    let Setup { db, server, engine } = Setup::calling_server(&[]).await;
     Mock::given(method("GET"))
         .and(path("/motd"))
         .respond_with(
@@ -658,12 +654,6 @@ async fn an_http_text_body_is_output_as_a_string() {
     let definition = json!({ "steps": [{ "name": "motd", "type": "http",
         "request": { "method": "GET", "url": format!("{}/motd", server.uri()) } }] });
     let (_, run_id) = workflow_with_run(&db.pool, "http_text", definition, json!({})).await;
-    let engine = engine_allowing(
-        &db.pool,
-        registry(&[]),
-        AGENT_TIMEOUT,
-        &allow_server(&server),
-    );
 
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
 
@@ -681,7 +671,7 @@ async fn an_http_text_body_is_output_as_a_string() {
 
 #[tokio::test]
 async fn a_delay_parks_the_run_waiting_without_holding_it_and_a_later_job_finishes_it() {
-    let db = test_db().await;
+    let Setup { db, engine, .. } = Setup::new(&[]).await;
     let definition = json!({ "steps": [
         { "name": "first", "type": "transform", "value": "before" },
         { "name": "pause", "type": "delay", "seconds": 0.2 },
@@ -689,7 +679,6 @@ async fn a_delay_parks_the_run_waiting_without_holding_it_and_a_later_job_finish
             "waited": "{{ steps.pause.output.seconds }}", "first": "{{ steps.first.output }}" } },
     ] });
     let (_, run_id) = workflow_with_run(&db.pool, "delayed", definition, json!({})).await;
-    let engine = engine(&db.pool, registry(&[]), AGENT_TIMEOUT);
 
     let before = shared_models::time::now();
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
@@ -760,14 +749,8 @@ async fn a_delay_parks_the_run_waiting_without_holding_it_and_a_later_job_finish
 
 /// `prepare`, then an approval `approve` (with `timeout` seconds, if any), then `ship`, which
 /// reads the decision. The first job has run: the run is parked on the approval.
-async fn run_parked_on_an_approval(
-    timeout: Option<f64>,
-) -> (
-    shared_models::testing::TestDb,
-    executor_worker::engine::Engine,
-    String,
-) {
-    let db = test_db().await;
+async fn run_parked_on_an_approval(timeout: Option<f64>) -> (TestDb, Arc<Engine>, String) {
+    let Setup { db, engine, .. } = Setup::new(&[]).await;
     let mut approve = json!({ "name": "approve", "type": "approval" });
     if let Some(secs) = timeout {
         approve["timeoutSeconds"] = json!(secs);
@@ -782,7 +765,6 @@ async fn run_parked_on_an_approval(
     ] });
     let (_, run_id) =
         workflow_with_run(&db.pool, "approvals", definition, json!({ "amount": 120 })).await;
-    let engine = engine(&db.pool, registry(&[]), AGENT_TIMEOUT);
 
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
 
@@ -918,11 +900,7 @@ async fn an_approval_past_its_timeout_fails_its_step_saying_it_timed_out() {
 
 /// A parent `wf_parent` whose step `child` runs `child_workflow` (with templated variables)
 /// and whose step `report` reads the child's output, and a PENDING run of it.
-async fn parent_and_child(
-    db: &shared_models::testing::TestDb,
-    child_workflow: &str,
-    child_steps: Option<Value>,
-) -> String {
+async fn parent_and_child(db: &TestDb, child_workflow: &str, child_steps: Option<Value>) -> String {
     if let Some(steps) = child_steps {
         let name = child_workflow.strip_prefix("wf_").expect("a workflow id");
         insert_workflow(&db.pool, name, json!({ "steps": steps })).await;
@@ -939,11 +917,10 @@ async fn parent_and_child(
 
 #[tokio::test]
 async fn a_subworkflow_starts_a_child_run_and_waits_for_its_output() {
-    let db = test_db().await;
+    let Setup { db, engine, .. } = Setup::new(&[]).await;
     let child_steps = json!([{ "name": "double", "type": "transform",
         "value": { "doubled": "{{ variables.n * 2 }}", "parent": "{{ variables.parent }}" } }]);
     let parent_id = parent_and_child(&db, "wf_child_flow", Some(child_steps)).await;
-    let engine = engine(&db.pool, registry(&[]), AGENT_TIMEOUT);
 
     assert_eq!(process(&engine, &parent_id).await, JobOutcome::Done);
 
@@ -1025,11 +1002,10 @@ async fn a_subworkflow_starts_a_child_run_and_waits_for_its_output() {
 
 #[tokio::test]
 async fn a_failing_child_run_fails_the_subworkflow_step_naming_the_child() {
-    let db = test_db().await;
+    let Setup { db, engine, .. } = Setup::new(&[]).await;
     let child_steps = json!([{ "name": "broken", "type": "transform",
                                "value": "{{ variables.missing }}" }]);
     let parent_id = parent_and_child(&db, "wf_broken_child", Some(child_steps)).await;
-    let engine = engine(&db.pool, registry(&[]), AGENT_TIMEOUT);
 
     assert_eq!(process(&engine, &parent_id).await, JobOutcome::Done);
     let children = child_runs(&db.pool, &parent_id).await;
@@ -1062,9 +1038,8 @@ async fn a_failing_child_run_fails_the_subworkflow_step_naming_the_child() {
 
 #[tokio::test]
 async fn a_subworkflow_naming_an_unknown_workflow_fails_its_step_at_once() {
-    let db = test_db().await;
+    let Setup { db, engine, .. } = Setup::new(&[]).await;
     let parent_id = parent_and_child(&db, "wf_nowhere", None).await;
-    let engine = engine(&db.pool, registry(&[]), AGENT_TIMEOUT);
 
     assert_eq!(process(&engine, &parent_id).await, JobOutcome::Done);
 
@@ -1084,8 +1059,7 @@ async fn a_subworkflow_naming_an_unknown_workflow_fails_its_step_at_once() {
 
 #[tokio::test]
 async fn a_failure_lets_a_branch_in_flight_finish_and_be_recorded_before_the_run_fails() {
-    let db = test_db().await;
-    let server = MockServer::start().await;
+    let Setup { db, server, engine } = Setup::calling_server(&["slow"]).await;
     Mock::given(method("GET"))
         .and(path("/fail"))
         .respond_with(ResponseTemplate::new(500).set_body_string("broken"))
@@ -1108,12 +1082,6 @@ async fn a_failure_lets_a_branch_in_flight_finish_and_be_recorded_before_the_run
         { "name": "after", "type": "transform", "value": 1, "dependsOn": ["fast_fail", "slow_ok"] },
     ] });
     let (_, run_id) = workflow_with_run(&db.pool, "in_flight", definition, json!({})).await;
-    let engine = engine_allowing(
-        &db.pool,
-        agents_at(&server, &["slow"]),
-        AGENT_TIMEOUT,
-        &allow_server(&server),
-    );
 
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
 
@@ -1161,8 +1129,7 @@ async fn a_failure_lets_a_branch_in_flight_finish_and_be_recorded_before_the_run
 
 #[tokio::test]
 async fn cancellation_stops_the_run_at_the_next_step_boundary() {
-    let db = test_db().await;
-    let server = MockServer::start().await;
+    let Setup { db, server, engine } = Setup::new(&["slow", "next"]).await;
     mount_post(
         &server,
         "/slow",
@@ -1176,11 +1143,6 @@ async fn cancellation_stops_the_run_at_the_next_step_boundary() {
         { "name": "next", "type": "agent", "agentId": "next", "instructions": "Never" },
     ] });
     let (_, run_id) = workflow_with_run(&db.pool, "cancelled", definition, json!({})).await;
-    let engine = Arc::new(engine(
-        &db.pool,
-        agents_at(&server, &["slow", "next"]),
-        AGENT_TIMEOUT,
-    ));
 
     let job = run_job(&run_id);
     let worker = {
@@ -1235,13 +1197,12 @@ async fn cancellation_stops_the_run_at_the_next_step_boundary() {
 
 #[tokio::test]
 async fn a_redelivered_waiting_run_whose_delay_is_not_due_parks_again_unchanged() {
-    let db = test_db().await;
+    let Setup { db, engine, .. } = Setup::new(&[]).await;
     let definition = json!({ "steps": [
         { "name": "pause", "type": "delay", "seconds": 3600 },
         { "name": "then", "type": "transform", "value": 1 },
     ] });
     let (_, run_id) = workflow_with_run(&db.pool, "not_due", definition, json!({})).await;
-    let engine = engine(&db.pool, registry(&[]), AGENT_TIMEOUT);
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
     let run_before = get_run(&db.pool, &run_id).await;
     assert_eq!(run_before.status, "WAITING");
@@ -1286,8 +1247,8 @@ async fn a_redelivered_waiting_run_whose_delay_is_not_due_parks_again_unchanged(
 
 #[tokio::test]
 async fn a_steps_own_timeout_wins_over_the_workers_default_call_timeout() {
-    let db = test_db().await;
-    let server = MockServer::start().await;
+    // The worker's default per-call timeout is shorter than the answer takes.
+    let Setup { db, server, engine } = Setup::build(&[], Duration::from_millis(200), true).await;
     Mock::given(method("GET"))
         .and(path("/slowish"))
         .respond_with(
@@ -1306,13 +1267,6 @@ async fn a_steps_own_timeout_wins_over_the_workers_default_call_timeout() {
         json!({ "base": server.uri() }),
     )
     .await;
-    // The worker's default per-call timeout is shorter than the answer takes.
-    let engine = engine_allowing(
-        &db.pool,
-        registry(&[]),
-        Duration::from_millis(200),
-        &allow_server(&server),
-    );
 
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
 
@@ -1322,8 +1276,7 @@ async fn a_steps_own_timeout_wins_over_the_workers_default_call_timeout() {
 
 #[tokio::test]
 async fn a_failing_branch_cancels_a_waiting_subworkflow_and_its_child_run() {
-    let db = test_db().await;
-    let server = MockServer::start().await;
+    let Setup { db, server, engine } = Setup::calling_server(&[]).await;
     Mock::given(method("GET"))
         .and(path("/boom"))
         .respond_with(ResponseTemplate::new(500))
@@ -1346,12 +1299,6 @@ async fn a_failing_branch_cancels_a_waiting_subworkflow_and_its_child_run() {
         json!({ "base": server.uri() }),
     )
     .await;
-    let engine = engine_allowing(
-        &db.pool,
-        registry(&[]),
-        AGENT_TIMEOUT,
-        &allow_server(&server),
-    );
 
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
 

@@ -12,10 +12,10 @@ use executor_worker::storage::{self, Claim, Fenced, LeaseHolder, PureStep, RunFi
 use serde_json::{json, Value};
 use shared_models::db::{blocking, StorageError};
 use shared_models::status::RunStatus;
-use shared_models::testing::unique_token;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use thygon_testkit::unique_token;
 
 const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -228,7 +228,7 @@ async fn step_and_run_outputs_over_their_caps_fail_naming_the_setting() {
 }
 
 /// Runs of a one-step workflow, RUNNING under `me`'s lease.
-async fn held_runs(db: &shared_models::testing::TestDb, me: &LeaseHolder, n: usize) -> Vec<String> {
+async fn held_runs(db: &thygon_testkit::TestDb, me: &LeaseHolder, n: usize) -> Vec<String> {
     let definition = json!({ "steps": [transform("t", json!(1))] });
     let (workflow_id, first) = workflow_with_run(&db.pool, "held", definition, json!({})).await;
     let mut ids = vec![first];

@@ -12,20 +12,7 @@ use shared_models::queue::RunJob;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
-
-async fn scrape(address: &str) -> (u16, String, String) {
-    let res = reqwest::get(format!("{address}/metrics"))
-        .await
-        .expect("scrape");
-    let status = res.status().as_u16();
-    let content_type = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    (status, content_type, res.text().await.expect("body"))
-}
+use thygon_testkit::http::scrape;
 
 fn value(text: &str, name: &str, labels: &str) -> f64 {
     sample(text, name, labels).unwrap_or(0.0)

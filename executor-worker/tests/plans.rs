@@ -16,7 +16,7 @@ use executor_worker::storage::{CLAIM_PENDING, END_RUNS, FENCE_STEPS, STEPS_OF};
 use serde_json::json;
 use shared_models::db::blocking;
 use shared_models::schema::{runs, step_runs};
-use shared_models::testing::fixtures;
+use thygon_testkit::fixtures;
 
 #[derive(QueryableByName)]
 struct Line {

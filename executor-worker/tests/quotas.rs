@@ -12,9 +12,9 @@ use serde_json::json;
 use shared_models::db::{blocking, PgPool};
 use shared_models::limits::OrgLimitOverrides;
 use shared_models::schema::{outbox, runs};
-use shared_models::testing::fixtures;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use thygon_testkit::fixtures;
 
 const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 

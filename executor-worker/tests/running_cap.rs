@@ -17,10 +17,10 @@ use serde_json::json;
 use shared_models::db::{blocking, PgPool};
 use shared_models::queue::RunJob;
 use shared_models::schema::runs;
-use shared_models::testing::fixtures;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use thygon_testkit::fixtures;
 use wiremock::MockServer;
 
 const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -227,7 +227,7 @@ fn claimed_and_held<'a>(claims: impl IntoIterator<Item = &'a Claim> + Clone) -> 
 /// A lease holder for calling `claim_run` directly.
 fn holder() -> LeaseHolder {
     LeaseHolder {
-        worker_id: format!("cap-test-{}", shared_models::testing::unique_token()),
+        worker_id: format!("cap-test-{}", thygon_testkit::unique_token()),
         lease: Duration::from_secs(30),
     }
 }

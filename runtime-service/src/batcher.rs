@@ -42,18 +42,18 @@ use std::sync::{Arc, LazyLock};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// The most triggers written in one transaction.
-pub const MAX_BATCH: usize = 128;
+pub(crate) const MAX_BATCH: usize = 128;
 /// The most batches being written or published at once (each takes a pooled connection
 /// while it writes, and again while it marks its rows sent): one batch publishes while the
 /// next one writes. Measured with 32 clients: 1 does worse than 2 and 4, which do alike
 /// against runtime-service alone; on the bench (workers busy too) 4 did a little better.
-pub const MAX_IN_FLIGHT: usize = 4;
+pub(crate) const MAX_IN_FLIGHT: usize = 4;
 /// Triggers that may wait for the batching task; more make their requests wait to enqueue.
 const QUEUE_CAPACITY: usize = 4096;
 
 /// `thygon_trigger_batch_size`: how many triggers each batch wrote (its count is the number
 /// of batch transactions).
-pub static BATCH_SIZE: LazyLock<Histogram> = LazyLock::new(|| {
+pub(crate) static BATCH_SIZE: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         "thygon_trigger_batch_size",
         "Triggers written by each group-commit transaction",
@@ -121,7 +121,7 @@ impl Batcher {
     /// A batcher writing with `pool` and publishing with `publisher`, at most [`MAX_BATCH`]
     /// triggers a batch and [`MAX_IN_FLIGHT`] batches at once. Nothing is written until the
     /// returned loop runs.
-    pub fn new(pool: PgPool, publisher: Arc<dyn JobPublisher>) -> (Self, BatchLoop) {
+    pub(crate) fn new(pool: PgPool, publisher: Arc<dyn JobPublisher>) -> (Self, BatchLoop) {
         Self::with_limits(pool, publisher, MAX_BATCH, MAX_IN_FLIGHT)
     }
 

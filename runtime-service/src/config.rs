@@ -4,7 +4,7 @@ use std::time::Duration;
 
 /// This process's share of the connection budget (`DB_POOL_SIZE`; docs/DEPLOY.md "Sizing").
 /// Trigger batches, the outbox relay, the reaper and the API share these.
-pub const DEFAULT_DB_POOL_SIZE: u32 = 8;
+pub(crate) const DEFAULT_DB_POOL_SIZE: u32 = 8;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -81,7 +81,7 @@ impl Tasks {
 /// `HTTP_ADDR` when unset.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8082";
 
-pub const DEFAULT_REAPER_GRACE_SECONDS: f64 = 5.0;
+pub(crate) const DEFAULT_REAPER_GRACE_SECONDS: f64 = 5.0;
 
 /// How the scheduler's PENDING sweeper queues runs that have no job in flight again.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -94,12 +94,12 @@ pub struct PendingRequeue {
     pub batch: u32,
 }
 
-pub const DEFAULT_PENDING_REQUEUE_SECONDS: f64 = 300.0;
-pub const DEFAULT_PENDING_REQUEUE_BATCH: u32 = 200;
-pub const MAX_PENDING_REQUEUE_BATCH: u32 = 10_000;
+pub(crate) const DEFAULT_PENDING_REQUEUE_SECONDS: f64 = 300.0;
+pub(crate) const DEFAULT_PENDING_REQUEUE_BATCH: u32 = 200;
+pub(crate) const MAX_PENDING_REQUEUE_BATCH: u32 = 10_000;
 
 /// `PENDING_REQUEUE_SECONDS` (0 turns the sweeper off) and `PENDING_REQUEUE_BATCH`.
-pub fn pending_requeue_from_env() -> Result<Option<PendingRequeue>, String> {
+pub(crate) fn pending_requeue_from_env() -> Result<Option<PendingRequeue>, String> {
     PendingRequeue::checked(
         env_seconds("PENDING_REQUEUE_SECONDS", DEFAULT_PENDING_REQUEUE_SECONDS)?,
         env_parse("PENDING_REQUEUE_BATCH", DEFAULT_PENDING_REQUEUE_BATCH)?,
@@ -108,7 +108,7 @@ pub fn pending_requeue_from_env() -> Result<Option<PendingRequeue>, String> {
 
 impl PendingRequeue {
     /// The sweeper's settings if they are in range; `None` when `after` is 0 (off).
-    pub fn checked(after: Duration, batch: u32) -> Result<Option<Self>, String> {
+    pub(crate) fn checked(after: Duration, batch: u32) -> Result<Option<Self>, String> {
         if !(1..=MAX_PENDING_REQUEUE_BATCH).contains(&batch) {
             return Err(format!(
                 "PENDING_REQUEUE_BATCH must be a whole number from 1 to {MAX_PENDING_REQUEUE_BATCH}"
@@ -125,13 +125,13 @@ impl PendingRequeue {
 }
 
 /// `REAPER_GRACE_SECONDS`, default [`DEFAULT_REAPER_GRACE_SECONDS`].
-pub fn reaper_grace_from_env() -> Result<Duration, String> {
+pub(crate) fn reaper_grace_from_env() -> Result<Duration, String> {
     env_seconds("REAPER_GRACE_SECONDS", DEFAULT_REAPER_GRACE_SECONDS)
 }
 
 /// `METRICS_REFRESH_SECONDS`, default [`crate::metrics::DEFAULT_REFRESH_SECONDS`]: at least
 /// 0.1 s (0 would read the database in a loop), at most an hour.
-pub fn metrics_refresh_from_env() -> Result<Duration, String> {
+pub(crate) fn metrics_refresh_from_env() -> Result<Duration, String> {
     let refresh = env_seconds(
         "METRICS_REFRESH_SECONDS",
         crate::metrics::DEFAULT_REFRESH_SECONDS,
@@ -145,7 +145,7 @@ pub fn metrics_refresh_from_env() -> Result<Duration, String> {
 }
 
 /// `EVENT_STREAM_MAX_SECONDS`, default 3600 (at least 1 s).
-pub fn event_stream_max_from_env() -> Result<Duration, String> {
+pub(crate) fn event_stream_max_from_env() -> Result<Duration, String> {
     Ok(env_seconds("EVENT_STREAM_MAX_SECONDS", 3600.0)?.max(Duration::from_secs(1)))
 }
 

@@ -23,18 +23,18 @@ use std::time::Duration;
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A letter taken from the dead-letter queue, held by its channel until settled.
-pub struct Letter {
+pub(crate) struct Letter {
     pub delivery: Delivery,
 }
 
 impl Letter {
-    pub fn body(&self) -> &[u8] {
+    pub(crate) fn body(&self) -> &[u8] {
         &self.delivery.data
     }
 
     /// When it was dead-lettered, as far as the message says: the broker's `x-death` record
     /// (the most recent death), else the message's `timestamp` property; `None` when neither.
-    pub fn dead_lettered_at(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn dead_lettered_at(&self) -> Option<DateTime<Utc>> {
         let properties = &self.delivery.properties;
         let death_time = properties
             .headers()
@@ -65,7 +65,10 @@ pub struct DeadLetterChannel {
 impl DeadLetterChannel {
     /// A channel on `connection` in confirm mode, for the dead-letter queue of `names`
     /// (declared with the topology when the connection was made).
-    pub async fn open(connection: &Connection, names: &QueueNames) -> Result<Self, lapin::Error> {
+    pub(crate) async fn open(
+        connection: &Connection,
+        names: &QueueNames,
+    ) -> Result<Self, lapin::Error> {
         let channel = queue::confirm_channel(connection).await?;
         Ok(Self {
             channel,
@@ -74,7 +77,7 @@ impl DeadLetterChannel {
     }
 
     /// Letters ready in the queue now (those other channels hold are not counted).
-    pub async fn ready(&self) -> Result<u32, String> {
+    pub(crate) async fn ready(&self) -> Result<u32, String> {
         let queue = self
             .channel
             .queue_declare(
@@ -91,7 +94,7 @@ impl DeadLetterChannel {
     }
 
     /// The next letter, held by this channel until settled; `None` when none is ready.
-    pub async fn next(&self) -> Result<Option<Letter>, String> {
+    pub(crate) async fn next(&self) -> Result<Option<Letter>, String> {
         let got = self
             .channel
             .basic_get(
@@ -106,7 +109,7 @@ impl DeadLetterChannel {
     }
 
     /// Settle a letter for good (redriven, or dropped).
-    pub async fn ack(&self, letter: &Letter) -> Result<(), String> {
+    pub(crate) async fn ack(&self, letter: &Letter) -> Result<(), String> {
         self.channel
             .basic_ack(letter.delivery.delivery_tag, BasicAckOptions::default())
             .await
@@ -116,7 +119,7 @@ impl DeadLetterChannel {
     /// Put a letter back at the tail of the queue: a copy (same body and properties) is
     /// published and confirmed, then the original acked. A failure leaves the original held,
     /// and so in the queue once the channel closes.
-    pub async fn put_back(&self, letter: &Letter) -> Result<(), String> {
+    pub(crate) async fn put_back(&self, letter: &Letter) -> Result<(), String> {
         let confirm = self
             .channel
             .basic_publish(
@@ -142,7 +145,7 @@ impl DeadLetterChannel {
     }
 
     /// Close the channel: letters not settled go back to the queue.
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         let _ = self.channel.close(200, "redrive done".into()).await;
     }
 }

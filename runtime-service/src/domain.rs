@@ -23,21 +23,21 @@ pub struct RunRequest {
 impl RunRequest {
     /// A hash of what the request asks for, to tell a retry (same body) from a reuse of the
     /// key for something else.
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         // serde_json's map is ordered by key, so equal variables serialize equally.
         let canonical =
             serde_json::json!({ "workflowId": self.workflow_id, "variables": self.variables });
         hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
     }
 
-    pub fn workflow_id(&self) -> Option<WorkflowId> {
+    pub(crate) fn workflow_id(&self) -> Option<WorkflowId> {
         WorkflowId::parse(&self.workflow_id)
     }
 }
 
 /// `variables` are stored with the run and rendered into every step's context: 64 KiB of
 /// JSON is far more than a trigger needs, and keeps one run from weighing on every read.
-pub const MAX_VARIABLES_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_VARIABLES_BYTES: usize = 64 * 1024;
 
 fn variables(obj: &mut Obj, errors: &mut Errors) -> Map<String, Value> {
     let vars = obj
@@ -56,10 +56,10 @@ fn variables(obj: &mut Obj, errors: &mut Errors) -> Map<String, Value> {
     vars
 }
 
-pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+pub(crate) const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 /// The `Idempotency-Key` header, if any: 1-255 visible ASCII characters.
-pub fn idempotency_key(raw: Option<&[u8]>) -> Result<Option<String>, ApiError> {
+pub(crate) fn idempotency_key(raw: Option<&[u8]>) -> Result<Option<String>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
     match std::str::from_utf8(raw) {
         Ok(k)
@@ -77,7 +77,7 @@ pub fn idempotency_key(raw: Option<&[u8]>) -> Result<Option<String>, ApiError> {
 }
 
 /// `POST /workflows/{id}/trigger` body: `{ "variables": {...} }`, all optional.
-pub fn trigger_request(
+pub(crate) fn trigger_request(
     workflow_id: String,
     body: &Map<String, Value>,
     idempotency_key: Option<String>,
@@ -95,7 +95,7 @@ pub fn trigger_request(
 }
 
 /// `POST /workflows/runs` body: `workflowId` (required), `variables`, `orgId`.
-pub fn create_run_request(
+pub(crate) fn create_run_request(
     body: &Map<String, Value>,
     idempotency_key: Option<String>,
 ) -> Result<RunRequest, ApiError> {
@@ -118,7 +118,7 @@ pub fn create_run_request(
 
 /// `GET /workflows/runs` parameters.
 #[derive(Debug, Clone)]
-pub struct ListRuns {
+pub(crate) struct ListRuns {
     pub limit: i64,
     /// The id of the last run of the previous page (ids sort by creation time).
     pub before_id: Option<String>,
@@ -173,13 +173,13 @@ impl TryFrom<Query> for ListRuns {
 }
 
 /// The longest approval comment, in characters.
-pub const MAX_COMMENT_CHARS: usize = 2000;
+pub(crate) const MAX_COMMENT_CHARS: usize = 2000;
 
 /// A decision on an `approval` step (the run lifecycle's, in `shared_models::runs`).
-pub use shared_models::runs::Approval;
+pub(crate) use shared_models::runs::Approval;
 
 /// `POST /workflows/runs/{id}/steps/{step}/approve` body.
-pub fn approval_request(body: &Map<String, Value>) -> Result<Approval, ApiError> {
+pub(crate) fn approval_request(body: &Map<String, Value>) -> Result<Approval, ApiError> {
     let mut errors = Errors::new();
     let mut obj = Obj::new(body, "");
     let approved = match obj.required("approved", &mut errors) {
@@ -211,16 +211,16 @@ pub fn approval_request(body: &Map<String, Value>) -> Result<Approval, ApiError>
 }
 
 /// The most dead letters one redrive looks at, by default and at most.
-pub const DEFAULT_REDRIVE_LIMIT: u32 = 1000;
-pub const MAX_REDRIVE_LIMIT: u32 = 10_000;
+pub(crate) const DEFAULT_REDRIVE_LIMIT: u32 = 1000;
+pub(crate) const MAX_REDRIVE_LIMIT: u32 = 10_000;
 /// The longest `olderThanSeconds` (a year).
-pub const MAX_REDRIVE_AGE_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+pub(crate) const MAX_REDRIVE_AGE_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 /// The longest `orgId` a filter may name (org ids are at most 64 characters).
 const MAX_ORG_ID_CHARS: usize = 64;
 
 /// `POST /ops/dead-letters/redrive` body: which dead letters go back to the job queue.
 #[derive(Debug, Clone)]
-pub struct RedriveFilter {
+pub(crate) struct RedriveFilter {
     /// Only jobs of this org (`orgId`).
     pub org_id: Option<String>,
     /// Only jobs of runs of this workflow (`workflowId`).
@@ -233,7 +233,7 @@ pub struct RedriveFilter {
 
 /// `POST /ops/dead-letters/redrive` body: `orgId`, `workflowId`, `limit`, `olderThanSeconds`,
 /// all optional (no body at all is `{}`).
-pub fn redrive_request(body: &Map<String, Value>) -> Result<RedriveFilter, ApiError> {
+pub(crate) fn redrive_request(body: &Map<String, Value>) -> Result<RedriveFilter, ApiError> {
     let mut errors = Errors::new();
     let mut obj = Obj::new(body, "");
     let org_id = obj.opt_str("orgId", &mut errors).and_then(|o| {
@@ -298,7 +298,7 @@ pub fn redrive_request(body: &Map<String, Value>) -> Result<RedriveFilter, ApiEr
 
 /// The `Last-Event-ID` header of an event stream, if any: the id of the last event the
 /// client has (a non-negative integer, as this service sends them).
-pub fn last_event_id(raw: Option<&[u8]>) -> Result<Option<i64>, ApiError> {
+pub(crate) fn last_event_id(raw: Option<&[u8]>) -> Result<Option<i64>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
     std::str::from_utf8(raw)
         .ok()

@@ -38,7 +38,7 @@ use shared_models::status::RunStatus;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-pub static PENDING_RUNS_REQUEUED: LazyLock<IntCounter> = LazyLock::new(|| {
+pub(crate) static PENDING_RUNS_REQUEUED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "thygon_pending_runs_requeued_total",
         "PENDING runs queued again because no job of theirs was in flight for PENDING_REQUEUE_SECONDS"
@@ -46,7 +46,7 @@ pub static PENDING_RUNS_REQUEUED: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("register thygon_pending_runs_requeued_total")
 });
 
-pub static DEAD_LETTERS_REDRIVEN: LazyLock<IntCounter> = LazyLock::new(|| {
+pub(crate) static DEAD_LETTERS_REDRIVEN: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "thygon_dead_letters_redriven_total",
         "Dead letters moved back to the job queue by POST /ops/dead-letters/redrive"
@@ -56,7 +56,7 @@ pub static DEAD_LETTERS_REDRIVEN: LazyLock<IntCounter> = LazyLock::new(|| {
 
 /// Register the process's counters, so that they are shown (at 0) before anything is
 /// counted.
-pub fn register_counters() {
+pub(crate) fn register_counters() {
     let _ = (&*PENDING_RUNS_REQUEUED, &*DEAD_LETTERS_REDRIVEN);
 }
 
@@ -64,7 +64,7 @@ pub fn register_counters() {
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// `METRICS_REFRESH_SECONDS` when unset.
-pub const DEFAULT_REFRESH_SECONDS: f64 = 15.0;
+pub(crate) const DEFAULT_REFRESH_SECONDS: f64 = 15.0;
 
 /// The gauges read from the database, and the counters of those reads. Cheap to clone (the
 /// metrics are shared handles).
@@ -106,7 +106,7 @@ fn read(conn: &mut PgConnection, now: DateTime<Utc>) -> QueryResult<Snapshot> {
 
 impl DatabaseGauges {
     /// Gauges over `pool`'s database, never read yet (0 everywhere).
-    pub fn new(pool: PgPool) -> Self {
+    pub(crate) fn new(pool: PgPool) -> Self {
         // The names and help texts are constants: building them cannot fail.
         let runs = IntGaugeVec::new(Opts::new("thygon_runs", "Runs by status"), &["status"])
             .expect("thygon_runs");
@@ -138,7 +138,7 @@ impl DatabaseGauges {
     }
 
     /// A registry holding these gauges, for [`shared_models::metrics::Exposition`].
-    pub fn registry(&self) -> Registry {
+    pub(crate) fn registry(&self) -> Registry {
         let registry = Registry::new();
         // A fresh registry and distinct names: registering cannot collide.
         registry
@@ -190,7 +190,7 @@ impl DatabaseGauges {
 
     /// Refresh now and every `interval`, for ever (the task is aborted at shutdown). A read
     /// that overruns the interval delays the next one: reads never pile up.
-    pub async fn run(self, interval: Duration) {
+    pub(crate) async fn run(self, interval: Duration) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -181,7 +181,11 @@ impl JobPublisher for AmqpPublisher {
 /// together), then mark the rows the broker confirmed sent, in one statement. Never fails
 /// the request: committed, a job cannot be lost, and what is not marked sent is published by
 /// the outbox relay (when the broker returns). Publishing here only saves the relay's delay.
-pub async fn publish_jobs(pool: &PgPool, publisher: &dyn JobPublisher, jobs: &[(i64, &RunJob)]) {
+pub(crate) async fn publish_jobs(
+    pool: &PgPool,
+    publisher: &dyn JobPublisher,
+    jobs: &[(i64, &RunJob)],
+) {
     if jobs.is_empty() {
         return;
     }

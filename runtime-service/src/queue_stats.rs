@@ -23,7 +23,7 @@ use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
 /// How much history each queue keeps.
-pub const HISTORY_WINDOW: Duration = Duration::from_secs(60 * 60);
+pub(crate) const HISTORY_WINDOW: Duration = Duration::from_secs(60 * 60);
 /// The longest one broker round (connect, or one passive declare) may take.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -53,7 +53,7 @@ pub enum QueueKind {
 }
 
 impl QueueKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             QueueKind::Jobs => "jobs",
             QueueKind::DeadLetter => "dead-letter",
@@ -100,7 +100,7 @@ pub struct QueueStats {
 
 impl QueueStats {
     /// Nothing sampled yet.
-    pub fn new(names: &QueueNames, sample_interval: Duration) -> Self {
+    pub(crate) fn new(names: &QueueNames, sample_interval: Duration) -> Self {
         let queue = |name: &str, kind| QueueState {
             name: name.to_string(),
             kind,
@@ -122,7 +122,7 @@ impl QueueStats {
     }
 
     /// Whether any broker sample ever succeeded.
-    pub fn ever_sampled(&self) -> bool {
+    pub(crate) fn ever_sampled(&self) -> bool {
         self.queues.iter().any(|q| q.latest.is_some())
     }
 
@@ -139,7 +139,7 @@ impl QueueStats {
     }
 }
 
-pub type SharedQueueStats = Arc<RwLock<QueueStats>>;
+pub(crate) type SharedQueueStats = Arc<RwLock<QueueStats>>;
 
 /// The sampler: owns its broker connection (reconnecting after a failure) and writes
 /// [`QueueStats`].

@@ -32,7 +32,7 @@ const CHUNK: usize = 100;
 /// What one call did (the answer's `data`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct RedriveReport {
+pub(crate) struct RedriveReport {
     /// Letters whose jobs are back on the job queue (each acked only after the broker
     /// confirmed its job).
     pub redriven: u32,
@@ -57,7 +57,7 @@ pub enum RedriveError {
 
 /// What becomes of one letter.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Back to the job queue.
     Redrive(RunJob),
     /// It matches, but its run has ended (with this status): dropped.
@@ -68,7 +68,7 @@ pub enum Verdict {
 
 /// The fate of a letter with `body`, dead-lettered at `dead_lettered_at` (unknown: taken as
 /// old), given the runs its chunk names.
-pub fn judge(
+pub(crate) fn judge(
     body: &[u8],
     dead_lettered_at: Option<DateTime<Utc>>,
     runs: &HashMap<String, RunFacts>,
@@ -105,7 +105,7 @@ pub fn judge(
 }
 
 /// Redrive what `filter` selects; see the module docs.
-pub async fn redrive(
+pub(crate) async fn redrive(
     pool: &PgPool,
     publisher: &dyn JobPublisher,
     filter: &RedriveFilter,

@@ -65,7 +65,7 @@ pub async fn relay_once(
 
 /// Run passes forever, `interval` apart; the caller aborts the task at shutdown (safe: an
 /// interrupted claim simply expires).
-pub async fn run(
+pub(crate) async fn run(
     pool: PgPool,
     publisher: Arc<dyn JobPublisher>,
     interval: Duration,

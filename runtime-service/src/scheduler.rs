@@ -50,7 +50,7 @@ pub async fn reap_once(pool: &PgPool, grace: Duration) -> Result<usize, StorageE
 /// Outbox rows deleted per pruning pass: a pass is one short statement whatever the
 /// backlog, which drains over the next passes (a pass that deleted a full batch is followed
 /// by another at once, up to [`PRUNE_PASSES`]).
-pub const PRUNE_BATCH: i64 = 5000;
+pub(crate) const PRUNE_BATCH: i64 = 5000;
 const PRUNE_PASSES: usize = 10;
 
 /// Delete outbox rows sent more than `retention` ago, [`PRUNE_BATCH`] at a time (see
@@ -78,7 +78,7 @@ pub async fn prune_once(pool: &PgPool, retention: Duration) -> Result<usize, Sto
 /// `REAPER_GRACE_SECONDS`, then the PENDING sweep when there is a `sweeper`, then outbox
 /// pruning with `outbox_retention`) forever, `interval` apart; the caller aborts the task at
 /// shutdown (safe: each pass is one transaction).
-pub async fn run(
+pub(crate) async fn run(
     pool: PgPool,
     interval: Duration,
     reaper_grace: Duration,

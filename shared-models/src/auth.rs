@@ -39,13 +39,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Every org key starts with this, so a leaked key is easy to recognise (and to scan for).
-pub const KEY_PREFIX: &str = "thy_";
+pub(crate) const KEY_PREFIX: &str = "thy_";
 /// How long a key lookup is trusted: the most a revocation can lag behind.
 pub const CACHE_TTL: Duration = Duration::from_secs(1);
 /// The cache is cleared when it holds this many keys (after dropping the stale ones).
 const CACHE_CAPACITY: usize = 10_000;
 /// The operator's key must be at least this long (it guards every org's keys).
-pub const MIN_ADMIN_KEY_LEN: usize = 24;
+pub(crate) const MIN_ADMIN_KEY_LEN: usize = 24;
 /// Routes anyone may call: liveness, readiness, metrics, the API description, the
 /// dashboard's static pages (which ask for a key and send it with their data calls).
 /// `/openapi/` holds each service's own part of the description (`/openapi.json` merges them).
@@ -53,7 +53,7 @@ const PUBLIC_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.js
 const PUBLIC_PREFIXES: [&str; 3] = ["/ui/", "/docs/", "/openapi/"];
 
 /// Whether `path` needs no key.
-pub fn is_public(path: &str) -> bool {
+pub(crate) fn is_public(path: &str) -> bool {
     PUBLIC_PATHS.contains(&path)
         || path == "/ui"
         || path == "/docs"
@@ -88,7 +88,7 @@ pub fn new_key_id() -> String {
 
 /// The principal a request authenticated as (in the request's extensions).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
+pub(crate) enum Principal {
     Org {
         org_id: String,
         key_id: String,
@@ -200,7 +200,7 @@ impl Authenticator {
     }
 
     /// Who `key` is, if anyone: the admin, or an org key that is not revoked.
-    pub async fn resolve(&self, key: &str) -> Result<Option<Principal>, StorageError> {
+    pub(crate) async fn resolve(&self, key: &str) -> Result<Option<Principal>, StorageError> {
         let hash = hash_key(key);
         if self.admin_key_hash.as_deref() == Some(hash.as_str()) {
             return Ok(Some(Principal::Admin));
@@ -253,7 +253,7 @@ impl Authenticator {
     }
 
     /// `Err(wait)` when `principal` is over its rate limit.
-    pub fn check_rate(&self, principal: &Principal) -> Result<(), Duration> {
+    pub(crate) fn check_rate(&self, principal: &Principal) -> Result<(), Duration> {
         // Key ids are `key_…`, so the admin's bucket cannot collide with an org key's.
         let key = match principal {
             Principal::Org { key_id, limits, .. } => {
@@ -340,7 +340,7 @@ fn bearer(req: &ServiceRequest) -> Result<&str, ApiError> {
 /// Middleware: authenticate every request to a non-public route, enforce the key's rate
 /// limit, and leave the [`Principal`] in the request's extensions. Runs before routing, so
 /// an unknown route without a key is a 401 too (routes are not revealed to strangers).
-pub async fn authenticate(
+pub(crate) async fn authenticate(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {

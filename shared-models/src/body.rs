@@ -10,10 +10,10 @@ use serde_json::{Map, Value};
 pub type Errors = Vec<FieldError>;
 
 /// Deeper JSON is refused: no request needs it, and deep values cost every later walk.
-pub const MAX_JSON_DEPTH: usize = 32;
+pub(crate) const MAX_JSON_DEPTH: usize = 32;
 
 /// How deeply a JSON value nests (a scalar is 0, `[]` and `{}` are 1).
-pub fn depth(v: &Value) -> usize {
+pub(crate) fn depth(v: &Value) -> usize {
     match v {
         Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
         Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
@@ -22,7 +22,7 @@ pub fn depth(v: &Value) -> usize {
 }
 
 /// The path of the first string or key holding U+0000, which PostgreSQL cannot store.
-pub fn find_nul(v: &Value, path: &str) -> Option<String> {
+pub(crate) fn find_nul(v: &Value, path: &str) -> Option<String> {
     match v {
         Value::String(s) => s.contains('\0').then(|| path.to_string()),
         Value::Array(items) => items
@@ -43,7 +43,7 @@ pub fn find_nul(v: &Value, path: &str) -> Option<String> {
 
 /// Parse a request body that must be a JSON object, nested at most [`MAX_JSON_DEPTH`] deep,
 /// with no NUL character in any string (a 400 naming the field).
-pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::new(
             ErrorCode::InvalidJson,
@@ -103,7 +103,7 @@ pub fn finish<T>(errors: Errors, value: impl FnOnce() -> T) -> Result<T, ApiErro
     }
 }
 
-pub fn join(prefix: &str, key: &str) -> String {
+pub(crate) fn join(prefix: &str, key: &str) -> String {
     if prefix.is_empty() {
         key.to_string()
     } else {
@@ -204,7 +204,7 @@ impl<'a> Obj<'a> {
         self.typed(key, v, errors, "an object", Value::as_object)
     }
 
-    pub fn req_object(
+    pub(crate) fn req_object(
         &mut self,
         key: &'static str,
         errors: &mut Errors,
@@ -213,12 +213,20 @@ impl<'a> Obj<'a> {
         self.typed(key, v, errors, "an object", Value::as_object)
     }
 
-    pub fn opt_array(&mut self, key: &'static str, errors: &mut Errors) -> Option<&'a Vec<Value>> {
+    pub(crate) fn opt_array(
+        &mut self,
+        key: &'static str,
+        errors: &mut Errors,
+    ) -> Option<&'a Vec<Value>> {
         let v = self.optional(key);
         self.typed(key, v, errors, "an array", Value::as_array)
     }
 
-    pub fn req_array(&mut self, key: &'static str, errors: &mut Errors) -> Option<&'a Vec<Value>> {
+    pub(crate) fn req_array(
+        &mut self,
+        key: &'static str,
+        errors: &mut Errors,
+    ) -> Option<&'a Vec<Value>> {
         let v = self.required(key, errors);
         self.typed(key, v, errors, "an array", Value::as_array)
     }

@@ -18,12 +18,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 /// How long `healthcheck` waits for `/readyz`, connect to answer.
-pub const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// `PRESTOP_DRAIN_SECONDS` when unset.
-pub const DEFAULT_PRESTOP_DRAIN_SECONDS: f64 = 5.0;
+pub(crate) const DEFAULT_PRESTOP_DRAIN_SECONDS: f64 = 5.0;
 /// The longest `prestop` sleeps: past it, the pod's termination grace period (30 s by default,
 /// counted from the start of the hook) would kill the process before it drained.
-pub const MAX_PRESTOP_DRAIN_SECONDS: f64 = 60.0;
+pub(crate) const MAX_PRESTOP_DRAIN_SECONDS: f64 = 60.0;
 
 const SUBCOMMANDS: [&str; 2] = ["healthcheck", "prestop"];
 
@@ -87,7 +87,7 @@ fn prestop() -> ExitCode {
 
 /// `PRESTOP_DRAIN_SECONDS`: default [`DEFAULT_PRESTOP_DRAIN_SECONDS`], at most
 /// [`MAX_PRESTOP_DRAIN_SECONDS`].
-pub fn prestop_drain_from_env() -> Result<Duration, String> {
+pub(crate) fn prestop_drain_from_env() -> Result<Duration, String> {
     checked_drain(env_seconds(
         "PRESTOP_DRAIN_SECONDS",
         DEFAULT_PRESTOP_DRAIN_SECONDS,
@@ -123,7 +123,7 @@ fn loopback_target(http_addr: &str) -> Result<SocketAddr, String> {
 }
 
 /// The status of `GET /readyz` at the loopback port of `http_addr`, all within `timeout`.
-pub fn probe_readyz(http_addr: &str, timeout: Duration) -> Result<u16, String> {
+pub(crate) fn probe_readyz(http_addr: &str, timeout: Duration) -> Result<u16, String> {
     let target = loopback_target(http_addr)?;
     let deadline = Instant::now() + timeout;
     let left = || {

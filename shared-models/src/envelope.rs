@@ -102,7 +102,7 @@ impl ApiError {
         Self::new(ErrorCode::Conflict, message)
     }
 
-    pub fn unavailable() -> Self {
+    pub(crate) fn unavailable() -> Self {
         Self::new(
             ErrorCode::Unavailable,
             "a backing service is unavailable; try again shortly",

@@ -5,7 +5,7 @@ use std::fmt;
 const MAX_NAME_LEN: usize = 64;
 
 /// Why a name was refused, as a sentence fit for a `details[].message`.
-pub fn name_problem(s: &str) -> Option<String> {
+pub(crate) fn name_problem(s: &str) -> Option<String> {
     if s.is_empty() || s.chars().count() > MAX_NAME_LEN {
         return Some(format!("must be 1 to {MAX_NAME_LEN} characters long"));
     }
@@ -94,9 +94,9 @@ impl fmt::Display for WorkflowId {
 pub struct RunId(String);
 
 impl RunId {
-    pub const PREFIX: &'static str = "run_";
+    pub(crate) const PREFIX: &'static str = "run_";
 
-    pub fn generate() -> Self {
+    pub(crate) fn generate() -> Self {
         Self(format!(
             "{}{}",
             Self::PREFIX,

@@ -26,7 +26,6 @@
 //! - [`metrics`]: Prometheus metrics, `/metrics` (on `METRICS_ADDR` when set), HTTP request
 //!   durations.
 //! - [`egress`] (feature `egress`): the egress policy for calls whose target a tenant decides.
-//! - [`testing`] (feature `testing`): a fresh database per test.
 
 pub mod auth;
 pub mod body;
@@ -53,6 +52,3 @@ pub mod service;
 pub mod status;
 pub mod template;
 pub mod time;
-
-#[cfg(feature = "testing")]
-pub mod testing;

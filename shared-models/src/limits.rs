@@ -46,7 +46,7 @@ pub struct OrgLimits {
 }
 
 /// The built-in defaults, when no setting says otherwise.
-pub const BUILT_IN: OrgLimits = OrgLimits {
+pub(crate) const BUILT_IN: OrgLimits = OrgLimits {
     max_queued_runs: 10_000,
     max_running_runs: 100,
     max_descendants_per_run: 1_000,
@@ -225,7 +225,7 @@ impl From<QuotaExceeded> for ApiError {
 
 /// `SELECT count(*) FROM (SELECT 1 ... LIMIT $2)`: an org's PENDING and WAITING runs,
 /// counted no further than `bound` (an index scan of `runs_by_status` that stops there).
-pub const COUNT_QUEUED: &str = "SELECT count(*) AS n FROM (
+pub(crate) const COUNT_QUEUED: &str = "SELECT count(*) AS n FROM (
          SELECT 1 FROM runs WHERE org_id = $1 AND status IN ('PENDING', 'WAITING') LIMIT $2
      ) q";
 

@@ -20,7 +20,7 @@ pub struct LogContext {
 
 impl LogContext {
     /// The context of an HTTP request.
-    pub fn request(request_id: impl Into<String>) -> Self {
+    pub(crate) fn request(request_id: impl Into<String>) -> Self {
         Self {
             request_id: Some(request_id.into()),
             run_id: None,
@@ -59,7 +59,7 @@ pub fn sync_scope<R>(ctx: Option<LogContext>, f: impl FnOnce() -> R) -> R {
 }
 
 /// The log context of the code running now, if it runs in one.
-pub fn current() -> Option<LogContext> {
+pub(crate) fn current() -> Option<LogContext> {
     CONTEXT.try_with(LogContext::clone).ok()
 }
 

@@ -33,11 +33,11 @@ pub fn set_service_name(name: &'static str) {
 }
 
 /// The `service` label of this process ("unknown" until [`set_service_name`]).
-pub fn service_name() -> &'static str {
+pub(crate) fn service_name() -> &'static str {
     SERVICE.get().copied().unwrap_or("unknown")
 }
 
-pub static HTTP_REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+pub(crate) static HTTP_REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "thygon_http_request_duration_seconds",
         "Time to answer an HTTP request (until the response head; an event stream's lifetime is not counted), by matched route",
@@ -67,7 +67,7 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 /// Middleware: time the request into [`HTTP_REQUEST_DURATION`].
-pub async fn http_metrics(
+pub(crate) async fn http_metrics(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
@@ -114,7 +114,7 @@ impl Exposition {
     }
 
     /// Every metric shown, in the Prometheus text format.
-    pub fn render(&self) -> Result<String, prometheus::Error> {
+    pub(crate) fn render(&self) -> Result<String, prometheus::Error> {
         let mut families = prometheus::gather();
         if let Some(own) = &self.own {
             families.extend(own.gather());
@@ -123,7 +123,7 @@ impl Exposition {
     }
 
     /// `GET /metrics`: [`Exposition::render`] as `text/plain; version=0.0.4`.
-    pub fn response(&self) -> HttpResponse {
+    pub(crate) fn response(&self) -> HttpResponse {
         match self.render() {
             Ok(text) => HttpResponse::Ok()
                 .content_type(TextEncoder::new().format_type())
@@ -145,7 +145,7 @@ impl Exposition {
     }
 
     /// Register `GET /metrics` in `cfg`.
-    pub fn route(&self, cfg: &mut web::ServiceConfig) {
+    pub(crate) fn route(&self, cfg: &mut web::ServiceConfig) {
         let exposition = self.clone();
         cfg.route(
             "/metrics",
@@ -159,7 +159,7 @@ impl Exposition {
 
 /// `METRICS_ADDR`: where `/metrics` is served on its own (`0.0.0.0:9464`), `None` when unset
 /// (then on the process's HTTP address). A value that is not an address and port is an error.
-pub fn addr_from_env() -> Result<Option<SocketAddr>, String> {
+pub(crate) fn addr_from_env() -> Result<Option<SocketAddr>, String> {
     parse_addr(std::env::var("METRICS_ADDR").ok().as_deref())
 }
 

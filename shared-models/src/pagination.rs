@@ -3,10 +3,10 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
-pub const DEFAULT_LIMIT: i64 = 50;
-pub const MAX_LIMIT: i64 = 200;
+pub(crate) const DEFAULT_LIMIT: i64 = 50;
+pub(crate) const MAX_LIMIT: i64 = 200;
 
-pub fn parse_limit(raw: Option<&str>) -> Result<i64, String> {
+pub(crate) fn parse_limit(raw: Option<&str>) -> Result<i64, String> {
     match raw {
         None => Ok(DEFAULT_LIMIT),
         Some(s) => match s.parse::<i64>() {

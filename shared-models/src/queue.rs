@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_PREFIX: &str = "thygon";
 /// How many deliveries a job gets before it is dead-lettered.
-pub const DELIVERY_LIMIT: i64 = 10;
+pub(crate) const DELIVERY_LIMIT: i64 = 10;
 /// Header of a dead letter naming why a worker could not process it (an undecodable
 /// message, an unknown run); RabbitMQ's own `x-death` says only where and how often.
 pub const DEAD_LETTER_REASON_HEADER: &str = "x-thygon-reason";
@@ -53,7 +53,7 @@ pub struct RunJob {
 }
 
 impl RunJob {
-    pub const VERSION: u32 = 1;
+    pub(crate) const VERSION: u32 = 1;
 
     pub fn new(run_id: &str, org_id: &str, request_id: Option<String>) -> Self {
         Self {
@@ -123,7 +123,7 @@ impl Broker {
     /// it) for this broker's certificate. Only an `amqps://` URL has one.
     ///
     /// [`read_ca_bundle`]: crate::config::read_ca_bundle
-    pub fn with_ca_pem(mut self, pem: String) -> Result<Self, String> {
+    pub(crate) fn with_ca_pem(mut self, pem: String) -> Result<Self, String> {
         if !self.is_tls() {
             return Err(
                 "a TLS CA is given for an amqp:// URL, which does not use TLS: use amqps://".into(),
@@ -137,7 +137,7 @@ impl Broker {
     /// added to the trust roots; read and checked here, so a bad file stops the process).
     ///
     /// [`DEFAULT_AMQP_URL`]: crate::config::DEFAULT_AMQP_URL
-    pub fn from_env() -> Result<Self, String> {
+    pub(crate) fn from_env() -> Result<Self, String> {
         use crate::config::{env_or, DEFAULT_AMQP_URL};
         let ca_file = std::env::var("AMQP_TLS_CA_FILE").ok();
         Self::from_settings(&env_or("AMQP_URL", DEFAULT_AMQP_URL), ca_file.as_deref())
@@ -156,7 +156,7 @@ impl Broker {
     }
 
     /// Whether connections are TLS (`amqps://`).
-    pub fn is_tls(&self) -> bool {
+    pub(crate) fn is_tls(&self) -> bool {
         self.uri.scheme == AMQPScheme::AMQPS
     }
 

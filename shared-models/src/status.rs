@@ -94,7 +94,7 @@ pub enum StepStatus {
 }
 
 impl StepStatus {
-    pub const ALL: [StepStatus; 7] = [
+    pub(crate) const ALL: [StepStatus; 7] = [
         StepStatus::Pending,
         StepStatus::Running,
         StepStatus::Waiting,

@@ -3,8 +3,8 @@
 
 use shared_models::db::{self, PoolSettings};
 use shared_models::metrics::{render, sample};
-use shared_models::testing::TestDb;
 use std::time::Duration;
+use thygon_testkit::TestDb;
 
 #[test]
 fn the_pool_never_holds_more_than_its_size_and_reports_itself() {

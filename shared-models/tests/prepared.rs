@@ -9,7 +9,7 @@ use shared_models::models::{NewRunEvent, RunEventRow, RunRow};
 use shared_models::prepared::prepared;
 use shared_models::runs::{self, NewRun};
 use shared_models::schema::{outbox, run_events, runs as runs_table};
-use shared_models::testing::{fixtures, TestDb};
+use thygon_testkit::{fixtures, TestDb};
 
 #[derive(QueryableByName, Debug)]
 struct Sum {

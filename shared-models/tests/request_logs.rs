@@ -36,10 +36,7 @@ async fn a_line_logged_by_a_handler_carries_the_request_id() {
         .expect("the only logger of this test binary");
     // Never connects: /healthz is public, so no key is looked up.
     let pool = shared_models::db::pool("postgres://nobody@127.0.0.1:1/none", 1);
-    let auth = web::Data::new(Authenticator::new(
-        pool,
-        &shared_models::testing::auth_config(),
-    ));
+    let auth = web::Data::new(Authenticator::new(pool, &thygon_testkit::auth_config()));
     let app = test::init_service(
         shared_models::http::app(auth).route("/healthz", web::get().to(handler)),
     )

@@ -5,8 +5,8 @@
 
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Integer, Text};
-use shared_models::testing::TestDb;
 use std::collections::{BTreeMap, BTreeSet};
+use thygon_testkit::TestDb;
 
 const SCHEMA_RS: &str = include_str!("../src/schema.rs");
 

@@ -7,7 +7,7 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8081";
 
 /// This process's share of the connection budget (`DB_POOL_SIZE`; docs/DEPLOY.md "Sizing").
 /// The API answers from a few connections: each request holds one for a query or two.
-pub const DEFAULT_DB_POOL_SIZE: u32 = 4;
+pub(crate) const DEFAULT_DB_POOL_SIZE: u32 = 4;
 
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -11,7 +11,7 @@ use shared_models::pagination;
 
 pub mod versions;
 
-pub const MAX_DESCRIPTION_CHARS: usize = 2000;
+pub(crate) const MAX_DESCRIPTION_CHARS: usize = 2000;
 
 /// A definition that passed the graph model's checks, kept as the client wrote it.
 #[derive(Debug, Clone)]
@@ -47,7 +47,7 @@ fn description(obj: &mut Obj, errors: &mut Errors) -> Option<String> {
 
 /// `POST /workflows`
 #[derive(Debug, Clone)]
-pub struct NewWorkflow {
+pub(crate) struct NewWorkflow {
     pub name: WorkflowName,
     pub description: Option<String>,
     pub definition: Definition,
@@ -55,7 +55,7 @@ pub struct NewWorkflow {
 }
 
 impl NewWorkflow {
-    pub fn id(&self) -> WorkflowId {
+    pub(crate) fn id(&self) -> WorkflowId {
         WorkflowId::for_name(&self.name)
     }
 }
@@ -97,14 +97,14 @@ impl TryFrom<&Map<String, Value>> for NewWorkflow {
 /// `PUT /workflows/{id}`: a new definition makes a new version; `description` and
 /// `isActive` keep their values when left out; the name cannot change.
 #[derive(Debug, Clone)]
-pub struct WorkflowUpdate {
+pub(crate) struct WorkflowUpdate {
     pub definition: Definition,
     pub description: Option<String>,
     pub is_active: Option<bool>,
 }
 
 impl WorkflowUpdate {
-    pub fn parse(map: &Map<String, Value>, id: &WorkflowId) -> Result<Self, ApiError> {
+    pub(crate) fn parse(map: &Map<String, Value>, id: &WorkflowId) -> Result<Self, ApiError> {
         let mut errors = Errors::new();
         let mut obj = Obj::new(map, "");
         if let Some(name) = obj.opt_str("name", &mut errors) {
@@ -154,7 +154,7 @@ impl TryFrom<&Map<String, Value>> for DefinitionCheck {
 
 /// `GET /workflows` parameters.
 #[derive(Debug, Clone)]
-pub struct ListWorkflows {
+pub(crate) struct ListWorkflows {
     pub limit: i64,
     /// The (createdAt, id) of the last workflow of the previous page.
     pub after: Option<(DateTime<Utc>, String)>,
@@ -194,7 +194,7 @@ impl TryFrom<Query> for ListWorkflows {
     }
 }
 
-pub fn encode_cursor(created_at: &DateTime<Utc>, id: &str) -> String {
+pub(crate) fn encode_cursor(created_at: &DateTime<Utc>, id: &str) -> String {
     pagination::encode_cursor(&format!("{}|{id}", created_at.timestamp_micros()))
 }
 
@@ -208,7 +208,7 @@ fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, String)> {
 }
 
 /// A workflow id from a path: anything that cannot name a workflow is simply not found.
-pub fn parse_id(raw: &str) -> Option<WorkflowId> {
+pub(crate) fn parse_id(raw: &str) -> Option<WorkflowId> {
     WorkflowId::parse(raw)
 }
 

@@ -6,7 +6,7 @@ use shared_models::db::StorageError;
 use shared_models::envelope::{ApiError, ErrorCode};
 
 #[derive(Debug, thiserror::Error)]
-pub enum WorkflowError {
+pub(crate) enum WorkflowError {
     /// A body or query that did not parse; the envelope names each field.
     #[error("{0}")]
     Request(#[from] ApiError),

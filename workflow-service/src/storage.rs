@@ -15,12 +15,12 @@ use shared_models::schema::{workflow_versions, workflows};
 
 /// A workflow with the definition of its current version.
 #[derive(Debug, Clone)]
-pub struct StoredWorkflow {
+pub(crate) struct StoredWorkflow {
     pub row: WorkflowRow,
     pub definition: Option<Value>,
 }
 
-pub enum CreateOutcome {
+pub(crate) enum CreateOutcome {
     Created(StoredWorkflow),
     NameTaken,
     /// The org already has `maxWorkflows` live workflows: nothing was written.
@@ -68,7 +68,7 @@ fn workflow_quota(
 /// Delete the workflow's versions older than its newest `keep` (0 = keep all), except those
 /// a run uses (runs keep pointing at their version, by a foreign key). The current version
 /// is the newest, so it always stays. Returns how many were deleted.
-pub fn prune_versions(
+pub(crate) fn prune_versions(
     conn: &mut PgConnection,
     org_id: &str,
     id: &str,
@@ -99,7 +99,7 @@ pub fn prune_versions(
 ///
 /// `limits`: the org's `maxWorkflows` (a new live workflow over it is refused) and
 /// `maxVersionsKept` (a re-created workflow's oldest versions are pruned, [`prune_versions`]).
-pub fn insert_workflow(
+pub(crate) fn insert_workflow(
     conn: &mut PgConnection,
     org_id: &str,
     new: &NewWorkflow,
@@ -191,7 +191,7 @@ fn insert_version(
 }
 
 /// A live (not deleted) workflow with its current definition.
-pub fn get_workflow(
+pub(crate) fn get_workflow(
     conn: &mut PgConnection,
     org_id: &str,
     id: &str,
@@ -218,7 +218,7 @@ pub fn get_workflow(
 }
 
 /// Newest first; fetches one more than the limit to tell whether another page exists.
-pub fn list_workflows(
+pub(crate) fn list_workflows(
     conn: &mut PgConnection,
     org_id: &str,
     q: &ListWorkflows,
@@ -248,7 +248,7 @@ pub fn list_workflows(
 
 /// Make the update's definition the next version, and prune versions beyond the newest
 /// `max_versions_kept` ([`prune_versions`]). `None` when there is no such workflow.
-pub fn update_workflow(
+pub(crate) fn update_workflow(
     conn: &mut PgConnection,
     org_id: &str,
     id: &str,
@@ -284,7 +284,7 @@ pub fn update_workflow(
 
 /// Soft delete: the row stays so runs keep pointing at their versions. `false` when there
 /// was no live workflow to delete.
-pub fn delete_workflow(
+pub(crate) fn delete_workflow(
     conn: &mut PgConnection,
     org_id: &str,
     id: &str,
@@ -313,7 +313,7 @@ fn is_live(conn: &mut PgConnection, org_id: &str, id: &str) -> Result<bool, Erro
 /// A live workflow's versions, newest first, one page (plus whether another follows); `None`
 /// when there is no live workflow `id`. Versions made before a delete are included: a
 /// re-created workflow continues the numbering, and its versions are one history.
-pub fn list_versions(
+pub(crate) fn list_versions(
     conn: &mut PgConnection,
     org_id: &str,
     id: &str,
@@ -339,14 +339,14 @@ pub fn list_versions(
 }
 
 /// What [`get_version`] found; both misses are 404s, but each says what is missing.
-pub enum VersionLookup {
+pub(crate) enum VersionLookup {
     NoWorkflow,
     NoVersion,
     Found(WorkflowVersionRow),
 }
 
 /// One version of a live workflow.
-pub fn get_version(
+pub(crate) fn get_version(
     conn: &mut PgConnection,
     org_id: &str,
     id: &str,

@@ -16,12 +16,12 @@ use shared_models::pagination;
 use shared_models::schema::{api_keys, orgs};
 
 /// Longest org id and org/key name.
-pub const MAX_ID_LEN: usize = 64;
-pub const MAX_NAME_LEN: usize = 200;
+pub(crate) const MAX_ID_LEN: usize = 64;
+pub(crate) const MAX_NAME_LEN: usize = 200;
 
 /// What is wrong with an org id, if anything: 3 to 64 of `a-z 0-9 _ -`, starting with a
 /// letter (`org_acme_123`).
-pub fn org_id_problem(id: &str) -> Option<String> {
+pub(crate) fn org_id_problem(id: &str) -> Option<String> {
     let ok_chars = id
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
@@ -49,7 +49,7 @@ fn name(obj: &mut Obj, errors: &mut Errors) -> Option<String> {
 
 /// `POST /admin/orgs` body: `{ "id", "name" }`.
 #[derive(Debug, Clone)]
-pub struct NewOrg {
+pub(crate) struct NewOrg {
     pub id: String,
     pub name: String,
 }
@@ -80,7 +80,7 @@ impl TryFrom<&Map<String, Value>> for NewOrg {
 
 /// `POST /admin/orgs/{orgId}/keys` body: `{ "name" }`.
 #[derive(Debug, Clone)]
-pub struct NewKey {
+pub(crate) struct NewKey {
     pub name: String,
 }
 
@@ -101,7 +101,7 @@ impl TryFrom<&Map<String, Value>> for NewKey {
 
 /// `limit` and `cursor` of the admin lists (ordered by id).
 #[derive(Debug, Clone)]
-pub struct ListPage {
+pub(crate) struct ListPage {
     pub limit: i64,
     pub after: Option<String>,
 }
@@ -134,7 +134,7 @@ fn is_unique_violation(e: &Error) -> bool {
 }
 
 /// Insert an org; `None` when the id is taken.
-pub fn insert_org(
+pub(crate) fn insert_org(
     conn: &mut PgConnection,
     new: &NewOrg,
     now: DateTime<Utc>,
@@ -152,7 +152,10 @@ pub fn insert_org(
 }
 
 /// Orgs by id, `limit` of them after `after`, and whether more follow.
-pub fn list_orgs(conn: &mut PgConnection, page: &ListPage) -> Result<(Vec<OrgRow>, bool), Error> {
+pub(crate) fn list_orgs(
+    conn: &mut PgConnection,
+    page: &ListPage,
+) -> Result<(Vec<OrgRow>, bool), Error> {
     let mut q = orgs::table
         .select(OrgRow::as_select())
         .order(orgs::id.asc())
@@ -169,7 +172,7 @@ pub fn list_orgs(conn: &mut PgConnection, page: &ListPage) -> Result<(Vec<OrgRow
 
 /// A new key of the org, or `None` when there is no such org. The key itself is returned
 /// to show once; only its hash is stored.
-pub fn create_key(
+pub(crate) fn create_key(
     conn: &mut PgConnection,
     org_id: &str,
     new: &NewKey,
@@ -203,7 +206,7 @@ pub fn create_key(
 }
 
 /// The org's keys, newest first (ids sort by creation), or `None` when there is no such org.
-pub fn list_keys(
+pub(crate) fn list_keys(
     conn: &mut PgConnection,
     org_id: &str,
     page: &ListPage,
@@ -233,7 +236,7 @@ pub fn list_keys(
 
 /// Revoke a key (at once: lookups are cached for at most a second). Revoking a revoked key
 /// changes nothing and answers the same. `None` when there is no such key.
-pub fn revoke_key(
+pub(crate) fn revoke_key(
     conn: &mut PgConnection,
     key_id: &str,
     now: DateTime<Utc>,
@@ -296,7 +299,7 @@ mod tests {
 /// `shared_models::limits::FIELDS`), a positive integer up to [`limits::MAX_OVERRIDE`], or
 /// `null` to return it to the default. A field left out keeps its value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LimitsUpdate(pub Vec<(&'static str, Option<i32>)>);
+pub(crate) struct LimitsUpdate(pub Vec<(&'static str, Option<i32>)>);
 
 impl TryFrom<&Map<String, Value>> for LimitsUpdate {
     type Error = ApiError;
@@ -331,7 +334,7 @@ impl TryFrom<&Map<String, Value>> for LimitsUpdate {
 }
 
 /// The org's quota overrides; `None` when there is no such org.
-pub fn get_limits(
+pub(crate) fn get_limits(
     conn: &mut PgConnection,
     org_id: &str,
 ) -> Result<Option<OrgLimitOverrides>, Error> {
@@ -340,7 +343,7 @@ pub fn get_limits(
 
 /// Apply `update` to the org's overrides (a field left out keeps its value) and return them;
 /// `None` when there is no such org.
-pub fn set_limits(
+pub(crate) fn set_limits(
     conn: &mut PgConnection,
     org_id: &str,
     update: &LimitsUpdate,

@@ -17,9 +17,9 @@ use shared_models::db::{blocking, PgPool};
 use shared_models::models::{OutboxRow, RunEventRow, RunRow, StepRunRow};
 use shared_models::queue::RunJob;
 use shared_models::schema::{outbox, run_events, runs, step_runs};
-use shared_models::testing::{fixtures, unique_token, TestDb};
 use std::future::Future;
 use std::time::{Duration, Instant};
+use thygon_testkit::{fixtures, unique_token, TestDb};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 

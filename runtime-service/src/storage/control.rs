@@ -14,9 +14,9 @@ use shared_models::queue::RunJob;
 use shared_models::runs as lifecycle;
 
 /// An outbox row written in the transaction, to publish once it has committed.
-pub type QueuedJob = (i64, RunJob);
+pub(crate) type QueuedJob = (i64, RunJob);
 
-pub enum CancelOutcome {
+pub(crate) enum CancelOutcome {
     Cancelled {
         detail: Box<RunDetail>,
         /// The job waking the run's parent, when the run was a child its parent waits for.
@@ -27,7 +27,7 @@ pub enum CancelOutcome {
     Ended(String),
 }
 
-pub enum RetryOutcome {
+pub(crate) enum RetryOutcome {
     Retried {
         detail: Box<RunDetail>,
         job: QueuedJob,
@@ -37,7 +37,7 @@ pub enum RetryOutcome {
     NotRetryable(String),
 }
 
-pub enum ApproveOutcome {
+pub(crate) enum ApproveOutcome {
     Decided {
         detail: Box<RunDetail>,
         /// Set when no worker held the run (it was WAITING): the job that resumes it.
@@ -52,7 +52,7 @@ pub enum ApproveOutcome {
 
 /// `POST /workflows/runs/{id}/cancel`: [`lifecycle::cancel`], and the run as it
 /// now reads.
-pub fn cancel_run(
+pub(crate) fn cancel_run(
     conn: &mut PgConnection,
     org_id: &str,
     run_id: &str,
@@ -74,7 +74,7 @@ pub fn cancel_run(
 }
 
 /// `POST /workflows/runs/{id}/retry`: [`lifecycle::retry`], and the run as it now reads.
-pub fn retry_run(
+pub(crate) fn retry_run(
     conn: &mut PgConnection,
     org_id: &str,
     run_id: &str,
@@ -99,7 +99,7 @@ pub fn retry_run(
 
 /// `POST /workflows/runs/{id}/steps/{step}/approve`:
 /// [`lifecycle::decide_approval`], and the run as it now reads.
-pub fn decide_approval(
+pub(crate) fn decide_approval(
     conn: &mut PgConnection,
     org_id: &str,
     run_id: &str,

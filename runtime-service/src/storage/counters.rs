@@ -13,10 +13,10 @@ use std::collections::HashMap;
 /// PENDING runs the sweeper queued again (`thygon_pending_runs_requeued_total`).
 pub const PENDING_RUNS_REQUEUED: &str = "pending_runs_requeued";
 /// Dead letters moved back to the job queue (`thygon_dead_letters_redriven_total`).
-pub const DEAD_LETTERS_REDRIVEN: &str = "dead_letters_redriven";
+pub(crate) const DEAD_LETTERS_REDRIVEN: &str = "dead_letters_redriven";
 
 /// Add `n` to the count `name` (made at 0 the first time).
-pub fn add(conn: &mut PgConnection, name: &str, n: i64) -> Result<(), Error> {
+pub(crate) fn add(conn: &mut PgConnection, name: &str, n: i64) -> Result<(), Error> {
     if n == 0 {
         return Ok(());
     }

@@ -7,7 +7,7 @@ use shared_models::schema::{run_events, runs};
 use shared_models::status::RunStatus;
 
 /// The next events of a run, and whether the stream can end after them.
-pub struct EventBatch {
+pub(crate) struct EventBatch {
     pub events: Vec<RunEventRow>,
     /// The run had ended before these events were read, so no event can follow them
     /// (unless the batch was full: then read on).
@@ -19,7 +19,7 @@ pub struct EventBatch {
 ///
 /// Every writer inserts a run's events while holding the run's row lock, so their ids
 /// commit in order and "ids above the last one sent" misses nothing.
-pub fn events_after(
+pub(crate) fn events_after(
     conn: &mut PgConnection,
     org_id: &str,
     run_id: &str,

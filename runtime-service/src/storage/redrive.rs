@@ -8,14 +8,14 @@ use std::collections::HashMap;
 
 /// What decides a dead letter's fate: whose run it is, of which workflow, in what state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunFacts {
+pub(crate) struct RunFacts {
     pub org_id: String,
     pub workflow_id: String,
     pub status: shared_models::status::RunStatus,
 }
 
 /// The runs among `ids` that exist, by id (one primary-key look-up per id).
-pub fn runs_of_letters(
+pub(crate) fn runs_of_letters(
     conn: &mut PgConnection,
     ids: &[String],
 ) -> Result<HashMap<String, RunFacts>, Error> {

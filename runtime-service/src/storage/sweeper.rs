@@ -26,13 +26,13 @@ use shared_models::wake_key_sql;
 /// While the outbox holds this many unsent jobs or more, the relay is behind (the broker is
 /// away or slow): jobs are waiting, not lost, and the sweep waits too. It also keeps the
 /// sweep's look-up of unsent jobs small.
-pub const OUTBOX_BACKLOG: i64 = 1000;
+pub(crate) const OUTBOX_BACKLOG: i64 = 1000;
 
 /// Where the walk over PENDING runs (oldest first) stands: the last run looked at. Each pass
 /// looks at the next `batch` runs, so runs that are not stranded (held at their org's cap,
 /// queued again recently) cost one look per walk, and cannot hide newer stranded ones.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SweepCursor {
+pub(crate) struct SweepCursor {
     pub created_at: DateTime<Utc>,
     pub id: String,
 }
@@ -49,7 +49,7 @@ impl Default for SweepCursor {
 
 /// What one pass did.
 #[derive(Debug)]
-pub enum Sweep {
+pub(crate) enum Sweep {
     /// The outbox holds [`OUTBOX_BACKLOG`] unsent jobs or more: nothing was looked at.
     OutboxBehind,
     Swept {
@@ -104,7 +104,7 @@ const TAKE_STRANDED: &str = concat!(
 /// `after` that are older than `stale_secs`, and queue a job (outbox row, dedupe key
 /// `pending:<run>:<queued_at>`) for each that is stranded, with a WARN line in its log;
 /// `counters::PENDING_RUNS_REQUEUED` counts them.
-pub fn requeue_stranded(
+pub(crate) fn requeue_stranded(
     conn: &mut PgConnection,
     stale_secs: f64,
     batch: i64,

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 /// Workers whose last heartbeat is after `since`, most recent heartbeat first, each with the
 /// ids of the RUNNING runs it holds the lease of (oldest first).
-pub fn recent_workers(
+pub(crate) fn recent_workers(
     conn: &mut PgConnection,
     since: DateTime<Utc>,
 ) -> Result<Vec<(WorkerRow, Vec<String>)>, Error> {

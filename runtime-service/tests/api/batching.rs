@@ -141,7 +141,7 @@ fn trigger(org_id: &str, workflow_id: &str, variables: Value) -> PlainTrigger {
         org_id: org_id.into(),
         workflow_id: WorkflowId::parse(workflow_id).expect("a workflow id"),
         variables,
-        request_id: Some(format!("req-{}", shared_models::testing::unique_token())),
+        request_id: Some(format!("req-{}", thygon_testkit::unique_token())),
         now: shared_models::time::now(),
         max_queued: 0,
     }
@@ -185,7 +185,7 @@ async fn triggers_waiting_together_are_one_batch_and_each_gets_the_single_paths_
     // Another org's workflow of the same name is not this org's.
     let other = "org_batch_other";
     app.key_for(other);
-    shared_models::testing::fixtures::insert_workflow(
+    thygon_testkit::fixtures::insert_workflow(
         &mut app.conn(),
         other,
         "grouped_elsewhere",
@@ -355,7 +355,7 @@ async fn every_trigger_of_a_batch_gets_the_outage_when_the_database_is_away() {
     let pool = shared_models::db::pool("postgres://thygon:thygon@127.0.0.1:1/nowhere", 1);
     let publisher: Arc<dyn JobPublisher> = Arc::new(AmqpPublisher::new(
         &broker(),
-        QueueNames::new(&shared_models::testing::unique_queue_prefix()),
+        QueueNames::new(&thygon_testkit::unique_queue_prefix()),
     ));
     let (batcher, batch_loop) = Batcher::with_limits(pool, publisher, 128, 1);
     let triggers = (0..6)

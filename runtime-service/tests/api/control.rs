@@ -3,7 +3,7 @@ use diesel::prelude::*;
 use serde_json::{json, Value};
 use shared_models::models::RunRow;
 use shared_models::schema::runs;
-use shared_models::testing::fixtures;
+use thygon_testkit::fixtures;
 
 /// classify (agent) -> review (approval) -> reply (transform)
 fn three_steps(app: &TestApp) -> String {

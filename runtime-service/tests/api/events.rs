@@ -285,7 +285,7 @@ async fn frames_of(
 #[tokio::test]
 async fn streams_over_max_event_streams_are_429s_and_a_closed_one_frees_its_place() {
     let app = spawn_app().await;
-    shared_models::testing::fixtures::set_limits(
+    thygon_testkit::fixtures::set_limits(
         &mut app.conn(),
         ORG,
         &shared_models::limits::OrgLimitOverrides {

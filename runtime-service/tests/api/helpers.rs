@@ -2,7 +2,6 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use reqwest::header::HeaderMap;
 use runtime_service::config::{Settings, Tasks};
 use runtime_service::metrics::DatabaseGauges;
 use runtime_service::startup::Application;
@@ -13,8 +12,9 @@ use shared_models::models::{NewRunEvent, OutboxRow, StepRunRow};
 use shared_models::queue::{Broker, QueueNames};
 use shared_models::schema::{outbox, run_events, runs, step_runs};
 use shared_models::status::StepStatus;
-use shared_models::testing::{self, fixtures, TestDb};
 use std::time::Duration;
+pub use thygon_testkit::http::{assert_error, fields, Reply};
+use thygon_testkit::{fixtures, http, TestDb};
 
 pub const ORG: &str = "org_test";
 
@@ -23,7 +23,7 @@ pub fn amqp_url() -> String {
 }
 
 pub fn broker() -> Broker {
-    testing::broker()
+    thygon_testkit::broker()
 }
 
 /// A broker address where nothing listens (port 1).
@@ -45,18 +45,8 @@ pub struct TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        let (broker, prefix) = (broker(), self.prefix.clone());
         // Queues are durable: remove this test's from the broker.
-        std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(testing::delete_queues(&broker, &prefix));
-            }
-        })
-        .join()
-        .ok();
+        thygon_testkit::delete_queues_blocking(&broker(), &self.prefix);
     }
 }
 
@@ -97,7 +87,7 @@ pub fn test_settings(db: &TestDb, prefix: &str) -> Settings {
     s.common.database_url = db.url.clone();
     s.common.broker = broker();
     s.common.queue_prefix = prefix.to_string();
-    s.auth = testing::auth_config();
+    s.auth = thygon_testkit::auth_config();
     s.tasks = Tasks::NONE;
     s
 }
@@ -113,7 +103,7 @@ pub async fn spawn_app_configured(configure: impl FnOnce(&mut Settings)) -> Test
 /// and must spawn `run_until_stopped`.
 pub fn build_app_configured(configure: impl FnOnce(&mut Settings)) -> (Application, TestApp) {
     let db = TestDb::create();
-    let prefix = testing::unique_queue_prefix();
+    let prefix = thygon_testkit::unique_queue_prefix();
     let mut settings = test_settings(&db, &prefix);
     configure(&mut settings);
     let app = Application::build(&settings).expect("build app");
@@ -133,36 +123,6 @@ pub fn build_app_configured(configure: impl FnOnce(&mut Settings)) -> (Applicati
 
 pub async fn spawn_app() -> TestApp {
     spawn_app_configured(|_| {}).await
-}
-
-pub struct Reply {
-    pub status: u16,
-    pub body: Value,
-    pub headers: HeaderMap,
-}
-
-impl Reply {
-    /// A response header as text ("" when absent).
-    pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-}
-
-/// Assert `r` is the failure envelope `status` / `code`; `what` names the request.
-pub fn assert_error(r: &Reply, status: u16, code: &str, what: &str) {
-    assert_eq!(
-        (
-            r.status,
-            r.body["success"].as_bool(),
-            r.body["error"]["code"].as_str()
-        ),
-        (status, Some(false), Some(code)),
-        "{what}: {}",
-        r.body
-    );
 }
 
 impl TestApp {
@@ -191,28 +151,16 @@ impl TestApp {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> Reply {
-        let mut req = self.client.request(
-            method.parse().expect("method"),
-            format!("{}{path}", self.address),
-        );
-        if let Some(value) = authorization {
-            req = req.header("authorization", value);
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let res = req.send().await.expect("request");
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        let text = res.text().await.expect("body");
-        Reply {
-            status,
-            body: serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}")),
+        http::send(
+            &self.client,
+            &self.address,
+            authorization,
+            method,
+            path,
+            body,
             headers,
-        }
+        )
+        .await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Reply {
@@ -223,9 +171,9 @@ impl TestApp {
         self.send("GET", path, None, &[]).await
     }
 
-    /// A GET with the operator's key ([`testing::ADMIN_KEY`]).
+    /// A GET with the operator's key ([`thygon_testkit::ADMIN_KEY`]).
     pub async fn get_as_admin(&self, path: &str) -> Reply {
-        let admin = format!("Bearer {}", testing::ADMIN_KEY);
+        let admin = format!("Bearer {}", thygon_testkit::ADMIN_KEY);
         self.send_auth(Some(&admin), "GET", path, None, &[]).await
     }
 
@@ -348,17 +296,6 @@ impl TestApp {
         let _ = conn.close(200, "done".into()).await;
         n
     }
-}
-
-pub fn fields(body: &Value) -> Vec<String> {
-    body["error"]["details"]
-        .as_array()
-        .map(|d| {
-            d.iter()
-                .filter_map(|e| e["field"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Now plus (or minus) some seconds, as the database stores it.

@@ -8,21 +8,10 @@ use runtime_service::config::Tasks;
 use shared_models::metrics::sample;
 use shared_models::schema::{outbox, runs};
 use std::time::{Duration, Instant};
+use thygon_testkit::http::scrape;
 
-/// `GET /metrics` with no key: (status, content type, body).
-async fn scrape(address: &str) -> (u16, String, String) {
-    let res = reqwest::get(format!("{address}/metrics"))
-        .await
-        .expect("scrape");
-    let status = res.status().as_u16();
-    let content_type = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    (status, content_type, res.text().await.expect("body"))
-}
+// Public, Prometheus text, request durations by route: the suite every HTTP service runs.
+thygon_testkit::metrics_suite!(crate::helpers::TestApp);
 
 fn runs_with(text: &str, status: &str) -> Option<f64> {
     sample(text, "thygon_runs", &format!(r#"status="{status}""#))
@@ -105,27 +94,6 @@ async fn the_runs_gauges_show_this_database_as_of_the_last_read_never_read_by_a_
         Some(0.0)
     );
     assert_eq!(refreshes(&text), Some(2.0), "{text}");
-}
-
-#[tokio::test]
-async fn request_durations_are_labelled_by_route_pattern_never_by_path() {
-    let app = spawn_app().await;
-    let wf = app.workflow("metrics_routes", true);
-    let run = app.run_in(&wf, "COMPLETED");
-    assert_eq!(app.get(&format!("/workflows/runs/{run}")).await.status, 200);
-    assert_eq!(app.get("/workflows/runs").await.status, 200);
-
-    let (_, _, text) = scrape(&app.address).await;
-    for route in ["/workflows/runs/{id}", "/workflows/runs"] {
-        let labels =
-            format!(r#"method="GET",route="{route}",service="runtime-service",status="200""#);
-        assert!(
-            sample(&text, "thygon_http_request_duration_seconds_count", &labels)
-                .is_some_and(|n| n >= 1.0),
-            "{route}: {text}"
-        );
-    }
-    assert!(!text.contains(&run), "a run id never becomes a label");
 }
 
 #[tokio::test]

@@ -11,8 +11,8 @@ use shared_models::auth::AuthConfig;
 use shared_models::ids::WorkflowId;
 use shared_models::limits::OrgLimitOverrides;
 use shared_models::schema::{outbox, runs};
-use shared_models::testing::{self, fixtures};
 use std::time::Duration;
+use thygon_testkit::fixtures;
 
 fn max_queued(app: &TestApp, org: &str, max: i32) {
     fixtures::set_limits(
@@ -190,7 +190,7 @@ async fn a_kept_count_stands_in_far_below_the_quota_and_near_it_batches_count_ag
 async fn an_org_s_requests_per_second_replaces_the_default_for_its_keys() {
     let app = spawn_app_with_auth(AuthConfig {
         rate_limit_per_second: 100,
-        ..testing::auth_config()
+        ..thygon_testkit::auth_config()
     })
     .await;
     let limited = app.key_for("org_slow");

@@ -7,7 +7,6 @@ use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::{BasicProperties, Channel};
 use serde_json::{json, Value};
 use shared_models::queue::{QueueNames, RunJob};
-use shared_models::testing;
 use std::time::{Duration, Instant};
 
 const REDRIVE: &str = "/ops/dead-letters/redrive";
@@ -54,7 +53,7 @@ async fn take_jobs(channel: &Channel, names: &QueueNames) -> Vec<String> {
 }
 
 async fn redrive(app: &TestApp, body: Value) -> Reply {
-    let admin = format!("Bearer {}", testing::ADMIN_KEY);
+    let admin = format!("Bearer {}", thygon_testkit::ADMIN_KEY);
     app.send_auth(Some(&admin), "POST", REDRIVE, Some(body), &[])
         .await
 }
@@ -99,7 +98,7 @@ async fn letters_of_live_runs_go_back_once_those_of_ended_runs_are_dropped_the_r
     }
 
     // Without a body: everything, up to 1000 letters.
-    let admin = format!("Bearer {}", testing::ADMIN_KEY);
+    let admin = format!("Bearer {}", thygon_testkit::ADMIN_KEY);
     let r = app
         .send_auth(Some(&admin), "POST", REDRIVE, None, &[])
         .await;
@@ -137,7 +136,7 @@ async fn the_filter_and_the_limit_choose_what_goes_back() {
     let (wf, other_wf) = (app.workflow("chosen", true), app.workflow("other", true));
     let other_org = "org_elsewhere";
     app.key_for(other_org);
-    testing::fixtures::insert_workflow(
+    thygon_testkit::fixtures::insert_workflow(
         &mut app.conn(),
         other_org,
         "chosen",

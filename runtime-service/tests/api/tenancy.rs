@@ -4,7 +4,7 @@
 use crate::auth::{seed, snapshot, Seeded};
 use crate::helpers::{assert_error, spawn_app, Reply, TestApp, ORG};
 use serde_json::{json, Value};
-use shared_models::testing::fixtures;
+use thygon_testkit::fixtures;
 
 const OTHER: &str = "org_other";
 const NOBODYS_RUN: &str = "run_01m8hcprkqey8xhsdk0tek7x7n";

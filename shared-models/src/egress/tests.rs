@@ -2,6 +2,10 @@
 //! here is ever connected to.
 
 use super::*;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::Url;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("an address")

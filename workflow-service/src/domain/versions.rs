@@ -9,7 +9,7 @@ use shared_models::pagination;
 
 /// `GET /workflows/{id}/versions` parameters (newest first).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ListVersions {
+pub(crate) struct ListVersions {
     pub limit: i64,
     /// The version of the last item of the previous page; the next page starts below it.
     pub before: Option<i32>,
@@ -36,7 +36,7 @@ impl TryFrom<Query> for ListVersions {
     }
 }
 
-pub fn encode_cursor(version: i32) -> String {
+pub(crate) fn encode_cursor(version: i32) -> String {
     pagination::encode_cursor(&format!("v{version}"))
 }
 
@@ -47,7 +47,7 @@ fn decode_cursor(cursor: &str) -> Option<i32> {
 
 /// A version number from a path: a positive whole number written plainly (`3`, not `03`,
 /// `+3` or `3.0`). Anything else cannot name a version, so it is simply not found.
-pub fn parse_version(raw: &str) -> Option<i32> {
+pub(crate) fn parse_version(raw: &str) -> Option<i32> {
     let plain = !raw.is_empty() && !raw.starts_with('0') && raw.bytes().all(|b| b.is_ascii_digit());
     plain.then(|| raw.parse().ok()).flatten()
 }

@@ -6,8 +6,8 @@ use diesel::prelude::*;
 use diesel::sql_types::Text;
 use serde_json::{json, Value};
 use shared_models::schema::{api_keys, orgs, workflows};
-use shared_models::testing::ADMIN_KEY;
 use std::collections::BTreeSet;
+use thygon_testkit::ADMIN_KEY;
 
 async fn admin(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> Reply {
     app.send_as(Some(ADMIN_KEY), method, path, body).await

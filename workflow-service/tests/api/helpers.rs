@@ -1,8 +1,9 @@
-use reqwest::header::HeaderMap;
 use serde_json::Value;
 use shared_models::auth::AuthConfig;
 use shared_models::db::PgPooled;
-use shared_models::testing::{self, fixtures, TestDb};
+pub use thygon_testkit::http::{assert_error, fields, Reply};
+use thygon_testkit::suites::ServiceUnderTest;
+use thygon_testkit::{fixtures, TestDb};
 use workflow_service::config::Settings;
 use workflow_service::startup::Application;
 
@@ -18,7 +19,7 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with(testing::auth_config()).await
+    spawn_app_with(thygon_testkit::auth_config()).await
 }
 
 /// The app with its own authentication settings (e.g. a rate limit).
@@ -28,7 +29,7 @@ pub async fn spawn_app_with(auth: AuthConfig) -> TestApp {
 
 /// The app fetching runtime-service's part of `/openapi.json` from `runtime_service_url`.
 pub async fn spawn_app_with_runtime(runtime_service_url: &str) -> TestApp {
-    spawn(&testing::auth_config(), runtime_service_url).await
+    spawn(&thygon_testkit::auth_config(), runtime_service_url).await
 }
 
 /// The app [`Application::build`] makes from the environment's settings, on this test's
@@ -53,22 +54,6 @@ async fn spawn(auth: &AuthConfig, runtime_service_url: &str) -> TestApp {
     }
 }
 
-pub struct Reply {
-    pub status: u16,
-    pub body: Value,
-    pub headers: HeaderMap,
-}
-
-impl Reply {
-    /// A response header as text ("" when absent).
-    pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-}
-
 impl TestApp {
     pub async fn send(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
         self.send_as(Some(&self.key), method, path, body).await
@@ -82,39 +67,7 @@ impl TestApp {
         path: &str,
         body: Option<Value>,
     ) -> Reply {
-        let authorization = key.map(|k| format!("Bearer {k}"));
-        self.send_auth(authorization.as_deref(), method, path, body)
-            .await
-    }
-
-    /// A request with `authorization` as its Authorization header, verbatim (or none).
-    pub async fn send_auth(
-        &self,
-        authorization: Option<&str>,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> Reply {
-        let mut req = self.client.request(
-            method.parse().expect("method"),
-            format!("{}{path}", self.address),
-        );
-        if let Some(value) = authorization {
-            req = req.header("authorization", value);
-        }
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let res = req.send().await.expect("request");
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        let text = res.text().await.expect("body");
-        let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
-        Reply {
-            status,
-            body,
-            headers,
-        }
+        ServiceUnderTest::send_as(self, key, method, path, body).await
     }
 
     pub fn conn(&self) -> PgPooled {
@@ -139,14 +92,7 @@ impl TestApp {
             .send()
             .await
             .expect("request");
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        let text = res.text().await.expect("body");
-        Reply {
-            status,
-            body: serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}")),
-            headers,
-        }
+        Reply::read(res).await
     }
 }
 
@@ -157,30 +103,4 @@ pub fn workflow(name: &str) -> Value {
         "definition": {"steps": [{"name": "classify", "type": "agent", "agentId": "support-classifier",
             "instructions": "Determine ticket category and priority."}]}
     })
-}
-
-/// The `field`s of a failure envelope's details.
-pub fn fields(body: &Value) -> Vec<String> {
-    body["error"]["details"]
-        .as_array()
-        .map(|d| {
-            d.iter()
-                .filter_map(|e| e["field"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Assert `r` is the failure envelope `status` / `code`; `what` names the request.
-pub fn assert_error(r: &Reply, status: u16, code: &str, what: &str) {
-    assert_eq!(
-        (
-            r.status,
-            r.body["success"].as_bool(),
-            r.body["error"]["code"].as_str()
-        ),
-        (status, Some(false), Some(code)),
-        "{what}: {}",
-        r.body
-    );
 }

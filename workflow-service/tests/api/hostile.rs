@@ -1,12 +1,12 @@
 //! Hostile input: thousands of malformed and adversarial requests against the real app
 //! (one app and database, reused across cases). Every answer must be an envelope with a
 //! contract error code, 4xx answers must say `success: false`, and nothing may be a 5xx.
-//! The generators and the harness are in `shared_models::testing::hostile`.
+//! The generators and the harness are in `thygon_testkit::hostile`.
 
 use crate::helpers::{spawn_app, workflow, TestApp};
 use proptest::prelude::*;
 use serde_json::json;
-use shared_models::testing::hostile::*;
+use thygon_testkit::hostile::*;
 
 // ---------------------------------------------------------------------------------------
 // workflow-service

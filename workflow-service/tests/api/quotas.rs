@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use serde_json::{json, Value};
 use shared_models::limits::{self, OrgLimitOverrides};
 use shared_models::schema::workflow_versions;
-use shared_models::testing::{fixtures, ADMIN_KEY};
+use thygon_testkit::{fixtures, ADMIN_KEY};
 
 async fn admin(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> Reply {
     app.send_as(Some(ADMIN_KEY), method, path, body).await

@@ -1,11 +1,19 @@
-//! Test support: every test gets its own database and its own queue names, so tests run in
-//! parallel and share nothing. The database is dropped when the [`TestDb`] is.
+//! Test support for the services, the worker and the end-to-end tests (a dev-dependency,
+//! never built into a binary): every test gets its own database and its own queue names, so
+//! tests run in parallel and share nothing. The database is dropped when the [`TestDb`] is.
+//!
+//! - [`fixtures`]: rows another service would have written, inserted directly.
+//! - [`hostile`]: the hostile-request strategies, invariant and harness.
+//! - [`http`]: requests to a service under test, its envelope replies, `/metrics` scrapes.
+//! - [`suites`]: the authentication and metrics suites both HTTP services run.
 
 pub mod hostile;
+pub mod http;
+pub mod suites;
 
-use crate::db::{self, PgPool};
 use diesel::prelude::*;
 use diesel::PgConnection;
+use shared_models::db::{self, PgPool};
 
 pub struct TestDb {
     pub name: String,
@@ -28,13 +36,13 @@ pub fn url_with_database(base: &str, database: &str) -> String {
 }
 
 pub fn base_database_url() -> String {
-    crate::config::env_or("DATABASE_URL", crate::config::DEFAULT_DATABASE_URL)
+    shared_models::config::env_or("DATABASE_URL", shared_models::config::DEFAULT_DATABASE_URL)
 }
 
 /// The test broker: `AMQP_URL` (or the local default).
-pub fn broker() -> crate::queue::Broker {
-    let url = crate::config::env_or("AMQP_URL", crate::config::DEFAULT_AMQP_URL);
-    crate::queue::Broker::new(&url).unwrap_or_else(|e| panic!("AMQP_URL: {e}"))
+pub fn broker() -> shared_models::queue::Broker {
+    let url = shared_models::config::env_or("AMQP_URL", shared_models::config::DEFAULT_AMQP_URL);
+    shared_models::queue::Broker::new(&url).unwrap_or_else(|e| panic!("AMQP_URL: {e}"))
 }
 
 /// The operator key every test app is built with.
@@ -42,8 +50,8 @@ pub const ADMIN_KEY: &str = "thygon-test-admin-key-0123456789";
 
 /// Authentication as the test apps use it: [`ADMIN_KEY`], no rate limit (tests that check
 /// the limit build their own).
-pub fn auth_config() -> crate::auth::AuthConfig {
-    crate::auth::AuthConfig {
+pub fn auth_config() -> shared_models::auth::AuthConfig {
+    shared_models::auth::AuthConfig {
         admin_api_key: Some(ADMIN_KEY.to_string()),
         rate_limit_per_second: 0,
     }
@@ -68,7 +76,7 @@ impl TestDb {
         let admin_url = url_with_database(&base, "postgres");
         let name = format!("thygon_test_{}", unique_token());
         let mut admin = PgConnection::establish(&admin_url).unwrap_or_else(|e| {
-            let at = crate::config::redact_url(&admin_url);
+            let at = shared_models::config::redact_url(&admin_url);
             panic!("cannot connect to PostgreSQL at {at} (run `make test`, which starts it): {e}")
         });
         diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
@@ -103,9 +111,9 @@ pub fn unique_queue_prefix() -> String {
 }
 
 /// Delete a test's queues and exchange (they are durable, so they would outlive the test).
-pub async fn delete_queues(broker: &crate::queue::Broker, prefix: &str) {
-    let names = crate::queue::QueueNames::new(prefix);
-    if let Ok(conn) = crate::queue::connect(broker, "thygon-test-cleanup").await {
+pub async fn delete_queues(broker: &shared_models::queue::Broker, prefix: &str) {
+    let names = shared_models::queue::QueueNames::new(prefix);
+    if let Ok(conn) = shared_models::queue::connect(broker, "thygon-test-cleanup").await {
         if let Ok(ch) = conn.create_channel().await {
             for q in [&names.jobs, &names.dead_letter_queue] {
                 let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
@@ -119,6 +127,22 @@ pub async fn delete_queues(broker: &crate::queue::Broker, prefix: &str) {
         }
         let _ = conn.close(200, "done".into()).await;
     }
+}
+
+/// [`delete_queues`] from synchronous code (a `Drop`, inside or outside a runtime): on a
+/// thread of its own with a runtime of its own, waited for.
+pub fn delete_queues_blocking(broker: &shared_models::queue::Broker, prefix: &str) {
+    let (broker, prefix) = (broker.clone(), prefix.to_string());
+    std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(delete_queues(&broker, &prefix));
+        }
+    })
+    .join()
+    .ok();
 }
 
 #[cfg(test)]
@@ -142,15 +166,15 @@ mod tests {
 /// Fixtures: rows another service would have written, inserted directly so each service's
 /// tests stand alone (services never import each other).
 pub mod fixtures {
-    use crate::models::{ApiKeyRow, OrgRow, WorkflowRow, WorkflowVersionRow};
-    use crate::schema::{api_keys, orgs, runs, workflow_versions, workflows};
     use diesel::prelude::*;
     use serde_json::Value;
+    use shared_models::models::{ApiKeyRow, OrgRow, WorkflowRow, WorkflowVersionRow};
+    use shared_models::schema::{api_keys, orgs, runs, workflow_versions, workflows};
 
     /// A new API key of `org_id` (the org is created if it does not exist), as the admin
     /// routes of workflow-service make it; returns the key.
     pub fn org_key(conn: &mut PgConnection, org_id: &str) -> String {
-        let now = crate::time::now();
+        let now = shared_models::time::now();
         diesel::insert_into(orgs::table)
             .values(OrgRow {
                 id: org_id.into(),
@@ -160,14 +184,14 @@ pub mod fixtures {
             .on_conflict_do_nothing()
             .execute(conn)
             .expect("insert org");
-        let key = crate::auth::generate_key().expect("random key");
+        let key = shared_models::auth::generate_key().expect("random key");
         diesel::insert_into(api_keys::table)
             .values(ApiKeyRow {
-                id: crate::auth::new_key_id(),
+                id: shared_models::auth::new_key_id(),
                 org_id: org_id.into(),
                 name: "test".into(),
-                key_hash: crate::auth::hash_key(&key),
-                key_prefix: crate::auth::display_prefix(&key),
+                key_hash: shared_models::auth::hash_key(&key),
+                key_prefix: shared_models::auth::display_prefix(&key),
                 created_at: now,
                 revoked_at: None,
             })
@@ -182,14 +206,14 @@ pub mod fixtures {
     pub fn set_limits(
         conn: &mut PgConnection,
         org_id: &str,
-        limits: &crate::limits::OrgLimitOverrides,
+        limits: &shared_models::limits::OrgLimitOverrides,
     ) {
         // The org too, if no key made it yet (the worker's tests have no keys).
         diesel::insert_into(orgs::table)
             .values(OrgRow {
                 id: org_id.into(),
                 name: org_id.into(),
-                created_at: crate::time::now(),
+                created_at: shared_models::time::now(),
             })
             .on_conflict_do_nothing()
             .execute(conn)
@@ -209,7 +233,7 @@ pub mod fixtures {
         definition: Value,
         is_active: bool,
     ) -> String {
-        let now = crate::time::now();
+        let now = shared_models::time::now();
         let id = format!("wf_{name}");
         diesel::insert_into(workflows::table)
             .values(WorkflowRow {
@@ -245,8 +269,8 @@ pub mod fixtures {
         workflow_id: &str,
         variables: Value,
     ) -> String {
-        let run = crate::runs::pending_run(
-            crate::runs::NewRun {
+        let run = shared_models::runs::pending_run(
+            shared_models::runs::NewRun {
                 org_id,
                 workflow_id,
                 version: 1,
@@ -256,7 +280,7 @@ pub mod fixtures {
                 request_id: None,
                 parent: None,
             },
-            crate::time::now(),
+            shared_models::time::now(),
         );
         let id = run.id.clone();
         diesel::insert_into(runs::table)
