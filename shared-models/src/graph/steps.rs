@@ -149,7 +149,7 @@ fn templated_json(obj: &mut Obj, key: &'static str, v: &Value, errors: &mut Erro
 
 fn parse_agent(obj: &mut Obj, errors: &mut Errors) -> Option<StepKind> {
     let agent_id = obj.req_str("agentId", errors).and_then(|id| {
-        if id.trim().is_empty() || id.len() > 128 {
+        if id.trim().is_empty() || id.chars().count() > 128 {
             errors.push(FieldError::new(
                 obj.path("agentId"),
                 "must be 1 to 128 characters long",
@@ -278,7 +278,7 @@ fn parse_http(obj: &mut Obj, errors: &mut Errors) -> Option<StepKind> {
             items
                 .iter()
                 .enumerate()
-                .filter_map(|(j, v)| match v.as_u64() {
+                .filter_map(|(j, v)| match crate::body::whole_number(v) {
                     Some(code) if (100..=599).contains(&code) => Some(code as u16),
                     _ => {
                         errors.push(FieldError::new(

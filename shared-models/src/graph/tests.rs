@@ -240,6 +240,24 @@ fn allow_status_must_list_http_status_codes() {
         "allowStatus": [100, 599]}),
     );
     assert!(matches!(ok.kind, StepKind::Http { allow_status, .. } if allow_status == [100, 599]));
+    // 404.0 is the whole number 404, as JSON Schema (and the API description) has it.
+    let whole = only_step(
+        json!({"name": "h", "type": "http", "request": {"url": "http://x"},
+        "allowStatus": [404.0]}),
+    );
+    assert!(matches!(whole.kind, StepKind::Http { allow_status, .. } if allow_status == [404]));
+}
+
+#[test]
+fn an_agent_id_is_counted_in_characters() {
+    let agent =
+        |id: String| json!({"name": "a", "type": "agent", "agentId": id, "instructions": "x"});
+    // 128 characters of two bytes each: within the limit the description states.
+    only_step(agent("é".repeat(128)));
+    assert_eq!(
+        step_errors(agent("é".repeat(129))),
+        ["definition.steps[0].agentId"]
+    );
 }
 
 #[test]
