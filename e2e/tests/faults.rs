@@ -1,7 +1,7 @@
 //! Fault tests: break things on purpose and count what survived (docs/RELIABILITY.md).
 //!
 //! Every scenario runs on its own stack over a private PostgreSQL cluster and RabbitMQ node
-//! (e2e/src/private.rs), never the machine's shared ones, and the scenarios run one at a
+//! (e2e/src/private/), never the machine's shared ones, and the scenarios run one at a
 //! time (`SERIAL`), each bounded by `SCENARIO_DEADLINE`. Assertions are on correctness;
 //! the timings are printed (`cargo test -p thygon-e2e --test faults -- --nocapture`).
 //!

@@ -1,7 +1,7 @@
 //! TLS to the broker and the database (docs/DEPLOY.md "TLS"), against servers of this test's own:
 //! a private RabbitMQ node with a TLS listener next to its plain one, and a private
 //! PostgreSQL cluster that accepts TCP over TLS only, both serving a certificate of a
-//! throwaway CA (e2e/src/private.rs). One node and one cluster for the whole binary: a
+//! throwaway CA (e2e/src/private/). One node and one cluster for the whole binary: a
 //! single test, in steps.
 //!
 //! - Connection level (fast): amqps with `AMQP_TLS_CA_FILE`'s CA connects; without it, or
