@@ -278,3 +278,49 @@ fn the_slugs_are_githubs() {
         vec![(1, "docs/A.md#b".to_string()), (1, "../c.md".to_string())]
     );
 }
+
+/// The paths a Markdown file names in code spans (`shared-models/src/runs/mod.rs`,
+/// `scripts/run.sh`, `k8s/base/`): those that start at a top-level folder of the repository.
+fn named_paths(text: &str, top: &HashSet<String>) -> Vec<(usize, String)> {
+    let mut found = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        for (i, span) in line.split('`').enumerate() {
+            // Odd pieces are inside backticks.
+            if i % 2 == 0 || span.contains(char::is_whitespace) {
+                continue;
+            }
+            let path = span.split([':', '#']).next().unwrap_or("");
+            let first = path.split('/').next().unwrap_or("");
+            if path.contains('/') && top.contains(first) && !path.contains(['*', '<', '{', '$']) {
+                found.push((n + 1, path.to_string()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn every_path_the_docs_name_exists() {
+    let root = workspace_root();
+    let files = tracked_files();
+    let top: HashSet<String> = files
+        .iter()
+        .filter(|f| f.components().count() > 1)
+        .filter_map(|f| f.components().next())
+        .map(|c| c.as_os_str().to_string_lossy().to_string())
+        .collect();
+    let mut missing = Vec::new();
+    for file in files.iter().filter(|f| f.extension().is_some_and(|e| e == "md")) {
+        let text = std::fs::read_to_string(root.join(file)).expect("read");
+        for (line, path) in named_paths(&text, &top) {
+            if !root.join(&path).exists() {
+                missing.push(format!("{}:{line}: {path}", file.display()));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "paths named in the docs that do not exist:\n{}",
+        missing.join("\n")
+    );
+}
