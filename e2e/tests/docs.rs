@@ -310,7 +310,10 @@ fn every_path_the_docs_name_exists() {
         .map(|c| c.as_os_str().to_string_lossy().to_string())
         .collect();
     let mut missing = Vec::new();
-    for file in files.iter().filter(|f| f.extension().is_some_and(|e| e == "md")) {
+    for file in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "md"))
+    {
         let text = std::fs::read_to_string(root.join(file)).expect("read");
         for (line, path) in named_paths(&text, &top) {
             if !root.join(&path).exists() {
