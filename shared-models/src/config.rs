@@ -59,8 +59,10 @@ pub struct CommonConfig {
     /// other URL of the same server (the migration role's).
     pub database_tls_ca_file: Option<String>,
     /// `AMQP_URL` and `AMQP_TLS_CA_FILE`: every broker connection is made from it.
+    #[cfg(feature = "queue")]
     pub broker: crate::queue::Broker,
     /// Prefix of every queue and exchange name; tests give each test its own.
+    #[cfg(feature = "queue")]
     pub queue_prefix: String,
     /// This process's connection pool (`DB_POOL_SIZE`, `DB_POOL_IDLE_SECONDS`,
     /// `DB_STATEMENT_CACHE`).
@@ -96,7 +98,9 @@ impl CommonConfig {
             database_url,
             migration_database_url,
             database_tls_ca_file,
+            #[cfg(feature = "queue")]
             broker: crate::queue::Broker::from_env()?,
+            #[cfg(feature = "queue")]
             queue_prefix: env_or("QUEUE_PREFIX", crate::queue::DEFAULT_PREFIX),
             pool: crate::db::PoolSettings::from_env(default_pool_size)?,
             schema_wait: env_seconds("SCHEMA_WAIT_SECONDS", 0.0)?,
@@ -108,12 +112,13 @@ impl CommonConfig {
 /// The URLs carry passwords: shown redacted.
 impl std::fmt::Debug for CommonConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CommonConfig")
-            .field("database_url", &redact_url(&self.database_url))
-            .field("database_tls_ca_file", &self.database_tls_ca_file)
-            .field("broker", &self.broker)
-            .field("queue_prefix", &self.queue_prefix)
-            .field("pool", &self.pool)
+        let mut f = f.debug_struct("CommonConfig");
+        f.field("database_url", &redact_url(&self.database_url))
+            .field("database_tls_ca_file", &self.database_tls_ca_file);
+        #[cfg(feature = "queue")]
+        f.field("broker", &self.broker)
+            .field("queue_prefix", &self.queue_prefix);
+        f.field("pool", &self.pool)
             .field("schema_wait", &self.schema_wait)
             .field(
                 "migration_database_url",

@@ -96,6 +96,7 @@ pub struct RunId(String);
 impl RunId {
     pub(crate) const PREFIX: &'static str = "run_";
 
+    #[cfg(feature = "queue")] // new runs are the run lifecycle's (`runs`)
     pub(crate) fn generate() -> Self {
         Self(format!(
             "{}{}",

@@ -1,31 +1,28 @@
 //! Everything the three Thygon deployables must agree on. Services never import each
-//! other's crates; they meet here, in the database and on the queue.
+//! other's crates; they meet here, in the database and on the queue. By layer:
 //!
-//! - [`envelope`]: the JSON envelope every response wears, and the error type behind it.
-//! - [`auth`]: API keys, the admin key, rate limits; the `Caller` and `Admin` extractors.
-//! - [`limits`]: per-org quotas, their defaults (settings) and overrides (`orgs` columns).
-//! - [`http`]: actix-web helpers shared by both HTTP services (body and query parsing,
-//!   404/405 handlers, limits), so both edges behave the same.
-//! - [`body`]: a field-by-field JSON object reader that collects every problem with its path.
-//! - [`ids`]: parsed identifiers (`WorkflowName`, `RunId`, ...).
-//! - [`time`]: the one timestamp format (RFC 3339, milliseconds, `Z`).
-//! - [`status`]: run and step states.
-//! - [`graph`]: parsing, validating and compiling workflow definitions (one graph model).
-//! - [`template`]: MiniJinja templates and conditions over a run's context.
-//! - [`pagination`]: opaque cursors and `limit` rules.
-//! - [`openapi`]: the shared parts of the OpenAPI description (envelopes, errors, security).
-//! - [`schema`], [`models`]: the diesel schema and row types of the shared database.
-//! - [`db`]: connection pools and the embedded migrations (applied under an advisory lock).
-//! - [`prepared`]: statements of fixed text, parsed and planned once per connection.
-//! - [`queue`]: queue topology and the versioned job message (`RunJob`).
-//! - [`runs`]: creating runs and queueing their jobs through the outbox.
-//! - [`config`]: environment variables with local defaults; logging (`LOG_FORMAT`).
-//! - [`cli`]: the subcommands of every binary (`healthcheck`, `prestop`).
-//! - [`service`]: the one `main` of every binary (subcommands, settings, schema check, serve).
-//! - [`logctx`]: the request and run ids every log line carries when known.
-//! - [`metrics`]: Prometheus metrics, `/metrics` (on `METRICS_ADDR` when set), HTTP request
-//!   durations.
-//! - [`egress`] (feature `egress`): the egress policy for calls whose target a tenant decides.
+//! - **Domain** (no I/O): [`ids`] (parsed identifiers), [`time`] (the one timestamp format),
+//!   [`status`] (run and step states), [`graph`] (parsing, validating and compiling workflow
+//!   definitions), [`template`] (MiniJinja templates and conditions), [`body`] (a JSON object
+//!   reader that collects every problem with its path), [`pagination`] (cursors, `limit`).
+//! - **Database**: [`schema`], [`models`] (the diesel schema and rows), [`db`] (pools, the
+//!   embedded migrations, the schema check), [`prepared`] (statements parsed once per
+//!   connection), [`limits`] (per-org quotas).
+//! - **HTTP edge**: [`envelope`] (the JSON envelope and the error type), [`auth`] (keys, the
+//!   admin key, rate limits), [`http`] (body and query parsing, 404/405, limits), [`openapi`]
+//!   (the shared parts of the description), [`metrics`] (Prometheus, `/metrics`), [`logctx`]
+//!   (request and run ids in log lines).
+//! - **Queue** (feature `queue`: runtime-service and the worker): [`queue`] (topology, the
+//!   versioned job message `RunJob`, connections) and [`runs`], the run lifecycle: every
+//!   transition of runs, steps, events and outbox rows, its tables at its top.
+//! - **Egress** (feature `egress`: the worker): the policy for calls whose target a tenant
+//!   decides.
+//! - **Process**: [`config`] (environment variables, logging), [`cli`] (the subcommands of
+//!   every binary), [`service`] (the one `main` of every binary).
+//!
+//! Every deployable uses the database and the HTTP edge (the worker serves its health and
+//! metrics), so only the queue and egress layers are features; workflow-service builds
+//! without lapin.
 
 pub mod auth;
 pub mod body;
@@ -45,7 +42,9 @@ pub mod models;
 pub mod openapi;
 pub mod pagination;
 pub mod prepared;
+#[cfg(feature = "queue")]
 pub mod queue;
+#[cfg(feature = "queue")]
 pub mod runs;
 pub mod schema;
 pub mod service;

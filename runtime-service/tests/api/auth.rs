@@ -82,6 +82,11 @@ impl ServiceUnderTest for TestApp {
     const NAME: &'static str = "runtime-service";
     const SECURED: &'static str = "/workflows/runs";
     const ADMIN_ROUTE: Option<&'static str> = None;
+    const ROUTES_SOURCE: &'static str = include_str!("../../src/routes/mod.rs");
+
+    fn description() -> serde_json::Value {
+        serde_json::to_value(runtime_service::openapi()).expect("the description")
+    }
 
     async fn start(auth: AuthConfig) -> Self {
         spawn_app_with_auth(auth).await

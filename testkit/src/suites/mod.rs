@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod metrics;
+pub mod openapi;
 
 use crate::http::{self, Reply};
 use serde_json::Value;
@@ -71,6 +72,11 @@ pub trait ServiceUnderTest: Sized {
     const SECURED: &'static str;
     /// A GET that answers 200 to the admin key, if the service has admin routes.
     const ADMIN_ROUTE: Option<&'static str>;
+    /// Its `src/routes/mod.rs`, where its routes are registered (`include_str!`).
+    const ROUTES_SOURCE: &'static str;
+
+    /// Its part of the API description, as it serves it.
+    fn description() -> Value;
 
     /// Start the service with `auth`; its org has one key, [`ServiceUnderTest::key`].
     async fn start(auth: AuthConfig) -> Self;
@@ -143,6 +149,20 @@ macro_rules! auth_suite {
             the_bearer_scheme_is_case_insensitive_and_the_key_exact,
             a_revoked_key_is_refused_within_about_a_second,
             each_key_has_its_own_rate_limit_with_retry_after
+        );
+    };
+}
+
+/// One `#[tokio::test]` per test of the [`openapi`] suite, for `$service`.
+#[macro_export]
+macro_rules! openapi_suite {
+    ($service:ty) => {
+        $crate::__suite_tests!(
+            openapi,
+            $service;
+            every_route_is_documented_and_every_operation_is_served,
+            operations_need_the_bearer_key_and_carry_the_edge_errors,
+            a_wrong_method_is_a_405_that_names_the_right_ones
         );
     };
 }

@@ -17,6 +17,11 @@ impl ServiceUnderTest for TestApp {
     const NAME: &'static str = "workflow-service";
     const SECURED: &'static str = "/workflows";
     const ADMIN_ROUTE: Option<&'static str> = Some("/admin/orgs");
+    const ROUTES_SOURCE: &'static str = include_str!("../../src/routes/mod.rs");
+
+    fn description() -> serde_json::Value {
+        serde_json::to_value(workflow_service::openapi()).expect("the description")
+    }
 
     async fn start(auth: AuthConfig) -> Self {
         spawn_app_with(auth).await

@@ -1,54 +1,21 @@
 //! The API description: every route of this service is in it; `/openapi.json` merges it with
 //! runtime-service's part and needs no key; `/docs/` is Swagger UI over it.
 
-use crate::helpers::{spawn_app, spawn_app_with_runtime, TestApp};
+use crate::helpers::{spawn_app_with_runtime, TestApp};
 use serde_json::{json, Value};
-use shared_models::openapi::coverage::{allow_set, assert_routes_documented, unserved_methods};
 use shared_models::openapi::RUNTIME_SERVICE_PART;
 use std::time::Duration;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-/// Every `(method, path)` registered in `src/routes/mod.rs` (less health, metrics, the
-/// dashboard's files and the description itself: `coverage::is_excluded`) is an operation of
-/// the description, and every operation is a registered route. A route added without a
-/// `#[utoipa::path]` annotation listed in `src/routes/openapi.rs` fails here.
-#[test]
-fn every_route_is_documented_and_every_operation_is_served() {
-    let doc = serde_json::to_value(workflow_service::openapi()).unwrap();
-    assert_routes_documented(
-        "workflow-service",
-        include_str!("../../src/routes/mod.rs"),
-        &doc,
-    );
-}
+// The checks every HTTP service's description gets.
+thygon_testkit::openapi_suite!(crate::helpers::TestApp);
 
 #[test]
-fn operations_need_the_bearer_key_and_carry_the_seed_example() {
+fn the_description_carries_the_version_and_the_seed_example() {
     let doc = serde_json::to_value(workflow_service::openapi()).unwrap();
-    assert_eq!(doc["openapi"], "3.1.0");
     assert_eq!(doc["servers"], json!([{"url": "/"}]));
     assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
-    for (path, item) in doc["paths"].as_object().unwrap() {
-        for (method, op) in item.as_object().unwrap() {
-            assert_eq!(op["security"], json!([{"bearer": []}]), "{method} {path}");
-            // The edge's errors, added to every operation by one pass (openapi::Edge).
-            for status in ["401", "403", "429", "500", "503"] {
-                assert!(
-                    op["responses"][status].is_object(),
-                    "{method} {path} {status}"
-                );
-            }
-            if op.get("requestBody").is_some() {
-                for status in ["400", "413", "415"] {
-                    assert!(
-                        op["responses"][status].is_object(),
-                        "{method} {path} {status}"
-                    );
-                }
-            }
-        }
-    }
     let create = &doc["paths"]["/workflows"]["post"]["requestBody"]["content"]["application/json"];
     assert_eq!(create["example"]["name"], "support_triage");
     assert_eq!(
@@ -192,20 +159,4 @@ async fn the_docs_page_is_swagger_ui_over_openapi_json_with_its_own_assets() {
     assert_eq!(r.status(), 404);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "NOT_FOUND");
-}
-
-/// A method a route does not serve is a 405 whose `Allow` lists the methods it does serve
-/// (RFC 9110), as the description has them; the admin key reaches the admin routes' 405s.
-#[tokio::test]
-async fn a_wrong_method_is_a_405_that_names_the_right_ones() {
-    let app = spawn_app().await;
-    let doc = serde_json::to_value(workflow_service::openapi()).unwrap();
-    for (path, unserved, served) in unserved_methods(&doc) {
-        for method in unserved {
-            let r = app.send(&method, &path, None).await;
-            assert_eq!(r.status, 405, "{method} {path}: {}", r.body);
-            assert_eq!(r.body["error"]["code"], "METHOD_NOT_ALLOWED");
-            assert_eq!(allow_set(r.header("allow")), served, "{method} {path}");
-        }
-    }
 }
