@@ -6,7 +6,6 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
-use serde_json::Value;
 
 /// The stable, documented error codes. Clients branch on these, never on messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -200,14 +199,4 @@ pub fn with_message<T: Serialize>(
 /// 200 `{ "success": true, "data": [...], "pagination": {...} }`
 pub fn page<T: Serialize>(data: Vec<T>, pagination: Pagination) -> HttpResponse {
     respond(StatusCode::OK, None, data, Some(pagination))
-}
-
-/// Parse an envelope in tests and clients: `(success, data or error)`.
-pub fn split(body: &Value) -> (bool, &Value) {
-    let success = body
-        .get("success")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let key = if success { "data" } else { "error" };
-    (success, body.get(key).unwrap_or(&Value::Null))
 }

@@ -24,11 +24,7 @@ pub(super) fn touch(
         runs_table::lease_expires_at.eq(me.expires(now)),
     ))
     .execute(conn)?;
-    Ok(if n == 1 {
-        Fenced::Written
-    } else {
-        Fenced::LeaseLost
-    })
+    Ok(Fenced::of(n))
 }
 
 /// The heartbeat: keep holding the run during a long step.
@@ -45,11 +41,7 @@ pub(crate) fn renew_lease(
     )
     .set(runs_table::lease_expires_at.eq(me.expires(now)))
     .execute(conn)?;
-    Ok(if n == 1 {
-        Fenced::Written
-    } else {
-        Fenced::LeaseLost
-    })
+    Ok(Fenced::of(n))
 }
 
 /// Hand the run back at shutdown: the lease ends now (so the redelivered job is taken at

@@ -40,6 +40,17 @@ pub enum Fenced {
     LeaseLost,
 }
 
+impl Fenced {
+    /// What an update of one run row fenced by the lease did, from the rows it changed.
+    fn of(rows: usize) -> Self {
+        if rows == 1 {
+            Fenced::Written
+        } else {
+            Fenced::LeaseLost
+        }
+    }
+}
+
 mod batch;
 mod children;
 mod claim;

@@ -65,7 +65,7 @@ pub(crate) fn cancel_run(
                 lifecycle::Cancel::NotFound => CancelOutcome::NotFound,
                 lifecycle::Cancel::Ended(status) => CancelOutcome::Ended(status.to_string()),
                 lifecycle::Cancel::Cancelled { wake_parent } => CancelOutcome::Cancelled {
-                    detail: Box::new(get_run_detail(conn, org_id, run_id)?.ok_or(Error::NotFound)?),
+                    detail: now_reads(conn, org_id, run_id)?,
                     wake_parent,
                 },
             },
@@ -89,7 +89,7 @@ pub(crate) fn retry_run(
                     RetryOutcome::NotRetryable(status.to_string())
                 }
                 lifecycle::Retry::Retried { job } => RetryOutcome::Retried {
-                    detail: Box::new(get_run_detail(conn, org_id, run_id)?.ok_or(Error::NotFound)?),
+                    detail: now_reads(conn, org_id, run_id)?,
                     job,
                 },
             },
@@ -116,10 +116,17 @@ pub(crate) fn decide_approval(
                 lifecycle::Decide::StepNotFound => ApproveOutcome::StepNotFound,
                 lifecycle::Decide::NotWaiting(why) => ApproveOutcome::NotWaiting(why),
                 lifecycle::Decide::Decided { job } => ApproveOutcome::Decided {
-                    detail: Box::new(get_run_detail(conn, org_id, run_id)?.ok_or(Error::NotFound)?),
+                    detail: now_reads(conn, org_id, run_id)?,
                     job,
                 },
             },
         )
     })
+}
+
+/// The run as it reads after a control action, in the same transaction.
+fn now_reads(conn: &mut PgConnection, org_id: &str, run_id: &str) -> Result<Box<RunDetail>, Error> {
+    Ok(Box::new(
+        get_run_detail(conn, org_id, run_id)?.ok_or(Error::NotFound)?,
+    ))
 }
