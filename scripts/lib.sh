@@ -152,3 +152,61 @@ nginx_bin() {
         return 1
     fi
 }
+
+# python3 with venv and ensurepip (Debian splits them out into python3-venv), installed with
+# apt-get when missing.
+ensure_python_venv() {
+    if command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' 2>/dev/null; then
+        return 0
+    fi
+    command -v apt-get >/dev/null 2>&1 ||
+        die "python3 with the venv module is needed (Debian: python3-venv); install it and run this again"
+    local log
+    log="$(mktemp "${TMPDIR:-/tmp}/thygon-apt.XXXXXX")"
+    say "installing python3 python3-venv with apt-get (log: $log)"
+    if ! { as_root env DEBIAN_FRONTEND=noninteractive apt-get update >>"$log" 2>&1 &&
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+            python3 python3-venv >>"$log" 2>&1; }; then
+        tail -n 30 "$log" >&2
+        die "apt-get install python3-venv failed"
+    fi
+    hash -r
+    python3 -c 'import venv, ensurepip' 2>/dev/null || die "python3 still has no venv module"
+}
+
+# ensure_venv DIR REQUIREMENT...: a Python virtualenv at DIR with exactly these pinned packages
+# from PyPI, made once and reused while the list is the same (a changed list rebuilds it).
+ensure_venv() {
+    local venv="$1"
+    shift
+    local stamp="$venv/.thygon-requirements" want
+    want="$(printf '%s\n' "$@")"
+    if [[ -x $venv/bin/python && -f $stamp && "$(<"$stamp")" == "$want" ]]; then
+        say "tools: reusing ${venv#"$REPO"/} ($*)"
+        return 0
+    fi
+    ensure_python_venv
+    say "tools: creating ${venv#"$REPO"/} with $* (from PyPI, once)"
+    rm -rf "$venv"
+    mkdir -p "$(dirname "$venv")"
+    python3 -m venv "$venv"
+    local log
+    log="$(mktemp "${TMPDIR:-/tmp}/thygon-pip.XXXXXX")"
+    if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$@" >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        rm -rf "$venv" "$log"
+        die "pip install $* failed"
+    fi
+    rm -f "$log"
+    printf '%s\n' "$want" >"$stamp"
+}
+
+# The API checkers `make test` runs against a whole stack (e2e/tests/openapi.rs): pinned, in
+# their own virtualenv (git-ignored), exported as THYGON_OPENAPI_VALIDATOR and THYGON_SCHEMATHESIS.
+API_TOOLS_VENV="${API_TOOLS_VENV:-$REPO/.tools/api-venv}"
+API_TOOLS=(openapi-spec-validator==0.9.0 schemathesis==4.32.5)
+ensure_api_tools() {
+    ensure_venv "$API_TOOLS_VENV" "${API_TOOLS[@]}"
+    export THYGON_OPENAPI_VALIDATOR="$API_TOOLS_VENV/bin/openapi-spec-validator"
+    export THYGON_SCHEMATHESIS="$API_TOOLS_VENV/bin/st"
+}

@@ -54,47 +54,6 @@ trap 'rm -rf "$TMP"' EXIT
 
 # ---- tools ------------------------------------------------------------------------------------
 
-# python3 with venv and ensurepip (Debian splits them out into python3-venv).
-ensure_python_venv() {
-    if command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' 2>/dev/null; then
-        return 0
-    fi
-    command -v apt-get >/dev/null 2>&1 ||
-        die "python3 with the venv module is needed (Debian: python3-venv); install it and run this again"
-    local log="$TMP/apt.log"
-    say "installing python3 python3-venv with apt-get (log: $log)"
-    if ! { as_root env DEBIAN_FRONTEND=noninteractive apt-get update >>"$log" 2>&1 &&
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-            python3 python3-venv >>"$log" 2>&1; }; then
-        tail -n 30 "$log" >&2
-        die "apt-get install python3-venv failed"
-    fi
-    hash -r
-    python3 -c 'import venv, ensurepip' 2>/dev/null || die "python3 still has no venv module"
-}
-
-ensure_tools() {
-    local stamp="$TOOLS_VENV/.thygon-requirements" want
-    want="$(printf '%s\n' "${REQUIREMENTS[@]}")"
-    if [[ -x $TOOLS_VENV/bin/python && -f $stamp && "$(<"$stamp")" == "$want" ]]; then
-        say "tools: reusing ${TOOLS_VENV#"$REPO"/} (${REQUIREMENTS[*]})"
-        return 0
-    fi
-    ensure_python_venv
-    say "tools: creating ${TOOLS_VENV#"$REPO"/} with ${REQUIREMENTS[*]} (from PyPI, once)"
-    rm -rf "$TOOLS_VENV"
-    mkdir -p "$(dirname "$TOOLS_VENV")"
-    python3 -m venv "$TOOLS_VENV"
-    local log="$TMP/pip.log"
-    if ! "$TOOLS_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-        "${REQUIREMENTS[@]}" >"$log" 2>&1; then
-        tail -n 30 "$log" >&2
-        rm -rf "$TOOLS_VENV"
-        die "pip install ${REQUIREMENTS[*]} failed"
-    fi
-    printf '%s\n' "$want" >"$stamp"
-}
-
 # COMPOSE: the command of a Docker Compose v2 client, or empty.
 find_compose() {
     COMPOSE=()
@@ -181,7 +140,7 @@ check_nginx() {
     say "ok: nginx -t ($("$nginx" -v 2>&1 | sed 's/^nginx version: //'))"
 }
 
-ensure_tools
+ensure_venv "$TOOLS_VENV" "${REQUIREMENTS[@]}"
 check_k8s
 check_compose
 check_nginx
