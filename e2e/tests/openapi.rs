@@ -280,6 +280,15 @@ fn api_tool(env: &str, name: &str) -> std::path::PathBuf {
     path
 }
 
+/// The number in schemathesis's summary line `N generated, N passed, ...` (0 without one).
+fn generated_cases(stdout: &str) -> u64 {
+    stdout
+        .lines()
+        .find_map(|line| line.trim().split_once(" generated,"))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// How long one schemathesis pass may take before it is stopped and the test fails (about a
 /// minute each on an idle 2-core machine with the default examples).
 const SCHEMATHESIS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
@@ -437,6 +446,12 @@ async fn the_description_is_valid_and_schemathesis_finds_no_undescribed_answer()
         if !out.status.success() {
             failed.push(name);
         }
+        // A pass that selected no operation, or whose filter matched nothing, exits 0 too.
+        let generated = generated_cases(&String::from_utf8_lossy(&out.stdout));
+        assert!(
+            generated >= 100,
+            "schemathesis ({name} key) generated only {generated} test cases"
+        );
     }
     println!("schemathesis took {:?}", started.elapsed());
     assert!(
