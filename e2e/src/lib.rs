@@ -10,6 +10,7 @@
 mod calls;
 pub mod private;
 mod processes;
+pub mod standin;
 mod start;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,10 @@ use thygon_testkit::TestDb;
 #[derive(Clone, Debug)]
 pub struct StackOptions {
     pub workers: usize,
+    /// How many runtime-service processes (at least 1), all on the stack's database and
+    /// queues: `runtime-service` (behind the gateway), then `runtime-service-1`, ... on ports
+    /// of their own ([`Stack::runtime_url`]).
+    pub runtimes: usize,
     /// `WORKER_CONCURRENCY` of every worker.
     pub worker_concurrency: usize,
     /// Extra environment for every process.
@@ -40,6 +45,7 @@ impl Default for StackOptions {
     fn default() -> Self {
         StackOptions {
             workers: 1,
+            runtimes: 1,
             worker_concurrency: 4,
             env: Vec::new(),
             database_url: None,

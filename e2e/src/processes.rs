@@ -26,20 +26,32 @@ impl Stack {
             .collect()
     }
 
-    /// The process id of worker `i`, while it runs.
-    pub fn worker_pid(&self, i: usize) -> Option<u32> {
-        let name = worker_name(i);
+    /// The base URL (`http://127.0.0.1:<port>`) of runtime-service `i`: 0 is the one behind
+    /// the gateway, the others come from [`crate::StackOptions::runtimes`].
+    pub fn runtime_url(&self, i: usize) -> String {
+        let name = match i {
+            0 => "runtime-service".to_string(),
+            i => format!("runtime-service-{i}"),
+        };
+        let addr = self
+            .env_of(&name, "HTTP_ADDR")
+            .unwrap_or_else(|| panic!("no process {name}"));
+        format!("http://{addr}")
+    }
+
+    /// The process id of the running process `name`.
+    pub fn pid_of(&self, name: &str) -> Option<u32> {
         self.children
             .iter()
-            .find(|(n, _)| *n == name)
+            .find(|(n, _)| n == name)
             .map(|(_, c)| c.id())
     }
 
-    /// Send `signal` (`"KILL"`, `"TERM"`, ...) to worker `i` without waiting for it.
-    pub fn signal_worker(&self, i: usize, signal: &str) {
+    /// Send `signal` (`"KILL"`, `"TERM"`, ...) to process `name` without waiting for it.
+    pub fn signal(&self, name: &str, signal: &str) {
         let pid = self
-            .worker_pid(i)
-            .unwrap_or_else(|| panic!("worker {i} is not running"));
+            .pid_of(name)
+            .unwrap_or_else(|| panic!("{name} is not running"));
         let status = Command::new("kill")
             .args([format!("-{signal}"), pid.to_string()])
             .status()
@@ -47,10 +59,9 @@ impl Stack {
         assert!(status.success(), "kill -{signal} {pid}");
     }
 
-    /// Wait up to `within` for worker `i` to exit; `None` if it still runs.
-    pub async fn wait_worker_exit(&mut self, i: usize, within: Duration) -> Option<ExitStatus> {
-        let name = worker_name(i);
-        let at = self.children.iter().position(|(n, _)| *n == name)?;
+    /// Wait up to `within` for process `name` to exit; `None` if it still runs (or never ran).
+    pub async fn wait_exit(&mut self, name: &str, within: Duration) -> Option<ExitStatus> {
+        let at = self.children.iter().position(|(n, _)| n == name)?;
         let deadline = Instant::now() + within;
         loop {
             if let Ok(Some(status)) = self.children[at].1.try_wait() {
@@ -62,6 +73,26 @@ impl Stack {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The process id of worker `i`, while it runs.
+    pub fn worker_pid(&self, i: usize) -> Option<u32> {
+        let name = worker_name(i);
+        self.children
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| c.id())
+    }
+
+    /// Send `signal` (`"KILL"`, `"TERM"`, ...) to worker `i` without waiting for it.
+    pub fn signal_worker(&self, i: usize, signal: &str) {
+        assert!(self.worker_pid(i).is_some(), "worker {i} is not running");
+        self.signal(&worker_name(i), signal);
+    }
+
+    /// Wait up to `within` for worker `i` to exit; `None` if it still runs.
+    pub async fn wait_worker_exit(&mut self, i: usize, within: Duration) -> Option<ExitStatus> {
+        self.wait_exit(&worker_name(i), within).await
     }
 
     /// Send `signal` to worker `i` and wait (up to 60 s) until it exited.

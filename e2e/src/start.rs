@@ -114,6 +114,15 @@ impl Stack {
             vec![("HTTP_ADDR", format!("127.0.0.1:{rt}"))],
             format!("http://127.0.0.1:{rt}/readyz"),
         ));
+        for i in 1..options.runtimes {
+            let port = free_port();
+            specs.push(spec(
+                &format!("runtime-service-{i}"),
+                "runtime-service",
+                vec![("HTTP_ADDR", format!("127.0.0.1:{port}"))],
+                format!("http://127.0.0.1:{port}/readyz"),
+            ));
+        }
         let gateway = free_port();
         // `http` steps may call this stack's own gateway (tests use it as a real endpoint) and
         // nothing else inside; `env` may set EGRESS_ALLOW otherwise (the later value wins).

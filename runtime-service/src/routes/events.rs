@@ -29,6 +29,7 @@ use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// How often a subscriber's stream looks for new events.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -67,8 +68,21 @@ enum RunStreamEventKind {
 
 /// The event streams open on this replica, per API key: what `maxEventStreams` counts.
 /// In-process (like the rate limit), so each replica allows that many per key.
-#[derive(Clone, Default)]
-pub struct EventStreams(Arc<Mutex<HashMap<String, u32>>>);
+#[derive(Clone)]
+pub struct EventStreams {
+    open: Arc<Mutex<HashMap<String, u32>>>,
+    /// Set once the process is stopping ([`EventStreams::stop_all`]).
+    stopping: Arc<watch::Sender<bool>>,
+}
+
+impl Default for EventStreams {
+    fn default() -> Self {
+        EventStreams {
+            open: Arc::default(),
+            stopping: Arc::new(watch::channel(false).0),
+        }
+    }
+}
 
 /// One open stream of a key; dropping it (with the stream) gives its place back.
 pub struct StreamSlot {
@@ -79,7 +93,7 @@ pub struct StreamSlot {
 impl EventStreams {
     /// A place for one more stream of `key_id`, or the quota it would go over (`max` 0: none).
     pub fn open(&self, key_id: &str, max: u32) -> Result<StreamSlot, QuotaExceeded> {
-        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let count = open.entry(key_id.to_string()).or_insert(0);
         if max > 0 && *count >= max {
             let what = format!("{count} event streams are open with this API key");
@@ -94,14 +108,21 @@ impl EventStreams {
 
     /// Streams open with `key_id` on this replica.
     pub fn open_with(&self, key_id: &str) -> u32 {
-        let open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.get(key_id).copied().unwrap_or(0)
+    }
+
+    /// The process is stopping (SIGTERM): every open stream ends at once with a `reconnect`
+    /// event, so its client resumes on another replica instead of being cut off when the
+    /// shutdown grace runs out.
+    pub fn stop_all(&self) {
+        self.stopping.send_replace(true);
     }
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        let mut open = self.streams.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = self.streams.open.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(count) = open.get_mut(&self.key_id) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -165,6 +186,7 @@ pub async fn stream_run_events(
         read_now: true,
         last_write: Instant::now(),
         ends_at: Instant::now() + state.event_stream_max,
+        stopping: state.streams.stopping.subscribe(),
         _slot: slot,
     };
     Ok(HttpResponse::Ok()
@@ -195,6 +217,8 @@ struct Feed {
     last_write: Instant,
     /// `EVENT_STREAM_MAX_SECONDS` after it opened: the stream ends then (with a `reconnect`).
     ends_at: Instant,
+    /// True once the process is stopping: the stream ends then (with a `reconnect`).
+    stopping: watch::Receiver<bool>,
     /// The stream's place under `maxEventStreams`, given back when the feed is dropped.
     _slot: StreamSlot,
 }
@@ -213,14 +237,19 @@ impl Feed {
             if self.done {
                 return None;
             }
-            if Instant::now() >= self.ends_at {
-                self.ready.push_back(self.reconnect_frame());
+            let stopping = *self.stopping.borrow();
+            if stopping || Instant::now() >= self.ends_at {
+                self.ready.push_back(self.reconnect_frame(stopping));
                 self.done = true;
                 continue;
             }
             if !self.read_now {
                 let left = self.ends_at.saturating_duration_since(Instant::now());
-                tokio::time::sleep(POLL_INTERVAL.min(left)).await;
+                let mut stop = self.stopping.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(POLL_INTERVAL.min(left)) => {}
+                    Ok(_) = stop.wait_for(|stopping| *stopping) => continue,
+                }
             }
             self.read().await;
             if self.ready.is_empty() && self.last_write.elapsed() >= KEEP_ALIVE_AFTER {
@@ -232,14 +261,20 @@ impl Feed {
 
     /// The last frame of a stream at its maximum lifetime: its `id` (the last event sent,
     /// or the client's `Last-Event-ID`) is where the client's reconnection resumes.
-    fn reconnect_frame(&self) -> Bytes {
+    /// `stopping`: the process is stopping, rather than the stream at its lifetime.
+    fn reconnect_frame(&self, stopping: bool) -> Bytes {
+        let reason = if stopping {
+            "the server is stopping; reconnect with Last-Event-ID"
+        } else {
+            "the stream reached EVENT_STREAM_MAX_SECONDS; reconnect with Last-Event-ID"
+        };
         log::debug!(
-            "event stream of run {}: open for EVENT_STREAM_MAX_SECONDS; ending it after event {}",
+            "event stream of run {}: {reason}; ending it after event {}",
             self.run_id,
             self.last_id
         );
         let data = serde_json::json!({
-            "reason": "the stream reached EVENT_STREAM_MAX_SECONDS; reconnect with Last-Event-ID",
+            "reason": reason,
             "lastEventId": self.last_id.to_string(),
         });
         Bytes::from(format!(

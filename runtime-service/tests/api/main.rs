@@ -1,6 +1,7 @@
 mod auth;
 mod batching;
 mod control;
+mod cursors;
 mod events;
 mod helpers;
 mod hostile;
