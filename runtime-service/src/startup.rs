@@ -116,9 +116,8 @@ impl Application {
         // The server stops on SIGTERM/SIGINT and waits for the responses in flight; the event
         // streams would hold it for its whole grace and then be cut: end them at once instead.
         background.push(tokio::spawn(async move {
-            if stop_signal().await {
-                streams.stop_all();
-            }
+            shared_models::service::shutdown_signal().await;
+            streams.stop_all();
         }));
         if tasks.gauges {
             background.push(tokio::spawn(gauges.clone().run(settings.metrics_refresh)));
@@ -191,24 +190,6 @@ impl Application {
             task.abort();
         }
         result
-    }
-}
-
-/// Resolves on the first SIGTERM or SIGINT (true), or false if they cannot be listened to.
-async fn stop_signal() -> bool {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            true
-        }
-        _ => false,
     }
 }
 

@@ -113,7 +113,10 @@ fn failure(message: &str) -> ExitCode {
 /// Resolves at the first SIGINT (Ctrl-C) or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+        // Without a handler there is no Ctrl-C to wait for (not a stop signal at once).
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     };
     #[cfg(unix)]
     let term = async {
