@@ -33,10 +33,13 @@ async fn sigterm_stops_a_worker_busy_rendering_within_its_grace_period() {
         )
         .await;
     let run = stack.trigger("wf_long-render", json!({})).await;
-    // Premise: its step is rendering (RUNNING) when the signal goes.
+    // Premise: the worker holds the run (claimed, RUNNING) and its one step has not ended
+    // when the signal goes (a transform's step row only changes when its render ends); that
+    // the job was still in flight shows below in the worker waiting out its grace. (No fixed
+    // sleep "to let the render start": the claim is what starts it.)
     stack
-        .wait_until(&run, Duration::from_secs(30), "rendering", |r| {
-            r["status"] == "RUNNING" && r["steps"][0]["status"] == "RUNNING"
+        .wait_until(&run, Duration::from_secs(30), "RUNNING", |r| {
+            r["status"] == "RUNNING" && r["steps"][0]["status"] == "PENDING"
         })
         .await;
 
