@@ -226,7 +226,20 @@ async fn a_process_never_migrates_it_refuses_an_older_schema_or_waits_for_the_mi
     let readyz = format!("http://127.0.0.1:{port}/readyz");
     let client = reqwest::Client::new();
 
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Until the service says it waits for the migrations (polled from its log), then: it
+    // does not serve.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(dir.join("workflow-service.log"))
+        .unwrap_or_default()
+        .contains("waiting for the migrate step")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "workflow-service never said it waits for the migrations:\n{}",
+            std::fs::read_to_string(dir.join("workflow-service.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         client.get(&readyz).send().await.is_err(),
         "workflow-service must not serve before its schema exists"

@@ -354,8 +354,26 @@ async fn the_dashboard_shows_runs_graphs_queues_and_workers_in_a_browser() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    // A few samples for the chart.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A few samples for the chart: polled until every queue has 3 in its history (one sample
+    // alone would still draw a two-point line, so 3 points show the history is drawn).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let queues = get(&stack, ADMIN_KEY, "/ops/queues").await;
+        let sampled = queues.as_array().is_some_and(|qs| {
+            !qs.is_empty()
+                && qs
+                    .iter()
+                    .all(|q| q["history"].as_array().is_some_and(|h| h.len() >= 3))
+        });
+        if sampled {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fewer than 3 samples of a queue after 30 s: {queues}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let worker_id = workers[0]["id"].as_str().unwrap().to_string();
     assert_eq!(worker_id, "e2e-worker-0");
     assert_eq!(workers[0]["live"], true);
@@ -403,7 +421,7 @@ async fn the_dashboard_shows_runs_graphs_queues_and_workers_in_a_browser() {
     assert_eq!(polylines.len(), 4, "two lines per queue chart");
     for p in &polylines {
         let points = p["points"].split(' ').count();
-        assert!(points >= 2, "a line has at least two points: {p:?}");
+        assert!(points >= 3, "a line has a point per sample: {p:?}");
     }
     let worker_rows: Vec<_> = with(&tags(&html, "tr"), "data-worker").cloned().collect();
     assert_eq!(worker_rows.len(), 1);

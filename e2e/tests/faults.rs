@@ -24,6 +24,8 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Each scenario, start to end (private servers included), must finish within this.
 const SCENARIO_DEADLINE: Duration = Duration::from_secs(120);
+/// The workers' `SHUTDOWN_GRACE_SECONDS`.
+const SHUTDOWN_GRACE_SECONDS: u64 = 10;
 /// How long the runs of a scenario get to finish after the fault.
 const SETTLE_WITHIN: Duration = Duration::from_secs(60);
 
@@ -67,9 +69,10 @@ async fn private_servers() -> (PrivatePostgres, String, PrivateRabbit) {
 }
 
 async fn fault_stack(workers: usize, concurrency: usize, db: &str, mq: &PrivateRabbit) -> Stack {
+    let grace = SHUTDOWN_GRACE_SECONDS.to_string();
     let env = [
         ("LEASE_SECONDS", "3"),
-        ("SHUTDOWN_GRACE_SECONDS", "10"),
+        ("SHUTDOWN_GRACE_SECONDS", grace.as_str()),
         ("REAPER_GRACE_SECONDS", "1"),
         // The slow endpoint's `http` steps: it listens on a loopback port picked later.
         ("EGRESS_ALLOW", "127.0.0.1"),
@@ -220,6 +223,8 @@ struct Tally {
     completed_steps_rerun: usize,
     /// Attempts beyond the first (an attempt cut off mid-call is run again: allowed).
     extra_attempts: i64,
+    /// Runs whose own `-> COMPLETED` transition shows other than once (must be none).
+    runs_not_completed_once: Vec<String>,
 }
 
 fn tally(runs: &[Value]) -> Tally {
@@ -236,6 +241,16 @@ fn tally(runs: &[Value]) -> Tally {
                 .push(format!("{} {other}", run["id"].as_str().unwrap_or("?"))),
         }
         let transitions = run["transitions"].as_array().cloned().unwrap_or_default();
+        let run_completions = transitions
+            .iter()
+            .filter(|tr| tr["step"].is_null() && tr["to"] == "COMPLETED")
+            .count();
+        if run["status"] == "COMPLETED" && run_completions != 1 {
+            t.runs_not_completed_once.push(format!(
+                "{} ({run_completions} transitions to COMPLETED)",
+                run["id"].as_str().unwrap_or("?")
+            ));
+        }
         for step in run["steps"].as_array().cloned().unwrap_or_default() {
             let name = &step["name"];
             t.extra_attempts += (step["attempt"].as_i64().unwrap_or(0) - 1).max(0);
@@ -301,6 +316,51 @@ fn assert_survived(what: &str, t: &Tally, stack: &Stack) {
         t.completed_steps_rerun, 0,
         "{what}: a completed step ran again"
     );
+    assert!(
+        t.runs_not_completed_once.is_empty(),
+        "{what}: runs not completed exactly once: {:?}",
+        t.runs_not_completed_once
+    );
+}
+
+#[derive(diesel::QueryableByName)]
+struct HeldRun {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    lease_takeovers: i32,
+}
+
+/// The runs RUNNING under the lease of one of `workers` (`WORKER_ID`s, `e2e-worker-<i>`),
+/// read from the database; with `in_a_step`, only those with a step RUNNING (mid-call).
+fn held_by(stack: &Stack, workers: &[&str], in_a_step: bool) -> Vec<HeldRun> {
+    use diesel::prelude::*;
+    let workers: Vec<String> = workers.iter().map(|w| w.to_string()).collect();
+    let mut conn = PgConnection::establish(&stack.database_url).expect("database");
+    diesel::sql_query(
+        "SELECT id, lease_takeovers FROM runs r
+         WHERE r.status = 'RUNNING' AND r.lease_owner = ANY($1)
+           AND (NOT $2 OR EXISTS (SELECT 1 FROM step_runs s
+                                  WHERE s.run_id = r.id AND s.status = 'RUNNING'))
+         ORDER BY id",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(workers)
+    .bind::<diesel::sql_types::Bool, _>(in_a_step)
+    .load(&mut conn)
+    .expect("runs held by a worker")
+}
+
+/// `lease_takeovers` of each run, read from the database.
+fn takeovers(stack: &Stack, ids: &[String]) -> HashMap<String, i32> {
+    use diesel::prelude::*;
+    let mut conn = PgConnection::establish(&stack.database_url).expect("database");
+    diesel::sql_query("SELECT id, lease_takeovers FROM runs WHERE id = ANY($1)")
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(ids.to_vec())
+        .load::<HeldRun>(&mut conn)
+        .expect("takeovers")
+        .into_iter()
+        .map(|r| (r.id, r.lease_takeovers))
+        .collect()
 }
 
 async fn snapshot(stack: &Stack, ids: &[String]) -> Vec<Value> {
@@ -364,26 +424,40 @@ async fn kill_9_every_worker_mid_flight_then_start_a_new_one() {
         let fault = Instant::now();
         stack.signal_worker(0, "KILL");
         stack.signal_worker(1, "KILL");
-        stack.wait_worker_exit(0, Duration::from_secs(10)).await;
-        stack.wait_worker_exit(1, Duration::from_secs(10)).await;
+        for i in 0..2 {
+            assert!(
+                stack.wait_worker_exit(i, Duration::from_secs(10)).await.is_some(),
+                "worker {i} still runs 10 s after SIGKILL"
+            );
+        }
+        // With both workers dead, nothing can change who holds a run: these are the runs
+        // their leases held when they died, which only a takeover can finish.
+        let orphaned: Vec<String> = held_by(&stack, &["e2e-worker-0", "e2e-worker-1"], false)
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert!(
+            !orphaned.is_empty(),
+            "premise: no run was held by a worker's lease when both were killed \
+             ({running} RUNNING, {waiting} WAITING, {done} COMPLETED by the API)"
+        );
         let next = stack.workers();
         stack.start_worker(next).await;
         let runs = settle(&stack, &ids, SETTLE_WITHIN).await;
         let took = fault.elapsed();
         let t = tally(&runs);
         let (calls, repeated) = external_calls(&runs, &slow);
-        let taken_over = runs
-            .iter()
-            .filter(|r| {
-                r["logs"].as_array().is_some_and(|logs| {
-                    logs.iter().any(|l| {
-                        l["message"]
-                            .as_str()
-                            .is_some_and(|m| m.contains("stopped holding it"))
+        let took_over = |r: &Value| {
+            r["logs"].as_array().is_some_and(|logs| {
+                logs.iter().any(|l| {
+                    l["message"].as_str().is_some_and(|m| {
+                        m.contains("stopped holding it")
+                            && (m.contains("after e2e-worker-0 ") || m.contains("after e2e-worker-1 "))
                     })
                 })
             })
-            .count();
+        };
+        let taken_over = runs.iter().filter(|r| took_over(r)).count();
         let reaped: usize = std::fs::read_to_string(stack.dir.join("runtime-service.log"))
             .unwrap_or_default()
             .lines()
@@ -391,7 +465,8 @@ async fn kill_9_every_worker_mid_flight_then_start_a_new_one() {
             .filter_map(|rest| rest.split_whitespace().next()?.parse::<usize>().ok())
             .sum();
         println!(
-            "kill -9: {taken_over} runs taken over from a dead worker's lease ({reaped} jobs queued by the lease reaper)"
+            "kill -9: {} runs held by the killed workers' leases; {taken_over} runs taken over from a dead worker's lease ({reaped} jobs queued by the lease reaper)",
+            orphaned.len()
         );
         println!(
             "kill -9: killed 2 workers with {running} runs RUNNING, {waiting} WAITING, {done} COMPLETED; \
@@ -406,10 +481,25 @@ async fn kill_9_every_worker_mid_flight_then_start_a_new_one() {
             t.extra_attempts,
             took.as_secs_f64()
         );
-        assert!(
-            running > 0,
-            "no run held a lease when the workers were killed"
-        );
+        // Every run the dead workers held was taken over: counted on the run, and said in
+        // its log, naming the dead worker (its job redelivered by RabbitMQ, or queued by the
+        // lease reaper once the lease expired: either may come first, so only printed).
+        let counted = takeovers(&stack, &orphaned);
+        for id in &orphaned {
+            assert!(
+                counted.get(id).copied().unwrap_or(0) >= 1,
+                "run {id}, held by a killed worker, shows no takeover ({counted:?})"
+            );
+            let run = runs
+                .iter()
+                .find(|r| r["id"] == id.as_str())
+                .expect("an orphaned run is one of the scenario's");
+            assert!(
+                took_over(run),
+                "run {id}: no log of its takeover from a killed worker: {}",
+                run["logs"]
+            );
+        }
         assert_survived("kill -9", &t, &stack);
     })
     .await;
@@ -550,25 +640,44 @@ async fn sigterm_a_worker_mid_run() {
         for n in 0..16 {
             ids.push(trigger(&stack, "wf_chain", n).await);
         }
+        // Premise: worker 0 holds the lease of a run whose step is RUNNING (a slow call in
+        // flight) when the signal goes; polled from the database until it does.
         let deadline = Instant::now() + Duration::from_secs(30);
-        let running = loop {
-            let runs = snapshot(&stack, &ids).await;
-            let running = count_status(&runs, "RUNNING");
-            if running >= 4 || Instant::now() > deadline {
-                break running;
+        let in_flight = loop {
+            let held = held_by(&stack, &["e2e-worker-0"], true);
+            if !held.is_empty() {
+                break held;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                Instant::now() < deadline,
+                "premise: worker 0 never held a run mid-step within 30 s:\n{}",
+                stack.log_tail("executor-worker-0")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         };
+        let running = count_status(&snapshot(&stack, &ids).await, "RUNNING");
         let fault = Instant::now();
-        let status = stack.kill_worker(0, "TERM").await;
+        stack.signal_worker(0, "TERM");
+        // It finishes what it holds within its grace period, hands back the rest and exits:
+        // the bound is the grace plus a margin for the handback and the exit (its calls take
+        // 1 s, so it exits in about that; a worker that only stops at its own last resort,
+        // grace + 5 s, fails).
+        let within = Duration::from_secs(SHUTDOWN_GRACE_SECONDS + 4);
+        let status = stack.wait_worker_exit(0, within).await.unwrap_or_else(|| {
+            panic!(
+                "worker 0 still runs {within:?} after SIGTERM (SHUTDOWN_GRACE_SECONDS={SHUTDOWN_GRACE_SECONDS}):\n{}",
+                stack.log_tail("executor-worker-0")
+            )
+        });
         let exited = fault.elapsed();
         let runs = settle(&stack, &ids, SETTLE_WITHIN).await;
         let t = tally(&runs);
         let (calls, repeated) = external_calls(&runs, &slow);
         println!(
-            "SIGTERM: {running} runs RUNNING at SIGTERM; the worker exited ({status}) after {:.1} s; \
+            "SIGTERM: {} runs held mid-step by worker 0 and {running} runs RUNNING at SIGTERM; the worker exited ({status}) after {:.1} s; \
              {}/{} runs completed, {} failed, {} completed steps re-run, {} attempts re-run, \
              {calls} external calls ({repeated} repeated); all settled {:.1} s after SIGTERM",
+            in_flight.len(),
             exited.as_secs_f64(),
             t.completed,
             t.runs,
@@ -577,7 +686,15 @@ async fn sigterm_a_worker_mid_run() {
             t.extra_attempts,
             fault.elapsed().as_secs_f64()
         );
-        assert!(status.success(), "a SIGTERMed worker exits cleanly");
+        assert_eq!(status.code(), Some(0), "a SIGTERMed worker exits cleanly: {status}");
+        // The runs it held mid-step when the signal went completed (once each: below).
+        for held in &in_flight {
+            let run = runs
+                .iter()
+                .find(|r| r["id"] == held.id.as_str())
+                .expect("a held run is one of the scenario's");
+            assert_eq!(run["status"], "COMPLETED", "run {} held at SIGTERM: {run}", held.id);
+        }
         assert_survived("SIGTERM", &t, &stack);
     })
     .await;

@@ -171,9 +171,10 @@ async fn a_three_agent_triage_passes_outputs_along_and_failures_name_the_agent()
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    let (_, body) = stack
+    let (status, body) = stack
         .call("POST", "/workflows/wf_triage/trigger", Some(json!({"variables": {"ticketId": "TCK-7", "subject": "I was charged twice", "body": "refund please, my invoice is wrong"}})))
         .await;
+    assert_eq!(status, 201, "{body}");
     let run = stack
         .wait_for_run(
             body["data"]["id"].as_str().unwrap(),
@@ -188,14 +189,18 @@ async fn a_three_agent_triage_passes_outputs_along_and_failures_name_the_agent()
     );
     assert_eq!(run["output"].as_object().unwrap().len(), 1);
 
-    let (_, _) = stack
+    // An agent no one configured: the definition is accepted (agents are the workers'
+    // configuration), the run fails naming it.
+    let (status, body) = stack
         .call("POST", "/workflows", Some(json!({"name": "ghost", "definition": {"steps": [
             {"name": "ask", "type": "agent", "agentId": "nobody-configured-this", "instructions": "hi"},
             {"name": "after", "type": "transform", "value": 1}]}})))
         .await;
-    let (_, body) = stack
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = stack
         .call("POST", "/workflows/wf_ghost/trigger", None)
         .await;
+    assert_eq!(status, 201, "{body}");
     let run = stack
         .wait_for_run(
             body["data"]["id"].as_str().unwrap(),

@@ -158,11 +158,12 @@ async fn parallel_branches_overlap_in_time_and_the_join_waits_for_both() {
         d.0 >= b.1 && d.0 >= c.1,
         "the join started after both branches ended: b {b:?}, c {c:?}, d {d:?}"
     );
-    let total = d.1 - a.0;
     assert!(
-        total < ms(750),
-        "the branches ran at once: the run took {total}, less than the 800 ms of both delays"
+        b.0 >= a.1 && c.0 >= a.1,
+        "both branches started after the step they depend on: a {a:?}, b {b:?}, c {c:?}"
     );
+    // (No bound on the run's wall time: the overlap above, read from the steps' own
+    // timestamps, is what proves the branches ran at once, however loaded the machine.)
 
     let all = transitions(&get_events(&db.pool, &run_id).await);
     let at = |step: &str, from: &str, to: &str| {

@@ -34,9 +34,20 @@ fn the_pool_never_holds_more_than_its_size_and_reports_itself() {
         let pool = pool.clone();
         std::thread::spawn(move || db::checkout(&pool).is_err())
     };
-    std::thread::sleep(Duration::from_millis(500));
-    let text = render().unwrap();
-    assert_eq!(sample(&text, "thygon_db_pool_waiting", ""), Some(1.0));
+    // The waiter is counted once its thread asks: polled (its checkout gives up after 5 s).
+    let asked = std::time::Instant::now();
+    loop {
+        let text = render().unwrap();
+        let waiting = sample(&text, "thygon_db_pool_waiting", "");
+        if waiting == Some(1.0) {
+            break;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(4) && !waiter.is_finished(),
+            "the third checkout was never counted as waiting ({waiting:?})"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(
         waiter.join().unwrap(),
         "a pool of 2 with 2 out hands out no third"

@@ -88,16 +88,25 @@ impl Bench {
     /// Triggers at a fixed `rate` per second for `count` runs (open loop: each trigger is
     /// sent on schedule whether or not the previous one has answered).
     pub(crate) async fn trigger_paced(&self, workflow: &str, rate: f64, count: usize) -> usize {
-        let url = Arc::new(format!(
-            "{}/workflows/{workflow}/trigger",
-            self.stack.base_url
-        ));
+        let url = format!("{}/workflows/{workflow}/trigger", self.stack.base_url);
+        Self::paced(&self.client, &url, rate, count).await
+    }
+
+    /// [`Bench::trigger_paced`] with any client (another org's key) and trigger URL; returns
+    /// how many triggers failed.
+    pub(crate) async fn paced(
+        client: &reqwest::Client,
+        url: &str,
+        rate: f64,
+        count: usize,
+    ) -> usize {
+        let url = Arc::new(url.to_string());
         let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let mut tasks = Vec::new();
         for _ in 0..count {
             ticker.tick().await;
-            let (client, url) = (self.client.clone(), url.clone());
+            let (client, url) = (client.clone(), url.clone());
             tasks.push(tokio::spawn(
                 async move { Self::trigger(&client, &url).await.0 },
             ));

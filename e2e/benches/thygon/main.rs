@@ -15,7 +15,10 @@
 //! the org's lock and counts its running runs. `BENCH_YARDSTICK_TPS` (set by `make bench` from
 //! `scripts/yardstick.sh`) is the machine's PostgreSQL yardstick; with it, the machine-bound
 //! rates are also given scaled to the reference machine the targets are set on.
+//! `BENCH_ONLY=fan_out` measures only the fairness row (another org's p99 with and without a
+//! fan-out attack, `fairness.rs`).
 mod bench;
+mod fairness;
 mod measure;
 mod report;
 mod stats;

@@ -1,6 +1,7 @@
 //! One measurement: a stack with a number of workers, and every figure of it.
 
 use crate::bench::{cpu_by_group, e2e_rate, latencies, Bench};
+use crate::fairness;
 use crate::stats::{chain, concurrency, ms, percentile, running_cap, scaled, CLIENTS};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -33,6 +34,9 @@ pub(crate) async fn measure(workers: usize) -> Value {
         .build()
         .expect("client");
     let bench = Bench { stack, client };
+    if fairness::only() {
+        return json!({"workers": workers, "fan_out": fairness::fan_out(&bench).await});
+    }
     let cpu_before = cpu_by_group(&bench.stack);
     let wall = Instant::now();
     for (name, n) in [
@@ -123,6 +127,10 @@ pub(crate) async fn measure(workers: usize) -> Value {
         .collect();
     let wall = wall.elapsed().as_secs_f64();
 
+    // 6. Fairness: another org's p99 with and without a fan-out attack (after the figures
+    // above, which it would disturb).
+    let fan_out = fairness::fan_out(&bench).await;
+
     json!({
         "workers": workers,
         "worker_concurrency": concurrency(),
@@ -150,6 +158,7 @@ pub(crate) async fn measure(workers: usize) -> Value {
         },
         "per_step_transition_ms": ms(per_step),
         "forty_steps_ms": ms(forty_best),
+        "fan_out": fan_out,
         "cpu_seconds": cpu,
         "wall_seconds": (wall * 10.0).round() / 10.0,
         "peak_rss_mb": rss.into_iter().map(|(k, v)| (k, json!((v * 10.0).round() / 10.0))).collect::<serde_json::Map<_, _>>(),

@@ -67,6 +67,23 @@ pub(crate) fn print_table(results: &[Value]) {
             Box::new(|r| format!("{} ms", r["forty_steps_ms"])),
         ),
         (
+            "org B p99 with / without a fan-out attack",
+            "<= 2 x without",
+            Box::new(|r| {
+                let f = &r["fan_out"];
+                let (with, without) = (f["with_p99_ms"].as_f64(), f["without_p99_ms"].as_f64());
+                let verdict = match (with, without) {
+                    (Some(w), Some(wo)) if w <= crate::fairness::MAX_RATIO * wo => "pass",
+                    (Some(_), Some(_)) => "FAIL",
+                    _ => "not measured",
+                };
+                format!(
+                    "{} / {} ms {verdict}",
+                    f["with_p99_ms"], f["without_p99_ms"]
+                )
+            }),
+        ),
+        (
             "peak RSS workflow-service",
             "< 60 MB",
             Box::new(|r| format!("{} MB", r["peak_rss_mb"]["workflow-service"])),

@@ -9,10 +9,9 @@ use crate::ADMIN_KEY;
 use shared_models::auth::AuthConfig;
 use std::time::{Duration, Instant};
 
-/// A request sent this long after a revocation is refused (the lookup cache is 1 s)...
+/// A request sent this long after a revocation is refused (the lookup cache is 1 s). The
+/// bound is on when a request was sent, not when it was answered: load cannot break it.
 const REFUSED_AFTER: Duration = Duration::from_millis(1100);
-/// ...and polling sees the refusal no later than this.
-const REVOCATION_DEADLINE: Duration = Duration::from_millis(1500);
 
 async fn start<S: ServiceUnderTest>() -> S {
     S::start(crate::auth_config()).await
@@ -197,11 +196,9 @@ pub async fn a_revoked_key_is_refused_within_about_a_second<S: ServiceUnderTest>
         let sent = revoked.elapsed();
         let r = app.send_as(Some(&key), "GET", S::SECURED, None).await;
         if r.status == 401 {
+            // When the first refusal was sent depends on how slow the answers before it
+            // were; only REFUSED_AFTER (on every request that passed) is asserted.
             assert_unauthorized(&r, "the revoked key");
-            assert!(
-                sent <= REVOCATION_DEADLINE,
-                "the revocation was first seen {sent:?} after it"
-            );
             break;
         }
         assert_eq!(r.status, 200, "until refused, it still works: {}", r.body);
