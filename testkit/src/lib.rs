@@ -225,7 +225,10 @@ pub mod fixtures {
         assert_eq!(n, 1, "org {org_id} exists");
     }
 
-    /// A live workflow `wf_<name>` at version 1 with `definition`.
+    /// A live workflow `wf_<name>` at version 1 with `definition`, which must pass the
+    /// checks `POST /workflows` makes (`WorkflowGraph::parse`, as workflow-service calls
+    /// it): a test cannot store a definition the API would refuse. Panics with the
+    /// validation errors otherwise.
     pub fn insert_workflow(
         conn: &mut PgConnection,
         org_id: &str,
@@ -233,6 +236,16 @@ pub mod fixtures {
         definition: Value,
         is_active: bool,
     ) -> String {
+        if let Err(errors) = shared_models::graph::WorkflowGraph::parse(&definition, "definition") {
+            let problems: Vec<String> = errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect();
+            panic!(
+                "workflow '{name}': the API would refuse this definition ({}): {definition}",
+                problems.join("; ")
+            );
+        }
         let now = shared_models::time::now();
         let id = format!("wf_{name}");
         diesel::insert_into(workflows::table)
@@ -260,6 +273,27 @@ pub mod fixtures {
             .execute(conn)
             .expect("insert workflow version");
         id
+    }
+
+    /// Overwrite the stored definition of version 1 of `workflow_id` with `definition`,
+    /// bypassing validation ON PURPOSE: the API never stores such a definition, so this is
+    /// only for tests of what a worker does with a stored row that is corrupt.
+    pub fn corrupt_stored_definition(
+        conn: &mut PgConnection,
+        org_id: &str,
+        workflow_id: &str,
+        definition: Value,
+    ) {
+        let n = diesel::update(
+            workflow_versions::table
+                .filter(workflow_versions::org_id.eq(org_id))
+                .filter(workflow_versions::workflow_id.eq(workflow_id))
+                .filter(workflow_versions::version.eq(1)),
+        )
+        .set(workflow_versions::definition.eq(definition))
+        .execute(conn)
+        .expect("overwrite the stored definition");
+        assert_eq!(n, 1, "{workflow_id} has a version 1");
     }
 
     /// A PENDING run of version 1 of `workflow_id`, as the runtime service creates it.

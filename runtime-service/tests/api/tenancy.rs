@@ -237,11 +237,21 @@ async fn lists_show_only_the_callers_runs() {
         assert_error(&r, 403, "FORBIDDEN", other);
         assert!(r.body["data"].is_null());
     }
-    // A cursor of one org's list walks only the other's own runs.
+    // A cursor of one org's list walks only the other's own runs. A's newest run is newer
+    // than all of B's, so every run of both orgs lies past A's first page.
+    let newest = app.run_in(&a.workflow, "PENDING");
     let r = as_key(&app, &a_key, "GET", "/workflows/runs?limit=1", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let first: Vec<&str> = r.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|run| run["id"].as_str())
+        .collect();
+    assert_eq!(first, [newest.as_str()], "A's first page");
     let cursor = r.body["pagination"]["nextCursor"]
         .as_str()
-        .unwrap()
+        .expect("A's first page has a next one")
         .to_string();
     let r = as_key(
         &app,
@@ -252,9 +262,18 @@ async fn lists_show_only_the_callers_runs() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    for run in r.body["data"].as_array().unwrap() {
-        assert_eq!(run["orgId"], OTHER, "{run}");
-    }
+    let mut seen: Vec<String> = r.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|run| run["id"].as_str().map(str::to_string))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        run_ids(&b),
+        "B's own runs past the cursor, none of A's"
+    );
 }
 
 #[tokio::test]
