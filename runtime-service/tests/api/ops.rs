@@ -3,8 +3,8 @@
 //! with the RUNNING runs they hold, live or stale by their last heartbeat.
 
 use crate::helpers::{
-    amqp_url, assert_error, broker, build_app_configured, nowhere, seconds_from_now, spawn_app,
-    spawn_app_configured, spawn_app_sampling, TestApp, ORG,
+    amqp_url, assert_error, broker, build_app_configured, seconds_from_now, spawn_app,
+    spawn_app_sampling, TestApp, ORG,
 };
 use diesel::prelude::*;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
