@@ -196,12 +196,17 @@ async fn lists_show_only_the_callers_org() {
         assert_error(&r, 400, "VALIDATION_ERROR", "orgId on /workflows");
         assert!(!r.body.to_string().contains("wf_alpha"));
     }
-    // A cursor made by one org walks only the other's own list. A's newest workflow is
-    // newer than all of B's, so every workflow of both orgs lies past A's first page.
-    let mut body = workflow("gamma");
-    body["description"] = json!("A's gamma");
-    let r = app.send("POST", "/workflows", Some(body)).await;
-    assert_eq!(r.status, 201, "{}", r.body);
+    // A cursor made by one org walks only the other's own list, from where it points. A's
+    // newest workflow is newer than all but one of B's (delta), so every other workflow of
+    // both orgs lies past A's first page.
+    for (key, name, description) in [(&app.key, "gamma", "A's gamma"), (&b, "delta", "B's delta")] {
+        let mut body = workflow(name);
+        body["description"] = json!(description);
+        let r = app
+            .send_as(Some(key), "POST", "/workflows", Some(body))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
     let r = app.send("GET", "/workflows?limit=1", None).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
@@ -224,7 +229,7 @@ async fn lists_show_only_the_callers_org() {
     assert_eq!(
         ids_and_descriptions(r.body["data"].as_array().unwrap()),
         [pair("wf_beta", "B's beta"), pair("wf_shared", "B's shared")],
-        "B's own workflows past the cursor, none of A's"
+        "B's own workflows past the cursor (not delta), none of A's"
     );
     // Versions of the shared name: each org its own history.
     let r = app
