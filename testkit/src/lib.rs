@@ -161,6 +161,34 @@ mod tests {
         );
         assert_eq!(url_with_database("postgres://u@h", "x"), "postgres://u@h/x");
     }
+
+    #[test]
+    fn a_fixture_stores_only_definitions_the_api_accepts() {
+        let db = TestDb::create();
+        let mut conn = db.pool.get().expect("a connection");
+        let refused = [
+            serde_json::json!({"steps": []}),
+            serde_json::json!({"steps": [{"name": "t", "type": "transform"}]}),
+            serde_json::json!({"steps": [{"name": "t", "type": "transform", "output": {}}]}),
+        ];
+        for (i, definition) in refused.into_iter().enumerate() {
+            let name = format!("refused_{i}");
+            let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                fixtures::insert_workflow(&mut conn, "org_x", &name, definition.clone(), true)
+            }));
+            assert!(stored.is_err(), "stored {definition}");
+        }
+        let stored: i64 = shared_models::schema::workflows::table
+            .count()
+            .get_result(&mut conn)
+            .expect("count the workflows");
+        assert_eq!(stored, 0, "nothing was stored");
+        let valid = serde_json::json!({"steps": [{"name": "t", "type": "transform", "value": 1}]});
+        assert_eq!(
+            fixtures::insert_workflow(&mut conn, "org_x", "valid", valid, true),
+            "wf_valid"
+        );
+    }
 }
 
 /// Fixtures: rows another service would have written, inserted directly so each service's
