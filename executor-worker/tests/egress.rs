@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use executor_worker::engine::JobOutcome;
 use executor_worker::outbound::OutboundSettings;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -46,7 +47,7 @@ async fn fetch(
         json!({ "u": url }),
     )
     .await;
-    engine.process(&run_job(&run_id)).await;
+    assert_eq!(engine.process(&run_job(&run_id)).await, JobOutcome::Done);
     let steps = get_steps(&db.pool, &run_id).await;
     find_step(&steps, "fetch").clone()
 }
@@ -359,7 +360,7 @@ async fn no_error_carries_the_query_or_the_userinfo() {
             json!({ "u": url }),
         )
         .await;
-        engine.process(&run_job(&run_id)).await;
+        assert_eq!(engine.process(&run_job(&run_id)).await, JobOutcome::Done);
         let steps = get_steps(&db.pool, &run_id).await;
         let step = find_step(&steps, "fetch");
         assert_eq!(step.status, "FAILED", "{url}");
@@ -398,7 +399,7 @@ async fn an_operator_agent_on_loopback_works_with_no_exceptions() {
         registry(&[("classifier", format!("{}/classify", agent.uri()))]),
         CALL_TIMEOUT,
     );
-    engine.process(&run_job(&run_id)).await;
+    assert_eq!(engine.process(&run_job(&run_id)).await, JobOutcome::Done);
     let steps = get_steps(&db.pool, &run_id).await;
     let step = find_step(&steps, "ask");
     assert_eq!(step.status, "COMPLETED", "{:?}", step.error);
@@ -431,7 +432,7 @@ async fn a_step_timeout_over_the_maximum_is_cut_to_it() {
         outbound,
     );
     let started = Instant::now();
-    engine.process(&run_job(&run_id)).await;
+    assert_eq!(engine.process(&run_job(&run_id)).await, JobOutcome::Done);
     assert!(
         started.elapsed() < Duration::from_secs(4),
         "{:?}",

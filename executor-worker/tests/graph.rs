@@ -12,6 +12,7 @@ use executor_worker::engine::{Engine, JobOutcome};
 use serde_json::{json, Value};
 use shared_models::models::StepRunRow;
 use shared_models::queue::RunJob;
+use shared_models::runs::keys;
 use std::sync::Arc;
 use std::time::Duration;
 use thygon_testkit::TestDb;
@@ -796,12 +797,57 @@ async fn run_parked_on_an_approval(timeout: Option<f64>) -> (TestDb, Arc<Engine>
     (db, engine, run_id)
 }
 
+/// What the approve endpoint's transition leaves on a parked run before any worker looks:
+/// the step decided (`to`), its log line (`log`), the run still WAITING, and one job queued
+/// in the outbox (`job`, the row `decide_approval` returned) to resume it.
+async fn assert_decision_recorded(
+    db: &TestDb,
+    run_id: &str,
+    job: Option<i64>,
+    log: (&str, &str),
+    to: &str,
+) {
+    let job = job.expect("a parked run gets a job to resume it");
+    let outbox = get_outbox(&db.pool).await;
+    let row = outbox
+        .iter()
+        .find(|o| o.id == job)
+        .unwrap_or_else(|| panic!("job {job} is not in the outbox: {outbox:?}"));
+    assert_eq!(row.run_id, run_id);
+    assert_eq!(
+        row.payload,
+        serde_json::to_value(run_job(run_id)).expect("a job as JSON")
+    );
+    assert_eq!((row.sent_at, row.dedupe_key.as_deref()), (None, None));
+    assert_eq!(
+        outbox.iter().filter(|o| o.run_id == run_id).count(),
+        1,
+        "one job for the decision"
+    );
+    assert_eq!(get_run(&db.pool, run_id).await.status, "WAITING");
+    assert_eq!(
+        find_step(&get_steps(&db.pool, run_id).await, "approve").status,
+        to
+    );
+    let events = get_events(&db.pool, run_id).await;
+    assert_eq!(
+        logs_of(&events, Some("approve")).last(),
+        Some(&(log.0.to_string(), log.1.to_string())),
+        "the decision's log line"
+    );
+    assert_eq!(
+        transitions_of(&events, Some("approve")),
+        vec![ft("PENDING", "WAITING"), ft("WAITING", to)]
+    );
+}
+
 #[tokio::test]
 async fn an_approval_parks_the_run_until_approved_and_later_steps_see_the_decision() {
     let (db, engine, run_id) = run_parked_on_an_approval(None).await;
     assert_eq!(get_run(&db.pool, &run_id).await.wake_at, None);
 
-    decide_approval(&db.pool, &run_id, "approve", true, "ok").await;
+    let job = decide_approval(&db.pool, &run_id, "approve", true, "ok").await;
+    assert_decision_recorded(&db, &run_id, job, ("INFO", "approved: ok"), "COMPLETED").await;
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
 
     let run = get_run(&db.pool, &run_id).await;
@@ -838,7 +884,8 @@ async fn an_approval_parks_the_run_until_approved_and_later_steps_see_the_decisi
 async fn a_rejected_approval_fails_the_run_and_cancels_the_rest() {
     let (db, engine, run_id) = run_parked_on_an_approval(None).await;
 
-    decide_approval(&db.pool, &run_id, "approve", false, "no").await;
+    let job = decide_approval(&db.pool, &run_id, "approve", false, "no").await;
+    assert_decision_recorded(&db, &run_id, job, ("WARN", "rejected: no"), "FAILED").await;
     assert_eq!(process(&engine, &run_id).await, JobOutcome::Done);
 
     let run = get_run(&db.pool, &run_id).await;
@@ -953,7 +1000,7 @@ async fn a_subworkflow_starts_a_child_run_and_waits_for_its_output() {
     assert_eq!(outbox[0].run_id, child.id);
     assert_eq!(
         outbox[0].dedupe_key.as_deref(),
-        Some(format!("start:{}", child.id).as_str())
+        Some(keys::child_start(&child.id).as_str())
     );
     let job: RunJob = serde_json::from_value(outbox[0].payload.clone()).expect("a job");
     assert_eq!(
@@ -972,7 +1019,7 @@ async fn a_subworkflow_starts_a_child_run_and_waits_for_its_output() {
     assert_eq!(outbox[1].run_id, parent_id, "the parent is woken up");
     assert_eq!(
         outbox[1].dedupe_key.as_deref(),
-        Some(format!("child-ended:{}", child.id).as_str())
+        Some(keys::child_ended(&child.id).as_str())
     );
     assert_eq!(
         get_run(&db.pool, &parent_id).await.status,
@@ -1019,7 +1066,7 @@ async fn a_failing_child_run_fails_the_subworkflow_step_naming_the_child() {
         .await
         .iter()
         .any(|o| o.run_id == parent_id
-            && o.dedupe_key.as_deref() == Some(format!("child-ended:{child_id}").as_str())));
+            && o.dedupe_key.as_deref() == Some(keys::child_ended(&child_id).as_str())));
 
     assert_eq!(process(&engine, &parent_id).await, JobOutcome::Done);
 
@@ -1189,10 +1236,79 @@ async fn cancellation_stops_the_run_at_the_next_step_boundary() {
         None,
         "the next step never starts"
     );
+    let events = get_events(&db.pool, &run_id).await;
     assert_eq!(
-        get_events(&db.pool, &run_id).await.len(),
+        events.len(),
         events_at_cancel,
         "the worker wrote nothing after the cancellation"
+    );
+    assert_eq!(
+        logs_of(&events, None).last(),
+        Some(&("INFO".to_string(), "run cancelled".to_string())),
+        "the cancellation's own log line"
+    );
+    assert_eq!(
+        transitions_of(&events, None),
+        vec![ft("PENDING", "RUNNING"), ft("RUNNING", "CANCELLED")]
+    );
+    assert_eq!(
+        transitions_of(&events, Some("next")),
+        vec![ft("PENDING", "CANCELLED")],
+        "the unstarted step's cancellation is recorded"
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_parent_parked_on_a_subworkflow_cancels_its_child_and_the_worker_leaves_it() {
+    let Setup { db, engine, .. } = Setup::new(&[]).await;
+    let child_steps = json!([{ "name": "gate", "type": "approval" }]);
+    let parent_id = parent_and_child(&db, "wf_child_cancelled", Some(child_steps)).await;
+    assert_eq!(process(&engine, &parent_id).await, JobOutcome::Done);
+    let children = child_runs(&db.pool, &parent_id).await;
+    assert_eq!(children.len(), 1, "the parent started its child");
+    let child_id = children[0].id.clone();
+    assert_eq!(
+        (
+            get_run(&db.pool, &parent_id).await.status.as_str(),
+            children[0].status.as_str()
+        ),
+        ("WAITING", "PENDING"),
+        "the parent waits for its child, which has not started"
+    );
+
+    cancel_run(&db.pool, &parent_id).await;
+
+    let parent_steps = get_steps(&db.pool, &parent_id).await;
+    assert_eq!(
+        statuses(&parent_steps),
+        vec![("child", "CANCELLED"), ("report", "CANCELLED")]
+    );
+    let child = get_run(&db.pool, &child_id).await;
+    assert_eq!(
+        child.status, "CANCELLED",
+        "the child is cancelled with its parent"
+    );
+    let child_events = get_events(&db.pool, &child_id).await;
+    assert_eq!(
+        logs_of(&child_events, None),
+        vec![(
+            "INFO".to_string(),
+            format!("run cancelled with its parent run {parent_id}")
+        )]
+    );
+    assert_eq!(
+        statuses(&get_steps(&db.pool, &child_id).await),
+        vec![("gate", "CANCELLED")],
+        "the child's unstarted step is cancelled too"
+    );
+
+    // The child's start job (queued before the cancel) reaches a worker: it leaves the run.
+    assert_eq!(process(&engine, &child_id).await, JobOutcome::Done);
+    assert_eq!(get_run(&db.pool, &child_id).await.status, "CANCELLED");
+    assert_eq!(
+        get_events(&db.pool, &child_id).await.len(),
+        child_events.len(),
+        "the worker wrote nothing to the cancelled child"
     );
 }
 

@@ -10,7 +10,6 @@
 mod common;
 
 use common::*;
-use diesel::prelude::*;
 use executor_worker::engine::JobOutcome;
 use executor_worker::metrics::CHECKPOINT_BATCH;
 use executor_worker::storage::{self, Fenced, LeaseHolder, PureStep, StepRecord};
@@ -18,6 +17,7 @@ use serde_json::json;
 use shared_models::db::blocking;
 use shared_models::queue::RunJob;
 use std::time::Duration;
+use thygon_testkit::fixtures;
 
 /// Make `run_id` RUNNING under `owner`'s live lease.
 async fn hold(pool: &shared_models::db::PgPool, run_id: &str, owner: &str) {
@@ -143,6 +143,8 @@ async fn one_batch_fences_each_run_on_its_own_and_resumes_cut_off_attempts() {
     // `also_mine`'s step `a` was cut off during its first attempt.
     insert_step_run(&db.pool, step_row(&also_mine, "a", 0, "RUNNING", 1, None)).await;
     let before = get_run(&db.pool, &mine).await;
+    // What the claims wrote; the batch's writes come after.
+    let theirs_claimed = get_events(&db.pool, &theirs).await.len();
 
     let batch = vec![
         PureStep {
@@ -180,7 +182,7 @@ async fn one_batch_fences_each_run_on_its_own_and_resumes_cut_off_attempts() {
     );
     // Another worker's run: nothing written, its lease untouched.
     assert!(get_steps(&db.pool, &theirs).await.is_empty());
-    assert!(get_events(&db.pool, &theirs).await.is_empty());
+    assert_eq!(get_events(&db.pool, &theirs).await.len(), theirs_claimed);
     assert_eq!(
         get_run(&db.pool, &theirs).await.lease_owner.as_deref(),
         Some("worker-other")
@@ -238,11 +240,8 @@ async fn a_workflow_version_is_read_and_compiled_once_per_worker() {
     // Proof that the second run does not read the stored definition again: break it.
     let id = workflow_id.clone();
     blocking(&db.pool, move |conn| {
-        diesel::sql_query(
-            "UPDATE workflow_versions SET definition = '{\"steps\": 1}' WHERE workflow_id = $1",
-        )
-        .bind::<diesel::sql_types::Text, _>(&id)
-        .execute(conn)
+        fixtures::corrupt_stored_definition(conn, ORG, &id, json!({ "steps": 1 }));
+        Ok(())
     })
     .await
     .expect("break the stored definition");
@@ -253,9 +252,12 @@ async fn a_workflow_version_is_read_and_compiled_once_per_worker() {
 
     // A worker without it in its cache reads the (now broken) definition and fails the run.
     let fresh = engine(&db.pool, registry(&[]), Duration::from_secs(5));
-    fresh.process(&RunJob::new(&more[1], ORG, None)).await;
+    let done = fresh.process(&RunJob::new(&more[1], ORG, None)).await;
+    assert_eq!(done, JobOutcome::Done);
     let run = get_run(&db.pool, &more[1]).await;
     assert_eq!(run.status, "FAILED", "{run:?}");
+    let error = run.error.unwrap_or_default();
+    assert!(error.starts_with("stored definition is invalid"), "{error}");
     assert!(fresh.graphs.is_empty());
 }
 
@@ -295,6 +297,11 @@ async fn run_ends_are_batched_each_fenced_by_its_own_lease() {
             Some("step 'a' failed: boom"),
         ),
     ];
+    // What the claims wrote; the batch's writes come after.
+    let claimed = |events: Vec<shared_models::models::RunEventRow>| events.len();
+    let done_claimed = claimed(get_events(&db.pool, &done).await);
+    let failed_claimed = claimed(get_events(&db.pool, &failed).await);
+    let theirs_claimed = claimed(get_events(&db.pool, &theirs).await);
     let now = shared_models::time::now();
     let fenced = blocking(&db.pool, move |conn| {
         storage::finish_runs(conn, &ends, &me, now)
@@ -312,7 +319,7 @@ async fn run_ends_are_batched_each_fenced_by_its_own_lease() {
         ("COMPLETED", Some(json!({ "a": 1 })), None, None)
     );
     assert!(run.completed_at.is_some() && run.lease_expires_at.is_none());
-    let events = get_events(&db.pool, &done).await;
+    let events = get_events(&db.pool, &done).await[done_claimed..].to_vec();
     // In the stream's order: the transition, then the last line (as finish_run writes them).
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds, ["transition", "log"]);
@@ -330,7 +337,7 @@ async fn run_ends_are_batched_each_fenced_by_its_own_lease() {
         ("FAILED", None, Some("step 'a' failed: boom"))
     );
     assert_eq!(
-        logs_of(&get_events(&db.pool, &failed).await, None),
+        logs_of(&get_events(&db.pool, &failed).await[failed_claimed..], None),
         vec![(
             "ERROR".to_string(),
             "run failed: step 'a' failed: boom".to_string()
@@ -342,5 +349,5 @@ async fn run_ends_are_batched_each_fenced_by_its_own_lease() {
         (run.status.as_str(), run.lease_owner.as_deref()),
         ("RUNNING", Some("worker-other"))
     );
-    assert!(get_events(&db.pool, &theirs).await.is_empty());
+    assert_eq!(get_events(&db.pool, &theirs).await.len(), theirs_claimed);
 }

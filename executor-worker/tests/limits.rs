@@ -322,10 +322,10 @@ async fn a_refused_write_fails_alone_and_the_rest_of_its_batch_commits() {
     }
 }
 
-/// Make the run RUNNING under a dead worker's expired lease, and claim it with `me`; returns
-/// the claim's takeover count.
+/// The run's holder dies (its lease expires), and `me` claims it; returns the claim's
+/// takeover count.
 async fn take_over(pool: &shared_models::db::PgPool, run_id: &str, me: &LeaseHolder) -> i32 {
-    mark_held_by_dead_worker(pool, run_id, &format!("dead-{}", unique_token())).await;
+    expire_lease(pool, run_id).await;
     let (id, me) = (run_id.to_string(), me.clone());
     let claim = blocking(pool, move |conn| {
         storage::claim_run(conn, &id, ORG, &me, 0, shared_models::time::now(), |_| true)
@@ -350,8 +350,15 @@ async fn a_run_taken_over_too_often_ends_failed_as_a_poison_run() {
         worker_id: format!("other-{}", unique_token()),
         lease: Duration::from_secs(30),
     };
+    // Two workers, each dying in turn with the run, after a first that claimed it.
+    let another = LeaseHolder {
+        worker_id: format!("another-{}", unique_token()),
+        lease: Duration::from_secs(30),
+    };
+    mark_held_by_dead_worker(&db.pool, &run_id, &format!("dead-{}", unique_token())).await;
     for n in 1..=3 {
-        assert_eq!(take_over(&db.pool, &run_id, &other).await, n);
+        let me = if n % 2 == 1 { &other } else { &another };
+        assert_eq!(take_over(&db.pool, &run_id, me).await, n);
     }
     // A run handed back at shutdown (no owner) is not a takeover.
     let now = shared_models::time::now();
@@ -379,8 +386,8 @@ async fn a_run_taken_over_too_often_ends_failed_as_a_poison_run() {
         "{claim:?}"
     );
 
-    // The fourth takeover: the engine ends it instead of running it.
-    mark_held_by_dead_worker(&db.pool, &run_id, "dead-last").await;
+    // The fourth takeover (its holder died again): the engine ends it instead of running it.
+    expire_lease(&db.pool, &run_id).await;
     let engine = engine(&db.pool, registry(&[]), AGENT_TIMEOUT);
     assert_eq!(engine.process(&run_job(&run_id)).await, JobOutcome::Done);
 

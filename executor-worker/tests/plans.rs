@@ -28,7 +28,7 @@ struct Line {
 /// `arguments`, on one connection of a database analysed while small.
 async fn generic_plans(statements: Vec<(&'static str, &'static str, &'static str)>) -> Vec<String> {
     let db = test_db().await;
-    let workflow = json!({"steps": [{"name": "a", "type": "transform", "output": {}}]});
+    let workflow = json!({"steps": [{"name": "a", "type": "transform", "value": {}}]});
     let (workflow_id, first) = workflow_with_run(&db.pool, "small", workflow, json!({})).await;
     blocking(&db.pool, move |conn| {
         // Small and quiet: 300 ended runs with a step each, none PENDING; analysed so.

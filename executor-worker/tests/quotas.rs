@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use diesel::prelude::*;
-use executor_worker::engine::Engine;
+use executor_worker::engine::{Engine, JobOutcome};
 use serde_json::json;
 use shared_models::db::{blocking, PgPool};
 use shared_models::limits::OrgLimitOverrides;
@@ -161,7 +161,7 @@ async fn a_child_run_over_max_queued_runs_fails_its_subworkflow_step() {
     insert_runs(&db.pool, &workflow_id, 2, |_| json!({})).await;
     let engine = engine(&db.pool, registry(&[]), AGENT_TIMEOUT);
 
-    engine.process(&run_job(&parent)).await;
+    assert_eq!(engine.process(&run_job(&parent)).await, JobOutcome::Done);
 
     let run = get_run(&db.pool, &parent).await;
     assert_eq!(run.status, "FAILED");

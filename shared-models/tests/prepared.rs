@@ -38,7 +38,13 @@ fn prepared_here(conn: &mut PgConnection) -> Vec<PreparedRow> {
 /// Org `org_a` and a workflow of it; returns the workflow's id.
 fn org_a_workflow(conn: &mut PgConnection) -> String {
     fixtures::org_key(conn, "org_a");
-    fixtures::insert_workflow(conn, "org_a", "w", json!({}), true)
+    fixtures::insert_workflow(
+        conn,
+        "org_a",
+        "w",
+        json!({"steps": [{"name": "t", "type": "transform", "value": 1}]}),
+        true,
+    )
 }
 
 #[test]

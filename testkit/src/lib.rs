@@ -161,6 +161,34 @@ mod tests {
         );
         assert_eq!(url_with_database("postgres://u@h", "x"), "postgres://u@h/x");
     }
+
+    #[test]
+    fn a_fixture_stores_only_definitions_the_api_accepts() {
+        let db = TestDb::create();
+        let mut conn = db.pool.get().expect("a connection");
+        let refused = [
+            serde_json::json!({"steps": []}),
+            serde_json::json!({"steps": [{"name": "t", "type": "transform"}]}),
+            serde_json::json!({"steps": [{"name": "t", "type": "transform", "output": {}}]}),
+        ];
+        for (i, definition) in refused.into_iter().enumerate() {
+            let name = format!("refused_{i}");
+            let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                fixtures::insert_workflow(&mut conn, "org_x", &name, definition.clone(), true)
+            }));
+            assert!(stored.is_err(), "stored {definition}");
+        }
+        let stored: i64 = shared_models::schema::workflows::table
+            .count()
+            .get_result(&mut conn)
+            .expect("count the workflows");
+        assert_eq!(stored, 0, "nothing was stored");
+        let valid = serde_json::json!({"steps": [{"name": "t", "type": "transform", "value": 1}]});
+        assert_eq!(
+            fixtures::insert_workflow(&mut conn, "org_x", "valid", valid, true),
+            "wf_valid"
+        );
+    }
 }
 
 /// Fixtures: rows another service would have written, inserted directly so each service's
@@ -225,7 +253,10 @@ pub mod fixtures {
         assert_eq!(n, 1, "org {org_id} exists");
     }
 
-    /// A live workflow `wf_<name>` at version 1 with `definition`.
+    /// A live workflow `wf_<name>` at version 1 with `definition`, which must pass the
+    /// checks `POST /workflows` makes (`WorkflowGraph::parse`, as workflow-service calls
+    /// it): a test cannot store a definition the API would refuse. Panics with the
+    /// validation errors otherwise.
     pub fn insert_workflow(
         conn: &mut PgConnection,
         org_id: &str,
@@ -233,6 +264,16 @@ pub mod fixtures {
         definition: Value,
         is_active: bool,
     ) -> String {
+        if let Err(errors) = shared_models::graph::WorkflowGraph::parse(&definition, "definition") {
+            let problems: Vec<String> = errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect();
+            panic!(
+                "workflow '{name}': the API would refuse this definition ({}): {definition}",
+                problems.join("; ")
+            );
+        }
         let now = shared_models::time::now();
         let id = format!("wf_{name}");
         diesel::insert_into(workflows::table)
@@ -260,6 +301,27 @@ pub mod fixtures {
             .execute(conn)
             .expect("insert workflow version");
         id
+    }
+
+    /// Overwrite the stored definition of version 1 of `workflow_id` with `definition`,
+    /// bypassing validation ON PURPOSE: the API never stores such a definition, so this is
+    /// only for tests of what a worker does with a stored row that is corrupt.
+    pub fn corrupt_stored_definition(
+        conn: &mut PgConnection,
+        org_id: &str,
+        workflow_id: &str,
+        definition: Value,
+    ) {
+        let n = diesel::update(
+            workflow_versions::table
+                .filter(workflow_versions::org_id.eq(org_id))
+                .filter(workflow_versions::workflow_id.eq(workflow_id))
+                .filter(workflow_versions::version.eq(1)),
+        )
+        .set(workflow_versions::definition.eq(definition))
+        .execute(conn)
+        .expect("overwrite the stored definition");
+        assert_eq!(n, 1, "{workflow_id} has a version 1");
     }
 
     /// A PENDING run of version 1 of `workflow_id`, as the runtime service creates it.

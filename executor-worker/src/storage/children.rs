@@ -103,7 +103,7 @@ pub(crate) fn start_child_run(
             &child.id,
             &child.org_id,
             child.request_id.clone(),
-            Some(&format!("start:{}", child.id)),
+            Some(&runs::keys::child_start(&child.id)),
         )?;
         let message = format!("started child run {} of {workflow_id}", child.id);
         let waiting = StepChange::waiting(wait_until, Some(child.id.clone()), message);

@@ -105,7 +105,7 @@ pub(crate) fn finish_run(
                 parent,
                 &run.org_id,
                 run.request_id.clone(),
-                Some(&format!("child-ended:{}", run.id)),
+                Some(&runs::keys::child_ended(&run.id)),
             )?;
         }
         Ok(Fenced::Written)

@@ -147,26 +147,55 @@ pub async fn mark_held_by_dead_worker(pool: &PgPool, run_id: &str, owner: &str) 
     mark_held(pool, run_id, owner, -chrono::Duration::minutes(1)).await;
 }
 
-/// Make the run RUNNING (started two minutes ago) under `owner`'s lease, which ends
-/// `lease_left` from now (negative: already expired).
+/// Make the PENDING (or WAITING) run RUNNING under `owner`'s lease through the worker's own
+/// claim (`storage::claim_run`), then move the lease's end to `lease_left` from now
+/// (negative: already expired). A lease that ran out is a state only a crash leaves (its
+/// worker died without renewing it), so that one field is moved by hand ([`expire_lease`]).
 pub async fn mark_held(pool: &PgPool, run_id: &str, owner: &str, lease_left: chrono::Duration) {
-    let (run_id, owner) = (run_id.to_string(), owner.to_string());
-    let now = shared_models::time::now();
-    blocking(pool, move |conn| {
+    let (id, worker_id) = (run_id.to_string(), owner.to_string());
+    let claim = blocking(pool, move |conn| {
+        let holder = LeaseHolder {
+            worker_id,
+            lease: Duration::from_secs(60),
+        };
+        let now = shared_models::time::now();
+        executor_worker::storage::claim_run(conn, &id, ORG, &holder, 0, now, |_| true)
+    })
+    .await
+    .expect("claim the run");
+    assert!(
+        matches!(claim, executor_worker::storage::Claim::Claimed(_)),
+        "{owner} could not claim run {run_id}: {claim:?}"
+    );
+    set_lease_end(pool, run_id, shared_models::time::now() + lease_left).await;
+}
+
+/// The run's holder died: its lease ends a minute ago (a state only a crash leaves; the
+/// worker's own writes only ever extend a lease or clear it).
+pub async fn expire_lease(pool: &PgPool, run_id: &str) {
+    set_lease_end(
+        pool,
+        run_id,
+        shared_models::time::now() - chrono::Duration::minutes(1),
+    )
+    .await;
+}
+
+async fn set_lease_end(pool: &PgPool, run_id: &str, at: DateTime<Utc>) {
+    let run_id = run_id.to_string();
+    let n = blocking(pool, move |conn| {
         diesel::update(runs::table.find(&run_id))
-            .set((
-                runs::status.eq("RUNNING"),
-                runs::started_at.eq(now - chrono::Duration::minutes(2)),
-                runs::lease_owner.eq(&owner),
-                runs::lease_expires_at.eq(now + lease_left),
-            ))
+            .set(runs::lease_expires_at.eq(at))
             .execute(conn)
     })
     .await
-    .expect("mark the run as held");
+    .expect("move the lease's end");
+    assert_eq!(n, 1, "the run exists");
 }
 
-/// A step_runs row as an earlier worker left it.
+/// A step_runs row as an earlier worker left it: a checkpoint, or a step cut off by a crash.
+/// The worker's step writes are its engine's (crate-private, under the run's lease); these
+/// rows stand for what an earlier worker's would have left.
 pub async fn insert_step_run(pool: &PgPool, row: StepRunRow) {
     blocking(pool, move |conn| {
         diesel::insert_into(step_runs::table)
@@ -352,14 +381,15 @@ pub async fn child_runs(pool: &PgPool, parent_run_id: &str) -> Vec<RunRow> {
 }
 
 /// A decision on a WAITING approval step of a run of [`ORG`], as the approve endpoint makes
-/// it: the run lifecycle's own transition (`shared_models::runs::decide_approval`).
+/// it: the run lifecycle's own transition (`shared_models::runs::decide_approval`). Returns
+/// the outbox row id of the job it queued to resume the run (a parked run gets one).
 pub async fn decide_approval(
     pool: &PgPool,
     run_id: &str,
     step: &str,
     approved: bool,
     comment: &str,
-) {
+) -> Option<i64> {
     use shared_models::runs::{Approval, Decide};
     let (run_id, step) = (run_id.to_string(), step.to_string());
     let approval = Approval {
@@ -375,7 +405,7 @@ pub async fn decide_approval(
     .await
     .expect("record the approval decision");
     match decided {
-        Decide::Decided { .. } => {}
+        Decide::Decided { job } => job.map(|(id, _)| id),
         Decide::NotWaiting(why) => panic!("the approval step takes no decision: {why}"),
         Decide::RunNotFound | Decide::StepNotFound => panic!("no such run or step"),
     }

@@ -94,10 +94,10 @@ const TAKE_STRANDED: &str = concat!(
          ORDER BY r.created_at, r.id
          FOR NO KEY UPDATE OF r SKIP LOCKED
      )
-     UPDATE runs SET queued_at = now() FROM stranded WHERE runs.id = stranded.id
-     RETURNING runs.id, runs.org_id, runs.request_id,
-               'pending:' || runs.id || ':'
-                   || (extract(epoch FROM runs.queued_at) * 1000000)::bigint AS dedupe_key"
+     UPDATE runs r SET queued_at = now() FROM stranded WHERE r.id = stranded.id
+     RETURNING r.id, r.org_id, r.request_id, ",
+    shared_models::pending_key_sql!(),
+    " AS dedupe_key"
 );
 
 /// One pass of the sweeper, in one transaction: look at the `batch` PENDING runs after

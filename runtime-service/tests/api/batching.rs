@@ -189,7 +189,7 @@ async fn triggers_waiting_together_are_one_batch_and_each_gets_the_single_paths_
         &mut app.conn(),
         other,
         "grouped_elsewhere",
-        json!({"steps": []}),
+        json!({"steps": [{"name": "only", "type": "transform", "value": 1}]}),
         true,
     );
 

@@ -3,8 +3,8 @@
 //! with the RUNNING runs they hold, live or stale by their last heartbeat.
 
 use crate::helpers::{
-    amqp_url, assert_error, broker, build_app_configured, nowhere, seconds_from_now, spawn_app,
-    spawn_app_configured, spawn_app_sampling, TestApp, ORG,
+    amqp_url, assert_error, broker, build_app_configured, seconds_from_now, spawn_app,
+    spawn_app_sampling, TestApp, ORG,
 };
 use diesel::prelude::*;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 use shared_models::models::WorkerRow;
 use shared_models::queue::{self, QueueNames};
 use shared_models::schema::{runs, workers};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Poll `GET /ops/queues` until `done` holds for its data (10 s at most).
@@ -73,6 +75,11 @@ async fn ops_routes_need_the_admin_key() {
     assert_eq!((r.status, &r.body["data"]), (200, &json!([])), "{}", r.body);
     // No one declared this test's queues yet: they show as not there, with nothing in them.
     let data = queues_until(&app, "a first sample", |_| true).await;
+    assert_eq!(
+        data.as_array().unwrap().len(),
+        2,
+        "the job and dead-letter queues: {data}"
+    );
     for q in data.as_array().unwrap() {
         assert_eq!(
             (
@@ -199,17 +206,42 @@ fn gauge(text: &str, name: &str, queue: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn an_unreachable_broker_is_a_503_until_a_sample_succeeded() {
-    // Nothing listens on port 1.
-    let app = spawn_app_configured(|s| {
-        s.common.broker = nowhere();
-        s.ops_sample_interval = Duration::from_millis(100);
-        s.worker_heartbeat = Duration::from_secs(1);
-        s.tasks.queue_sampler = true;
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The sampler's broker is a relay the test opens when it chooses; it does not run on
+    // its own: the test samples.
+    let open = Arc::new(AtomicBool::new(false));
+    let relay = relay_to_broker_while(open.clone()).await;
+    let (mut built, app) = build_app_configured(|s| {
+        s.common.broker = queue::Broker::new(&relayed_url(relay.port)).expect("url");
+        s.ops_sample_interval = Duration::from_secs(3600);
+    });
+    let mut sampler = built.take_sampler().expect("the sampler, not running");
+    tokio::spawn(built.run_until_stopped());
+    let r = app.get_as_admin("/ops/queues").await;
+    assert_error(&r, 503, "UNAVAILABLE", "/ops/queues, nothing sampled yet");
+
+    // The sampler tried, and the broker could not be reached.
+    sampler.sample_once().await;
+    let tried = sampler.stats().read().expect("the stats").clone();
+    assert!(tried.attempted_at.is_some(), "the sampler tried");
+    assert!(!tried.reachable, "the broker was not reached");
     let r = app.get_as_admin("/ops/queues").await;
     assert_error(&r, 503, "UNAVAILABLE", "/ops/queues, broker never reached");
+
+    // Once a sample succeeds, the numbers are shown.
+    open.store(true, Ordering::SeqCst);
+    sampler.sample_once().await;
+    let r = app.get_as_admin("/ops/queues").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(queue(&r.body["data"], "jobs")["reachable"], true);
+    relay.task.abort();
+}
+
+/// `AMQP_URL` with its host and port replaced by a relay's on 127.0.0.1.
+fn relayed_url(port: u16) -> String {
+    let url = amqp_url();
+    let (creds, rest) = url.split_once('@').unwrap_or(("amqp://guest:guest", &url));
+    let vhost = rest.split_once('/').map_or("%2f", |(_, v)| v);
+    format!("{creds}@127.0.0.1:{port}/{vhost}")
 }
 
 /// A TCP relay to the broker that the test can cut.
@@ -219,6 +251,11 @@ struct Relay {
 }
 
 async fn relay_to_broker() -> Relay {
+    relay_to_broker_while(Arc::new(AtomicBool::new(true))).await
+}
+
+/// [`relay_to_broker`] that drops every connection while `open` is false.
+async fn relay_to_broker_while(open: Arc<AtomicBool>) -> Relay {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let url = amqp_url();
@@ -230,6 +267,10 @@ async fn relay_to_broker() -> Relay {
             let Ok((mut inbound, _)) = listener.accept().await else {
                 return;
             };
+            if !open.load(Ordering::SeqCst) {
+                drop(inbound);
+                continue;
+            }
             let target = target.clone();
             links.spawn(async move {
                 if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
@@ -244,10 +285,7 @@ async fn relay_to_broker() -> Relay {
 #[tokio::test]
 async fn when_the_broker_goes_away_the_last_numbers_stay_marked_unreachable() {
     let relay = relay_to_broker().await;
-    let url = amqp_url();
-    let (creds, rest) = url.split_once('@').unwrap_or(("amqp://guest:guest", &url));
-    let vhost = rest.split_once('/').map_or("%2f", |(_, v)| v);
-    let relayed = format!("{creds}@127.0.0.1:{}/{vhost}", relay.port);
+    let relayed = relayed_url(relay.port);
     // The sampler does not run: the test samples when it chooses.
     let (mut built, app) = build_app_configured(|s| {
         s.common.broker = queue::Broker::new(&relayed).expect("url");
@@ -275,10 +313,15 @@ async fn when_the_broker_goes_away_the_last_numbers_stay_marked_unreachable() {
     );
 
     relay.task.abort();
-    let _ = relay.task.await;
+    assert!(relay
+        .task
+        .await
+        .expect_err("the relay was stopped")
+        .is_cancelled());
     sampler.sample_once().await;
     let r = app.get_as_admin("/ops/queues").await;
     assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["data"].as_array().unwrap().len(), 2, "{}", r.body);
     for q in r.body["data"].as_array().unwrap() {
         assert_eq!(q["reachable"], false, "{q}");
     }

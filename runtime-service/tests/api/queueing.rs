@@ -58,7 +58,8 @@ async fn runs_accepted_while_the_broker_is_unreachable_are_published_by_the_rela
 async fn the_relay_leaves_fresh_rows_to_the_request_path() {
     let app = spawn_app_with_broker(&nowhere()).await;
     app.workflow("w", true);
-    app.post("/workflows/wf_w/trigger", json!({})).await;
+    let r = app.post("/workflows/wf_w/trigger", json!({})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
     let healthy = AmqpPublisher::new(&crate::helpers::broker(), QueueNames::new(&app.prefix));
     assert_eq!(
         relay_once(&app.db.pool, &healthy, Duration::from_secs(60))

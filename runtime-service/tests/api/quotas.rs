@@ -82,7 +82,7 @@ async fn a_trigger_over_max_queued_runs_is_a_429_and_creates_nothing() {
         &mut app.conn(),
         "org_other",
         "queued",
-        json!({"steps": [{"name": "t", "type": "transform", "output": {}}]}),
+        json!({"steps": [{"name": "t", "type": "transform", "value": {}}]}),
         true,
     );
     let bearer = format!("Bearer {other}");
@@ -268,24 +268,26 @@ async fn outbox_rows_sent_longer_ago_than_the_retention_are_pruned() {
     let run = app.run_in(&wf, "COMPLETED");
     let now = shared_models::time::now();
     let hours_ago = |h: i64| now - chrono::Duration::hours(h);
-    let row = |sent: Option<chrono::DateTime<chrono::Utc>>, key: &str| {
-        (
-            outbox::run_id.eq(run.clone()),
-            outbox::payload.eq(json!({})),
-            outbox::created_at.eq(hours_ago(3)),
-            outbox::sent_at.eq(sent),
-            outbox::dedupe_key.eq(key.to_string()),
-        )
-    };
-    diesel::insert_into(outbox::table)
-        .values(vec![
-            row(Some(hours_ago(2)), "old-sent-1"),
-            row(Some(hours_ago(2)), "old-sent-2"),
-            row(Some(now), "just-sent"),
-            row(None, "never-sent"),
-        ])
-        .execute(&mut app.conn())
-        .expect("outbox rows");
+    // Jobs as production queues them, aged by hand (the time that passed, the relay's send).
+    let mut conn = app.conn();
+    for (sent, key) in [
+        (Some(hours_ago(2)), "old-sent-1"),
+        (Some(hours_ago(2)), "old-sent-2"),
+        (Some(now), "just-sent"),
+        (None, "never-sent"),
+    ] {
+        let (id, _) = shared_models::runs::enqueue_job(&mut conn, &run, ORG, None, Some(key))
+            .expect("queue a job")
+            .expect("a new key");
+        diesel::update(outbox::table.find(id))
+            .set((
+                outbox::created_at.eq(hours_ago(3)),
+                outbox::sent_at.eq(sent),
+            ))
+            .execute(&mut conn)
+            .expect("age the job");
+    }
+    drop(conn);
 
     let pruned = prune_once(&app.db.pool, Duration::from_secs(3600))
         .await

@@ -6,6 +6,7 @@ use runtime_service::relay::relay_once;
 use runtime_service::scheduler::reap_once;
 use serde_json::json;
 use shared_models::queue::QueueNames;
+use shared_models::runs::keys;
 use shared_models::schema::runs;
 use std::time::Duration;
 
@@ -34,10 +35,6 @@ fn set_lease(app: &TestApp, id: &str, owner: Option<&str>, expires: DateTime<Utc
         .expect("set the lease");
 }
 
-fn reap_key(id: &str, expires: DateTime<Utc>) -> String {
-    format!("reap:{id}:{}", expires.timestamp_micros())
-}
-
 fn one_step_workflow(app: &TestApp) -> String {
     app.workflow_with(
         "reaped",
@@ -59,7 +56,7 @@ async fn an_expired_lease_gets_exactly_one_job_however_many_passes_see_it() {
     assert_eq!(jobs[0].payload, json!({"v": 1, "runId": id, "orgId": ORG}));
     assert_eq!(
         jobs[0].dedupe_key.as_deref(),
-        Some(reap_key(&id, expired).as_str())
+        Some(keys::reap(&id, expired).as_str())
     );
 
     // Like a wake-up, it goes out with the next relay pass, without the request path's grace.
@@ -120,7 +117,7 @@ async fn a_lease_renewed_and_then_expired_again_gets_a_second_job() {
     let keys: Vec<Option<String>> = app.outbox(&id).into_iter().map(|j| j.dedupe_key).collect();
     assert_eq!(
         keys,
-        vec![Some(reap_key(&id, first)), Some(reap_key(&id, second))]
+        vec![Some(keys::reap(&id, first)), Some(keys::reap(&id, second))]
     );
 }
 
@@ -133,6 +130,6 @@ async fn a_run_handed_back_at_shutdown_is_reaped_like_an_expired_one() {
     assert_eq!(reap_once(&app.db.pool, GRACE).await.expect("pass"), 1);
     assert_eq!(
         app.outbox(&id)[0].dedupe_key.as_deref(),
-        Some(reap_key(&id, released).as_str())
+        Some(keys::reap(&id, released).as_str())
     );
 }

@@ -6,6 +6,7 @@ use runtime_service::relay::relay_once;
 use runtime_service::scheduler::schedule_once;
 use serde_json::json;
 use shared_models::queue::QueueNames;
+use shared_models::runs::keys;
 use shared_models::schema::runs;
 use std::time::Duration;
 
@@ -42,7 +43,7 @@ async fn a_due_wake_up_is_queued_once_however_many_passes_see_it() {
     );
     assert_eq!(
         jobs[0].dedupe_key.as_deref(),
-        Some(format!("wake:{id}:{}", wake_at.timestamp_micros()).as_str())
+        Some(keys::wake(&id, wake_at).as_str())
     );
 
     // Wake-ups go out with the next relay pass, without the request path's grace delay.
@@ -93,7 +94,7 @@ async fn a_pending_run_held_back_by_its_orgs_running_cap_is_queued_once_when_due
     assert_eq!(jobs[0].payload, json!({"v": 1, "runId": due, "orgId": ORG}));
     assert_eq!(
         jobs[0].dedupe_key.as_deref(),
-        Some(format!("wake:{due}:{}", wake_at.timestamp_micros()).as_str())
+        Some(keys::wake(&due, wake_at).as_str())
     );
     assert!(app.outbox(&later).is_empty());
     assert!(app.outbox(&fresh).is_empty());

@@ -13,6 +13,7 @@ use runtime_service::sweeper::PendingSweeper;
 use serde_json::json;
 use shared_models::metrics::sample;
 use shared_models::queue::QueueNames;
+use shared_models::runs::keys;
 use shared_models::schema::{outbox, run_events, runs};
 use std::time::Duration;
 
@@ -36,7 +37,9 @@ fn pending_since(app: &TestApp, wf: &str, age_secs: i64) -> String {
     id
 }
 
-/// An outbox row of `run_id`, written `age_secs` ago and sent at `sent_at` (unsent: `None`).
+/// The job of `run_id` as production queues it (`runs::enqueue_job`), then aged: written
+/// `age_secs` ago and sent at `sent_at` (unsent: `None`). Only the clock moves by hand: the
+/// time that passed, and the relay's send (its own tests publish for real).
 fn job_row(
     app: &TestApp,
     run_id: &str,
@@ -44,17 +47,17 @@ fn job_row(
     age_secs: i64,
     sent_at: Option<DateTime<Utc>>,
 ) {
-    let payload = json!({"v": 1, "runId": run_id, "orgId": ORG});
-    diesel::insert_into(outbox::table)
-        .values((
-            outbox::run_id.eq(run_id),
-            outbox::payload.eq(&payload),
-            outbox::dedupe_key.eq(dedupe_key),
+    let mut conn = app.conn();
+    let (id, _) = shared_models::runs::enqueue_job(&mut conn, run_id, ORG, None, dedupe_key)
+        .expect("queue the job")
+        .expect("a key no job had");
+    diesel::update(outbox::table.find(id))
+        .set((
             outbox::created_at.eq(seconds_from_now(-age_secs)),
             outbox::sent_at.eq(sent_at),
         ))
-        .execute(&mut app.conn())
-        .expect("insert an outbox row");
+        .execute(&mut conn)
+        .expect("age the job");
 }
 
 /// The sweeper's jobs of a run: its outbox rows with a `pending:` key.
@@ -171,7 +174,7 @@ async fn runs_with_a_job_in_flight_or_waiting_for_a_wake_up_are_left_alone() {
             .select(runs::wake_at)
             .first(&mut app.conn())
             .unwrap();
-        let key = format!("wake:{id}:{}", wake_at.unwrap().timestamp_micros());
+        let key = keys::wake(&id, wake_at.unwrap());
         (id, key)
     };
     let (to_come, _) = held(30);

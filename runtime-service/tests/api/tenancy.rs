@@ -160,6 +160,16 @@ async fn another_orgs_runs_are_404_on_every_route_and_stay_unchanged() {
     }
 }
 
+/// Return once the clock's millisecond has changed (polling it), so the next run id sorts
+/// after every id made before.
+fn next_millisecond() {
+    let now = || shared_models::time::now().timestamp_millis();
+    let start = now();
+    while now() == start {
+        std::thread::yield_now();
+    }
+}
+
 /// Every run id a list shows `key`, page by page.
 async fn listed(app: &TestApp, key: &str, query: &str) -> Vec<String> {
     let mut ids = Vec::new();
@@ -237,11 +247,26 @@ async fn lists_show_only_the_callers_runs() {
         assert_error(&r, 403, "FORBIDDEN", other);
         assert!(r.body["data"].is_null());
     }
-    // A cursor of one org's list walks only the other's own runs.
+    // A cursor of one org's list walks only the other's own runs, from where it points. A's
+    // newest run is newer than all of B's but one (made after it), so every other run of
+    // both orgs lies past A's first page.
+    // (Run ids are ULIDs, ordered by their millisecond: each new run starts a new one.)
+    next_millisecond();
+    let newest = app.run_in(&a.workflow, "PENDING");
+    next_millisecond();
+    let b_newer = app.run_of(OTHER, &b.workflow, "PENDING");
     let r = as_key(&app, &a_key, "GET", "/workflows/runs?limit=1", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let first: Vec<&str> = r.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|run| run["id"].as_str())
+        .collect();
+    assert_eq!(first, [newest.as_str()], "A's first page");
     let cursor = r.body["pagination"]["nextCursor"]
         .as_str()
-        .unwrap()
+        .expect("A's first page has a next one")
         .to_string();
     let r = as_key(
         &app,
@@ -252,9 +277,18 @@ async fn lists_show_only_the_callers_runs() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    for run in r.body["data"].as_array().unwrap() {
-        assert_eq!(run["orgId"], OTHER, "{run}");
-    }
+    let mut seen: Vec<String> = r.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|run| run["id"].as_str().map(str::to_string))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        run_ids(&b),
+        "B's own runs past the cursor (not {b_newer}), none of A's"
+    );
 }
 
 #[tokio::test]

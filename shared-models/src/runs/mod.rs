@@ -38,6 +38,7 @@
 pub mod control;
 pub mod create;
 pub mod events;
+pub mod keys;
 pub mod requeue;
 
 pub use control::*;

@@ -11,7 +11,7 @@
 //!   completed step. A run handed back at shutdown (no owner, lease ended) is treated alike.
 //!
 //! The runtime's scheduler calls both; its PENDING sweeper uses [`queue_each`] and
-//! [`wake_key_sql!`](crate::wake_key_sql).
+//! [`wake_key_sql!`](crate::wake_key_sql); the keys are [`super::keys`].
 
 use super::enqueue_job;
 use diesel::prelude::*;
@@ -31,15 +31,6 @@ pub struct RunToQueue {
     pub dedupe_key: String,
 }
 
-/// The dedupe key of the wake-up of run `r` at its `wake_at` (SQL, over a row `r` of `runs`):
-/// the scheduler writes it, the PENDING sweeper looks it up.
-#[macro_export]
-macro_rules! wake_key_sql {
-    () => {
-        "'wake:' || r.id || ':' || (extract(epoch FROM r.wake_at) * 1000000)::bigint"
-    };
-}
-
 /// Queue one job per due wake-up (a WAITING or held-back PENDING run whose `wake_at` has
 /// come), up to `limit` per call, in one transaction. The dedupe key
 /// names the run and its `wake_at` (epoch microseconds), so however many passes or replicas
@@ -52,7 +43,7 @@ pub fn enqueue_due_wakeups(conn: &mut PgConnection, limit: i64) -> Result<usize,
             "SELECT r.id, r.org_id, r.request_id, k.dedupe_key
              FROM runs r
              CROSS JOIN LATERAL (SELECT ",
-            wake_key_sql!(),
+            crate::wake_key_sql!(),
             " AS dedupe_key) k
              WHERE r.status IN ('WAITING', 'PENDING') AND r.wake_at <= now()
                AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.dedupe_key = k.dedupe_key)
@@ -100,17 +91,18 @@ pub fn enqueue_expired_leases(
         // Leases already queued are skipped here, so a backlog larger than `limit` drains.
         // A run with no owner and a lease in the past was handed back at shutdown: the same
         // predicate covers it.
-        let expired: Vec<RunToQueue> = diesel::sql_query(
+        let expired: Vec<RunToQueue> = diesel::sql_query(concat!(
             "SELECT r.id, r.org_id, r.request_id, k.dedupe_key
              FROM runs r
-             CROSS JOIN LATERAL (SELECT 'reap:' || r.id || ':'
-                 || (extract(epoch FROM r.lease_expires_at) * 1000000)::bigint AS dedupe_key) k
+             CROSS JOIN LATERAL (SELECT ",
+            crate::reap_key_sql!(),
+            " AS dedupe_key) k
              WHERE r.status = 'RUNNING'
                AND r.lease_expires_at < now() - make_interval(secs => $1)
                AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.dedupe_key = k.dedupe_key)
              ORDER BY r.lease_expires_at
-             LIMIT $2",
-        )
+             LIMIT $2"
+        ))
         .bind::<Double, _>(grace_secs)
         .bind::<BigInt, _>(limit)
         .load(conn)?;

@@ -293,4 +293,11 @@ pub fn supervise(service: &str, child_test: &str, cases: &BoxedStrategy<Case>) {
         failures.len(),
         crashes.len()
     );
+    // Cases the client could not build prove nothing: at least nine in ten of the cases
+    // must have gone out and come back with a status.
+    let answered: usize = by_status.values().sum();
+    assert!(
+        answered > 0 && answered * 10 >= CASES * 9,
+        "only {answered} of the {CASES} hostile requests to {service} were sent and answered ({sent} sent, {skipped} skipped)"
+    );
 }

@@ -304,6 +304,7 @@ async fn lists_show_prefixes_never_keys_or_hashes() {
     // Orgs, by id, in pages.
     let r = admin(&app, "GET", "/admin/orgs", None).await;
     assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.body["data"].as_array().unwrap().is_empty(), "{}", r.body);
     for org in r.body["data"].as_array().unwrap() {
         assert_eq!(
             object_keys(org),

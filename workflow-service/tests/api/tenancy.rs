@@ -196,9 +196,27 @@ async fn lists_show_only_the_callers_org() {
         assert_error(&r, 400, "VALIDATION_ERROR", "orgId on /workflows");
         assert!(!r.body.to_string().contains("wf_alpha"));
     }
-    // A cursor made by one org walks only the other's own list.
+    // A cursor made by one org walks only the other's own list, from where it points. A's
+    // newest workflow is newer than all but one of B's (delta), so every other workflow of
+    // both orgs lies past A's first page.
+    for (key, name, description) in [(&app.key, "gamma", "A's gamma"), (&b, "delta", "B's delta")] {
+        let mut body = workflow(name);
+        body["description"] = json!(description);
+        let r = app
+            .send_as(Some(key), "POST", "/workflows", Some(body))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
     let r = app.send("GET", "/workflows?limit=1", None).await;
-    let cursor = r.body["pagination"]["nextCursor"].as_str().unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        ids_and_descriptions(r.body["data"].as_array().unwrap()),
+        [pair("wf_gamma", "A's gamma")],
+        "A's first page"
+    );
+    let cursor = r.body["pagination"]["nextCursor"]
+        .as_str()
+        .expect("A's first page has a next one");
     let r = app
         .send_as(
             Some(&b),
@@ -207,9 +225,12 @@ async fn lists_show_only_the_callers_org() {
             None,
         )
         .await;
-    for w in r.body["data"].as_array().into_iter().flatten() {
-        assert!(w["description"].as_str().unwrap().starts_with("B's"), "{w}");
-    }
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        ids_and_descriptions(r.body["data"].as_array().unwrap()),
+        [pair("wf_beta", "B's beta"), pair("wf_shared", "B's shared")],
+        "B's own workflows past the cursor (not delta), none of A's"
+    );
     // Versions of the shared name: each org its own history.
     let r = app
         .send_as(Some(&b), "GET", "/workflows/wf_shared/versions", None)
@@ -273,7 +294,7 @@ async fn the_same_name_in_two_orgs_is_allowed_and_independent() {
     let r = app
         .send_as(Some(&b), "DELETE", "/workflows/wf_shared", None)
         .await;
-    assert!([200, 204].contains(&r.status), "{}", r.body);
+    assert_eq!(r.status, 200, "{}", r.body);
     let r = app
         .send_as(Some(&b), "GET", "/workflows/wf_shared", None)
         .await;

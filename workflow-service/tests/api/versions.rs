@@ -169,8 +169,10 @@ async fn versions_page_with_limit_and_cursor() {
     three_versions(&app).await;
     for value in ["fourth", "fifth"] {
         let body = json!({"definition": definition(value)});
-        app.send("PUT", "/workflows/wf_support_triage", Some(body))
+        let r = app
+            .send("PUT", "/workflows/wf_support_triage", Some(body))
             .await;
+        assert_eq!(r.status, 200, "{}", r.body);
     }
     let mut seen = Vec::new();
     let mut path = "/workflows/wf_support_triage/versions?limit=2".to_string();
@@ -206,8 +208,10 @@ async fn versions_page_with_limit_and_cursor() {
     assert_eq!(r.body["error"]["code"], "VALIDATION_ERROR");
     assert_eq!(fields(&r.body), ["limit", "isActive"]);
     // Neither garbage nor a cursor of another list (GET /workflows) is a versions cursor.
-    app.send("POST", "/workflows", Some(workflow("other")))
+    let r = app
+        .send("POST", "/workflows", Some(workflow("other")))
         .await;
+    assert_eq!(r.status, 201, "{}", r.body);
     let list = app.send("GET", "/workflows?limit=1", None).await;
     let workflows_cursor = list.body["pagination"]["nextCursor"].as_str().unwrap();
     for cursor in ["garbage", workflows_cursor] {

@@ -27,7 +27,8 @@ async fn create_answers_201_with_the_seed_shape() {
 #[tokio::test]
 async fn a_taken_name_is_a_409() {
     let app = spawn_app().await;
-    app.send("POST", "/workflows", Some(workflow("dup"))).await;
+    let r = app.send("POST", "/workflows", Some(workflow("dup"))).await;
+    assert_eq!(r.status, 201, "{}", r.body);
     let r = app.send("POST", "/workflows", Some(workflow("dup"))).await;
     assert_eq!(r.status, 409);
     assert_eq!(r.body["error"]["code"], "CONFLICT");
@@ -183,8 +184,10 @@ async fn list_is_newest_first_with_cursor_pagination_and_filters() {
 #[tokio::test]
 async fn get_returns_the_definition_and_404_for_unknown_ids() {
     let app = spawn_app().await;
-    app.send("POST", "/workflows", Some(workflow("support_triage")))
+    let r = app
+        .send("POST", "/workflows", Some(workflow("support_triage")))
         .await;
+    assert_eq!(r.status, 201, "{}", r.body);
     let r = app.send("GET", "/workflows/wf_support_triage", None).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["data"]["definition"]["steps"][0]["name"], "classify");
@@ -198,8 +201,10 @@ async fn get_returns_the_definition_and_404_for_unknown_ids() {
 #[tokio::test]
 async fn update_makes_a_new_version_and_keeps_the_name() {
     let app = spawn_app().await;
-    app.send("POST", "/workflows", Some(workflow("support_triage")))
+    let r = app
+        .send("POST", "/workflows", Some(workflow("support_triage")))
         .await;
+    assert_eq!(r.status, 201, "{}", r.body);
     let def =
         json!({"steps": [{"name": "t", "type": "transform", "value": {"x": "{{ variables.a }}"}}]});
     let r = app
@@ -248,8 +253,10 @@ async fn update_makes_a_new_version_and_keeps_the_name() {
 #[tokio::test]
 async fn delete_hides_the_workflow_and_a_recreated_one_continues_its_versions() {
     let app = spawn_app().await;
-    app.send("POST", "/workflows", Some(workflow("support_triage")))
+    let r = app
+        .send("POST", "/workflows", Some(workflow("support_triage")))
         .await;
+    assert_eq!(r.status, 201, "{}", r.body);
     let r = app
         .send("DELETE", "/workflows/wf_support_triage", None)
         .await;
