@@ -122,16 +122,20 @@ impl ServiceUnderTest for TestApp {
     async fn seed(&self) -> Routes {
         let s = seed(self);
         let unserved = vec![
-            ("GET", "/admin/orgs".to_string()),
-            ("POST", "/admin/orgs".to_string()),
-            ("GET", "/ops/nothing".to_string()),
-            ("GET", "/workflows".to_string()),
-            ("GET", format!("/workflows/{}", s.workflow)),
-            ("DELETE", "/workflows/runs".to_string()),
-            ("DELETE", format!("/workflows/runs/{}", s.pending)),
-            ("GET", format!("/workflows/runs/{}/cancel", s.pending)),
-            ("POST", format!("/workflows/runs/{}/events", s.completed)),
-            ("GET", format!("/workflows/{}/trigger", s.workflow)),
+            ("GET", "/admin/orgs".to_string(), 404),
+            ("POST", "/admin/orgs".to_string(), 404),
+            ("GET", "/ops/nothing".to_string(), 404),
+            ("GET", "/workflows".to_string(), 404),
+            ("GET", format!("/workflows/{}", s.workflow), 404),
+            ("DELETE", "/workflows/runs".to_string(), 405),
+            ("DELETE", format!("/workflows/runs/{}", s.pending), 405),
+            ("GET", format!("/workflows/runs/{}/cancel", s.pending), 405),
+            (
+                "POST",
+                format!("/workflows/runs/{}/events", s.completed),
+                405,
+            ),
+            ("GET", format!("/workflows/{}/trigger", s.workflow), 405),
         ];
         Routes {
             served: every_route(&s),

@@ -48,8 +48,9 @@ impl Route {
 /// and routes and methods it does not serve.
 pub struct Routes {
     pub served: Vec<Route>,
-    /// Each is a 404 or a 405 with a key, and a 401 without one.
-    pub unserved: Vec<(&'static str, String)>,
+    /// Each with the status it gets with a key (404: no route has that path; 405: a route
+    /// has it, with other methods), and a 401 without one.
+    pub unserved: Vec<(&'static str, String, u16)>,
 }
 
 /// A request whose duration `/metrics` must count under the route's pattern, never its path.

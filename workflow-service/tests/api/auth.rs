@@ -125,22 +125,22 @@ impl ServiceUnderTest for TestApp {
             Route::new("DELETE", format!("/admin/keys/{key_id}"), None),
         ];
         let unserved = [
-            ("GET", "/admin"),
-            ("GET", "/admin/keys"),
-            ("GET", "/ops/queues"),
-            ("GET", "/workflows/runs"),
-            ("PATCH", "/workflows"),
-            ("DELETE", "/workflows"),
-            ("GET", "/workflows/validate"),
-            ("POST", "/workflows/wf_alpha"),
-            ("POST", "/workflows/wf_alpha/versions"),
-            ("GET", "/workflows/wf_alpha/versions/1/extra"),
-            ("PUT", "/admin/orgs"),
-            ("GET", "/admin/keys/key_x"),
-            ("GET", "/uix"),
+            ("GET", "/admin", 404),
+            ("GET", "/admin/keys", 404),
+            ("GET", "/ops/queues", 404),
+            ("GET", "/workflows/runs", 404),
+            ("PATCH", "/workflows", 405),
+            ("DELETE", "/workflows", 405),
+            ("GET", "/workflows/validate", 405),
+            ("POST", "/workflows/wf_alpha", 405),
+            ("POST", "/workflows/wf_alpha/versions", 405),
+            ("GET", "/workflows/wf_alpha/versions/1/extra", 404),
+            ("PUT", "/admin/orgs", 405),
+            ("GET", "/admin/keys/key_x", 405),
+            ("GET", "/uix", 404),
         ]
         .into_iter()
-        .map(|(method, path)| (method, path.to_string()))
+        .map(|(method, path, status)| (method, path.to_string(), status))
         .collect();
         Routes { served, unserved }
     }
