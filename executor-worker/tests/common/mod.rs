@@ -23,6 +23,10 @@ use thygon_testkit::{fixtures, unique_token, TestDb};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+mod setup;
+#[allow(unused_imports)] // Only the graph tests use the setup.
+pub use setup::*;
+
 pub const ORG: &str = "org_test";
 
 /// A fresh, migrated database; created off the async executor because diesel blocks.
