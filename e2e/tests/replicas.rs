@@ -42,6 +42,19 @@ fn count(conn: &mut PgConnection, sql: &str) -> i64 {
         .n
 }
 
+/// Wait until the job queue is empty (the duplicates a claim refused were acked too).
+async fn queue_drained(stack: &Stack, what: &str) {
+    until(Duration::from_secs(30), what, || async {
+        let depth = queue_depth(stack).await;
+        if depth == 0 {
+            Ok(())
+        } else {
+            Err(format!("{depth} left"))
+        }
+    })
+    .await;
+}
+
 /// Ready messages in the stack's job queue.
 async fn queue_depth(stack: &Stack) -> u32 {
     use lapin::options::QueueDeclareOptions;
@@ -450,19 +463,7 @@ async fn three_replicas_reap_each_expired_lease_once_and_relay_each_job_once() {
     }
     assert_eq!(calls.len(), N, "{calls:?}");
     assert!(calls.values().all(|n| *n == 2), "{calls:?}");
-    until(
-        Duration::from_secs(30),
-        "the duplicate jobs acked",
-        || async {
-            let depth = queue_depth(&stack).await;
-            if depth == 0 {
-                Ok(())
-            } else {
-                Err(format!("{depth} left"))
-            }
-        },
-    )
-    .await;
+    queue_drained(&stack, "the duplicate jobs acked").await;
 }
 
 #[tokio::test]
@@ -541,15 +542,7 @@ async fn the_relay_racing_the_request_path_publishes_twice_and_the_run_executes_
             assert_eq!(step["attempt"], 1, "{done}");
         }
     }
-    until(Duration::from_secs(30), "every duplicate acked", || async {
-        let depth = queue_depth(&stack).await;
-        if depth == 0 {
-            Ok(())
-        } else {
-            Err(format!("{depth} left"))
-        }
-    })
-    .await;
+    queue_drained(&stack, "every duplicate acked").await;
     // The sent rows are pruned (retention 0): deleted, none left behind, none unsent.
     until(Duration::from_secs(30), "the outbox pruned", || {
         let left = count(&mut conn, "SELECT count(*) AS n FROM outbox");

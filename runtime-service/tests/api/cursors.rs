@@ -25,6 +25,16 @@ async fn trigger(app: &TestApp, key: &str, wf: &str) -> String {
     r.body["data"]["id"].as_str().expect("run id").to_string()
 }
 
+/// The run ids of a page, in order.
+fn ids_of(r: &Reply) -> Vec<&str> {
+    r.body["data"]
+        .as_array()
+        .expect("page")
+        .iter()
+        .filter_map(|v| v["id"].as_str())
+        .collect()
+}
+
 async fn page(app: &TestApp, key: &str, query: &str) -> Reply {
     let auth = format!("Bearer {key}");
     app.send(
@@ -87,12 +97,7 @@ async fn tampered_cursors_are_a_400_or_the_callers_own_runs_never_a_500_or_anoth
     // Premise: the cursor as returned works and pages on through the caller's runs.
     let r = page(&app, &app.key, &format!("limit=10&cursor={cursor}")).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let ids: Vec<&str> = r.body["data"]
-        .as_array()
-        .expect("page")
-        .iter()
-        .filter_map(|v| v["id"].as_str())
-        .collect();
+    let ids = ids_of(&r);
     assert_eq!(ids, vec![own[1].as_str(), own[0].as_str()]);
 
     // Another org's cursor, used by the caller: a position, so the caller's own older runs,
@@ -105,12 +110,7 @@ async fn tampered_cursors_are_a_400_or_the_callers_own_runs_never_a_500_or_anoth
         .to_string();
     let r = page(&app, &app.key, &format!("limit=10&cursor={their_cursor}")).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let ids: Vec<&str> = r.body["data"]
-        .as_array()
-        .expect("page")
-        .iter()
-        .filter_map(|v| v["id"].as_str())
-        .collect();
+    let ids = ids_of(&r);
     assert_eq!(
         ids,
         vec![own[1].as_str(), own[0].as_str()],
