@@ -8,6 +8,8 @@
 #   BENCH_OUT=path      where the JSON goes (default target/bench/results.json)
 #   BENCH_CONCURRENCY=64          each worker's WORKER_CONCURRENCY (default: the worker's, 64)
 #   BENCH_MAX_RUNNING_PER_ORG=0   the workers' running cap (default 0: none; deployments: 100)
+#   BENCH_ONLY=fan_out  measure only the fairness row (another org's p99 with and without a
+#                       fan-out attack; the other rows print empty)
 #   BENCH_YARDSTICK=1   first measure the machine (scripts/yardstick.sh) and scale the rates
 #                       to the targets' reference machine (0: skip)
 set -euo pipefail
