@@ -10,6 +10,8 @@
 #   BENCH_MAX_RUNNING_PER_ORG=0   the workers' running cap (default 0: none; deployments: 100)
 #   BENCH_ONLY=fan_out  measure only the fairness row (another org's p99 with and without a
 #                       fan-out attack; the other rows print empty)
+#   BENCH_PEER=1        first run the same job on Celery (scripts/celery-peer.sh; PEER_SCALE
+#                       follows BENCH_SCALE) and print Thygon's figures beside it (0: skip)
 #   BENCH_YARDSTICK=1   first measure the machine (scripts/yardstick.sh) and scale the rates
 #                       to the targets' reference machine (0: skip)
 set -euo pipefail
@@ -26,6 +28,12 @@ if [ "${BENCH_YARDSTICK:-1}" != "0" ]; then
         export BENCH_YARDSTICK_TPS="$tps"
         say "yardstick: $tps insert+update transactions/s (the targets' reference machine: about 5600)"
     fi
+fi
+rm -f "$REPO/target/bench/celery.json"
+if [ "${BENCH_PEER:-1}" != "0" ]; then
+    say "measuring the peer: the same job on Celery (scripts/celery-peer.sh) ..."
+    PEER_SCALE="${BENCH_SCALE:-1.0}" bash "$REPO/scripts/celery-peer.sh" ||
+        warn "the Celery peer failed (above); the table will have no Celery column"
 fi
 say "running the benchmark (cargo bench -p thygon-e2e --bench thygon) ..."
 cargo bench -p thygon-e2e --bench thygon

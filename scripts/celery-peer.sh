@@ -2,7 +2,7 @@
 # The peer of `make bench` (issue 17, in progress): the same job done by Celery 5 on the same
 # PostgreSQL and RabbitMQ (e2e/benches/celery/peer.py says what the job is), measured with
 # Celery's pools at concurrency 2; prints a JSON line per figure and writes them all to
-# PEER_OUT (default target/bench/celery.json). Not yet part of `make bench`'s table.
+# PEER_OUT (default target/bench/celery.json), which `make bench` prints beside Thygon's.
 #
 #   PEER_SCALE=1.0       scales the run counts (3,000 one-step runs, 600 ten-step runs, 500 at
 #                        each latency rate)

@@ -74,5 +74,9 @@ async fn main() {
     if let Some(tps) = yardstick {
         print_against_reference(&results, tps);
     }
+    match report::peer_figures() {
+        Some(peer) => report::print_against_peer(&results, &peer),
+        None => println!("\n(Celery not measured: BENCH_PEER=0, or scripts/celery-peer.sh failed)"),
+    }
     println!("\n(figures as JSON: {out})");
 }

@@ -163,3 +163,75 @@ pub(crate) fn print_against_reference(results: &[Value], tps: f64) {
         );
     }
 }
+
+/// Celery's figures for the same job (`scripts/celery-peer.sh`, which `make bench` runs first
+/// unless `BENCH_PEER=0`): one JSON object per figure and pool, in `BENCH_PEER_OUT`
+/// (default `target/bench/celery.json`).
+pub(crate) fn peer_figures() -> Option<Vec<Value>> {
+    let path = std::env::var("BENCH_PEER_OUT").unwrap_or_else(|_| {
+        thygon_e2e::workspace_root()
+            .join("target/bench/celery.json")
+            .display()
+            .to_string()
+    });
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The best of Celery's pools for one figure: the most runs/s of `steps`-step runs, or the
+/// lowest p99 at `rate` runs/s.
+fn best_peer(peer: &[Value], steps: u64, rate: Option<f64>) -> Option<&Value> {
+    let of = peer
+        .iter()
+        .filter(|f| f["steps"].as_u64() == Some(steps) && f["rate"].as_f64() == rate);
+    match rate {
+        None => of.max_by(|a, b| {
+            a["runs_per_s"]
+                .as_f64()
+                .partial_cmp(&b["runs_per_s"].as_f64())
+                .unwrap()
+        }),
+        Some(_) => of.min_by(|a, b| {
+            a["p99_ms"]
+                .as_f64()
+                .partial_cmp(&b["p99_ms"].as_f64())
+                .unwrap()
+        }),
+    }
+}
+
+/// Thygon (the first worker count measured) beside Celery doing the same job on the same
+/// servers, with the ratio.
+pub(crate) fn print_against_peer(results: &[Value], peer: &[Value]) {
+    let Some(r) = results.first() else { return };
+    println!("\nBeside Celery (the same job on the same PostgreSQL and RabbitMQ; {} Thygon worker(s)):\n", r["workers"]);
+    println!("| measure | Celery | Thygon | ratio |");
+    println!("|---|---|---|---|");
+    for (what, key, steps) in [
+        ("end to end, 1 step", "e2e_1_step", 1),
+        ("end to end, 10 steps", "e2e_10_steps", 10),
+    ] {
+        let celery = best_peer(peer, steps, None).and_then(|f| f["runs_per_s"].as_f64());
+        let thygon = r[key]["runs_per_second"].as_f64();
+        let ratio = match (celery, thygon) {
+            (Some(c), Some(t)) if c > 0.0 => format!("{:.2}x", t / c),
+            _ => "-".into(),
+        };
+        println!(
+            "| {what} | {} runs/s | {} runs/s | {ratio} |",
+            fmt(celery),
+            fmt(thygon)
+        );
+    }
+    let celery = best_peer(peer, 1, Some(100.0));
+    println!(
+        "| latency at 100 runs/s (1 step) p50 / p99 | {} / {} ms | {} |  |",
+        celery.map_or("-".into(), |f| f["p50_ms"].to_string()),
+        celery.map_or("-".into(), |f| f["p99_ms"].to_string()),
+        p50_p99(r, "latency_1_step_at_100_per_s"),
+    );
+}
+
+fn fmt(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.0}"))
+}
