@@ -6,9 +6,10 @@
 #
 #   PEER_SCALE=1.0       scales the run counts (3,000 one-step runs, 600 ten-step runs, 500 at
 #                        each latency rate)
-#   PEER_POOLS=prefork   the pools to measure (prefork,threads). The threads pool stopped
-#                        taking tasks after about 40 here (the rest stayed ready in the queue);
-#                        until that is understood it is not measured by default.
+#   PEER_POOLS=prefork   the pools to measure (prefork,threads). The threads pool is far the
+#                        slower here (300 one-step runs at 9 runs/s: it takes its next tasks on
+#                        the event loop's timer ticks; without the heartbeat it stops after its
+#                        prefetch), so prefork is the better of the two and the default.
 #
 # Celery and psycopg are pinned (PEER_TOOLS below) in their own virtualenv, .tools/peer-venv.
 set -euo pipefail

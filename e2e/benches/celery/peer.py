@@ -206,9 +206,13 @@ def main():
         with app.connection_for_write() as conn:
             conn.default_channel.queue_delete(args.queue)
     elif args.command == "worker":
-        app.worker_main(["worker", "--loglevel", "WARNING", "--queues", args.queue,
-                         "--pool", args.pool, "--concurrency", str(args.concurrency),
-                         "--without-gossip", "--without-mingle", "--without-heartbeat"])
+        argv = ["worker", "--loglevel", "WARNING", "--queues", args.queue,
+                "--pool", args.pool, "--concurrency", str(args.concurrency)]
+        if args.pool == "prefork":
+            # One worker alone on its queue: nothing to gossip with. The threads pool needs the
+            # heartbeat's timer: without it, it stops taking tasks after its prefetch.
+            argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+        app.worker_main(argv)
     elif args.command == "throughput":
         throughput(args)
     else:
