@@ -16,6 +16,25 @@ use thygon_testkit::TestDb;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
 
+/// The run's own transitions: it started, parked once, resumed and completed. Returns the
+/// events it read.
+async fn assert_parked_once_then_completed(
+    db: &TestDb,
+    run_id: &str,
+) -> Vec<shared_models::models::RunEventRow> {
+    let events = get_events(&db.pool, run_id).await;
+    assert_eq!(
+        transitions_of(&events, None),
+        vec![
+            ft("PENDING", "RUNNING"),
+            ft("RUNNING", "WAITING"),
+            ft("WAITING", "RUNNING"),
+            ft("RUNNING", "COMPLETED"),
+        ]
+    );
+    events
+}
+
 #[tokio::test]
 async fn a_delay_parks_the_run_waiting_without_holding_it_and_a_later_job_finishes_it() {
     let Setup { db, engine, .. } = Setup::new(&[]).await;
@@ -78,16 +97,7 @@ async fn a_delay_parks_the_run_waiting_without_holding_it_and_a_later_job_finish
         "the delay ended no earlier than its wake time"
     );
     assert_eq!(find_step(&steps, "then").status, "COMPLETED");
-    let events = get_events(&db.pool, &run_id).await;
-    assert_eq!(
-        transitions_of(&events, None),
-        vec![
-            ft("PENDING", "RUNNING"),
-            ft("RUNNING", "WAITING"),
-            ft("WAITING", "RUNNING"),
-            ft("RUNNING", "COMPLETED"),
-        ]
-    );
+    let events = assert_parked_once_then_completed(&db, &run_id).await;
     assert_eq!(
         transitions_of(&events, Some("pause")),
         vec![ft("PENDING", "WAITING"), ft("WAITING", "COMPLETED")]
@@ -213,16 +223,7 @@ async fn an_approval_parks_the_run_until_approved_and_later_steps_see_the_decisi
         Some(json!({ "approved": true, "comment": "ok" })),
         "the decision is kept as the approval's output"
     );
-    let events = get_events(&db.pool, &run_id).await;
-    assert_eq!(
-        transitions_of(&events, None),
-        vec![
-            ft("PENDING", "RUNNING"),
-            ft("RUNNING", "WAITING"),
-            ft("WAITING", "RUNNING"),
-            ft("RUNNING", "COMPLETED"),
-        ]
-    );
+    assert_parked_once_then_completed(&db, &run_id).await;
 }
 
 #[tokio::test]
