@@ -12,8 +12,8 @@
 #                       fan-out attack; the other rows print empty)
 #   BENCH_PEER=1        first run the same job on Celery (scripts/celery-peer.sh; PEER_SCALE
 #                       follows BENCH_SCALE) and print Thygon's figures beside it (0: skip)
-#   BENCH_YARDSTICK=1   first measure the machine (scripts/yardstick.sh) and scale the rates
-#                       to the targets' reference machine (0: skip)
+#   BENCH_BIN_DIR=dir   run the binaries of dir instead of target/release (a saved build of
+#                       another commit: before and after, back to back, on one machine)
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -22,13 +22,6 @@ cd "$REPO"
 bash "$REPO/scripts/ensure-services.sh"
 say "building the release binaries (cargo build --release --workspace --bins) ..."
 cargo build --release --workspace --bins
-if [ "${BENCH_YARDSTICK:-1}" != "0" ]; then
-    say "measuring the machine's yardstick (scripts/yardstick.sh, pgbench 10 s) ..."
-    if tps="$(bash "$REPO/scripts/yardstick.sh")"; then
-        export BENCH_YARDSTICK_TPS="$tps"
-        say "yardstick: $tps insert+update transactions/s (the targets' reference machine: about 5600)"
-    fi
-fi
 rm -f "$REPO/target/bench/celery.json"
 if [ "${BENCH_PEER:-1}" != "0" ]; then
     say "measuring the peer: the same job on Celery (scripts/celery-peer.sh) ..."
@@ -36,4 +29,4 @@ if [ "${BENCH_PEER:-1}" != "0" ]; then
         warn "the Celery peer failed (above); the table will have no Celery column"
 fi
 say "running the benchmark (cargo bench -p thygon-e2e --bench thygon) ..."
-cargo bench -p thygon-e2e --bench thygon
+THYGON_BIN_DIR="${BENCH_BIN_DIR:-}" cargo bench -p thygon-e2e --bench thygon

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The peer of `make bench` (issue 17, in progress): the same job done by Celery 5 on the same
+# The peer of `make bench`: the same job done by Celery 5 on the same
 # PostgreSQL and RabbitMQ (e2e/benches/celery/peer.py says what the job is), measured with
 # Celery's pools at concurrency 2; prints a JSON line per figure and writes them all to
 # PEER_OUT (default target/bench/celery.json), which `make bench` prints beside Thygon's.
 #
-#   PEER_SCALE=1.0       scales the run counts (3,000 one-step runs, 600 ten-step runs, 500 at
-#                        each latency rate)
+#   PEER_SCALE=1.0       scales the run counts (3,000 one-step runs, 600 ten-step runs; for the
+#                        latencies 200 runs at 10/s, 500 at 100/s, 1,000 at 500/s, and 200
+#                        ten-step runs at 20/s: the counts of Thygon's bench)
 #   PEER_POOLS=prefork   the pools to measure (prefork,threads). The threads pool is far the
 #                        slower here (300 one-step runs at 9 runs/s: it takes its next tasks on
 #                        the event loop's timer ticks; without the heartbeat it stops after its
@@ -46,9 +47,10 @@ for pool in "${pools[@]}"; do
     {
         "${peer[@]}" throughput --queue "$queue" --steps 1 --runs "$(n 3000)"
         "${peer[@]}" throughput --queue "$queue" --steps 10 --runs "$(n 600)"
-        for rate in 10 100 500; do
-            "${peer[@]}" latency --queue "$queue" --steps 1 --rate "$rate" --runs "$(n 500)"
+        for rate_runs in 10:200 100:500 500:1000; do
+            "${peer[@]}" latency --queue "$queue" --steps 1 --rate "${rate_runs%:*}" --runs "$(n "${rate_runs#*:}")"
         done
+        "${peer[@]}" latency --queue "$queue" --steps 10 --rate 20 --runs "$(n 200)"
     } | while read -r line; do
         printf '{"pool": "%s", %s\n' "$pool" "${line#\{}" | tee -a "$out.tmp"
     done

@@ -149,8 +149,14 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// The path of one of the workspace's binaries (`target/debug` or, with `release`,
-/// `target/release`).
+/// `target/release`; `THYGON_BIN_DIR`, when set and not empty, names the folder instead: the
+/// bench runs a saved build of another commit that way).
 pub fn binary(name: &str, release: bool) -> PathBuf {
+    if let Some(dir) = std::env::var_os("THYGON_BIN_DIR").filter(|d| !d.is_empty()) {
+        let path = PathBuf::from(dir).join(name);
+        assert!(path.exists(), "{} is missing (THYGON_BIN_DIR)", path.display());
+        return path;
+    }
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| workspace_root().join("target"));

@@ -12,9 +12,9 @@
 //! `BENCH_CONCURRENCY` (default 64, the worker's default) is each worker's `WORKER_CONCURRENCY`;
 //! `BENCH_MAX_RUNNING_PER_ORG` (default 0: no cap) is the workers' `MAX_RUNNING_PER_ORG`. The
 //! cap is tenancy, not the engine, so it is off unless asked for; with it, every claim takes
-//! the org's lock and counts its running runs. `BENCH_YARDSTICK_TPS` (set by `make bench` from
-//! `scripts/yardstick.sh`) is the machine's PostgreSQL yardstick; with it, the machine-bound
-//! rates are also given scaled to the reference machine the targets are set on.
+//! the org's lock and counts its running runs. When `make bench` measured Celery doing the
+//! same job first (`scripts/celery-peer.sh`, `BENCH_PEER_OUT`), Thygon's figures are also
+//! printed beside Celery's, with the ratios the targets are set on.
 //! `BENCH_ONLY=fan_out` measures only the fairness row (another org's p99 with and without a
 //! fan-out attack, `fairness.rs`).
 mod bench;
@@ -24,7 +24,7 @@ mod report;
 mod stats;
 
 use measure::measure;
-use report::{print_against_reference, print_table, yardstick, REFERENCE_YARDSTICK_TPS};
+use report::print_table;
 use stats::scale;
 
 use serde_json::json;
@@ -49,13 +49,10 @@ async fn main() {
     if let Some(dir) = std::path::Path::new(&out).parent() {
         std::fs::create_dir_all(dir).expect("output folder");
     }
-    let yardstick = yardstick();
     let doc = json!({
         "scale": scale(),
         "machine": {
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            "yardstick_tps": yardstick,
-            "reference_yardstick_tps": REFERENCE_YARDSTICK_TPS,
         },
         "results": results,
     });
@@ -70,9 +67,6 @@ async fn main() {
             r["wall_seconds"].as_f64().unwrap_or(0.0) * 2.0,
             r["cpu_seconds"]
         );
-    }
-    if let Some(tps) = yardstick {
-        print_against_reference(&results, tps);
     }
     match report::peer_figures() {
         Some(peer) => report::print_against_peer(&results, &peer),

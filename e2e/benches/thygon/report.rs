@@ -1,4 +1,5 @@
-//! The table of results, and the machine-bound rates scaled to the reference machine.
+//! The table of results, and Thygon's figures beside Celery's (the peer the targets are set
+//! against: ratios measured on this machine in the same run, not figures of another machine).
 
 use serde_json::Value;
 
@@ -38,18 +39,28 @@ pub(crate) fn print_table(results: &[Value]) {
         ),
         (
             "end to end, 1 step",
-            ">= 1500 runs/s",
+            ">= 3x Celery",
             Box::new(|r| format!("{} runs/s", r["e2e_1_step"]["runs_per_second"])),
         ),
         (
             "end to end, 10 steps",
-            ">= 540 runs/s",
+            ">= 10x Celery",
             Box::new(|r| format!("{} runs/s", r["e2e_10_steps"]["runs_per_second"])),
         ),
         (
+            "latency at 10 runs/s (1 step) p50 / p99",
+            "",
+            Box::new(|r| at_rate(r, 10.0)),
+        ),
+        (
             "latency at 100 runs/s (1 step) p50 / p99",
-            "<= 5 / 10 ms",
-            Box::new(|r| p50_p99(r, "latency_1_step_at_100_per_s")),
+            "< Celery's",
+            Box::new(|r| at_rate(r, 100.0)),
+        ),
+        (
+            "latency at 500 runs/s (1 step) p50 / p99",
+            "",
+            Box::new(|r| at_rate(r, 500.0)),
         ),
         (
             "latency at 20 runs/s (10 steps) p50 / p99",
@@ -57,13 +68,13 @@ pub(crate) fn print_table(results: &[Value]) {
             Box::new(|r| p50_p99(r, "latency_10_steps_at_20_per_s")),
         ),
         (
-            "per step transition",
+            "per step (10-step p50 at 20/s / 10)",
             "<= 1.5 ms",
-            Box::new(|r| format!("{} ms", r["per_step_transition_ms"])),
+            Box::new(|r| format!("{} ms", r["per_step_ms"])),
         ),
         (
             "one 40-step run",
-            "<= 100 ms",
+            "<= 40 ms",
             Box::new(|r| format!("{} ms", r["forty_steps_ms"])),
         ),
         (
@@ -127,41 +138,10 @@ pub(crate) fn print_table(results: &[Value]) {
     }
 }
 
-/// What the issue's reference machine does on the yardstick (`scripts/yardstick.sh`): about
-/// 5,600 insert+update transactions per second in PostgreSQL at 8 clients.
-pub(crate) const REFERENCE_YARDSTICK_TPS: f64 = 5600.0;
-
-/// This machine's yardstick, measured by `make bench` before the stack starts
-/// (`BENCH_YARDSTICK_TPS`; absent when run without it).
-pub(crate) fn yardstick() -> Option<f64> {
-    std::env::var("BENCH_YARDSTICK_TPS")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .filter(|tps: &f64| *tps > 0.0)
-}
-
-/// The rates that depend on the machine's speed, scaled to the reference machine the targets
-/// are set on: this machine's figure times reference / yardstick.
-pub(crate) fn print_against_reference(results: &[Value], tps: f64) {
-    let factor = REFERENCE_YARDSTICK_TPS / tps;
-    println!(
-        "\nMachine yardstick (scripts/yardstick.sh): {tps:.0} insert+update transactions/s at 8 \
-         clients, {:.2} x the reference machine of the targets ({REFERENCE_YARDSTICK_TPS:.0}).",
-        tps / REFERENCE_YARDSTICK_TPS
-    );
-    for r in results {
-        let scaled = |v: &Value| (v.as_f64().unwrap_or(0.0) * factor).round();
-        println!(
-            "Scaled to the reference machine, {} worker(s): end to end {} runs/s at 1 step \
-             (target 1500), {} at 10 steps (target 540); triggers {}/s with the workers \
-             running, {}/s paused (target 3000).",
-            r["workers"],
-            scaled(&r["e2e_1_step"]["runs_per_second"]),
-            scaled(&r["e2e_10_steps"]["runs_per_second"]),
-            scaled(&r["trigger"]["per_second"]),
-            scaled(&r["trigger_alone"]["per_second"]),
-        );
-    }
+/// `"<p50> / <p99> ms"` of the 1-step latency at `rate` runs/s of one result.
+fn at_rate(r: &Value, rate: f64) -> String {
+    let at = &r["latency_1_step"][format!("{rate}")];
+    format!("{} / {} ms", at["p50_ms"], at["p99_ms"])
 }
 
 /// Celery's figures for the same job (`scripts/celery-peer.sh`, which `make bench` runs first
@@ -201,35 +181,86 @@ fn best_peer(peer: &[Value], steps: u64, rate: Option<f64>) -> Option<&Value> {
 }
 
 /// Thygon (the first worker count measured) beside Celery doing the same job on the same
-/// servers, with the ratio.
+/// servers: each figure, the ratio, and whether the target set against Celery is met.
 pub(crate) fn print_against_peer(results: &[Value], peer: &[Value]) {
     let Some(r) = results.first() else { return };
-    println!("\nBeside Celery (the same job on the same PostgreSQL and RabbitMQ; {} Thygon worker(s)):\n", r["workers"]);
-    println!("| measure | Celery | Thygon | ratio |");
-    println!("|---|---|---|---|");
-    for (what, key, steps) in [
-        ("end to end, 1 step", "e2e_1_step", 1),
-        ("end to end, 10 steps", "e2e_10_steps", 10),
+    println!(
+        "\nBeside Celery (the same job on the same PostgreSQL and RabbitMQ; {} Thygon worker(s)):\n",
+        r["workers"]
+    );
+    println!("| figure | Celery | Thygon | ratio | target | met |");
+    println!("|---|---|---|---|---|---|");
+    for (what, key, steps, times) in [
+        ("end to end, 1 step", "e2e_1_step", 1, 3.0),
+        ("end to end, 10 steps", "e2e_10_steps", 10, 10.0),
     ] {
         let celery = best_peer(peer, steps, None).and_then(|f| f["runs_per_s"].as_f64());
         let thygon = r[key]["runs_per_second"].as_f64();
-        let ratio = match (celery, thygon) {
-            (Some(c), Some(t)) if c > 0.0 => format!("{:.2}x", t / c),
-            _ => "-".into(),
+        let (ratio, met) = match (celery, thygon) {
+            (Some(c), Some(t)) if c > 0.0 => (format!("{:.2}x", t / c), verdict(t / c >= times)),
+            _ => ("-".into(), "-"),
         };
         println!(
-            "| {what} | {} runs/s | {} runs/s | {ratio} |",
+            "| {what} | {} runs/s | {} runs/s | {ratio} | >= {times}x | {met} |",
             fmt(celery),
             fmt(thygon)
         );
     }
-    let celery = best_peer(peer, 1, Some(100.0));
+    for (rate, _) in crate::measure::PACED_ONE {
+        let celery = best_peer(peer, 1, Some(rate));
+        let thygon = &r["latency_1_step"][format!("{rate}")];
+        let below = |k: &str| match (celery.and_then(|c| c[k].as_f64()), thygon[k].as_f64()) {
+            (Some(c), Some(t)) => Some(t < c),
+            _ => None,
+        };
+        let (target, met) = if rate == 100.0 {
+            let met = match (below("p50_ms"), below("p99_ms")) {
+                (Some(a), Some(b)) => verdict(a && b),
+                _ => "-",
+            };
+            ("below Celery's, both", met)
+        } else {
+            ("(shown)", "")
+        };
+        println!(
+            "| trigger to completion at {rate} runs/s, p50 / p99 | {} / {} ms | {} / {} ms | | {target} | {met} |",
+            celery.map_or("-".into(), |f| f["p50_ms"].to_string()),
+            celery.map_or("-".into(), |f| f["p99_ms"].to_string()),
+            thygon["p50_ms"],
+            thygon["p99_ms"],
+        );
+    }
+    let celery_step = best_peer(peer, 10, Some(20.0))
+        .and_then(|f| f["p50_ms"].as_f64())
+        .map(|p50| format!("{:.2} ms", p50 / 10.0));
+    let per_step = r["per_step_ms"].as_f64();
     println!(
-        "| latency at 100 runs/s (1 step) p50 / p99 | {} / {} ms | {} |  |",
-        celery.map_or("-".into(), |f| f["p50_ms"].to_string()),
-        celery.map_or("-".into(), |f| f["p99_ms"].to_string()),
-        p50_p99(r, "latency_1_step_at_100_per_s"),
+        "| per step (10 steps at 20 runs/s, p50 / 10) | {} | {} ms | | <= 1.5 ms | {} |",
+        celery_step.unwrap_or_else(|| "-".into()),
+        r["per_step_ms"],
+        per_step.map_or("-", |s| verdict(s <= 1.5)),
     );
+    let t = &r["trigger"];
+    let ok = t["per_second"].as_f64().is_some_and(|v| v >= 3000.0)
+        && t["p99_ms"].as_f64().is_some_and(|v| v <= 20.0);
+    println!(
+        "| triggers/s through the gateway, 32 clients, workers running | - | {}/s, p99 {} ms | | >= 3000/s, p99 <= 20 ms | {} |",
+        t["per_second"], t["p99_ms"], verdict(ok)
+    );
+    let forty = r["forty_steps_ms"].as_f64();
+    println!(
+        "| one 40-step run | - | {} ms | | <= 40 ms | {} |",
+        r["forty_steps_ms"],
+        forty.map_or("-", |v| verdict(v <= 40.0))
+    );
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "yes"
+    } else {
+        "NO"
+    }
 }
 
 fn fmt(v: Option<f64>) -> String {
