@@ -154,7 +154,11 @@ pub fn workspace_root() -> PathBuf {
 pub fn binary(name: &str, release: bool) -> PathBuf {
     if let Some(dir) = std::env::var_os("THYGON_BIN_DIR").filter(|d| !d.is_empty()) {
         let path = PathBuf::from(dir).join(name);
-        assert!(path.exists(), "{} is missing (THYGON_BIN_DIR)", path.display());
+        assert!(
+            path.exists(),
+            "{} is missing (THYGON_BIN_DIR)",
+            path.display()
+        );
         return path;
     }
     let target = std::env::var("CARGO_TARGET_DIR")

@@ -17,6 +17,11 @@
 //! until only the refused write fails; its run then fails (the engine records why), and the
 //! others' writes commit.
 //!
+//! A run's last pure step and the run's end go in one write ([`Checkpointer::checkpoint_and_finish`]):
+//! the step checkpointed and the run ended in the same transaction, one commit where two were.
+//! Either both are written or neither (the lease fences both), so a worker that dies before
+//! the commit leaves the run exactly as before its last step.
+//!
 //! Batches form as in [`crate::batches`]: whatever arrived while the previous one was being
 //! committed.
 
@@ -31,6 +36,16 @@ pub const MAX_BATCH: usize = 256;
 enum Write {
     Step(PureStep),
     End(RunFinish),
+    /// A run's last step and its end, together.
+    StepAndEnd(PureStep, RunFinish),
+}
+
+/// Where a write's answer is in a batch: its index among the steps, the ends, or both.
+#[derive(Clone, Copy)]
+enum Place {
+    Step(usize),
+    End(usize),
+    Both(usize, usize),
 }
 
 /// The handle runs use; cheap to clone. The writing task ends when every handle is dropped.
@@ -57,14 +72,25 @@ impl Checkpointer {
     pub async fn finish(&self, end: RunFinish) -> Result<Fenced, StorageError> {
         self.batches.submit(Write::End(end)).await
     }
+
+    /// Checkpoint a run's last pure step and end the run, in one transaction; returns once
+    /// both are committed, or neither was written (its lease lost, or an error).
+    pub async fn checkpoint_and_finish(
+        &self,
+        step: PureStep,
+        end: RunFinish,
+    ) -> Result<Fenced, StorageError> {
+        debug_assert_eq!(step.record.run_id, end.run_id);
+        self.batches.submit(Write::StepAndEnd(step, end)).await
+    }
 }
 
 /// A batch as the storage function takes it: its steps, its ends, and where each write's
-/// answer is among them (is a run end, index among the steps or the ends).
+/// answer is among them.
 struct Batch {
     steps: Vec<PureStep>,
     ends: Vec<RunFinish>,
-    places: Vec<(bool, usize)>,
+    places: Vec<Place>,
 }
 
 impl Batch {
@@ -75,30 +101,34 @@ impl Batch {
             places: Vec::new(),
         };
         for write in writes {
-            match write {
+            let place = match write {
                 Write::Step(step) => {
-                    batch.places.push((false, batch.steps.len()));
                     batch.steps.push(step);
+                    Place::Step(batch.steps.len() - 1)
                 }
                 Write::End(end) => {
-                    batch.places.push((true, batch.ends.len()));
                     batch.ends.push(end);
+                    Place::End(batch.ends.len() - 1)
                 }
-            }
+                Write::StepAndEnd(step, end) => {
+                    batch.steps.push(step);
+                    batch.ends.push(end);
+                    Place::Both(batch.steps.len() - 1, batch.ends.len() - 1)
+                }
+            };
+            batch.places.push(place);
         }
         batch
     }
 
     /// The writes again, in their order (copies: only a failed batch is split).
-    fn writes(&self, places: &[(bool, usize)]) -> Vec<Write> {
+    fn writes(&self, places: &[Place]) -> Vec<Write> {
         places
             .iter()
-            .map(|&(end, i)| {
-                if end {
-                    Write::End(self.ends[i].clone())
-                } else {
-                    Write::Step(self.steps[i].clone())
-                }
+            .map(|&place| match place {
+                Place::Step(i) => Write::Step(self.steps[i].clone()),
+                Place::End(i) => Write::End(self.ends[i].clone()),
+                Place::Both(i, j) => Write::StepAndEnd(self.steps[i].clone(), self.ends[j].clone()),
             })
             .collect()
     }
@@ -154,7 +184,18 @@ fn write_split(
             Ok((steps, ends)) => batch
                 .places
                 .iter()
-                .map(|&(end, i)| Ok(if end { ends[i] } else { steps[i] }))
+                .map(|&place| {
+                    Ok(match place {
+                        Place::Step(i) => steps[i],
+                        Place::End(i) => ends[i],
+                        // One lease fences both, in one transaction: they cannot differ, but
+                        // only both written is an answer of "written".
+                        Place::Both(i, j) => match (steps[i], ends[j]) {
+                            (Fenced::Written, Fenced::Written) => Fenced::Written,
+                            _ => Fenced::LeaseLost,
+                        },
+                    })
+                })
                 .collect(),
             Err(e) if n > 1 && is_refused(&e) => {
                 log::warn!("checkpoint batch of {n} failed ({e}); writing it again in halves");

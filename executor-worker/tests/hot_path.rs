@@ -2,7 +2,8 @@
 //! - group commit of pure-step checkpoints (`executor_worker::checkpoints`): many runs' steps
 //!   in one transaction, each written exactly as the one-step-at-a-time path would write it,
 //!   and the lease still fencing each run on its own;
-//! - run ends batched the same way (`storage::finish_runs`);
+//! - run ends batched the same way (`storage::finish_runs`), and a run's last pure step
+//!   committed with its end;
 //! - compiled workflow versions cached per worker (`engine::GraphCache`).
 //!
 //! Real PostgreSQL, a database per test.
@@ -350,4 +351,120 @@ async fn run_ends_are_batched_each_fenced_by_its_own_lease() {
         ("RUNNING", Some("worker-other"))
     );
     assert_eq!(get_events(&db.pool, &theirs).await.len(), theirs_claimed);
+}
+
+/// The id of the transaction that wrote the row `sql` selects (its `xmin`).
+async fn writer_of(pool: &shared_models::db::PgPool, sql: &'static str, run_id: &str) -> String {
+    #[derive(diesel::QueryableByName)]
+    struct Xmin {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        xmin: String,
+    }
+    let id = run_id.to_string();
+    blocking(pool, move |conn| {
+        use diesel::RunQueryDsl;
+        diesel::sql_query(sql)
+            .bind::<diesel::sql_types::Text, _>(id)
+            .get_result::<Xmin>(conn)
+    })
+    .await
+    .expect("xmin")
+    .xmin
+}
+
+#[tokio::test]
+async fn a_runs_last_pure_step_and_its_end_are_one_commit() {
+    let db = test_db().await;
+    let definition = json!({ "steps": [
+        { "name": "a", "type": "transform", "value": { "n": 1 } },
+        { "name": "b", "type": "transform", "value": { "n": "{{ steps.a.output.n + 1 }}" },
+          "dependsOn": ["a"] },
+    ]});
+    let (_, run_id) = workflow_with_run(&db.pool, "last", definition, json!({})).await;
+    let engine = engine(&db.pool, registry(&[]), Duration::from_secs(5));
+
+    assert_eq!(
+        engine.process(&RunJob::new(&run_id, ORG, None)).await,
+        JobOutcome::Done
+    );
+
+    let run = get_run(&db.pool, &run_id).await;
+    assert_eq!(run.status, "COMPLETED");
+    assert_eq!(run.output, Some(json!({ "b": { "n": 2 } })));
+    assert!(run.lease_owner.is_none() && run.completed_at.is_some());
+    let step = |name: &'static str| {
+        let sql = match name {
+            "a" => "SELECT xmin::text AS xmin FROM step_runs WHERE run_id = $1 AND name = 'a'",
+            _ => "SELECT xmin::text AS xmin FROM step_runs WHERE run_id = $1 AND name = 'b'",
+        };
+        writer_of(&db.pool, sql, &run_id)
+    };
+    let (a, b) = (step("a").await, step("b").await);
+    let ended = writer_of(
+        &db.pool,
+        "SELECT xmin::text AS xmin FROM runs WHERE id = $1",
+        &run_id,
+    )
+    .await;
+    assert_eq!(b, ended, "the last step and the run's end: one transaction");
+    assert_ne!(a, ended, "an earlier step commits before the next starts");
+    // The stream reads as before: the last step's transitions, then the run's.
+    let events = get_events(&db.pool, &run_id).await;
+    let tail: Vec<(Option<String>, String, String)> = transitions(&events)
+        .into_iter()
+        .rev()
+        .take(3)
+        .rev()
+        .collect();
+    assert_eq!(
+        tail,
+        vec![
+            t(Some("b"), "PENDING", "RUNNING"),
+            t(Some("b"), "RUNNING", "COMPLETED"),
+            t(None, "RUNNING", "COMPLETED"),
+        ]
+    );
+    assert_eq!(
+        logs_of(&events, None).last(),
+        Some(&("INFO".to_string(), "run completed".to_string()))
+    );
+}
+
+#[tokio::test]
+async fn a_last_step_whose_lease_is_lost_writes_neither_the_step_nor_the_end() {
+    use executor_worker::checkpoints::Checkpointer;
+    use executor_worker::storage::RunFinish;
+    use shared_models::status::RunStatus;
+    let db = test_db().await;
+    let definition = json!({ "steps": [{ "name": "a", "type": "transform", "value": 1 }] });
+    let (_, run_id) = workflow_with_run(&db.pool, "lost", definition, json!({})).await;
+    hold(&db.pool, &run_id, "worker-other").await;
+    let me = LeaseHolder {
+        worker_id: "worker-me".into(),
+        lease: Duration::from_secs(30),
+    };
+    let checkpoints = Checkpointer::start(db.pool.clone(), me);
+    let answer = checkpoints
+        .checkpoint_and_finish(
+            PureStep {
+                record: record(&run_id, "a", 0),
+                output: json!(1),
+            },
+            RunFinish {
+                run_id: run_id.clone(),
+                status: RunStatus::Completed,
+                output: Some(json!({ "a": 1 })),
+                error: None,
+            },
+        )
+        .await
+        .expect("the batch commits");
+
+    assert_eq!(answer, Fenced::LeaseLost);
+    let run = get_run(&db.pool, &run_id).await;
+    assert_eq!(
+        (run.status.as_str(), run.lease_owner.as_deref()),
+        ("RUNNING", Some("worker-other"))
+    );
+    assert!(get_steps(&db.pool, &run_id).await.is_empty());
 }

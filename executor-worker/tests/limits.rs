@@ -271,7 +271,7 @@ async fn a_refused_write_fails_alone_and_the_rest_of_its_batch_commits() {
         worker_id: format!("split-{}", unique_token()),
         lease: Duration::from_secs(30),
     };
-    let runs = held_runs(&db, &me, 9).await;
+    let runs = held_runs(&db, &me, 11).await;
     let checkpoints = Checkpointer::start(db.pool.clone(), me.clone());
     // Below the engine's NUL check: PostgreSQL itself refuses these two.
     let nul = json!({ "bad": "\u{0}" });
@@ -296,16 +296,36 @@ async fn a_refused_write_fails_alone_and_the_rest_of_its_batch_commits() {
         };
         async move { checkpoints.finish(end).await }
     });
+    // A run's last step with its end: the end refused (10) or not (9); one write each.
+    let last_steps = (9..11).map(|i| {
+        let output = if i == 10 {
+            nul.clone()
+        } else {
+            json!({ "t": i })
+        };
+        let checkpoints = checkpoints.clone();
+        let (step, end) = (
+            pure_step(&runs[i], json!(i)),
+            RunFinish {
+                run_id: runs[i].clone(),
+                status: RunStatus::Completed,
+                output: Some(output),
+                error: None,
+            },
+        );
+        async move { checkpoints.checkpoint_and_finish(step, end).await }
+    });
     // On a current-thread runtime every write is queued before the writer runs: one batch.
-    let (steps, ends) = tokio::join!(
+    let (steps, ends, last_steps) = tokio::join!(
         futures_util::future::join_all(steps),
-        futures_util::future::join_all(ends)
+        futures_util::future::join_all(ends),
+        futures_util::future::join_all(last_steps)
     );
 
-    for (i, answer) in steps.iter().chain(ends.iter()).enumerate() {
+    for (i, answer) in steps.iter().chain(&ends).chain(&last_steps).enumerate() {
         match (i, answer) {
-            (3 | 7, Err(StorageError::Query(_))) => {}
-            (3 | 7, other) => panic!("write {i}: {other:?}"),
+            (3 | 7 | 10, Err(StorageError::Query(_))) => {}
+            (3 | 7 | 10, other) => panic!("write {i}: {other:?}"),
             (_, Ok(Fenced::Written)) => {}
             (_, other) => panic!("write {i}: {other:?}"),
         }
@@ -317,6 +337,12 @@ async fn a_refused_write_fails_alone_and_the_rest_of_its_batch_commits() {
             0..=5 if i != 3 => assert_eq!(steps[0].output, Some(json!(i))),
             3 => assert!(steps.is_empty()),
             7 => assert_eq!(run.status, "RUNNING"),
+            // The step and the end go together or not at all.
+            10 => assert!(run.status == "RUNNING" && steps.is_empty()),
+            9 => {
+                assert_eq!(run.status, "COMPLETED");
+                assert_eq!(steps[0].output, Some(json!(9)));
+            }
             _ => assert_eq!(run.status, "COMPLETED"),
         }
     }

@@ -13,6 +13,7 @@ fn the_pool_never_holds_more_than_its_size_and_reports_itself() {
         max_size: 2,
         idle_timeout: Duration::from_secs(1),
         statement_cache: false,
+        generic_plans: false,
     };
     let pool = db::pool_with(&test_db.url, &settings);
     db::pool_metrics::register(&pool);
@@ -95,4 +96,50 @@ fn without_the_statement_cache_statements_still_run() {
         .get_result::<Count>(&mut conn)
         .unwrap();
     assert_eq!(named.n, 0, "no named prepared statement on the connection");
+}
+
+#[test]
+fn with_generic_plans_a_prepared_statement_is_planned_once_and_kept() {
+    // The worker's pools: a statement PostgreSQL would keep planning for each call (its
+    // generic plan estimated dearer than a custom one) is planned once, generically.
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Plans {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        generic_plans: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        custom_plans: i64,
+    }
+    // A partial index the statement can use only when it knows its parameter's value: a
+    // custom plan uses it, so PostgreSQL's own choice keeps planning custom ones.
+    let plans_after_ten_calls = |generic_plans: bool| {
+        let test_db = TestDb::create();
+        let settings = PoolSettings {
+            generic_plans,
+            ..PoolSettings::sized(1)
+        };
+        let pool = db::pool_with(&test_db.url, &settings);
+        let mut conn = db::checkout(&pool).unwrap();
+        for _ in 0..10 {
+            shared_models::prepared::prepared(
+                "SELECT id FROM runs WHERE status = $1 ORDER BY created_at LIMIT 1",
+            )
+            .bind::<diesel::sql_types::Text, _>("PENDING")
+            .execute(&mut conn)
+            .unwrap();
+        }
+        diesel::sql_query(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements
+             WHERE statement LIKE 'SELECT id FROM runs WHERE status%'",
+        )
+        .get_result::<Plans>(&mut conn)
+        .unwrap()
+    };
+    let forced = plans_after_ten_calls(true);
+    assert_eq!((forced.generic_plans, forced.custom_plans), (10, 0));
+    let chosen = plans_after_ten_calls(false);
+    assert!(
+        chosen.custom_plans >= 5,
+        "PostgreSQL's first five plans are custom"
+    );
 }

@@ -96,7 +96,11 @@ pub(crate) async fn measure(workers: usize) -> Value {
         let workflow = format!("wf_paced_one_{i}");
         let count = scaled(count);
         let failed = bench.trigger_paced(&workflow, rate, count).await;
-        let times = latencies(&bench.settle(&workflow, count, Duration::from_secs(120)).await);
+        let times = latencies(
+            &bench
+                .settle(&workflow, count, Duration::from_secs(120))
+                .await,
+        );
         paced_one.insert(
             format!("{rate}"),
             json!({

@@ -1,16 +1,16 @@
 //! A step's attempts: executed within their timeout, recorded, and retried by its policy.
 
 use super::handle::RunHandle;
-use super::state::{fenced, Stop};
+use super::state::{fenced, Closing, Stop};
 use super::Engine;
 use crate::checkpoints::is_refused;
 use crate::render::Ctx;
 use crate::steps::{self, StepEnv, StepFailure};
-use crate::storage::{PureStep, StepChange, StepRecord};
+use crate::storage::{Fenced, PureStep, RunFinish, StepChange, StepRecord};
 use serde_json::Value;
 use shared_models::graph::{Step, StepKind};
 use shared_models::models::RunRow;
-use shared_models::status::StepStatus;
+use shared_models::status::{RunStatus, StepStatus};
 use std::time::Instant;
 
 impl Engine {
@@ -22,8 +22,9 @@ impl Engine {
         record: StepRecord,
         ctx: Ctx,
         i: usize,
+        closing: Option<Closing>,
     ) -> (usize, Result<Value, StepEnd>) {
-        (i, self.attempts(run, &step, record, ctx).await)
+        (i, self.attempts(run, &step, record, ctx, closing).await)
     }
 
     async fn attempts(
@@ -32,9 +33,10 @@ impl Engine {
         step: &Step,
         record: StepRecord,
         ctx: Ctx,
+        closing: Option<Closing>,
     ) -> Result<Value, StepEnd> {
         // A pure step's failure is its first attempt's result: it is not computed again.
-        let mut computed = match self.pure_step(run, step, &record, &ctx).await? {
+        let mut computed = match self.pure_step(run, step, &record, &ctx, closing).await? {
             Some(Ok(output)) => return Ok(output),
             Some(Err(failure)) => Some(failure),
             None => None,
@@ -159,14 +161,20 @@ impl Engine {
     /// shared with the pure steps of the other runs in flight ([`crate::checkpoints::Checkpointer`]); a worker
     /// that dies before the commit leaves no trace, and the step simply runs again.
     ///
+    /// When it is the run's last step (`closing`, [`super::state::RunState::closing`]), the
+    /// run's end goes in the same commit ([`crate::checkpoints::Checkpointer::checkpoint_and_finish`])
+    /// and the run is marked ended ([`RunHandle::mark_ended`]); an output over the run's
+    /// limits, or an end PostgreSQL refuses, is left to the engine's usual end instead.
+    ///
     /// `None`: not a transform. `Some(Err)`: it failed (its template, its output's limits, or
     /// a checkpoint PostgreSQL refused), which the general path records as its first attempt.
     async fn pure_step(
         &self,
-        run: &RunRow,
+        run: &RunHandle,
         step: &Step,
         record: &StepRecord,
         ctx: &Ctx,
+        closing: Option<Closing>,
     ) -> Result<Option<Result<Value, StepFailure>>, StepEnd> {
         if !matches!(step.kind, StepKind::Transform { .. }) {
             return Ok(None);
@@ -177,13 +185,35 @@ impl Engine {
             Err(failure) => return Ok(Some(Err(failure))),
         };
         let elapsed = started.elapsed();
-        let written = self
-            .checkpoints
-            .checkpoint(PureStep {
-                record: record.clone(),
-                output: output.clone(),
-            })
-            .await;
+        let checkpoint = PureStep {
+            record: record.clone(),
+            output: output.clone(),
+        };
+        let end = closing
+            .map(|closing| closing.with(&output))
+            .filter(|run_output| self.limits.check_run_output(run_output).is_ok())
+            .map(|run_output| RunFinish {
+                run_id: run.id.clone(),
+                status: RunStatus::Completed,
+                output: Some(run_output),
+                error: None,
+            });
+        let written = match end {
+            Some(end) => match self
+                .checkpoints
+                .checkpoint_and_finish(checkpoint.clone(), end)
+                .await
+            {
+                Ok(Fenced::Written) => {
+                    run.mark_ended();
+                    Ok(Fenced::Written)
+                }
+                // Refused: the step alone may not be (the engine's end says why the run fails).
+                Err(e) if is_refused(&e) => self.checkpoints.checkpoint(checkpoint).await,
+                other => other,
+            },
+            None => self.checkpoints.checkpoint(checkpoint).await,
+        };
         let written = match written {
             Ok(written) => written,
             // Refused on its own (the writer splits a failed batch): it would be again.

@@ -8,7 +8,7 @@ use crate::checkpoints::is_refused;
 use crate::storage::{Park, RunEnd, RunFinish, StepChange, StepRecord};
 use crate::{limits, render};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use shared_models::graph::WorkflowGraph;
 use shared_models::models::StepRunRow;
 use shared_models::status::{RunStatus, StepStatus};
@@ -57,6 +57,14 @@ impl Engine {
         loop {
             self.resolve_waits(&mut rs).await?;
             let failed = self.execute_ready(&mut rs).await?;
+            if run.has_ended() {
+                // Its last step's checkpoint ended it, in the same commit.
+                log::info!("run {}: {}", run.id, RunStatus::Completed.as_str());
+                crate::metrics::RUNS_FINISHED
+                    .with_label_values(&[RunStatus::Completed.as_str()])
+                    .inc();
+                return Ok(());
+            }
             if let Some(i) = failed {
                 let cancelled = rs.unsettled();
                 let step = &rs.graph.steps[i].name;
@@ -82,19 +90,7 @@ impl Engine {
                         .finish(rs.run, RunStatus::Failed, None, Some(reason), Vec::new())
                         .await;
                 }
-                let output: Map<String, Value> = rs
-                    .graph
-                    .leaves()
-                    .into_iter()
-                    .filter(|&i| rs.steps[i].status == StepStatus::Completed)
-                    .map(|i| {
-                        (
-                            rs.graph.steps[i].name.to_string(),
-                            rs.steps[i].output.clone().unwrap_or(Value::Null),
-                        )
-                    })
-                    .collect();
-                let output = Value::Object(output);
+                let output = Value::Object(rs.output());
                 if let Err(reason) = self.limits.check_run_output(&output) {
                     return self
                         .finish(rs.run, RunStatus::Failed, None, Some(reason), Vec::new())
@@ -146,10 +142,12 @@ impl Engine {
                         }
                         Begin::Waiting => {}
                         Begin::Execute => {
+                            let closing = rs.closing(i, &running);
                             running.insert(i);
                             let ctx = rs.context();
                             let (run, step) = (rs.run, rs.graph.steps[i].clone());
-                            in_flight.push(self.run_attempts(run, step, rs.record(i), ctx, i));
+                            let record = rs.record(i);
+                            in_flight.push(self.run_attempts(run, step, record, ctx, i, closing));
                         }
                     }
                 }

@@ -12,6 +12,7 @@ use shared_models::db::{blocking, PgPool};
 use shared_models::logctx;
 use shared_models::models::{RunRow, StepRunRow};
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// The run this worker claimed, with what its writes need: the pool and the lease they are
@@ -25,6 +26,9 @@ pub(super) struct RunHandle {
     pool: PgPool,
     me: LeaseHolder,
     row: Arc<RunRow>,
+    /// Set once the run's end was committed with its last step's checkpoint
+    /// ([`crate::checkpoints::Checkpointer::checkpoint_and_finish`]).
+    ended: Arc<AtomicBool>,
 }
 
 impl Deref for RunHandle {
@@ -41,7 +45,18 @@ impl RunHandle {
             pool,
             me,
             row: Arc::new(row),
+            ended: Arc::default(),
         }
+    }
+
+    /// The run's end was committed with its last step (nothing is left to write).
+    pub(super) fn mark_ended(&self) {
+        self.ended.store(true, Ordering::Release);
+    }
+
+    /// Whether [`RunHandle::mark_ended`] was called.
+    pub(super) fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
     }
 
     /// `f` with a pooled connection, the run's row and the lease, on the blocking pool.

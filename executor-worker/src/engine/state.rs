@@ -6,7 +6,7 @@ use crate::storage::{Fenced, StepChange, StepRecord};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use shared_models::db::StorageError;
-use shared_models::graph::WorkflowGraph;
+use shared_models::graph::{StepKind, WorkflowGraph};
 use shared_models::models::StepRunRow;
 use shared_models::status::StepStatus;
 use std::collections::HashSet;
@@ -71,6 +71,25 @@ impl StepState {
     }
 }
 
+/// What a run's last step needs to end the run with its own checkpoint
+/// ([`RunState::closing`]).
+pub(super) struct Closing {
+    /// The run's output without the last step's.
+    pub(super) output: Map<String, Value>,
+    /// The last step's name when it is a leaf: its output joins the run's.
+    pub(super) leaf: Option<String>,
+}
+
+impl Closing {
+    /// The run's output once the last step gave `output`.
+    pub(super) fn with(mut self, output: &Value) -> Value {
+        if let Some(name) = self.leaf {
+            self.output.insert(name, output.clone());
+        }
+        Value::Object(self.output)
+    }
+}
+
 /// One run being driven: its graph and the state of each step.
 pub(super) struct RunState<'a> {
     pub(super) run: &'a RunHandle,
@@ -127,6 +146,40 @@ impl RunState<'_> {
         for (i, step) in self.graph.steps.iter().enumerate() {
             self.steps[i] = StepState::from_row(rows.iter().find(|r| r.name == step.name.as_str()));
         }
+    }
+
+    /// The run's output as it stands: every leaf step's output, for the leaves COMPLETED.
+    pub(super) fn output(&self) -> Map<String, Value> {
+        self.graph
+            .leaves()
+            .into_iter()
+            .filter(|&i| self.steps[i].status == StepStatus::Completed)
+            .map(|i| {
+                (
+                    self.graph.steps[i].name.to_string(),
+                    self.steps[i].output.clone().unwrap_or(Value::Null),
+                )
+            })
+            .collect()
+    }
+
+    /// When step `i`, about to execute, is a pure step and the last one the run waits for
+    /// (nothing else in flight, every other step settled, no parent to wake), the run
+    /// completes with it: what its checkpoint needs to end the run in the same commit.
+    pub(super) fn closing(&self, i: usize, in_flight: &HashSet<usize>) -> Option<Closing> {
+        let step = &self.graph.steps[i];
+        let last = in_flight.is_empty()
+            && self.run.parent_run_id.is_none()
+            && matches!(step.kind, StepKind::Transform { .. })
+            && (0..self.steps.len()).all(|j| j == i || self.steps[j].status.is_settled());
+        last.then(|| Closing {
+            output: self.output(),
+            leaf: self
+                .graph
+                .leaves()
+                .contains(&i)
+                .then(|| step.name.to_string()),
+        })
     }
 
     /// Steps whose dependencies are all settled and that have not started.

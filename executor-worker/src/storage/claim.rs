@@ -102,8 +102,20 @@ pub fn claim_runs(
     mut has_definition: impl FnMut(&RunRow) -> bool,
 ) -> Result<Vec<Result<Claim, Error>>, Error> {
     let pending = claim_pending(conn, jobs, me, max_running_per_org, now)?;
-    let ids: Vec<&str> = pending.iter().map(|r| r.id.as_str()).collect();
-    let mut steps = load_steps_of(conn, &ids)?;
+    // Only a run started before (requeued, retried) can have step rows: one started by this
+    // claim has its `started_at` set to `now` by it, and no step row exists before a run's
+    // first claim (the worker writes them, after claiming). A batch of first claims, what a
+    // trigger makes, reads no steps.
+    let ids: Vec<&str> = pending
+        .iter()
+        .filter(|r| r.started_at != Some(now))
+        .map(|r| r.id.as_str())
+        .collect();
+    let mut steps = if ids.is_empty() {
+        Default::default()
+    } else {
+        load_steps_of(conn, &ids)?
+    };
     let mut claimed: std::collections::HashMap<String, RunRow> =
         pending.into_iter().map(|r| (r.id.clone(), r)).collect();
     let mut seen = std::collections::HashSet::new();
