@@ -151,18 +151,22 @@ async fn one_batch_fences_each_run_on_its_own_and_resumes_cut_off_attempts() {
         PureStep {
             record: record(&mine, "a", 0),
             output: json!(1),
+            first: false,
         },
         PureStep {
             record: record(&theirs, "a", 0),
             output: json!(1),
+            first: false,
         },
         PureStep {
             record: record(&also_mine, "a", 0),
             output: json!(1),
+            first: false,
         },
         PureStep {
             record: record(&mine, "b", 1),
             output: json!(2),
+            first: false,
         },
     ];
     let now = shared_models::time::now();
@@ -449,6 +453,7 @@ async fn a_last_step_whose_lease_is_lost_writes_neither_the_step_nor_the_end() {
             PureStep {
                 record: record(&run_id, "a", 0),
                 output: json!(1),
+                first: true,
             },
             RunFinish {
                 run_id: run_id.clone(),

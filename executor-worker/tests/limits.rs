@@ -252,8 +252,9 @@ async fn held_runs(db: &thygon_testkit::TestDb, me: &LeaseHolder, n: usize) -> V
     ids
 }
 
-fn pure_step(run_id: &str, output: Value) -> PureStep {
+fn pure_step(run_id: &str, output: Value, first: bool) -> PureStep {
     PureStep {
+        first,
         record: StepRecord {
             run_id: run_id.to_string(),
             name: "t".into(),
@@ -266,6 +267,17 @@ fn pure_step(run_id: &str, output: Value) -> PureStep {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_refused_write_fails_alone_and_the_rest_of_its_batch_commits() {
+    // First attempts: the batch is one statement.
+    refused_write_fails_alone(true).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_write_fails_alone_in_a_batch_of_later_attempts_too() {
+    // Later attempts (their previous states read): the batch is a transaction.
+    refused_write_fails_alone(false).await;
+}
+
+async fn refused_write_fails_alone(first: bool) {
     let db = test_db().await;
     let me = LeaseHolder {
         worker_id: format!("split-{}", unique_token()),
@@ -278,7 +290,7 @@ async fn a_refused_write_fails_alone_and_the_rest_of_its_batch_commits() {
     let steps = (0..6).map(|i| {
         let output = if i == 3 { nul.clone() } else { json!(i) };
         let checkpoints = checkpoints.clone();
-        let step = pure_step(&runs[i], output);
+        let step = pure_step(&runs[i], output, first);
         async move { checkpoints.checkpoint(step).await }
     });
     let ends = (6..9).map(|i| {
@@ -305,7 +317,7 @@ async fn a_refused_write_fails_alone_and_the_rest_of_its_batch_commits() {
         };
         let checkpoints = checkpoints.clone();
         let (step, end) = (
-            pure_step(&runs[i], json!(i)),
+            pure_step(&runs[i], json!(i), first),
             RunFinish {
                 run_id: runs[i].clone(),
                 status: RunStatus::Completed,

@@ -12,7 +12,7 @@ mod common;
 use common::*;
 use diesel::prelude::*;
 use diesel::sql_types::Text;
-use executor_worker::storage::{CLAIM_PENDING, END_RUNS, FENCE_STEPS, STEPS_OF};
+use executor_worker::storage::{CHECKPOINT_FRESH, CLAIM_PENDING, END_RUNS, FENCE_STEPS, STEPS_OF};
 use serde_json::json;
 use shared_models::db::blocking;
 use shared_models::schema::{runs, step_runs};
@@ -101,9 +101,25 @@ async fn the_claim_and_checkpoint_statements_stay_lookups_by_key_with_a_backlog_
              ARRAY['RUNNING'], ARRAY['COMPLETED'], ARRAY[NULL], ARRAY[NULL], now(), \
              ARRAY['run_a'], ARRAY['COMPLETED'], ARRAY['{}'::jsonb], ARRAY[NULL], 'w'",
         ),
+        (
+            CHECKPOINT_FRESH,
+            "text[], timestamptz[], text[], text[], text[], text[], text[], text[], \
+             timestamptz, timestamptz, text[], text, text[], text[], int4[], text[], text[], \
+             int4[], timestamptz[], timestamptz[], jsonb[], text[], text[], jsonb[], text[]",
+            "ARRAY['run_a'], ARRAY[now()], ARRAY['transition'], ARRAY[NULL], \
+             ARRAY['RUNNING'], ARRAY['COMPLETED'], ARRAY[NULL], ARRAY[NULL], now(), now(), \
+             ARRAY['run_b'], 'w', ARRAY['run_a', 'run_b'], ARRAY['s', 's'], ARRAY[0, 0], \
+             ARRAY['transform', 'transform'], ARRAY['COMPLETED', 'COMPLETED'], ARRAY[1, 1], \
+             ARRAY[now(), now()], ARRAY[now(), now()], ARRAY['1'::jsonb, '1'::jsonb], \
+             ARRAY['run_a'], ARRAY['COMPLETED'], ARRAY['{}'::jsonb], ARRAY[NULL]",
+        ),
     ])
     .await;
     let (claim, steps, fence, ends) = (&plans[0], &plans[1], &plans[2], &plans[3]);
+    // The one-statement batch of first attempts: its fence and its ends by key too.
+    let fresh = &plans[4];
+    assert!(!fresh.contains("Seq Scan on runs"), "{fresh}");
+    assert!(fresh.contains("using runs_pkey on runs"), "{fresh}");
     assert!(!claim.contains("runs_pending_by_age"), "{claim}");
     assert!(!claim.contains("Seq Scan on runs"), "{claim}");
     assert!(

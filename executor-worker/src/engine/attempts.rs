@@ -188,6 +188,7 @@ impl Engine {
         let checkpoint = PureStep {
             record: record.clone(),
             output: output.clone(),
+            first: run.first_claim,
         };
         let end = closing
             .map(|closing| closing.with(&output))

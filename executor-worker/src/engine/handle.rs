@@ -29,6 +29,8 @@ pub(super) struct RunHandle {
     /// Set once the run's end was committed with its last step's checkpoint
     /// ([`crate::checkpoints::Checkpointer::checkpoint_and_finish`]).
     ended: Arc<AtomicBool>,
+    /// This job's claim started the run: its pure steps are first attempts.
+    pub(super) first_claim: bool,
 }
 
 impl Deref for RunHandle {
@@ -40,12 +42,13 @@ impl Deref for RunHandle {
 }
 
 impl RunHandle {
-    pub(super) fn new(pool: PgPool, me: LeaseHolder, row: RunRow) -> Self {
+    pub(super) fn new(pool: PgPool, me: LeaseHolder, row: RunRow, first_claim: bool) -> Self {
         Self {
             pool,
             me,
             row: Arc::new(row),
             ended: Arc::default(),
+            first_claim,
         }
     }
 

@@ -153,8 +153,9 @@ impl Engine {
                     definition,
                     steps,
                     lease_takeovers,
+                    first_claim,
                 } = *claimed;
-                let run = RunHandle::new(self.pool.clone(), self.me.clone(), run);
+                let run = RunHandle::new(self.pool.clone(), self.me.clone(), run, first_claim);
                 let heartbeat = run.spawn_heartbeat();
                 let result = self
                     .drive(&run, definition.as_ref(), &steps, lease_takeovers, cached)

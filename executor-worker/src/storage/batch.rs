@@ -38,11 +38,19 @@ struct HeldStep {
     attempt: Option<i32>,
 }
 
+/// The checkpoint batch of first attempts, in one statement (public for the test of its
+/// plan): see the file's head.
+pub const CHECKPOINT_FRESH: &str = include_str!("sql/checkpoint_fresh.sql");
+
 /// A pure step's whole attempt (computed, not yet recorded), for [`checkpoint_pure_steps`].
 #[derive(Debug, Clone)]
 pub struct PureStep {
     pub record: StepRecord,
     pub output: Value,
+    /// No row of this step can exist yet: its run was claimed for the first time by this
+    /// job ([`super::ClaimedRun::first_claim`]), and a pure step is checkpointed once per
+    /// job. Its attempt is then the first, from PENDING, and needs no reading.
+    pub first: bool,
 }
 
 /// Checkpoint the start and the completion of many pure steps, of any of the runs this
@@ -71,6 +79,9 @@ pub(crate) fn write_batch(
     me: &LeaseHolder,
     now: DateTime<Utc>,
 ) -> Result<(Vec<Fenced>, Vec<Fenced>), Error> {
+    if steps.iter().all(|s| s.first) {
+        return write_first(conn, steps, ends, me, now);
+    }
     conn.transaction(|conn| {
         let steps = if steps.is_empty() {
             Vec::new()
@@ -117,43 +128,12 @@ fn pure_steps_in(
         .filter(|s| held.contains(s.record.run_id.as_str()))
         .collect();
     if !live.is_empty() {
-        let mut rows = Vec::with_capacity(live.len());
-        let mut events = Vec::with_capacity(live.len() * 4);
-        for step in &live {
-            let rec = &step.record;
-            let (from, attempt) = match previous.get(&(rec.run_id.as_str(), rec.name.as_str())) {
+        let (rows, events) = completed(&live, now, |rec| {
+            match previous.get(&(rec.run_id.as_str(), rec.name.as_str())) {
                 Some((status, attempt)) => (*status, attempt + 1),
                 None => (StepStatus::Pending.as_str(), 1),
-            };
-            let change = StepChange::completed(step.output.clone());
-            let mut row = StepRunRow::new(
-                &rec.run_id,
-                &rec.name,
-                rec.position,
-                rec.step_type,
-                change.to,
-            );
-            row.attempt = attempt;
-            row.started_at = Some(now);
-            row.completed_at = Some(now);
-            row.output = change.output;
-            rows.push(row);
-            events.extend(start_events(rec, from, attempt, now));
-            events.push(NewRunEvent::transition(
-                &rec.run_id,
-                now,
-                Some(&rec.name),
-                StepStatus::Running.as_str(),
-                change.to.as_str(),
-            ));
-            events.push(NewRunEvent::log(
-                &rec.run_id,
-                now,
-                Some(&rec.name),
-                change.log.0,
-                change.log.1,
-            ));
-        }
+            }
+        });
         // One statement for any batch ([`CHECKPOINT_STEPS`]). A completed pure step has no
         // error, wake-up or child run, so those columns are cleared.
         runs::with_events(CHECKPOINT_STEPS, &events)
@@ -178,6 +158,123 @@ fn pure_steps_in(
             }
         })
         .collect())
+}
+
+/// The rows and events of completed pure steps, each started as `from` says (the status it
+/// leaves and its attempt number).
+fn completed<'f>(
+    steps: &[&PureStep],
+    now: DateTime<Utc>,
+    from: impl Fn(&StepRecord) -> (&'f str, i32),
+) -> (Vec<StepRunRow>, Vec<NewRunEvent>) {
+    let mut rows = Vec::with_capacity(steps.len());
+    let mut events = Vec::with_capacity(steps.len() * 4);
+    for step in steps {
+        let rec = &step.record;
+        let (from, attempt) = from(rec);
+        let change = StepChange::completed(step.output.clone());
+        let mut row = StepRunRow::new(
+            &rec.run_id,
+            &rec.name,
+            rec.position,
+            rec.step_type,
+            change.to,
+        );
+        row.attempt = attempt;
+        row.started_at = Some(now);
+        row.completed_at = Some(now);
+        row.output = change.output;
+        rows.push(row);
+        events.extend(start_events(rec, from, attempt, now));
+        events.push(NewRunEvent::transition(
+            &rec.run_id,
+            now,
+            Some(&rec.name),
+            StepStatus::Running.as_str(),
+            change.to.as_str(),
+        ));
+        events.push(NewRunEvent::log(
+            &rec.run_id,
+            now,
+            Some(&rec.name),
+            change.log.0,
+            change.log.1,
+        ));
+    }
+    (rows, events)
+}
+
+/// The error texts (as stored) and the events of run ends.
+fn ended(ends: &[RunFinish], now: DateTime<Utc>) -> (Vec<Option<String>>, Vec<NewRunEvent>) {
+    let errors: Vec<Option<String>> = ends
+        .iter()
+        .map(|e| e.error.clone().map(text_column))
+        .collect();
+    let events = ends
+        .iter()
+        .zip(&errors)
+        .flat_map(|(e, error)| end_events(&e.run_id, e.status, error.as_deref(), now))
+        .collect();
+    (errors, events)
+}
+
+/// A batch whose steps are all first attempts ([`PureStep::first`]), and its ends, in ONE
+/// statement without a transaction of its own ([`CHECKPOINT_FRESH`]): the runs whose steps go
+/// without their end fenced (lease extended), the ending runs ended (their update is their
+/// fence), and the step rows and every event written for the runs so fenced only. What is
+/// written is what [`pure_steps_in`] and [`finish_runs_in`] write in their transaction;
+/// one round trip instead of four or five.
+fn write_first(
+    conn: &mut PgConnection,
+    steps: &[PureStep],
+    ends: &[RunFinish],
+    me: &LeaseHolder,
+    now: DateTime<Utc>,
+) -> Result<(Vec<Fenced>, Vec<Fenced>), Error> {
+    let ending: std::collections::HashSet<&str> = ends.iter().map(|e| e.run_id.as_str()).collect();
+    let mut fence: Vec<&str> = steps
+        .iter()
+        .map(|s| s.record.run_id.as_str())
+        .filter(|id| !ending.contains(id))
+        .collect();
+    fence.sort_unstable();
+    fence.dedup();
+    let all: Vec<&PureStep> = steps.iter().collect();
+    let (rows, mut events) = completed(&all, now, |_| (StepStatus::Pending.as_str(), 1));
+    let (errors, end_events) = ended(ends, now);
+    // A run's step events before its end's: their ids order the stream.
+    events.extend(end_events);
+    let live: Vec<Id> = runs::with_events(CHECKPOINT_FRESH, &events)
+        .bind::<Timestamptz, _>(now)
+        .bind::<Timestamptz, _>(me.expires(now))
+        .bind::<Array<Text>, _>(&fence)
+        .bind::<Text, _>(&me.worker_id)
+        .bind::<Array<Text>, _>(column(&rows, |r| r.run_id.as_str()))
+        .bind::<Array<Text>, _>(column(&rows, |r| r.name.as_str()))
+        .bind::<Array<Int4>, _>(column(&rows, |r| r.position))
+        .bind::<Array<Text>, _>(column(&rows, |r| r.step_type.as_str()))
+        .bind::<Array<Text>, _>(column(&rows, |r| r.status.as_str()))
+        .bind::<Array<Int4>, _>(column(&rows, |r| r.attempt))
+        .bind::<Array<Nullable<Timestamptz>>, _>(column(&rows, |r| r.started_at))
+        .bind::<Array<Nullable<Timestamptz>>, _>(column(&rows, |r| r.completed_at))
+        .bind::<Array<Nullable<Jsonb>>, _>(column(&rows, |r| r.output.as_ref()))
+        .bind::<Array<Text>, _>(column(ends, |e| e.run_id.as_str()))
+        .bind::<Array<Text>, _>(column(ends, |e| e.status.as_str()))
+        .bind::<Array<Nullable<Jsonb>>, _>(column(ends, |e| e.output.as_ref()))
+        .bind::<Array<Nullable<Text>>, _>(column(&errors, |e| e.as_deref()))
+        .load(conn)?;
+    let live: std::collections::HashSet<String> = live.into_iter().map(|r| r.id).collect();
+    let fenced = |run_id: &str| {
+        if live.contains(run_id) {
+            Fenced::Written
+        } else {
+            Fenced::LeaseLost
+        }
+    };
+    Ok((
+        steps.iter().map(|s| fenced(&s.record.run_id)).collect(),
+        ends.iter().map(|e| fenced(&e.run_id)).collect(),
+    ))
 }
 
 /// How a run ends when nothing else goes with its end: no step to cancel, no parent to wake
@@ -229,15 +326,7 @@ fn finish_runs_in(
     // The events of every end, written for the runs the update ended only (its fence): one
     // statement. Each ended run has at least its transition, so the events inserted name the
     // runs ended; `ORDER BY` keeps them in the order given (their ids order the stream).
-    let errors: Vec<Option<String>> = ends
-        .iter()
-        .map(|e| e.error.clone().map(text_column))
-        .collect();
-    let events: Vec<NewRunEvent> = ends
-        .iter()
-        .zip(&errors)
-        .flat_map(|(e, error)| end_events(&e.run_id, e.status, error.as_deref(), now))
-        .collect();
+    let (errors, events) = ended(ends, now);
     let ended: Vec<Id> = runs::with_events(END_RUNS, &events)
         .bind::<Timestamptz, _>(now)
         .bind::<Array<Text>, _>(column(ends, |e| e.run_id.as_str()))

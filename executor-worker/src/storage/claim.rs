@@ -27,6 +27,9 @@ pub struct ClaimedRun {
     /// this claim included when it is one (`runs.lease_takeovers`); 0 otherwise. The engine
     /// ends a run over `MAX_LEASE_TAKEOVERS` as a poison run instead of running it.
     pub lease_takeovers: i32,
+    /// This claim started the run (it was never RUNNING before): no step row of it exists,
+    /// so its pure steps are first attempts ([`super::PureStep::first`]).
+    pub first_claim: bool,
 }
 
 #[derive(Debug)]
@@ -129,6 +132,8 @@ pub fn claim_runs(
             Some(definitions.of(conn, &run)?)
         };
         Ok(ClaimedRun {
+            // Set RUNNING for the first time by this claim (`started_at` is only set once).
+            first_claim: run.started_at == Some(now),
             run,
             definition,
             steps,

@@ -60,7 +60,10 @@ mod park;
 mod steps;
 
 pub(crate) use batch::write_batch;
-pub use batch::{checkpoint_pure_steps, finish_runs, PureStep, RunFinish, END_RUNS, FENCE_STEPS};
+pub use batch::{
+    checkpoint_pure_steps, finish_runs, PureStep, RunFinish, CHECKPOINT_FRESH, END_RUNS,
+    FENCE_STEPS,
+};
 pub(crate) use children::{child_state, start_child_run, ChildStart, ChildState};
 pub use claim::{
     claim_run, claim_runs, Claim, ClaimJob, ClaimedRun, CLAIM_PENDING, RUNNING_SLOT_HOLD,
