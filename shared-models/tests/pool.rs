@@ -1,5 +1,7 @@
 //! The connection pool against a real PostgreSQL: its size is a hard ceiling, idle
-//! connections are closed, and `/metrics` shows it (in use, idle, waits, timeouts).
+//! connections are closed, and `/metrics` shows it (in use, idle, waits, timeouts); a
+//! connection that just worked is handed out without a check, any other is checked, and a
+//! dead one is replaced.
 
 use shared_models::db::{self, PoolSettings};
 use shared_models::metrics::{render, sample};
@@ -142,4 +144,86 @@ fn with_generic_plans_a_prepared_statement_is_planned_once_and_kept() {
         chosen.custom_plans >= 5,
         "PostgreSQL's first five plans are custom"
     );
+}
+
+#[derive(diesel::QueryableByName)]
+struct Pid {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pid: i32,
+}
+
+/// The backend of the pool's (one) connection, asked through it.
+async fn backend_of(pool: &db::PgPool) -> Result<i32, db::StorageError> {
+    use diesel::RunQueryDsl;
+    db::blocking(pool, |conn| {
+        diesel::sql_query("SELECT pg_backend_pid() AS pid").get_result::<Pid>(conn)
+    })
+    .await
+    .map(|p| p.pid)
+}
+
+/// What the backend `pid` last ran, seen from another connection.
+fn last_query(observer: &mut diesel::PgConnection, pid: i32) -> String {
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Query {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        query: String,
+    }
+    diesel::sql_query("SELECT query FROM pg_stat_activity WHERE pid = $1")
+        .bind::<diesel::sql_types::Integer, _>(pid)
+        .get_result::<Query>(observer)
+        .expect("the backend is there")
+        .query
+}
+
+fn terminate(observer: &mut diesel::PgConnection, pid: i32) {
+    use diesel::RunQueryDsl;
+    diesel::sql_query("SELECT pg_terminate_backend($1, 5000)")
+        .bind::<diesel::sql_types::Integer, _>(pid)
+        .execute(observer)
+        .expect("terminate");
+}
+
+#[tokio::test]
+async fn a_connection_that_just_worked_goes_out_unchecked_and_an_idle_one_is_checked_first() {
+    use diesel::Connection;
+    let test_db = TestDb::create();
+    let pool = db::pool_with(&test_db.url, &PoolSettings::sized(1));
+    let mut observer = diesel::PgConnection::establish(&test_db.url).expect("observer");
+    let pid = backend_of(&pool).await.expect("first use");
+
+    // Within TRUSTED_FOR of its last statement: handed out as it is, no `SELECT 1` sent.
+    drop(db::checkout(&pool).expect("checkout"));
+    assert!(last_query(&mut observer, pid).contains("pg_backend_pid"));
+
+    // Idle for longer: checked before it goes out.
+    tokio::time::sleep(db::TRUSTED_FOR + Duration::from_millis(100)).await;
+    drop(db::checkout(&pool).expect("checkout"));
+    assert_eq!(last_query(&mut observer, pid), "SELECT 1");
+}
+
+#[tokio::test]
+async fn a_dead_connection_is_replaced_unseen_when_idle_and_after_one_outage_error_when_trusted() {
+    use diesel::Connection;
+    let test_db = TestDb::create();
+    let pool = db::pool_with(&test_db.url, &PoolSettings::sized(1));
+    let mut observer = diesel::PgConnection::establish(&test_db.url).expect("observer");
+
+    // Idle past TRUSTED_FOR, then killed: the check finds it dead; a new one answers.
+    let first = backend_of(&pool).await.expect("first use");
+    tokio::time::sleep(db::TRUSTED_FOR + Duration::from_millis(100)).await;
+    terminate(&mut observer, first);
+    let second = backend_of(&pool).await.expect("replaced unseen");
+    assert_ne!(second, first);
+
+    // Killed right after it worked: the one statement sent on it fails as an outage (a 503,
+    // a job retried), and the pool closes it instead of keeping it.
+    terminate(&mut observer, second);
+    match backend_of(&pool).await {
+        Err(db::StorageError::Unavailable(_)) => {}
+        other => panic!("expected an outage error, got {other:?}"),
+    }
+    let third = backend_of(&pool).await.expect("a new connection");
+    assert!(third != second && third != first);
 }
