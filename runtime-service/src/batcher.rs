@@ -1,5 +1,6 @@
 //! Group commit of triggers: the runs of concurrent trigger requests are written together,
-//! in one transaction of a few statements, instead of one transaction (and two commits) each.
+//! in two statements (the workflows' versions read, then the runs and their outbox rows
+//! inserted by one statement, one commit), instead of one transaction (and two commits) each.
 //!
 //! A request hands its validated trigger ([`PlainTrigger`]) to the batching task through a
 //! channel ([`Batcher::submit`]) and waits for its answer. The task takes the first trigger
@@ -13,7 +14,7 @@
 //!   workflow, or `QuotaExceeded` when its org's `maxQueuedRuns` leaves no room for it (each
 //!   org of a batch is counted once, and only as many of its triggers as fit are written;
 //!   `storage::create_runs`). Another trigger's missing or inactive workflow is not an error of the batch.
-//!   If the batch transaction fails with a query error (one trigger might be the cause),
+//!   If the batch's write fails with a query error (one trigger might be the cause),
 //!   each trigger of the batch is written again alone, so only a trigger that fails alone
 //!   gets an error. If the database is unavailable, every trigger of the batch gets that
 //!   error (a 503).

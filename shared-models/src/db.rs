@@ -13,13 +13,18 @@ use std::time::{Duration, Instant};
 pub type PgPool = Pool<Manager>;
 pub type PgPooled = PooledConnection<Manager>;
 
-/// A pooled connection that ran a statement successfully this recently is handed out again
-/// without a `SELECT 1` first ([`checkout`]); one idle for longer is checked, as every
-/// connection used to be. A round trip saved on every busy checkout (three on a trigger's
+/// By default, a pooled connection that ran a statement successfully this recently is
+/// handed out again without a `SELECT 1` first ([`checkout`]); one idle for longer is
+/// checked, as every connection used to be (`DB_TRUSTED_SECONDS`, [`PoolSettings::trusted_for`];
+/// 0 checks every checkout). A round trip saved on every busy checkout (three on a trigger's
 /// way to its run's end), at a cost: a server connection killed within this window (the
 /// server restarted that fast, an operator's `pg_terminate_backend`) fails the one statement
 /// sent on it (an outage error: a 503, or a job retried) instead of being replaced unseen.
 pub const TRUSTED_FOR: Duration = Duration::from_secs(1);
+
+/// This process's [`PoolSettings::trusted_for`], in milliseconds (set by [`pool_with`]).
+static TRUSTED_MS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(TRUSTED_FOR.as_millis() as u64);
 
 /// When a pooled connection last ran a statement successfully (its r2d2 extension).
 struct LastGood(Instant);
@@ -100,6 +105,8 @@ pub struct PoolSettings {
     /// execution). Only for a process whose statements are written for their generic plans
     /// (the worker's: `executor-worker/tests/plans.rs` reads them); not from the environment.
     pub generic_plans: bool,
+    /// A connection that worked this recently goes out without a check ([`TRUSTED_FOR`]).
+    pub trusted_for: Duration,
 }
 
 impl PoolSettings {
@@ -110,11 +117,12 @@ impl PoolSettings {
             idle_timeout: Duration::from_secs(30),
             statement_cache: true,
             generic_plans: false,
+            trusted_for: TRUSTED_FOR,
         }
     }
 
     /// `DB_POOL_SIZE` (default `default_size`, this process's share of the budget),
-    /// `DB_POOL_IDLE_SECONDS` (30) and `DB_STATEMENT_CACHE` (true).
+    /// `DB_POOL_IDLE_SECONDS` (30), `DB_STATEMENT_CACHE` (true) and `DB_TRUSTED_SECONDS` (1).
     pub fn from_env(default_size: u32) -> Result<PoolSettings, String> {
         let max_size: u32 = crate::config::env_parse("DB_POOL_SIZE", default_size)?;
         if !(1..=1000).contains(&max_size) {
@@ -131,6 +139,7 @@ impl PoolSettings {
             idle_timeout,
             statement_cache: crate::config::env_bool("DB_STATEMENT_CACHE", true)?,
             generic_plans: false,
+            trusted_for: crate::config::env_seconds("DB_TRUSTED_SECONDS", 1.0)?,
         })
     }
 }
@@ -146,6 +155,10 @@ pub fn pool(database_url: &str, max_size: u32) -> PgPool {
 /// worked a moment ago ([`checkout`], [`TRUSTED_FOR`]), and reports checkouts, waits and
 /// timeouts to [`pool_metrics`].
 pub fn pool_with(database_url: &str, settings: &PoolSettings) -> PgPool {
+    TRUSTED_MS.store(
+        settings.trusted_for.as_millis() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     Pool::builder()
         .max_size(settings.max_size)
         .min_idle(Some(0))
@@ -201,7 +214,10 @@ fn checked(pool: &PgPool) -> Result<PgPooled, diesel::r2d2::PoolError> {
         let mut conn = pool.get()?;
         let trusted = PooledConnection::extensions(&conn)
             .get::<LastGood>()
-            .is_some_and(|at| at.0.elapsed() < TRUSTED_FOR);
+            .is_some_and(|at| {
+                let trusted = TRUSTED_MS.load(std::sync::atomic::Ordering::Relaxed);
+                at.0.elapsed() < Duration::from_millis(trusted)
+            });
         if trusted || conn.ping().is_ok() {
             return Ok(conn);
         }

@@ -16,6 +16,7 @@ fn the_pool_never_holds_more_than_its_size_and_reports_itself() {
         idle_timeout: Duration::from_secs(1),
         statement_cache: false,
         generic_plans: false,
+        trusted_for: db::TRUSTED_FOR,
     };
     let pool = db::pool_with(&test_db.url, &settings);
     db::pool_metrics::register(&pool);

@@ -88,12 +88,13 @@ fn the_hot_statements_are_prepared_once_for_every_batch_size() {
     let wf = org_a_workflow(&mut conn);
     for size in [1, 3, 17] {
         let rows: Vec<RunRow> = (0..size).map(|_| new_run(&wf)).collect();
-        let ids = runs::insert_pending_runs(&mut conn, &rows).expect("insert runs");
-        assert_eq!(ids.len(), size);
         let payload = json!({});
         let jobs: Vec<(&str, &serde_json::Value)> =
-            ids.iter().map(|id| (id.as_str(), &payload)).collect();
-        runs::enqueue_jobs(&mut conn, &jobs).expect("enqueue");
+            rows.iter().map(|r| (r.id.as_str(), &payload)).collect();
+        let written = runs::insert_runs_with_jobs(&mut conn, &rows, &jobs).expect("insert");
+        assert_eq!(written.len(), size);
+        assert!(written.iter().all(|(_, outbox)| outbox.is_some()));
+        let ids: Vec<String> = written.into_iter().map(|(id, _)| id).collect();
         let events: Vec<NewRunEvent> = ids
             .iter()
             .map(|id| NewRunEvent::log(id, shared_models::time::now(), None, "INFO", "x"))
@@ -101,7 +102,8 @@ fn the_hot_statements_are_prepared_once_for_every_batch_size() {
         runs::insert_events(&mut conn, &events).expect("events");
     }
     let statements = prepared_here(&mut conn);
-    for table in ["runs", "outbox", "run_events"] {
+    // The runs and their jobs are one statement.
+    for table in ["runs", "run_events"] {
         let mine: Vec<&PreparedRow> = statements
             .iter()
             .filter(|p| p.statement.contains(&format!("INSERT INTO {table} ")))
@@ -140,11 +142,23 @@ fn runs_and_jobs_inserted_in_a_batch_are_the_rows_given() {
     let taken = fixtures::insert_run(&mut conn, "org_a", &wf, json!({}));
     rows[4].id = taken.clone();
 
-    let mut inserted = runs::insert_pending_runs(&mut conn, &rows).expect("insert");
-    inserted.sort();
-    let mut expected: Vec<String> = rows[..4].iter().map(|r| r.id.clone()).collect();
-    expected.sort();
-    assert_eq!(inserted, expected);
+    // A job for each run; the one of the run not inserted is not written either.
+    let payloads: Vec<serde_json::Value> = (0..5).map(|i| json!({ "i": i })).collect();
+    let jobs: Vec<(&str, &serde_json::Value)> = rows
+        .iter()
+        .zip(&payloads)
+        .map(|(r, p)| (r.id.as_str(), p))
+        .collect();
+    let written = runs::insert_runs_with_jobs(&mut conn, &rows, &jobs).expect("insert");
+    let inserted: Vec<String> = written.iter().map(|(id, _)| id.clone()).collect();
+    let expected: Vec<String> = rows[..4].iter().map(|r| r.id.clone()).collect();
+    assert_eq!(inserted, expected, "in the order given");
+    let taken_jobs: i64 = outbox::table
+        .filter(outbox::run_id.eq(&taken))
+        .count()
+        .get_result(&mut conn)
+        .expect("count");
+    assert_eq!(taken_jobs, 0, "no job for the run not inserted");
     for row in &rows[..4] {
         let stored: RunRow = runs_table::table
             .find(&row.id)
@@ -154,15 +168,8 @@ fn runs_and_jobs_inserted_in_a_batch_are_the_rows_given() {
         assert_eq!(format!("{stored:?}"), format!("{row:?}"));
     }
 
-    let payloads: Vec<serde_json::Value> = (0..4).map(|i| json!({ "i": i })).collect();
-    let jobs: Vec<(&str, &serde_json::Value)> = rows[..4]
-        .iter()
-        .zip(&payloads)
-        .map(|(r, p)| (r.id.as_str(), p))
-        .collect();
-    let queued = runs::enqueue_jobs(&mut conn, &jobs).expect("enqueue");
-    assert_eq!(queued.len(), 4);
-    for (run_id, outbox_id) in &queued {
+    for (run_id, outbox_id) in &written {
+        let outbox_id = outbox_id.expect("a job for every run inserted");
         let (stored_run, payload): (String, serde_json::Value) = outbox::table
             .find(outbox_id)
             .select((outbox::run_id, outbox::payload))

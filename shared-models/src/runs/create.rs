@@ -3,7 +3,7 @@
 
 use crate::ids::RunId;
 use crate::models::{NewOutbox, RunRow};
-use crate::prepared::{column, prepared, Id};
+use crate::prepared::{column, prepared};
 use crate::queue::RunJob;
 use crate::schema::outbox;
 use crate::status::RunStatus;
@@ -61,7 +61,27 @@ pub fn insert_run(conn: &mut PgConnection, run: &RunRow) -> Result<bool, Error> 
 /// Insert new PENDING runs (made by [`pending_run`]) in one statement of fixed text; returns
 /// the ids of those inserted (an id or idempotency key already taken inserts nothing).
 pub fn insert_pending_runs(conn: &mut PgConnection, rows: &[RunRow]) -> Result<Vec<String>, Error> {
-    use diesel::sql_types::{Array, Int4, Jsonb, Nullable, Text, Timestamptz};
+    insert_runs_with_jobs(conn, rows, &[]).map(|runs| runs.into_iter().map(|(id, _)| id).collect())
+}
+
+/// Insert new PENDING runs (made by [`pending_run`]) and the outbox rows of their jobs, in ONE
+/// statement of fixed text (atomic without a transaction of its own): `jobs` pairs a run id
+/// with its job's payload, and a job is written only when its run was inserted (an id or
+/// idempotency key already taken inserts neither). Returns each inserted run's id with its
+/// outbox row's id (`None` for a run given no job).
+pub fn insert_runs_with_jobs(
+    conn: &mut PgConnection,
+    rows: &[RunRow],
+    jobs: &[(&str, &Value)],
+) -> Result<Vec<(String, Option<i64>)>, Error> {
+    use diesel::sql_types::{Array, BigInt, Int4, Jsonb, Nullable, Text, Timestamptz};
+    #[derive(QueryableByName)]
+    struct Inserted {
+        #[diesel(sql_type = Text)]
+        run_id: String,
+        #[diesel(sql_type = Nullable<BigInt>)]
+        outbox_id: Option<i64>,
+    }
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -74,15 +94,27 @@ pub fn insert_pending_runs(conn: &mut PgConnection, rows: &[RunRow]) -> Result<V
         && r.lease_owner.is_none()
         && r.lease_expires_at.is_none()
         && r.wake_at.is_none()));
-    let inserted: Vec<Id> = prepared(
-        "INSERT INTO runs (id, org_id, workflow_id, workflow_version, status, variables,
-                           created_at, updated_at, idempotency_key, request_hash, request_id,
-                           parent_run_id, parent_step, root_run_id)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[],
-                              $6::jsonb[], $7::timestamptz[], $8::timestamptz[], $9::text[],
-                              $10::text[], $11::text[], $12::text[], $13::text[], $14::text[])
-         ON CONFLICT DO NOTHING
-         RETURNING id",
+    let inserted: Vec<Inserted> = prepared(
+        "WITH inserted AS (
+             INSERT INTO runs (id, org_id, workflow_id, workflow_version, status, variables,
+                               created_at, updated_at, idempotency_key, request_hash,
+                               request_id, parent_run_id, parent_step, root_run_id)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[],
+                                  $6::jsonb[], $7::timestamptz[], $8::timestamptz[],
+                                  $9::text[], $10::text[], $11::text[], $12::text[],
+                                  $13::text[], $14::text[])
+             ON CONFLICT DO NOTHING
+             RETURNING id
+         ), queued AS (
+             INSERT INTO outbox (run_id, payload)
+             SELECT j.run_id, j.payload
+             FROM unnest($15::text[], $16::jsonb[]) WITH ORDINALITY AS j(run_id, payload, position)
+             WHERE j.run_id IN (SELECT id FROM inserted)
+             ORDER BY j.position
+             RETURNING run_id, id
+         )
+         SELECT i.id AS run_id, q.id AS outbox_id
+         FROM inserted i LEFT JOIN queued q ON q.run_id = i.id",
     )
     .bind::<Array<Text>, _>(column(rows, |r| r.id.as_str()))
     .bind::<Array<Text>, _>(column(rows, |r| r.org_id.as_str()))
@@ -98,36 +130,18 @@ pub fn insert_pending_runs(conn: &mut PgConnection, rows: &[RunRow]) -> Result<V
     .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.parent_run_id.as_deref()))
     .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.parent_step.as_deref()))
     .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.root_run_id.as_deref()))
-    .load(conn)?;
-    Ok(inserted.into_iter().map(|r| r.id).collect())
-}
-
-/// Write many jobs to the outbox (no dedupe keys) in one statement of fixed text; returns
-/// each row's (run id, outbox id).
-pub fn enqueue_jobs(
-    conn: &mut PgConnection,
-    jobs: &[(&str, &Value)],
-) -> Result<Vec<(String, i64)>, Error> {
-    use diesel::sql_types::{Array, BigInt, Jsonb, Text};
-    #[derive(QueryableByName)]
-    struct Queued {
-        #[diesel(sql_type = Text)]
-        run_id: String,
-        #[diesel(sql_type = BigInt)]
-        id: i64,
-    }
-    if jobs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let queued: Vec<Queued> = prepared(
-        "INSERT INTO outbox (run_id, payload)
-         SELECT * FROM unnest($1::text[], $2::jsonb[])
-         RETURNING run_id, id",
-    )
     .bind::<Array<Text>, _>(column(jobs, |(run, _)| *run))
     .bind::<Array<Jsonb>, _>(column(jobs, |(_, payload)| *payload))
     .load(conn)?;
-    Ok(queued.into_iter().map(|q| (q.run_id, q.id)).collect())
+    // In the order given.
+    let mut by_id: std::collections::HashMap<String, Option<i64>> = inserted
+        .into_iter()
+        .map(|i| (i.run_id, i.outbox_id))
+        .collect();
+    Ok(rows
+        .iter()
+        .filter_map(|r| by_id.remove(&r.id).map(|outbox| (r.id.clone(), outbox)))
+        .collect())
 }
 
 /// Write the job of a run to the outbox; returns the row id and the job, or `None` when a
