@@ -180,7 +180,8 @@ def latency(args):
         return round(ms[min(len(ms) - 1, int(p / 100 * len(ms)))], 2)
 
     print(json.dumps({"runs": len(ms), "steps": args.steps, "rate": args.rate,
-                      "p50_ms": pct(50), "p99_ms": pct(99)}))
+                      "p50_ms": pct(50), "p99_ms": pct(99),
+                      "mean_ms": round(sum(ms) / len(ms), 2)}))
 
 
 def main():

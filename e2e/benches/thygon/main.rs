@@ -69,7 +69,11 @@ async fn main() {
         );
     }
     match report::peer_figures() {
-        Some(peer) => report::print_against_peer(&results, &peer),
+        Some(peer) => {
+            for r in &results {
+                report::print_against_peer(r, &peer);
+            }
+        }
         None => println!("\n(Celery not measured: BENCH_PEER=0, or scripts/celery-peer.sh failed)"),
     }
     println!("\n(figures as JSON: {out})");

@@ -48,17 +48,17 @@ pub(crate) fn print_table(results: &[Value]) {
             Box::new(|r| format!("{} runs/s", r["e2e_10_steps"]["runs_per_second"])),
         ),
         (
-            "latency at 10 runs/s (1 step) p50 / p99",
+            "latency at 10 runs/s (1 step) p50 / p99 (mean)",
             "",
             Box::new(|r| at_rate(r, 10.0)),
         ),
         (
-            "latency at 100 runs/s (1 step) p50 / p99",
+            "latency at 100 runs/s (1 step) p50 / p99 (mean)",
             "< Celery's",
             Box::new(|r| at_rate(r, 100.0)),
         ),
         (
-            "latency at 500 runs/s (1 step) p50 / p99",
+            "latency at 500 runs/s (1 step) p50 / p99 (mean)",
             "",
             Box::new(|r| at_rate(r, 500.0)),
         ),
@@ -138,10 +138,13 @@ pub(crate) fn print_table(results: &[Value]) {
     }
 }
 
-/// `"<p50> / <p99> ms"` of the 1-step latency at `rate` runs/s of one result.
+/// `"<p50> / <p99> ms (mean <mean>)"` of the 1-step latency at `rate` runs/s of one result.
 fn at_rate(r: &Value, rate: f64) -> String {
     let at = &r["latency_1_step"][format!("{rate}")];
-    format!("{} / {} ms", at["p50_ms"], at["p99_ms"])
+    format!(
+        "{} / {} ms (mean {})",
+        at["p50_ms"], at["p99_ms"], at["mean_ms"]
+    )
 }
 
 /// Celery's figures for the same job (`scripts/celery-peer.sh`, which `make bench` runs first
@@ -180,10 +183,9 @@ fn best_peer(peer: &[Value], steps: u64, rate: Option<f64>) -> Option<&Value> {
     }
 }
 
-/// Thygon (the first worker count measured) beside Celery doing the same job on the same
-/// servers: each figure, the ratio, and whether the target set against Celery is met.
-pub(crate) fn print_against_peer(results: &[Value], peer: &[Value]) {
-    let Some(r) = results.first() else { return };
+/// Thygon (one worker count's result) beside Celery doing the same job on the same servers:
+/// each figure, the ratio, and whether the target set against Celery is met.
+pub(crate) fn print_against_peer(r: &Value, peer: &[Value]) {
     println!(
         "\nBeside Celery (the same job on the same PostgreSQL and RabbitMQ; {} Thygon worker(s)):\n",
         r["workers"]
@@ -222,12 +224,16 @@ pub(crate) fn print_against_peer(results: &[Value], peer: &[Value]) {
         } else {
             ("(shown)", "")
         };
+        let of = |f: &Value| {
+            format!(
+                "{} / {} ms (mean {})",
+                f["p50_ms"], f["p99_ms"], f["mean_ms"]
+            )
+        };
         println!(
-            "| trigger to completion at {rate} runs/s, p50 / p99 | {} / {} ms | {} / {} ms | | {target} | {met} |",
-            celery.map_or("-".into(), |f| f["p50_ms"].to_string()),
-            celery.map_or("-".into(), |f| f["p99_ms"].to_string()),
-            thygon["p50_ms"],
-            thygon["p99_ms"],
+            "| trigger to completion at {rate} runs/s, p50 / p99 | {} | {} | | {target} | {met} |",
+            celery.map_or("-".into(), of),
+            of(thygon),
         );
     }
     let celery_step = best_peer(peer, 10, Some(20.0))
