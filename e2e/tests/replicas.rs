@@ -164,14 +164,15 @@ impl Drop for OutboxLock {
     }
 }
 
-/// Backends of the stack's database waiting on a lock in a statement starting with `prefix`.
-fn waiting_in(conn: &mut PgConnection, prefix: &str) -> i64 {
+/// Backends of the stack's database waiting on a lock in a statement that holds `part` (the
+/// run insert is a CTE's first part).
+fn waiting_in(conn: &mut PgConnection, part: &str) -> i64 {
     diesel::sql_query(
         "SELECT count(*) AS n FROM pg_stat_activity
          WHERE datname = current_database() AND wait_event_type = 'Lock'
-           AND ltrim(query) ILIKE $1",
+           AND query ILIKE $1",
     )
-    .bind::<Text, _>(format!("{prefix}%"))
+    .bind::<Text, _>(format!("%{part}%"))
     .get_result::<Count>(conn)
     .expect("pg_stat_activity")
     .n

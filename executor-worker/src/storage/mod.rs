@@ -61,8 +61,7 @@ mod steps;
 
 pub(crate) use batch::write_batch;
 pub use batch::{
-    checkpoint_pure_steps, finish_runs, PureStep, RunFinish, CHECKPOINT_FRESH, END_RUNS,
-    FENCE_STEPS,
+    checkpoint_pure_steps, finish_runs, PureStep, RunFinish, CHECKPOINT_BATCH, FENCE_STEPS,
 };
 pub(crate) use children::{child_state, start_child_run, ChildStart, ChildState};
 pub use claim::{

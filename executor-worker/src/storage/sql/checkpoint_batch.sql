@@ -1,6 +1,7 @@
--- A checkpoint batch of first attempts in ONE statement (no explicit transaction): the steps
--- of runs this job claimed first (no row of theirs existed before, so each starts from
--- PENDING at attempt 1 and its events are known), and run ends, each fenced by its lease.
+-- A checkpoint batch's writes in ONE statement: pure steps (their attempt numbers and events
+-- computed by the caller: from PENDING at attempt 1 for a run this job started, from the
+-- states the fence read otherwise) and run ends, each run fenced by its lease. Alone it needs
+-- no transaction (batch.rs, write_batch).
 -- $1 to $8 the events (runs::with_events; steps' events before ends'), $9 now, $10 lease
 -- expiry, $11 the runs whose steps are written without their end (text[]), $12 worker id,
 -- $13 to $21 the step rows (run ids, names, positions, types, statuses, attempts, started,
