@@ -164,8 +164,7 @@ impl Drop for OutboxLock {
     }
 }
 
-/// Backends of the stack's database waiting on a lock in a statement that holds `part` (the
-/// run insert is a CTE's first part).
+/// Backends of the stack's database waiting on a lock in a statement that holds `part`.
 fn waiting_in(conn: &mut PgConnection, part: &str) -> i64 {
     diesel::sql_query(
         "SELECT count(*) AS n FROM pg_stat_activity

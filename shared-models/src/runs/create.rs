@@ -3,7 +3,7 @@
 
 use crate::ids::RunId;
 use crate::models::{NewOutbox, RunRow};
-use crate::prepared::{column, prepared};
+use crate::prepared::{column, prepared, Id};
 use crate::queue::RunJob;
 use crate::schema::outbox;
 use crate::status::RunStatus;
@@ -58,23 +58,73 @@ pub fn insert_run(conn: &mut PgConnection, run: &RunRow) -> Result<bool, Error> 
     insert_pending_runs(conn, std::slice::from_ref(run)).map(|ids| ids.len() == 1)
 }
 
+/// The insert of new PENDING runs, `$1` to `$14` one array per column ([`bind_runs!`]); it
+/// returns the ids inserted (an id or idempotency key already taken inserts nothing).
+macro_rules! insert_runs_sql {
+    () => {
+        "INSERT INTO runs (id, org_id, workflow_id, workflow_version, status, variables,
+                           created_at, updated_at, idempotency_key, request_hash, request_id,
+                           parent_run_id, parent_step, root_run_id)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[],
+                              $6::jsonb[], $7::timestamptz[], $8::timestamptz[], $9::text[],
+                              $10::text[], $11::text[], $12::text[], $13::text[], $14::text[])
+         ON CONFLICT DO NOTHING
+         RETURNING id"
+    };
+}
+
+/// `$query` with the columns of `$rows` (new PENDING runs) bound as its `$1` to `$14`.
+macro_rules! bind_runs {
+    ($query:expr, $rows:expr) => {{
+        use diesel::sql_types::{Array, Int4, Jsonb, Nullable, Text, Timestamptz};
+        let rows: &[RunRow] = $rows;
+        // What a new run has not got yet (output, error, start, end, lease, wake-up) is left
+        // to the columns' defaults, NULL.
+        debug_assert!(rows.iter().all(|r| r.output.is_none()
+            && r.error.is_none()
+            && r.started_at.is_none()
+            && r.completed_at.is_none()
+            && r.lease_owner.is_none()
+            && r.lease_expires_at.is_none()
+            && r.wake_at.is_none()));
+        $query
+            .bind::<Array<Text>, _>(column(rows, |r| r.id.as_str()))
+            .bind::<Array<Text>, _>(column(rows, |r| r.org_id.as_str()))
+            .bind::<Array<Text>, _>(column(rows, |r| r.workflow_id.as_str()))
+            .bind::<Array<Int4>, _>(column(rows, |r| r.workflow_version))
+            .bind::<Array<Text>, _>(column(rows, |r| r.status.as_str()))
+            .bind::<Array<Jsonb>, _>(column(rows, |r| &r.variables))
+            .bind::<Array<Timestamptz>, _>(column(rows, |r| r.created_at))
+            .bind::<Array<Timestamptz>, _>(column(rows, |r| r.updated_at))
+            .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.idempotency_key.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.request_hash.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.request_id.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.parent_run_id.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.parent_step.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.root_run_id.as_deref()))
+    }};
+}
+
 /// Insert new PENDING runs (made by [`pending_run`]) in one statement of fixed text; returns
 /// the ids of those inserted (an id or idempotency key already taken inserts nothing).
 pub fn insert_pending_runs(conn: &mut PgConnection, rows: &[RunRow]) -> Result<Vec<String>, Error> {
-    insert_runs_with_jobs(conn, rows, &[]).map(|runs| runs.into_iter().map(|(id, _)| id).collect())
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let inserted: Vec<Id> = bind_runs!(prepared(insert_runs_sql!()), rows).load(conn)?;
+    Ok(inserted.into_iter().map(|r| r.id).collect())
 }
 
-/// Insert new PENDING runs (made by [`pending_run`]) and the outbox rows of their jobs, in ONE
-/// statement of fixed text (atomic without a transaction of its own): `jobs` pairs a run id
-/// with its job's payload, and a job is written only when its run was inserted (an id or
-/// idempotency key already taken inserts neither). Returns each inserted run's id with its
-/// outbox row's id (`None` for a run given no job).
+/// [`insert_pending_runs`] and the outbox rows of the runs' jobs, in ONE statement of fixed
+/// text (atomic without a transaction of its own): `jobs` pairs a run id with its job's
+/// payload, and a job is written only when its run was inserted. Returns each inserted run's
+/// id, in the order given, with its outbox row's id (`None` for a run given no job).
 pub fn insert_runs_with_jobs(
     conn: &mut PgConnection,
     rows: &[RunRow],
     jobs: &[(&str, &Value)],
 ) -> Result<Vec<(String, Option<i64>)>, Error> {
-    use diesel::sql_types::{Array, BigInt, Int4, Jsonb, Nullable, Text, Timestamptz};
+    use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text};
     #[derive(QueryableByName)]
     struct Inserted {
         #[diesel(sql_type = Text)]
@@ -85,27 +135,10 @@ pub fn insert_runs_with_jobs(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    // What a new run has not got yet (output, error, start, end, lease, wake-up) is left to
-    // the columns' defaults, NULL.
-    debug_assert!(rows.iter().all(|r| r.output.is_none()
-        && r.error.is_none()
-        && r.started_at.is_none()
-        && r.completed_at.is_none()
-        && r.lease_owner.is_none()
-        && r.lease_expires_at.is_none()
-        && r.wake_at.is_none()));
-    let inserted: Vec<Inserted> = prepared(
-        "WITH inserted AS (
-             INSERT INTO runs (id, org_id, workflow_id, workflow_version, status, variables,
-                               created_at, updated_at, idempotency_key, request_hash,
-                               request_id, parent_run_id, parent_step, root_run_id)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[],
-                                  $6::jsonb[], $7::timestamptz[], $8::timestamptz[],
-                                  $9::text[], $10::text[], $11::text[], $12::text[],
-                                  $13::text[], $14::text[])
-             ON CONFLICT DO NOTHING
-             RETURNING id
-         ), queued AS (
+    let statement = prepared(concat!(
+        "WITH inserted AS (",
+        insert_runs_sql!(),
+        "), queued AS (
              INSERT INTO outbox (run_id, payload)
              SELECT j.run_id, j.payload
              FROM unnest($15::text[], $16::jsonb[]) WITH ORDINALITY AS j(run_id, payload, position)
@@ -114,25 +147,12 @@ pub fn insert_runs_with_jobs(
              RETURNING run_id, id
          )
          SELECT i.id AS run_id, q.id AS outbox_id
-         FROM inserted i LEFT JOIN queued q ON q.run_id = i.id",
-    )
-    .bind::<Array<Text>, _>(column(rows, |r| r.id.as_str()))
-    .bind::<Array<Text>, _>(column(rows, |r| r.org_id.as_str()))
-    .bind::<Array<Text>, _>(column(rows, |r| r.workflow_id.as_str()))
-    .bind::<Array<Int4>, _>(column(rows, |r| r.workflow_version))
-    .bind::<Array<Text>, _>(column(rows, |r| r.status.as_str()))
-    .bind::<Array<Jsonb>, _>(column(rows, |r| &r.variables))
-    .bind::<Array<Timestamptz>, _>(column(rows, |r| r.created_at))
-    .bind::<Array<Timestamptz>, _>(column(rows, |r| r.updated_at))
-    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.idempotency_key.as_deref()))
-    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.request_hash.as_deref()))
-    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.request_id.as_deref()))
-    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.parent_run_id.as_deref()))
-    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.parent_step.as_deref()))
-    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.root_run_id.as_deref()))
-    .bind::<Array<Text>, _>(column(jobs, |(run, _)| *run))
-    .bind::<Array<Jsonb>, _>(column(jobs, |(_, payload)| *payload))
-    .load(conn)?;
+         FROM inserted i LEFT JOIN queued q ON q.run_id = i.id"
+    ));
+    let inserted: Vec<Inserted> = bind_runs!(statement, rows)
+        .bind::<Array<Text>, _>(column(jobs, |(run, _)| *run))
+        .bind::<Array<Jsonb>, _>(column(jobs, |(_, payload)| *payload))
+        .load(conn)?;
     // In the order given.
     let mut by_id: std::collections::HashMap<String, Option<i64>> = inserted
         .into_iter()
