@@ -228,8 +228,7 @@ fn checked(pool: &PgPool) -> Result<PgPooled, diesel::r2d2::PoolError> {
 
 /// After a statement on `conn`: remember it worked, or close the connection when the server
 /// is gone ([`is_unavailable`]).
-fn after<T>(conn: PgPooled, result: &Result<T, diesel::result::Error>) {
-    let mut conn = conn;
+fn after<T>(mut conn: PgPooled, result: &Result<T, diesel::result::Error>) {
     match result {
         Ok(_) => {
             PooledConnection::extensions_mut(&mut conn).insert(LastGood(Instant::now()));

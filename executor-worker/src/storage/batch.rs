@@ -223,6 +223,9 @@ fn write_fenced<'f>(
     me: &LeaseHolder,
     now: DateTime<Utc>,
 ) -> Result<std::collections::HashSet<String>, Error> {
+    if steps.is_empty() && ends.is_empty() {
+        return Ok(Default::default());
+    }
     let ending: std::collections::HashSet<&str> = ends.iter().map(|e| e.run_id.as_str()).collect();
     let mut fence: Vec<&str> = steps
         .iter()

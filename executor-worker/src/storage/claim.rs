@@ -105,13 +105,14 @@ pub fn claim_runs(
     mut has_definition: impl FnMut(&RunRow) -> bool,
 ) -> Result<Vec<Result<Claim, Error>>, Error> {
     let pending = claim_pending(conn, jobs, me, max_running_per_org, now)?;
-    // Only a run started before (requeued, retried) can have step rows: one started by this
-    // claim has its `started_at` set to `now` by it, and no step row exists before a run's
-    // first claim (the worker writes them, after claiming). A batch of first claims, what a
-    // trigger makes, reads no steps.
+    // Set RUNNING for the first time by this claim: it set `started_at` (only ever set once)
+    // to `now`. No step row exists before a run's first claim (the worker writes them, after
+    // claiming), so only the runs started before (requeued, retried) have steps to read; a
+    // batch of first claims, what triggers make, reads none.
+    let started_here = |run: &RunRow| run.started_at == Some(now);
     let ids: Vec<&str> = pending
         .iter()
-        .filter(|r| r.started_at != Some(now))
+        .filter(|r| !started_here(r))
         .map(|r| r.id.as_str())
         .collect();
     let mut steps = if ids.is_empty() {
@@ -132,8 +133,7 @@ pub fn claim_runs(
             Some(definitions.of(conn, &run)?)
         };
         Ok(ClaimedRun {
-            // Set RUNNING for the first time by this claim (`started_at` is only set once).
-            first_claim: run.started_at == Some(now),
+            first_claim: started_here(&run),
             run,
             definition,
             steps,

@@ -205,38 +205,28 @@ pub fn create_runs(
         .zip(&payloads)
         .map(|(job, payload)| (job.run_id.as_str(), payload))
         .collect();
-    let written = runs::insert_runs_with_jobs(conn, &new_runs, &rows)?;
-    let inserted: HashSet<&str> = written.iter().map(|(id, _)| id.as_str()).collect();
-    let mut outbox_ids: HashMap<String, i64> = written
-        .iter()
-        .filter_map(|(id, outbox)| Some((id.clone(), (*outbox)?)))
-        .collect();
-    let mut jobs: HashMap<String, RunJob> =
-        jobs.into_iter().map(|j| (j.run_id.clone(), j)).collect();
-    let mut new_runs = new_runs.into_iter();
+    // Each inserted run with its job's outbox row: the statement writes both or neither.
+    let outbox_ids: HashMap<String, Option<i64>> =
+        runs::insert_runs_with_jobs(conn, &new_runs, &rows)?
+            .into_iter()
+            .collect();
+    let mut created = new_runs.into_iter().zip(jobs);
     let mut result = Vec::with_capacity(outcomes.len());
     for outcome in outcomes {
         if let Some(outcome) = outcome {
             result.push(outcome);
             continue;
         }
-        let run = new_runs.next().ok_or(Error::NotFound)?;
-        if !inserted.contains(run.id.as_str()) {
+        let (run, job) = created.next().ok_or(Error::NotFound)?;
+        result.push(match outbox_ids.get(&run.id).copied().flatten() {
+            Some(outbox_id) => Ok(CreateOutcome::Created {
+                run,
+                job,
+                outbox_id,
+            }),
             // As `create_run`: a run that was not inserted, without a key to replay.
-            result.push(Err(Error::NotFound));
-            continue;
-        }
-        // The statement writes the job of every run it inserts (both or neither).
-        let (Some(outbox_id), Some(job)) = (outbox_ids.remove(&run.id), jobs.remove(&run.id))
-        else {
-            result.push(Err(Error::NotFound));
-            continue;
-        };
-        result.push(Ok(CreateOutcome::Created {
-            run,
-            job,
-            outbox_id,
-        }));
+            None => Err(Error::NotFound),
+        });
     }
     Ok(result)
 }
