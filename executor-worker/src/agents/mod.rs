@@ -8,6 +8,7 @@
 //! [`AgentError`] whose message says what went wrong without quoting any secret.
 
 mod http;
+pub mod model;
 mod openai;
 mod registry;
 
