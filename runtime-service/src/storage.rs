@@ -30,4 +30,6 @@ pub use create::{create_run, create_runs, CreateOutcome, PlainTrigger, QueuedCou
 pub use outbox::{
     claim_unsent, mark_outbox_sent, mark_relayed, prune_sent_outbox, release_claims, PendingJob,
 };
-pub(crate) use reads::{get_run, get_run_detail, list_runs, oldest_due_pending, RunDetail};
+pub(crate) use reads::{
+    get_run, get_run_detail, list_runs, oldest_due_pending, RunDetail, TurnRow, UsageRow,
+};

@@ -35,6 +35,7 @@ pub mod envelope;
 pub mod graph;
 pub mod http;
 pub mod ids;
+pub mod json_schema;
 pub mod limits;
 pub mod logctx;
 pub mod metrics;

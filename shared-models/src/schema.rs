@@ -144,6 +144,39 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    agent_turns (run_id, step, turn) {
+        run_id -> Text,
+        step -> Text,
+        turn -> Int4,
+        attempt -> Int4,
+        org_id -> Text,
+        workflow_id -> Text,
+        agent_id -> Text,
+        model -> Text,
+        messages -> Jsonb,
+        reply -> Jsonb,
+        tool_results -> Jsonb,
+        input_tokens -> Int8,
+        output_tokens -> Int8,
+        cached_tokens -> Int8,
+        cost_picos -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    run_usage (run_id) {
+        run_id -> Text,
+        input_tokens -> Int8,
+        output_tokens -> Int8,
+        cached_tokens -> Int8,
+        cost_picos -> Int8,
+    }
+}
+
+diesel::joinable!(run_usage -> runs (run_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
     orgs,
     api_keys,
@@ -154,5 +187,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     step_runs,
     run_events,
     workers,
-    ops_counters
+    ops_counters,
+    agent_turns,
+    run_usage
 );

@@ -148,10 +148,13 @@ impl Engine {
             agent_timeout: self.agent_timeout,
             step_timeout: self.http.step_timeout(step.timeout),
             run_id: &run.id,
+            org_id: &run.org_id,
             workflow_id: &run.workflow_id,
             step: step.name.as_str(),
             attempt,
             template_deadline: self.limits.template_deadline,
+            pool: &self.pool,
+            me: &self.me,
         }
     }
 

@@ -21,6 +21,20 @@ pub async fn execute(
     ctx: &Ctx,
     env: &StepEnv<'_>,
 ) -> Result<Value, StepFailure> {
+    // The same key on every attempt of this step, so the endpoint can deduplicate retries.
+    let key = format!("{}:{}", env.run_id, env.step);
+    send(request, allow_status, ctx, env, &key).await
+}
+
+/// Send `request` (templated with `ctx`) with `idempotency_key`: an `http` step's call, or an
+/// agent tool's.
+pub(super) async fn send(
+    request: &HttpRequestSpec,
+    allow_status: &[u16],
+    ctx: &Ctx,
+    env: &StepEnv<'_>,
+    idempotency_key: &str,
+) -> Result<Value, StepFailure> {
     let url = render::text(&request.url, ctx, env.template_deadline)
         .await
         .map_err(|e| StepFailure::fatal(format!("request.url: {e}")))?;
@@ -33,11 +47,7 @@ pub async fn execute(
         )));
     }
     let mut headers = HeaderMap::new();
-    // The same key on every attempt of this step, so the endpoint can deduplicate retries.
-    headers.insert(
-        "idempotency-key",
-        header_value(&format!("{}:{}", env.run_id, env.step))?,
-    );
+    headers.insert("idempotency-key", header_value(idempotency_key)?);
     for (name, value) in &request.headers {
         let rendered = render::text(
             value.as_str().unwrap_or_default(),

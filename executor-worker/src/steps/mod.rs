@@ -2,12 +2,17 @@
 //! context into an output or an error message (which fails the attempt).
 
 mod agent;
+mod conversation;
 mod http;
+mod journal;
+pub mod tools;
 mod transform;
 
 use crate::agents::AgentRegistry;
 use crate::render::Ctx;
+use crate::storage::LeaseHolder;
 use serde_json::Value;
+use shared_models::db::PgPool;
 use shared_models::graph::StepKind;
 use std::time::Duration;
 
@@ -22,11 +27,15 @@ pub struct StepEnv<'a> {
     /// every other.
     pub step_timeout: Option<Duration>,
     pub run_id: &'a str,
+    pub org_id: &'a str,
     pub workflow_id: &'a str,
     pub step: &'a str,
     pub attempt: i32,
     /// How long one render may take (`TEMPLATE_DEADLINE_SECONDS`, [`crate::render`]).
     pub template_deadline: Duration,
+    /// Where an agent step journals its turns, under the run's lease.
+    pub pool: &'a PgPool,
+    pub me: &'a LeaseHolder,
 }
 
 /// Why an attempt of a step failed, and whether another attempt could succeed.
@@ -71,11 +80,7 @@ impl std::fmt::Display for StepFailure {
 /// `ctx` is the template context: `variables`, `steps.<name>.output|status`, `run`.
 pub async fn execute(kind: &StepKind, ctx: &Ctx, env: &StepEnv<'_>) -> Result<Value, StepFailure> {
     match kind {
-        StepKind::Agent {
-            agent_id,
-            instructions,
-            inputs,
-        } => agent::execute(agent_id, instructions, inputs.as_ref(), ctx, env).await,
+        StepKind::Agent(step) => agent::execute(step, ctx, env).await,
         StepKind::Http {
             request,
             allow_status,

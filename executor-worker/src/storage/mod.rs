@@ -9,7 +9,7 @@
 //! By concern: `claim` takes runs, `lease` fences and renews, `steps` writes one step,
 //! `batch` writes the pure steps and simple ends of many runs together (group commit),
 //! `park` puts a waiting run aside, `finish` ends a run, `children` starts and reads the
-//! child runs of `subworkflow` steps.
+//! child runs of `subworkflow` steps, `turns` keeps agent steps' conversations and usage.
 //!
 //! The statements written out in SQL are in `sql/`, each opening with a comment that lists
 //! its parameters. A statement that returns run rows lists their columns rather than `*`, so
@@ -58,6 +58,7 @@ mod finish;
 mod lease;
 mod park;
 mod steps;
+mod turns;
 
 pub(crate) use batch::write_batch;
 pub use batch::{
@@ -72,3 +73,5 @@ pub(crate) use lease::{release_lease, renew_lease};
 pub(crate) use park::{park_run, Park};
 pub(crate) use steps::{load_steps, record_step, start_step, StepChange};
 pub use steps::{StepRecord, STEPS_OF};
+pub(crate) use turns::{load_turns, record_tool_result, record_turn};
+pub use turns::{NewTurn, TurnRow};

@@ -47,9 +47,12 @@ pub async fn list_runs(
     })
     .await?;
     let next_cursor = more
-        .then(|| rows.last().map(|r| pagination::encode_cursor(&r.id)))
+        .then(|| rows.last().map(|(r, _)| pagination::encode_cursor(&r.id)))
         .flatten();
-    let views: Vec<RunView> = rows.into_iter().map(RunView::from).collect();
+    let views: Vec<RunView> = rows
+        .into_iter()
+        .map(|(run, usage)| RunView::from(run).with_usage(usage))
+        .collect();
     Ok(envelope::page(views, Pagination { limit, next_cursor }))
 }
 

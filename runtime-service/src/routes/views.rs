@@ -1,6 +1,6 @@
 //! Runs as clients see them (docs/API.md "Runs").
 
-use crate::storage::RunDetail;
+use crate::storage::{RunDetail, TurnRow, UsageRow};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -28,6 +28,107 @@ pub struct RunView {
     started_at: Option<DateTime<Utc>>,
     #[serde(with = "rfc3339_opt")]
     completed_at: Option<DateTime<Utc>>,
+    /// What its agent steps' model calls used and cost, every turn and attempt.
+    usage: UsageView,
+}
+
+/// Tokens and cost (docs/AGENTS.md "Usage and cost").
+#[derive(Serialize, Default, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageView {
+    /// Input tokens billed at the input price.
+    input_tokens: i64,
+    output_tokens: i64,
+    /// Input tokens read from the provider's prompt cache.
+    cached_tokens: i64,
+    /// USD, from the agents' prices (`pricing` in the agents file); 0 without prices.
+    cost_usd: f64,
+}
+
+/// One USD in pico-USD, the unit costs are stored in.
+const PICOS_PER_USD: f64 = 1e12;
+
+impl UsageView {
+    fn new(input_tokens: i64, output_tokens: i64, cached_tokens: i64, cost_picos: i64) -> Self {
+        Self {
+            input_tokens,
+            output_tokens,
+            cached_tokens,
+            cost_usd: cost_picos as f64 / PICOS_PER_USD,
+        }
+    }
+}
+
+impl From<Option<UsageRow>> for UsageView {
+    fn from(row: Option<UsageRow>) -> Self {
+        row.map(|(i, o, c, cost)| UsageView::new(i, o, c, cost))
+            .unwrap_or_default()
+    }
+}
+
+impl RunView {
+    /// The run with its usage.
+    pub fn with_usage(mut self, usage: Option<UsageRow>) -> Self {
+        self.usage = usage.into();
+        self
+    }
+}
+
+/// One model turn of an agent step, as run detail shows it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct TurnView {
+    turn: i32,
+    attempt: i32,
+    agent_id: String,
+    model: String,
+    /// The messages this turn added before asking the model (the first turn: the system and
+    /// user messages; a repair turn: the problems found).
+    #[schema(value_type = Vec<Object>)]
+    messages: Value,
+    /// The model's answer: `{role, content, toolCalls}`.
+    #[schema(value_type = Object)]
+    reply: Value,
+    /// The results of the reply's tool calls, in their order (those finished).
+    #[schema(value_type = Vec<Object>)]
+    tool_results: Vec<Value>,
+    usage: UsageView,
+    #[serde(with = "rfc3339")]
+    at: DateTime<Utc>,
+    /// The cost as stored, so that a step's sum is exact.
+    #[serde(skip)]
+    cost_picos: i64,
+}
+
+impl From<TurnRow> for TurnView {
+    fn from(t: TurnRow) -> Self {
+        // In the order of the reply's calls.
+        let tool_results = t
+            .reply
+            .get("toolCalls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|call| call.get("id").and_then(Value::as_str))
+            .filter_map(|id| t.tool_results.get(id).cloned())
+            .collect();
+        TurnView {
+            turn: t.turn,
+            attempt: t.attempt,
+            agent_id: t.agent_id,
+            model: t.model,
+            messages: t.messages,
+            reply: t.reply,
+            tool_results,
+            usage: UsageView::new(
+                t.input_tokens,
+                t.output_tokens,
+                t.cached_tokens,
+                t.cost_picos,
+            ),
+            at: t.created_at,
+        }
+    }
 }
 
 impl From<RunRow> for RunView {
@@ -45,6 +146,7 @@ impl From<RunRow> for RunView {
             updated_at: r.updated_at,
             started_at: r.started_at,
             completed_at: r.completed_at,
+            usage: UsageView::default(),
         }
     }
 }
@@ -67,6 +169,12 @@ struct StepView {
     completed_at: Option<DateTime<Utc>>,
     output: Option<Value>,
     error: Option<String>,
+    /// An agent step's usage: every turn of every attempt (agent steps with a model only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<UsageView>,
+    /// An agent step's model turns, oldest first (agent steps with a model only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    turns: Vec<TurnView>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -181,11 +289,25 @@ fn dependencies(definition: &Value) -> Vec<Vec<String>> {
 
 impl From<RunDetail> for RunDetailView {
     fn from(d: RunDetail) -> Self {
+        let mut turns_of: std::collections::HashMap<String, Vec<TurnView>> = Default::default();
+        for turn in d.turns {
+            let step = turn.step.clone();
+            turns_of.entry(step).or_default().push(TurnView::from(turn));
+        }
         let mut started = d.steps.into_iter().peekable();
         let mut steps = Vec::new();
         let mut deps = dependencies(&d.definition).into_iter();
         for (name, step_type) in shared_models::graph::step_outline(&d.definition) {
             let depends_on = deps.next().unwrap_or_default();
+            let turns = turns_of.remove(&name).unwrap_or_default();
+            let usage = (!turns.is_empty()).then(|| {
+                UsageView::new(
+                    turns.iter().map(|t| t.usage.input_tokens).sum(),
+                    turns.iter().map(|t| t.usage.output_tokens).sum(),
+                    turns.iter().map(|t| t.usage.cached_tokens).sum(),
+                    turns.iter().map(|t| t.cost_picos).sum(),
+                )
+            });
             match started.next_if(|s| s.name == name) {
                 Some(s) => steps.push(StepView {
                     name: s.name,
@@ -197,6 +319,8 @@ impl From<RunDetail> for RunDetailView {
                     completed_at: s.completed_at,
                     output: s.output,
                     error: s.error,
+                    usage,
+                    turns,
                 }),
                 None => steps.push(StepView {
                     name,
@@ -208,6 +332,8 @@ impl From<RunDetail> for RunDetailView {
                     completed_at: None,
                     output: None,
                     error: None,
+                    usage,
+                    turns,
                 }),
             }
         }
@@ -219,7 +345,7 @@ impl From<RunDetail> for RunDetailView {
             }
         }
         RunDetailView {
-            run: RunView::from(d.run),
+            run: RunView::from(d.run).with_usage(d.usage),
             steps,
             transitions,
             logs,

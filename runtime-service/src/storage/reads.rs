@@ -6,17 +6,38 @@ use diesel::prelude::*;
 use diesel::result::Error;
 use serde_json::Value;
 use shared_models::models::{RunEventRow, RunRow, StepRunRow};
-use shared_models::schema::{run_events, runs as runs_table, step_runs, workflow_versions};
+use shared_models::schema::{
+    agent_turns, run_events, run_usage, runs as runs_table, step_runs, workflow_versions,
+};
 
-/// Newest first; one more than the limit tells whether another page exists.
+/// A run's usage (`run_usage`): input, output and cached tokens, and cost in pico-USD.
+pub(crate) type UsageRow = (i64, i64, i64, i64);
+
+/// The columns of a [`UsageRow`].
+type UsageColumns = (
+    run_usage::input_tokens,
+    run_usage::output_tokens,
+    run_usage::cached_tokens,
+    run_usage::cost_picos,
+);
+const USAGE: UsageColumns = (
+    run_usage::input_tokens,
+    run_usage::output_tokens,
+    run_usage::cached_tokens,
+    run_usage::cost_picos,
+);
+
+/// Newest first, each with its usage (none before its first agent turn); one more than the
+/// limit tells whether another page exists.
 pub(crate) fn list_runs(
     conn: &mut PgConnection,
     org_id: &str,
     q: &ListRuns,
-) -> Result<(Vec<RunRow>, bool), Error> {
+) -> Result<(Vec<(RunRow, Option<UsageRow>)>, bool), Error> {
     let mut query = runs_table::table
+        .left_join(run_usage::table)
         .filter(runs_table::org_id.eq(org_id))
-        .select(RunRow::as_select())
+        .select((RunRow::as_select(), USAGE.nullable()))
         .order(runs_table::id.desc())
         .limit(q.limit + 1)
         .into_boxed();
@@ -43,6 +64,27 @@ pub(crate) struct RunDetail {
     pub events: Vec<RunEventRow>,
     /// The run's version of the definition, to list steps that have not started.
     pub definition: Value,
+    pub usage: Option<UsageRow>,
+    /// The turns of its agent steps, by step and turn.
+    pub turns: Vec<TurnRow>,
+}
+
+/// One model turn of an agent step (`agent_turns`).
+#[derive(Queryable)]
+pub(crate) struct TurnRow {
+    pub step: String,
+    pub turn: i32,
+    pub attempt: i32,
+    pub agent_id: String,
+    pub model: String,
+    pub messages: Value,
+    pub reply: Value,
+    pub tool_results: Value,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cached_tokens: i64,
+    pub cost_picos: i64,
+    pub created_at: DateTime<Utc>,
 }
 
 pub(crate) fn get_run(
@@ -80,11 +122,37 @@ pub(crate) fn get_run_detail(
         .find((&run.org_id, &run.workflow_id, run.workflow_version))
         .select(workflow_versions::definition)
         .first(conn)?;
+    let usage = run_usage::table
+        .find(run_id)
+        .select(USAGE)
+        .first(conn)
+        .optional()?;
+    let turns = agent_turns::table
+        .filter(agent_turns::run_id.eq(run_id))
+        .order((agent_turns::step, agent_turns::turn))
+        .select((
+            agent_turns::step,
+            agent_turns::turn,
+            agent_turns::attempt,
+            agent_turns::agent_id,
+            agent_turns::model,
+            agent_turns::messages,
+            agent_turns::reply,
+            agent_turns::tool_results,
+            agent_turns::input_tokens,
+            agent_turns::output_tokens,
+            agent_turns::cached_tokens,
+            agent_turns::cost_picos,
+            agent_turns::created_at,
+        ))
+        .load(conn)?;
     Ok(Some(RunDetail {
         run,
         steps,
         events,
         definition,
+        usage,
+        turns,
     }))
 }
 

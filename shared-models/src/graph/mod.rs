@@ -12,7 +12,9 @@ mod tests;
 mod types;
 
 pub use steps::step_outline;
-pub use types::{HttpRequestSpec, RetryPolicy, Step, StepKind, WorkflowGraph};
+pub use types::{
+    AgentStep, AgentTool, HttpRequestSpec, RetryPolicy, Step, StepKind, ToolAction, WorkflowGraph,
+};
 
 /// More steps than this is a definition no one should run; it is refused at create/update.
 pub(crate) const MAX_STEPS: usize = 200;
@@ -37,3 +39,11 @@ pub(crate) const MAX_TIMEOUT_SECONDS: f64 = 30.0 * 24.0 * 3600.0;
 pub(crate) const MAX_CALL_TIMEOUT_SECONDS: f64 = 3600.0;
 pub(crate) const MAX_DELAY_SECONDS: f64 = 30.0 * 24.0 * 3600.0;
 pub(crate) const HTTP_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];
+/// An agent step's model turns: the default and the most a definition may ask for.
+pub const DEFAULT_AGENT_TURNS: u32 = 8;
+pub const MAX_AGENT_TURNS: u32 = 32;
+/// Tools one agent step may offer its model.
+pub const MAX_AGENT_TOOLS: usize = 32;
+/// Repair turns after an answer that does not match `outputSchema`: the default and the most.
+pub const DEFAULT_REPAIR_TURNS: u32 = 1;
+pub const MAX_REPAIR_TURNS: u32 = 3;

@@ -1,13 +1,15 @@
 //! Parsing one step as written: its type, its type's fields, and its settings.
 
-use super::types::{HttpRequestSpec, RetryPolicy, StepKind};
+use super::types::{AgentStep, AgentTool, HttpRequestSpec, RetryPolicy, StepKind, ToolAction};
 use super::{
-    HTTP_METHODS, MAX_ATTEMPTS, MAX_BACKOFF_SECONDS, MAX_CALL_TIMEOUT_SECONDS, MAX_DELAY_SECONDS,
-    MAX_TIMEOUT_SECONDS, STEP_TYPES,
+    DEFAULT_AGENT_TURNS, DEFAULT_REPAIR_TURNS, HTTP_METHODS, MAX_AGENT_TOOLS, MAX_AGENT_TURNS,
+    MAX_ATTEMPTS, MAX_BACKOFF_SECONDS, MAX_CALL_TIMEOUT_SECONDS, MAX_DELAY_SECONDS,
+    MAX_REPAIR_TURNS, MAX_TIMEOUT_SECONDS, STEP_TYPES,
 };
 use crate::body::{Errors, Obj};
 use crate::envelope::FieldError;
 use crate::ids::StepName;
+use crate::json_schema;
 use crate::template;
 use serde_json::{Map, Value};
 use std::time::Duration;
@@ -102,7 +104,7 @@ impl RawStep {
             }
             None => None,
         };
-        if let (Some(StepKind::Http { .. } | StepKind::Agent { .. }), Some(t)) = (&kind, timeout) {
+        if let (Some(StepKind::Http { .. } | StepKind::Agent(_)), Some(t)) = (&kind, timeout) {
             if t.as_secs_f64() > MAX_CALL_TIMEOUT_SECONDS {
                 errors.push(FieldError::new(
                     obj.path("timeoutSeconds"),
@@ -164,11 +166,120 @@ fn parse_agent(obj: &mut Obj, errors: &mut Errors) -> Option<StepKind> {
     if let Some(inputs) = &inputs {
         templated_json(obj, "inputs", inputs, errors);
     }
-    Some(StepKind::Agent {
+    let tools = parse_tools(obj, errors);
+    let max_turns =
+        whole_in(obj, "maxTurns", 1, MAX_AGENT_TURNS, errors).unwrap_or(DEFAULT_AGENT_TURNS);
+    let repair_turns =
+        whole_in(obj, "repairTurns", 0, MAX_REPAIR_TURNS, errors).unwrap_or(DEFAULT_REPAIR_TURNS);
+    let output_schema = obj.optional("outputSchema").cloned();
+    if let Some(schema) = &output_schema {
+        if let Err(problem) = json_schema::compile(schema) {
+            errors.push(FieldError::new(obj.path("outputSchema"), problem));
+        }
+    }
+    Some(StepKind::Agent(Box::new(AgentStep {
         agent_id: agent_id?,
         instructions: instructions?,
         inputs,
-    })
+        tools: tools?,
+        max_turns,
+        output_schema,
+        repair_turns,
+    })))
+}
+
+/// An optional whole number within [min, max].
+fn whole_in(
+    obj: &mut Obj,
+    key: &'static str,
+    min: u32,
+    max: u32,
+    errors: &mut Errors,
+) -> Option<u32> {
+    let n = obj.opt_f64(key, errors)?;
+    if n.fract() != 0.0 || !(f64::from(min)..=f64::from(max)).contains(&n) {
+        errors.push(FieldError::new(
+            obj.path(key),
+            format!("must be a whole number from {min} to {max}"),
+        ));
+        return None;
+    }
+    Some(n as u32)
+}
+
+/// `tools`: each `{name, description, parameters, request}`, names unique.
+fn parse_tools(obj: &mut Obj, errors: &mut Errors) -> Option<Vec<AgentTool>> {
+    let Some(items) = obj.opt_array("tools", errors) else {
+        return Some(Vec::new());
+    };
+    let before = errors.len();
+    if items.len() > MAX_AGENT_TOOLS {
+        errors.push(FieldError::new(
+            obj.path("tools"),
+            format!("at most {MAX_AGENT_TOOLS} tools per step"),
+        ));
+        return None;
+    }
+    let mut tools: Vec<AgentTool> = Vec::with_capacity(items.len());
+    for (j, item) in items.iter().enumerate() {
+        let path = format!("{}[{j}]", obj.path("tools"));
+        let Some(map) = item.as_object() else {
+            errors.push(FieldError::new(path, "must be an object"));
+            continue;
+        };
+        let mut tool = Obj::new(map, path);
+        let name = tool.req_str("name", errors).and_then(|name| {
+            let valid = (1..=64).contains(&name.len())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid {
+                errors.push(FieldError::new(
+                    tool.path("name"),
+                    "must be 1 to 64 letters, digits, '_' or '-'",
+                ));
+                None
+            } else if tools.iter().any(|t| t.name == name) {
+                errors.push(FieldError::new(
+                    tool.path("name"),
+                    format!("'{name}' names another tool of this step"),
+                ));
+                None
+            } else {
+                Some(name.to_string())
+            }
+        });
+        let description = tool.opt_str("description", errors).unwrap_or_default();
+        if description.chars().count() > 1024 {
+            errors.push(FieldError::new(
+                tool.path("description"),
+                "must be at most 1024 characters",
+            ));
+        }
+        let parameters = tool
+            .optional("parameters")
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}}));
+        if parameters.get("type").and_then(Value::as_str) != Some("object") {
+            errors.push(FieldError::new(
+                tool.path("parameters"),
+                "must be a JSON Schema of an object ({\"type\": \"object\", ...})",
+            ));
+        } else if let Err(problem) = json_schema::compile(&parameters) {
+            errors.push(FieldError::new(tool.path("parameters"), problem));
+        }
+        let request = parse_request(&mut tool, errors);
+        tool.finish(errors);
+        if let (Some(name), Some(request)) = (name, request) {
+            tools.push(AgentTool {
+                name,
+                description: description.to_string(),
+                parameters,
+                action: ToolAction::Request(request),
+            });
+        }
+    }
+    (errors.len() == before).then_some(tools)
 }
 
 /// An optional number within [min, max].
@@ -223,6 +334,35 @@ fn parse_retry(obj: &mut Obj, errors: &mut Errors) -> RetryPolicy {
 }
 
 fn parse_http(obj: &mut Obj, errors: &mut Errors) -> Option<StepKind> {
+    let request = parse_request(obj, errors);
+    let allow_status = obj
+        .opt_array("allowStatus", errors)
+        .map(|items| {
+            items
+                .iter()
+                .enumerate()
+                .filter_map(|(j, v)| match crate::body::whole_number(v) {
+                    Some(code) if (100..=599).contains(&code) => Some(code as u16),
+                    _ => {
+                        errors.push(FieldError::new(
+                            format!("{}[{j}]", obj.path("allowStatus")),
+                            "must be an HTTP status code (100-599)",
+                        ));
+                        None
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(StepKind::Http {
+        request: request?,
+        allow_status,
+    })
+}
+
+/// `request`: `{method, url, headers, body}`, every string a template (an `http` step's, a
+/// tool's).
+fn parse_request(obj: &mut Obj, errors: &mut Errors) -> Option<HttpRequestSpec> {
     let request = obj.req_object("request", errors)?;
     let mut req = Obj::new(request, obj.path("request"));
     let method = match req.opt_str("method", errors) {
@@ -272,33 +412,11 @@ fn parse_http(obj: &mut Obj, errors: &mut Errors) -> Option<StepKind> {
         templated_json(&mut req, "body", body, errors);
     }
     req.finish(errors);
-    let allow_status = obj
-        .opt_array("allowStatus", errors)
-        .map(|items| {
-            items
-                .iter()
-                .enumerate()
-                .filter_map(|(j, v)| match crate::body::whole_number(v) {
-                    Some(code) if (100..=599).contains(&code) => Some(code as u16),
-                    _ => {
-                        errors.push(FieldError::new(
-                            format!("{}[{j}]", obj.path("allowStatus")),
-                            "must be an HTTP status code (100-599)",
-                        ));
-                        None
-                    }
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Some(StepKind::Http {
-        request: HttpRequestSpec {
-            method: method?,
-            url: url?,
-            headers,
-            body,
-        },
-        allow_status,
+    Some(HttpRequestSpec {
+        method: method?,
+        url: url?,
+        headers,
+        body,
     })
 }
 

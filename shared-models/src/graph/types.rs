@@ -44,15 +44,45 @@ pub struct HttpRequestSpec {
     pub body: Option<Value>,
 }
 
+/// An `agent` step (docs/AGENTS.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentStep {
+    pub agent_id: String,
+    pub instructions: String,
+    pub inputs: Option<Value>,
+    /// Tools the model may call (model providers only).
+    pub tools: Vec<AgentTool>,
+    /// Model turns at most, repair turns included; then the step fails saying so.
+    pub max_turns: u32,
+    /// A JSON Schema the final answer must match (model providers only).
+    pub output_schema: Option<Value>,
+    /// Turns that send a mismatch's problems back to the model before the step fails.
+    pub repair_turns: u32,
+}
+
+/// A tool of an `agent` step: described to the model, run by Thygon when it asks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentTool {
+    pub name: String,
+    pub description: String,
+    /// A JSON Schema of the arguments; the model's arguments are checked against it.
+    pub parameters: Value,
+    pub action: ToolAction,
+}
+
+/// What calling a tool does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolAction {
+    /// An HTTP request, templated with `args` (the model's arguments) besides the run's
+    /// context, sent through the tenant egress policy like an `http` step's.
+    Request(HttpRequestSpec),
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepKind {
     /// Ask the agent `agent_id` to carry out `instructions` (templated), with optional
-    /// templated `inputs`.
-    Agent {
-        agent_id: String,
-        instructions: String,
-        inputs: Option<Value>,
-    },
+    /// templated `inputs`; with a model provider, a loop of model turns and tool calls.
+    Agent(Box<AgentStep>),
     /// Call an HTTP endpoint; a non-2xx status fails the attempt unless `allow_status` lists it.
     Http {
         request: HttpRequestSpec,
@@ -74,7 +104,7 @@ pub enum StepKind {
 impl StepKind {
     pub fn type_name(&self) -> &'static str {
         match self {
-            StepKind::Agent { .. } => "agent",
+            StepKind::Agent(_) => "agent",
             StepKind::Http { .. } => "http",
             StepKind::Transform { .. } => "transform",
             StepKind::Delay { .. } => "delay",

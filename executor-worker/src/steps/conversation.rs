@@ -1,0 +1,304 @@
+//! The tool-calling loop of an `agent` step whose agent is a model provider: ask the model,
+//! run the tools it calls (all of a turn's calls at once), give it their results, and again,
+//! until it answers or `maxTurns` is reached. With `outputSchema`, the answer must be JSON
+//! matching it; a mismatch is sent back for a repair turn (`repairTurns`, default 1), then
+//! fails the step listing the problems.
+//!
+//! Every turn and every tool result is journaled ([`super::journal`]) as it happens. An
+//! attempt first reads the journal and goes on from it: after a crash, no turn already
+//! answered is asked again and no finished tool call runs again; a final answer already
+//! recorded is the step's output without another call. A conversation that ended for good
+//! (out of turns, or an answer that failed its schema after every repair) is not taken up
+//! again: the next attempt (a retried run) starts a new one, after it in the same journal.
+
+use super::journal::Journal;
+use super::{tools, StepEnv, StepFailure};
+use crate::agents::model::{Message, ModelReply, ModelRequest, Usage, PICOS_PER_USD};
+use crate::agents::{self, ModelAgent};
+use crate::render::Ctx;
+use crate::storage::TurnRow;
+use serde_json::{json, Value};
+use shared_models::graph::AgentStep;
+use shared_models::json_schema::{self, Schema};
+
+const SYSTEM_LEAD: &str = "You are carrying out one step of an automated workflow. \
+The workflow run's variables and this step's inputs, as JSON:";
+
+/// A conversation as the journal has it.
+#[derive(Default)]
+struct Conversation {
+    /// Every message so far, in order.
+    messages: Vec<Message>,
+    /// Model turns of this conversation.
+    turns: u32,
+    /// Of which repair turns.
+    repairs: u32,
+    /// The number of the journal's last turn (of any conversation of this step).
+    last_turn: i32,
+    /// The last turn's tool calls that have no result yet: (index in the turn, call).
+    pending: Vec<(usize, crate::agents::model::ToolCall)>,
+}
+
+/// Usage of every turn of the step, every conversation and attempt.
+#[derive(Default)]
+struct Spent {
+    usage: Usage,
+    cost_picos: i64,
+}
+
+impl Spent {
+    fn add(&mut self, usage: &Usage, cost_picos: i64) {
+        self.usage.add(usage);
+        self.cost_picos = self.cost_picos.saturating_add(cost_picos);
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "inputTokens": self.usage.input_tokens,
+            "outputTokens": self.usage.output_tokens,
+            "cachedTokens": self.usage.cached_tokens,
+            "costUsd": self.cost_picos as f64 / PICOS_PER_USD,
+        })
+    }
+}
+
+fn unreadable(turn: i32, e: serde_json::Error) -> StepFailure {
+    StepFailure::fatal(format!("the journal's turn {turn} cannot be read: {e}"))
+}
+
+/// The journal's turns as the current conversation (from its last start) and what they used.
+fn replay(rows: Vec<TurnRow>) -> Result<(Conversation, Spent), StepFailure> {
+    let mut spent = Spent::default();
+    let mut conversation = Conversation::default();
+    for row in rows {
+        spent.add(
+            &Usage {
+                input_tokens: row.input_tokens,
+                output_tokens: row.output_tokens,
+                cached_tokens: row.cached_tokens,
+            },
+            row.cost_picos,
+        );
+        let added: Vec<Message> =
+            serde_json::from_value(row.messages).map_err(|e| unreadable(row.turn, e))?;
+        let reply: Message =
+            serde_json::from_value(row.reply).map_err(|e| unreadable(row.turn, e))?;
+        if matches!(added.first(), Some(Message::System { .. })) {
+            conversation = Conversation::default();
+        } else if added.iter().any(|m| matches!(m, Message::User { .. })) {
+            conversation.repairs += 1;
+        }
+        conversation.turns += 1;
+        conversation.last_turn = row.turn;
+        conversation.messages.extend(added);
+        conversation.messages.push(reply.clone());
+        conversation.pending.clear();
+        if let Message::Assistant { tool_calls, .. } = &reply {
+            for (i, call) in tool_calls.iter().enumerate() {
+                match row.tool_results.get(&call.id) {
+                    Some(result) => conversation.messages.push(
+                        serde_json::from_value(result.clone())
+                            .map_err(|e| unreadable(row.turn, e))?,
+                    ),
+                    None => conversation.pending.push((i, call.clone())),
+                }
+            }
+        }
+    }
+    Ok((conversation, spent))
+}
+
+/// The last reply of the conversation, if its last message is one.
+fn last_reply(messages: &[Message]) -> Option<&Message> {
+    messages
+        .iter()
+        .rev()
+        .find(|m| !matches!(m, Message::Tool { .. }))
+        .filter(|m| matches!(m, Message::Assistant { .. }))
+}
+
+/// Whether a final answer is the step's output: its JSON (when there is any) if it matches
+/// `schema`, else the problems.
+fn check(content: &str, schema: Option<&Schema>) -> Result<Option<Value>, Vec<String>> {
+    let parsed = parse_json_text(content);
+    match (schema, parsed) {
+        (None, parsed) => Ok(parsed),
+        (Some(_), None) => Err(vec!["the answer is not JSON".to_string()]),
+        (Some(schema), Some(parsed)) => {
+            let problems = schema.problems(&parsed);
+            if problems.is_empty() {
+                Ok(Some(parsed))
+            } else {
+                Err(problems)
+            }
+        }
+    }
+}
+
+/// JSON in an answer: the whole text, or a fenced ```json block.
+pub(crate) fn parse_json_text(text: &str) -> Option<Value> {
+    let text = text.trim();
+    let inner = text
+        .strip_prefix("```json")
+        .or_else(|| text.strip_prefix("```"))
+        .and_then(|rest| rest.trim_end().strip_suffix("```"))
+        .unwrap_or(text)
+        .trim();
+    match serde_json::from_str::<Value>(inner) {
+        Ok(v @ (Value::Object(_) | Value::Array(_))) => Some(v),
+        _ => None,
+    }
+}
+
+/// Carry out the step with `agent`; `instructions` and `inputs` are already rendered.
+pub(super) async fn converse(
+    step: &AgentStep,
+    agent: &ModelAgent,
+    instructions: String,
+    inputs: Value,
+    ctx: &Ctx,
+    env: &StepEnv<'_>,
+) -> Result<Value, StepFailure> {
+    let journal = Journal::new(env);
+    let schema = step
+        .output_schema
+        .as_ref()
+        .map(|s| {
+            json_schema::compile(s).map_err(|e| StepFailure::fatal(format!("outputSchema {e}")))
+        })
+        .transpose()?;
+    let specs = tools::specs(&step.tools);
+    let (mut conversation, mut spent) = replay(journal.load().await?)?;
+    // A conversation that cannot go on was ended for good by an earlier attempt.
+    if conversation.turns > 0 && ended(&conversation, step, schema.as_ref()) {
+        conversation = Conversation {
+            last_turn: conversation.last_turn,
+            ..Conversation::default()
+        };
+    }
+    loop {
+        // The last turn's tool calls, all at once, each journaled as it finishes.
+        if !conversation.pending.is_empty() {
+            let turn = conversation.last_turn;
+            let calls = std::mem::take(&mut conversation.pending);
+            let results = futures_util::future::join_all(calls.iter().map(|(i, call)| async {
+                let result = tools::call(&step.tools, call, *i, ctx, env).await;
+                journal.record_tool_result(turn, &result).await?;
+                Ok::<_, StepFailure>(result)
+            }))
+            .await;
+            for result in results {
+                conversation.messages.push(result?);
+            }
+        }
+        let to_send = match last_reply(&conversation.messages) {
+            None => {
+                let context = json!({ "variables": ctx.get("variables"), "inputs": inputs });
+                vec![
+                    Message::System {
+                        content: format!("{SYSTEM_LEAD}\n{context}"),
+                    },
+                    Message::User {
+                        content: instructions.clone(),
+                    },
+                ]
+            }
+            Some(Message::Assistant { tool_calls, .. }) if !tool_calls.is_empty() => vec![],
+            Some(Message::Assistant { content, .. }) => match check(content, schema.as_ref()) {
+                Ok(parsed) => return Ok(output(content, parsed, &conversation, &spent)),
+                Err(problems) if conversation.repairs < step.repair_turns => {
+                    vec![Message::User {
+                        content: repair_request(&problems),
+                    }]
+                }
+                Err(problems) => return Err(mismatch(&problems, step.repair_turns)),
+            },
+            Some(_) => unreachable!("last_reply finds only assistant messages"),
+        };
+        if conversation.turns >= step.max_turns {
+            return Err(StepFailure::fatal(format!(
+                "the agent gave no final answer within maxTurns ({}) model turns",
+                step.max_turns
+            )));
+        }
+        let mut messages = conversation.messages.clone();
+        messages.extend(to_send.iter().cloned());
+        let timeout = env
+            .step_timeout
+            .or(agent.timeout())
+            .unwrap_or(env.agent_timeout);
+        let request = ModelRequest {
+            messages: &messages,
+            tools: &specs,
+            output_schema: step.output_schema.as_ref(),
+        };
+        let reply: ModelReply =
+            agents::complete_with(agent, &env.http.operator, request, timeout, None)
+                .await
+                .map_err(|e| StepFailure::retry(e.to_string()))?;
+        let cost = agent.pricing().map_or(0, |p| p.cost_picos(&reply.usage));
+        let turn = conversation.last_turn + 1;
+        journal
+            .record_turn(turn, agent.id(), agent.model(), &to_send, &reply, cost)
+            .await?;
+        spent.add(&reply.usage, cost);
+        if to_send.iter().any(|m| matches!(m, Message::User { .. })) && conversation.turns > 0 {
+            conversation.repairs += 1;
+        }
+        conversation.turns += 1;
+        conversation.last_turn = turn;
+        conversation.messages.extend(to_send);
+        conversation.pending = reply.tool_calls.iter().cloned().enumerate().collect();
+        conversation.messages.push(reply.message());
+    }
+}
+
+/// Whether `conversation` cannot go on: out of turns without a final answer, or a final
+/// answer that fails its schema with no repair left.
+fn ended(conversation: &Conversation, step: &AgentStep, schema: Option<&Schema>) -> bool {
+    match last_reply(&conversation.messages) {
+        Some(Message::Assistant {
+            content,
+            tool_calls,
+        }) if tool_calls.is_empty() => {
+            check(content, schema).is_err() && conversation.repairs >= step.repair_turns
+        }
+        _ => conversation.pending.is_empty() && conversation.turns >= step.max_turns,
+    }
+}
+
+fn repair_request(problems: &[String]) -> String {
+    format!(
+        "Your answer does not match the required JSON Schema:\n- {}\nAnswer again with JSON that matches it, and nothing else.",
+        problems.join("\n- ")
+    )
+}
+
+fn mismatch(problems: &[String], repairs: u32) -> StepFailure {
+    let after = match repairs {
+        0 => String::new(),
+        1 => " after 1 repair turn".to_string(),
+        n => format!(" after {n} repair turns"),
+    };
+    StepFailure::fatal(format!(
+        "the agent's answer does not match outputSchema{after}: {}",
+        problems.join("; ")
+    ))
+}
+
+/// The step's output: the answer's text, its JSON, the turns it took, and the step's usage.
+fn output(
+    content: &str,
+    parsed: Option<Value>,
+    conversation: &Conversation,
+    spent: &Spent,
+) -> Value {
+    let mut out = serde_json::Map::new();
+    out.insert("content".into(), Value::String(content.to_string()));
+    if let Some(parsed) = parsed {
+        out.insert("json".into(), parsed);
+    }
+    out.insert("turns".into(), json!(conversation.turns));
+    out.insert("usage".into(), spent.to_json());
+    Value::Object(out)
+}

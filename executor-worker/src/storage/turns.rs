@@ -1,0 +1,133 @@
+//! The journal of agent steps' conversations (`agent_turns`) and each run's usage
+//! (`run_usage`): a model turn is written once its call answered, with its tokens and cost
+//! added to the run's; each tool call's result is added to its turn once it finished. Every
+//! write is fenced by the lease, in one transaction with the fence.
+
+use super::lease::touch;
+use super::{Fenced, LeaseHolder};
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::result::Error;
+use diesel::sql_types::{BigInt, Jsonb, Text};
+use serde_json::Value;
+use shared_models::schema::agent_turns;
+
+/// One recorded turn, as read back.
+#[derive(Debug, Clone, Queryable)]
+pub struct TurnRow {
+    pub turn: i32,
+    pub attempt: i32,
+    pub messages: Value,
+    pub reply: Value,
+    pub tool_results: Value,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cached_tokens: i64,
+    pub cost_picos: i64,
+}
+
+/// The turns of one step, in order.
+pub(crate) fn load_turns(
+    conn: &mut PgConnection,
+    run_id: &str,
+    step: &str,
+) -> Result<Vec<TurnRow>, Error> {
+    agent_turns::table
+        .filter(agent_turns::run_id.eq(run_id))
+        .filter(agent_turns::step.eq(step))
+        .order(agent_turns::turn.asc())
+        .select((
+            agent_turns::turn,
+            agent_turns::attempt,
+            agent_turns::messages,
+            agent_turns::reply,
+            agent_turns::tool_results,
+            agent_turns::input_tokens,
+            agent_turns::output_tokens,
+            agent_turns::cached_tokens,
+            agent_turns::cost_picos,
+        ))
+        .load(conn)
+}
+
+/// A turn to write.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = agent_turns)]
+pub struct NewTurn {
+    pub run_id: String,
+    pub step: String,
+    pub turn: i32,
+    pub attempt: i32,
+    pub org_id: String,
+    pub workflow_id: String,
+    pub agent_id: String,
+    pub model: String,
+    pub messages: Value,
+    pub reply: Value,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cached_tokens: i64,
+    pub cost_picos: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Write a turn and add its usage to the run's, under the lease.
+pub(crate) fn record_turn(
+    conn: &mut PgConnection,
+    turn: &NewTurn,
+    me: &LeaseHolder,
+) -> Result<Fenced, Error> {
+    conn.transaction(|conn| {
+        if touch(conn, &turn.run_id, me, turn.created_at)? == Fenced::LeaseLost {
+            return Ok(Fenced::LeaseLost);
+        }
+        diesel::insert_into(agent_turns::table)
+            .values(turn)
+            .execute(conn)?;
+        diesel::sql_query(
+            "INSERT INTO run_usage AS u (run_id, input_tokens, output_tokens, cached_tokens, cost_picos)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (run_id) DO UPDATE SET
+               input_tokens = u.input_tokens + EXCLUDED.input_tokens,
+               output_tokens = u.output_tokens + EXCLUDED.output_tokens,
+               cached_tokens = u.cached_tokens + EXCLUDED.cached_tokens,
+               cost_picos = u.cost_picos + EXCLUDED.cost_picos",
+        )
+        .bind::<Text, _>(&turn.run_id)
+        .bind::<BigInt, _>(turn.input_tokens)
+        .bind::<BigInt, _>(turn.output_tokens)
+        .bind::<BigInt, _>(turn.cached_tokens)
+        .bind::<BigInt, _>(turn.cost_picos)
+        .execute(conn)?;
+        Ok(Fenced::Written)
+    })
+}
+
+/// Add one tool call's result (`result`, by its call id) to its turn, under the lease.
+pub(crate) fn record_tool_result(
+    conn: &mut PgConnection,
+    run_id: &str,
+    step: &str,
+    turn: i32,
+    call_id: &str,
+    result: &Value,
+    me: &LeaseHolder,
+    now: DateTime<Utc>,
+) -> Result<Fenced, Error> {
+    conn.transaction(|conn| {
+        if touch(conn, run_id, me, now)? == Fenced::LeaseLost {
+            return Ok(Fenced::LeaseLost);
+        }
+        diesel::sql_query(
+            "UPDATE agent_turns SET tool_results = tool_results || jsonb_build_object($4::text, $5::jsonb)
+             WHERE run_id = $1 AND step = $2 AND turn = $3",
+        )
+        .bind::<Text, _>(run_id)
+        .bind::<Text, _>(step)
+        .bind::<diesel::sql_types::Integer, _>(turn)
+        .bind::<Text, _>(call_id)
+        .bind::<Jsonb, _>(result)
+        .execute(conn)?;
+        Ok(Fenced::Written)
+    })
+}

@@ -1,0 +1,2 @@
+DROP TABLE run_usage;
+DROP TABLE agent_turns;
