@@ -127,6 +127,7 @@ impl From<TurnRow> for TurnView {
                 t.cost_picos,
             ),
             at: t.created_at,
+            cost_picos: t.cost_picos,
         }
     }
 }
