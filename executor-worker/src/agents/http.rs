@@ -1,11 +1,11 @@
 //! The HTTP agent protocol: `POST <url>` with the [`AgentCall`] as JSON and an
 //! `Idempotency-Key` of `<runId>:<step>`; a 2xx answer `{ "output": <any JSON> }` completes
-//! the attempt. Also the POST-with-timeout that OpenAI-compatible calls use too.
+//! the attempt. Also the POST-with-timeout (plain or streamed) that model calls use too.
 
 use std::error::Error as _;
 use std::time::Duration;
 
-use reqwest::header::{HeaderName, HeaderValue};
+use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use serde::Serialize;
 use serde_json::Value;
@@ -55,10 +55,15 @@ pub(super) async fn call(
     }
 }
 
-/// A whole answer, read within the timeout.
+/// An answer, read within the timeout.
 pub(super) struct Answer {
     pub status: StatusCode,
+    /// The `Retry-After` header, when the server sent one.
+    pub retry_after: Option<String>,
+    /// The whole body, or empty when it went to the event-stream sink instead.
     pub body: Vec<u8>,
+    /// Whether the body went to the sink (a 2xx `text/event-stream` answer).
+    pub streamed: bool,
 }
 
 impl Answer {
@@ -74,6 +79,9 @@ impl Answer {
     }
 }
 
+/// Takes the chunks of a streamed body as they arrive.
+pub(super) type ChunkSink<'s> = &'s mut (dyn FnMut(&[u8]) -> Result<(), AgentError> + Send);
+
 /// POSTs `body` as JSON and reads the whole answer; `timeout` covers connecting, sending
 /// and reading, and is reported as [`AgentError::Timeout`].
 pub(super) async fn post_json<B: Serialize + ?Sized>(
@@ -83,6 +91,20 @@ pub(super) async fn post_json<B: Serialize + ?Sized>(
     body: &B,
     timeout: Duration,
 ) -> Result<Answer, AgentError> {
+    exchange(client, url, headers, body, timeout, None).await
+}
+
+/// Like [`post_json`]; with `stream`, a 2xx `text/event-stream` answer goes chunk by chunk
+/// to it instead of into `Answer::body` (other answers are read whole, as without it). The
+/// body is capped at [`MAX_BODY_BYTES`] either way, and `timeout` covers the sink's work.
+pub(super) async fn exchange<B: Serialize + ?Sized>(
+    client: &reqwest::Client,
+    url: &Url,
+    headers: &[(HeaderName, HeaderValue)],
+    body: &B,
+    timeout: Duration,
+    stream: Option<ChunkSink<'_>>,
+) -> Result<Answer, AgentError> {
     let mut request = client.post(url.clone()).json(body);
     for (name, value) in headers {
         request = request.header(name.clone(), value.clone());
@@ -90,21 +112,46 @@ pub(super) async fn post_json<B: Serialize + ?Sized>(
     let exchange = async {
         let mut response = request.send().await.map_err(|e| transport_error(url, e))?;
         let status = response.status();
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+        let retry_after = header(RETRY_AFTER);
+        let event_stream = header(CONTENT_TYPE).is_some_and(|content_type| {
+            content_type
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        });
+        let mut sink = stream.filter(|_| status.is_success() && event_stream);
         let mut body = Vec::new();
+        let mut total = 0;
         while let Some(chunk) = response
             .chunk()
             .await
             .map_err(|e| transport_error(url, e))?
         {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
+            total += chunk.len();
+            if total > MAX_BODY_BYTES {
                 return Err(AgentError::InvalidResponse(format!(
                     "the agent answered with a body larger than {} MiB",
                     MAX_BODY_BYTES / (1024 * 1024)
                 )));
             }
-            body.extend_from_slice(&chunk);
+            match sink.as_mut() {
+                Some(sink) => sink(&chunk)?,
+                None => body.extend_from_slice(&chunk),
+            }
         }
-        Ok(Answer { status, body })
+        Ok(Answer {
+            status,
+            retry_after,
+            body,
+            streamed: sink.is_some(),
+        })
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(result) => result,

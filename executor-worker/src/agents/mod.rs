@@ -2,19 +2,28 @@
 //!
 //! - `registry`: which endpoint an agent id names (`AGENTS_FILE`, then `AGENT_BASE_URL`).
 //! - `http`: the HTTP agent protocol, and the one POST-with-timeout both kinds share.
-//! - `openai`: OpenAI-compatible chat-completions models.
+//! - `model`: a conversation with a model in Thygon's terms; [`complete`] runs one turn of it
+//!   on a model provider: `openai` (OpenAI-compatible chat completions) or `anthropic`
+//!   (the Anthropic Messages API), plain or streamed (`wire`: what both share).
+//! - `oneshot`: a model agent called through [`invoke`]: one turn, no tools.
 //!
 //! The engine calls [`invoke`] once per attempt; every failure comes back as an
 //! [`AgentError`] whose message says what went wrong without quoting any secret.
 
+mod anthropic;
 mod http;
 pub mod model;
+mod oneshot;
 mod openai;
 mod registry;
+mod wire;
 
 use std::time::Duration;
 
-pub use registry::{AgentEndpoint, AgentRegistry, HttpAgentConfig, OpenAiAgentConfig};
+use model::{Delta, ModelParams, ModelReply, ModelRequest, Pricing};
+pub use registry::{
+    AgentEndpoint, AgentRegistry, AnthropicAgentConfig, HttpAgentConfig, OpenAiAgentConfig,
+};
 
 /// Everything an agent is told about one attempt of one step.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -53,9 +62,27 @@ pub enum AgentError {
     MissingApiKey { env: String },
     #[error("the model provider failed: {0}")]
     Provider(String),
+    /// HTTP 429, or 503 with a `Retry-After`: the caller may wait `retry_after` and retry.
+    #[error("the model provider is rate limiting (HTTP {status}); {}", retry_hint(.retry_after))]
+    RateLimited {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    /// The agent speaks the HTTP agent protocol, which has no tools nor output schema.
+    #[error(
+        "agent '{agent_id}' is an HTTP agent: tools and outputSchema need a model provider (provider = \"openai\" or \"anthropic\" in AGENTS_FILE)"
+    )]
+    NotAModel { agent_id: String },
     /// The request could not be sent or the answer not read for another reason.
     #[error("the call to the agent failed: {0}")]
     Transport(String),
+}
+
+fn retry_hint(retry_after: &Option<Duration>) -> String {
+    match retry_after {
+        Some(wait) => format!("retry after {}s", wait.as_secs_f64()),
+        None => "it did not say when to retry".to_string(),
+    }
 }
 
 /// Call the agent the registry names for `call.agent_id`. `timeout` is the default
@@ -97,13 +124,12 @@ pub async fn invoke_within(
             .await
         }
         AgentEndpoint::OpenAi(agent) => {
-            openai::call(
-                client,
-                agent,
-                call,
-                step_timeout.or(agent.timeout).unwrap_or(timeout),
-            )
-            .await
+            let timeout = step_timeout.or(agent.timeout).unwrap_or(timeout);
+            oneshot::call(client, ModelAgent::OpenAi(agent), call, timeout).await
+        }
+        AgentEndpoint::Anthropic(agent) => {
+            let timeout = step_timeout.or(agent.timeout).unwrap_or(timeout);
+            oneshot::call(client, ModelAgent::Anthropic(agent), call, timeout).await
         }
     };
     if let Err(e) = &result {
@@ -118,3 +144,143 @@ pub async fn invoke_within(
     }
     result
 }
+
+/// An agent whose entry names a model provider, as [`model_agent`] finds it.
+#[derive(Debug, Clone, Copy)]
+pub enum ModelAgent<'a> {
+    OpenAi(&'a OpenAiAgentConfig),
+    Anthropic(&'a AnthropicAgentConfig),
+}
+
+impl<'a> ModelAgent<'a> {
+    /// `"openai"` or `"anthropic"`, as in the entry.
+    pub fn provider(&self) -> &'static str {
+        match self {
+            ModelAgent::OpenAi(_) => "openai",
+            ModelAgent::Anthropic(_) => "anthropic",
+        }
+    }
+
+    /// The model's name as the entry gives it.
+    pub fn model(&self) -> &'a str {
+        match self {
+            ModelAgent::OpenAi(agent) => &agent.model,
+            ModelAgent::Anthropic(agent) => &agent.model,
+        }
+    }
+
+    /// The entry's prices, if it sets `pricing`.
+    pub fn pricing(&self) -> Option<Pricing> {
+        match self {
+            ModelAgent::OpenAi(agent) => agent.pricing,
+            ModelAgent::Anthropic(agent) => agent.pricing,
+        }
+    }
+
+    /// The entry's `timeoutSeconds`, if set.
+    pub fn timeout(&self) -> Option<Duration> {
+        match self {
+            ModelAgent::OpenAi(agent) => agent.timeout,
+            ModelAgent::Anthropic(agent) => agent.timeout,
+        }
+    }
+
+    /// The entry's sampling parameters (sent with every call).
+    pub fn params(&self) -> &'a ModelParams {
+        match self {
+            ModelAgent::OpenAi(agent) => &agent.params,
+            ModelAgent::Anthropic(agent) => &agent.params,
+        }
+    }
+
+    fn api_key_env(&self) -> &'a str {
+        match self {
+            ModelAgent::OpenAi(agent) => &agent.api_key_env,
+            ModelAgent::Anthropic(agent) => &agent.api_key_env,
+        }
+    }
+
+    /// One turn with the API key already read.
+    async fn complete_with_key(
+        self,
+        client: &reqwest::Client,
+        request: ModelRequest<'_>,
+        timeout: Duration,
+        on_delta: Option<&mut (dyn FnMut(Delta) + Send)>,
+        api_key: &str,
+    ) -> Result<ModelReply, AgentError> {
+        let reply = match self {
+            ModelAgent::OpenAi(agent) => {
+                openai::complete(client, agent, request, timeout, on_delta, api_key).await
+            }
+            ModelAgent::Anthropic(agent) => {
+                anthropic::complete(client, agent, request, timeout, on_delta, api_key).await
+            }
+        };
+        reply.map_err(|e| wire::redact(e, api_key))
+    }
+
+    /// One turn; the API key is read from the entry's `apiKeyEnv` now.
+    async fn complete(
+        self,
+        client: &reqwest::Client,
+        request: ModelRequest<'_>,
+        timeout: Duration,
+        on_delta: Option<&mut (dyn FnMut(Delta) + Send)>,
+    ) -> Result<ModelReply, AgentError> {
+        let env = self.api_key_env();
+        // Read per call, so that a rotated key is picked up without a restart.
+        let api_key = std::env::var(env)
+            .ok()
+            .filter(|key| !key.trim().is_empty())
+            .ok_or_else(|| AgentError::MissingApiKey {
+                env: env.to_string(),
+            })?;
+        self.complete_with_key(client, request, timeout, on_delta, api_key.trim())
+            .await
+    }
+}
+
+/// The model agent `agent_id` names: [`AgentError::NotAModel`] for an HTTP agent (a file
+/// entry or the `AGENT_BASE_URL` fallback), [`AgentError::UnknownAgent`] for no agent.
+pub fn model_agent<'r>(
+    registry: &'r AgentRegistry,
+    agent_id: &str,
+) -> Result<ModelAgent<'r>, AgentError> {
+    match registry.entry(agent_id) {
+        Some(AgentEndpoint::OpenAi(agent)) => Ok(ModelAgent::OpenAi(agent)),
+        Some(AgentEndpoint::Anthropic(agent)) => Ok(ModelAgent::Anthropic(agent)),
+        Some(AgentEndpoint::Http(_)) => Err(AgentError::NotAModel {
+            agent_id: agent_id.to_string(),
+        }),
+        None => {
+            registry.resolve(agent_id)?;
+            Err(AgentError::NotAModel {
+                agent_id: agent_id.to_string(),
+            })
+        }
+    }
+}
+
+/// One model turn for an agent whose entry names a model provider (openai, anthropic).
+///
+/// `timeout` bounds the whole exchange, streamed or not, as given: the caller picks it
+/// (the step's, else [`ModelAgent::timeout`], else its default). With `on_delta` the answer
+/// is streamed and the sink sees its text and the start of each tool call as they arrive;
+/// the reply is the same as without. The API key is read from the entry's `apiKeyEnv` at
+/// every call.
+pub async fn complete(
+    registry: &AgentRegistry,
+    client: &reqwest::Client,
+    agent_id: &str,
+    request: ModelRequest<'_>,
+    timeout: Duration,
+    on_delta: Option<&mut (dyn FnMut(Delta) + Send)>,
+) -> Result<ModelReply, AgentError> {
+    model_agent(registry, agent_id)?
+        .complete(client, request, timeout, on_delta)
+        .await
+}
+
+#[cfg(test)]
+mod tests;

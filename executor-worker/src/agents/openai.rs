@@ -1,92 +1,46 @@
-//! OpenAI-compatible chat-completions models as agents. The step's instructions are the
-//! user message; the variables and inputs go, as JSON, in a system message. The output is
-//! `{ "content": <assistant text> }`, plus `json` when that text is JSON.
+//! OpenAI-compatible Chat Completions: `POST {baseUrl}/chat/completions` with
+//! `Authorization: Bearer <key>`. Tools are `function` tools; an output schema is sent as
+//! `response_format` (`json_schema`, not strict: the step checks the answer either way).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use reqwest::Url;
 use serde_json::{json, Map, Value};
 
-use super::http::{post_json, snippet};
-use super::{AgentCall, AgentError, OpenAiAgentConfig};
+use super::http::snippet;
+use super::model::{Delta, Message, ModelReply, ModelRequest, ToolCall, Usage};
+use super::wire::{self, json_body, json_event, parse_arguments, tokens};
+use super::{AgentError, OpenAiAgentConfig};
 
-const SYSTEM_LEAD: &str = "You are carrying out one step of an automated workflow. \
-The workflow run's variables and this step's inputs, as JSON:";
-
-pub(super) async fn call(
+pub(super) async fn complete(
     client: &reqwest::Client,
     agent: &OpenAiAgentConfig,
-    call: &AgentCall,
+    request: ModelRequest<'_>,
     timeout: Duration,
-) -> Result<Value, AgentError> {
-    // Read per call, so that a rotated key is picked up without a restart.
-    let api_key = std::env::var(&agent.api_key_env)
-        .ok()
-        .filter(|key| !key.trim().is_empty())
-        .ok_or_else(|| AgentError::MissingApiKey {
-            env: agent.api_key_env.clone(),
-        })?;
-    chat(client, agent, call, timeout, &api_key).await
-}
-
-/// The call itself, with the key already read (tests pass one without touching the
-/// process environment).
-async fn chat(
-    client: &reqwest::Client,
-    agent: &OpenAiAgentConfig,
-    call: &AgentCall,
-    timeout: Duration,
+    on_delta: Option<&mut (dyn FnMut(Delta) + Send)>,
     api_key: &str,
-) -> Result<Value, AgentError> {
-    let mut authorization =
-        HeaderValue::from_str(&format!("Bearer {}", api_key.trim())).map_err(|_| {
-            AgentError::Provider(format!(
-                "the value of {} cannot be sent as an API key (not a valid header value)",
-                agent.api_key_env
-            ))
-        })?;
-    authorization.set_sensitive(true);
+) -> Result<ModelReply, AgentError> {
+    let authorization = wire::key_header(&format!("Bearer {api_key}"), &agent.api_key_env)?;
     let mut headers: Vec<(HeaderName, HeaderValue)> = agent.headers.clone();
     headers.push((AUTHORIZATION, authorization));
-
-    let context = json!({ "variables": call.variables, "inputs": call.inputs });
-    let body = json!({
-        "model": agent.model,
-        "messages": [
-            { "role": "system", "content": format!("{SYSTEM_LEAD}\n{context}") },
-            { "role": "user", "content": call.instructions },
-        ],
-    });
-    let answer = post_json(
-        client,
-        &completions_url(&agent.base_url)?,
-        &headers,
-        &body,
-        timeout,
-    )
-    .await?;
-    answer.check_status()?;
-    let completion: Value = serde_json::from_slice(&answer.body).map_err(|_| {
-        AgentError::InvalidResponse(format!(
-            "the model answered with a body that is not JSON: {}",
-            snippet(&answer.body)
-        ))
-    })?;
-    let content = assistant_text(&completion).map_err(|problem| match problem {
-        Problem::Malformed(what) => AgentError::InvalidResponse(format!(
-            "the model's answer is not a chat completion ({what}): {}",
-            snippet(&answer.body)
-        )),
-        Problem::Refused(what) => AgentError::Provider(what),
-    })?;
-
-    let mut output = Map::new();
-    if let Some(parsed) = parse_json_text(&content) {
-        output.insert("json".into(), parsed);
+    let url = completions_url(&agent.base_url)?;
+    let body = request_body(agent, request, on_delta.is_some());
+    let Some(sink) = on_delta else {
+        let answer = wire::send(client, &url, &headers, &body, timeout, None).await?;
+        return parse_reply(&answer.unwrap_or_default());
+    };
+    let mut assembly = Assembly::default();
+    let mut on_data = |data: &str| assembly.take(data, &mut *sink);
+    match wire::send(client, &url, &headers, &body, timeout, Some(&mut on_data)).await? {
+        None => assembly.finish(),
+        Some(plain) => {
+            let reply = parse_reply(&plain)?;
+            wire::replay(&reply, sink);
+            Ok(reply)
+        }
     }
-    output.insert("content".into(), Value::String(content));
-    Ok(Value::Object(output))
 }
 
 fn completions_url(base: &Url) -> Result<Url, AgentError> {
@@ -98,295 +52,295 @@ fn completions_url(base: &Url) -> Result<Url, AgentError> {
     Ok(url)
 }
 
-enum Problem {
-    /// Not the shape of a chat completion.
-    Malformed(&'static str),
-    /// A well-formed answer that carries no text: an error object, a refusal, a tool call.
-    Refused(String),
+fn request_body(agent: &OpenAiAgentConfig, request: ModelRequest<'_>, stream: bool) -> Value {
+    let mut body = Map::new();
+    body.insert("model".into(), json!(agent.model));
+    let messages: Vec<Value> = request.messages.iter().map(message).collect();
+    body.insert("messages".into(), Value::Array(messages));
+    if !request.tools.is_empty() {
+        let tools = request.tools.iter().map(|tool| {
+            json!({"type": "function", "function": {
+                "name": tool.name, "description": tool.description, "parameters": tool.parameters,
+            }})
+        });
+        body.insert("tools".into(), tools.collect());
+    }
+    if let Some(schema) = request.output_schema {
+        body.insert(
+            "response_format".into(),
+            json!({"type": "json_schema",
+                   "json_schema": {"name": "output", "schema": schema, "strict": false}}),
+        );
+    }
+    let params = &agent.params;
+    if let Some(temperature) = params.temperature {
+        body.insert("temperature".into(), json!(temperature));
+    }
+    if let Some(max_tokens) = params.max_tokens {
+        body.insert("max_tokens".into(), json!(max_tokens));
+    }
+    if let Some(top_p) = params.top_p {
+        body.insert("top_p".into(), json!(top_p));
+    }
+    if stream {
+        body.insert("stream".into(), json!(true));
+        body.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    Value::Object(body)
 }
 
-/// `choices[0].message.content`; content given as a list of parts is joined.
-fn assistant_text(completion: &Value) -> Result<String, Problem> {
-    // Some providers answer 200 with an error object.
-    if let Some(error) = completion.get("error").filter(|e| !e.is_null()) {
-        let message = error
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("no message");
-        return Err(Problem::Refused(format!(
-            "the provider answered with an error: {message}"
-        )));
+fn message(message: &Message) -> Value {
+    match message {
+        Message::System { content } => json!({"role": "system", "content": content}),
+        Message::User { content } => json!({"role": "user", "content": content}),
+        Message::Assistant {
+            content,
+            tool_calls,
+        } if tool_calls.is_empty() => {
+            json!({"role": "assistant", "content": content})
+        }
+        Message::Assistant {
+            content,
+            tool_calls,
+        } => {
+            let calls: Vec<Value> = tool_calls
+                .iter()
+                .map(|call| {
+                    json!({"id": call.id, "type": "function", "function": {
+                        "name": call.name, "arguments": call.arguments.to_string(),
+                    }})
+                })
+                .collect();
+            let content = if content.is_empty() {
+                Value::Null
+            } else {
+                json!(content)
+            };
+            json!({"role": "assistant", "content": content, "tool_calls": calls})
+        }
+        Message::Tool {
+            tool_call_id,
+            content,
+            ..
+        } => json!({"role": "tool", "tool_call_id": tool_call_id, "content": content}),
     }
+}
+
+/// `{"error": ...}` (some providers send it with a 200, or inside a stream).
+fn provider_error(value: &Value) -> Result<(), AgentError> {
+    match value.get("error").filter(|e| !e.is_null()) {
+        None => Ok(()),
+        Some(error) => {
+            let message = error
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("no message");
+            Err(AgentError::Provider(format!(
+                "the provider answered with an error: {message}"
+            )))
+        }
+    }
+}
+
+fn usage(usage: &Value) -> Usage {
+    let prompt = tokens(usage, "prompt_tokens");
+    let cached = usage
+        .get("prompt_tokens_details")
+        .map_or(0, |details| tokens(details, "cached_tokens"));
+    Usage {
+        input_tokens: (prompt - cached).max(0),
+        output_tokens: tokens(usage, "completion_tokens"),
+        cached_tokens: cached,
+    }
+}
+
+fn parse_reply(body: &[u8]) -> Result<ModelReply, AgentError> {
+    let completion = json_body(body)?;
+    provider_error(&completion)?;
+    let malformed = |what: &str| {
+        AgentError::InvalidResponse(format!(
+            "the model's answer is not a chat completion ({what}): {}",
+            snippet(body)
+        ))
+    };
     let choice = completion
         .get("choices")
         .and_then(Value::as_array)
-        .ok_or(Problem::Malformed("no \"choices\" list"))?
+        .ok_or_else(|| malformed("no \"choices\" list"))?
         .first()
-        .ok_or(Problem::Malformed("\"choices\" is empty"))?;
+        .ok_or_else(|| malformed("\"choices\" is empty"))?;
     let message = choice
         .get("message")
-        .ok_or(Problem::Malformed("no choices[0].message"))?;
-    match message.get("content") {
-        Some(Value::String(text)) => Ok(text.clone()),
-        Some(Value::Array(parts)) => Ok(parts
+        .ok_or_else(|| malformed("no choices[0].message"))?;
+    let content = match message.get("content") {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(parts)) => parts
             .iter()
             .filter_map(|part| part.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("")),
-        _ => {
-            let reason = match message.get("refusal").and_then(Value::as_str) {
-                Some(refusal) => format!("the model refused: {refusal}"),
-                None => {
-                    let finish = choice
-                        .get("finish_reason")
-                        .and_then(Value::as_str)
-                        .unwrap_or("unknown");
-                    format!("the model answered without text (finish_reason: {finish})")
-                }
-            };
-            Err(Problem::Refused(reason))
+            .collect(),
+        _ => String::new(),
+    };
+    let mut tool_calls = Vec::new();
+    for call in message
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let text = |field: &str| call.get(field).and_then(Value::as_str);
+        let function = call.get("function");
+        let name = function
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| malformed("a tool call without a function name"))?;
+        let id = text("id").ok_or_else(|| malformed("a tool call without an id"))?;
+        let arguments = match function.and_then(|f| f.get("arguments")) {
+            Some(Value::String(text)) => parse_arguments(name, text)?,
+            None | Some(Value::Null) => Value::Object(Map::new()),
+            // Some compatible servers send the object itself.
+            Some(other) => other.clone(),
+        };
+        tool_calls.push(ToolCall {
+            id: id.to_string(),
+            name: name.to_string(),
+            arguments,
+        });
+    }
+    if content.is_empty() && tool_calls.is_empty() {
+        if let Some(refusal) = message.get("refusal").and_then(Value::as_str) {
+            return Err(AgentError::Provider(format!(
+                "the model refused: {refusal}"
+            )));
         }
     }
+    Ok(ModelReply {
+        content,
+        tool_calls,
+        usage: completion.get("usage").map(usage).unwrap_or_default(),
+        stop_reason: choice
+            .get("finish_reason")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    })
 }
 
-/// The text as JSON, also when wrapped in a ```json fenced block.
-fn parse_json_text(text: &str) -> Option<Value> {
-    let text = text.trim();
-    if let Ok(value) = serde_json::from_str(text) {
-        return Some(value);
-    }
-    let fenced = text.strip_prefix("```")?.strip_suffix("```")?;
-    let inner = match fenced.split_once('\n') {
-        Some((tag, rest)) if tag.trim().is_empty() || tag.trim().eq_ignore_ascii_case("json") => {
-            rest
+/// A streamed answer, put together chunk by chunk.
+#[derive(Default)]
+struct Assembly {
+    content: String,
+    refusal: String,
+    /// By the index the chunks give them.
+    calls: BTreeMap<u64, PartialCall>,
+    usage: Usage,
+    stop_reason: Option<String>,
+    done: bool,
+}
+
+#[derive(Default)]
+struct PartialCall {
+    id: String,
+    name: String,
+    arguments: String,
+    started: bool,
+}
+
+impl Assembly {
+    fn take(&mut self, data: &str, sink: &mut (dyn FnMut(Delta) + Send)) -> Result<(), AgentError> {
+        if data.trim() == "[DONE]" {
+            self.done = true;
+            return Ok(());
         }
-        Some(_) => return None,
-        None => fenced.trim_start().strip_prefix("json").unwrap_or(fenced),
-    };
-    serde_json::from_str(inner.trim()).ok()
+        let chunk = json_event(data)?;
+        provider_error(&chunk)?;
+        if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
+            self.usage = usage(u);
+        }
+        let choices = chunk.get("choices").and_then(Value::as_array);
+        // Only the first choice: a request never asks for more.
+        let first = choices
+            .into_iter()
+            .flatten()
+            .filter(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0);
+        for choice in first {
+            let delta = choice.get("delta").unwrap_or(&Value::Null);
+            if let Some(text) = delta.get("content").and_then(Value::as_str) {
+                if !text.is_empty() {
+                    self.content.push_str(text);
+                    sink(Delta::Text(text.to_string()));
+                }
+            }
+            if let Some(text) = delta.get("refusal").and_then(Value::as_str) {
+                self.refusal.push_str(text);
+            }
+            let calls = delta.get("tool_calls").and_then(Value::as_array);
+            for (position, piece) in calls.into_iter().flatten().enumerate() {
+                let index = piece
+                    .get("index")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(position as u64);
+                let call = self.calls.entry(index).or_default();
+                let function = piece.get("function").unwrap_or(&Value::Null);
+                if let Some(id) = piece.get("id").and_then(Value::as_str) {
+                    if call.id.is_empty() {
+                        call.id = id.to_string();
+                    }
+                }
+                if let Some(name) = function.get("name").and_then(Value::as_str) {
+                    if call.name.is_empty() {
+                        call.name = name.to_string();
+                    }
+                }
+                if let Some(arguments) = function.get("arguments").and_then(Value::as_str) {
+                    call.arguments.push_str(arguments);
+                }
+                if !call.started && !call.id.is_empty() && !call.name.is_empty() {
+                    call.started = true;
+                    sink(Delta::ToolCallStart {
+                        id: call.id.clone(),
+                        name: call.name.clone(),
+                    });
+                }
+            }
+            if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+                self.stop_reason = Some(reason.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<ModelReply, AgentError> {
+        if !self.done && self.stop_reason.is_none() {
+            return Err(AgentError::InvalidResponse(
+                "the model's event stream ended before the answer was complete".into(),
+            ));
+        }
+        let mut tool_calls = Vec::new();
+        for call in self.calls.into_values() {
+            if call.id.is_empty() || call.name.is_empty() {
+                return Err(AgentError::InvalidResponse(
+                    "the model's event stream has a tool call without an id or a name".into(),
+                ));
+            }
+            tool_calls.push(ToolCall {
+                arguments: parse_arguments(&call.name, &call.arguments)?,
+                id: call.id,
+                name: call.name,
+            });
+        }
+        if self.content.is_empty() && tool_calls.is_empty() && !self.refusal.is_empty() {
+            return Err(AgentError::Provider(format!(
+                "the model refused: {}",
+                self.refusal
+            )));
+        }
+        Ok(ModelReply {
+            content: self.content,
+            tool_calls,
+            usage: self.usage,
+            stop_reason: self.stop_reason,
+        })
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use serde_json::json;
-    use wiremock::matchers::{bearer_token, method, path};
-    use wiremock::{Mock, MockServer, ResponseTemplate};
-
-    use super::super::{invoke, AgentEndpoint, AgentRegistry};
-    use super::*;
-
-    const TIMEOUT: Duration = Duration::from_secs(5);
-    const KEY: &str = "sk-test-do-not-print";
-
-    fn summarize_call() -> AgentCall {
-        AgentCall {
-            run_id: "run_9".into(),
-            workflow_id: "wf_1".into(),
-            step: "summarize".into(),
-            agent_id: "summarizer".into(),
-            instructions: "Summarize the ticket".into(),
-            variables: json!({"ticketId": "T-9"}),
-            inputs: json!({"text": "My invoice is wrong"}),
-            attempt: 1,
-        }
-    }
-
-    fn registry(base_url: &str, api_key_env: &str) -> AgentRegistry {
-        let toml = format!(
-            "[agents.summarizer]\nprovider = \"openai\"\nbaseUrl = \"{base_url}\"\n\
-             model = \"test-model\"\napiKeyEnv = \"{api_key_env}\"\n"
-        );
-        AgentRegistry::from_toml_str(&toml, None).unwrap()
-    }
-
-    fn config(server: &MockServer) -> OpenAiAgentConfig {
-        match registry(&format!("{}/v1/", server.uri()), "UNUSED")
-            .resolve("summarizer")
-            .unwrap()
-        {
-            AgentEndpoint::OpenAi(config) => config,
-            other => panic!("expected an OpenAI agent, got {other:?}"),
-        }
-    }
-
-    fn completion(content: &str) -> ResponseTemplate {
-        ResponseTemplate::new(200).set_body_json(json!({
-            "id": "c1",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "finish_reason": "stop"}]
-        }))
-    }
-
-    async fn mount_completion(server: &MockServer, content: &str) {
-        Mock::given(method("POST"))
-            .and(path("/v1/chat/completions"))
-            .and(bearer_token(KEY))
-            .respond_with(completion(content))
-            .expect(1)
-            .mount(server)
-            .await;
-    }
-
-    async fn run_chat(server: &MockServer) -> Result<Value, AgentError> {
-        chat(
-            &reqwest::Client::new(),
-            &config(server),
-            &summarize_call(),
-            TIMEOUT,
-            KEY,
-        )
-        .await
-    }
-
-    #[tokio::test]
-    async fn json_content_comes_back_as_content_and_json() {
-        let server = MockServer::start().await;
-        mount_completion(&server, r#"{"summary": "invoice wrong"}"#).await;
-
-        let output = run_chat(&server).await.unwrap();
-        assert_eq!(
-            output,
-            json!({"content": r#"{"summary": "invoice wrong"}"#, "json": {"summary": "invoice wrong"}})
-        );
-
-        let requests = server.received_requests().await.unwrap();
-        let sent: Value = serde_json::from_slice(&requests[0].body).unwrap();
-        assert_eq!(sent["model"], "test-model");
-        assert_eq!(sent["messages"][0]["role"], "system");
-        assert_eq!(
-            sent["messages"][1],
-            json!({"role": "user", "content": "Summarize the ticket"})
-        );
-        let system = sent["messages"][0]["content"].as_str().unwrap();
-        let (lead, context) = system.split_once('\n').unwrap();
-        assert_eq!(lead, SYSTEM_LEAD);
-        let context: Value = serde_json::from_str(context).unwrap();
-        assert_eq!(
-            context,
-            json!({"variables": {"ticketId": "T-9"}, "inputs": {"text": "My invoice is wrong"}})
-        );
-    }
-
-    #[tokio::test]
-    async fn fenced_json_content_is_parsed_too() {
-        let server = MockServer::start().await;
-        mount_completion(&server, "```json\n{\"priority\": \"high\"}\n```").await;
-        let output = run_chat(&server).await.unwrap();
-        assert_eq!(output["json"], json!({"priority": "high"}));
-    }
-
-    #[tokio::test]
-    async fn plain_content_has_no_json_field() {
-        let server = MockServer::start().await;
-        mount_completion(&server, "The customer was billed twice.").await;
-        let output = run_chat(&server).await.unwrap();
-        assert_eq!(output, json!({"content": "The customer was billed twice."}));
-    }
-
-    #[tokio::test]
-    async fn a_missing_api_key_variable_is_named_in_the_error() {
-        // Unique and never set: the test needs no change to the process environment.
-        let env = "THYGON_TEST_OPENAI_KEY_NEVER_SET_5D1C";
-        let server = MockServer::start().await;
-        let registry = registry(&format!("{}/v1", server.uri()), env);
-
-        let err = invoke(
-            &registry,
-            &reqwest::Client::new(),
-            &summarize_call(),
-            TIMEOUT,
-        )
-        .await
-        .unwrap_err();
-        assert!(
-            matches!(&err, AgentError::MissingApiKey { env: named } if named == env),
-            "{err:?}"
-        );
-        assert!(err.to_string().contains(env), "{err}");
-        assert!(server.received_requests().await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_non_2xx_answer_fails_with_its_status_and_no_key() {
-        let server = MockServer::start().await;
-        Mock::given(method("POST"))
-            .respond_with(ResponseTemplate::new(401).set_body_json(
-                json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}),
-            ))
-            .mount(&server)
-            .await;
-        let err = run_chat(&server).await.unwrap_err();
-        assert!(
-            matches!(err, AgentError::HttpStatus { status: 401, .. }),
-            "{err:?}"
-        );
-        let message = err.to_string();
-        assert!(
-            message.contains("401") && message.contains("Incorrect API key"),
-            "{message}"
-        );
-        assert!(
-            !message.contains(KEY) && !format!("{err:?}").contains(KEY),
-            "{message}"
-        );
-    }
-
-    #[tokio::test]
-    async fn an_answer_without_choices_is_invalid() {
-        let server = MockServer::start().await;
-        Mock::given(method("POST"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"object": "list"})))
-            .mount(&server)
-            .await;
-        let err = run_chat(&server).await.unwrap_err();
-        assert!(matches!(err, AgentError::InvalidResponse(_)), "{err:?}");
-        assert!(err.to_string().contains("choices"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn a_body_that_is_not_json_is_invalid() {
-        let server = MockServer::start().await;
-        Mock::given(method("POST"))
-            .respond_with(ResponseTemplate::new(200).set_body_string("upstream proxy error"))
-            .mount(&server)
-            .await;
-        let err = run_chat(&server).await.unwrap_err();
-        assert!(err.to_string().contains("not JSON"), "{err}");
-    }
-
-    #[test]
-    fn json_text_is_found_in_plain_and_fenced_forms() {
-        assert_eq!(parse_json_text(" [1, 2] "), Some(json!([1, 2])));
-        assert_eq!(
-            parse_json_text("```\n{\"a\": 1}\n```"),
-            Some(json!({"a": 1}))
-        );
-        assert_eq!(
-            parse_json_text("```JSON\n{\"a\": 1}```"),
-            Some(json!({"a": 1}))
-        );
-        assert_eq!(parse_json_text("```python\nprint(1)\n```"), None);
-        assert_eq!(parse_json_text("Sure! {\"a\": 1}"), None);
-    }
-
-    #[test]
-    fn the_completions_url_is_appended_to_the_base_path() {
-        let url = |base: &str| {
-            completions_url(&Url::parse(base).unwrap())
-                .unwrap()
-                .to_string()
-        };
-        assert_eq!(
-            url("https://api.example.com/v1"),
-            "https://api.example.com/v1/chat/completions"
-        );
-        assert_eq!(
-            url("https://api.example.com/v1/"),
-            "https://api.example.com/v1/chat/completions"
-        );
-        assert_eq!(
-            url("http://localhost:11434"),
-            "http://localhost:11434/chat/completions"
-        );
-    }
-}
+mod tests;

@@ -11,6 +11,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::Url;
 use serde::Deserialize;
 
+use super::model::{ModelParams, Pricing};
 use super::AgentError;
 
 /// The agents the worker can call, by id.
@@ -28,6 +29,8 @@ pub enum AgentEndpoint {
     Http(HttpAgentConfig),
     /// An OpenAI-compatible chat-completions model.
     OpenAi(OpenAiAgentConfig),
+    /// An Anthropic Messages API model.
+    Anthropic(AnthropicAgentConfig),
 }
 
 /// An HTTP agent: `POST url` with the call as JSON.
@@ -53,6 +56,31 @@ pub struct OpenAiAgentConfig {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Per attempt; `None` takes the caller's default.
     pub timeout: Option<Duration>,
+    /// `temperature`, `maxTokens`, `topP` of the entry.
+    pub params: ModelParams,
+    /// The entry's `pricing`, if any.
+    pub pricing: Option<Pricing>,
+}
+
+/// An Anthropic model: `POST {base_url}/v1/messages`, or `POST {base_url}/messages` when
+/// the path of `base_url` already ends in `/v1` (so both `https://api.anthropic.com` and
+/// `https://api.anthropic.com/v1` work). Sent with `x-api-key` and
+/// `anthropic-version: 2023-06-01` (unless `headers` sets its own `anthropic-version`).
+#[derive(Clone, PartialEq)]
+pub struct AnthropicAgentConfig {
+    pub base_url: Url,
+    pub model: String,
+    /// The environment variable holding the API key, read at call time.
+    pub api_key_env: String,
+    /// Extra headers (e.g. `anthropic-beta`); values are never printed.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Per attempt; `None` takes the caller's default.
+    pub timeout: Option<Duration>,
+    /// `temperature` (0 to 1 here), `maxTokens` (4096 when unset: the API requires one),
+    /// `topP` of the entry.
+    pub params: ModelParams,
+    /// The entry's `pricing`, if any.
+    pub pricing: Option<Pricing>,
 }
 
 // Hand-written so that header values (which usually are secrets) never reach a log.
@@ -74,6 +102,22 @@ impl fmt::Debug for OpenAiAgentConfig {
             .field("api_key_env", &self.api_key_env)
             .field("headers", &RedactedHeaders(&self.headers))
             .field("timeout", &self.timeout)
+            .field("params", &self.params)
+            .field("pricing", &self.pricing)
+            .finish()
+    }
+}
+
+impl fmt::Debug for AnthropicAgentConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AnthropicAgentConfig")
+            .field("base_url", &self.base_url.as_str())
+            .field("model", &self.model)
+            .field("api_key_env", &self.api_key_env)
+            .field("headers", &RedactedHeaders(&self.headers))
+            .field("timeout", &self.timeout)
+            .field("params", &self.params)
+            .field("pricing", &self.pricing)
             .finish()
     }
 }
@@ -109,6 +153,29 @@ struct RawEntry {
     timeout_seconds: Option<f64>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    temperature: Option<f64>,
+    max_tokens: Option<i64>,
+    top_p: Option<f64>,
+    pricing: Option<RawPricing>,
+}
+
+/// `pricing = { inputPerMTok, outputPerMTok, cachedInputPerMTok }`, USD per million tokens.
+/// The first two are required; checked in `into_endpoint` so that the error names the agent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawPricing {
+    input_per_m_tok: Option<f64>,
+    output_per_m_tok: Option<f64>,
+    cached_input_per_m_tok: Option<f64>,
+}
+
+/// What both model providers read from an entry.
+struct ModelFields {
+    base_url: Url,
+    model: String,
+    api_key_env: String,
+    params: ModelParams,
+    pricing: Option<Pricing>,
 }
 
 impl RawEntry {
@@ -118,6 +185,14 @@ impl RawEntry {
         match self.provider.as_deref() {
             None | Some("http") => {
                 reject_field("baseUrl", self.base_url.is_some(), "HTTP agents (use url)")?;
+                for (name, present) in [
+                    ("temperature", self.temperature.is_some()),
+                    ("maxTokens", self.max_tokens.is_some()),
+                    ("topP", self.top_p.is_some()),
+                    ("pricing", self.pricing.is_some()),
+                ] {
+                    reject_field(name, present, "HTTP agents")?;
+                }
                 reject_field("model", self.model.is_some(), "HTTP agents")?;
                 reject_field(
                     "apiKeyEnv",
@@ -134,32 +209,88 @@ impl RawEntry {
                 }))
             }
             Some("openai") => {
-                reject_field(
-                    "url",
-                    self.url.is_some(),
-                    "provider \"openai\" (use baseUrl)",
-                )?;
-                let base_url = self.base_url.ok_or("missing field `baseUrl`")?;
-                let model = self.model.ok_or("missing field `model`")?;
-                let api_key_env = self.api_key_env.ok_or("missing field `apiKeyEnv`")?;
-                if model.trim().is_empty() {
-                    return Err("`model` is empty".into());
-                }
-                if api_key_env.trim().is_empty() {
-                    return Err("`apiKeyEnv` is empty".into());
-                }
+                let fields = self.model_fields("openai", 2.0)?;
                 Ok(AgentEndpoint::OpenAi(OpenAiAgentConfig {
-                    base_url: parse_url("baseUrl", &base_url)?,
-                    model,
-                    api_key_env,
+                    base_url: fields.base_url,
+                    model: fields.model,
+                    api_key_env: fields.api_key_env,
                     headers,
                     timeout,
+                    params: fields.params,
+                    pricing: fields.pricing,
+                }))
+            }
+            Some("anthropic") => {
+                let fields = self.model_fields("anthropic", 1.0)?;
+                Ok(AgentEndpoint::Anthropic(AnthropicAgentConfig {
+                    base_url: fields.base_url,
+                    model: fields.model,
+                    api_key_env: fields.api_key_env,
+                    headers,
+                    timeout,
+                    params: fields.params,
+                    pricing: fields.pricing,
                 }))
             }
             Some(other) => Err(format!(
-                "unknown provider \"{other}\" (expected \"http\" or \"openai\")"
+                "unknown provider \"{other}\" (expected \"http\", \"openai\" or \"anthropic\")"
             )),
         }
+    }
+}
+
+impl RawEntry {
+    /// The fields of a model provider's entry; `max_temperature` is the provider's limit.
+    fn model_fields(self, provider: &str, max_temperature: f64) -> Result<ModelFields, String> {
+        reject_field(
+            "url",
+            self.url.is_some(),
+            &format!("provider \"{provider}\" (use baseUrl)"),
+        )?;
+        let base_url = self.base_url.ok_or("missing field `baseUrl`")?;
+        let model = self.model.ok_or("missing field `model`")?;
+        let api_key_env = self.api_key_env.ok_or("missing field `apiKeyEnv`")?;
+        if model.trim().is_empty() {
+            return Err("`model` is empty".into());
+        }
+        if api_key_env.trim().is_empty() {
+            return Err("`apiKeyEnv` is empty".into());
+        }
+        let in_range = |field: &str, value: Option<f64>, max: f64| match value {
+            Some(v) if !(0.0..=max).contains(&v) => Err(format!(
+                "`{field}` must be from 0 to {max} for provider \"{provider}\", got {v}"
+            )),
+            _ => Ok(value),
+        };
+        let max_tokens = match self.max_tokens {
+            None => None,
+            Some(n @ 1..=1_000_000) => Some(n as u32),
+            Some(n) => return Err(format!("`maxTokens` must be from 1 to 1000000, got {n}")),
+        };
+        let params = ModelParams {
+            temperature: in_range("temperature", self.temperature, max_temperature)?,
+            max_tokens,
+            top_p: in_range("topP", self.top_p, 1.0)?,
+        };
+        let pricing = self
+            .pricing
+            .map(|p| {
+                let input = p
+                    .input_per_m_tok
+                    .ok_or("missing field `pricing.inputPerMTok`")?;
+                let output = p
+                    .output_per_m_tok
+                    .ok_or("missing field `pricing.outputPerMTok`")?;
+                Pricing::from_usd_per_mtok(input, output, p.cached_input_per_m_tok)
+            })
+            .transpose()?;
+        Ok(ModelFields {
+            base_url: parse_url("baseUrl", &base_url)?,
+            model,
+            api_key_env,
+            params,
+            pricing,
+        })
     }
 }
 
@@ -270,6 +401,11 @@ impl AgentRegistry {
         Ok(AgentRegistry { agents, base_url })
     }
 
+    /// The file entry for `agent_id`, if any (model agents are only ever file entries).
+    pub(super) fn entry(&self, agent_id: &str) -> Option<&AgentEndpoint> {
+        self.agents.get(agent_id)
+    }
+
     /// The endpoint for `agent_id`: its file entry, else `POST {AGENT_BASE_URL}/{agent_id}`.
     pub fn resolve(&self, agent_id: &str) -> Result<AgentEndpoint, AgentError> {
         if let Some(endpoint) = self.agents.get(agent_id) {
@@ -300,221 +436,4 @@ fn non_empty_env(name: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const TOML: &str = r#"
-[agents.support-classifier]
-url = "http://127.0.0.1:9000/classify"
-timeoutSeconds = 30
-headers = { "X-Api-Key" = "s3cret-value" }
-
-[agents.plain]
-provider = "http"
-url = "https://agents.example.com/plain"
-
-[agents.summarizer]
-provider = "openai"
-baseUrl = "https://api.example.com/v1"
-model = "some-model"
-apiKeyEnv = "OPENAI_API_KEY"
-timeoutSeconds = 1.5
-"#;
-
-    fn http(endpoint: AgentEndpoint) -> HttpAgentConfig {
-        match endpoint {
-            AgentEndpoint::Http(config) => config,
-            other => panic!("expected an HTTP agent, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn toml_file_yields_http_and_openai_agents() {
-        let registry = AgentRegistry::from_toml_str(TOML, None).unwrap();
-
-        let classifier = http(registry.resolve("support-classifier").unwrap());
-        assert_eq!(classifier.url.as_str(), "http://127.0.0.1:9000/classify");
-        assert_eq!(classifier.timeout, Some(Duration::from_secs(30)));
-        assert_eq!(classifier.headers.len(), 1);
-        assert_eq!(classifier.headers[0].0.as_str(), "x-api-key");
-        assert_eq!(classifier.headers[0].1.to_str().unwrap(), "s3cret-value");
-
-        let plain = http(registry.resolve("plain").unwrap());
-        assert_eq!(plain.timeout, None);
-        assert!(plain.headers.is_empty());
-
-        match registry.resolve("summarizer").unwrap() {
-            AgentEndpoint::OpenAi(config) => {
-                assert_eq!(config.base_url.as_str(), "https://api.example.com/v1");
-                assert_eq!(config.model, "some-model");
-                assert_eq!(config.api_key_env, "OPENAI_API_KEY");
-                assert_eq!(config.timeout, Some(Duration::from_millis(1500)));
-            }
-            other => panic!("expected an OpenAI agent, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn json_file_has_the_same_structure() {
-        let json = r#"{"agents": {
-            "support-classifier": {"url": "http://127.0.0.1:9000/classify", "timeoutSeconds": 5},
-            "summarizer": {"provider": "openai", "baseUrl": "https://api.example.com/v1",
-                           "model": "m", "apiKeyEnv": "KEY_VAR"}
-        }}"#;
-        let registry = AgentRegistry::from_json_str(json, None).unwrap();
-        let classifier = http(registry.resolve("support-classifier").unwrap());
-        assert_eq!(classifier.timeout, Some(Duration::from_secs(5)));
-        assert!(matches!(
-            registry.resolve("summarizer").unwrap(),
-            AgentEndpoint::OpenAi(_)
-        ));
-    }
-
-    #[test]
-    fn load_picks_the_format_from_the_extension() {
-        let dir = std::env::temp_dir().join(format!("thygon-agents-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let toml_path = dir.join("agents.toml");
-        let json_path = dir.join("agents.json");
-        std::fs::write(&toml_path, TOML).unwrap();
-        std::fs::write(
-            &json_path,
-            r#"{"agents": {"a": {"url": "http://127.0.0.1:1/a"}}}"#,
-        )
-        .unwrap();
-
-        let from_toml = AgentRegistry::load(Some(&toml_path), None).unwrap();
-        let from_json = AgentRegistry::load(Some(&json_path), None).unwrap();
-        assert!(from_toml.resolve("summarizer").is_ok());
-        assert!(from_json.resolve("a").is_ok());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn the_demo_agents_file_loads() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/agents.toml");
-        let registry = AgentRegistry::load(Some(&path), None).unwrap();
-        for (id, route) in [
-            ("support-classifier", "/classify"),
-            ("reply-drafter", "/draft-reply"),
-            ("ticket-router", "/route"),
-        ] {
-            assert_eq!(http(registry.resolve(id).unwrap()).url.path(), route);
-        }
-    }
-
-    #[test]
-    fn ids_not_in_the_file_fall_back_to_the_base_url() {
-        let base = Some("http://127.0.0.1:9000/agents/".to_string());
-        let registry = AgentRegistry::from_toml_str(TOML, base).unwrap();
-
-        let fallback = http(registry.resolve("ticket-router").unwrap());
-        assert_eq!(
-            fallback.url.as_str(),
-            "http://127.0.0.1:9000/agents/ticket-router"
-        );
-        assert_eq!(fallback.timeout, None);
-        // File entries win over the fallback.
-        let classifier = http(registry.resolve("support-classifier").unwrap());
-        assert_eq!(classifier.url.as_str(), "http://127.0.0.1:9000/classify");
-        // An id cannot escape the base path.
-        let odd = http(registry.resolve("a/b c").unwrap());
-        assert_eq!(odd.url.as_str(), "http://127.0.0.1:9000/agents/a%2Fb%20c");
-    }
-
-    #[test]
-    fn base_url_without_a_path_gets_the_id_as_its_path() {
-        let registry = AgentRegistry::load(None, Some("http://localhost:9000".into())).unwrap();
-        let agent = http(registry.resolve("route").unwrap());
-        assert_eq!(agent.url.as_str(), "http://localhost:9000/route");
-    }
-
-    #[test]
-    fn unknown_agent_error_names_the_id() {
-        let registry = AgentRegistry::from_toml_str(TOML, None).unwrap();
-        let err = registry.resolve("nobody-home").unwrap_err();
-        assert!(matches!(&err, AgentError::UnknownAgent { agent_id } if agent_id == "nobody-home"));
-        let message = err.to_string();
-        assert!(message.contains("'nobody-home'"), "{message}");
-        assert!(
-            message.contains("AGENTS_FILE") && message.contains("AGENT_BASE_URL"),
-            "{message}"
-        );
-    }
-
-    #[test]
-    fn nothing_configured_means_every_agent_is_unknown() {
-        let registry = AgentRegistry::load(None, None).unwrap();
-        assert!(matches!(
-            registry.resolve("x"),
-            Err(AgentError::UnknownAgent { .. })
-        ));
-    }
-
-    #[test]
-    fn a_missing_file_is_an_error_naming_it() {
-        let err =
-            AgentRegistry::load(Some(Path::new("/no/such/dir/agents.toml")), None).unwrap_err();
-        assert!(err.contains("/no/such/dir/agents.toml"), "{err}");
-    }
-
-    #[test]
-    fn a_file_that_does_not_parse_is_an_error_naming_it() {
-        let dir = std::env::temp_dir().join(format!("thygon-bad-agents-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("agents.toml");
-        std::fs::write(&path, "[agents.x\nurl = ").unwrap();
-        let err = AgentRegistry::load(Some(&path), None).unwrap_err();
-        assert!(err.contains(&path.display().to_string()), "{err}");
-        let yaml = dir.join("agents.yaml");
-        std::fs::write(&yaml, "agents: {}").unwrap();
-        let err = AgentRegistry::load(Some(&yaml), None).unwrap_err();
-        assert!(err.contains(".toml or .json"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_misspelt_key_is_an_error() {
-        let err = AgentRegistry::from_toml_str(
-            "[agents.a]\nurl = \"http://127.0.0.1:1/a\"\ntimeoutSecond = 3\n",
-            None,
-        )
-        .unwrap_err();
-        assert!(err.contains("timeoutSecond"), "{err}");
-    }
-
-    #[test]
-    fn incomplete_or_mixed_entries_are_errors_naming_the_agent() {
-        let cases = [
-            ("[agents.a]\ntimeoutSeconds = 3\n", "`url`"),
-            ("[agents.a]\nprovider = \"openai\"\nbaseUrl = \"https://x.test/v1\"\napiKeyEnv = \"K\"\n", "`model`"),
-            ("[agents.a]\nprovider = \"anthropic\"\nurl = \"http://x.test\"\n", "unknown provider"),
-            ("[agents.a]\nurl = \"http://x.test\"\nmodel = \"m\"\n", "`model`"),
-            ("[agents.a]\nurl = \"not a url\"\n", "not a valid URL"),
-            ("[agents.a]\nurl = \"ftp://x.test/a\"\n", "http://"),
-            ("[agents.a]\nurl = \"http://x.test\"\ntimeoutSeconds = 0\n", "greater than 0"),
-            ("[agents.a]\nurl = \"http://x.test\"\nheaders = { \"X-Key\" = \"line\\nbreak\" }\n", "X-Key"),
-        ];
-        for (toml, expected) in cases {
-            let err = AgentRegistry::from_toml_str(toml, None).unwrap_err();
-            assert!(
-                err.contains("agent 'a'") && err.contains(expected),
-                "{toml:?} -> {err}"
-            );
-        }
-    }
-
-    #[test]
-    fn an_invalid_base_url_is_an_error() {
-        let err = AgentRegistry::load(None, Some("127.0.0.1:9000".into())).unwrap_err();
-        assert!(err.contains("AGENT_BASE_URL"), "{err}");
-    }
-
-    #[test]
-    fn debug_output_hides_header_values() {
-        let registry = AgentRegistry::from_toml_str(TOML, None).unwrap();
-        let shown = format!("{registry:?}");
-        assert!(shown.contains("x-api-key"), "{shown}");
-        assert!(!shown.contains("s3cret-value"), "{shown}");
-    }
-}
+mod tests;
