@@ -506,3 +506,27 @@ fn the_completions_url_is_appended_to_the_base_path() {
         "http://localhost:11434/chat/completions"
     );
 }
+
+#[tokio::test]
+async fn a_streamed_call_keeps_to_the_timeout() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(event_stream(STREAM).set_delay(Duration::from_secs(10)))
+        .mount(&server)
+        .await;
+    let messages = user("go");
+    let mut sink = |_: Delta| {};
+    let started = std::time::Instant::now();
+    let err = ModelAgent::OpenAi(&config(&server, ""))
+        .complete_with_key(
+            &reqwest::Client::new(),
+            plain(&messages),
+            Duration::from_millis(300),
+            Some(&mut sink),
+            KEY,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AgentError::Timeout { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
