@@ -47,7 +47,11 @@ fn assistant_messages(body: &Value) -> usize {
 }
 
 /// A chat completion: `content` (or null) and tool calls `(id, name, arguments)`, with usage.
-fn completion(content: Option<&str>, calls: &[(&str, &str, Value)], usage: (i64, i64, i64)) -> ResponseTemplate {
+fn completion(
+    content: Option<&str>,
+    calls: &[(&str, &str, Value)],
+    usage: (i64, i64, i64),
+) -> ResponseTemplate {
     let (prompt, completion, cached) = usage;
     let tool_calls: Vec<Value> = calls
         .iter()
@@ -149,13 +153,18 @@ fn triage_definition(tools: &MockServer, extra: Value) -> Value {
 }
 
 fn engine_for(db: &thygon_testkit::TestDb, model: &MockServer, tools: &MockServer) -> Engine {
-    engine_allowing(&db.pool, model_agent(model), CALL_TIMEOUT, &allow_server(tools))
+    engine_allowing(
+        &db.pool,
+        model_agent(model),
+        CALL_TIMEOUT,
+        &allow_server(tools),
+    )
 }
 
 /// (turn, attempt, tool results) of each journaled turn of `step`.
-async fn turns(pool: &PgPool, run_id: &str) -> Vec<(i32, i32, Value)> {
+async fn turns(pool: &PgPool, id: &str) -> Vec<(i32, i32, Value)> {
     use shared_models::schema::agent_turns::dsl::*;
-    let id = run_id.to_string();
+    let id = id.to_string();
     blocking(pool, move |conn| {
         agent_turns
             .filter(run_id.eq(&id))
@@ -193,29 +202,71 @@ async fn a_four_turn_tool_loop_runs_its_tools_and_counts_every_token() {
     let tools = tool_server().await;
     let usages = [(100, 10, 0), (180, 20, 64), (260, 15, 128), (300, 30, 256)];
     let (model, seen) = model_server(vec![
-        completion(None, &[("call_1", "lookup_customer", json!({"email": "ann@example.com"}))], usages[0]),
+        completion(
+            None,
+            &[(
+                "call_1",
+                "lookup_customer",
+                json!({"email": "ann@example.com"}),
+            )],
+            usages[0],
+        ),
         // Two calls at once.
-        completion(None, &[("call_2", "list_orders", json!({"customer": "c_1"})),
-                           ("call_3", "lookup_customer", json!({"email": "bob@example.com"}))], usages[1]),
-        completion(Some("checking"), &[("call_4", "no_such_tool", json!({}))], usages[2]),
-        completion(Some(r#"{"label": "billing", "customer": "c_1"}"#), &[], usages[3]),
+        completion(
+            None,
+            &[
+                ("call_2", "list_orders", json!({"customer": "c_1"})),
+                (
+                    "call_3",
+                    "lookup_customer",
+                    json!({"email": "bob@example.com"}),
+                ),
+            ],
+            usages[1],
+        ),
+        completion(
+            Some("checking"),
+            &[("call_4", "no_such_tool", json!({}))],
+            usages[2],
+        ),
+        completion(
+            Some(r#"{"label": "billing", "customer": "c_1"}"#),
+            &[],
+            usages[3],
+        ),
     ])
     .await;
     let engine = engine_for(&db, &model, &tools);
     let definition = triage_definition(&tools, json!({}));
-    let (_, run_id) = workflow_with_run(&db.pool, "loop", definition, json!({"email": "ann@example.com"})).await;
+    let (_, run_id) = workflow_with_run(
+        &db.pool,
+        "loop",
+        definition,
+        json!({"email": "ann@example.com"}),
+    )
+    .await;
     assert_eq!(engine.process(&run_job(&run_id)).await, JobOutcome::Done);
 
     let run = get_run(&db.pool, &run_id).await;
     assert_eq!(run.status.as_str(), "COMPLETED", "{:?}", run.error);
     let steps = get_steps(&db.pool, &run_id).await;
     let output = find_step(&steps, "triage").output.clone().unwrap();
-    assert_eq!(output["json"], json!({"label": "billing", "customer": "c_1"}));
+    assert_eq!(
+        output["json"],
+        json!({"label": "billing", "customer": "c_1"})
+    );
     assert_eq!(output["turns"], 4);
     let (i, o, c, p) = sum(&usages);
-    assert_eq!(output["usage"], json!({"inputTokens": i, "outputTokens": o, "cachedTokens": c,
-                                        "costUsd": p as f64 / 1e12}));
-    assert_eq!(run_usage(&db.pool, &run_id).await, Some((i, o, c, p)), "the run's usage is its turns' sum");
+    assert_eq!(
+        output["usage"],
+        json!({"inputTokens": i, "outputTokens": o, "cachedTokens": c,
+                                        "costUsd": p as f64 / 1e12})
+    );
+    assert_eq!(
+        run_usage(&db.pool, &run_id).await,
+        Some((i, o, c, p)),
+        "the run's usage is its turns' sum"
+    );
 
     // The model was asked four times, each time with every earlier result.
     let seen = seen.lock().unwrap().clone();
@@ -224,10 +275,19 @@ async fn a_four_turn_tool_loop_runs_its_tools_and_counts_every_token() {
     let last = seen[3]["messages"].as_array().unwrap();
     let results: Vec<&Value> = last.iter().filter(|m| m["role"] == "tool").collect();
     assert_eq!(results.len(), 4, "{last:#?}");
-    assert!(results[0]["content"].as_str().unwrap().contains("c_1"), "{:?}", results[0]);
-    assert!(results[3]["content"].as_str().unwrap().contains("there is no tool 'no_such_tool'"));
+    assert!(
+        results[0]["content"].as_str().unwrap().contains("c_1"),
+        "{:?}",
+        results[0]
+    );
+    assert!(results[3]["content"]
+        .as_str()
+        .unwrap()
+        .contains("there is no tool 'no_such_tool'"));
     // The user message was templated; the tool request too.
-    assert!(seen[0]["messages"].to_string().contains("Triage the ticket of ann@example.com"));
+    assert!(seen[0]["messages"]
+        .to_string()
+        .contains("Triage the ticket of ann@example.com"));
     let customer_calls: Vec<Value> = tools
         .received_requests()
         .await
@@ -240,8 +300,15 @@ async fn a_four_turn_tool_loop_runs_its_tools_and_counts_every_token() {
     assert!(customer_calls.contains(&json!({"email": "bob@example.com"})));
 
     let journal = turns(&db.pool, &run_id).await;
-    assert_eq!(journal.iter().map(|t| (t.0, t.1)).collect::<Vec<_>>(), vec![(1, 1), (2, 1), (3, 1), (4, 1)]);
-    assert_eq!(journal[1].2.as_object().unwrap().len(), 2, "both results of turn 2 are journaled");
+    assert_eq!(
+        journal.iter().map(|t| (t.0, t.1)).collect::<Vec<_>>(),
+        vec![(1, 1), (2, 1), (3, 1), (4, 1)]
+    );
+    assert_eq!(
+        journal[1].2.as_object().unwrap().len(),
+        2,
+        "both results of turn 2 are journaled"
+    );
 }
 
 #[tokio::test]
@@ -250,16 +317,38 @@ async fn a_worker_dying_after_turn_2_resumes_without_asking_turns_1_and_2_again(
     let tools = tool_server().await;
     let usages = [(50, 5, 0), (70, 6, 0), (90, 7, 0), (110, 8, 0)];
     let (model, seen) = model_server(vec![
-        completion(None, &[("call_1", "lookup_customer", json!({"email": "ann@example.com"}))], usages[0]),
-        completion(None, &[("call_2", "list_orders", json!({"customer": "c_1"}))], usages[1]),
+        completion(
+            None,
+            &[(
+                "call_1",
+                "lookup_customer",
+                json!({"email": "ann@example.com"}),
+            )],
+            usages[0],
+        ),
+        completion(
+            None,
+            &[("call_2", "list_orders", json!({"customer": "c_1"}))],
+            usages[1],
+        ),
         // Turn 3 hangs the first time: the worker dies while waiting for it.
-        completion(None, &[("call_3", "list_orders", json!({"customer": "c_2"}))], usages[2])
-            .set_delay(Duration::from_secs(3600)),
+        completion(
+            None,
+            &[("call_3", "list_orders", json!({"customer": "c_2"}))],
+            usages[2],
+        )
+        .set_delay(Duration::from_secs(3600)),
         completion(Some("done"), &[], usages[3]),
     ])
     .await;
     let definition = triage_definition(&tools, json!({}));
-    let (_, run_id) = workflow_with_run(&db.pool, "crash", definition, json!({"email": "ann@example.com"})).await;
+    let (_, run_id) = workflow_with_run(
+        &db.pool,
+        "crash",
+        definition,
+        json!({"email": "ann@example.com"}),
+    )
+    .await;
     let first = engine_for(&db, &model, &tools);
     let job = run_job(&run_id);
     let dying = tokio::spawn(async move { first.process(&job).await });
@@ -272,14 +361,22 @@ async fn a_worker_dying_after_turn_2_resumes_without_asking_turns_1_and_2_again(
     dying.abort();
     let _ = dying.await;
     expire_lease(&db.pool, &run_id).await;
-    assert_eq!(turns(&db.pool, &run_id).await.len(), 2, "turns 1 and 2 were journaled");
+    assert_eq!(
+        turns(&db.pool, &run_id).await.len(),
+        2,
+        "turns 1 and 2 were journaled"
+    );
 
     // Another worker: turn 3 now answers at once (the stand-in's script is by turn, and the
     // delay applies to that response only when it is picked; give it a fresh server).
     let (model2, seen2) = model_server(vec![
         ResponseTemplate::new(500).set_body_string("turn 1 asked again"),
         ResponseTemplate::new(500).set_body_string("turn 2 asked again"),
-        completion(None, &[("call_3", "list_orders", json!({"customer": "c_2"}))], usages[2]),
+        completion(
+            None,
+            &[("call_3", "list_orders", json!({"customer": "c_2"}))],
+            usages[2],
+        ),
         completion(Some("done"), &[], usages[3]),
     ])
     .await;
@@ -287,13 +384,34 @@ async fn a_worker_dying_after_turn_2_resumes_without_asking_turns_1_and_2_again(
     assert_eq!(second.process(&run_job(&run_id)).await, JobOutcome::Done);
     let run = get_run(&db.pool, &run_id).await;
     assert_eq!(run.status.as_str(), "COMPLETED", "{:?}", run.error);
-    let asked: Vec<usize> = seen2.lock().unwrap().iter().map(assistant_messages).collect();
-    assert_eq!(asked, vec![2, 3], "only turns 3 and 4 were asked of the second worker");
+    let asked: Vec<usize> = seen2
+        .lock()
+        .unwrap()
+        .iter()
+        .map(assistant_messages)
+        .collect();
+    assert_eq!(
+        asked,
+        vec![2, 3],
+        "only turns 3 and 4 were asked of the second worker"
+    );
     let journal = turns(&db.pool, &run_id).await;
-    assert_eq!(journal.iter().map(|t| (t.0, t.1)).collect::<Vec<_>>(), vec![(1, 1), (2, 1), (3, 2), (4, 2)]);
+    assert_eq!(
+        journal.iter().map(|t| (t.0, t.1)).collect::<Vec<_>>(),
+        vec![(1, 1), (2, 1), (3, 2), (4, 2)]
+    );
     // Turn 2's tool ran once: its result was journaled before the crash.
-    let orders = tools.received_requests().await.unwrap().iter().filter(|r| r.url.path() == "/orders").count();
-    assert_eq!(orders, 2, "list_orders ran for turn 2 once and for turn 3 once");
+    let orders = tools
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/orders")
+        .count();
+    assert_eq!(
+        orders, 2,
+        "list_orders ran for turn 2 once and for turn 3 once"
+    );
     let (i, o, c, p) = sum(&usages);
     assert_eq!(run_usage(&db.pool, &run_id).await, Some((i, o, c, p)));
 }
@@ -304,24 +422,50 @@ async fn an_answer_off_its_schema_is_repaired_once() {
     let tools = tool_server().await;
     let (model, seen) = model_server(vec![
         completion(Some(r#"{"label": "spam"}"#), &[], (10, 2, 0)),
-        completion(Some(r#"```json
+        completion(
+            Some(
+                r#"```json
 {"label": "bug"}
-```"#), &[], (20, 3, 0)),
+```"#,
+            ),
+            &[],
+            (20, 3, 0),
+        ),
     ])
     .await;
     let schema = json!({"type": "object", "properties": {"label": {"enum": ["billing", "bug"]}}, "required": ["label"]});
     let definition = triage_definition(&tools, json!({"outputSchema": schema}));
-    let (_, run_id) = workflow_with_run(&db.pool, "repair", definition, json!({"email": "x"})).await;
-    assert_eq!(engine_for(&db, &model, &tools).process(&run_job(&run_id)).await, JobOutcome::Done);
+    let (_, run_id) =
+        workflow_with_run(&db.pool, "repair", definition, json!({"email": "x"})).await;
+    assert_eq!(
+        engine_for(&db, &model, &tools)
+            .process(&run_job(&run_id))
+            .await,
+        JobOutcome::Done
+    );
     let steps = get_steps(&db.pool, &run_id).await;
     let step = find_step(&steps, "triage");
     assert_eq!(step.status.as_str(), "COMPLETED", "{:?}", step.error);
-    assert_eq!(step.output.as_ref().unwrap()["json"], json!({"label": "bug"}));
+    assert_eq!(
+        step.output.as_ref().unwrap()["json"],
+        json!({"label": "bug"})
+    );
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen[0]["response_format"]["type"], "json_schema", "OpenAI gets the schema natively");
-    let repair = seen[1]["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        seen[0]["response_format"]["type"], "json_schema",
+        "OpenAI gets the schema natively"
+    );
+    let repair = seen[1]["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
     assert_eq!(repair["role"], "user");
-    assert!(repair["content"].as_str().unwrap().contains("at /label"), "{repair}");
+    assert!(
+        repair["content"].as_str().unwrap().contains("at /label"),
+        "{repair}"
+    );
 }
 
 #[tokio::test]
@@ -335,32 +479,67 @@ async fn an_answer_still_off_its_schema_after_the_repair_fails_the_step_listing_
     .await;
     let schema = json!({"type": "object", "properties": {"label": {"enum": ["billing", "bug"]}}, "required": ["label"]});
     let definition = triage_definition(&tools, json!({"outputSchema": schema}));
-    let (_, run_id) = workflow_with_run(&db.pool, "norepair", definition, json!({"email": "x"})).await;
-    assert_eq!(engine_for(&db, &model, &tools).process(&run_job(&run_id)).await, JobOutcome::Done);
+    let (_, run_id) =
+        workflow_with_run(&db.pool, "norepair", definition, json!({"email": "x"})).await;
+    assert_eq!(
+        engine_for(&db, &model, &tools)
+            .process(&run_job(&run_id))
+            .await,
+        JobOutcome::Done
+    );
     let steps = get_steps(&db.pool, &run_id).await;
     let step = find_step(&steps, "triage");
-    assert_eq!((step.status.as_str(), step.attempt), ("FAILED", 1), "not retried: {:?}", step.error);
+    assert_eq!(
+        (step.status.as_str(), step.attempt),
+        ("FAILED", 1),
+        "not retried: {:?}",
+        step.error
+    );
     let error = step.error.clone().unwrap();
-    assert!(error.contains("does not match outputSchema after 1 repair turn"), "{error}");
+    assert!(
+        error.contains("does not match outputSchema after 1 repair turn"),
+        "{error}"
+    );
     assert!(error.contains("the answer is not JSON"), "{error}");
     assert_eq!(seen.lock().unwrap().len(), 2);
     // Both turns were paid for.
-    assert_eq!(run_usage(&db.pool, &run_id).await, Some((30, 5, 0, picos((10, 2, 0)) + picos((20, 3, 0)))));
+    assert_eq!(
+        run_usage(&db.pool, &run_id).await,
+        Some((30, 5, 0, picos((10, 2, 0)) + picos((20, 3, 0))))
+    );
 }
 
 #[tokio::test]
 async fn a_loop_out_of_turns_fails_saying_so() {
     let db = test_db().await;
     let tools = tool_server().await;
-    let call = || completion(None, &[("c", "list_orders", json!({"customer": "c_1"}))], (5, 1, 0));
+    let call = || {
+        completion(
+            None,
+            &[("c", "list_orders", json!({"customer": "c_1"}))],
+            (5, 1, 0),
+        )
+    };
     let (model, seen) = model_server(vec![call(), call(), call()]).await;
     let definition = triage_definition(&tools, json!({"maxTurns": 2}));
     let (_, run_id) = workflow_with_run(&db.pool, "turns", definition, json!({"email": "x"})).await;
-    assert_eq!(engine_for(&db, &model, &tools).process(&run_job(&run_id)).await, JobOutcome::Done);
+    assert_eq!(
+        engine_for(&db, &model, &tools)
+            .process(&run_job(&run_id))
+            .await,
+        JobOutcome::Done
+    );
     let steps = get_steps(&db.pool, &run_id).await;
     let step = find_step(&steps, "triage");
     assert_eq!(step.status.as_str(), "FAILED");
-    assert!(step.error.as_deref().unwrap().contains("within maxTurns (2)"), "{:?}", step.error);
+    assert!(
+        step.error
+            .as_deref()
+            .unwrap()
+            .contains("within maxTurns (2)"),
+        "{:?}",
+        step.error
+    );
     assert_eq!(seen.lock().unwrap().len(), 2);
 }
 
@@ -395,7 +574,11 @@ async fn a_failed_model_call_is_retried_and_the_next_attempt_goes_on_from_the_jo
         .respond_with(FlakyTurn2 {
             inner: Script {
                 turns: vec![
-                    completion(None, &[("call_1", "list_orders", json!({"customer": "c_1"}))], (40, 4, 0)),
+                    completion(
+                        None,
+                        &[("call_1", "list_orders", json!({"customer": "c_1"}))],
+                        (40, 4, 0),
+                    ),
                     completion(Some("done"), &[], (60, 6, 0)),
                 ],
                 seen: seen.clone(),
@@ -406,12 +589,31 @@ async fn a_failed_model_call_is_retried_and_the_next_attempt_goes_on_from_the_jo
         .await;
     let definition = triage_definition(&tools, json!({}));
     let (_, run_id) = workflow_with_run(&db.pool, "flaky", definition, json!({"email": "x"})).await;
-    assert_eq!(engine_for(&db, &model, &tools).process(&run_job(&run_id)).await, JobOutcome::Done);
+    assert_eq!(
+        engine_for(&db, &model, &tools)
+            .process(&run_job(&run_id))
+            .await,
+        JobOutcome::Done
+    );
     let steps = get_steps(&db.pool, &run_id).await;
     let step = find_step(&steps, "triage");
-    assert_eq!((step.status.as_str(), step.attempt), ("COMPLETED", 2), "{:?}", step.error);
-    let asked: Vec<usize> = seen.lock().unwrap().iter().map(assistant_messages).collect();
-    assert_eq!(asked, vec![0, 1, 1], "turn 1 once; turn 2 failed, then asked again");
+    assert_eq!(
+        (step.status.as_str(), step.attempt),
+        ("COMPLETED", 2),
+        "{:?}",
+        step.error
+    );
+    let asked: Vec<usize> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(assistant_messages)
+        .collect();
+    assert_eq!(
+        asked,
+        vec![0, 1, 1],
+        "turn 1 once; turn 2 failed, then asked again"
+    );
     let orders = tools.received_requests().await.unwrap().len();
     assert_eq!(orders, 1, "the tool of turn 1 ran once");
     assert_eq!(step.output.as_ref().unwrap()["usage"]["inputTokens"], 100);
@@ -423,7 +625,8 @@ async fn tools_on_an_http_protocol_agent_fail_the_step_at_once() {
     let tools = tool_server().await;
     let agent = MockServer::start().await;
     let definition = triage_definition(&tools, json!({}));
-    let (_, run_id) = workflow_with_run(&db.pool, "httpagent", definition, json!({"email": "x"})).await;
+    let (_, run_id) =
+        workflow_with_run(&db.pool, "httpagent", definition, json!({"email": "x"})).await;
     let engine = engine_allowing(
         &db.pool,
         registry(&[("triage", format!("{}/triage", agent.uri()))]),
@@ -434,7 +637,11 @@ async fn tools_on_an_http_protocol_agent_fail_the_step_at_once() {
     let steps = get_steps(&db.pool, &run_id).await;
     let step = find_step(&steps, "triage");
     assert_eq!((step.status.as_str(), step.attempt), ("FAILED", 1));
-    assert!(step.error.as_deref().unwrap().contains("need an agent whose entry names a model provider"));
+    assert!(step
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("need an agent whose entry names a model provider"));
     assert!(agent.received_requests().await.unwrap().is_empty());
 }
 
@@ -443,7 +650,15 @@ async fn a_tool_aimed_inside_the_network_is_refused_and_the_model_is_told() {
     let db = test_db().await;
     let tools = tool_server().await;
     let (model, seen) = model_server(vec![
-        completion(None, &[("call_1", "fetch", json!({"url": "http://127.0.0.1:9/admin"}))], (5, 1, 0)),
+        completion(
+            None,
+            &[(
+                "call_1",
+                "fetch",
+                json!({"url": "http://127.0.0.1:9/admin"}),
+            )],
+            (5, 1, 0),
+        ),
         completion(Some("could not fetch"), &[], (5, 1, 0)),
     ])
     .await;
@@ -460,7 +675,16 @@ async fn a_tool_aimed_inside_the_network_is_refused_and_the_model_is_told() {
     let run = get_run(&db.pool, &run_id).await;
     assert_eq!(run.status.as_str(), "COMPLETED", "{:?}", run.error);
     let seen = seen.lock().unwrap().clone();
-    let result = seen[1]["messages"].as_array().unwrap().iter().find(|m| m["role"] == "tool").unwrap().clone();
-    assert!(result["content"].as_str().unwrap().contains("refused"), "{result}");
+    let result = seen[1]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "tool")
+        .unwrap()
+        .clone();
+    assert!(
+        result["content"].as_str().unwrap().contains("refused"),
+        "{result}"
+    );
     assert!(tools.received_requests().await.unwrap().is_empty());
 }

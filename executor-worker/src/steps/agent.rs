@@ -21,8 +21,8 @@ pub async fn execute(step: &AgentStep, ctx: &Ctx, env: &StepEnv<'_>) -> Result<V
             .map_err(|e| StepFailure::fatal(format!("inputs: {e}")))?,
         None => Value::Null,
     };
-    if let Some(agent) = agents::model_agent(env.agents, &step.agent_id) {
-        return conversation::converse(step, &agent, instructions, inputs, ctx, env).await;
+    if let Ok(agent) = agents::model_agent(env.agents, &step.agent_id) {
+        return conversation::converse(step, agent, instructions, inputs, ctx, env).await;
     }
     if !step.tools.is_empty() || step.output_schema.is_some() {
         return Err(StepFailure::fatal(format!(

@@ -153,7 +153,7 @@ pub(crate) fn parse_json_text(text: &str) -> Option<Value> {
 /// Carry out the step with `agent`; `instructions` and `inputs` are already rendered.
 pub(super) async fn converse(
     step: &AgentStep,
-    agent: &ModelAgent,
+    agent: ModelAgent<'_>,
     instructions: String,
     inputs: Value,
     ctx: &Ctx,
@@ -232,14 +232,20 @@ pub(super) async fn converse(
             tools: &specs,
             output_schema: step.output_schema.as_ref(),
         };
-        let reply: ModelReply =
-            agents::complete_with(agent, &env.http.operator, request, timeout, None)
-                .await
-                .map_err(|e| StepFailure::retry(e.to_string()))?;
+        let reply: ModelReply = agents::complete(
+            env.agents,
+            &env.http.operator,
+            &step.agent_id,
+            request,
+            timeout,
+            None,
+        )
+        .await
+        .map_err(|e| StepFailure::retry(e.to_string()))?;
         let cost = agent.pricing().map_or(0, |p| p.cost_picos(&reply.usage));
         let turn = conversation.last_turn + 1;
         journal
-            .record_turn(turn, agent.id(), agent.model(), &to_send, &reply, cost)
+            .record_turn(turn, &step.agent_id, agent.model(), &to_send, &reply, cost)
             .await?;
         spent.add(&reply.usage, cost);
         if to_send.iter().any(|m| matches!(m, Message::User { .. })) && conversation.turns > 0 {
