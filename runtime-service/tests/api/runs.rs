@@ -175,3 +175,102 @@ async fn runs_is_never_taken_for_a_workflow_id() {
     let r = app.send("DELETE", "/workflows/runs", None, &[]).await;
     assert_eq!(r.status, 405);
 }
+
+/// Two turns of the agent step `classify` and the run's usage, as the worker writes them.
+fn insert_turns(app: &crate::helpers::TestApp, run_id: &str) {
+    use diesel::prelude::*;
+    let mut conn = app.conn();
+    for (turn, attempt, tokens, picos, reply, results) in [
+        (
+            1,
+            1,
+            (100i64, 10i64, 40i64),
+            400_000_000i64,
+            json!({"role": "assistant", "content": "", "toolCalls": [{"id": "c1", "name": "lookup", "arguments": {"q": 1}}]}),
+            json!({"c1": {"role": "tool", "toolCallId": "c1", "name": "lookup", "content": "{\"plan\":\"pro\"}", "isError": false}}),
+        ),
+        (
+            2,
+            2,
+            (200, 20, 0),
+            700_000_000,
+            json!({"role": "assistant", "content": "billing"}),
+            json!({}),
+        ),
+    ] {
+        diesel::sql_query(
+            "INSERT INTO agent_turns (run_id, step, turn, attempt, org_id, workflow_id, agent_id, model,
+               messages, reply, tool_results, input_tokens, output_tokens, cached_tokens, cost_picos, created_at)
+             SELECT $1, 'classify', $2, $3, org_id, workflow_id, 'support-classifier', 'gpt-test',
+               '[]'::jsonb, $4, $5, $6, $7, $8, $9, now() FROM runs WHERE id = $1",
+        )
+        .bind::<diesel::sql_types::Text, _>(run_id)
+        .bind::<diesel::sql_types::Integer, _>(turn)
+        .bind::<diesel::sql_types::Integer, _>(attempt)
+        .bind::<diesel::sql_types::Jsonb, _>(reply)
+        .bind::<diesel::sql_types::Jsonb, _>(results)
+        .bind::<diesel::sql_types::BigInt, _>(tokens.0)
+        .bind::<diesel::sql_types::BigInt, _>(tokens.1)
+        .bind::<diesel::sql_types::BigInt, _>(tokens.2)
+        .bind::<diesel::sql_types::BigInt, _>(picos)
+        .execute(&mut conn)
+        .expect("insert a turn");
+    }
+    diesel::sql_query("INSERT INTO run_usage VALUES ($1, 300, 30, 40, 1100000000)")
+        .bind::<diesel::sql_types::Text, _>(run_id)
+        .execute(&mut conn)
+        .expect("insert the run's usage");
+}
+
+#[tokio::test]
+async fn an_agent_steps_turns_and_usage_are_in_run_detail_and_lists() {
+    let app = spawn_app().await;
+    app.workflow("support_triage", true);
+    let used = app.run_in("wf_support_triage", "COMPLETED");
+    app.step(&used, 0, "classify", "agent", "COMPLETED", |s| {
+        s.attempt = 2
+    });
+    insert_turns(&app, &used);
+    let unused = app.run_in("wf_support_triage", "PENDING");
+
+    let d = app.get(&format!("/workflows/runs/{used}")).await.body["data"].clone();
+    let usage =
+        json!({"inputTokens": 300, "outputTokens": 30, "cachedTokens": 40, "costUsd": 0.0011});
+    assert_eq!(d["usage"], usage);
+    let step = &d["steps"][0];
+    assert_eq!(
+        step["usage"], usage,
+        "the step's usage sums its turns of every attempt"
+    );
+    let turns = step["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 2);
+    assert_eq!(
+        (turns[0]["turn"].clone(), turns[0]["attempt"].clone()),
+        (json!(1), json!(1))
+    );
+    assert_eq!(turns[0]["model"], "gpt-test");
+    assert_eq!(turns[0]["reply"]["toolCalls"][0]["name"], "lookup");
+    assert_eq!(turns[0]["toolResults"][0]["content"], "{\"plan\":\"pro\"}");
+    assert_eq!(
+        turns[0]["usage"],
+        json!({"inputTokens": 100, "outputTokens": 10, "cachedTokens": 40, "costUsd": 0.0004})
+    );
+    assert_eq!(turns[1]["toolResults"], json!([]));
+
+    let list = app.get("/workflows/runs?limit=10").await.body["data"].clone();
+    let of = |id: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(of(&used)["usage"], usage);
+    assert_eq!(
+        of(&unused)["usage"],
+        json!({"inputTokens": 0, "outputTokens": 0, "cachedTokens": 0, "costUsd": 0.0})
+    );
+    let fresh = app.get(&format!("/workflows/runs/{unused}")).await.body["data"].clone();
+    assert!(fresh["steps"][0].get("turns").is_none() && fresh["steps"][0].get("usage").is_none());
+}

@@ -571,3 +571,101 @@ fn http_header_names_are_checked_when_the_workflow_is_saved() {
         ["definition.steps[0].request.headers.X Token"]
     );
 }
+
+/// Each error of a one-step definition as "field: message", the field without "definition.".
+fn step_problems(step: Value) -> Vec<String> {
+    parse(json!([step]))
+        .unwrap_err()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.field.trim_start_matches("definition."),
+                e.message
+            )
+        })
+        .collect()
+}
+
+fn agent(extra: Value) -> Value {
+    let mut step =
+        json!({"name": "triage", "type": "agent", "agentId": "triage", "instructions": "go"});
+    if let (Value::Object(step), Value::Object(extra)) = (&mut step, extra) {
+        step.extend(extra);
+    }
+    step
+}
+
+#[test]
+fn an_agent_step_takes_tools_turns_and_an_output_schema() {
+    let step = only_step(agent(json!({
+        "maxTurns": 4, "repairTurns": 0,
+        "outputSchema": {"type": "object", "required": ["label"]},
+        "tools": [{"name": "lookup_customer", "description": "Find a customer",
+                   "parameters": {"type": "object", "properties": {"email": {"type": "string"}}},
+                   "request": {"method": "post", "url": "https://crm.example.com/find", "body": {"q": "{{ args.email }}"}}}]
+    })));
+    let StepKind::Agent(agent) = step.kind else {
+        panic!("an agent step")
+    };
+    assert_eq!((agent.max_turns, agent.repair_turns), (4, 0));
+    assert_eq!(agent.tools.len(), 1);
+    assert_eq!(agent.tools[0].name, "lookup_customer");
+    let ToolAction::Request(request) = &agent.tools[0].action;
+    assert_eq!(request.method, "POST");
+    assert!(agent.output_schema.is_some());
+}
+
+#[test]
+fn an_agent_step_has_eight_turns_and_one_repair_by_default() {
+    let StepKind::Agent(agent) = only_step(agent(json!({}))).kind else {
+        panic!("an agent step")
+    };
+    assert_eq!((agent.max_turns, agent.repair_turns), (8, 1));
+    assert!(agent.tools.is_empty() && agent.output_schema.is_none());
+}
+
+#[test]
+fn bad_agent_fields_are_named() {
+    let errors = step_problems(agent(json!({
+        "maxTurns": 33, "repairTurns": 1.5,
+        "outputSchema": {"type": "nope"},
+        "tools": [
+            {"name": "has space", "request": {"url": "https://x.example"}},
+            {"name": "ok", "parameters": {"type": "string"}, "request": {"url": "https://x.example"}},
+            {"name": "ok", "request": {"url": "https://x.example"}},
+            {"name": "remote", "parameters": {"type": "object", "$ref": "http://192.0.2.1/s.json"}, "request": {"url": "https://x.example"}},
+            {"name": "noreq"},
+            {"name": "extra", "request": {"url": "https://x.example"}, "workflowid": "wf_x"}
+        ]
+    })));
+    let expect = [
+        "steps[0].maxTurns: must be a whole number from 1 to 32",
+        "steps[0].repairTurns: must be a whole number from 0 to 3",
+        "steps[0].outputSchema: is not a valid JSON Schema",
+        "steps[0].tools[0].name: must be 1 to 64 letters, digits, '_' or '-'",
+        "steps[0].tools[1].parameters: must be a JSON Schema of an object",
+        "steps[0].tools[2].name: 'ok' names another tool of this step",
+        "steps[0].tools[3].parameters: is not a valid JSON Schema",
+        "steps[0].tools[4].request: is required",
+        "steps[0].tools[5].workflowid",
+    ];
+    for e in expect {
+        assert!(
+            errors.iter().any(|got| got.starts_with(e)),
+            "{e} not in {errors:#?}"
+        );
+    }
+}
+
+#[test]
+fn an_agent_step_offers_at_most_32_tools() {
+    let tools: Vec<Value> = (0..33)
+        .map(|i| json!({"name": format!("t{i}"), "request": {"url": "https://x.example"}}))
+        .collect();
+    let errors = step_problems(agent(json!({ "tools": tools })));
+    assert!(
+        errors.iter().any(|e| e.contains("at most 32 tools")),
+        "{errors:?}"
+    );
+}
