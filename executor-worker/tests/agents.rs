@@ -688,3 +688,50 @@ async fn a_tool_aimed_inside_the_network_is_refused_and_the_model_is_told() {
     );
     assert!(tools.received_requests().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn an_empty_answer_is_asked_again_within_max_turns() {
+    let db = test_db().await;
+    let tools = tool_server().await;
+    let (model, seen) = model_server(vec![
+        completion(Some(""), &[], (5, 0, 0)),
+        completion(Some("billing"), &[], (9, 1, 0)),
+    ])
+    .await;
+    let (_, run_id) = workflow_with_run(
+        &db.pool,
+        "empty",
+        triage_definition(&tools, json!({})),
+        json!({"email": "x"}),
+    )
+    .await;
+    assert_eq!(
+        engine_for(&db, &model, &tools)
+            .process(&run_job(&run_id))
+            .await,
+        JobOutcome::Done
+    );
+    let steps = get_steps(&db.pool, &run_id).await;
+    let step = find_step(&steps, "triage");
+    assert_eq!(step.status.as_str(), "COMPLETED", "{:?}", step.error);
+    assert_eq!(
+        (
+            step.output.as_ref().unwrap()["content"].clone(),
+            step.output.as_ref().unwrap()["turns"].clone()
+        ),
+        (json!("billing"), json!(2))
+    );
+    let nudge = seen.lock().unwrap()[1]["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert!(
+        nudge["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Your answer was empty"),
+        "{nudge}"
+    );
+}

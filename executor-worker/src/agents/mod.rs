@@ -5,15 +5,15 @@
 //! - `model`: a conversation with a model in Thygon's terms; [`complete`] runs one turn of it
 //!   on a model provider: `openai` (OpenAI-compatible chat completions) or `anthropic`
 //!   (the Anthropic Messages API), plain or streamed (`wire`: what both share).
-//! - `oneshot`: a model agent called through [`invoke`]: one turn, no tools.
 //!
-//! The engine calls [`invoke`] once per attempt; every failure comes back as an
-//! [`AgentError`] whose message says what went wrong without quoting any secret.
+//! An `agent` step calls an HTTP agent through [`invoke`], once per attempt, and a model
+//! through [`complete`], a turn at a time (its tool loop is `crate::steps`); every failure
+//! comes back as an [`AgentError`] whose message says what went wrong without quoting any
+//! secret.
 
 mod anthropic;
 mod http;
 pub mod model;
-mod oneshot;
 mod openai;
 mod registry;
 mod wire;
@@ -123,14 +123,12 @@ pub async fn invoke_within(
             )
             .await
         }
-        AgentEndpoint::OpenAi(agent) => {
-            let timeout = step_timeout.or(agent.timeout).unwrap_or(timeout);
-            oneshot::call(client, ModelAgent::OpenAi(agent), call, timeout).await
-        }
-        AgentEndpoint::Anthropic(agent) => {
-            let timeout = step_timeout.or(agent.timeout).unwrap_or(timeout);
-            oneshot::call(client, ModelAgent::Anthropic(agent), call, timeout).await
-        }
+        // A model takes turns (`complete`), driven by the step's tool loop
+        // (`crate::steps`), which never calls this for one.
+        AgentEndpoint::OpenAi(_) | AgentEndpoint::Anthropic(_) => Err(AgentError::Provider(format!(
+            "agent '{}' is a model: it is called a turn at a time (agents::complete), not through the HTTP agent protocol",
+            call.agent_id
+        ))),
     };
     if let Err(e) = &result {
         // Debug only: the engine records and logs the failure of the attempt itself.

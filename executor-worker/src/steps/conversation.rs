@@ -85,7 +85,7 @@ fn replay(rows: Vec<TurnRow>) -> Result<(Conversation, Spent), StepFailure> {
             serde_json::from_value(row.reply).map_err(|e| unreadable(row.turn, e))?;
         if matches!(added.first(), Some(Message::System { .. })) {
             conversation = Conversation::default();
-        } else if added.iter().any(|m| matches!(m, Message::User { .. })) {
+        } else if added.iter().any(is_repair) {
             conversation.repairs += 1;
         }
         conversation.turns += 1;
@@ -204,6 +204,12 @@ pub(super) async fn converse(
                 ]
             }
             Some(Message::Assistant { tool_calls, .. }) if !tool_calls.is_empty() => vec![],
+            // No text and no call: asked again (a turn like any other, within maxTurns).
+            Some(Message::Assistant { content, .. }) if content.trim().is_empty() => {
+                vec![Message::User {
+                    content: EMPTY_ANSWER.to_string(),
+                }]
+            }
             Some(Message::Assistant { content, .. }) => match check(content, schema.as_ref()) {
                 Ok(parsed) => return Ok(output(content, parsed, &conversation, &spent)),
                 Err(problems) if conversation.repairs < step.repair_turns => {
@@ -248,7 +254,7 @@ pub(super) async fn converse(
             .record_turn(turn, &step.agent_id, agent.model(), &to_send, &reply, cost)
             .await?;
         spent.add(&reply.usage, cost);
-        if to_send.iter().any(|m| matches!(m, Message::User { .. })) && conversation.turns > 0 {
+        if to_send.iter().any(is_repair) {
             conversation.repairs += 1;
         }
         conversation.turns += 1;
@@ -266,18 +272,27 @@ fn ended(conversation: &Conversation, step: &AgentStep, schema: Option<&Schema>)
         Some(Message::Assistant {
             content,
             tool_calls,
-        }) if tool_calls.is_empty() => {
+        }) if tool_calls.is_empty() && !content.trim().is_empty() => {
             check(content, schema).is_err() && conversation.repairs >= step.repair_turns
         }
         _ => conversation.pending.is_empty() && conversation.turns >= step.max_turns,
     }
 }
 
+/// What a repair turn's message opens with (how the journal's repair turns are counted).
+const REPAIR_LEAD: &str = "Your answer does not match the required JSON Schema:";
+/// What the model is told after an answer with neither text nor tool calls.
+const EMPTY_ANSWER: &str = "Your answer was empty. Carry out the instructions and answer.";
+
 fn repair_request(problems: &[String]) -> String {
     format!(
-        "Your answer does not match the required JSON Schema:\n- {}\nAnswer again with JSON that matches it, and nothing else.",
+        "{REPAIR_LEAD}\n- {}\nAnswer again with JSON that matches it, and nothing else.",
         problems.join("\n- ")
     )
+}
+
+fn is_repair(message: &Message) -> bool {
+    matches!(message, Message::User { content } if content.starts_with(REPAIR_LEAD))
 }
 
 fn mismatch(problems: &[String], repairs: u32) -> StepFailure {
