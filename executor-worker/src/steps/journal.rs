@@ -102,16 +102,12 @@ impl<'a> Journal<'a> {
         let value: Value = serde_json::to_value(result).map_err(storage_failure)?;
         let me = self.env.me.clone();
         let written = blocking(self.env.pool, move |conn| {
-            storage::record_tool_result(
-                conn,
-                &run_id,
-                &step,
+            let at = storage::TurnKey {
+                run_id: &run_id,
+                step: &step,
                 turn,
-                &call_id,
-                &value,
-                &me,
-                shared_models::time::now(),
-            )
+            };
+            storage::record_tool_result(conn, at, &call_id, &value, &me, shared_models::time::now())
         })
         .await
         .map_err(storage_failure)?;

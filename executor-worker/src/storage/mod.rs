@@ -74,4 +74,4 @@ pub(crate) use park::{park_run, Park};
 pub(crate) use steps::{load_steps, record_step, start_step, StepChange};
 pub use steps::{StepRecord, STEPS_OF};
 pub(crate) use turns::{load_turns, record_tool_result, record_turn};
-pub use turns::{NewTurn, TurnRow};
+pub use turns::{NewTurn, TurnKey, TurnRow};

@@ -103,17 +103,23 @@ pub(crate) fn record_turn(
     })
 }
 
+/// Which turn of which step of which run.
+pub struct TurnKey<'a> {
+    pub run_id: &'a str,
+    pub step: &'a str,
+    pub turn: i32,
+}
+
 /// Add one tool call's result (`result`, by its call id) to its turn, under the lease.
 pub(crate) fn record_tool_result(
     conn: &mut PgConnection,
-    run_id: &str,
-    step: &str,
-    turn: i32,
+    at: TurnKey<'_>,
     call_id: &str,
     result: &Value,
     me: &LeaseHolder,
     now: DateTime<Utc>,
 ) -> Result<Fenced, Error> {
+    let TurnKey { run_id, step, turn } = at;
     conn.transaction(|conn| {
         if touch(conn, run_id, me, now)? == Fenced::LeaseLost {
             return Ok(Fenced::LeaseLost);

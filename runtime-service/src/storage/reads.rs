@@ -13,6 +13,9 @@ use shared_models::schema::{
 /// A run's usage (`run_usage`): input, output and cached tokens, and cost in pico-USD.
 pub(crate) type UsageRow = (i64, i64, i64, i64);
 
+/// A run of a list, with its usage (none before its first agent turn).
+pub(crate) type RunWithUsage = (RunRow, Option<UsageRow>);
+
 /// The columns of a [`UsageRow`].
 type UsageColumns = (
     run_usage::input_tokens,
@@ -33,7 +36,7 @@ pub(crate) fn list_runs(
     conn: &mut PgConnection,
     org_id: &str,
     q: &ListRuns,
-) -> Result<(Vec<(RunRow, Option<UsageRow>)>, bool), Error> {
+) -> Result<(Vec<RunWithUsage>, bool), Error> {
     let mut query = runs_table::table
         .left_join(run_usage::table)
         .filter(runs_table::org_id.eq(org_id))
