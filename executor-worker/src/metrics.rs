@@ -14,10 +14,14 @@
 //! - `thygon_runs_finished_total{status}`: runs this worker ended, by final status.
 //! - `thygon_checkpoint_batch_size`: pure-step checkpoints written per transaction (group
 //!   commit, see [`crate::checkpoints`]).
+//! - `thygon_agent_tokens_total{agent,kind}`: tokens of the model turns this worker
+//!   journaled, by agent (an id of the agents file) and kind (`input`, `output`, `cached`).
+//! - `thygon_agent_cost_usd_total{agent}`: their cost, from the agent's `pricing`.
+//! - `thygon_agent_turns_total{agent}`: the model turns themselves.
 
 use prometheus::{
-    register_histogram, register_histogram_vec, register_int_counter_vec, register_int_gauge,
-    Histogram, HistogramVec, IntCounterVec, IntGauge,
+    register_counter_vec, register_histogram, register_histogram_vec, register_int_counter_vec,
+    register_int_gauge, CounterVec, Histogram, HistogramVec, IntCounterVec, IntGauge,
 };
 use std::sync::LazyLock;
 
@@ -56,6 +60,50 @@ pub static RUNS_FINISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("register thygon_runs_finished_total")
 });
+
+pub static AGENT_TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "thygon_agent_tokens_total",
+        "Tokens of the model turns this worker journaled, by agent and kind (input, output, cached)",
+        &["agent", "kind"]
+    )
+    .expect("register thygon_agent_tokens_total")
+});
+
+pub static AGENT_COST: LazyLock<CounterVec> = LazyLock::new(|| {
+    register_counter_vec!(
+        "thygon_agent_cost_usd_total",
+        "Cost in USD of the model turns this worker journaled, by agent (from its pricing)",
+        &["agent"]
+    )
+    .expect("register thygon_agent_cost_usd_total")
+});
+
+pub static AGENT_TURNS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "thygon_agent_turns_total",
+        "Model turns this worker journaled, by agent",
+        &["agent"]
+    )
+    .expect("register thygon_agent_turns_total")
+});
+
+/// Count one journaled model turn of `agent`.
+pub fn agent_turn(agent: &str, usage: &crate::agents::model::Usage, cost_picos: i64) {
+    AGENT_TURNS.with_label_values(&[agent]).inc();
+    for (kind, n) in [
+        ("input", usage.input_tokens),
+        ("output", usage.output_tokens),
+        ("cached", usage.cached_tokens),
+    ] {
+        AGENT_TOKENS
+            .with_label_values(&[agent, kind])
+            .inc_by(n.max(0) as u64);
+    }
+    AGENT_COST
+        .with_label_values(&[agent])
+        .inc_by(cost_picos.max(0) as f64 / crate::agents::model::PICOS_PER_USD);
+}
 
 pub static CHECKPOINT_BATCH: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(

@@ -735,3 +735,61 @@ async fn an_empty_answer_is_asked_again_within_max_turns() {
         "{nudge}"
     );
 }
+
+#[tokio::test]
+async fn a_budget_stops_the_loop_before_the_call_that_would_go_over() {
+    let db = test_db().await;
+    let tools = tool_server().await;
+    let call = || {
+        completion(
+            None,
+            &[("c", "list_orders", json!({"customer": "c_1"}))],
+            (100, 10, 0),
+        )
+    };
+    let (model, seen) = model_server(vec![call(), call(), call(), call()]).await;
+    let mut definition = triage_definition(&tools, json!({}));
+    definition["budget"] = json!({"maxTokens": 150});
+    let (workflow_id, run_id) =
+        workflow_with_run(&db.pool, "budget", definition, json!({"email": "x"})).await;
+    let engine = engine_for(&db, &model, &tools);
+    assert_eq!(engine.process(&run_job(&run_id)).await, JobOutcome::Done);
+    let steps = get_steps(&db.pool, &run_id).await;
+    let step = find_step(&steps, "triage");
+    assert_eq!(
+        (step.status.as_str(), step.attempt),
+        ("FAILED", 1),
+        "not retried"
+    );
+    let error = step.error.clone().unwrap();
+    assert!(
+        error.starts_with("BUDGET_EXCEEDED: the run has used 220 tokens of its budget of 150"),
+        "{error}"
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "110 tokens after turn 1 allow turn 2; 220 stop turn 3"
+    );
+
+    // A trigger's override wins over the definition's: 100 tokens stop it after one turn.
+    let second = insert_runs(&db.pool, &workflow_id, 1, |_| json!({"email": "x"}))
+        .await
+        .remove(0);
+    let id = second.clone();
+    blocking(&db.pool, move |conn| {
+        diesel::update(shared_models::schema::runs::table.find(&id))
+            .set(shared_models::schema::runs::budget.eq(Some(json!({"maxTokens": 100}))))
+            .execute(conn)
+    })
+    .await
+    .unwrap();
+    assert_eq!(engine.process(&run_job(&second)).await, JobOutcome::Done);
+    let steps = get_steps(&db.pool, &second).await;
+    let error = find_step(&steps, "triage").error.clone().unwrap();
+    assert!(
+        error.contains("used 110 tokens of its budget of 100"),
+        "{error}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 3);
+}

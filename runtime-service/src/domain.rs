@@ -3,6 +3,7 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use shared_models::body::{type_name, Errors, Obj};
+use shared_models::budget::Budget;
 use shared_models::envelope::{ApiError, FieldError};
 use shared_models::http::Query;
 use shared_models::ids::{RunId, WorkflowId};
@@ -18,6 +19,8 @@ pub struct RunRequest {
     /// Set when the body named an org; it must be the caller's.
     pub org_id: Option<String>,
     pub idempotency_key: Option<String>,
+    /// `budget`: overrides the definition's, field by field, for this run.
+    pub budget: Option<Budget>,
 }
 
 impl RunRequest {
@@ -25,8 +28,14 @@ impl RunRequest {
     /// key for something else.
     pub(crate) fn fingerprint(&self) -> String {
         // serde_json's map is ordered by key, so equal variables serialize equally.
-        let canonical =
-            serde_json::json!({ "workflowId": self.workflow_id, "variables": self.variables });
+        let canonical = match &self.budget {
+            None => {
+                serde_json::json!({ "workflowId": self.workflow_id, "variables": self.variables })
+            }
+            Some(budget) => serde_json::json!({
+                "workflowId": self.workflow_id, "variables": self.variables, "budget": budget
+            }),
+        };
         hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
     }
 
@@ -54,6 +63,23 @@ fn variables(obj: &mut Obj, errors: &mut Errors) -> Map<String, Value> {
         ));
     }
     vars
+}
+
+/// `budget`, if the body has one.
+fn budget(obj: &mut Obj, errors: &mut Errors) -> Option<Budget> {
+    let path = obj.path("budget");
+    obj.optional("budget")
+        .filter(|b| !b.is_null())
+        .and_then(|b| Budget::parse(b, &path, errors))
+}
+
+impl RunRequest {
+    /// The budget override as stored with the run.
+    pub(crate) fn budget_json(&self) -> Option<Value> {
+        self.budget
+            .as_ref()
+            .and_then(|b| serde_json::to_value(b).ok())
+    }
 }
 
 pub(crate) const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
@@ -85,12 +111,14 @@ pub(crate) fn trigger_request(
     let mut errors = Errors::new();
     let mut obj = Obj::new(body, "");
     let variables = variables(&mut obj, &mut errors);
+    let budget = budget(&mut obj, &mut errors);
     obj.finish(&mut errors);
     shared_models::body::finish(errors, || RunRequest {
         workflow_id,
         variables,
         org_id: None,
         idempotency_key,
+        budget,
     })
 }
 
@@ -104,6 +132,7 @@ pub(crate) fn create_run_request(
     let workflow_id = obj.req_str("workflowId", &mut errors).map(str::to_string);
     let variables = variables(&mut obj, &mut errors);
     let org_id = obj.opt_str("orgId", &mut errors).map(str::to_string);
+    let budget = budget(&mut obj, &mut errors);
     obj.finish(&mut errors);
     match workflow_id {
         Some(workflow_id) if errors.is_empty() => Ok(RunRequest {
@@ -111,6 +140,7 @@ pub(crate) fn create_run_request(
             variables,
             org_id,
             idempotency_key,
+            budget,
         }),
         _ => Err(ApiError::validation(errors)),
     }

@@ -26,6 +26,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod db;

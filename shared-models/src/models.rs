@@ -77,6 +77,8 @@ pub struct RunRow {
     pub wake_at: Option<DateTime<Utc>>,
     /// The root of the run's tree (NULL for a root run): descendants are counted by it.
     pub root_run_id: Option<String>,
+    /// The trigger's `budget` override ([`crate::budget::Budget`] as JSON), if it gave one.
+    pub budget: Option<Value>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]

@@ -50,6 +50,7 @@ diesel::table! {
         lease_takeovers -> Int4,
         root_run_id -> Nullable<Text>,
         queued_at -> Nullable<Timestamptz>,
+        budget -> Nullable<Jsonb>,
     }
 }
 

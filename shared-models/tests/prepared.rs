@@ -124,6 +124,7 @@ fn new_run(workflow_id: &str) -> RunRow {
             request_hash: None,
             request_id: Some("req_1".into()),
             parent: None,
+            budget: None,
         },
         shared_models::time::now(),
     )

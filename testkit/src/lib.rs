@@ -341,6 +341,7 @@ pub mod fixtures {
                 request_hash: None,
                 request_id: None,
                 parent: None,
+                budget: None,
             },
             shared_models::time::now(),
         );

@@ -9,7 +9,6 @@ use crate::steps::{self, StepEnv, StepFailure};
 use crate::storage::{Fenced, PureStep, RunFinish, StepChange, StepRecord};
 use serde_json::Value;
 use shared_models::graph::{Step, StepKind};
-use shared_models::models::RunRow;
 use shared_models::status::{RunStatus, StepStatus};
 use std::time::Instant;
 
@@ -96,7 +95,7 @@ impl Engine {
     /// written ([`crate::limits::WorkLimits::check_step_output`]).
     async fn execute(
         &self,
-        run: &RunRow,
+        run: &RunHandle,
         step: &Step,
         attempt: i32,
         ctx: &Ctx,
@@ -141,7 +140,7 @@ impl Engine {
     }
 
     /// What a step's execution may use, for attempt `attempt` of `step` of `run`.
-    fn step_env<'a>(&'a self, run: &'a RunRow, step: &'a Step, attempt: i32) -> StepEnv<'a> {
+    fn step_env<'a>(&'a self, run: &'a RunHandle, step: &'a Step, attempt: i32) -> StepEnv<'a> {
         StepEnv {
             agents: &self.agents,
             http: &self.http,
@@ -155,6 +154,7 @@ impl Engine {
             template_deadline: self.limits.template_deadline,
             pool: &self.pool,
             me: &self.me,
+            budget: run.budget(),
         }
     }
 

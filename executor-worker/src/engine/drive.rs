@@ -50,6 +50,7 @@ impl Engine {
             .iter()
             .map(|s| StepState::from_row(rows.iter().find(|r| r.name == s.name.as_str())))
             .collect();
+        run.set_budget(graph.budget);
         let mut rs = RunState { run, graph, steps };
         if lease_takeovers > self.limits.max_lease_takeovers {
             return self.end_poison_run(&rs, lease_takeovers).await;

@@ -8,6 +8,7 @@ use crate::storage::{
 use chrono::{DateTime, Utc};
 use diesel::PgConnection;
 use serde_json::Value;
+use shared_models::budget::Budget;
 use shared_models::db::{blocking, PgPool};
 use shared_models::logctx;
 use shared_models::models::{RunRow, StepRunRow};
@@ -31,6 +32,9 @@ pub(super) struct RunHandle {
     ended: Arc<AtomicBool>,
     /// This job's claim started the run: its pure steps are first attempts.
     pub(super) first_claim: bool,
+    /// What its model calls may use: the definition's `budget` with the trigger's override,
+    /// set once the graph is compiled ([`RunHandle::set_budget`]).
+    budget: Arc<std::sync::OnceLock<Budget>>,
 }
 
 impl Deref for RunHandle {
@@ -49,7 +53,26 @@ impl RunHandle {
             row: Arc::new(row),
             ended: Arc::default(),
             first_claim,
+            budget: Arc::default(),
         }
+    }
+
+    /// The run's budget: `graph`'s (the definition's), each field the trigger set overriding
+    /// it. An override that cannot be read (never written so) counts as none.
+    pub(super) fn set_budget(&self, graph: Option<Budget>) {
+        let over = self
+            .row
+            .budget
+            .as_ref()
+            .and_then(|b| serde_json::from_value::<Budget>(b.clone()).ok());
+        let _ = self
+            .budget
+            .set(graph.unwrap_or_default().overridden_by(over));
+    }
+
+    /// The budget [`RunHandle::set_budget`] set (none before).
+    pub(super) fn budget(&self) -> Budget {
+        self.budget.get().copied().unwrap_or_default()
     }
 
     /// The run's end was committed with its last step (nothing is left to write).

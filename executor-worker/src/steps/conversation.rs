@@ -227,6 +227,7 @@ pub(super) async fn converse(
                 step.max_turns
             )));
         }
+        journal.check_budget().await?;
         let mut messages = conversation.messages.clone();
         messages.extend(to_send.iter().cloned());
         let timeout = env
@@ -253,6 +254,7 @@ pub(super) async fn converse(
         journal
             .record_turn(turn, &step.agent_id, agent.model(), &to_send, &reply, cost)
             .await?;
+        crate::metrics::agent_turn(&step.agent_id, &reply.usage, cost);
         spent.add(&reply.usage, cost);
         if to_send.iter().any(is_repair) {
             conversation.repairs += 1;

@@ -44,6 +44,24 @@ impl<'a> Journal<'a> {
         .map_err(storage_failure)
     }
 
+    /// Fails the step (not retried) when the run's budget is spent: checked before every
+    /// model call, against the run's usage so far (every step, every attempt).
+    pub(super) async fn check_budget(&self) -> Result<(), StepFailure> {
+        let budget = self.env.budget;
+        if budget.max_tokens.is_none() && budget.max_cost_usd.is_none() {
+            return Ok(());
+        }
+        let run_id = self.env.run_id.to_string();
+        let (tokens, picos) =
+            blocking(self.env.pool, move |conn| storage::run_spent(conn, &run_id))
+                .await
+                .map_err(storage_failure)?;
+        match budget.spent(tokens, picos) {
+            Some(why) => Err(StepFailure::fatal(why)),
+            None => Ok(()),
+        }
+    }
+
     /// Write turn `turn`: the messages it added, the model's reply, its usage and cost.
     pub(super) async fn record_turn(
         &self,

@@ -36,6 +36,8 @@ pub struct StepEnv<'a> {
     /// Where an agent step journals its turns, under the run's lease.
     pub pool: &'a PgPool,
     pub me: &'a LeaseHolder,
+    /// What the run's model calls may use, checked before each.
+    pub budget: shared_models::budget::Budget,
 }
 
 /// Why an attempt of a step failed, and whether another attempt could succeed.

@@ -93,6 +93,7 @@ pub(crate) fn start_child_run(
                 request_hash: None,
                 request_id: parent.request_id.clone(),
                 parent: Some((&parent.id, &step.name, root)),
+                budget: None,
             },
             now,
         );

@@ -73,5 +73,5 @@ pub(crate) use lease::{release_lease, renew_lease};
 pub(crate) use park::{park_run, Park};
 pub(crate) use steps::{load_steps, record_step, start_step, StepChange};
 pub use steps::{StepRecord, STEPS_OF};
-pub(crate) use turns::{load_turns, record_tool_result, record_turn};
+pub(crate) use turns::{load_turns, record_tool_result, record_turn, run_spent};
 pub use turns::{NewTurn, TurnKey, TurnRow};

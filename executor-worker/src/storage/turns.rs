@@ -137,3 +137,17 @@ pub(crate) fn record_tool_result(
         Ok(Fenced::Written)
     })
 }
+
+/// What the run's model calls have used so far: (tokens of every kind, cost in pico-USD).
+pub(crate) fn run_spent(conn: &mut PgConnection, run_id: &str) -> Result<(i64, i64), Error> {
+    use shared_models::schema::run_usage;
+    Ok(run_usage::table
+        .find(run_id)
+        .select((
+            run_usage::input_tokens + run_usage::output_tokens + run_usage::cached_tokens,
+            run_usage::cost_picos,
+        ))
+        .first(conn)
+        .optional()?
+        .unwrap_or((0, 0)))
+}

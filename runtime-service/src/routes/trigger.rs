@@ -130,6 +130,7 @@ async fn queue_run(
         let trigger = PlainTrigger {
             org_id: caller.org_id,
             workflow_id,
+            budget: request.budget_json(),
             variables: request.variables,
             request_id: Some(request_id.0),
             now,

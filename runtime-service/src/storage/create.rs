@@ -82,6 +82,7 @@ pub fn create_run(
                 request_hash: req.idempotency_key.as_ref().map(|_| fingerprint.clone()),
                 request_id: request_id.map(str::to_string),
                 parent: None,
+                budget: req.budget_json(),
             },
             now,
         );
@@ -107,6 +108,8 @@ pub struct PlainTrigger {
     pub org_id: String,
     pub workflow_id: WorkflowId,
     pub variables: Map<String, Value>,
+    /// The trigger's `budget` override, as stored with the run.
+    pub budget: Option<Value>,
     pub request_id: Option<String>,
     /// The run's `created_at`, taken when the request arrived.
     pub now: DateTime<Utc>,
@@ -183,6 +186,7 @@ pub fn create_runs(
                         request_hash: None,
                         request_id: t.request_id.clone(),
                         parent: None,
+                        budget: t.budget.clone(),
                     },
                     t.now,
                 ));

@@ -138,6 +138,7 @@ fn trigger(org_id: &str, workflow_id: &str, variables: Value) -> PlainTrigger {
         panic!("variables are an object")
     };
     PlainTrigger {
+        budget: None,
         org_id: org_id.into(),
         workflow_id: WorkflowId::parse(workflow_id).expect("a workflow id"),
         variables,

@@ -104,6 +104,7 @@ async fn a_batch_admits_only_as_many_triggers_as_the_quota_leaves_room_for() {
     let wf = app.workflow("batched", true);
     app.run_in(&wf, "WAITING");
     let trigger = |org: &str, max: u32| PlainTrigger {
+        budget: None,
         org_id: org.to_string(),
         workflow_id: WorkflowId::parse(&wf).unwrap(),
         variables: Default::default(),
@@ -146,6 +147,7 @@ async fn a_kept_count_stands_in_far_below_the_quota_and_near_it_batches_count_ag
     let app = spawn_app().await;
     let wf = app.workflow("kept", true);
     let trigger = || PlainTrigger {
+        budget: None,
         org_id: ORG.to_string(),
         workflow_id: WorkflowId::parse(&wf).unwrap(),
         variables: Default::default(),

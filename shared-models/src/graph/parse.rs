@@ -22,6 +22,9 @@ impl WorkflowGraph {
         };
         let mut obj = Obj::new(map, prefix);
         let raw_steps = obj.req_array("steps", &mut errors);
+        let budget = obj.optional("budget").and_then(|b| {
+            crate::budget::Budget::parse(b, &crate::body::join(prefix, "budget"), &mut errors)
+        });
         obj.finish(&mut errors);
         let Some(raw_steps) = raw_steps else {
             return Err(errors);
@@ -103,7 +106,7 @@ impl WorkflowGraph {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let graph = WorkflowGraph { steps };
+        let graph = WorkflowGraph { steps, budget };
         if let Some(i) = graph.step_on_a_cycle() {
             errors.push(FieldError::new(
                 format!("{steps_path}[{i}].dependsOn"),

@@ -139,6 +139,8 @@ pub struct Step {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkflowGraph {
     pub steps: Vec<Step>,
+    /// `budget`: what a run's model calls may use (a trigger may override it).
+    pub budget: Option<crate::budget::Budget>,
 }
 
 impl WorkflowGraph {

@@ -24,6 +24,8 @@ pub struct NewRun<'a> {
     /// For a child run: the parent run, its step that waits for it, and the root of the
     /// parent's tree (the parent itself when it is a root run).
     pub parent: Option<(&'a str, &'a str, &'a str)>,
+    /// The trigger's `budget` override, as validated JSON.
+    pub budget: Option<Value>,
 }
 
 /// A PENDING run row (not yet inserted).
@@ -50,6 +52,7 @@ pub fn pending_run(new: NewRun, now: DateTime<Utc>) -> RunRow {
         parent_step: new.parent.map(|(_, step, _)| step.to_string()),
         wake_at: None,
         root_run_id: new.parent.map(|(_, _, root)| root.to_string()),
+        budget: new.budget,
     }
 }
 
@@ -58,22 +61,23 @@ pub fn insert_run(conn: &mut PgConnection, run: &RunRow) -> Result<bool, Error> 
     insert_pending_runs(conn, std::slice::from_ref(run)).map(|ids| ids.len() == 1)
 }
 
-/// The insert of new PENDING runs, `$1` to `$14` one array per column ([`bind_runs!`]); it
+/// The insert of new PENDING runs, `$1` to `$15` one array per column ([`bind_runs!`]); it
 /// returns the ids inserted (an id or idempotency key already taken inserts nothing).
 macro_rules! insert_runs_sql {
     () => {
         "INSERT INTO runs (id, org_id, workflow_id, workflow_version, status, variables,
                            created_at, updated_at, idempotency_key, request_hash, request_id,
-                           parent_run_id, parent_step, root_run_id)
+                           parent_run_id, parent_step, root_run_id, budget)
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[],
                               $6::jsonb[], $7::timestamptz[], $8::timestamptz[], $9::text[],
-                              $10::text[], $11::text[], $12::text[], $13::text[], $14::text[])
+                              $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
+                              $15::jsonb[])
          ON CONFLICT DO NOTHING
          RETURNING id"
     };
 }
 
-/// `$query` with the columns of `$rows` (new PENDING runs) bound as its `$1` to `$14`.
+/// `$query` with the columns of `$rows` (new PENDING runs) bound as its `$1` to `$15`.
 macro_rules! bind_runs {
     ($query:expr, $rows:expr) => {{
         use diesel::sql_types::{Array, Int4, Jsonb, Nullable, Text, Timestamptz};
@@ -102,6 +106,7 @@ macro_rules! bind_runs {
             .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.parent_run_id.as_deref()))
             .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.parent_step.as_deref()))
             .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.root_run_id.as_deref()))
+            .bind::<Array<Nullable<Jsonb>>, _>(column(rows, |r| r.budget.as_ref()))
     }};
 }
 
@@ -141,7 +146,7 @@ pub fn insert_runs_with_jobs(
         "), queued AS (
              INSERT INTO outbox (run_id, payload)
              SELECT j.run_id, j.payload
-             FROM unnest($15::text[], $16::jsonb[]) WITH ORDINALITY AS j(run_id, payload, position)
+             FROM unnest($16::text[], $17::jsonb[]) WITH ORDINALITY AS j(run_id, payload, position)
              WHERE j.run_id IN (SELECT id FROM inserted)
              ORDER BY j.position
              RETURNING run_id, id

@@ -5,4 +5,4 @@ WHERE id = $1
 RETURNING id, org_id, workflow_id, workflow_version, status, variables, output, error,
           created_at, updated_at, started_at, completed_at, lease_owner, lease_expires_at,
           idempotency_key, request_hash, request_id, parent_run_id, parent_step, wake_at,
-          root_run_id
+          root_run_id, budget

@@ -31,7 +31,7 @@ WITH batch AS (
     RETURNING id, org_id, workflow_id, workflow_version, status, variables, output, error,
               created_at, updated_at, started_at, completed_at, lease_owner, lease_expires_at,
               idempotency_key, request_hash, request_id, parent_run_id, parent_step, wake_at,
-              root_run_id
+              root_run_id, budget
 ), logged AS (
     INSERT INTO run_events (run_id, at, kind, from_status, to_status, level, message)
     SELECT c.id, $3, e.kind, e.from_status, e.to_status, e.level, e.message
