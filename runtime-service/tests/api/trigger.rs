@@ -161,3 +161,73 @@ async fn oversized_variables_are_a_400_naming_them() {
         "no run was created"
     );
 }
+
+/// The `budget` column of a run.
+fn stored_budget(app: &crate::helpers::TestApp, run_id: &str) -> Option<serde_json::Value> {
+    use diesel::prelude::*;
+    use shared_models::schema::runs;
+    runs::table
+        .find(run_id)
+        .select(runs::budget)
+        .first(&mut app.conn())
+        .expect("the run")
+}
+
+#[tokio::test]
+async fn a_triggers_budget_is_kept_with_its_run_and_a_bad_one_is_a_400() {
+    let app = spawn_app().await;
+    app.workflow("w", true);
+    // Batched (no key) and single (with a key): both keep it.
+    let plain = app
+        .post(
+            "/workflows/wf_w/trigger",
+            json!({"budget": {"maxTokens": 5000}}),
+        )
+        .await;
+    assert_eq!(plain.status, 201, "{}", plain.body);
+    let id = plain.body["data"]["id"].as_str().unwrap().to_string();
+    assert_eq!(stored_budget(&app, &id), Some(json!({"maxTokens": 5000})));
+    let keyed = app
+        .send(
+            "POST",
+            "/workflows/runs",
+            Some(json!({"workflowId": "wf_w", "budget": {"maxCostUsd": 0.25}})),
+            &[("Idempotency-Key", "budgeted-1")],
+        )
+        .await;
+    assert_eq!(keyed.status, 201, "{}", keyed.body);
+    let id = keyed.body["data"]["id"].as_str().unwrap().to_string();
+    assert_eq!(stored_budget(&app, &id), Some(json!({"maxCostUsd": 0.25})));
+    // The same key with another budget is another request.
+    let other = app
+        .send(
+            "POST",
+            "/workflows/runs",
+            Some(json!({"workflowId": "wf_w", "budget": {"maxCostUsd": 0.5}})),
+            &[("Idempotency-Key", "budgeted-1")],
+        )
+        .await;
+    assert_eq!(other.status, 409);
+    let none = app.post("/workflows/wf_w/trigger", json!({})).await;
+    let id = none.body["data"]["id"].as_str().unwrap().to_string();
+    assert_eq!(stored_budget(&app, &id), None);
+
+    let bad = app
+        .post(
+            "/workflows/wf_w/trigger",
+            json!({"budget": {"maxTokens": 0, "maxCostUsd": "a lot", "tokens": 1}}),
+        )
+        .await;
+    assert_eq!(
+        (bad.status, fields(&bad.body)),
+        (
+            400,
+            vec![
+                "budget.maxTokens".to_string(),
+                "budget.maxCostUsd".to_string(),
+                "budget.tokens".to_string()
+            ]
+        )
+    );
+    assert_eq!(app.queued().await, 3, "a refused trigger queues nothing");
+}

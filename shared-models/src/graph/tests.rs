@@ -669,3 +669,25 @@ fn an_agent_step_offers_at_most_32_tools() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn a_definition_may_set_a_budget_and_a_bad_one_is_named() {
+    let g = WorkflowGraph::parse(
+        &json!({"steps": [agent(json!({}))], "budget": {"maxTokens": 2000, "maxCostUsd": 0.1}}),
+        "definition",
+    )
+    .unwrap();
+    assert_eq!(
+        g.budget,
+        Some(crate::budget::Budget {
+            max_tokens: Some(2000),
+            max_cost_usd: Some(0.1)
+        })
+    );
+    let errors = WorkflowGraph::parse(
+        &json!({"steps": [agent(json!({}))], "budget": {"maxCostUsd": 0}}),
+        "definition",
+    )
+    .unwrap_err();
+    assert_eq!(fields(&errors), ["definition.budget.maxCostUsd"]);
+}
