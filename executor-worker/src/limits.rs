@@ -19,6 +19,11 @@ pub const DEFAULT_MAX_LEASE_TAKEOVERS: i32 = 3;
 /// `MAX_STEPS_IN_FLIGHT_PER_RUN` when unset.
 pub const DEFAULT_MAX_STEPS_IN_FLIGHT_PER_RUN: usize = 32;
 
+/// `AGENT_WAIT_IN_SLOT_SECONDS` when unset.
+pub const DEFAULT_WAIT_IN_SLOT: Duration = Duration::from_secs(2);
+/// `AGENT_RATE_WINDOW_SECONDS` when unset: the minute of `requestsPerMinute`.
+pub const DEFAULT_RATE_WINDOW: Duration = Duration::from_secs(60);
+
 /// The worker's limits on one step and one run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkLimits {
@@ -35,6 +40,13 @@ pub struct WorkLimits {
     /// Steps of one run executing at once in this worker (`MAX_STEPS_IN_FLIGHT_PER_RUN`);
     /// the others wait for their turn.
     pub max_steps_in_flight_per_run: usize,
+    /// A step told to wait (its agent's rate limit, a provider's `Retry-After`) at most this
+    /// long waits holding its worker slot; a longer wait parks its run, WAITING, until then
+    /// (`AGENT_WAIT_IN_SLOT_SECONDS`).
+    pub wait_in_slot: Duration,
+    /// The window an agent's `rateLimit` counts in (`AGENT_RATE_WINDOW_SECONDS`): a minute,
+    /// unless a test wants it shorter.
+    pub rate_window: Duration,
 }
 
 impl Default for WorkLimits {
@@ -45,6 +57,8 @@ impl Default for WorkLimits {
             run_output_max_bytes: DEFAULT_RUN_OUTPUT_MAX_BYTES,
             max_lease_takeovers: DEFAULT_MAX_LEASE_TAKEOVERS,
             max_steps_in_flight_per_run: DEFAULT_MAX_STEPS_IN_FLIGHT_PER_RUN,
+            wait_in_slot: DEFAULT_WAIT_IN_SLOT,
+            rate_window: DEFAULT_RATE_WINDOW,
         }
     }
 }
@@ -94,7 +108,18 @@ impl WorkLimits {
                     DEFAULT_MAX_STEPS_IN_FLIGHT_PER_RUN,
                 )?,
             )?,
+            wait_in_slot: env_seconds(
+                "AGENT_WAIT_IN_SLOT_SECONDS",
+                DEFAULT_WAIT_IN_SLOT.as_secs_f64(),
+            )?,
+            rate_window: env_seconds(
+                "AGENT_RATE_WINDOW_SECONDS",
+                DEFAULT_RATE_WINDOW.as_secs_f64(),
+            )?,
         };
+        if limits.rate_window.is_zero() {
+            return Err("AGENT_RATE_WINDOW_SECONDS must be above 0".into());
+        }
         Ok((limits, templates))
     }
 

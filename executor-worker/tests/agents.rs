@@ -793,3 +793,239 @@ async fn a_budget_stops_the_loop_before_the_call_that_would_go_over() {
     );
     assert_eq!(seen.lock().unwrap().len(), 3);
 }
+
+/// The agent `triage` on `server` with `rateLimit = { requestsPerMinute = rpm }`.
+fn limited_agent(server: &MockServer, rpm: i64) -> AgentRegistry {
+    AgentRegistry::from_toml_str(
+        &format!(
+            r#"
+[agents.triage]
+provider = "openai"
+baseUrl = "{}/v1"
+model = "gpt-test"
+apiKeyEnv = "{KEY_ENV}"
+rateLimit = {{ requestsPerMinute = {rpm} }}
+"#,
+            server.uri()
+        ),
+        None,
+    )
+    .expect("a valid agents file")
+}
+
+/// A one-turn agent step (no tools).
+fn one_turn() -> Value {
+    json!({ "steps": [{"name": "triage", "type": "agent", "agentId": "triage", "instructions": "go"}] })
+}
+
+#[tokio::test]
+async fn a_short_retry_after_is_waited_in_the_slot_and_is_not_a_failed_attempt() {
+    let db = test_db().await;
+    let tools = tool_server().await;
+    let (model, seen) = model_server(vec![completion(Some("done"), &[], (5, 1, 0))]).await;
+    // The first call is refused with Retry-After: 1.
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "1"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&model)
+        .await;
+    let (_, run_id) = workflow_with_run(&db.pool, "retryafter", one_turn(), json!({})).await;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        engine_for(&db, &model, &tools)
+            .process(&run_job(&run_id))
+            .await,
+        JobOutcome::Done
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "it waited as asked"
+    );
+    let steps = get_steps(&db.pool, &run_id).await;
+    let step = find_step(&steps, "triage");
+    // maxAttempts is 1: a 429 counted as a failure would have failed the step.
+    assert_eq!(
+        (step.status.as_str(), step.attempt),
+        ("COMPLETED", 2),
+        "{:?}",
+        step.error
+    );
+    let logs = logs_of(&get_events(&db.pool, &run_id).await, Some("triage"));
+    assert!(
+        logs.iter()
+            .any(|(_, m)| m.contains("rate limiting (HTTP 429)")
+                && m.contains("trying again in 1.000s")),
+        "{logs:?}"
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "one answered call after the refused one"
+    );
+}
+
+#[tokio::test]
+async fn a_long_retry_after_parks_the_run_until_then_and_it_goes_on_from_its_journal() {
+    let db = test_db().await;
+    let tools = tool_server().await;
+    let (model, seen) = model_server(vec![
+        completion(
+            None,
+            &[("call_1", "list_orders", json!({"customer": "c_1"}))],
+            (5, 1, 0),
+        ),
+        completion(Some("done"), &[], (6, 1, 0)),
+    ])
+    .await;
+    // Turn 2's first ask is refused for 2 seconds.
+    struct RefuseTurn2Once(Mutex<bool>);
+    impl Respond for RefuseTurn2Once {
+        fn respond(&self, _: &Request) -> ResponseTemplate {
+            *self.0.lock().unwrap() = true;
+            ResponseTemplate::new(429).insert_header("retry-after", "2")
+        }
+    }
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(wiremock::matchers::body_string_contains(
+            "\"role\":\"tool\"",
+        ))
+        .respond_with(RefuseTurn2Once(Mutex::new(false)))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&model)
+        .await;
+    let (_, run_id) = workflow_with_run(
+        &db.pool,
+        "parked",
+        triage_definition(&tools, json!({})),
+        json!({"email": "x"}),
+    )
+    .await;
+    let mut engine = engine_for(&db, &model, &tools);
+    engine.limits.wait_in_slot = Duration::from_millis(500);
+    assert_eq!(engine.process(&run_job(&run_id)).await, JobOutcome::Done);
+    let run = get_run(&db.pool, &run_id).await;
+    assert_eq!(run.status.as_str(), "WAITING", "parked, holding no worker");
+    assert!(run.lease_owner.is_none());
+    let wake = run.wake_at.expect("a wake-up time");
+    let steps = get_steps(&db.pool, &run_id).await;
+    assert_eq!(find_step(&steps, "triage").status.as_str(), "WAITING");
+    // Woken (as the runtime's scheduler does) once the wait is over.
+    wait_until_past(wake).await;
+    assert_eq!(engine.process(&run_job(&run_id)).await, JobOutcome::Done);
+    let run = get_run(&db.pool, &run_id).await;
+    assert_eq!(run.status.as_str(), "COMPLETED", "{:?}", run.error);
+    let asked: Vec<usize> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(assistant_messages)
+        .collect();
+    assert_eq!(
+        asked,
+        vec![0, 1],
+        "turn 1 was not asked again after the wait"
+    );
+    assert_eq!(
+        tools.received_requests().await.unwrap().len(),
+        1,
+        "nor its tool run again"
+    );
+}
+
+#[tokio::test]
+async fn two_workers_share_an_agents_rate_limit_and_park_instead_of_waiting_in_a_slot() {
+    let db = test_db().await;
+    let tools = tool_server().await;
+    // Every request's arrival time.
+    struct Timed(Arc<Mutex<Vec<std::time::Instant>>>);
+    impl Respond for Timed {
+        fn respond(&self, _: &Request) -> ResponseTemplate {
+            self.0.lock().unwrap().push(std::time::Instant::now());
+            completion(Some("done"), &[], (5, 1, 0))
+        }
+    }
+    std::env::set_var(KEY_ENV, "sk-test-key-never-shown");
+    let model = MockServer::start().await;
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(Timed(arrivals.clone()))
+        .mount(&model)
+        .await;
+    // 2 requests per window of 1 s (AGENT_RATE_WINDOW_SECONDS shortened for the test); a
+    // wait over 100 ms parks.
+    let window = Duration::from_secs(1);
+    let workers: Vec<Engine> = (0..2)
+        .map(|_| {
+            let mut e = engine_allowing(
+                &db.pool,
+                limited_agent(&model, 2),
+                CALL_TIMEOUT,
+                &allow_server(&tools),
+            );
+            e.limits.rate_window = window;
+            e.limits.wait_in_slot = Duration::from_millis(100);
+            e
+        })
+        .collect();
+    let (workflow_id, first) = workflow_with_run(&db.pool, "limited", one_turn(), json!({})).await;
+    let mut runs = insert_runs(&db.pool, &workflow_id, 7, |_| json!({})).await;
+    runs.push(first);
+    let mut parked = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        // Each worker takes half of the runs not ended, all at once.
+        let mut open = Vec::new();
+        for id in &runs {
+            let run = get_run(&db.pool, id).await;
+            match run.status.as_str() {
+                "COMPLETED" => {}
+                "WAITING" if run.wake_at.is_some_and(|w| w > shared_models::time::now()) => {
+                    open.push(None)
+                }
+                _ => open.push(Some(id.clone())),
+            }
+        }
+        if open.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the runs did not all complete"
+        );
+        let due: Vec<String> = open.into_iter().flatten().collect();
+        let jobs = due.iter().enumerate().map(|(i, id)| {
+            let (worker, job) = (&workers[i % 2], run_job(id));
+            async move { worker.process(&job).await }
+        });
+        for outcome in futures_util::future::join_all(jobs).await {
+            assert_eq!(outcome, JobOutcome::Done);
+        }
+        for id in &due {
+            if get_run(&db.pool, id).await.status.as_str() == "WAITING" {
+                parked += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        parked > 0,
+        "runs waiting for the limit were parked, holding no slot"
+    );
+    let arrivals = arrivals.lock().unwrap().clone();
+    assert_eq!(arrivals.len(), 8);
+    for (i, &t) in arrivals.iter().enumerate() {
+        let in_window = arrivals
+            .iter()
+            .filter(|&&u| u >= t && u < t + window)
+            .count();
+        assert!(
+            in_window <= 2,
+            "{in_window} requests within {window:?} of request {i}"
+        );
+    }
+}

@@ -176,6 +176,21 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    agent_rate_limits (agent_id) {
+        agent_id -> Text,
+    }
+}
+
+diesel::table! {
+    agent_calls (id) {
+        id -> Int8,
+        agent_id -> Text,
+        at -> Timestamptz,
+        tokens -> Int8,
+    }
+}
+
 diesel::joinable!(run_usage -> runs (run_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -190,5 +205,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     workers,
     ops_counters,
     agent_turns,
-    run_usage
+    run_usage,
+    agent_rate_limits,
+    agent_calls
 );

@@ -23,6 +23,7 @@ use std::time::Duration;
 use model::{Delta, ModelParams, ModelReply, ModelRequest, Pricing};
 pub use registry::{
     AgentEndpoint, AgentRegistry, AnthropicAgentConfig, HttpAgentConfig, OpenAiAgentConfig,
+    RateLimit,
 };
 
 /// Everything an agent is told about one attempt of one step.
@@ -172,6 +173,14 @@ impl<'a> ModelAgent<'a> {
         match self {
             ModelAgent::OpenAi(agent) => agent.pricing,
             ModelAgent::Anthropic(agent) => agent.pricing,
+        }
+    }
+
+    /// The entry's `rateLimit`, if set.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        match self {
+            ModelAgent::OpenAi(agent) => agent.rate_limit,
+            ModelAgent::Anthropic(agent) => agent.rate_limit,
         }
     }
 

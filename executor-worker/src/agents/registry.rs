@@ -60,6 +60,8 @@ pub struct OpenAiAgentConfig {
     pub params: ModelParams,
     /// The entry's `pricing`, if any.
     pub pricing: Option<Pricing>,
+    /// The entry's `rateLimit`, if any: shared by every worker.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// An Anthropic model: `POST {base_url}/v1/messages`, or `POST {base_url}/messages` when
@@ -81,6 +83,8 @@ pub struct AnthropicAgentConfig {
     pub params: ModelParams,
     /// The entry's `pricing`, if any.
     pub pricing: Option<Pricing>,
+    /// The entry's `rateLimit`, if any: shared by every worker.
+    pub rate_limit: Option<RateLimit>,
 }
 
 // Hand-written so that header values (which usually are secrets) never reach a log.
@@ -104,6 +108,7 @@ impl fmt::Debug for OpenAiAgentConfig {
             .field("timeout", &self.timeout)
             .field("params", &self.params)
             .field("pricing", &self.pricing)
+            .field("rate_limit", &self.rate_limit)
             .finish()
     }
 }
@@ -118,6 +123,7 @@ impl fmt::Debug for AnthropicAgentConfig {
             .field("timeout", &self.timeout)
             .field("params", &self.params)
             .field("pricing", &self.pricing)
+            .field("rate_limit", &self.rate_limit)
             .finish()
     }
 }
@@ -157,6 +163,22 @@ struct RawEntry {
     max_tokens: Option<i64>,
     top_p: Option<f64>,
     pricing: Option<RawPricing>,
+    rate_limit: Option<RawRateLimit>,
+}
+
+/// `rateLimit = { requestsPerMinute, tokensPerMinute }`: either or both.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRateLimit {
+    requests_per_minute: Option<i64>,
+    tokens_per_minute: Option<i64>,
+}
+
+/// What the whole fleet may send one agent per minute (`rateLimit` of its entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests_per_minute: Option<i64>,
+    pub tokens_per_minute: Option<i64>,
 }
 
 /// `pricing = { inputPerMTok, outputPerMTok, cachedInputPerMTok }`, USD per million tokens.
@@ -176,6 +198,7 @@ struct ModelFields {
     api_key_env: String,
     params: ModelParams,
     pricing: Option<Pricing>,
+    rate_limit: Option<RateLimit>,
 }
 
 impl RawEntry {
@@ -190,6 +213,7 @@ impl RawEntry {
                     ("maxTokens", self.max_tokens.is_some()),
                     ("topP", self.top_p.is_some()),
                     ("pricing", self.pricing.is_some()),
+                    ("rateLimit", self.rate_limit.is_some()),
                 ] {
                     reject_field(name, present, "HTTP agents")?;
                 }
@@ -218,6 +242,7 @@ impl RawEntry {
                     timeout,
                     params: fields.params,
                     pricing: fields.pricing,
+                    rate_limit: fields.rate_limit,
                 }))
             }
             Some("anthropic") => {
@@ -230,6 +255,7 @@ impl RawEntry {
                     timeout,
                     params: fields.params,
                     pricing: fields.pricing,
+                    rate_limit: fields.rate_limit,
                 }))
             }
             Some(other) => Err(format!(
@@ -284,12 +310,34 @@ impl RawEntry {
                 Pricing::from_usd_per_mtok(input, output, p.cached_input_per_m_tok)
             })
             .transpose()?;
+        let rate_limit = self
+            .rate_limit
+            .map(|r| {
+                let per_minute = |field: &str, n: Option<i64>| match n {
+                    Some(n) if !(1..=100_000_000).contains(&n) => Err(format!(
+                        "`rateLimit.{field}` must be from 1 to 100000000, got {n}"
+                    )),
+                    _ => Ok(n),
+                };
+                let limit = RateLimit {
+                    requests_per_minute: per_minute("requestsPerMinute", r.requests_per_minute)?,
+                    tokens_per_minute: per_minute("tokensPerMinute", r.tokens_per_minute)?,
+                };
+                if limit.requests_per_minute.is_none() && limit.tokens_per_minute.is_none() {
+                    return Err(
+                        "`rateLimit` must set requestsPerMinute, tokensPerMinute or both".into(),
+                    );
+                }
+                Ok::<_, String>(limit)
+            })
+            .transpose()?;
         Ok(ModelFields {
             base_url: parse_url("baseUrl", &base_url)?,
             model,
             api_key_env,
             params,
             pricing,
+            rate_limit,
         })
     }
 }

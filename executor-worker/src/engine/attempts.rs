@@ -55,6 +55,43 @@ impl Engine {
                 None => self.execute(run, step, attempt, &ctx).await,
             };
             let elapsed = started.elapsed();
+            if let Err(StepFailure {
+                defer: Some(pause),
+                message,
+                ..
+            }) = &result
+            {
+                if attempt < MAX_DEFERRED_ATTEMPTS {
+                    let now = shared_models::time::now();
+                    // Not a failed attempt: it does not count against `retry.maxAttempts`.
+                    tries -= 1;
+                    if *pause <= self.limits.wait_in_slot {
+                        let change = StepChange::deferred(attempt, message, *pause);
+                        run.record(&record, &change, now)
+                            .await
+                            .map_err(StepEnd::Stop)?;
+                        tokio::time::sleep(*pause).await;
+                        continue;
+                    }
+                    let wake = now
+                        + chrono::Duration::from_std(*pause)
+                            .unwrap_or_else(|_| chrono::Duration::hours(1));
+                    let change = StepChange::waiting(
+                        Some(wake),
+                        None,
+                        format!("attempt {attempt}: {message}; waiting until {wake}"),
+                    );
+                    run.record(&record, &change, now)
+                        .await
+                        .map_err(StepEnd::Stop)?;
+                    log::info!(
+                        "run {}: step {} waits until {wake}: {message}",
+                        run.id,
+                        step.name
+                    );
+                    return Err(StepEnd::Deferred(wake));
+                }
+            }
             let change = match &result {
                 Ok(output) => StepChange::completed(output.clone()),
                 Err(e) if e.retryable && tries < step.retry.max_attempts => StepChange::retrying(
@@ -155,6 +192,8 @@ impl Engine {
             pool: &self.pool,
             me: &self.me,
             budget: run.budget(),
+            wait_in_slot: self.limits.wait_in_slot,
+            rate_window: self.limits.rate_window,
         }
     }
 
@@ -238,5 +277,11 @@ impl Engine {
 
 pub(super) enum StepEnd {
     Failed(String),
+    /// Told to wait longer than the worker waits in a slot: recorded WAITING until then.
+    Deferred(chrono::DateTime<chrono::Utc>),
     Stop(Stop),
 }
+
+/// A step deferred again and again (a provider answering 429 forever) fails once its attempt
+/// number reaches this.
+pub(super) const MAX_DEFERRED_ATTEMPTS: i32 = 100;

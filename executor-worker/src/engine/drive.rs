@@ -167,6 +167,10 @@ impl Engine {
                     rs.steps[i].error = Some(error);
                     failed = failed.or(Some(i));
                 }
+                Err(StepEnd::Deferred(wake)) => {
+                    rs.steps[i].status = StepStatus::Waiting;
+                    rs.steps[i].wake_at = Some(wake);
+                }
                 Err(StepEnd::Stop(stop)) => return Err(stop),
             }
         }

@@ -1,4 +1,5 @@
-//! The waiting kinds: delays, approvals and child runs, settled once their wait is over.
+//! The waiting kinds: delays, approvals and child runs, settled once their wait is over;
+//! and calls told to wait (deferred), ready again once it is over.
 
 use super::drive::Begin;
 use super::state::{RunState, Stop};
@@ -156,6 +157,8 @@ impl Engine {
                     &rs.graph.steps[i],
                     "approval",
                 ))),
+                // Deferred (a rate limit, a `Retry-After`) until now: ready again.
+                StepKind::Agent(_) | StepKind::Http { .. } if due => Some(StepChange::resumed()),
                 _ => None,
             };
             if let Some(change) = change {

@@ -12,14 +12,17 @@
 //! again: the next attempt (a retried run) starts a new one, after it in the same journal.
 
 use super::journal::Journal;
-use super::{tools, StepEnv, StepFailure};
+use super::{rate, tools, StepEnv, StepFailure};
 use crate::agents::model::{Message, ModelReply, ModelRequest, Usage, PICOS_PER_USD};
-use crate::agents::{self, ModelAgent};
+use crate::agents::{self, AgentError, ModelAgent};
 use crate::render::Ctx;
 use crate::storage::TurnRow;
 use serde_json::{json, Value};
 use shared_models::graph::AgentStep;
 use shared_models::json_schema::{self, Schema};
+
+/// How long a step waits after a provider's 429 that gave no `Retry-After`.
+const DEFAULT_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 const SYSTEM_LEAD: &str = "You are carrying out one step of an automated workflow. \
 The workflow run's variables and this step's inputs, as JSON:";
@@ -239,7 +242,8 @@ pub(super) async fn converse(
             tools: &specs,
             output_schema: step.output_schema.as_ref(),
         };
-        let reply: ModelReply = agents::complete(
+        let admitted = rate::admit(&step.agent_id, agent.rate_limit(), env).await?;
+        let reply = agents::complete(
             env.agents,
             &env.http.operator,
             &step.agent_id,
@@ -247,8 +251,21 @@ pub(super) async fn converse(
             timeout,
             None,
         )
-        .await
-        .map_err(|e| StepFailure::retry(e.to_string()))?;
+        .await;
+        let reply: ModelReply = match reply {
+            Ok(reply) => {
+                admitted.used(reply.usage.total_tokens(), env).await;
+                reply
+            }
+            // A provider's 429 (or 503 with Retry-After): wait as it asks, not a failure.
+            Err(e @ AgentError::RateLimited { retry_after, .. }) => {
+                return Err(StepFailure::defer(
+                    e.to_string(),
+                    retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
+                ))
+            }
+            Err(e) => return Err(StepFailure::retry(e.to_string())),
+        };
         let cost = agent.pricing().map_or(0, |p| p.cost_picos(&reply.usage));
         let turn = conversation.last_turn + 1;
         journal

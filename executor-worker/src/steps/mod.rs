@@ -5,6 +5,7 @@ mod agent;
 mod conversation;
 mod http;
 mod journal;
+mod rate;
 pub mod tools;
 mod transform;
 
@@ -38,6 +39,11 @@ pub struct StepEnv<'a> {
     pub me: &'a LeaseHolder,
     /// What the run's model calls may use, checked before each.
     pub budget: shared_models::budget::Budget,
+    /// Waits this short are waited in the slot; longer ones park the run
+    /// (`AGENT_WAIT_IN_SLOT_SECONDS`).
+    pub wait_in_slot: Duration,
+    /// The window of agents' `rateLimit` (`AGENT_RATE_WINDOW_SECONDS`).
+    pub rate_window: Duration,
 }
 
 /// Why an attempt of a step failed, and whether another attempt could succeed.
@@ -47,6 +53,9 @@ pub struct StepFailure {
     /// False when the same attempt would fail the same way (a refused egress, a limit went
     /// over, an invalid template result): the step fails at once, whatever its retry policy.
     pub retryable: bool,
+    /// Not a failure: the step must wait this long before trying again (a provider's
+    /// `Retry-After`, an agent's rate limit), which does not count against its attempts.
+    pub defer: Option<Duration>,
 }
 
 impl StepFailure {
@@ -55,6 +64,16 @@ impl StepFailure {
         Self {
             message: message.into(),
             retryable: true,
+            defer: None,
+        }
+    }
+
+    /// Try again after `wait`, without counting a failed attempt.
+    pub fn defer(message: impl Into<String>, wait: Duration) -> Self {
+        Self {
+            message: message.into(),
+            retryable: true,
+            defer: Some(wait),
         }
     }
 
@@ -63,6 +82,7 @@ impl StepFailure {
         Self {
             message: message.into(),
             retryable: false,
+            defer: None,
         }
     }
 }

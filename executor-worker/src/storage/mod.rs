@@ -57,6 +57,7 @@ mod claim;
 mod finish;
 mod lease;
 mod park;
+mod ratelimit;
 mod steps;
 mod turns;
 
@@ -71,6 +72,8 @@ pub use claim::{
 pub(crate) use finish::{finish_run, RunEnd};
 pub(crate) use lease::{release_lease, renew_lease};
 pub(crate) use park::{park_run, Park};
+pub use ratelimit::Admission;
+pub(crate) use ratelimit::{admit, used};
 pub(crate) use steps::{load_steps, record_step, start_step, StepChange};
 pub use steps::{StepRecord, STEPS_OF};
 pub(crate) use turns::{load_turns, record_tool_result, record_turn, run_spent};

@@ -233,6 +233,36 @@ impl StepChange {
         }
     }
 
+    /// An attempt told to wait `pause` (not a failure): back to PENDING, tried again after it.
+    pub fn deferred(attempt: i32, reason: &str, pause: Duration) -> Self {
+        Self {
+            to: StepStatus::Pending,
+            output: None,
+            error: None,
+            wake_at: None,
+            child_run_id: None,
+            log: (
+                "INFO",
+                text_column(format!(
+                    "attempt {attempt}: {reason}; trying again in {:.3}s",
+                    pause.as_secs_f64()
+                )),
+            ),
+        }
+    }
+
+    /// A step that waited (deferred past the worker's short wait) is due: ready again.
+    pub fn resumed() -> Self {
+        Self {
+            to: StepStatus::Pending,
+            output: None,
+            error: None,
+            wake_at: None,
+            child_run_id: None,
+            log: ("INFO", "done waiting; trying again".into()),
+        }
+    }
+
     pub fn waiting(
         wake_at: Option<DateTime<Utc>>,
         child_run_id: Option<String>,

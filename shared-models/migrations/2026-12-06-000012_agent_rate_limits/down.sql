@@ -1,0 +1,2 @@
+DROP TABLE agent_calls;
+DROP TABLE agent_rate_limits;
