@@ -442,3 +442,48 @@ fn debug_output_of_model_agents_hides_header_values() {
     );
     assert!(!shown.contains("beta-secret"), "{shown}");
 }
+
+#[test]
+fn a_model_agent_takes_a_rate_limit_and_a_bad_one_is_named() {
+    let toml = |limit: &str| {
+        format!(
+            "[agents.m]\nprovider = \"openai\"\nbaseUrl = \"https://api.example.com/v1\"\nmodel = \"x\"\napiKeyEnv = \"K\"\nrateLimit = {limit}\n"
+        )
+    };
+    let registry = AgentRegistry::from_toml_str(
+        &toml("{ requestsPerMinute = 60, tokensPerMinute = 90000 }"),
+        None,
+    )
+    .unwrap();
+    let Some(AgentEndpoint::OpenAi(m)) = registry.entry("m") else {
+        panic!("an openai agent")
+    };
+    assert_eq!(
+        m.rate_limit,
+        Some(RateLimit {
+            requests_per_minute: Some(60),
+            tokens_per_minute: Some(90000)
+        })
+    );
+    for (limit, problem) in [
+        (
+            "{ requestsPerMinute = 0 }",
+            "`rateLimit.requestsPerMinute` must be from 1 to 100000000",
+        ),
+        (
+            "{}",
+            "`rateLimit` must set requestsPerMinute, tokensPerMinute or both",
+        ),
+        ("{ rpm = 5 }", "unknown field `rpm`"),
+    ] {
+        let err = AgentRegistry::from_toml_str(&toml(limit), None).unwrap_err();
+        assert!(err.contains(problem), "{limit}: {err}");
+    }
+    let http =
+        "[agents.h]\nurl = \"http://127.0.0.1:9/x\"\nrateLimit = { requestsPerMinute = 5 }\n";
+    let err = AgentRegistry::from_toml_str(http, None).unwrap_err();
+    assert!(
+        err.contains("field `rateLimit` does not apply to HTTP agents"),
+        "{err}"
+    );
+}
