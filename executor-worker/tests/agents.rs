@@ -1029,3 +1029,172 @@ async fn two_workers_share_an_agents_rate_limit_and_park_instead_of_waiting_in_a
         );
     }
 }
+
+/// `wf_lookup`: a tool workflow answering a customer record for `variables.email`.
+async fn lookup_workflow(pool: &PgPool) -> String {
+    insert_workflow(
+        pool,
+        "lookup",
+        json!({ "steps": [{"name": "find", "type": "transform",
+                           "value": {"plan": "pro", "email": "{{ variables.email }}"}}] }),
+    )
+    .await
+}
+
+/// An agent step with one workflow tool, `lookup_customer`, and no other.
+fn workflow_tool_definition() -> Value {
+    json!({ "steps": [{
+        "name": "triage", "type": "agent", "agentId": "triage", "instructions": "go",
+        "tools": [{"name": "lookup_customer", "description": "Find a customer",
+                   "parameters": {"type": "object", "properties": {"email": {"type": "string"}}, "required": ["email"]},
+                   "workflowId": "wf_lookup"}]
+    }]})
+}
+
+/// The one child run of `parent`, once it exists.
+async fn the_child(pool: &PgPool, parent: &str) -> shared_models::models::RunRow {
+    wait_for("the tool's child run", Duration::from_secs(20), || async {
+        child_runs(pool, parent).await.into_iter().next()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_workflow_tool_is_a_child_run_whose_output_is_the_result() {
+    let db = test_db().await;
+    let tools = tool_server().await;
+    lookup_workflow(&db.pool).await;
+    let (model, seen) = model_server(vec![
+        completion(
+            None,
+            &[(
+                "call_1",
+                "lookup_customer",
+                json!({"email": "ann@example.com"}),
+            )],
+            (5, 1, 0),
+        ),
+        completion(Some("pro customer"), &[], (5, 1, 0)),
+    ])
+    .await;
+    let (_, run_id) =
+        workflow_with_run(&db.pool, "wftool", workflow_tool_definition(), json!({})).await;
+    let engine = Arc::new(engine_for(&db, &model, &tools));
+    let parent = {
+        let (engine, job) = (engine.clone(), run_job(&run_id));
+        tokio::spawn(async move { engine.process(&job).await })
+    };
+    // The worker's consumer would take the child's job; here the test does, while the
+    // agent waits for it in its slot.
+    let child = the_child(&db.pool, &run_id).await;
+    assert_eq!(child.parent_step.as_deref(), Some("triage"));
+    assert_eq!(child.variables, json!({"email": "ann@example.com"}));
+    assert_eq!(engine.process(&run_job(&child.id)).await, JobOutcome::Done);
+    assert_eq!(parent.await.unwrap(), JobOutcome::Done);
+    let run = get_run(&db.pool, &run_id).await;
+    assert_eq!(run.status.as_str(), "COMPLETED", "{:?}", run.error);
+    let seen = seen.lock().unwrap().clone();
+    let result = seen[1]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "tool")
+        .unwrap()
+        .clone();
+    let content: Value = serde_json::from_str(result["content"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        content,
+        json!({"find": {"plan": "pro", "email": "ann@example.com"}})
+    );
+}
+
+#[tokio::test]
+async fn a_slow_tool_run_parks_the_agent_until_its_end_wakes_it() {
+    let db = test_db().await;
+    let tools = tool_server().await;
+    lookup_workflow(&db.pool).await;
+    let (model, seen) = model_server(vec![
+        completion(
+            None,
+            &[(
+                "call_1",
+                "lookup_customer",
+                json!({"email": "bob@example.com"}),
+            )],
+            (5, 1, 0),
+        ),
+        completion(Some("done"), &[], (5, 1, 0)),
+    ])
+    .await;
+    let (_, run_id) = workflow_with_run(
+        &db.pool,
+        "parkedtool",
+        workflow_tool_definition(),
+        json!({}),
+    )
+    .await;
+    let mut engine = engine_for(&db, &model, &tools);
+    engine.limits.wait_in_slot = Duration::from_millis(100);
+    assert_eq!(engine.process(&run_job(&run_id)).await, JobOutcome::Done);
+    let run = get_run(&db.pool, &run_id).await;
+    assert_eq!(
+        (run.status.as_str(), run.lease_owner.as_deref()),
+        ("WAITING", None),
+        "parked, no slot held"
+    );
+    let child = the_child(&db.pool, &run_id).await;
+    assert_eq!(child.status.as_str(), "PENDING");
+    // The child runs; its end queues a job for its parent, which goes on from its journal.
+    assert_eq!(engine.process(&run_job(&child.id)).await, JobOutcome::Done);
+    let woken = get_outbox(&db.pool)
+        .await
+        .into_iter()
+        .filter(|o| o.run_id == run_id)
+        .count();
+    assert_eq!(woken, 1, "the child's end queued the parent's job");
+    assert_eq!(engine.process(&run_job(&run_id)).await, JobOutcome::Done);
+    let run = get_run(&db.pool, &run_id).await;
+    assert_eq!(run.status.as_str(), "COMPLETED", "{:?}", run.error);
+    let asked: Vec<usize> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(assistant_messages)
+        .collect();
+    assert_eq!(asked, vec![0, 1]);
+    assert_eq!(
+        child_runs(&db.pool, &run_id).await.len(),
+        1,
+        "one child, not one per wake-up"
+    );
+}
+
+#[tokio::test]
+async fn cancelling_an_agent_waiting_on_a_tool_run_cancels_the_tool_run() {
+    let db = test_db().await;
+    let tools = tool_server().await;
+    lookup_workflow(&db.pool).await;
+    let (model, _) = model_server(vec![completion(
+        None,
+        &[(
+            "call_1",
+            "lookup_customer",
+            json!({"email": "x@example.com"}),
+        )],
+        (5, 1, 0),
+    )])
+    .await;
+    let (_, run_id) = workflow_with_run(
+        &db.pool,
+        "canceltool",
+        workflow_tool_definition(),
+        json!({}),
+    )
+    .await;
+    let mut engine = engine_for(&db, &model, &tools);
+    engine.limits.wait_in_slot = Duration::from_millis(50);
+    assert_eq!(engine.process(&run_job(&run_id)).await, JobOutcome::Done);
+    cancel_run(&db.pool, &run_id).await;
+    let child = the_child(&db.pool, &run_id).await;
+    assert_eq!(child.status.as_str(), "CANCELLED", "no orphan tool run");
+}

@@ -183,6 +183,7 @@ impl Engine {
             http: &self.http,
             agent_timeout: self.agent_timeout,
             step_timeout: self.http.step_timeout(step.timeout),
+            run,
             run_id: &run.id,
             org_id: &run.org_id,
             workflow_id: &run.workflow_id,

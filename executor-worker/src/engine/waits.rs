@@ -157,8 +157,10 @@ impl Engine {
                     &rs.graph.steps[i],
                     "approval",
                 ))),
-                // Deferred (a rate limit, a `Retry-After`) until now: ready again.
-                StepKind::Agent(_) | StepKind::Http { .. } if due => Some(StepChange::resumed()),
+                // An agent step deferred (a rate limit, a `Retry-After`, its tools' child
+                // runs): ready again whenever its run is woken (at its wake-up time, or by a
+                // child's end); if its wait is not over, it defers again.
+                StepKind::Agent(_) => Some(StepChange::resumed()),
                 _ => None,
             };
             if let Some(change) = change {

@@ -12,17 +12,19 @@
 //! again: the next attempt (a retried run) starts a new one, after it in the same journal.
 
 use super::journal::Journal;
+use super::tools::ToolOutcome;
 use super::{rate, tools, StepEnv, StepFailure};
-use crate::agents::model::{Message, ModelReply, ModelRequest, Usage, PICOS_PER_USD};
+use crate::agents::model::{Message, ModelReply, ModelRequest, ToolCall, Usage, PICOS_PER_USD};
 use crate::agents::{self, AgentError, ModelAgent};
 use crate::render::Ctx;
 use crate::storage::TurnRow;
 use serde_json::{json, Value};
 use shared_models::graph::AgentStep;
 use shared_models::json_schema::{self, Schema};
+use std::time::Duration;
 
 /// How long a step waits after a provider's 429 that gave no `Retry-After`.
-const DEFAULT_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 const SYSTEM_LEAD: &str = "You are carrying out one step of an automated workflow. \
 The workflow run's variables and this step's inputs, as JSON:";
@@ -38,9 +40,18 @@ struct Conversation {
     repairs: u32,
     /// The number of the journal's last turn (of any conversation of this step).
     last_turn: i32,
-    /// The last turn's tool calls that have no result yet: (index in the turn, call).
-    pending: Vec<(usize, crate::agents::model::ToolCall)>,
+    /// The last turn's tool calls that have no result yet: (index in the turn, call, the
+    /// child run a workflow tool's call started).
+    pending: Vec<Pending>,
 }
+
+/// A tool call without its result yet: its place in its turn, the call, and the child run a
+/// workflow tool's call started.
+type Pending = (usize, ToolCall, Option<String>);
+
+/// How long a step waiting for its tools' child runs stays parked at most before it looks
+/// again; a child's end wakes it sooner (it queues a job for its parent).
+const TOOL_RUNS_WAIT: Duration = Duration::from_secs(3600);
 
 /// Usage of every turn of the step, every conversation and attempt.
 #[derive(Default)]
@@ -99,11 +110,16 @@ fn replay(rows: Vec<TurnRow>) -> Result<(Conversation, Spent), StepFailure> {
         if let Message::Assistant { tool_calls, .. } = &reply {
             for (i, call) in tool_calls.iter().enumerate() {
                 match row.tool_results.get(&call.id) {
+                    // A workflow tool's child run, started and not ended when last looked.
+                    Some(noted) if noted.get("childRunId").is_some() => {
+                        let child = noted["childRunId"].as_str().map(str::to_string);
+                        conversation.pending.push((i, call.clone(), child));
+                    }
                     Some(result) => conversation.messages.push(
                         serde_json::from_value(result.clone())
                             .map_err(|e| unreadable(row.turn, e))?,
                     ),
-                    None => conversation.pending.push((i, call.clone())),
+                    None => conversation.pending.push((i, call.clone(), None)),
                 }
             }
         }
@@ -182,17 +198,8 @@ pub(super) async fn converse(
     loop {
         // The last turn's tool calls, all at once, each journaled as it finishes.
         if !conversation.pending.is_empty() {
-            let turn = conversation.last_turn;
-            let calls = std::mem::take(&mut conversation.pending);
-            let results = futures_util::future::join_all(calls.iter().map(|(i, call)| async {
-                let result = tools::call(&step.tools, call, *i, ctx, env).await;
-                journal.record_tool_result(turn, &result).await?;
-                Ok::<_, StepFailure>(result)
-            }))
-            .await;
-            for result in results {
-                conversation.messages.push(result?);
-            }
+            let results = run_tools(step, &mut conversation, &journal, ctx, env).await?;
+            conversation.messages.extend(results);
         }
         let to_send = match last_reply(&conversation.messages) {
             None => {
@@ -279,9 +286,84 @@ pub(super) async fn converse(
         conversation.turns += 1;
         conversation.last_turn = turn;
         conversation.messages.extend(to_send);
-        conversation.pending = reply.tool_calls.iter().cloned().enumerate().collect();
+        conversation.pending = reply
+            .tool_calls
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, call)| (i, call, None))
+            .collect();
         conversation.messages.push(reply.message());
     }
+}
+
+/// Run the pending tool calls of the conversation's last turn, all at once; their results.
+/// Workflow tools' child runs are waited for a while in the slot (they are often quick),
+/// then the step is deferred (its run parks, holding no worker) until they end.
+async fn run_tools(
+    step: &AgentStep,
+    conversation: &mut Conversation,
+    journal: &Journal<'_>,
+    ctx: &Ctx,
+    env: &StepEnv<'_>,
+) -> Result<Vec<Message>, StepFailure> {
+    let turn = conversation.last_turn;
+    let calls = std::mem::take(&mut conversation.pending);
+    let outcomes =
+        futures_util::future::join_all(calls.into_iter().map(|(i, call, child)| async move {
+            let outcome = match child {
+                Some(child) => ToolOutcome::Started(child),
+                None => tools::call(&step.tools, &call, i, turn, ctx, env).await?,
+            };
+            if let ToolOutcome::Done(result) = &outcome {
+                journal.record_tool_result(turn, result).await?;
+            }
+            Ok::<_, StepFailure>((i, call, outcome))
+        }))
+        .await;
+    let mut results = Vec::new();
+    let mut running: Vec<Pending> = Vec::new();
+    for outcome in outcomes {
+        match outcome? {
+            (_, _, ToolOutcome::Done(result)) => results.push(result),
+            (i, call, ToolOutcome::Started(child)) => running.push((i, call, Some(child))),
+        }
+    }
+    // The child runs, looked at with pauses that grow, for as long as a wait in the slot.
+    let deadline = tokio::time::Instant::now() + env.wait_in_slot;
+    let mut pause = Duration::from_millis(10);
+    while !running.is_empty() {
+        let mut still = Vec::new();
+        for (i, call, child) in running {
+            let id = child.as_deref().unwrap_or_default();
+            match tools::child_result(&call, id, env).await? {
+                Some(result) => {
+                    journal.record_tool_result(turn, &result).await?;
+                    results.push(result);
+                }
+                None => still.push((i, call, child)),
+            }
+        }
+        running = still;
+        if running.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() + pause > deadline {
+            let names: Vec<String> = running
+                .iter()
+                .map(|(_, call, child)| {
+                    format!("{} ({})", call.name, child.as_deref().unwrap_or("?"))
+                })
+                .collect();
+            return Err(StepFailure::defer(
+                format!("waiting for tool runs: {}", names.join(", ")),
+                TOOL_RUNS_WAIT,
+            ));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+    Ok(results)
 }
 
 /// Whether `conversation` cannot go on: out of turns without a final answer, or a final

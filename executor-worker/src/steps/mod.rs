@@ -27,6 +27,8 @@ pub struct StepEnv<'a> {
     /// The step's own `timeoutSeconds` (cut to `MAX_STEP_TIMEOUT_SECONDS`), which wins over
     /// every other.
     pub step_timeout: Option<Duration>,
+    /// The run (its row, as claimed).
+    pub run: &'a shared_models::models::RunRow,
     pub run_id: &'a str,
     pub org_id: &'a str,
     pub workflow_id: &'a str,

@@ -1,5 +1,5 @@
-//! Child runs of `subworkflow` steps: started under the lease and the org's quotas, and
-//! their state read back.
+//! Child runs of `subworkflow` steps and of agents' workflow tools: started under the lease
+//! and the org's quotas, and their state read back.
 
 use super::lease::touch;
 use super::steps::record_step;
@@ -40,79 +40,137 @@ pub(crate) fn start_child_run(
         if touch(conn, &parent.id, me, now)? == Fenced::LeaseLost {
             return Ok(Err(Fenced::LeaseLost));
         }
-        // A workflow may start itself; the chain of parents bounds how deep that goes.
-        let mut depth = 1;
-        let mut ancestor = parent.parent_run_id.clone();
-        while let Some(id) = ancestor {
-            depth += 1;
-            if depth > runs::MAX_CHILD_DEPTH {
-                return Ok(Ok(ChildStart::Refused(format!(
-                    "subworkflows are nested more than {} deep",
-                    runs::MAX_CHILD_DEPTH
-                ))));
-            }
-            ancestor = runs_table::table
-                .find(&id)
-                .select(runs_table::parent_run_id)
-                .first(conn)
-                .optional()?
-                .flatten();
-        }
-        let root = parent.root_run_id.as_deref().unwrap_or(&parent.id);
-        match child_quota(conn, &parent.org_id, root)? {
-            Quota::Room => {}
-            Quota::TreeBusy => return Ok(Ok(ChildStart::TreeBusy)),
-            Quota::Exceeded(exceeded) => return Ok(Ok(ChildStart::Refused(exceeded.to_string()))),
-        }
-        let current: Option<(i32, bool)> = workflows::table
-            .find((&parent.org_id, workflow_id))
-            .filter(workflows::deleted_at.is_null())
-            .select((workflows::version, workflows::is_active))
-            .first(conn)
-            .optional()?;
-        let version = match current {
-            None => {
-                return Ok(Ok(ChildStart::Refused(format!(
-                    "workflow '{workflow_id}' was not found"
-                ))))
-            }
-            Some((_, false)) => {
-                return Ok(Ok(ChildStart::Refused(format!(
-                    "workflow '{workflow_id}' is inactive"
-                ))))
-            }
-            Some((version, true)) => version,
+        let started = insert_child(conn, parent, &step.name, workflow_id, variables, now)?;
+        let ChildStart::Started(child) = &started else {
+            return Ok(Ok(started));
         };
-        let child = runs::pending_run(
-            NewRun {
-                org_id: &parent.org_id,
-                workflow_id,
-                version,
-                variables,
-                idempotency_key: None,
-                request_hash: None,
-                request_id: parent.request_id.clone(),
-                parent: Some((&parent.id, &step.name, root)),
-                budget: None,
-            },
-            now,
-        );
-        runs::insert_run(conn, &child)?;
-        // A dedupe key lets the relay publish it at once (no grace period).
-        runs::enqueue_job(
-            conn,
-            &child.id,
-            &child.org_id,
-            child.request_id.clone(),
-            Some(&runs::keys::child_start(&child.id)),
-        )?;
-        let message = format!("started child run {} of {workflow_id}", child.id);
-        let waiting = StepChange::waiting(wait_until, Some(child.id.clone()), message);
+        let message = format!("started child run {child} of {workflow_id}");
+        let waiting = StepChange::waiting(wait_until, Some(child.clone()), message);
         if record_step(conn, step, &waiting, me, now)? == Fenced::LeaseLost {
             return Ok(Err(Fenced::LeaseLost));
         }
-        Ok(Ok(ChildStart::Started(child.id)))
+        Ok(Ok(started))
     })
+}
+
+/// Which tool call of which agent step starts a child run.
+pub struct ToolCallAt<'a> {
+    pub step: &'a str,
+    pub turn: i32,
+    pub call_id: &'a str,
+}
+
+/// Start the child run of a workflow tool's call and note it in the call's turn (its result
+/// is `{"childRunId": ...}` until the child ends), in one transaction under the lease: a
+/// redelivered job finds the note and waits for that child instead of starting another.
+/// Refused and busy as [`start_child_run`].
+pub(crate) fn start_tool_run(
+    conn: &mut PgConnection,
+    parent: &RunRow,
+    at: ToolCallAt<'_>,
+    workflow_id: &str,
+    variables: Value,
+    me: &LeaseHolder,
+    now: DateTime<Utc>,
+) -> Result<Result<ChildStart, Fenced>, Error> {
+    conn.transaction(|conn| {
+        if touch(conn, &parent.id, me, now)? == Fenced::LeaseLost {
+            return Ok(Err(Fenced::LeaseLost));
+        }
+        let started = insert_child(conn, parent, at.step, workflow_id, variables, now)?;
+        if let ChildStart::Started(child) = &started {
+            diesel::sql_query(
+                "UPDATE agent_turns SET tool_results = tool_results || jsonb_build_object($4::text, jsonb_build_object('childRunId', $5::text))
+                 WHERE run_id = $1 AND step = $2 AND turn = $3",
+            )
+            .bind::<Text, _>(&parent.id)
+            .bind::<Text, _>(at.step)
+            .bind::<diesel::sql_types::Integer, _>(at.turn)
+            .bind::<Text, _>(at.call_id)
+            .bind::<Text, _>(child)
+            .execute(conn)?;
+        }
+        Ok(Ok(started))
+    })
+}
+
+/// In the caller's transaction, under its lease: insert and queue a child run of `parent`
+/// for its step `step`, or say why not.
+fn insert_child(
+    conn: &mut PgConnection,
+    parent: &RunRow,
+    step: &str,
+    workflow_id: &str,
+    variables: Value,
+    now: DateTime<Utc>,
+) -> Result<ChildStart, Error> {
+    // A workflow may start itself; the chain of parents bounds how deep that goes.
+    let mut depth = 1;
+    let mut ancestor = parent.parent_run_id.clone();
+    while let Some(id) = ancestor {
+        depth += 1;
+        if depth > runs::MAX_CHILD_DEPTH {
+            return Ok(ChildStart::Refused(format!(
+                "subworkflows are nested more than {} deep",
+                runs::MAX_CHILD_DEPTH
+            )));
+        }
+        ancestor = runs_table::table
+            .find(&id)
+            .select(runs_table::parent_run_id)
+            .first(conn)
+            .optional()?
+            .flatten();
+    }
+    let root = parent.root_run_id.as_deref().unwrap_or(&parent.id);
+    match child_quota(conn, &parent.org_id, root)? {
+        Quota::Room => {}
+        Quota::TreeBusy => return Ok(ChildStart::TreeBusy),
+        Quota::Exceeded(exceeded) => return Ok(ChildStart::Refused(exceeded.to_string())),
+    }
+    let current: Option<(i32, bool)> = workflows::table
+        .find((&parent.org_id, workflow_id))
+        .filter(workflows::deleted_at.is_null())
+        .select((workflows::version, workflows::is_active))
+        .first(conn)
+        .optional()?;
+    let version = match current {
+        None => {
+            return Ok(ChildStart::Refused(format!(
+                "workflow '{workflow_id}' was not found"
+            )))
+        }
+        Some((_, false)) => {
+            return Ok(ChildStart::Refused(format!(
+                "workflow '{workflow_id}' is inactive"
+            )))
+        }
+        Some((version, true)) => version,
+    };
+    let child = runs::pending_run(
+        NewRun {
+            org_id: &parent.org_id,
+            workflow_id,
+            version,
+            variables,
+            idempotency_key: None,
+            request_hash: None,
+            request_id: parent.request_id.clone(),
+            parent: Some((&parent.id, step, root)),
+            budget: None,
+        },
+        now,
+    );
+    runs::insert_run(conn, &child)?;
+    // A dedupe key lets the relay publish it at once (no grace period).
+    runs::enqueue_job(
+        conn,
+        &child.id,
+        &child.org_id,
+        child.request_id.clone(),
+        Some(&runs::keys::child_start(&child.id)),
+    )?;
+    Ok(ChildStart::Started(child.id))
 }
 
 /// What [`start_child_run`] did.

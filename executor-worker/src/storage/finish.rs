@@ -72,6 +72,9 @@ pub(crate) fn finish_run(
                         ))
                         .execute(conn)?;
                     children.extend(child);
+                    if step.step_type == "agent" {
+                        children.extend(runs::tool_runs(conn, run, &step.name)?);
+                    }
                     status
                 }
                 None => {

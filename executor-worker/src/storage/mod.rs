@@ -65,7 +65,9 @@ pub(crate) use batch::write_batch;
 pub use batch::{
     checkpoint_pure_steps, finish_runs, PureStep, RunFinish, CHECKPOINT_BATCH, FENCE_STEPS,
 };
-pub(crate) use children::{child_state, start_child_run, ChildStart, ChildState};
+pub(crate) use children::{
+    child_state, start_child_run, start_tool_run, ChildStart, ChildState, ToolCallAt,
+};
 pub use claim::{
     claim_run, claim_runs, Claim, ClaimJob, ClaimedRun, CLAIM_PENDING, RUNNING_SLOT_HOLD,
 };

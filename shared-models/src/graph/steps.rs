@@ -207,7 +207,8 @@ fn whole_in(
     Some(n as u32)
 }
 
-/// `tools`: each `{name, description, parameters, request}`, names unique.
+/// `tools`: each `{name, description, parameters}` with a `request` or a `workflowId`, names
+/// unique.
 fn parse_tools(obj: &mut Obj, errors: &mut Errors) -> Option<Vec<AgentTool>> {
     let Some(items) = obj.opt_array("tools", errors) else {
         return Some(Vec::new());
@@ -268,14 +269,35 @@ fn parse_tools(obj: &mut Obj, errors: &mut Errors) -> Option<Vec<AgentTool>> {
         } else if let Err(problem) = json_schema::compile(&parameters) {
             errors.push(FieldError::new(tool.path("parameters"), problem));
         }
-        let request = parse_request(&mut tool, errors);
+        let action = match (tool.optional("request"), tool.optional("workflowId")) {
+            (Some(_), Some(_)) => {
+                errors.push(FieldError::new(
+                    tool.path("workflowId"),
+                    "a tool is either a request or a workflow, not both",
+                ));
+                None
+            }
+            (None, Some(_)) => tool.req_str("workflowId", errors).and_then(|id| {
+                if crate::ids::WorkflowId::parse(id).is_none() {
+                    errors.push(FieldError::new(
+                        tool.path("workflowId"),
+                        "is not a workflow id (wf_<name>)",
+                    ));
+                    return None;
+                }
+                Some(ToolAction::Workflow {
+                    workflow_id: id.to_string(),
+                })
+            }),
+            (_, None) => parse_request(&mut tool, errors).map(ToolAction::Request),
+        };
         tool.finish(errors);
-        if let (Some(name), Some(request)) = (name, request) {
+        if let (Some(name), Some(action)) = (name, action) {
             tools.push(AgentTool {
                 name,
                 description: description.to_string(),
                 parameters,
-                action: ToolAction::Request(request),
+                action,
             });
         }
     }

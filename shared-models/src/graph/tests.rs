@@ -611,7 +611,9 @@ fn an_agent_step_takes_tools_turns_and_an_output_schema() {
     assert_eq!((agent.max_turns, agent.repair_turns), (4, 0));
     assert_eq!(agent.tools.len(), 1);
     assert_eq!(agent.tools[0].name, "lookup_customer");
-    let ToolAction::Request(request) = &agent.tools[0].action;
+    let ToolAction::Request(request) = &agent.tools[0].action else {
+        panic!("a request tool")
+    };
     assert_eq!(request.method, "POST");
     assert!(agent.output_schema.is_some());
 }
@@ -636,7 +638,10 @@ fn bad_agent_fields_are_named() {
             {"name": "ok", "request": {"url": "https://x.example"}},
             {"name": "remote", "parameters": {"type": "object", "$ref": "http://192.0.2.1/s.json"}, "request": {"url": "https://x.example"}},
             {"name": "noreq"},
-            {"name": "extra", "request": {"url": "https://x.example"}, "workflowid": "wf_x"}
+            {"name": "extra", "request": {"url": "https://x.example"}, "workflowid": "wf_x"},
+            {"name": "both", "request": {"url": "https://x.example"}, "workflowId": "wf_x"},
+            {"name": "badwf", "workflowId": "lookup"},
+            {"name": "wf", "workflowId": "wf_lookup"}
         ]
     })));
     let expect = [
@@ -649,6 +654,8 @@ fn bad_agent_fields_are_named() {
         "steps[0].tools[3].parameters: is not a valid JSON Schema",
         "steps[0].tools[4].request: is required",
         "steps[0].tools[5].workflowid",
+        "steps[0].tools[6].workflowId: a tool is either a request or a workflow, not both",
+        "steps[0].tools[7].workflowId: is not a workflow id",
     ];
     for e in expect {
         assert!(

@@ -76,6 +76,10 @@ pub enum ToolAction {
     /// An HTTP request, templated with `args` (the model's arguments) besides the run's
     /// context, sent through the tenant egress policy like an `http` step's.
     Request(HttpRequestSpec),
+    /// A run of the workflow `workflow_id` (the same org's), with the model's arguments as its
+    /// variables: a child run of the agent's run, under the org's quotas; its output is the
+    /// result.
+    Workflow { workflow_id: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]

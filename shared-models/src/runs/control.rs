@@ -49,6 +49,9 @@ pub fn cancel_locked_run(
         match rows.iter().find(|r| &r.name == name) {
             Some(row) if OPEN_STEPS.contains(&row.status) => {
                 children.extend(row.child_run_id.clone());
+                if row.step_type == "agent" {
+                    children.extend(tool_runs(conn, run, name)?);
+                }
                 events.push(NewRunEvent::transition(
                     &run.id,
                     now,
@@ -92,6 +95,23 @@ pub fn cancel_locked_run(
     events.push(NewRunEvent::log(&run.id, now, None, "INFO", message));
     insert_events(conn, &events)?;
     Ok(children)
+}
+
+/// The child runs an agent step's workflow tools started that have not ended: found by the
+/// run tree's index (`runs_by_root`), at most `maxDescendantsPerRun` rows.
+pub fn tool_runs(conn: &mut PgConnection, run: &RunRow, step: &str) -> Result<Vec<String>, Error> {
+    let root = run.root_run_id.as_deref().unwrap_or(&run.id);
+    runs::table
+        .filter(runs::root_run_id.eq(root))
+        .filter(runs::parent_run_id.eq(&run.id))
+        .filter(runs::parent_step.eq(step))
+        .filter(runs::status.ne_all([
+            RunStatus::Completed.as_str(),
+            RunStatus::Failed.as_str(),
+            RunStatus::Cancelled.as_str(),
+        ]))
+        .select(runs::id)
+        .load(conn)
 }
 
 /// Cancel the child runs (and their children, up to [`MAX_CHILD_DEPTH`] levels) of steps
