@@ -191,6 +191,18 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    agent_deltas (id) {
+        id -> Int8,
+        run_id -> Text,
+        step -> Text,
+        attempt -> Int4,
+        kind -> Text,
+        data -> Jsonb,
+        at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(run_usage -> runs (run_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -207,5 +219,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     agent_turns,
     run_usage,
     agent_rate_limits,
-    agent_calls
+    agent_calls,
+    agent_deltas
 );

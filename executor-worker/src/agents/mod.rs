@@ -176,6 +176,14 @@ impl<'a> ModelAgent<'a> {
         }
     }
 
+    /// Whether the entry asks for streamed answers (`stream = true`).
+    pub fn streams(&self) -> bool {
+        match self {
+            ModelAgent::OpenAi(agent) => agent.stream,
+            ModelAgent::Anthropic(agent) => agent.stream,
+        }
+    }
+
     /// The entry's `rateLimit`, if set.
     pub fn rate_limit(&self) -> Option<RateLimit> {
         match self {

@@ -62,6 +62,8 @@ pub struct OpenAiAgentConfig {
     pub pricing: Option<Pricing>,
     /// The entry's `rateLimit`, if any: shared by every worker.
     pub rate_limit: Option<RateLimit>,
+    /// `stream = true`: answers are streamed, their pieces sent live on the run's events.
+    pub stream: bool,
 }
 
 /// An Anthropic model: `POST {base_url}/v1/messages`, or `POST {base_url}/messages` when
@@ -85,6 +87,8 @@ pub struct AnthropicAgentConfig {
     pub pricing: Option<Pricing>,
     /// The entry's `rateLimit`, if any: shared by every worker.
     pub rate_limit: Option<RateLimit>,
+    /// `stream = true`: answers are streamed, their pieces sent live on the run's events.
+    pub stream: bool,
 }
 
 // Hand-written so that header values (which usually are secrets) never reach a log.
@@ -109,6 +113,7 @@ impl fmt::Debug for OpenAiAgentConfig {
             .field("params", &self.params)
             .field("pricing", &self.pricing)
             .field("rate_limit", &self.rate_limit)
+            .field("stream", &self.stream)
             .finish()
     }
 }
@@ -124,6 +129,7 @@ impl fmt::Debug for AnthropicAgentConfig {
             .field("params", &self.params)
             .field("pricing", &self.pricing)
             .field("rate_limit", &self.rate_limit)
+            .field("stream", &self.stream)
             .finish()
     }
 }
@@ -164,6 +170,7 @@ struct RawEntry {
     top_p: Option<f64>,
     pricing: Option<RawPricing>,
     rate_limit: Option<RawRateLimit>,
+    stream: Option<bool>,
 }
 
 /// `rateLimit = { requestsPerMinute, tokensPerMinute }`: either or both.
@@ -199,6 +206,7 @@ struct ModelFields {
     params: ModelParams,
     pricing: Option<Pricing>,
     rate_limit: Option<RateLimit>,
+    stream: bool,
 }
 
 impl RawEntry {
@@ -214,6 +222,7 @@ impl RawEntry {
                     ("topP", self.top_p.is_some()),
                     ("pricing", self.pricing.is_some()),
                     ("rateLimit", self.rate_limit.is_some()),
+                    ("stream", self.stream.is_some()),
                 ] {
                     reject_field(name, present, "HTTP agents")?;
                 }
@@ -243,6 +252,7 @@ impl RawEntry {
                     params: fields.params,
                     pricing: fields.pricing,
                     rate_limit: fields.rate_limit,
+                    stream: fields.stream,
                 }))
             }
             Some("anthropic") => {
@@ -256,6 +266,7 @@ impl RawEntry {
                     params: fields.params,
                     pricing: fields.pricing,
                     rate_limit: fields.rate_limit,
+                    stream: fields.stream,
                 }))
             }
             Some(other) => Err(format!(
@@ -338,6 +349,7 @@ impl RawEntry {
             params,
             pricing,
             rate_limit,
+            stream: self.stream.unwrap_or(false),
         })
     }
 }
