@@ -35,6 +35,7 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("post", "/workflows/runs/{id}/retry"),
     ("post", "/workflows/runs/{id}/steps/{step}/approve"),
     ("get", "/workflows/runs/{id}/events"),
+    ("get", "/usage"),
 ];
 
 fn example<'a>(doc: &'a Value, method: &str, path: &str) -> &'a Value {
