@@ -32,6 +32,7 @@ ROUTES = [
     ("POST", "/workflows/runs/run_01H/steps/approve_it/approve", RUNTIME),
     ("POST", "/workflows/wf_support/trigger", RUNTIME),
     ("POST", "/workflows/wf_support/trigger/", RUNTIME),
+    ("GET", "/usage", RUNTIME),
     ("GET", "/ops/queues", RUNTIME),
     ("GET", "/ops/workers", RUNTIME),
     ("GET", "/ops", RUNTIME),
@@ -59,6 +60,7 @@ ROUTES = [
     ("GET", "/metrics", WORKFLOW),
     ("GET", "/workflows/runsX", NOWHERE),
     ("GET", "/opsx", NOWHERE),
+    ("GET", "/usagex", NOWHERE),
     ("POST", "/workflows/wf_support", NOWHERE),
     ("POST", "/workflows/", NOWHERE),
 ]

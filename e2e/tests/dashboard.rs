@@ -1,7 +1,7 @@
 //! The dashboard at `/ui/` in a real browser (Debian's headless chromium), through the gateway
-//! of a real stack: the runs list, a run's graph, and the queues and workers page, each
-//! checked in the DOM the page built from the API, and each saved as a screenshot into
-//! `target/ui-screenshots/` (not committed) for a person to look at.
+//! of a real stack: the runs list, a run's graph and agent turns, and the queues and workers
+//! page, each checked in the DOM the page built from the API, and each saved as a screenshot
+//! into `target/ui-screenshots/` (not committed) for a person to look at.
 //!
 //! chromium is required, not optional: `make test` installs it (scripts/ensure-services.sh).
 
@@ -338,6 +338,56 @@ async fn the_dashboard_shows_runs_graphs_queues_and_workers_in_a_browser() {
         ["COMPLETED", "COMPLETED", "COMPLETED", "WAITING", "PENDING"]
     );
 
+    // ---- a run's agent turns: usage in the header, each turn folded, every text escaped ----
+    let turned = get(&stack, &stack.key, &format!("/workflows/runs/{completed}")).await;
+    insert_turns(&stack, &turned);
+    let html = dom(&stack, &format!("run.html?id={completed}")).await;
+    let steps: Vec<_> = with(&tags(&html, "details"), "data-step")
+        .cloned()
+        .collect();
+    assert_eq!(steps.len(), 1, "one agent step with turns: {steps:?}");
+    assert_eq!(steps[0]["class"], "agent-step");
+    assert!(!steps[0].contains_key("open"), "agent steps start folded");
+    let turns: Vec<String> = with(&tags(&html, "details"), "data-turn")
+        .map(|a| a["data-turn"].clone())
+        .collect();
+    assert_eq!(turns, ["1", "2"], "the step's turns, in order");
+    for (hook, what) in [
+        (
+            "class=\"usage-tokens\">320 in · 32 out · 40 cached<",
+            "the run's tokens",
+        ),
+        ("class=\"usage-cost\">$0.0011<", "the run's cost"),
+        (
+            "2 turns · 320 in · 32 out · 40 cached · $0.0011",
+            "the step's usage",
+        ),
+        ("class=\"mono\">gpt-test<", "a turn's model"),
+        (
+            "class=\"mono tool-name\">lookup_&lt;customer&gt;<",
+            "the tool's name, escaped",
+        ),
+        (
+            "\"email\": \"&lt;b&gt;ann@example.com&lt;/b&gt;\"",
+            "the call's arguments",
+        ),
+        (
+            "class=\"tool-result tool-error\" data-error=\"true\"",
+            "an error result, marked",
+        ),
+        ("class=\"badge level-ERROR\">error<", "the error badge"),
+        ("no such customer &lt;script&gt;", "the error's text"),
+        (
+            "class=\"reply\">&lt;img src=x onerror=alert(1)&gt; billing, high<",
+            "a reply, escaped",
+        ),
+    ] {
+        assert!(html.contains(hook), "{what}: {hook} not in the page");
+    }
+    assert!(!html.contains("<img src=x"), "model text is never markup");
+    assert!(!html.contains("<script>alert"), "tool text is never markup");
+    screenshot(&stack, &format!("run.html?id={completed}"), "run-turns.png").await;
+
     // ---- queues and workers ----
     let deadline = Instant::now() + Duration::from_secs(30);
     let workers = loop {
@@ -468,4 +518,54 @@ async fn the_dashboard_shows_runs_graphs_queues_and_workers_in_a_browser() {
     screenshot(&stack, &format!("run.html?id={failed}"), "run-failed.png").await;
     screenshot(&stack, &format!("run.html?id={waiting}"), "run-waiting.png").await;
     screenshot(&stack, "queues.html", "queues.png").await;
+}
+
+/// Two model turns of `run`'s `classify` step, straight into the database as a worker with a
+/// model agent writes them (the stack's agent is an HTTP one): the first calls a tool that
+/// fails, the second answers. Model and tool text carry markup, which the page must show as
+/// text.
+fn insert_turns(stack: &Stack, run: &Value) {
+    use diesel::prelude::*;
+    use diesel::sql_types::{BigInt, Integer, Jsonb, Text};
+    let mut conn = PgConnection::establish(&stack.database_url).expect("database");
+    let first_reply = json!({"role": "assistant", "content": "",
+        "toolCalls": [{"id": "c1", "name": "lookup_<customer>", "arguments": {"email": "<b>ann@example.com</b>"}}]});
+    let first_results = json!({"c1": {"role": "tool", "toolCallId": "c1", "name": "lookup_<customer>",
+        "content": "no such customer <script>alert(1)</script>", "isError": true}});
+    let second_reply =
+        json!({"role": "assistant", "content": "<img src=x onerror=alert(1)> billing, high"});
+    for (turn, reply, results, tokens, picos) in [
+        (
+            1,
+            first_reply,
+            first_results,
+            (100i64, 10i64, 40i64),
+            400_000_000i64,
+        ),
+        (2, second_reply, json!({}), (220, 22, 0), 700_000_000),
+    ] {
+        diesel::sql_query(
+            "INSERT INTO agent_turns (run_id, step, turn, attempt, org_id, workflow_id, agent_id,
+               model, messages, reply, tool_results, input_tokens, output_tokens, cached_tokens,
+               cost_picos, created_at)
+             VALUES ($1, 'classify', $2, 1, $3, $4, 'support-classifier', 'gpt-test', '[]', $5,
+               $6, $7, $8, $9, $10, now())",
+        )
+        .bind::<Text, _>(run["id"].as_str().unwrap())
+        .bind::<Integer, _>(turn)
+        .bind::<Text, _>(run["orgId"].as_str().unwrap())
+        .bind::<Text, _>(run["workflowId"].as_str().unwrap())
+        .bind::<Jsonb, _>(reply)
+        .bind::<Jsonb, _>(results)
+        .bind::<BigInt, _>(tokens.0)
+        .bind::<BigInt, _>(tokens.1)
+        .bind::<BigInt, _>(tokens.2)
+        .bind::<BigInt, _>(picos)
+        .execute(&mut conn)
+        .expect("insert a turn");
+    }
+    diesel::sql_query("INSERT INTO run_usage VALUES ($1, 320, 32, 40, 1100000000)")
+        .bind::<Text, _>(run["id"].as_str().unwrap())
+        .execute(&mut conn)
+        .expect("insert the run's usage");
 }

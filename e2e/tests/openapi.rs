@@ -35,6 +35,7 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("post", "/workflows/runs/{id}/retry"),
     ("post", "/workflows/runs/{id}/steps/{step}/approve"),
     ("get", "/workflows/runs/{id}/events"),
+    ("get", "/usage"),
 ];
 
 fn example<'a>(doc: &'a Value, method: &str, path: &str) -> &'a Value {
@@ -227,7 +228,10 @@ async fn next_cursor(stack: &Stack, key: &str, path: &str) -> String {
 ///   conditions that compile: the `Step` schema's description lists them), so a definition
 ///   valid by the schema may still be a 400. For the three operations that take one, the
 ///   `positive_data_acceptance` check accepts that 400; every other check still holds there,
-///   and that check holds as it is everywhere else.
+///   and that check holds as it is everywhere else;
+/// - `GET /usage`'s window is a rule between two parameters (`from` before `to`, at most 366
+///   days apart; `from` defaults to 30 days before `to`, `to` to now): two timestamps valid by
+///   their schemas may still be a 400, which `positive_data_acceptance` accepts there too.
 fn schemathesis_config(cursors: &[(&str, String)], run: &str) -> String {
     let mut toml = String::from("[generation]\nallow-x00 = false\n\n");
     for (operation, step) in [
@@ -251,6 +255,7 @@ fn schemathesis_config(cursors: &[(&str, String)], run: &str) -> String {
         "POST /workflows",
         "PUT /workflows/{id}",
         "POST /workflows/validate",
+        "GET /usage",
     ] {
         toml.push_str(&format!(
             "[[operations]]\ninclude-name = \"{operation}\"\n\

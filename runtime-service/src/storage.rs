@@ -15,6 +15,7 @@
 //! - [`create`]: creating runs (one, or a batch) under the org's `maxQueuedRuns`.
 //! - [`outbox`]: the outbox rows of the relay: claiming, marking sent, pruning.
 //! - [`reads`]: a run, its detail, a page of runs, the oldest due PENDING run.
+//! - [`usage`]: an org's model usage over a time window (`GET /usage`).
 
 pub mod control;
 pub mod counters;
@@ -24,6 +25,7 @@ pub mod outbox;
 pub mod reads;
 pub mod redrive;
 pub mod sweeper;
+pub mod usage;
 pub mod workers;
 
 pub use create::{create_run, create_runs, CreateOutcome, PlainTrigger, QueuedCounts};

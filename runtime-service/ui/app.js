@@ -433,6 +433,7 @@
       renderSummary(run);
       replaceChildren($("graph"), drawGraph(run.steps));
       renderSteps(run.steps);
+      renderTurns(run.steps);
       renderTransitions(run.transitions);
       renderLogs(run.logs);
       const ended = ENDED.includes(run.status);
@@ -459,6 +460,8 @@
       item("Started", fmtTime(run.startedAt)),
       item("Completed", fmtTime(run.completedAt)),
       item("Duration", duration(run.startedAt, run.completedAt)),
+      item("Tokens", el("span", { class: "usage-tokens", text: fmtTokens(run.usage) })),
+      item("Cost", el("span", { class: "usage-cost", text: fmtCost(run.usage) })),
     ];
     if (run.error) parts.push(item("Error", el("pre", { text: run.error }), "wide"));
     if (run.output !== null && run.output !== undefined) {
@@ -481,6 +484,100 @@
         el("td", { class: "message", text: s.error || "" }),
       ])
     ));
+  }
+
+  // ---- agent turns: usage, replies, tool calls and results --------------------------------
+  // Tenants and models write every one of these strings: all go in as text nodes.
+
+  // The agent steps and turns the reader opened (all start closed), kept across refreshes.
+  const opened = new Set();
+
+  function fmtTokens(u) {
+    if (!u) return "—";
+    return fmtCount(u.inputTokens) + " in · " + fmtCount(u.outputTokens) + " out · " +
+      fmtCount(u.cachedTokens) + " cached";
+  }
+
+  function fmtCost(u) {
+    const usd = u ? u.costUsd : null;
+    if (typeof usd !== "number") return "—";
+    if (usd === 0) return "$0";
+    if (usd >= 1) return "$" + usd.toFixed(2);
+    if (usd < 0.000001) return "< $0.000001";
+    return "$" + usd.toFixed(6).replace(/0+$/, "");
+  }
+
+  // Message content as text: a string as it is, anything else as JSON.
+  function textOf(v) {
+    if (v === null || v === undefined) return "";
+    return typeof v === "string" ? v : JSON.stringify(v, null, 2);
+  }
+
+  // A <details> closed unless the reader opened it (`key`) before this refresh.
+  function foldable(key, attrs, summary, body) {
+    const d = el("details", Object.assign({ open: opened.has(key) }, attrs), [
+      el("summary", null, summary),
+      el("div", { class: "fold-body" }, body),
+    ]);
+    d.addEventListener("toggle", () => {
+      if (d.open) opened.add(key);
+      else opened.delete(key);
+    });
+    return d;
+  }
+
+  function toolCall(call, result) {
+    const parts = [
+      el("div", null, [
+        el("span", { class: "label", text: "Tool call " }),
+        el("span", { class: "mono tool-name", text: textOf(call.name) || "?" }),
+      ]),
+      el("pre", { class: "tool-arguments", text: JSON.stringify(call.arguments === undefined ? null : call.arguments, null, 2) }),
+    ];
+    if (result) {
+      parts.push(el("div", { class: "tool-result" + (result.isError ? " tool-error" : ""), "data-error": result.isError ? "true" : "false" }, [
+        el("span", { class: "label", text: "Result " }),
+        result.isError ? el("span", { class: "badge level-ERROR", text: "error" }) : null,
+        el("pre", { text: textOf(result.content) }),
+      ]));
+    } else {
+      parts.push(el("div", { class: "tool-result none", text: "No result." }));
+    }
+    return el("div", { class: "tool-call", "data-tool": textOf(call.name) }, parts);
+  }
+
+  function turnView(step, t) {
+    const reply = t.reply || {};
+    const calls = Array.isArray(reply.toolCalls) ? reply.toolCalls : [];
+    const results = new Map((Array.isArray(t.toolResults) ? t.toolResults : []).map((r) => [r.toolCallId, r]));
+    const summary = [
+      el("b", { text: "Turn " + t.turn }),
+      " · attempt " + t.attempt + " · ",
+      el("span", { class: "mono", text: textOf(t.model) }),
+      " · " + fmtTokens(t.usage) + " · " + fmtCost(t.usage),
+      calls.length ? " · " + calls.length + (calls.length === 1 ? " tool call" : " tool calls") : null,
+      el("span", { class: "when", text: " · " + fmtTime(t.at) }),
+    ];
+    const body = [
+      el("span", { class: "label", text: "Reply" }),
+      el("pre", { class: "reply", text: textOf(reply.content) || "(no text)" }),
+    ].concat(calls.map((c) => toolCall(c, results.get(c.id))));
+    return foldable("turn:" + step + ":" + t.turn, { class: "turn", "data-turn": t.turn }, summary, body);
+  }
+
+  function renderTurns(steps) {
+    const parts = steps.filter((s) => Array.isArray(s.turns) && s.turns.length).map((s) =>
+      foldable("step:" + s.name, { class: "agent-step", "data-step": s.name }, [
+        el("span", { class: "mono", text: s.name }), " ", badge(s.status), " ",
+        el("span", {
+          class: "usage",
+          text: s.turns.length + (s.turns.length === 1 ? " turn" : " turns") + " · " +
+            fmtTokens(s.usage) + " · " + fmtCost(s.usage),
+        }),
+      ], s.turns.map((t) => turnView(s.name, t)))
+    );
+    if (!parts.length) parts.push(el("p", { class: "empty", text: "No agent step has asked a model." }));
+    replaceChildren($("turns"), parts);
   }
 
   function renderTransitions(transitions) {

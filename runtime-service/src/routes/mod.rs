@@ -10,6 +10,7 @@ mod publish;
 mod runs;
 mod trigger;
 mod ui;
+mod usage;
 mod views;
 
 use actix_web::web;
@@ -57,6 +58,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/workflows/runs/{id}/events")
                 .route(web::get().to(events::stream_run_events))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/usage")
+                .route(web::get().to(usage::get_usage))
                 .default_service(web::to(method_not_allowed)),
         )
         .service(

@@ -21,12 +21,14 @@ use utoipa::{Modify, OpenApi};
         super::control::retry_run,
         super::control::approve_step,
         super::events::stream_run_events,
+        super::usage::get_usage,
         super::ops::queues,
         super::ops::workers,
         super::dead_letters::redrive_dead_letters,
     ),
     tags(
         (name = "runs", description = "Runs: trigger, follow and control them (runtime-service)"),
+        (name = "usage", description = "Tokens and cost of an org's agent steps (runtime-service)"),
         (name = "ops", description = "Queues, workers and dead letters, for operators (admin key; runtime-service)"),
     ),
     modifiers(&Common, &OptionalBodies)

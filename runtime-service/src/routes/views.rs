@@ -48,13 +48,18 @@ pub struct UsageView {
 /// One USD in pico-USD, the unit costs are stored in.
 const PICOS_PER_USD: f64 = 1e12;
 
+/// A cost stored in pico-USD, in USD (only views convert: sums stay exact in pico-USD).
+pub(crate) fn usd(cost_picos: i64) -> f64 {
+    cost_picos as f64 / PICOS_PER_USD
+}
+
 impl UsageView {
     fn new(input_tokens: i64, output_tokens: i64, cached_tokens: i64, cost_picos: i64) -> Self {
         Self {
             input_tokens,
             output_tokens,
             cached_tokens,
-            cost_usd: cost_picos as f64 / PICOS_PER_USD,
+            cost_usd: usd(cost_picos),
         }
     }
 }

@@ -70,6 +70,7 @@ pub fn every_route(s: &Seeded) -> Vec<Route> {
             Some(json!({"approved": true, "comment": "fine"})),
         ),
         Route::stream(format!("/workflows/runs/{}/events", s.completed)),
+        Route::new("GET", "/usage?groupBy=agent", None),
         Route::new(
             "POST",
             format!("/workflows/{}/trigger", s.workflow),

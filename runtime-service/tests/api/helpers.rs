@@ -298,6 +298,83 @@ impl TestApp {
     }
 }
 
+/// One `agent_turns` row as the worker writes it (`TestApp::turn`); `Turn::of` fills in a
+/// plain one.
+pub struct Turn<'a> {
+    pub run_id: &'a str,
+    pub step: &'a str,
+    pub turn: i32,
+    pub attempt: i32,
+    pub org_id: &'a str,
+    pub workflow_id: &'a str,
+    pub agent_id: &'a str,
+    pub model: &'a str,
+    pub reply: Value,
+    pub tool_results: Value,
+    /// Input, output and cached tokens.
+    pub tokens: (i64, i64, i64),
+    pub cost_picos: i64,
+    pub at: DateTime<Utc>,
+}
+
+impl<'a> Turn<'a> {
+    /// Turn `turn` (attempt 1) of step `classify` of `run_id` (of `org_id`'s `workflow_id`),
+    /// by `support-classifier` on `gpt-test`, answered at `at`, with a plain text reply.
+    pub fn of(
+        org_id: &'a str,
+        workflow_id: &'a str,
+        run_id: &'a str,
+        turn: i32,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Turn {
+            run_id,
+            step: "classify",
+            turn,
+            attempt: 1,
+            org_id,
+            workflow_id,
+            agent_id: "support-classifier",
+            model: "gpt-test",
+            reply: json!({"role": "assistant", "content": "billing"}),
+            tool_results: json!({}),
+            tokens: (0, 0, 0),
+            cost_picos: 0,
+            at,
+        }
+    }
+}
+
+impl TestApp {
+    /// Insert one `agent_turns` row, straight into the database.
+    pub fn turn(&self, t: Turn) {
+        use diesel::sql_types::{BigInt, Integer, Jsonb, Text, Timestamptz};
+        diesel::sql_query(
+            "INSERT INTO agent_turns (run_id, step, turn, attempt, org_id, workflow_id, agent_id,
+               model, messages, reply, tool_results, input_tokens, output_tokens, cached_tokens,
+               cost_picos, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '[]'::jsonb, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind::<Text, _>(t.run_id)
+        .bind::<Text, _>(t.step)
+        .bind::<Integer, _>(t.turn)
+        .bind::<Integer, _>(t.attempt)
+        .bind::<Text, _>(t.org_id)
+        .bind::<Text, _>(t.workflow_id)
+        .bind::<Text, _>(t.agent_id)
+        .bind::<Text, _>(t.model)
+        .bind::<Jsonb, _>(t.reply)
+        .bind::<Jsonb, _>(t.tool_results)
+        .bind::<BigInt, _>(t.tokens.0)
+        .bind::<BigInt, _>(t.tokens.1)
+        .bind::<BigInt, _>(t.tokens.2)
+        .bind::<BigInt, _>(t.cost_picos)
+        .bind::<Timestamptz, _>(t.at)
+        .execute(&mut self.conn())
+        .expect("insert a turn");
+    }
+}
+
 /// Now plus (or minus) some seconds, as the database stores it.
 pub fn seconds_from_now(secs: i64) -> DateTime<Utc> {
     shared_models::time::now() + chrono::Duration::seconds(secs)

@@ -17,3 +17,4 @@ mod scheduler;
 mod sweeper;
 mod tenancy;
 mod trigger;
+mod usage;

@@ -477,3 +477,37 @@ async fn the_dashboard_pages_load_without_a_key_with_their_content_types() {
         .await;
     assert_eq!(r.status, 401, "outside /ui/ a key is needed: {}", r.body);
 }
+
+/// The run page has its agent-turns section and usage, and the script builds every page from
+/// text nodes: tenants and models write the strings it shows (e2e/tests/dashboard.rs checks
+/// the rendered page in a browser).
+#[tokio::test]
+async fn the_run_page_shows_usage_and_turns_and_the_script_never_writes_markup() {
+    let app = spawn_app().await;
+    let page = |path: &'static str| {
+        let url = format!("{}{path}", app.address);
+        async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
+    };
+    let html = page("/ui/run.html").await;
+    assert!(html.contains("id=\"turns\""), "{html}");
+    let script = page("/ui/app.js").await;
+    for hook in [
+        "function renderTurns(",
+        "renderTurns(run.steps)",
+        "usage-tokens",
+        "usage-cost",
+        "tool-error",
+        "data-turn",
+        "toolResults",
+    ] {
+        assert!(script.contains(hook), "app.js lacks {hook}");
+    }
+    for markup in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+    ] {
+        assert!(!script.contains(markup), "app.js uses {markup}");
+    }
+}
