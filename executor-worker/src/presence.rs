@@ -8,6 +8,9 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::upsert::excluded;
 use shared_models::db::{blocking, PgPool, StorageError};
+
+/// How long agents' live pieces (`agent_deltas`) are kept for the event streams.
+pub const DELTAS_KEPT: std::time::Duration = std::time::Duration::from_secs(600);
 use shared_models::models::WorkerRow;
 use shared_models::schema::workers;
 use std::sync::Arc;
@@ -111,10 +114,18 @@ impl Presence {
     }
 
     /// Beat at once, then every interval, until `shutdown` turns true. A failed beat (the
-    /// database away) is logged and tried again at the next interval.
+    /// database away) is logged and tried again at the next interval. Each beat also prunes
+    /// agents' live pieces older than [`DELTAS_KEPT`] (`crate::steps::deltas`).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut failing = false;
         while !*shutdown.borrow() {
+            let pruned = blocking(&self.pool, |conn| {
+                crate::steps::deltas::prune(conn, DELTAS_KEPT, 10_000)
+            })
+            .await;
+            if let Err(e) = pruned {
+                log::debug!("agents' live pieces were not pruned: {e}");
+            }
             match self.beat().await {
                 Ok(()) if failing => {
                     log::info!("worker heartbeat written again");

@@ -1198,3 +1198,105 @@ async fn cancelling_an_agent_waiting_on_a_tool_run_cancels_the_tool_run() {
     let child = the_child(&db.pool, &run_id).await;
     assert_eq!(child.status.as_str(), "CANCELLED", "no orphan tool run");
 }
+
+/// A streamed chat completion: `pieces` of text, then the stop and the usage.
+fn streamed(pieces: &[&str], usage: (i64, i64)) -> ResponseTemplate {
+    let mut body = String::new();
+    for piece in pieces {
+        body.push_str(&format!(
+            "data: {}\n\n",
+            json!({"choices": [{"index": 0, "delta": {"content": piece}}]})
+        ));
+    }
+    body.push_str(&format!(
+        "data: {}\n\ndata: {}\n\ndata: [DONE]\n\n",
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+        json!({"choices": [], "usage": {"prompt_tokens": usage.0, "completion_tokens": usage.1}})
+    ));
+    ResponseTemplate::new(200).set_body_raw(body, "text/event-stream")
+}
+
+/// The live pieces written for `run_id`: (attempt, kind, data), oldest first.
+async fn pieces(pool: &PgPool, run: &str) -> Vec<(i32, String, Value)> {
+    use shared_models::schema::agent_deltas::dsl::*;
+    let run = run.to_string();
+    blocking(pool, move |conn| {
+        agent_deltas
+            .filter(run_id.eq(&run))
+            .order(id)
+            .select((attempt, kind, data))
+            .load(conn)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_streaming_agent_writes_its_pieces_live_and_a_retry_resets_them() {
+    let db = test_db().await;
+    let tools = tool_server().await;
+    std::env::set_var(KEY_ENV, "sk-test-key-never-shown");
+    let model = MockServer::start().await;
+    // The first ask fails (a retried attempt follows), the second streams its answer.
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("overloaded"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&model)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(
+            streamed(&["Bill", "ing: ", "refund ", "requested"], (30, 4))
+                .set_delay(Duration::from_millis(10)),
+        )
+        .mount(&model)
+        .await;
+    let registry = AgentRegistry::from_toml_str(
+        &format!(
+            "[agents.triage]\nprovider = \"openai\"\nbaseUrl = \"{}/v1\"\nmodel = \"m\"\napiKeyEnv = \"{KEY_ENV}\"\nstream = true\n",
+            model.uri()
+        ),
+        None,
+    )
+    .unwrap();
+    let definition = json!({ "steps": [{"name": "triage", "type": "agent", "agentId": "triage",
+        "instructions": "go", "retry": {"maxAttempts": 2, "backoffSeconds": 0.01}}] });
+    let (_, run_id) = workflow_with_run(&db.pool, "streams", definition, json!({})).await;
+    let engine = engine_allowing(&db.pool, registry, CALL_TIMEOUT, &allow_server(&tools));
+    assert_eq!(engine.process(&run_job(&run_id)).await, JobOutcome::Done);
+    let steps = get_steps(&db.pool, &run_id).await;
+    let step = find_step(&steps, "triage");
+    assert_eq!(
+        (step.status.as_str(), step.attempt),
+        ("COMPLETED", 2),
+        "{:?}",
+        step.error
+    );
+    assert_eq!(
+        step.output.as_ref().unwrap()["content"],
+        "Billing: refund requested"
+    );
+    let pieces = pieces(&db.pool, &run_id).await;
+    assert_eq!(
+        pieces[0],
+        (2, "reset".to_string(), json!({"attempt": 2})),
+        "{pieces:#?}"
+    );
+    let text: String = pieces[1..]
+        .iter()
+        .map(|(attempt, kind, data)| {
+            assert_eq!(
+                (*attempt, kind.as_str(), &data["turn"]),
+                (2, "delta", &json!(1))
+            );
+            data["text"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert_eq!(
+        text, "Billing: refund requested",
+        "the pieces, in order, are the answer"
+    );
+    assert!(pieces.len() <= 5, "coalesced: {pieces:#?}");
+}

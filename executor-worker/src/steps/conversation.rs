@@ -13,7 +13,7 @@
 
 use super::journal::Journal;
 use super::tools::ToolOutcome;
-use super::{rate, tools, StepEnv, StepFailure};
+use super::{deltas, rate, tools, StepEnv, StepFailure};
 use crate::agents::model::{Message, ModelReply, ModelRequest, ToolCall, Usage, PICOS_PER_USD};
 use crate::agents::{self, AgentError, ModelAgent};
 use crate::render::Ctx;
@@ -187,6 +187,7 @@ pub(super) async fn converse(
         })
         .transpose()?;
     let specs = tools::specs(&step.tools);
+    let mut reset_sent = false;
     let (mut conversation, mut spent) = replay(journal.load().await?)?;
     // A conversation that cannot go on was ended for good by an earlier attempt.
     if conversation.turns > 0 && ended(&conversation, step, schema.as_ref()) {
@@ -198,7 +199,8 @@ pub(super) async fn converse(
     loop {
         // The last turn's tool calls, all at once, each journaled as it finishes.
         if !conversation.pending.is_empty() {
-            let results = run_tools(step, &mut conversation, &journal, ctx, env).await?;
+            let results =
+                run_tools(step, agent.streams(), &mut conversation, &journal, ctx, env).await?;
             conversation.messages.extend(results);
         }
         let to_send = match last_reply(&conversation.messages) {
@@ -250,15 +252,36 @@ pub(super) async fn converse(
             output_schema: step.output_schema.as_ref(),
         };
         let admitted = rate::admit(&step.agent_id, agent.rate_limit(), env).await?;
-        let reply = agents::complete(
-            env.agents,
-            &env.http.operator,
-            &step.agent_id,
-            request,
-            timeout,
-            None,
-        )
-        .await;
+        let turn = conversation.last_turn + 1;
+        let reply = if agent.streams() {
+            if env.attempt > 1 && !reset_sent {
+                deltas::reset(env).await;
+                reset_sent = true;
+            }
+            let live = deltas::CallStream::start(env, turn);
+            let mut sink = live.sink();
+            let reply = agents::complete(
+                env.agents,
+                &env.http.operator,
+                &step.agent_id,
+                request,
+                timeout,
+                Some(&mut sink),
+            )
+            .await;
+            live.finish().await;
+            reply
+        } else {
+            agents::complete(
+                env.agents,
+                &env.http.operator,
+                &step.agent_id,
+                request,
+                timeout,
+                None,
+            )
+            .await
+        };
         let reply: ModelReply = match reply {
             Ok(reply) => {
                 admitted.used(reply.usage.total_tokens(), env).await;
@@ -274,7 +297,6 @@ pub(super) async fn converse(
             Err(e) => return Err(StepFailure::retry(e.to_string())),
         };
         let cost = agent.pricing().map_or(0, |p| p.cost_picos(&reply.usage));
-        let turn = conversation.last_turn + 1;
         journal
             .record_turn(turn, &step.agent_id, agent.model(), &to_send, &reply, cost)
             .await?;
@@ -302,6 +324,7 @@ pub(super) async fn converse(
 /// then the step is deferred (its run parks, holding no worker) until they end.
 async fn run_tools(
     step: &AgentStep,
+    streams: bool,
     conversation: &mut Conversation,
     journal: &Journal<'_>,
     ctx: &Ctx,
@@ -339,6 +362,9 @@ async fn run_tools(
             match tools::child_result(&call, id, env).await? {
                 Some(result) => {
                     journal.record_tool_result(turn, &result).await?;
+                    if streams {
+                        deltas::tool_result(env, turn, &result).await;
+                    }
                     results.push(result);
                 }
                 None => still.push((i, call, child)),

@@ -3,6 +3,7 @@
 
 mod agent;
 mod conversation;
+pub mod deltas;
 mod http;
 mod journal;
 mod rate;

@@ -64,6 +64,13 @@ enum RunStreamEventKind {
     /// The last event of a stream that reached `EVENT_STREAM_MAX_SECONDS`: its `id` is the
     /// last event sent; reconnect with it as `Last-Event-ID`.
     Reconnect,
+    /// A live piece of a streaming agent's answer (no `id`): `{step, attempt, turn, text?,
+    /// toolCalls?, toolResult?}`.
+    #[serde(rename = "agent.delta")]
+    AgentDelta,
+    /// A retried attempt of an agent step starts its answer again (no `id`): `{step, attempt}`.
+    #[serde(rename = "agent.reset")]
+    AgentReset,
 }
 
 /// The event streams open on this replica, per API key: what `maxEventStreams` counts.
@@ -143,7 +150,9 @@ impl Drop for StreamSlot {
         `data:` the JSON of a `TransitionView` or a `LogView` (as in the run's `transitions` and \
         `logs`). Comment lines (`: keep-alive`) keep an idle stream open. A stream open for \
         `EVENT_STREAM_MAX_SECONDS` ends with `event: reconnect` whose `id` is the last event \
-        sent: reconnect with it as `Last-Event-ID`. At most the org's `maxEventStreams` streams \
+        sent: reconnect with it as `Last-Event-ID`. A streaming agent's answer comes as it is \
+        written: `event: agent.delta` (and `agent.reset` when an attempt starts again), with no \
+        `id`. At most the org's `maxEventStreams` streams \
         are open per key (429 `QUOTA_EXCEEDED` over it). The response schema describes one event.",
     params(
         ("id" = String, Path, description = "The run id (`run_` + a lowercase ULID)", example = "run_01j9z3c4x5v6b7n8m9q0r1s2t3"),
@@ -168,12 +177,17 @@ pub async fn stream_run_events(
         .open(&caller.key_id, caller.limits.max_event_streams)?;
     let (org_id, key_id, run_id) = (caller.org_id, caller.key_id, id.as_str().to_string());
     let (org, run) = (org_id.clone(), run_id.clone());
-    if blocking(&state.pool, move |conn| storage::get_run(conn, &org, &run))
-        .await?
-        .is_none()
-    {
+    let found = blocking(&state.pool, move |conn| {
+        Ok(match storage::get_run(conn, &org, &run)? {
+            // Live pieces are live: a stream sends those written while it is open.
+            Some(_) => Some(storage::events::last_delta(conn, &run)?),
+            None => None,
+        })
+    })
+    .await?;
+    let Some(last_delta) = found else {
         return Err(RuntimeError::RunNotFound(raw));
-    }
+    };
     let feed = Feed {
         pool: state.pool.clone(),
         org_id,
@@ -181,6 +195,7 @@ pub async fn stream_run_events(
         key_checked: Instant::now(),
         run_id,
         last_id: after.unwrap_or(0),
+        last_delta,
         ready: VecDeque::new(),
         done: false,
         read_now: true,
@@ -208,6 +223,8 @@ struct Feed {
     run_id: String,
     /// The id of the last event sent (or the client's `Last-Event-ID`).
     last_id: i64,
+    /// The id of the last live piece of an agent's answer sent (`agent_deltas`).
+    last_delta: i64,
     /// Frames read but not yet sent.
     ready: VecDeque<Bytes>,
     /// Every event is in `ready`, and no more can come: end once it is sent.
@@ -302,18 +319,29 @@ impl Feed {
             }
         }
         let (org, run, after) = (self.org_id.clone(), self.run_id.clone(), self.last_id);
+        let after_delta = self.last_delta;
         let batch = blocking(&self.pool, move |conn| {
-            storage::events::events_after(conn, &org, &run, after, BATCH)
+            let Some(events) = storage::events::events_after(conn, &org, &run, after, BATCH)?
+            else {
+                return Ok(None);
+            };
+            // Read after the events: every piece written before them is among these.
+            let deltas = storage::events::deltas_after(conn, &run, after_delta, BATCH)?;
+            Ok(Some((events, deltas)))
         })
         .await;
         match batch {
-            Ok(Some(batch)) => {
-                let full = batch.events.len() as i64 >= BATCH;
+            Ok(Some((batch, deltas))) => {
+                let full = batch.events.len() as i64 >= BATCH || deltas.len() as i64 >= BATCH;
                 for event in batch.events {
                     self.last_id = event.id;
                     if let Some(frame) = frame(event) {
                         self.ready.push_back(frame);
                     }
+                }
+                for delta in deltas {
+                    self.last_delta = delta.id;
+                    self.ready.push_back(delta_frame(delta));
                 }
                 self.read_now = full;
                 self.done = batch.run_ended && !full;
@@ -340,6 +368,21 @@ impl Drop for Feed {
             self.last_id
         );
     }
+}
+
+/// `event: agent.delta|agent.reset\ndata: {"step", "attempt", ...}\n\n`, without an `id`
+/// (a live piece is not resumed: `Last-Event-ID` stays the last transition or log).
+fn delta_frame(delta: storage::events::DeltaRow) -> Bytes {
+    let mut data = serde_json::json!({ "step": delta.step, "attempt": delta.attempt });
+    if let (Some(data), serde_json::Value::Object(piece)) = (data.as_object_mut(), delta.data) {
+        data.extend(piece);
+    }
+    let event = if delta.kind == "reset" {
+        "agent.reset"
+    } else {
+        "agent.delta"
+    };
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
 }
 
 /// `id: <id>\nevent: transition|log\ndata: <the JSON of the run's detail view>\n\n`

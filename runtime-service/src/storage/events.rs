@@ -49,3 +49,46 @@ pub(crate) fn events_after(
         run_ended: status.is_terminal(),
     }))
 }
+
+/// A live piece of an agent's answer (`agent_deltas`, written by the worker).
+#[derive(Queryable)]
+pub(crate) struct DeltaRow {
+    pub id: i64,
+    pub step: String,
+    pub attempt: i32,
+    pub kind: String,
+    pub data: serde_json::Value,
+}
+
+/// Up to `limit` live pieces of the run's agent steps with ids above `after`, oldest first.
+pub(crate) fn deltas_after(
+    conn: &mut PgConnection,
+    run_id: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<DeltaRow>, Error> {
+    use shared_models::schema::agent_deltas;
+    agent_deltas::table
+        .filter(agent_deltas::run_id.eq(run_id))
+        .filter(agent_deltas::id.gt(after))
+        .order(agent_deltas::id)
+        .limit(limit)
+        .select((
+            agent_deltas::id,
+            agent_deltas::step,
+            agent_deltas::attempt,
+            agent_deltas::kind,
+            agent_deltas::data,
+        ))
+        .load(conn)
+}
+
+/// The id of the run's last live piece (0: none): a new stream sends the pieces after it.
+pub(crate) fn last_delta(conn: &mut PgConnection, run_id: &str) -> Result<i64, Error> {
+    use shared_models::schema::agent_deltas;
+    Ok(agent_deltas::table
+        .filter(agent_deltas::run_id.eq(run_id))
+        .select(diesel::dsl::max(agent_deltas::id))
+        .first::<Option<i64>>(conn)?
+        .unwrap_or(0))
+}

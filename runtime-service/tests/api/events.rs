@@ -372,3 +372,112 @@ async fn a_stream_ends_at_its_lifetime_with_an_id_to_resume_from() {
     let got: Vec<(i64, &str)> = frames.iter().map(|f| (f.id, f.event.as_str())).collect();
     assert_eq!(got, [(later, "log"), (later, "reconnect")]);
 }
+
+/// Every frame's (event, data), id or not.
+fn all_frames(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let event = block.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((
+                event.to_string(),
+                serde_json::from_str(data).expect("JSON data"),
+            ))
+        })
+        .collect()
+}
+
+/// A live piece of step `classify`'s answer, as the worker writes it.
+fn delta(app: &TestApp, run_id: &str, attempt: i32, kind: &str, data: Value) {
+    diesel::sql_query(
+        "INSERT INTO agent_deltas (run_id, step, attempt, kind, data) VALUES ($1, 'classify', $2, $3, $4)",
+    )
+    .bind::<diesel::sql_types::Text, _>(run_id)
+    .bind::<diesel::sql_types::Integer, _>(attempt)
+    .bind::<diesel::sql_types::Text, _>(kind)
+    .bind::<diesel::sql_types::Jsonb, _>(data)
+    .execute(&mut app.conn())
+    .expect("insert a live piece");
+}
+
+#[tokio::test]
+async fn a_streaming_agents_pieces_go_out_live_in_order_without_ids() {
+    let app = spawn_app().await;
+    let (id, ids) = with_history(&app, "RUNNING");
+    // Written before the stream opened: not sent (pieces are live only).
+    delta(&app, &id, 1, "delta", json!({"turn": 1, "text": "old"}));
+    let res = subscribe(&app, &id, None).await;
+    let mut body = res.bytes_stream();
+    let mut text = String::new();
+    let read = async {
+        while parse_frames(&text).0.len() < ids.len() {
+            let chunk = body.next().await.expect("open").expect("chunk");
+            text.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+        }
+        delta(
+            &app,
+            &id,
+            1,
+            "delta",
+            json!({"turn": 1, "text": "Hel", "toolCalls": [{"id": "c1", "name": "lookup"}]}),
+        );
+        delta(
+            &app,
+            &id,
+            1,
+            "delta",
+            json!({"turn": 1, "toolResult": {"id": "c1", "name": "lookup", "isError": false}}),
+        );
+        delta(&app, &id, 2, "reset", json!({"attempt": 2}));
+        delta(&app, &id, 2, "delta", json!({"turn": 2, "text": "lo"}));
+        // Then the run ends.
+        diesel::update(runs::table.find(&id))
+            .set(runs::status.eq("COMPLETED"))
+            .execute(&mut app.conn())
+            .unwrap();
+        app.event(NewRunEvent::transition(
+            &id,
+            shared_models::time::now(),
+            None,
+            "RUNNING",
+            "COMPLETED",
+        ));
+        while let Some(chunk) = body.next().await {
+            text.push_str(std::str::from_utf8(&chunk.expect("chunk")).expect("utf-8"));
+        }
+    };
+    tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("the stream ends with the run");
+    let pieces: Vec<(String, Value)> = all_frames(&text)
+        .into_iter()
+        .filter(|(event, _)| event.starts_with("agent."))
+        .collect();
+    assert_eq!(
+        pieces,
+        vec![
+            (
+                "agent.delta".to_string(),
+                json!({"step": "classify", "attempt": 1, "turn": 1, "text": "Hel", "toolCalls": [{"id": "c1", "name": "lookup"}]})
+            ),
+            (
+                "agent.delta".to_string(),
+                json!({"step": "classify", "attempt": 1, "turn": 1, "toolResult": {"id": "c1", "name": "lookup", "isError": false}})
+            ),
+            (
+                "agent.reset".to_string(),
+                json!({"step": "classify", "attempt": 2})
+            ),
+            (
+                "agent.delta".to_string(),
+                json!({"step": "classify", "attempt": 2, "turn": 2, "text": "lo"})
+            ),
+        ]
+    );
+    assert!(
+        !text.contains("old"),
+        "a piece from before the stream opened is not sent"
+    );
+    // The frames with ids are the transitions and logs, as before.
+    assert_eq!(parse_frames(&text).0.len(), ids.len() + 1);
+}
