@@ -46,6 +46,9 @@ export SUPPORT_AGENT_ADDR="${SUPPORT_AGENT_ADDR:-127.0.0.1:9000}"
 if [[ $SUPPORT_AGENT != 0 ]]; then
     export EGRESS_ALLOW="${EGRESS_ALLOW-$SUPPORT_AGENT_ADDR}"
 fi
+# The key the workers send the example triage model (agents.toml `triage-model`, served by the
+# example agent), which takes any key: not a secret.
+export THYGON_EXAMPLE_MODEL_KEY="${THYGON_EXAMPLE_MODEL_KEY:-example-key-not-secret}"
 READY_TIMEOUT="${READY_TIMEOUT:-60}"
 STOP_TIMEOUT="${STOP_TIMEOUT:-15}"
 

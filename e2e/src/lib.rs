@@ -39,6 +39,10 @@ pub struct StackOptions {
     /// Give each Thygon process (services and workers) a `METRICS_ADDR` of its own, on a
     /// free port ([`Stack::env_of`] tells which).
     pub metrics_addr: bool,
+    /// More entries for the stack's agents file (TOML, appended after the example agent's
+    /// three): model stand-ins of a test, say. `${SUPPORT_AGENT_ADDR}` in it becomes the
+    /// address (`127.0.0.1:<port>`) of the stack's example agent.
+    pub agents: String,
 }
 
 impl Default for StackOptions {
@@ -52,6 +56,7 @@ impl Default for StackOptions {
             amqp_url: None,
             release: false,
             metrics_addr: false,
+            agents: String::new(),
         }
     }
 }

@@ -53,7 +53,10 @@ impl Stack {
                 "[agents.support-classifier]\nurl = \"http://127.0.0.1:{agent_port}/classify\"\n\
                  headers = {{ Authorization = \"Bearer {AGENT_SECRET}\" }}\n\
                  [agents.reply-drafter]\nurl = \"http://127.0.0.1:{agent_port}/draft-reply\"\n\
-                 [agents.ticket-router]\nurl = \"http://127.0.0.1:{agent_port}/route\"\n"
+                 [agents.ticket-router]\nurl = \"http://127.0.0.1:{agent_port}/route\"\n\n{}",
+                options
+                    .agents
+                    .replace("${SUPPORT_AGENT_ADDR}", &format!("127.0.0.1:{agent_port}"))
             ),
         )
         .expect("agents file");

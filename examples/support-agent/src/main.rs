@@ -7,6 +7,8 @@
 //! - `POST /webhook`: not an agent: the endpoint the branching example of docs/WORKFLOWS.md posts its
 //!   result to (`make run` lets `http` steps reach this address through `EGRESS_ALLOW`);
 //!   answers `{ "received": <the JSON body> }`
+//! - `POST /v1/chat/completions`: not an agent of the HTTP protocol but an OpenAI-compatible
+//!   model, the example triage model of [`model`] (the agent `triage-model`)
 //! - `GET /healthz`: 200
 //!
 //! Listens on `SUPPORT_AGENT_ADDR` (default `127.0.0.1:9000`); `examples/agents.toml` maps
@@ -14,6 +16,7 @@
 //! `support-agent healthcheck` asks its `/healthz` on the loopback and exits 0 iff it answered
 //! 200 (the compose healthcheck: the image has no curl).
 
+mod model;
 mod tickets;
 
 use actix_web::{error, web, App, HttpRequest, HttpResponse, HttpServer};
@@ -98,6 +101,23 @@ async fn webhook(body: web::Json<Value>) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "received": body.into_inner() }))
 }
 
+/// The example triage model: any bearer key (or none) is accepted.
+async fn chat_completions(body: web::Bytes) -> HttpResponse {
+    let answer = serde_json::from_slice::<Value>(&body)
+        .map_err(|e| format!("not a JSON body: {e}"))
+        .and_then(|request| model::complete(&request));
+    match answer {
+        Ok(completion) => {
+            log::info!(
+                "chat/completions: {}",
+                completion["choices"][0]["finish_reason"]
+            );
+            HttpResponse::Ok().json(completion)
+        }
+        Err(message) => HttpResponse::BadRequest().json(model::error(&message)),
+    }
+}
+
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
@@ -147,6 +167,7 @@ async fn main() -> std::io::Result<()> {
             .route("/draft-reply", web::post().to(draft_reply))
             .route("/route", web::post().to(route))
             .route("/webhook", web::post().to(webhook))
+            .route("/v1/chat/completions", web::post().to(chat_completions))
             .route("/healthz", web::get().to(healthz))
     })
     .bind(&addr)
