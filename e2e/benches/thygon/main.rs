@@ -17,6 +17,7 @@
 //! printed beside Celery's, with the ratios the targets are set on.
 //! `BENCH_ONLY=fan_out` measures only the fairness row (another org's p99 with and without a
 //! fan-out attack, `fairness.rs`).
+mod agents;
 mod bench;
 mod fairness;
 mod measure;

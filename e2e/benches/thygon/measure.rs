@@ -1,8 +1,8 @@
 //! One measurement: a stack with a number of workers, and every figure of it.
 
 use crate::bench::{cpu_by_group, e2e_rate, latencies, Bench};
-use crate::fairness;
 use crate::stats::{chain, concurrency, mean, ms, percentile, running_cap, scaled, CLIENTS};
+use crate::{agents, fairness};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -13,15 +13,19 @@ use thygon_e2e::{Stack, StackOptions};
 
 pub(crate) async fn measure(workers: usize) -> Value {
     eprintln!("bench: starting a stack with {workers} worker process(es) ...");
+    let stand_ins = agents::StandIns::start().await;
+    let mut env = vec![
+        ("RUST_LOG".into(), "warn".into()),
+        ("RATE_LIMIT_PER_SECOND".into(), "0".into()),
+        ("MAX_RUNNING_PER_ORG".into(), running_cap().to_string()),
+    ];
+    env.extend(stand_ins.env());
     let stack = Stack::start_opts(StackOptions {
         workers,
         worker_concurrency: concurrency(),
         release: true,
-        env: vec![
-            ("RUST_LOG".into(), "warn".into()),
-            ("RATE_LIMIT_PER_SECOND".into(), "0".into()),
-            ("MAX_RUNNING_PER_ORG".into(), running_cap().to_string()),
-        ],
+        env,
+        agents: stand_ins.agents_entry(),
         ..StackOptions::default()
     })
     .await;
@@ -139,6 +143,9 @@ pub(crate) async fn measure(workers: usize) -> Value {
     }
     let forty_best = forty.first().copied().unwrap_or(f64::NAN);
 
+    // 4b. Agent steps on a model that answers at once: one turn, and a four-turn tool loop.
+    let agent_rows = agents::measure(&bench, &stand_ins).await;
+
     // 5. Peak memory of each process over all of the above, and where the CPU went.
     let rss = bench.peak_rss();
     let cpu_after = cpu_by_group(&bench.stack);
@@ -179,6 +186,7 @@ pub(crate) async fn measure(workers: usize) -> Value {
         },
         "per_step_ms": ms(per_step),
         "forty_steps_ms": ms(forty_best),
+        "agents": agent_rows,
         "fan_out": fan_out,
         "cpu_seconds": cpu,
         "wall_seconds": (wall * 10.0).round() / 10.0,

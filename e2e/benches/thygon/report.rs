@@ -78,6 +78,44 @@ pub(crate) fn print_table(results: &[Value]) {
             Box::new(|r| format!("{} ms", r["forty_steps_ms"])),
         ),
         (
+            "1-step transform at 20 runs/s p50 / p99",
+            "",
+            Box::new(|r| {
+                format!(
+                    "{} / {} ms",
+                    r["agents"]["rows"]["agent_base"]["p50_ms"],
+                    r["agents"]["rows"]["agent_base"]["p99_ms"]
+                )
+            }),
+        ),
+        (
+            "agent step, 1 turn, at 20 runs/s p50 / p99",
+            "overhead unchanged",
+            Box::new(|r| {
+                format!(
+                    "{} / {} ms",
+                    r["agents"]["rows"]["agent_one"]["p50_ms"],
+                    r["agents"]["rows"]["agent_one"]["p99_ms"]
+                )
+            }),
+        ),
+        (
+            "agent step, 4-turn tool loop, p50 / p99",
+            "",
+            Box::new(|r| {
+                format!(
+                    "{} / {} ms",
+                    r["agents"]["rows"]["agent_loop"]["p50_ms"],
+                    r["agents"]["rows"]["agent_loop"]["p99_ms"]
+                )
+            }),
+        ),
+        (
+            "  a tool turn's overhead (p50, loop - 1 turn) / 3",
+            "",
+            Box::new(|r| format!("{} ms", r["agents"]["per_tool_turn_ms"])),
+        ),
+        (
             "org B p99 with / without a fan-out attack",
             "<= 2 x without",
             Box::new(|r| {
