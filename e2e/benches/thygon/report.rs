@@ -100,6 +100,11 @@ pub(crate) fn print_table(results: &[Value]) {
             }),
         ),
         (
+            "  its overhead over the transform (p50)",
+            "",
+            Box::new(|r| format!("{} ms", r["agents"]["one_turn_over_transform_ms"])),
+        ),
+        (
             "agent step, 4-turn tool loop, p50 / p99",
             "",
             Box::new(|r| {
