@@ -8,6 +8,7 @@
 //! Fault tests start a stack with [`StackOptions`] on a private PostgreSQL cluster and
 //! RabbitMQ node ([`private`]) and stop, kill and start single workers.
 mod calls;
+pub mod model;
 pub mod private;
 mod processes;
 pub mod standin;

@@ -340,6 +340,9 @@ async fn run_tools(
             };
             if let ToolOutcome::Done(result) = &outcome {
                 journal.record_tool_result(turn, result).await?;
+                if streams {
+                    deltas::tool_result(env, turn, result).await;
+                }
             }
             Ok::<_, StepFailure>((i, call, outcome))
         }))
