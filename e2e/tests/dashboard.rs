@@ -1,7 +1,9 @@
 //! The dashboard at `/ui/` in a real browser (Debian's headless chromium), through the gateway
 //! of a real stack: the runs list, a run's graph and agent turns, and the queues and workers
 //! page, each checked in the DOM the page built from the API, and each saved as a screenshot
-//! into `target/ui-screenshots/` (not committed) for a person to look at.
+//! into `target/ui-screenshots/` (not committed) for a person to look at. A run page's live
+//! answers, which need the page open while pieces are written, are watched in real time over
+//! the DevTools protocol ([`Browser`]).
 //!
 //! chromium is required, not optional: `make test` installs it (scripts/ensure-services.sh).
 
@@ -9,7 +11,9 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use thygon_e2e::standin::StandIn;
 use thygon_e2e::{workspace_root, Stack, ADMIN_KEY};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -568,4 +572,312 @@ fn insert_turns(stack: &Stack, run: &Value) {
         .bind::<Text, _>(run["id"].as_str().unwrap())
         .execute(&mut conn)
         .expect("insert the run's usage");
+}
+
+/// Headless chromium driven in real time over the DevTools protocol
+/// (`--remote-debugging-pipe`: JSON messages ending in NUL, read on fd 3 and written on fd 4),
+/// for a page that changes while the test watches: `--dump-dom` runs on virtual time, which
+/// stands still while a fetch is open, and a run page keeps its event stream open.
+struct Browser {
+    child: tokio::process::Child,
+    to: tokio::process::ChildStdin,
+    from: tokio::io::BufReader<tokio::process::ChildStdout>,
+    next_id: u64,
+    session: Option<String>,
+}
+
+impl Browser {
+    /// A browser with the profile `profile`, showing `url`.
+    async fn open(profile: &Path, url: &str) -> Browser {
+        let log = std::fs::File::create(profile.with_extension("log")).expect("browser log");
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "exec {} \"$@\" 3<&0 4>&1 </dev/null >/dev/null",
+                chromium()
+            ))
+            .arg("chromium")
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--remote-debugging-pipe",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run chromium");
+        let to = child.stdin.take().expect("the browser's pipe in");
+        let from = tokio::io::BufReader::new(child.stdout.take().expect("the browser's pipe out"));
+        let mut browser = Browser {
+            child,
+            to,
+            from,
+            next_id: 0,
+            session: None,
+        };
+        let target = browser
+            .send("Target.createTarget", json!({ "url": url }))
+            .await["targetId"]
+            .clone();
+        let attached = browser
+            .send(
+                "Target.attachToTarget",
+                json!({ "targetId": target, "flatten": true }),
+            )
+            .await;
+        browser.session = attached["sessionId"].as_str().map(String::from);
+        browser
+    }
+
+    /// Send `method` (to the page once attached) and return its result.
+    async fn send(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut message = json!({ "id": id, "method": method, "params": params });
+        if let Some(session) = &self.session {
+            message["sessionId"] = json!(session);
+        }
+        let mut bytes = message.to_string().into_bytes();
+        bytes.push(0);
+        self.to
+            .write_all(&bytes)
+            .await
+            .expect("write to the browser");
+        let answer = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let mut buf = Vec::new();
+                let n = self
+                    .from
+                    .read_until(0, &mut buf)
+                    .await
+                    .expect("read from the browser");
+                assert!(n > 0, "the browser closed its pipe");
+                buf.pop();
+                let reply: Value = serde_json::from_slice(&buf).expect("a DevTools message");
+                if reply["id"] == id {
+                    break reply;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the browser did not answer {method} within 30 s"));
+        assert!(answer["error"].is_null(), "{method}: {answer}");
+        answer["result"].clone()
+    }
+
+    /// The page's DOM as it is now.
+    async fn html(&mut self) -> String {
+        let result = self
+            .send(
+                "Runtime.evaluate",
+                json!({ "expression": "document.documentElement.outerHTML", "returnByValue": true }),
+            )
+            .await;
+        result["result"]["value"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The DOM once `ready` holds of it (within 30 s).
+    async fn wait_for(&mut self, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let html = self.html().await;
+            if ready(&html) {
+                return html;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not on the page within 30 s:\n{html}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Wait until the page has opened an event stream after the `after` it had opened, and
+    /// return how many it has opened. A piece written then is one the open stream sends
+    /// (a stream sends those written while it is open).
+    async fn fresh_stream(&mut self, after: u32) -> u32 {
+        let html = self
+            .wait_for("a new event stream", |html| {
+                let turns = tags(html, "div")
+                    .into_iter()
+                    .find(|a| a.get("id").map(String::as_str) == Some("turns"));
+                turns.is_some_and(|a| {
+                    a.get("data-stream").map(String::as_str) == Some("open")
+                        && a.get("data-streams").and_then(|n| n.parse::<u32>().ok()) > Some(after)
+                })
+            })
+            .await;
+        let turns = tags(&html, "div")
+            .into_iter()
+            .find(|a| a.get("id").map(String::as_str) == Some("turns"))
+            .expect("#turns");
+        turns["data-streams"].parse().expect("a count")
+    }
+
+    async fn close(mut self) {
+        self.session = None;
+        self.send("Browser.close", json!({})).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
+/// One row of `agent_deltas`, as a worker with a streaming model agent writes it.
+fn insert_piece(conn: &mut diesel::PgConnection, run: &str, attempt: i32, kind: &str, data: Value) {
+    use diesel::prelude::*;
+    use diesel::sql_types::{Integer, Jsonb, Text};
+    diesel::sql_query(
+        "INSERT INTO agent_deltas (run_id, step, attempt, kind, data) VALUES ($1, 'answer', $2, $3, $4)",
+    )
+    .bind::<Text, _>(run)
+    .bind::<Integer, _>(attempt)
+    .bind::<Text, _>(kind)
+    .bind::<Jsonb, _>(data)
+    .execute(conn)
+    .expect("insert a live piece");
+}
+
+/// The live box of the step `answer`, as the page shows it now.
+fn live_box(html: &str) -> Option<&str> {
+    let start = html.find("<div class=\"live\" data-step=\"answer\">")?;
+    let rest = &html[start..];
+    let body = rest.find("<div class=\"live-body\">")?;
+    let end = rest[body..].find("</div></div>").map(|e| body + e)?;
+    Some(&rest[..end])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_page_shows_an_agents_answer_live_as_it_is_written() {
+    use diesel::prelude::*;
+    chromium();
+    // An HTTP agent that never answers keeps its step RUNNING while the test writes the
+    // pieces a streaming model agent would (the worker's part is tested with the worker).
+    // Streams last 4 s, so the page reconnects while the test watches.
+    let agent = StandIn::gated("held-agent").await;
+    let agents = std::env::temp_dir().join(format!(
+        "thygon-live-agents-{}.toml",
+        thygon_testkit::unique_token()
+    ));
+    std::fs::write(
+        &agents,
+        format!(
+            "[agents.live-writer]\nurl = \"http://{}/answer\"\ntimeoutSeconds = 300\n",
+            agent.addr
+        ),
+    )
+    .expect("agents file");
+    let stack = Stack::start_with(
+        1,
+        &[
+            ("AGENTS_FILE", agents.to_str().unwrap()),
+            ("EVENT_STREAM_MAX_SECONDS", "4"),
+        ],
+    )
+    .await;
+    create(
+        &stack,
+        "live_flow",
+        json!([{"name": "answer", "type": "agent", "agentId": "live-writer",
+                "instructions": "Classify {{ variables.subject }}"}]),
+    )
+    .await;
+    let run = trigger(&stack, "wf_live_flow", json!({"subject": "refund"})).await;
+    stack
+        .wait_until(
+            &run,
+            Duration::from_secs(30),
+            "the agent step RUNNING",
+            |r| r["steps"][0]["status"] == "RUNNING",
+        )
+        .await;
+    let mut conn = PgConnection::establish(&stack.database_url).expect("database");
+    let profile = stack.dir.join("chromium-live");
+    let mut page = Browser::open(&profile, &page_url(&stack, &format!("run.html?id={run}"))).await;
+
+    // ---- pieces as they are written: text (markup in it), a tool call, its result, turn 2 ----
+    let streams = page.fresh_stream(0).await;
+    for data in [
+        json!({"turn": 1, "text": "<img src=x onerror=alert(1)> Ref"}),
+        json!({"turn": 1, "text": "und, "}),
+        json!({"turn": 1, "toolCalls": [{"id": "c1", "name": "lookup_<customer>"}]}),
+        json!({"turn": 1, "toolResult": {"id": "c1", "name": "lookup_<customer>", "isError": true}}),
+        json!({"turn": 2, "text": "billing <b>high</b>"}),
+    ] {
+        insert_piece(&mut conn, &run, 1, "delta", data);
+    }
+    let html = page
+        .wait_for("the live answer", |html| {
+            live_box(html).is_some_and(|b| b.contains("billing &lt;b&gt;high&lt;/b&gt;"))
+        })
+        .await;
+    let shown = live_box(&html).unwrap();
+    for (hook, what) in [
+        (
+            "<div class=\"live-body\">&lt;img src=x onerror=alert(1)&gt; Refund, <div",
+            "the text, its pieces appended, escaped",
+        ),
+        (
+            "class=\"live-line live-call\">→ calls lookup_&lt;customer&gt;<",
+            "the tool call, escaped",
+        ),
+        (
+            "class=\"live-line live-result tool-error\">← lookup_&lt;customer&gt; failed<",
+            "the tool's result, an error",
+        ),
+        ("class=\"live-line\">turn 2<", "the next turn"),
+    ] {
+        assert!(shown.contains(hook), "{what}: {hook} not in {shown}");
+    }
+    assert!(!html.contains("<img src=x"), "model text is never markup");
+    assert!(!html.contains("<b>high"), "model text is never markup");
+    page.wait_for("the meta line saying the page streams", |html| {
+        html.contains("live answers streaming")
+    })
+    .await;
+
+    // ---- a retried attempt: the reset clears what was shown, on a reconnected stream ----
+    let again = page.fresh_stream(streams).await;
+    assert!(again > streams);
+    insert_piece(&mut conn, &run, 2, "reset", json!({}));
+    page.wait_for("the live answer cleared", |html| {
+        live_box(html).is_some_and(|b| b.ends_with("<div class=\"live-body\">"))
+    })
+    .await;
+    let streams = page.fresh_stream(again).await;
+    insert_piece(
+        &mut conn,
+        &run,
+        2,
+        "delta",
+        json!({"turn": 1, "text": "second try"}),
+    );
+    let html = page
+        .wait_for("the second attempt's answer", |html| {
+            live_box(html).is_some_and(|b| b.ends_with("<div class=\"live-body\">second try"))
+        })
+        .await;
+    assert!(!html.contains("Refund"), "the first attempt's text is gone");
+    assert!(streams >= 3, "the page reconnected: {streams} streams");
+
+    // ---- the run ends: the stream closes and the live box goes (the answer is in turns) ----
+    let (status, body) = stack
+        .call("POST", &format!("/workflows/runs/{run}/cancel"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    page.wait_for("the stream closed at the run's end", |html| {
+        html.contains("data-stream=\"closed\"")
+            && live_box(html).is_none()
+            && html.contains("the run has ended")
+    })
+    .await;
+    page.close().await;
+    let _ = std::fs::remove_file(&agents);
 }

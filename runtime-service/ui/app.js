@@ -433,16 +433,20 @@
       renderSummary(run);
       replaceChildren($("graph"), drawGraph(run.steps));
       renderSteps(run.steps);
+      live.follow(run);
       renderTurns(run.steps);
       renderTransitions(run.transitions);
       renderLogs(run.logs);
       const ended = ENDED.includes(run.status);
       setMeta(
         "Updated " + fmtClock(new Date().toISOString()) +
-        (ended ? " · the run has ended; no more refreshes" : " · refreshes every second until the run ends")
+        (ended ? " · the run has ended; no more refreshes" : " · refreshes every second until the run ends") +
+        live.status()
       );
       return !ended;
     }
+    const live = liveAnswers(id);
+    window.addEventListener("pagehide", () => live.close());
     poll(1000, refresh);
   }
 
@@ -565,19 +569,193 @@
     return foldable("turn:" + step + ":" + t.turn, { class: "turn", "data-turn": t.turn }, summary, body);
   }
 
+  // The steps last rendered: a step's first live piece re-renders the section with them.
+  let shownSteps = [];
+
   function renderTurns(steps) {
-    const parts = steps.filter((s) => Array.isArray(s.turns) && s.turns.length).map((s) =>
-      foldable("step:" + s.name, { class: "agent-step", "data-step": s.name }, [
-        el("span", { class: "mono", text: s.name }), " ", badge(s.status), " ",
-        el("span", {
-          class: "usage",
-          text: s.turns.length + (s.turns.length === 1 ? " turn" : " turns") + " · " +
-            fmtTokens(s.usage) + " · " + fmtCost(s.usage),
-        }),
-      ], s.turns.map((t) => turnView(s.name, t)))
-    );
+    shownSteps = steps;
+    const parts = [];
+    for (const s of steps) {
+      if (Array.isArray(s.turns) && s.turns.length) {
+        parts.push(foldable("step:" + s.name, { class: "agent-step", "data-step": s.name }, [
+          el("span", { class: "mono", text: s.name }), " ", badge(s.status), " ",
+          el("span", {
+            class: "usage",
+            text: s.turns.length + (s.turns.length === 1 ? " turn" : " turns") + " · " +
+              fmtTokens(s.usage) + " · " + fmtCost(s.usage),
+          }),
+        ], s.turns.map((t) => turnView(s.name, t))));
+      }
+      // The live box is the same element across refreshes: moving it keeps what it shows.
+      const box = liveBoxes.get(s.name);
+      if (box) parts.push(box.node);
+    }
     if (!parts.length) parts.push(el("p", { class: "empty", text: "No agent step has asked a model." }));
     replaceChildren($("turns"), parts);
+  }
+
+  // ---- live answers: the pieces of streaming agents' answers, from the run's event stream ----
+  // Read with fetch (EventSource cannot send the key) while the run has an agent step that has
+  // not ended; only agent steps write pieces. Model text: text nodes only.
+
+  const STEP_ENDED = ["COMPLETED", "FAILED", "SKIPPED", "CANCELLED"];
+
+  // Step name -> { node, body, turn }: the live box under that step.
+  const liveBoxes = new Map();
+
+  function liveBox(step) {
+    let box = liveBoxes.get(step);
+    if (!box) {
+      const body = el("div", { class: "live-body" });
+      const node = el("div", { class: "live", "data-step": step }, [
+        el("div", { class: "label" }, [el("span", { class: "mono", text: step }), " · live answer"]),
+        body,
+      ]);
+      box = { node: node, body: body, turn: null };
+      liveBoxes.set(step, box);
+      renderTurns(shownSteps);
+    }
+    return box;
+  }
+
+  // One event of an event stream: "event: ...\ndata: ...\nid: ..." (a frame without its
+  // blank line).
+  function parseFrame(frame) {
+    const ev = { id: null, event: "message", data: [] };
+    for (const line of frame.split("\n")) {
+      if (!line || line[0] === ":") continue;
+      const at = line.indexOf(":");
+      const field = at < 0 ? line : line.slice(0, at);
+      let value = at < 0 ? "" : line.slice(at + 1);
+      if (value[0] === " ") value = value.slice(1);
+      if (field === "data") ev.data.push(value);
+      else if (field === "event") ev.event = value;
+      else if (field === "id") ev.id = value;
+    }
+    ev.data = ev.data.join("\n");
+    return ev;
+  }
+
+  function parseJson(text) {
+    try {
+      return JSON.parse(text);
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function showPiece(kind, d) {
+    if (!d || typeof d.step !== "string") return;
+    if (kind === "agent.reset") {
+      const shown = liveBoxes.get(d.step);
+      if (shown) {
+        replaceChildren(shown.body, null);
+        shown.turn = null;
+      }
+      return;
+    }
+    const box = liveBox(d.step);
+    if (box.turn !== null && d.turn !== box.turn) {
+      append(box.body, el("div", { class: "live-line", text: "turn " + d.turn }));
+    }
+    box.turn = d.turn;
+    if (typeof d.text === "string") append(box.body, d.text);
+    for (const call of Array.isArray(d.toolCalls) ? d.toolCalls : []) {
+      append(box.body, el("div", { class: "live-line live-call", text: "\u2192 calls " + textOf(call.name) }));
+    }
+    const r = d.toolResult;
+    if (r) {
+      append(box.body, el("div", {
+        class: "live-line live-result" + (r.isError ? " tool-error" : ""),
+        text: "\u2190 " + textOf(r.name) + (r.isError ? " failed" : " answered"),
+      }));
+    }
+  }
+
+  function liveAnswers(runId) {
+    let ctrl = null; // the open stream's AbortController
+    let lastId = null; // the last event id read: the next stream resumes after it
+    let opened = 0; // streams opened so far
+    let state = "closed"; // "open", "closed", or what went wrong
+    let ended = false;
+    let retryAt = 0;
+
+    function mark(next) {
+      state = next;
+      const turns = $("turns");
+      turns.setAttribute("data-stream", next === "open" || next === "closed" ? next : "error");
+      turns.setAttribute("data-streams", String(opened));
+    }
+
+    // Read one stream to its end; true if it asked to be reconnected.
+    async function read(signal) {
+      const headers = { Accept: "text/event-stream" };
+      const key = getKey("key");
+      if (key) headers.Authorization = "Bearer " + key;
+      if (lastId !== null) headers["Last-Event-ID"] = lastId;
+      const res = await fetch("/workflows/runs/" + encodeURIComponent(runId) + "/events", {
+        headers: headers, cache: "no-store", signal: signal,
+      });
+      if (!res.ok || !res.body) throw new Error("the event stream answered " + res.status);
+      opened += 1;
+      mark("open");
+      const reader = res.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      let reconnect = false;
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return reconnect;
+        buffer += decoder.decode(value, { stream: true }); // the server ends lines with \n
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const ev = parseFrame(buffer.slice(0, cut));
+          buffer = buffer.slice(cut + 2);
+          if (ev.id !== null) lastId = ev.id;
+          if (ev.event === "reconnect") reconnect = true;
+          if (ev.event === "agent.delta" || ev.event === "agent.reset") showPiece(ev.event, parseJson(ev.data));
+        }
+      }
+    }
+
+    function open() {
+      const mine = new AbortController();
+      ctrl = mine;
+      read(mine.signal).then((reconnect) => {
+        if (ctrl !== mine) return;
+        ctrl = null;
+        mark("closed");
+        if (reconnect && !ended) open();
+      }, (e) => {
+        if (ctrl !== mine) return;
+        ctrl = null;
+        retryAt = Date.now() + 5000;
+        mark("live answers unavailable: " + e.message);
+      });
+    }
+
+    function close() {
+      if (ctrl) ctrl.abort();
+      ctrl = null;
+      mark("closed");
+    }
+
+    // After each refresh: keep a stream open while an agent step may still write, and drop
+    // the live boxes of steps that have ended (their answer is in their turns).
+    function follow(run) {
+      ended = ENDED.includes(run.status);
+      const wanted = !ended && run.steps.some((s) => s.type === "agent" && !STEP_ENDED.includes(s.status));
+      if (!wanted) close();
+      else if (!ctrl && Date.now() >= retryAt) open();
+      for (const s of run.steps) if (STEP_ENDED.includes(s.status)) liveBoxes.delete(s.name);
+    }
+
+    function status() {
+      if (state === "open") return " · live answers streaming";
+      return state === "closed" ? "" : " · " + state;
+    }
+
+    return { follow: follow, close: close, status: status };
   }
 
   function renderTransitions(transitions) {

@@ -499,6 +499,11 @@ async fn the_run_page_shows_usage_and_turns_and_the_script_never_writes_markup()
         "tool-error",
         "data-turn",
         "toolResults",
+        // the live answers, from the event stream
+        "agent.delta",
+        "agent.reset",
+        "Last-Event-ID",
+        "AbortController",
     ] {
         assert!(script.contains(hook), "app.js lacks {hook}");
     }
