@@ -1,6 +1,7 @@
 //! Model agents' limits and live answers on the real stack (real PostgreSQL and RabbitMQ, real
 //! worker processes, the stand-in model of `thygon_e2e::model` on 127.0.0.1):
 //!
+//! - an answer off its `outputSchema` is repaired once, and fails after the repair;
 //! - a budget stops a tool loop before the call that would go over it, and a trigger's own
 //!   budget overrides the definition's;
 //! - two worker processes share one agent's `rateLimit`: the stand-in never sees more calls in
@@ -235,4 +236,68 @@ async fn a_streaming_agents_pieces_arrive_on_the_run_events_in_order() {
     // The run itself keeps only the final answer.
     let run = stack.wait_for_run(&run_id, RUN_WITHIN).await;
     assert_eq!(run["steps"][0]["output"]["content"], "Two orders found.");
+}
+
+#[tokio::test]
+async fn an_answer_off_its_schema_is_repaired_once_and_fails_after_the_repair() {
+    let _one = SERIAL.lock().await;
+    // Run 1: off, then right. Run 2 (another stand-in): off, and off again.
+    let repaired = Model::start(
+        vec![
+            completion(Some(r#"{"label": "spam"}"#), &[], (10, 2, 0)),
+            completion(Some(r#"{"label": "bug"}"#), &[], (20, 3, 0)),
+        ],
+        None,
+    )
+    .await;
+    let tools = tool_server().await;
+    let schema = json!({"type": "object", "required": ["label"],
+                        "properties": {"label": {"enum": ["billing", "bug"]}}});
+    let stack = stack_with(repaired.agents_entry(), 1, &tools, &[]).await;
+    stack
+        .create_workflow(
+            "schema",
+            agent_definition(None, json!({}))
+                .pointer_mut("/steps/0")
+                .map(|s| {
+                    s["outputSchema"] = schema.clone();
+                    json!({ "steps": [s.clone()] })
+                })
+                .unwrap(),
+        )
+        .await;
+    let run = stack
+        .wait_for_run(&stack.trigger("wf_schema", json!({})).await, RUN_WITHIN)
+        .await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_eq!(run["steps"][0]["output"]["json"], json!({"label": "bug"}));
+    let turns = run["steps"][0]["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 2);
+    let repair = turns[1]["messages"][0]["content"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        repair.contains("at /label"),
+        "the problems went back: {repair}"
+    );
+    assert_eq!(repaired.asked(), vec![1, 1]);
+
+    // The same step on a model that stays off: FAILED after its one repair, listing why.
+    repaired.server.reset().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(completion(Some(r#"{"label": "spam"}"#), &[], (10, 2, 0)))
+        .mount(&repaired.server)
+        .await;
+    let run = stack
+        .wait_for_run(&stack.trigger("wf_schema", json!({})).await, RUN_WITHIN)
+        .await;
+    assert_eq!(run["status"], "FAILED", "{run}");
+    let error = run["steps"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("does not match outputSchema after 1 repair turn")
+            && error.contains("at /label"),
+        "{error}"
+    );
+    assert_eq!(run["steps"][0]["attempt"], 1, "not retried");
 }
