@@ -15,8 +15,8 @@ use serde_json::{json, Map, Value};
 
 use super::http::snippet;
 use super::model::{Delta, Message, ModelReply, ModelRequest, ToolCall, Usage};
-use super::wire::{self, json_body, json_event, parse_arguments, tokens};
-use super::{AgentError, AnthropicAgentConfig};
+use super::wire::{self, json_body, json_event, parse_arguments, tokens, StreamAssembly};
+use super::{AgentError, ModelAgentConfig};
 
 const API_VERSION: &str = "2023-06-01";
 /// `max_tokens` is required by the API; this when the entry sets no `maxTokens`.
@@ -24,7 +24,7 @@ const DEFAULT_MAX_TOKENS: u32 = 4096;
 
 pub(super) async fn complete(
     client: &reqwest::Client,
-    agent: &AnthropicAgentConfig,
+    agent: &ModelAgentConfig,
     request: ModelRequest<'_>,
     timeout: Duration,
     on_delta: Option<&mut (dyn FnMut(Delta) + Send)>,
@@ -39,20 +39,16 @@ pub(super) async fn complete(
     headers.push((HeaderName::from_static("x-api-key"), key));
     let url = messages_url(&agent.base_url)?;
     let body = request_body(agent, request, on_delta.is_some());
-    let Some(sink) = on_delta else {
-        let answer = wire::send(client, &url, &headers, &body, timeout, None).await?;
-        return parse_reply(&answer.unwrap_or_default());
-    };
-    let mut assembly = Assembly::default();
-    let mut on_data = |data: &str| assembly.take(data, &mut *sink);
-    match wire::send(client, &url, &headers, &body, timeout, Some(&mut on_data)).await? {
-        None => assembly.finish(),
-        Some(plain) => {
-            let reply = parse_reply(&plain)?;
-            wire::replay(&reply, sink);
-            Ok(reply)
-        }
-    }
+    wire::exchange::<Assembly>(
+        client,
+        &url,
+        &headers,
+        &body,
+        timeout,
+        on_delta,
+        parse_reply,
+    )
+    .await
 }
 
 /// `{base}/v1/messages`, or `{base}/messages` when the base path ends in `/v1`.
@@ -74,7 +70,7 @@ fn messages_url(base: &Url) -> Result<Url, AgentError> {
     Ok(url)
 }
 
-fn request_body(agent: &AnthropicAgentConfig, request: ModelRequest<'_>, stream: bool) -> Value {
+fn request_body(agent: &ModelAgentConfig, request: ModelRequest<'_>, stream: bool) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), json!(agent.model));
     let params = &agent.params;
@@ -254,6 +250,15 @@ struct Assembly {
 }
 
 impl Assembly {
+    fn push_text(&mut self, text: &str, sink: &mut (dyn FnMut(Delta) + Send)) {
+        if !text.is_empty() {
+            self.content.push_str(text);
+            sink(Delta::Text(text.to_string()));
+        }
+    }
+}
+
+impl StreamAssembly for Assembly {
     fn take(&mut self, data: &str, sink: &mut (dyn FnMut(Delta) + Send)) -> Result<(), AgentError> {
         let event = json_event(data)?;
         provider_error(&event)?;
@@ -315,13 +320,6 @@ impl Assembly {
             _ => {}
         }
         Ok(())
-    }
-
-    fn push_text(&mut self, text: &str, sink: &mut (dyn FnMut(Delta) + Send)) {
-        if !text.is_empty() {
-            self.content.push_str(text);
-            sink(Delta::Text(text.to_string()));
-        }
     }
 
     fn finish(self) -> Result<ModelReply, AgentError> {

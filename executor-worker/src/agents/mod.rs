@@ -16,14 +16,15 @@ mod http;
 pub mod model;
 mod openai;
 mod registry;
+#[cfg(test)]
+mod test_support;
 mod wire;
 
 use std::time::Duration;
 
 use model::{Delta, ModelParams, ModelReply, ModelRequest, Pricing};
 pub use registry::{
-    AgentEndpoint, AgentRegistry, AnthropicAgentConfig, HttpAgentConfig, OpenAiAgentConfig,
-    RateLimit,
+    AgentEndpoint, AgentRegistry, HttpAgentConfig, ModelAgentConfig, ModelProvider, RateLimit,
 };
 
 /// Everything an agent is told about one attempt of one step.
@@ -126,7 +127,7 @@ pub async fn invoke_within(
         }
         // A model takes turns (`complete`), driven by the step's tool loop
         // (`crate::steps`), which never calls this for one.
-        AgentEndpoint::OpenAi(_) | AgentEndpoint::Anthropic(_) => Err(AgentError::Provider(format!(
+        AgentEndpoint::Model(_) => Err(AgentError::Provider(format!(
             "agent '{}' is a model: it is called a turn at a time (agents::complete), not through the HTTP agent protocol",
             call.agent_id
         ))),
@@ -146,73 +147,42 @@ pub async fn invoke_within(
 
 /// An agent whose entry names a model provider, as [`model_agent`] finds it.
 #[derive(Debug, Clone, Copy)]
-pub enum ModelAgent<'a> {
-    OpenAi(&'a OpenAiAgentConfig),
-    Anthropic(&'a AnthropicAgentConfig),
-}
+pub struct ModelAgent<'a>(&'a ModelAgentConfig);
 
 impl<'a> ModelAgent<'a> {
     /// `"openai"` or `"anthropic"`, as in the entry.
     pub fn provider(&self) -> &'static str {
-        match self {
-            ModelAgent::OpenAi(_) => "openai",
-            ModelAgent::Anthropic(_) => "anthropic",
-        }
+        self.0.provider.name()
     }
 
     /// The model's name as the entry gives it.
     pub fn model(&self) -> &'a str {
-        match self {
-            ModelAgent::OpenAi(agent) => &agent.model,
-            ModelAgent::Anthropic(agent) => &agent.model,
-        }
+        &self.0.model
     }
 
     /// The entry's prices, if it sets `pricing`.
     pub fn pricing(&self) -> Option<Pricing> {
-        match self {
-            ModelAgent::OpenAi(agent) => agent.pricing,
-            ModelAgent::Anthropic(agent) => agent.pricing,
-        }
+        self.0.pricing
     }
 
     /// Whether the entry asks for streamed answers (`stream = true`).
     pub fn streams(&self) -> bool {
-        match self {
-            ModelAgent::OpenAi(agent) => agent.stream,
-            ModelAgent::Anthropic(agent) => agent.stream,
-        }
+        self.0.stream
     }
 
     /// The entry's `rateLimit`, if set.
     pub fn rate_limit(&self) -> Option<RateLimit> {
-        match self {
-            ModelAgent::OpenAi(agent) => agent.rate_limit,
-            ModelAgent::Anthropic(agent) => agent.rate_limit,
-        }
+        self.0.rate_limit
     }
 
     /// The entry's `timeoutSeconds`, if set.
     pub fn timeout(&self) -> Option<Duration> {
-        match self {
-            ModelAgent::OpenAi(agent) => agent.timeout,
-            ModelAgent::Anthropic(agent) => agent.timeout,
-        }
+        self.0.timeout
     }
 
     /// The entry's sampling parameters (sent with every call).
     pub fn params(&self) -> &'a ModelParams {
-        match self {
-            ModelAgent::OpenAi(agent) => &agent.params,
-            ModelAgent::Anthropic(agent) => &agent.params,
-        }
-    }
-
-    fn api_key_env(&self) -> &'a str {
-        match self {
-            ModelAgent::OpenAi(agent) => &agent.api_key_env,
-            ModelAgent::Anthropic(agent) => &agent.api_key_env,
-        }
+        &self.0.params
     }
 
     /// One turn with the API key already read.
@@ -224,11 +194,12 @@ impl<'a> ModelAgent<'a> {
         on_delta: Option<&mut (dyn FnMut(Delta) + Send)>,
         api_key: &str,
     ) -> Result<ModelReply, AgentError> {
-        let reply = match self {
-            ModelAgent::OpenAi(agent) => {
+        let agent = self.0;
+        let reply = match agent.provider {
+            ModelProvider::OpenAi => {
                 openai::complete(client, agent, request, timeout, on_delta, api_key).await
             }
-            ModelAgent::Anthropic(agent) => {
+            ModelProvider::Anthropic => {
                 anthropic::complete(client, agent, request, timeout, on_delta, api_key).await
             }
         };
@@ -243,7 +214,7 @@ impl<'a> ModelAgent<'a> {
         timeout: Duration,
         on_delta: Option<&mut (dyn FnMut(Delta) + Send)>,
     ) -> Result<ModelReply, AgentError> {
-        let env = self.api_key_env();
+        let env = &self.0.api_key_env;
         // Read per call, so that a rotated key is picked up without a restart.
         let api_key = std::env::var(env)
             .ok()
@@ -263,8 +234,7 @@ pub fn model_agent<'r>(
     agent_id: &str,
 ) -> Result<ModelAgent<'r>, AgentError> {
     match registry.entry(agent_id) {
-        Some(AgentEndpoint::OpenAi(agent)) => Ok(ModelAgent::OpenAi(agent)),
-        Some(AgentEndpoint::Anthropic(agent)) => Ok(ModelAgent::Anthropic(agent)),
+        Some(AgentEndpoint::Model(agent)) => Ok(ModelAgent(agent)),
         Some(AgentEndpoint::Http(_)) => Err(AgentError::NotAModel {
             agent_id: agent_id.to_string(),
         }),

@@ -11,12 +11,12 @@ use serde_json::{json, Map, Value};
 
 use super::http::snippet;
 use super::model::{Delta, Message, ModelReply, ModelRequest, ToolCall, Usage};
-use super::wire::{self, json_body, json_event, parse_arguments, tokens};
-use super::{AgentError, OpenAiAgentConfig};
+use super::wire::{self, json_body, json_event, parse_arguments, tokens, StreamAssembly};
+use super::{AgentError, ModelAgentConfig};
 
 pub(super) async fn complete(
     client: &reqwest::Client,
-    agent: &OpenAiAgentConfig,
+    agent: &ModelAgentConfig,
     request: ModelRequest<'_>,
     timeout: Duration,
     on_delta: Option<&mut (dyn FnMut(Delta) + Send)>,
@@ -27,20 +27,16 @@ pub(super) async fn complete(
     headers.push((AUTHORIZATION, authorization));
     let url = completions_url(&agent.base_url)?;
     let body = request_body(agent, request, on_delta.is_some());
-    let Some(sink) = on_delta else {
-        let answer = wire::send(client, &url, &headers, &body, timeout, None).await?;
-        return parse_reply(&answer.unwrap_or_default());
-    };
-    let mut assembly = Assembly::default();
-    let mut on_data = |data: &str| assembly.take(data, &mut *sink);
-    match wire::send(client, &url, &headers, &body, timeout, Some(&mut on_data)).await? {
-        None => assembly.finish(),
-        Some(plain) => {
-            let reply = parse_reply(&plain)?;
-            wire::replay(&reply, sink);
-            Ok(reply)
-        }
-    }
+    wire::exchange::<Assembly>(
+        client,
+        &url,
+        &headers,
+        &body,
+        timeout,
+        on_delta,
+        parse_reply,
+    )
+    .await
 }
 
 fn completions_url(base: &Url) -> Result<Url, AgentError> {
@@ -52,7 +48,7 @@ fn completions_url(base: &Url) -> Result<Url, AgentError> {
     Ok(url)
 }
 
-fn request_body(agent: &OpenAiAgentConfig, request: ModelRequest<'_>, stream: bool) -> Value {
+fn request_body(agent: &ModelAgentConfig, request: ModelRequest<'_>, stream: bool) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), json!(agent.model));
     let messages: Vec<Value> = request.messages.iter().map(message).collect();
@@ -244,7 +240,7 @@ struct PartialCall {
     started: bool,
 }
 
-impl Assembly {
+impl StreamAssembly for Assembly {
     fn take(&mut self, data: &str, sink: &mut (dyn FnMut(Delta) + Send)) -> Result<(), AgentError> {
         if data.trim() == "[DONE]" {
             self.done = true;

@@ -27,10 +27,8 @@ pub struct AgentRegistry {
 pub enum AgentEndpoint {
     /// An agent speaking the HTTP agent protocol of the contract.
     Http(HttpAgentConfig),
-    /// An OpenAI-compatible chat-completions model.
-    OpenAi(OpenAiAgentConfig),
-    /// An Anthropic Messages API model.
-    Anthropic(AnthropicAgentConfig),
+    /// A model, called through its provider's API.
+    Model(ModelAgentConfig),
 }
 
 /// An HTTP agent: `POST url` with the call as JSON.
@@ -44,44 +42,53 @@ pub struct HttpAgentConfig {
     pub timeout: Option<Duration>,
 }
 
-/// An OpenAI-compatible model: `POST {base_url}/chat/completions`.
+/// The API a model agent is called through (`provider` of its entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelProvider {
+    /// OpenAI-compatible chat completions: `POST {base_url}/chat/completions`.
+    OpenAi,
+    /// The Anthropic Messages API: `POST {base_url}/v1/messages`, or
+    /// `POST {base_url}/messages` when the path of `base_url` already ends in `/v1` (so both
+    /// `https://api.anthropic.com` and `https://api.anthropic.com/v1` work). Sent with
+    /// `x-api-key` and `anthropic-version: 2023-06-01` (unless `headers` sets its own
+    /// `anthropic-version`).
+    Anthropic,
+}
+
+impl ModelProvider {
+    /// `"openai"` or `"anthropic"`, as in the entry.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelProvider::OpenAi => "openai",
+            ModelProvider::Anthropic => "anthropic",
+        }
+    }
+
+    /// The highest `temperature` the provider takes.
+    fn max_temperature(self) -> f64 {
+        match self {
+            ModelProvider::OpenAi => 2.0,
+            ModelProvider::Anthropic => 1.0,
+        }
+    }
+}
+
+/// A model agent, whichever its provider.
 #[derive(Clone, PartialEq)]
-pub struct OpenAiAgentConfig {
+pub struct ModelAgentConfig {
+    pub provider: ModelProvider,
     pub base_url: Url,
     pub model: String,
     /// The environment variable holding the API key. The key itself is read at call time
     /// so that it is never stored in the file nor kept in memory longer than a call.
     pub api_key_env: String,
-    /// Extra headers for providers that want them; values are never printed.
+    /// Extra headers for providers that want them (e.g. `anthropic-beta`); values are
+    /// never printed.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Per attempt; `None` takes the caller's default.
     pub timeout: Option<Duration>,
-    /// `temperature`, `maxTokens`, `topP` of the entry.
-    pub params: ModelParams,
-    /// The entry's `pricing`, if any.
-    pub pricing: Option<Pricing>,
-    /// The entry's `rateLimit`, if any: shared by every worker.
-    pub rate_limit: Option<RateLimit>,
-    /// `stream = true`: answers are streamed, their pieces sent live on the run's events.
-    pub stream: bool,
-}
-
-/// An Anthropic model: `POST {base_url}/v1/messages`, or `POST {base_url}/messages` when
-/// the path of `base_url` already ends in `/v1` (so both `https://api.anthropic.com` and
-/// `https://api.anthropic.com/v1` work). Sent with `x-api-key` and
-/// `anthropic-version: 2023-06-01` (unless `headers` sets its own `anthropic-version`).
-#[derive(Clone, PartialEq)]
-pub struct AnthropicAgentConfig {
-    pub base_url: Url,
-    pub model: String,
-    /// The environment variable holding the API key, read at call time.
-    pub api_key_env: String,
-    /// Extra headers (e.g. `anthropic-beta`); values are never printed.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// Per attempt; `None` takes the caller's default.
-    pub timeout: Option<Duration>,
-    /// `temperature` (0 to 1 here), `maxTokens` (4096 when unset: the API requires one),
-    /// `topP` of the entry.
+    /// `temperature` (0 to 2 for openai, 0 to 1 for anthropic), `maxTokens` (anthropic
+    /// sends 4096 when unset: its API requires one), `topP` of the entry.
     pub params: ModelParams,
     /// The entry's `pricing`, if any.
     pub pricing: Option<Pricing>,
@@ -102,25 +109,10 @@ impl fmt::Debug for HttpAgentConfig {
     }
 }
 
-impl fmt::Debug for OpenAiAgentConfig {
+impl fmt::Debug for ModelAgentConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OpenAiAgentConfig")
-            .field("base_url", &self.base_url.as_str())
-            .field("model", &self.model)
-            .field("api_key_env", &self.api_key_env)
-            .field("headers", &RedactedHeaders(&self.headers))
-            .field("timeout", &self.timeout)
-            .field("params", &self.params)
-            .field("pricing", &self.pricing)
-            .field("rate_limit", &self.rate_limit)
-            .field("stream", &self.stream)
-            .finish()
-    }
-}
-
-impl fmt::Debug for AnthropicAgentConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AnthropicAgentConfig")
+        f.debug_struct("ModelAgentConfig")
+            .field("provider", &self.provider)
             .field("base_url", &self.base_url.as_str())
             .field("model", &self.model)
             .field("api_key_env", &self.api_key_env)
@@ -198,17 +190,6 @@ struct RawPricing {
     cached_input_per_m_tok: Option<f64>,
 }
 
-/// What both model providers read from an entry.
-struct ModelFields {
-    base_url: Url,
-    model: String,
-    api_key_env: String,
-    params: ModelParams,
-    pricing: Option<Pricing>,
-    rate_limit: Option<RateLimit>,
-    stream: bool,
-}
-
 impl RawEntry {
     fn into_endpoint(self) -> Result<AgentEndpoint, String> {
         let timeout = self.timeout_seconds.map(parse_timeout).transpose()?;
@@ -241,34 +222,8 @@ impl RawEntry {
                     timeout,
                 }))
             }
-            Some("openai") => {
-                let fields = self.model_fields("openai", 2.0)?;
-                Ok(AgentEndpoint::OpenAi(OpenAiAgentConfig {
-                    base_url: fields.base_url,
-                    model: fields.model,
-                    api_key_env: fields.api_key_env,
-                    headers,
-                    timeout,
-                    params: fields.params,
-                    pricing: fields.pricing,
-                    rate_limit: fields.rate_limit,
-                    stream: fields.stream,
-                }))
-            }
-            Some("anthropic") => {
-                let fields = self.model_fields("anthropic", 1.0)?;
-                Ok(AgentEndpoint::Anthropic(AnthropicAgentConfig {
-                    base_url: fields.base_url,
-                    model: fields.model,
-                    api_key_env: fields.api_key_env,
-                    headers,
-                    timeout,
-                    params: fields.params,
-                    pricing: fields.pricing,
-                    rate_limit: fields.rate_limit,
-                    stream: fields.stream,
-                }))
-            }
+            Some("openai") => self.model_config(ModelProvider::OpenAi, headers, timeout),
+            Some("anthropic") => self.model_config(ModelProvider::Anthropic, headers, timeout),
             Some(other) => Err(format!(
                 "unknown provider \"{other}\" (expected \"http\", \"openai\" or \"anthropic\")"
             )),
@@ -277,12 +232,19 @@ impl RawEntry {
 }
 
 impl RawEntry {
-    /// The fields of a model provider's entry; `max_temperature` is the provider's limit.
-    fn model_fields(self, provider: &str, max_temperature: f64) -> Result<ModelFields, String> {
+    /// A model provider's entry; `headers` and `timeout` are already checked.
+    fn model_config(
+        self,
+        provider: ModelProvider,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        timeout: Option<Duration>,
+    ) -> Result<AgentEndpoint, String> {
+        let max_temperature = provider.max_temperature();
+        let provider_name = provider.name();
         reject_field(
             "url",
             self.url.is_some(),
-            &format!("provider \"{provider}\" (use baseUrl)"),
+            &format!("provider \"{provider_name}\" (use baseUrl)"),
         )?;
         let base_url = self.base_url.ok_or("missing field `baseUrl`")?;
         let model = self.model.ok_or("missing field `model`")?;
@@ -295,7 +257,7 @@ impl RawEntry {
         }
         let in_range = |field: &str, value: Option<f64>, max: f64| match value {
             Some(v) if !(0.0..=max).contains(&v) => Err(format!(
-                "`{field}` must be from 0 to {max} for provider \"{provider}\", got {v}"
+                "`{field}` must be from 0 to {max} for provider \"{provider_name}\", got {v}"
             )),
             _ => Ok(value),
         };
@@ -342,15 +304,18 @@ impl RawEntry {
                 Ok::<_, String>(limit)
             })
             .transpose()?;
-        Ok(ModelFields {
+        Ok(AgentEndpoint::Model(ModelAgentConfig {
+            provider,
             base_url: parse_url("baseUrl", &base_url)?,
             model,
             api_key_env,
+            headers,
+            timeout,
             params,
             pricing,
             rate_limit,
             stream: self.stream.unwrap_or(false),
-        })
+        }))
     }
 }
 

@@ -1,5 +1,6 @@
-//! What both model providers share on the wire: sending a request plain or streamed, the
-//! Server-Sent Events of a streamed answer, rate limiting, and reading JSON out of answers.
+//! What both model providers share on the wire: sending a request plain or streamed and
+//! turning the answer into a reply ([`exchange`]), the Server-Sent Events of a streamed
+//! answer, rate limiting, and reading JSON out of answers.
 
 use std::time::{Duration, SystemTime};
 
@@ -7,7 +8,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::Url;
 use serde_json::Value;
 
-use super::http::{exchange, snippet, Answer};
+use super::http::{self, snippet, Answer};
 use super::model::{Delta, ModelReply};
 use super::AgentError;
 
@@ -17,11 +18,48 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// Takes the `data` of each Server-Sent Event of a streamed answer.
 pub(super) type DataSink<'s> = &'s mut (dyn FnMut(&str) -> Result<(), AgentError> + Send);
 
+/// A provider's streamed answer, put together from the `data` of its events.
+pub(super) trait StreamAssembly: Default + Send {
+    /// Takes one event's `data`, telling `sink` of new text and tool calls.
+    fn take(&mut self, data: &str, sink: &mut (dyn FnMut(Delta) + Send)) -> Result<(), AgentError>;
+
+    /// The reply, once the stream has ended.
+    fn finish(self) -> Result<ModelReply, AgentError>;
+}
+
+/// POSTs a model request and reads the reply: with `parse_reply` from a plain body, or,
+/// with `on_delta`, assembled by `A` from the event stream (a server that answers a stream
+/// request with plain JSON gives the same reply, its deltas replayed to `on_delta`).
+pub(super) async fn exchange<A: StreamAssembly>(
+    client: &reqwest::Client,
+    url: &Url,
+    headers: &[(HeaderName, HeaderValue)],
+    body: &Value,
+    timeout: Duration,
+    on_delta: Option<&mut (dyn FnMut(Delta) + Send)>,
+    parse_reply: fn(&[u8]) -> Result<ModelReply, AgentError>,
+) -> Result<ModelReply, AgentError> {
+    let Some(sink) = on_delta else {
+        let answer = send(client, url, headers, body, timeout, None).await?;
+        return parse_reply(&answer.unwrap_or_default());
+    };
+    let mut assembly = A::default();
+    let mut on_data = |data: &str| assembly.take(data, &mut *sink);
+    match send(client, url, headers, body, timeout, Some(&mut on_data)).await? {
+        None => assembly.finish(),
+        Some(plain) => {
+            let reply = parse_reply(&plain)?;
+            replay(&reply, sink);
+            Ok(reply)
+        }
+    }
+}
+
 /// POSTs a model request. With `on_data`, a 2xx event-stream answer goes to it event by
 /// event and `None` is returned; otherwise (no `on_data`, or a server that answered a
 /// stream request with plain JSON) the whole body is returned. Non-2xx answers are errors
 /// ([`AgentError::RateLimited`] for rate limiting).
-pub(super) async fn send(
+async fn send(
     client: &reqwest::Client,
     url: &Url,
     headers: &[(HeaderName, HeaderValue)],
@@ -30,11 +68,12 @@ pub(super) async fn send(
     on_data: Option<DataSink<'_>>,
 ) -> Result<Option<Vec<u8>>, AgentError> {
     let answer = match on_data {
-        None => exchange(client, url, headers, body, timeout, None).await?,
+        None => http::exchange(client, url, headers, body, timeout, None).await?,
         Some(on_data) => {
             let mut parser = SseParser::default();
             let mut feed = |bytes: &[u8]| parser.feed(bytes, on_data);
-            let answer = exchange(client, url, headers, body, timeout, Some(&mut feed)).await?;
+            let answer =
+                http::exchange(client, url, headers, body, timeout, Some(&mut feed)).await?;
             if answer.streamed {
                 parser.finish(on_data)?;
             }
@@ -152,7 +191,7 @@ pub(super) fn tokens(usage: &Value, field: &str) -> i64 {
 }
 
 /// For a stream request answered with a plain body: the deltas the stream would have given.
-pub(super) fn replay(reply: &ModelReply, sink: &mut (dyn FnMut(Delta) + Send)) {
+fn replay(reply: &ModelReply, sink: &mut (dyn FnMut(Delta) + Send)) {
     if !reply.content.is_empty() {
         sink(Delta::Text(reply.content.clone()));
     }

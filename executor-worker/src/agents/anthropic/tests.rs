@@ -3,80 +3,18 @@ use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use super::super::model::{ModelParams, ToolSpec};
-use super::super::{AgentEndpoint, AgentRegistry, ModelAgent};
+use super::super::test_support::{event_stream, plain, sent_body, user, TestAgent};
+use super::super::ModelProvider;
 use super::*;
 
-const TIMEOUT: Duration = Duration::from_secs(5);
 const KEY: &str = "sk-ant-test-do-not-print";
-
-fn config(server: &MockServer, extra: &str) -> AnthropicAgentConfig {
-    let toml = format!(
-        "[agents.claude]\nprovider = \"anthropic\"\nbaseUrl = \"{}\"\nmodel = \"claude-test\"\n\
-         apiKeyEnv = \"UNUSED\"\n{extra}",
-        server.uri()
-    );
-    match AgentRegistry::from_toml_str(&toml, None)
-        .unwrap()
-        .resolve("claude")
-        .unwrap()
-    {
-        AgentEndpoint::Anthropic(config) => config,
-        other => panic!("expected an Anthropic agent, got {other:?}"),
-    }
-}
-
-fn user(text: &str) -> Vec<Message> {
-    vec![Message::User {
-        content: text.into(),
-    }]
-}
-
-fn plain(messages: &[Message]) -> ModelRequest<'_> {
-    ModelRequest {
-        messages,
-        tools: &[],
-        output_schema: None,
-    }
-}
-
-async fn run(
-    config: &AnthropicAgentConfig,
-    request: ModelRequest<'_>,
-    on_delta: Option<&mut (dyn FnMut(Delta) + Send)>,
-) -> Result<ModelReply, AgentError> {
-    ModelAgent::Anthropic(config)
-        .complete_with_key(&reqwest::Client::new(), request, TIMEOUT, on_delta, KEY)
-        .await
-}
-
-/// Runs a request against a server answering `response`; the error, checked to hide the key.
-async fn fail_with(response: ResponseTemplate, stream: bool) -> AgentError {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(response)
-        .mount(&server)
-        .await;
-    let messages = user("hi");
-    let mut sink = |_: Delta| {};
-    let sink: Option<&mut (dyn FnMut(Delta) + Send)> = if stream { Some(&mut sink) } else { None };
-    let err = run(&config(&server, ""), plain(&messages), sink)
-        .await
-        .unwrap_err();
-    assert!(
-        !err.to_string().contains(KEY) && !format!("{err:?}").contains(KEY),
-        "{err:?}"
-    );
-    err
-}
-
-async fn sent_body(server: &MockServer) -> Value {
-    let requests = server.received_requests().await.unwrap();
-    serde_json::from_slice(&requests.last().unwrap().body).unwrap()
-}
-
-fn event_stream(body: &str) -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_raw(body.to_string(), "text/event-stream")
-}
+const AGENT: TestAgent = TestAgent {
+    id: "claude",
+    provider: ModelProvider::Anthropic,
+    base_path: "",
+    model: "claude-test",
+    key: KEY,
+};
 
 fn call(id: &str, name: &str, arguments: Value) -> ToolCall {
     ToolCall {
@@ -104,7 +42,8 @@ async fn a_text_reply_comes_back_with_its_usage() {
         .mount(&server)
         .await;
     let messages = user("Say hello");
-    let reply = run(&config(&server, ""), plain(&messages), None)
+    let reply = AGENT
+        .run(&AGENT.config(&server, ""), plain(&messages), None)
         .await
         .unwrap();
     assert_eq!(
@@ -143,7 +82,8 @@ async fn parallel_tool_calls_are_parsed() {
         .mount(&server)
         .await;
     let messages = user("go");
-    let reply = run(&config(&server, ""), plain(&messages), None)
+    let reply = AGENT
+        .run(&AGENT.config(&server, ""), plain(&messages), None)
         .await
         .unwrap();
     assert_eq!(reply.content, "Checking both.");
@@ -174,7 +114,7 @@ async fn history_tools_and_params_are_sent_as_anthropic_expects() {
         })))
         .mount(&server)
         .await;
-    let config = config(&server, "temperature = 0.3\nmaxTokens = 500\ntopP = 0.8\n");
+    let config = AGENT.config(&server, "temperature = 0.3\nmaxTokens = 500\ntopP = 0.8\n");
     assert_eq!(
         config.params,
         ModelParams {
@@ -227,7 +167,7 @@ async fn history_tools_and_params_are_sent_as_anthropic_expects() {
         tools: &tools,
         output_schema: Some(&schema),
     };
-    run(&config, request, None).await.unwrap();
+    AGENT.run(&config, request, None).await.unwrap();
 
     let sent = sent_body(&server).await;
     assert_eq!(
@@ -305,7 +245,12 @@ async fn a_streamed_answer_is_assembled_and_its_deltas_seen_in_order() {
     let mut deltas = Vec::new();
     let mut sink = |delta: Delta| deltas.push(delta);
     let messages = user("go");
-    let reply = run(&config(&server, ""), plain(&messages), Some(&mut sink))
+    let reply = AGENT
+        .run(
+            &AGENT.config(&server, ""),
+            plain(&messages),
+            Some(&mut sink),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -350,14 +295,16 @@ async fn an_error_event_in_the_stream_is_a_provider_error() {
         "event: error\n",
         "data: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
     );
-    let err = fail_with(event_stream(stream), true).await;
+    let err = AGENT.fail_with(event_stream(stream), true).await;
     assert!(
         matches!(&err, AgentError::Provider(m) if m.contains("Overloaded")),
         "{err:?}"
     );
     let body =
         json!({"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}});
-    let err = fail_with(ResponseTemplate::new(200).set_body_json(body), false).await;
+    let err = AGENT
+        .fail_with(ResponseTemplate::new(200).set_body_json(body), false)
+        .await;
     assert!(
         matches!(&err, AgentError::Provider(m) if m.contains("bad")),
         "{err:?}"
@@ -367,25 +314,29 @@ async fn an_error_event_in_the_stream_is_a_provider_error() {
 #[tokio::test]
 async fn rate_limiting_is_told_apart_from_other_failures() {
     let response = ResponseTemplate::new(429).insert_header("retry-after", "2");
-    let err = fail_with(response, false).await;
+    let err = AGENT.fail_with(response, false).await;
     assert!(
         matches!(err, AgentError::RateLimited { status: 429, retry_after: Some(wait) } if wait == Duration::from_secs(2)),
         "{err:?}"
     );
     assert!(err.to_string().contains("retry after 2s"), "{err}");
     let response = ResponseTemplate::new(503).insert_header("retry-after", "30");
-    let err = fail_with(response, true).await;
+    let err = AGENT.fail_with(response, true).await;
     assert!(
         matches!(err, AgentError::RateLimited { status: 503, retry_after: Some(wait) } if wait == Duration::from_secs(30)),
         "{err:?}"
     );
-    let err = fail_with(ResponseTemplate::new(503).set_body_string("down"), true).await;
+    let err = AGENT
+        .fail_with(ResponseTemplate::new(503).set_body_string("down"), true)
+        .await;
     assert!(
         matches!(err, AgentError::HttpStatus { status: 503, .. }),
         "{err:?}"
     );
     let body = format!("{{\"error\": \"bad key {KEY}\"}}");
-    let err = fail_with(ResponseTemplate::new(401).set_body_string(body), false).await;
+    let err = AGENT
+        .fail_with(ResponseTemplate::new(401).set_body_string(body), false)
+        .await;
     assert!(err.to_string().contains("<redacted>"), "{err}");
 }
 
@@ -415,7 +366,7 @@ async fn malformed_answers_are_invalid_responses() {
         ),
     ];
     for (response, stream, expected) in cases {
-        let err = fail_with(response, stream).await;
+        let err = AGENT.fail_with(response, stream).await;
         assert!(
             matches!(&err, AgentError::InvalidResponse(m) if m.contains(expected)),
             "{expected}: {err:?}"
@@ -461,12 +412,12 @@ async fn an_entry_can_pin_its_own_api_version() {
         .expect(1)
         .mount(&server)
         .await;
-    let config = config(
+    let config = AGENT.config(
         &server,
         "headers = { \"anthropic-version\" = \"2099-01-01\" }\n",
     );
     let messages = user("hi");
-    run(&config, plain(&messages), None).await.unwrap();
+    AGENT.run(&config, plain(&messages), None).await.unwrap();
     let requests = server.received_requests().await.unwrap();
     assert_eq!(
         requests[0]

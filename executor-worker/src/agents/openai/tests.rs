@@ -3,80 +3,18 @@ use wiremock::matchers::{bearer_token, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use super::super::model::{ModelParams, ToolSpec};
-use super::super::{AgentEndpoint, AgentRegistry, ModelAgent};
+use super::super::test_support::{event_stream, plain, sent_body, user, TestAgent};
+use super::super::{ModelAgent, ModelProvider};
 use super::*;
 
-const TIMEOUT: Duration = Duration::from_secs(5);
 const KEY: &str = "sk-test-do-not-print";
-
-fn config(server: &MockServer, extra: &str) -> OpenAiAgentConfig {
-    let toml = format!(
-        "[agents.gpt]\nprovider = \"openai\"\nbaseUrl = \"{}/v1\"\nmodel = \"test-model\"\n\
-         apiKeyEnv = \"UNUSED\"\n{extra}",
-        server.uri()
-    );
-    match AgentRegistry::from_toml_str(&toml, None)
-        .unwrap()
-        .resolve("gpt")
-        .unwrap()
-    {
-        AgentEndpoint::OpenAi(config) => config,
-        other => panic!("expected an OpenAI agent, got {other:?}"),
-    }
-}
-
-fn user(text: &str) -> Vec<Message> {
-    vec![Message::User {
-        content: text.into(),
-    }]
-}
-
-fn plain(messages: &[Message]) -> ModelRequest<'_> {
-    ModelRequest {
-        messages,
-        tools: &[],
-        output_schema: None,
-    }
-}
-
-async fn run(
-    config: &OpenAiAgentConfig,
-    request: ModelRequest<'_>,
-    on_delta: Option<&mut (dyn FnMut(Delta) + Send)>,
-) -> Result<ModelReply, AgentError> {
-    ModelAgent::OpenAi(config)
-        .complete_with_key(&reqwest::Client::new(), request, TIMEOUT, on_delta, KEY)
-        .await
-}
-
-/// Runs a request against a server answering `response`; the error, checked to hide the key.
-async fn fail_with(response: ResponseTemplate, stream: bool) -> AgentError {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(response)
-        .mount(&server)
-        .await;
-    let messages = user("hi");
-    let mut sink = |_: Delta| {};
-    let sink: Option<&mut (dyn FnMut(Delta) + Send)> = if stream { Some(&mut sink) } else { None };
-    let err = run(&config(&server, ""), plain(&messages), sink)
-        .await
-        .unwrap_err();
-    assert!(
-        !err.to_string().contains(KEY) && !format!("{err:?}").contains(KEY),
-        "{err:?}"
-    );
-    err
-}
-
-async fn sent_body(server: &MockServer) -> Value {
-    let requests = server.received_requests().await.unwrap();
-    serde_json::from_slice(&requests.last().unwrap().body).unwrap()
-}
-
-fn event_stream(body: &str) -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_raw(body.to_string(), "text/event-stream")
-}
+const AGENT: TestAgent = TestAgent {
+    id: "gpt",
+    provider: ModelProvider::OpenAi,
+    base_path: "/v1",
+    model: "test-model",
+    key: KEY,
+};
 
 #[tokio::test]
 async fn a_text_reply_comes_back_with_its_usage() {
@@ -94,7 +32,8 @@ async fn a_text_reply_comes_back_with_its_usage() {
         .mount(&server)
         .await;
     let messages = user("Say hello");
-    let reply = run(&config(&server, ""), plain(&messages), None)
+    let reply = AGENT
+        .run(&AGENT.config(&server, ""), plain(&messages), None)
         .await
         .unwrap();
     assert_eq!(
@@ -135,7 +74,8 @@ async fn parallel_tool_calls_are_parsed() {
         .mount(&server)
         .await;
     let messages = user("go");
-    let reply = run(&config(&server, ""), plain(&messages), None)
+    let reply = AGENT
+        .run(&AGENT.config(&server, ""), plain(&messages), None)
         .await
         .unwrap();
     assert_eq!(reply.content, "");
@@ -221,7 +161,7 @@ async fn history_tools_schema_and_params_are_sent_as_openai_expects() {
         })))
         .mount(&server)
         .await;
-    let config = config(&server, "temperature = 0.2\nmaxTokens = 300\ntopP = 0.5\n");
+    let config = AGENT.config(&server, "temperature = 0.2\nmaxTokens = 300\ntopP = 0.5\n");
     assert_eq!(
         config.params,
         ModelParams {
@@ -238,7 +178,7 @@ async fn history_tools_schema_and_params_are_sent_as_openai_expects() {
         tools: &tools,
         output_schema: Some(&schema),
     };
-    let reply = run(&config, request, None).await.unwrap();
+    let reply = AGENT.run(&config, request, None).await.unwrap();
     assert_eq!(reply.content, "{\"ok\": true}");
     assert_eq!(
         reply.usage,
@@ -305,7 +245,12 @@ async fn a_streamed_answer_is_assembled_and_its_deltas_seen_in_order() {
     let mut deltas = Vec::new();
     let mut sink = |delta: Delta| deltas.push(delta);
     let messages = user("go");
-    let reply = run(&config(&server, ""), plain(&messages), Some(&mut sink))
+    let reply = AGENT
+        .run(
+            &AGENT.config(&server, ""),
+            plain(&messages),
+            Some(&mut sink),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -365,7 +310,12 @@ async fn a_stream_request_answered_with_plain_json_gives_the_same_reply() {
     let mut deltas = Vec::new();
     let mut sink = |delta: Delta| deltas.push(delta);
     let messages = user("go");
-    let reply = run(&config(&server, ""), plain(&messages), Some(&mut sink))
+    let reply = AGENT
+        .run(
+            &AGENT.config(&server, ""),
+            plain(&messages),
+            Some(&mut sink),
+        )
         .await
         .unwrap();
     assert_eq!(reply.content, "Hi");
@@ -377,7 +327,7 @@ async fn http_429_with_retry_after_is_rate_limiting() {
     let response = ResponseTemplate::new(429)
         .insert_header("Retry-After", "2")
         .set_body_json(json!({"error": {"message": "Rate limit reached"}}));
-    let err = fail_with(response, false).await;
+    let err = AGENT.fail_with(response, false).await;
     assert!(
         matches!(err, AgentError::RateLimited { status: 429, retry_after: Some(wait) } if wait == Duration::from_secs(2)),
         "{err:?}"
@@ -387,7 +337,7 @@ async fn http_429_with_retry_after_is_rate_limiting() {
         message.contains("rate limiting (HTTP 429)") && message.contains("retry after 2s"),
         "{message}"
     );
-    let err = fail_with(ResponseTemplate::new(429), true).await;
+    let err = AGENT.fail_with(ResponseTemplate::new(429), true).await;
     assert!(
         matches!(
             err,
@@ -403,16 +353,17 @@ async fn http_429_with_retry_after_is_rate_limiting() {
 #[tokio::test]
 async fn http_503_is_rate_limiting_only_with_retry_after() {
     let response = ResponseTemplate::new(503).insert_header("Retry-After", "0.5");
-    let err = fail_with(response, true).await;
+    let err = AGENT.fail_with(response, true).await;
     assert!(
         matches!(err, AgentError::RateLimited { status: 503, retry_after: Some(wait) } if wait == Duration::from_millis(500)),
         "{err:?}"
     );
-    let err = fail_with(
-        ResponseTemplate::new(503).set_body_string("overloaded"),
-        false,
-    )
-    .await;
+    let err = AGENT
+        .fail_with(
+            ResponseTemplate::new(503).set_body_string("overloaded"),
+            false,
+        )
+        .await;
     assert!(
         matches!(&err, AgentError::HttpStatus { status: 503, body_snippet } if body_snippet == "overloaded"),
         "{err:?}"
@@ -422,7 +373,9 @@ async fn http_503_is_rate_limiting_only_with_retry_after() {
 #[tokio::test]
 async fn a_key_quoted_back_by_the_server_is_redacted() {
     let body = format!("invalid key {KEY} for this project");
-    let err = fail_with(ResponseTemplate::new(401).set_body_string(body), false).await;
+    let err = AGENT
+        .fail_with(ResponseTemplate::new(401).set_body_string(body), false)
+        .await;
     assert!(
         matches!(&err, AgentError::HttpStatus { status: 401, body_snippet } if body_snippet.contains("<redacted>")),
         "{err:?}"
@@ -455,7 +408,7 @@ async fn malformed_answers_are_invalid_responses() {
         ),
     ];
     for (response, stream, expected) in cases {
-        let err = fail_with(response, stream).await;
+        let err = AGENT.fail_with(response, stream).await;
         assert!(
             matches!(&err, AgentError::InvalidResponse(m) if m.contains(expected)),
             "{expected}: {err:?}"
@@ -466,20 +419,24 @@ async fn malformed_answers_are_invalid_responses() {
 #[tokio::test]
 async fn error_objects_are_provider_errors() {
     let error = json!({"error": {"message": "model overloaded"}});
-    let err = fail_with(ResponseTemplate::new(200).set_body_json(error), false).await;
+    let err = AGENT
+        .fail_with(ResponseTemplate::new(200).set_body_json(error), false)
+        .await;
     assert!(
         matches!(&err, AgentError::Provider(m) if m.contains("model overloaded")),
         "{err:?}"
     );
     let stream = "data: {\"error\": {\"message\": \"stream broke\"}}\n\n";
-    let err = fail_with(event_stream(stream), true).await;
+    let err = AGENT.fail_with(event_stream(stream), true).await;
     assert!(
         matches!(&err, AgentError::Provider(m) if m.contains("stream broke")),
         "{err:?}"
     );
     let refusal =
         json!({"choices": [{"index": 0, "message": {"content": null, "refusal": "I can't"}}]});
-    let err = fail_with(ResponseTemplate::new(200).set_body_json(refusal), false).await;
+    let err = AGENT
+        .fail_with(ResponseTemplate::new(200).set_body_json(refusal), false)
+        .await;
     assert!(
         matches!(&err, AgentError::Provider(m) if m.contains("refused: I can't")),
         "{err:?}"
@@ -517,7 +474,7 @@ async fn a_streamed_call_keeps_to_the_timeout() {
     let messages = user("go");
     let mut sink = |_: Delta| {};
     let started = std::time::Instant::now();
-    let err = ModelAgent::OpenAi(&config(&server, ""))
+    let err = ModelAgent(&AGENT.config(&server, ""))
         .complete_with_key(
             &reqwest::Client::new(),
             plain(&messages),

@@ -41,7 +41,7 @@ fn toml_file_yields_http_and_openai_agents() {
     assert!(plain.headers.is_empty());
 
     match registry.resolve("summarizer").unwrap() {
-        AgentEndpoint::OpenAi(config) => {
+        AgentEndpoint::Model(config) if config.provider == ModelProvider::OpenAi => {
             assert_eq!(config.base_url.as_str(), "https://api.example.com/v1");
             assert_eq!(config.model, "some-model");
             assert_eq!(config.api_key_env, "OPENAI_API_KEY");
@@ -63,7 +63,10 @@ fn json_file_has_the_same_structure() {
     assert_eq!(classifier.timeout, Some(Duration::from_secs(5)));
     assert!(matches!(
         registry.resolve("summarizer").unwrap(),
-        AgentEndpoint::OpenAi(_)
+        AgentEndpoint::Model(ModelAgentConfig {
+            provider: ModelProvider::OpenAi,
+            ..
+        })
     ));
 }
 
@@ -243,16 +246,16 @@ model = "claude-y"
 apiKeyEnv = "K"
 "#;
 
-fn openai(endpoint: AgentEndpoint) -> OpenAiAgentConfig {
+fn openai(endpoint: AgentEndpoint) -> ModelAgentConfig {
     match endpoint {
-        AgentEndpoint::OpenAi(config) => config,
+        AgentEndpoint::Model(config) if config.provider == ModelProvider::OpenAi => config,
         other => panic!("expected an OpenAI agent, got {other:?}"),
     }
 }
 
-fn anthropic(endpoint: AgentEndpoint) -> AnthropicAgentConfig {
+fn anthropic(endpoint: AgentEndpoint) -> ModelAgentConfig {
     match endpoint {
-        AgentEndpoint::Anthropic(config) => config,
+        AgentEndpoint::Model(config) if config.provider == ModelProvider::Anthropic => config,
         other => panic!("expected an Anthropic agent, got {other:?}"),
     }
 }
@@ -437,7 +440,8 @@ fn debug_output_of_model_agents_hides_header_values() {
     let registry = AgentRegistry::from_toml_str(MODEL_TOML, None).unwrap();
     let shown = format!("{registry:?}");
     assert!(
-        shown.contains("AnthropicAgentConfig") && shown.contains("anthropic-beta"),
+        shown.contains("ModelAgentConfig { provider: Anthropic")
+            && shown.contains("anthropic-beta"),
         "{shown}"
     );
     assert!(!shown.contains("beta-secret"), "{shown}");
@@ -455,7 +459,7 @@ fn a_model_agent_takes_a_rate_limit_and_a_bad_one_is_named() {
         None,
     )
     .unwrap();
-    let Some(AgentEndpoint::OpenAi(m)) = registry.entry("m") else {
+    let Some(AgentEndpoint::Model(m)) = registry.entry("m") else {
         panic!("an openai agent")
     };
     assert_eq!(
