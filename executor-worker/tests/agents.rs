@@ -1300,3 +1300,62 @@ async fn a_streaming_agent_writes_its_pieces_live_and_a_retry_resets_them() {
     );
     assert!(pieces.len() <= 5, "coalesced: {pieces:#?}");
 }
+
+#[tokio::test]
+async fn a_final_answer_is_journaled_in_the_same_commit_as_the_steps_end() {
+    let db = test_db().await;
+    let tools = tool_server().await;
+    let (model, _) = model_server(vec![
+        completion(
+            None,
+            &[("call_1", "list_orders", json!({"customer": "c_1"}))],
+            (5, 1, 0),
+        ),
+        completion(Some("done"), &[], (6, 2, 0)),
+    ])
+    .await;
+    let (_, run_id) = workflow_with_run(
+        &db.pool,
+        "onecommit",
+        triage_definition(&tools, json!({})),
+        json!({"email": "x"}),
+    )
+    .await;
+    assert_eq!(
+        engine_for(&db, &model, &tools)
+            .process(&run_job(&run_id))
+            .await,
+        JobOutcome::Done
+    );
+    #[derive(diesel::QueryableByName, Debug, PartialEq)]
+    struct Xmin {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        xmin: String,
+    }
+    let id = run_id.clone();
+    let (turns, step): (Vec<Xmin>, Xmin) = blocking(&db.pool, move |conn| {
+        let turns = diesel::sql_query(
+            "SELECT xmin::text AS xmin FROM agent_turns WHERE run_id = $1 ORDER BY turn",
+        )
+        .bind::<diesel::sql_types::Text, _>(&id)
+        .load(conn)?;
+        let step = diesel::sql_query(
+            "SELECT xmin::text AS xmin FROM step_runs WHERE run_id = $1 AND name = 'triage'",
+        )
+        .bind::<diesel::sql_types::Text, _>(&id)
+        .get_result(conn)?;
+        Ok((turns, step))
+    })
+    .await
+    .unwrap();
+    assert_eq!(turns.len(), 2);
+    assert_eq!(
+        turns[1], step,
+        "the answer and the step's end: one transaction"
+    );
+    assert_ne!(
+        turns[0], step,
+        "a tool turn is journaled at once, before the tools run"
+    );
+    assert_eq!(run_usage(&db.pool, &run_id).await.map(|u| u.1), Some(3));
+}

@@ -5,7 +5,7 @@
 //! work around the calls: the journal, the tool requests' bookkeeping, the round trips.
 
 use crate::bench::{latencies, Bench};
-use crate::stats::{ms, percentile, scaled};
+use crate::stats::{mean, ms, percentile, scaled};
 use serde_json::{json, Value};
 use std::time::Duration;
 use wiremock::matchers::{method, path};
@@ -121,16 +121,18 @@ pub(crate) async fn measure(bench: &Bench, stand_ins: &StandIns) -> Value {
             json!({
                 "runs": times.len(), "failed_triggers": failed,
                 "p50_ms": ms(percentile(&times, 50.0)), "p99_ms": ms(percentile(&times, 99.0)),
+                "mean_ms": ms(mean(&times)),
             }),
         );
     }
-    let p50 = |k: &str| {
+    // Means: the timestamps are whole milliseconds, so differences of percentiles are too.
+    let mean_of = |k: &str| {
         rows.get(k)
-            .and_then(|r| r["p50_ms"].as_f64())
+            .and_then(|r| r["mean_ms"].as_f64())
             .unwrap_or(f64::NAN)
     };
-    let per_turn = (p50("agent_loop") - p50("agent_one")) / 3.0;
-    let one_turn = p50("agent_one") - p50("agent_base");
+    let per_turn = (mean_of("agent_loop") - mean_of("agent_one")) / 3.0;
+    let one_turn = mean_of("agent_one") - mean_of("agent_base");
     json!({
         "rate": RATE,
         "rows": rows,

@@ -3,6 +3,15 @@
 
 use serde_json::Value;
 
+/// `"<p50> / <p99> ms (mean <mean>)"` of the agent row `key` of one result.
+fn agent_row(r: &Value, key: &str) -> String {
+    let row = &r["agents"]["rows"][key];
+    format!(
+        "{} / {} ms (mean {})",
+        row["p50_ms"], row["p99_ms"], row["mean_ms"]
+    )
+}
+
 /// `"<p50> / <p99> ms"` of the measurement `key` of one result.
 pub(crate) fn p50_p99(r: &Value, key: &str) -> String {
     format!("{} / {} ms", r[key]["p50_ms"], r[key]["p99_ms"])
@@ -78,45 +87,27 @@ pub(crate) fn print_table(results: &[Value]) {
             Box::new(|r| format!("{} ms", r["forty_steps_ms"])),
         ),
         (
-            "1-step transform at 20 runs/s p50 / p99",
+            "1-step transform at 20 runs/s p50 / p99 (mean)",
             "",
-            Box::new(|r| {
-                format!(
-                    "{} / {} ms",
-                    r["agents"]["rows"]["agent_base"]["p50_ms"],
-                    r["agents"]["rows"]["agent_base"]["p99_ms"]
-                )
-            }),
+            Box::new(|r| agent_row(r, "agent_base")),
         ),
         (
-            "agent step, 1 turn, at 20 runs/s p50 / p99",
+            "agent step, 1 turn, at 20 runs/s p50 / p99 (mean)",
             "overhead unchanged",
-            Box::new(|r| {
-                format!(
-                    "{} / {} ms",
-                    r["agents"]["rows"]["agent_one"]["p50_ms"],
-                    r["agents"]["rows"]["agent_one"]["p99_ms"]
-                )
-            }),
+            Box::new(|r| agent_row(r, "agent_one")),
         ),
         (
-            "  its overhead over the transform (p50)",
+            "  its overhead over the transform (means)",
             "",
             Box::new(|r| format!("{} ms", r["agents"]["one_turn_over_transform_ms"])),
         ),
         (
-            "agent step, 4-turn tool loop, p50 / p99",
+            "agent step, 4-turn tool loop p50 / p99 (mean)",
             "",
-            Box::new(|r| {
-                format!(
-                    "{} / {} ms",
-                    r["agents"]["rows"]["agent_loop"]["p50_ms"],
-                    r["agents"]["rows"]["agent_loop"]["p99_ms"]
-                )
-            }),
+            Box::new(|r| agent_row(r, "agent_loop")),
         ),
         (
-            "  a tool turn's overhead (p50, loop - 1 turn) / 3",
+            "  a tool turn's overhead (means: loop - 1 turn) / 3",
             "",
             Box::new(|r| format!("{} ms", r["agents"]["per_tool_turn_ms"])),
         ),

@@ -50,10 +50,12 @@ impl Engine {
                 step.name
             );
             let started = Instant::now();
+            let final_turn = std::sync::Mutex::new(None);
             let result = match computed.take() {
                 Some(failure) => Err(failure),
-                None => self.execute(run, step, attempt, &ctx).await,
+                None => self.execute(run, step, attempt, &ctx, &final_turn).await,
             };
+            let final_turn = final_turn.into_inner().unwrap_or_else(|e| e.into_inner());
             let elapsed = started.elapsed();
             if let Err(StepFailure {
                 defer: Some(pause),
@@ -101,6 +103,10 @@ impl Engine {
                 ),
                 Err(e) => StepChange::failed(e.message.clone()),
             };
+            let change = StepChange {
+                turn: final_turn,
+                ..change
+            };
             match &result {
                 Ok(_) => log::info!("run {}: step {} completed", run.id, step.name),
                 Err(e) => log::warn!(
@@ -136,8 +142,9 @@ impl Engine {
         step: &Step,
         attempt: i32,
         ctx: &Ctx,
+        final_turn: &std::sync::Mutex<Option<crate::storage::NewTurn>>,
     ) -> Result<Value, StepFailure> {
-        let env = self.step_env(run, step, attempt);
+        let env = self.step_env(run, step, attempt, final_turn);
         let output = match self.http.step_timeout(step.timeout) {
             Some(limit) => tokio::time::timeout(limit, steps::execute(&step.kind, ctx, &env))
                 .await
@@ -177,7 +184,13 @@ impl Engine {
     }
 
     /// What a step's execution may use, for attempt `attempt` of `step` of `run`.
-    fn step_env<'a>(&'a self, run: &'a RunHandle, step: &'a Step, attempt: i32) -> StepEnv<'a> {
+    fn step_env<'a>(
+        &'a self,
+        run: &'a RunHandle,
+        step: &'a Step,
+        attempt: i32,
+        final_turn: &'a std::sync::Mutex<Option<crate::storage::NewTurn>>,
+    ) -> StepEnv<'a> {
         StepEnv {
             agents: &self.agents,
             http: &self.http,
@@ -195,6 +208,7 @@ impl Engine {
             budget: run.budget(),
             wait_in_slot: self.limits.wait_in_slot,
             rate_window: self.limits.rate_window,
+            final_turn,
         }
     }
 
@@ -223,7 +237,8 @@ impl Engine {
             return Ok(None);
         }
         let started = Instant::now();
-        let output = match self.execute(run, step, 1, ctx).await {
+        let unused = std::sync::Mutex::new(None);
+        let output = match self.execute(run, step, 1, ctx, &unused).await {
             Ok(output) => output,
             Err(failure) => return Ok(Some(Err(failure))),
         };

@@ -136,6 +136,16 @@ fn last_reply(messages: &[Message]) -> Option<&Message> {
         .filter(|m| matches!(m, Message::Assistant { .. }))
 }
 
+/// The output of a reply that is a final answer standing as it is (text that matches the
+/// schema, if any): `Some(its JSON, if any)`; `None` when the loop goes on (empty, or off its
+/// schema).
+fn final_output(content: &str, schema: Option<&Schema>) -> Option<Option<Value>> {
+    if content.trim().is_empty() {
+        return None;
+    }
+    check(content, schema).ok()
+}
+
 /// Whether a final answer is the step's output: its JSON (when there is any) if it matches
 /// `schema`, else the problems.
 fn check(content: &str, schema: Option<&Schema>) -> Result<Option<Value>, Vec<String>> {
@@ -188,7 +198,7 @@ pub(super) async fn converse(
         .transpose()?;
     let specs = tools::specs(&step.tools);
     let mut reset_sent = false;
-    let (mut conversation, mut spent) = replay(journal.load().await?)?;
+    let (mut conversation, mut spent) = replay(journal.load_unless_first().await?)?;
     // A conversation that cannot go on was ended for good by an earlier attempt.
     if conversation.turns > 0 && ended(&conversation, step, schema.as_ref()) {
         conversation = Conversation {
@@ -297,6 +307,19 @@ pub(super) async fn converse(
             Err(e) => return Err(StepFailure::retry(e.to_string())),
         };
         let cost = agent.pricing().map_or(0, |p| p.cost_picos(&reply.usage));
+        // A final answer that stands is written with the step's end, in one commit; any
+        // other turn at once, so that the next attempt goes on after it.
+        let output = match reply.tool_calls.is_empty() {
+            true => final_output(&reply.content, schema.as_ref()),
+            false => None,
+        };
+        if let Some(parsed) = output {
+            journal.record_with_end(turn, &step.agent_id, agent.model(), &to_send, &reply, cost)?;
+            crate::metrics::agent_turn(&step.agent_id, &reply.usage, cost);
+            spent.add(&reply.usage, cost);
+            conversation.turns += 1;
+            return Ok(self::output(&reply.content, parsed, &conversation, &spent));
+        }
         journal
             .record_turn(turn, &step.agent_id, agent.model(), &to_send, &reply, cost)
             .await?;

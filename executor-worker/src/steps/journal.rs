@@ -62,8 +62,17 @@ impl<'a> Journal<'a> {
         }
     }
 
-    /// Write turn `turn`: the messages it added, the model's reply, its usage and cost.
-    pub(super) async fn record_turn(
+    /// The step's turns so far, across its attempts: none on its first attempt (attempt
+    /// numbers are never reused, a retried run's included), without asking the database.
+    pub(super) async fn load_unless_first(&self) -> Result<Vec<TurnRow>, StepFailure> {
+        if self.env.attempt <= 1 {
+            return Ok(Vec::new());
+        }
+        self.load().await
+    }
+
+    /// Turn `turn` as a row: the messages it added, the model's reply, its usage and cost.
+    fn row(
         &self,
         turn: i32,
         agent_id: &str,
@@ -71,13 +80,13 @@ impl<'a> Journal<'a> {
         messages: &[Message],
         reply: &ModelReply,
         cost_picos: i64,
-    ) -> Result<(), StepFailure> {
+    ) -> Result<NewTurn, StepFailure> {
         let Usage {
             input_tokens,
             output_tokens,
             cached_tokens,
         } = reply.usage;
-        let row = NewTurn {
+        Ok(NewTurn {
             run_id: self.env.run_id.to_string(),
             step: self.env.step.to_string(),
             turn,
@@ -93,7 +102,20 @@ impl<'a> Journal<'a> {
             cached_tokens,
             cost_picos,
             created_at: shared_models::time::now(),
-        };
+        })
+    }
+
+    /// Write turn `turn` now, under the lease.
+    pub(super) async fn record_turn(
+        &self,
+        turn: i32,
+        agent_id: &str,
+        model: &str,
+        messages: &[Message],
+        reply: &ModelReply,
+        cost_picos: i64,
+    ) -> Result<(), StepFailure> {
+        let row = self.row(turn, agent_id, model, messages, reply, cost_picos)?;
         let me = self.env.me.clone();
         let written = blocking(self.env.pool, move |conn| {
             storage::record_turn(conn, &row, &me)
@@ -101,6 +123,26 @@ impl<'a> Journal<'a> {
         .await
         .map_err(storage_failure)?;
         fenced(written)
+    }
+
+    /// Leave the final turn `turn` to be written with the step's end, in its transaction
+    /// ([`StepEnv::final_turn`]): one commit where two were.
+    pub(super) fn record_with_end(
+        &self,
+        turn: i32,
+        agent_id: &str,
+        model: &str,
+        messages: &[Message],
+        reply: &ModelReply,
+        cost_picos: i64,
+    ) -> Result<(), StepFailure> {
+        let row = self.row(turn, agent_id, model, messages, reply, cost_picos)?;
+        *self
+            .env
+            .final_turn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(row);
+        Ok(())
     }
 
     /// Add a tool call's result (a [`Message::Tool`]) to turn `turn`.

@@ -47,6 +47,9 @@ pub struct StepEnv<'a> {
     pub wait_in_slot: Duration,
     /// The window of agents' `rateLimit` (`AGENT_RATE_WINDOW_SECONDS`).
     pub rate_window: Duration,
+    /// An agent step's final model turn, left here to be journaled with the step's end in
+    /// one commit (the engine takes it into the step's change).
+    pub final_turn: &'a std::sync::Mutex<Option<crate::storage::NewTurn>>,
 }
 
 /// Why an attempt of a step failed, and whether another attempt could succeed.

@@ -174,6 +174,9 @@ pub(crate) struct StepChange {
     pub wake_at: Option<DateTime<Utc>>,
     pub child_run_id: Option<String>,
     pub log: (&'static str, String),
+    /// An agent step's last model turn, journaled in the same transaction (one commit for
+    /// the answer and the step's end, [`super::turns`]).
+    pub turn: Option<super::NewTurn>,
 }
 
 impl StepChange {
@@ -185,6 +188,7 @@ impl StepChange {
             wake_at: None,
             child_run_id: None,
             log: ("INFO", "step completed".into()),
+            turn: None,
         }
     }
 
@@ -198,6 +202,7 @@ impl StepChange {
             wake_at: None,
             child_run_id: None,
             log,
+            turn: None,
         }
     }
 
@@ -210,6 +215,7 @@ impl StepChange {
             wake_at: None,
             child_run_id: None,
             log: ("INFO", format!("step skipped: {reason}")),
+            turn: None,
         }
     }
 
@@ -230,6 +236,7 @@ impl StepChange {
             wake_at: None,
             child_run_id: None,
             log,
+            turn: None,
         }
     }
 
@@ -248,6 +255,7 @@ impl StepChange {
                     pause.as_secs_f64()
                 )),
             ),
+            turn: None,
         }
     }
 
@@ -260,6 +268,7 @@ impl StepChange {
             wake_at: None,
             child_run_id: None,
             log: ("INFO", "done waiting; trying again".into()),
+            turn: None,
         }
     }
 
@@ -276,6 +285,7 @@ impl StepChange {
             wake_at,
             child_run_id,
             log: ("INFO", message),
+            turn: None,
         }
     }
 }
@@ -329,6 +339,9 @@ pub(crate) fn record_step(
             .clone()
             .or_else(|| previous.as_ref().and_then(|p| p.child_run_id.clone()));
         upsert_step(conn, &row)?;
+        if let Some(turn) = &change.turn {
+            super::turns::insert_turn(conn, turn)?;
+        }
         let mut events = Vec::new();
         if from != change.to {
             events.push(NewRunEvent::transition(

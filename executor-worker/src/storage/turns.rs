@@ -81,24 +81,7 @@ pub(crate) fn record_turn(
         if touch(conn, &turn.run_id, me, turn.created_at)? == Fenced::LeaseLost {
             return Ok(Fenced::LeaseLost);
         }
-        diesel::insert_into(agent_turns::table)
-            .values(turn)
-            .execute(conn)?;
-        diesel::sql_query(
-            "INSERT INTO run_usage AS u (run_id, input_tokens, output_tokens, cached_tokens, cost_picos)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (run_id) DO UPDATE SET
-               input_tokens = u.input_tokens + EXCLUDED.input_tokens,
-               output_tokens = u.output_tokens + EXCLUDED.output_tokens,
-               cached_tokens = u.cached_tokens + EXCLUDED.cached_tokens,
-               cost_picos = u.cost_picos + EXCLUDED.cost_picos",
-        )
-        .bind::<Text, _>(&turn.run_id)
-        .bind::<BigInt, _>(turn.input_tokens)
-        .bind::<BigInt, _>(turn.output_tokens)
-        .bind::<BigInt, _>(turn.cached_tokens)
-        .bind::<BigInt, _>(turn.cost_picos)
-        .execute(conn)?;
+        insert_turn(conn, turn)?;
         Ok(Fenced::Written)
     })
 }
@@ -108,6 +91,29 @@ pub struct TurnKey<'a> {
     pub run_id: &'a str,
     pub step: &'a str,
     pub turn: i32,
+}
+
+/// In the caller's transaction, under its lease: write a turn and add its usage to the run's.
+pub(super) fn insert_turn(conn: &mut PgConnection, turn: &NewTurn) -> Result<(), Error> {
+    diesel::insert_into(agent_turns::table)
+        .values(turn)
+        .execute(conn)?;
+    diesel::sql_query(
+        "INSERT INTO run_usage AS u (run_id, input_tokens, output_tokens, cached_tokens, cost_picos)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (run_id) DO UPDATE SET
+           input_tokens = u.input_tokens + EXCLUDED.input_tokens,
+           output_tokens = u.output_tokens + EXCLUDED.output_tokens,
+           cached_tokens = u.cached_tokens + EXCLUDED.cached_tokens,
+           cost_picos = u.cost_picos + EXCLUDED.cost_picos",
+    )
+    .bind::<Text, _>(&turn.run_id)
+    .bind::<BigInt, _>(turn.input_tokens)
+    .bind::<BigInt, _>(turn.output_tokens)
+    .bind::<BigInt, _>(turn.cached_tokens)
+    .bind::<BigInt, _>(turn.cost_picos)
+    .execute(conn)?;
+    Ok(())
 }
 
 /// Add one tool call's result (`result`, by its call id) to its turn, under the lease.
