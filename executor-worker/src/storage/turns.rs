@@ -51,8 +51,7 @@ pub(crate) fn load_turns(
 }
 
 /// A turn to write.
-#[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = agent_turns)]
+#[derive(Debug, Clone)]
 pub struct NewTurn {
     pub run_id: String,
     pub step: String,
@@ -95,12 +94,17 @@ pub struct TurnKey<'a> {
 
 /// In the caller's transaction, under its lease: write a turn and add its usage to the run's.
 pub(super) fn insert_turn(conn: &mut PgConnection, turn: &NewTurn) -> Result<(), Error> {
-    diesel::insert_into(agent_turns::table)
-        .values(turn)
-        .execute(conn)?;
+    use diesel::sql_types::{Integer, Timestamptz};
+    // One statement (one round trip): the turn, and its usage added to the run's.
     diesel::sql_query(
-        "INSERT INTO run_usage AS u (run_id, input_tokens, output_tokens, cached_tokens, cost_picos)
-         VALUES ($1, $2, $3, $4, $5)
+        "WITH turn AS (
+           INSERT INTO agent_turns (run_id, step, turn, attempt, org_id, workflow_id, agent_id,
+                                    model, messages, reply, input_tokens, output_tokens,
+                                    cached_tokens, cost_picos, created_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+           RETURNING run_id, input_tokens, output_tokens, cached_tokens, cost_picos)
+         INSERT INTO run_usage AS u (run_id, input_tokens, output_tokens, cached_tokens, cost_picos)
+         SELECT * FROM turn
          ON CONFLICT (run_id) DO UPDATE SET
            input_tokens = u.input_tokens + EXCLUDED.input_tokens,
            output_tokens = u.output_tokens + EXCLUDED.output_tokens,
@@ -108,10 +112,20 @@ pub(super) fn insert_turn(conn: &mut PgConnection, turn: &NewTurn) -> Result<(),
            cost_picos = u.cost_picos + EXCLUDED.cost_picos",
     )
     .bind::<Text, _>(&turn.run_id)
+    .bind::<Text, _>(&turn.step)
+    .bind::<Integer, _>(turn.turn)
+    .bind::<Integer, _>(turn.attempt)
+    .bind::<Text, _>(&turn.org_id)
+    .bind::<Text, _>(&turn.workflow_id)
+    .bind::<Text, _>(&turn.agent_id)
+    .bind::<Text, _>(&turn.model)
+    .bind::<Jsonb, _>(&turn.messages)
+    .bind::<Jsonb, _>(&turn.reply)
     .bind::<BigInt, _>(turn.input_tokens)
     .bind::<BigInt, _>(turn.output_tokens)
     .bind::<BigInt, _>(turn.cached_tokens)
     .bind::<BigInt, _>(turn.cost_picos)
+    .bind::<Timestamptz, _>(turn.created_at)
     .execute(conn)?;
     Ok(())
 }
