@@ -26,9 +26,7 @@ struct Script {
 impl Respond for Script {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         let body: Value = serde_json::from_slice(&request.body).expect("a JSON request");
-        let turn = body["messages"]
-            .as_array()
-            .map_or(0, |m| m.iter().filter(|m| m["role"] == "assistant").count());
+        let turn = thygon_testkit::model::turn_of(&body);
         self.bodies.lock().unwrap().push(body);
         let asks = {
             let mut asked = self.asked.lock().unwrap();
@@ -48,33 +46,7 @@ impl Respond for Script {
     }
 }
 
-/// A chat completion: `content` (or null) and tool calls `(id, name, arguments)`, with usage
-/// `(prompt, completion, cached)`.
-pub fn completion(
-    content: Option<&str>,
-    calls: &[(&str, &str, Value)],
-    usage: (i64, i64, i64),
-) -> ResponseTemplate {
-    let (prompt, completion, cached) = usage;
-    let tool_calls: Vec<Value> = calls
-        .iter()
-        .map(|(id, name, args)| {
-            json!({"id": id, "type": "function", "function": {"name": name, "arguments": args.to_string()}})
-        })
-        .collect();
-    let mut message = json!({"role": "assistant", "content": content});
-    if !tool_calls.is_empty() {
-        message["tool_calls"] = json!(tool_calls);
-    }
-    ResponseTemplate::new(200).set_body_json(json!({
-        "id": "chatcmpl-e2e", "object": "chat.completion",
-        "choices": [{"index": 0, "message": message,
-                     "finish_reason": if calls.is_empty() { "stop" } else { "tool_calls" }}],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                  "total_tokens": prompt + completion,
-                  "prompt_tokens_details": {"cached_tokens": cached}},
-    }))
-}
+pub use thygon_testkit::model::completion;
 
 /// A server on a port of the harness's pool (127.0.0.1).
 pub async fn loopback_server() -> MockServer {
@@ -82,6 +54,7 @@ pub async fn loopback_server() -> MockServer {
     MockServer::builder().listener(listener).start().await
 }
 
+/// The stand-in model, its script, and what it was asked.
 pub struct Model {
     pub server: MockServer,
     asked: Arc<Mutex<HashMap<usize, usize>>>,

@@ -39,40 +39,7 @@ impl Respond for Script {
     }
 }
 
-fn assistant_messages(body: &Value) -> usize {
-    body["messages"]
-        .as_array()
-        .map(|m| m.iter().filter(|m| m["role"] == "assistant").count())
-        .unwrap_or(0)
-}
-
-/// A chat completion: `content` (or null) and tool calls `(id, name, arguments)`, with usage.
-fn completion(
-    content: Option<&str>,
-    calls: &[(&str, &str, Value)],
-    usage: (i64, i64, i64),
-) -> ResponseTemplate {
-    let (prompt, completion, cached) = usage;
-    let tool_calls: Vec<Value> = calls
-        .iter()
-        .map(|(id, name, args)| {
-            json!({"id": id, "type": "function", "function": {"name": name, "arguments": args.to_string()}})
-        })
-        .collect();
-    let mut message = json!({"role": "assistant", "content": content});
-    if !tool_calls.is_empty() {
-        message["tool_calls"] = json!(tool_calls);
-    }
-    ResponseTemplate::new(200).set_body_json(json!({
-        "id": "chatcmpl-test",
-        "object": "chat.completion",
-        "choices": [{"index": 0, "message": message,
-                     "finish_reason": if calls.is_empty() { "stop" } else { "tool_calls" }}],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                  "total_tokens": prompt + completion,
-                  "prompt_tokens_details": {"cached_tokens": cached}},
-    }))
-}
+use thygon_testkit::model::{completion, turn_of as assistant_messages};
 
 /// A model server scripted with `turns`; what it was asked.
 async fn model_server(turns: Vec<ResponseTemplate>) -> (MockServer, Arc<Mutex<Vec<Value>>>) {

@@ -9,6 +9,7 @@
 
 pub mod hostile;
 pub mod http;
+pub mod model;
 pub mod suites;
 
 use diesel::prelude::*;

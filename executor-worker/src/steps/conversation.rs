@@ -11,7 +11,7 @@
 //! (out of turns, or an answer that failed its schema after every repair) is not taken up
 //! again: the next attempt (a retried run) starts a new one, after it in the same journal.
 
-use super::journal::Journal;
+use super::journal::{Draft, Journal};
 use super::tools::ToolOutcome;
 use super::{deltas, rate, tools, StepEnv, StepFailure};
 use crate::agents::model::{Message, ModelReply, ModelRequest, ToolCall, Usage, PICOS_PER_USD};
@@ -313,16 +313,22 @@ pub(super) async fn converse(
             true => final_output(&reply.content, schema.as_ref()),
             false => None,
         };
+        let draft = Draft {
+            turn,
+            agent_id: &step.agent_id,
+            model: agent.model(),
+            messages: &to_send,
+            reply: &reply,
+            cost_picos: cost,
+        };
         if let Some(parsed) = output {
-            journal.record_with_end(turn, &step.agent_id, agent.model(), &to_send, &reply, cost)?;
+            journal.record_with_end(&draft)?;
             crate::metrics::agent_turn(&step.agent_id, &reply.usage, cost);
             spent.add(&reply.usage, cost);
             conversation.turns += 1;
             return Ok(self::output(&reply.content, parsed, &conversation, &spent));
         }
-        journal
-            .record_turn(turn, &step.agent_id, agent.model(), &to_send, &reply, cost)
-            .await?;
+        journal.record_turn(&draft).await?;
         crate::metrics::agent_turn(&step.agent_id, &reply.usage, cost);
         spent.add(&reply.usage, cost);
         if to_send.iter().any(is_repair) {

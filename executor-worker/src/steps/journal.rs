@@ -9,6 +9,18 @@ use crate::storage::{self, Fenced, NewTurn, TurnRow};
 use serde_json::Value;
 use shared_models::db::blocking;
 
+/// A model turn to journal: its number, who answered, the messages it added, the reply and
+/// what it cost (pico-USD).
+#[derive(Clone, Copy)]
+pub(super) struct Draft<'a> {
+    pub turn: i32,
+    pub agent_id: &'a str,
+    pub model: &'a str,
+    pub messages: &'a [Message],
+    pub reply: &'a ModelReply,
+    pub cost_picos: i64,
+}
+
 pub(super) struct Journal<'a> {
     env: &'a StepEnv<'a>,
 }
@@ -72,15 +84,15 @@ impl<'a> Journal<'a> {
     }
 
     /// Turn `turn` as a row: the messages it added, the model's reply, its usage and cost.
-    fn row(
-        &self,
-        turn: i32,
-        agent_id: &str,
-        model: &str,
-        messages: &[Message],
-        reply: &ModelReply,
-        cost_picos: i64,
-    ) -> Result<NewTurn, StepFailure> {
+    fn row(&self, draft: &Draft<'_>) -> Result<NewTurn, StepFailure> {
+        let Draft {
+            turn,
+            agent_id,
+            model,
+            messages,
+            reply,
+            cost_picos,
+        } = *draft;
         let Usage {
             input_tokens,
             output_tokens,
@@ -106,16 +118,8 @@ impl<'a> Journal<'a> {
     }
 
     /// Write turn `turn` now, under the lease.
-    pub(super) async fn record_turn(
-        &self,
-        turn: i32,
-        agent_id: &str,
-        model: &str,
-        messages: &[Message],
-        reply: &ModelReply,
-        cost_picos: i64,
-    ) -> Result<(), StepFailure> {
-        let row = self.row(turn, agent_id, model, messages, reply, cost_picos)?;
+    pub(super) async fn record_turn(&self, draft: &Draft<'_>) -> Result<(), StepFailure> {
+        let row = self.row(draft)?;
         let me = self.env.me.clone();
         let written = blocking(self.env.pool, move |conn| {
             storage::record_turn(conn, &row, &me)
@@ -127,16 +131,8 @@ impl<'a> Journal<'a> {
 
     /// Leave the final turn `turn` to be written with the step's end, in its transaction
     /// ([`StepEnv::final_turn`]): one commit where two were.
-    pub(super) fn record_with_end(
-        &self,
-        turn: i32,
-        agent_id: &str,
-        model: &str,
-        messages: &[Message],
-        reply: &ModelReply,
-        cost_picos: i64,
-    ) -> Result<(), StepFailure> {
-        let row = self.row(turn, agent_id, model, messages, reply, cost_picos)?;
+    pub(super) fn record_with_end(&self, draft: &Draft<'_>) -> Result<(), StepFailure> {
+        let row = self.row(draft)?;
         *self
             .env
             .final_turn
