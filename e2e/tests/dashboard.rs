@@ -530,7 +530,6 @@ async fn the_dashboard_shows_runs_graphs_queues_and_workers_in_a_browser() {
 /// text.
 fn insert_turns(stack: &Stack, run: &Value) {
     use diesel::prelude::*;
-    use diesel::sql_types::{BigInt, Integer, Jsonb, Text};
     let mut conn = PgConnection::establish(&stack.database_url).expect("database");
     let first_reply = json!({"role": "assistant", "content": "",
         "toolCalls": [{"id": "c1", "name": "lookup_<customer>", "arguments": {"email": "<b>ann@example.com</b>"}}]});
@@ -548,30 +547,36 @@ fn insert_turns(stack: &Stack, run: &Value) {
         ),
         (2, second_reply, json!({}), (220, 22, 0), 700_000_000),
     ] {
-        diesel::sql_query(
-            "INSERT INTO agent_turns (run_id, step, turn, attempt, org_id, workflow_id, agent_id,
-               model, messages, reply, tool_results, input_tokens, output_tokens, cached_tokens,
-               cost_picos, created_at)
-             VALUES ($1, 'classify', $2, 1, $3, $4, 'support-classifier', 'gpt-test', '[]', $5,
-               $6, $7, $8, $9, $10, now())",
+        let run_id = run["id"].as_str().unwrap();
+        // As the worker writes a turn: with its usage added to the run's.
+        shared_models::agent_journal::insert_turn(
+            &mut conn,
+            &shared_models::agent_journal::NewTurn {
+                run_id: run_id.into(),
+                step: "classify".into(),
+                turn,
+                attempt: 1,
+                org_id: run["orgId"].as_str().unwrap().into(),
+                workflow_id: run["workflowId"].as_str().unwrap().into(),
+                agent_id: "support-classifier".into(),
+                model: "gpt-test".into(),
+                messages: json!([]),
+                reply,
+                input_tokens: tokens.0,
+                output_tokens: tokens.1,
+                cached_tokens: tokens.2,
+                cost_picos: picos,
+                created_at: chrono::Utc::now(),
+            },
         )
-        .bind::<Text, _>(run["id"].as_str().unwrap())
-        .bind::<Integer, _>(turn)
-        .bind::<Text, _>(run["orgId"].as_str().unwrap())
-        .bind::<Text, _>(run["workflowId"].as_str().unwrap())
-        .bind::<Jsonb, _>(reply)
-        .bind::<Jsonb, _>(results)
-        .bind::<BigInt, _>(tokens.0)
-        .bind::<BigInt, _>(tokens.1)
-        .bind::<BigInt, _>(tokens.2)
-        .bind::<BigInt, _>(picos)
-        .execute(&mut conn)
         .expect("insert a turn");
+        for (call_id, result) in results.as_object().into_iter().flatten() {
+            shared_models::agent_journal::add_tool_result(
+                &mut conn, run_id, "classify", turn, call_id, result,
+            )
+            .expect("add a tool result");
+        }
     }
-    diesel::sql_query("INSERT INTO run_usage VALUES ($1, 320, 32, 40, 1100000000)")
-        .bind::<Text, _>(run["id"].as_str().unwrap())
-        .execute(&mut conn)
-        .expect("insert the run's usage");
 }
 
 /// Headless chromium driven in real time over the DevTools protocol
@@ -732,17 +737,8 @@ impl Browser {
 
 /// One row of `agent_deltas`, as a worker with a streaming model agent writes it.
 fn insert_piece(conn: &mut diesel::PgConnection, run: &str, attempt: i32, kind: &str, data: Value) {
-    use diesel::prelude::*;
-    use diesel::sql_types::{Integer, Jsonb, Text};
-    diesel::sql_query(
-        "INSERT INTO agent_deltas (run_id, step, attempt, kind, data) VALUES ($1, 'answer', $2, $3, $4)",
-    )
-    .bind::<Text, _>(run)
-    .bind::<Integer, _>(attempt)
-    .bind::<Text, _>(kind)
-    .bind::<Jsonb, _>(data)
-    .execute(conn)
-    .expect("insert a live piece");
+    shared_models::agent_journal::insert_delta(conn, run, "answer", attempt, kind, &data)
+        .expect("insert a live piece");
 }
 
 /// The live box of the step `answer`, as the page shows it now.

@@ -24,6 +24,7 @@
 //! metrics), so only the queue and egress layers are features; workflow-service builds
 //! without lapin.
 
+pub mod agent_journal;
 pub mod auth;
 pub mod body;
 pub mod budget;

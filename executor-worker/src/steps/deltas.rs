@@ -37,17 +37,9 @@ impl Target {
     async fn write(&self, kind: &'static str, data: Value) {
         let t = self.clone();
         let written = blocking(&self.pool, move |conn| {
-            use diesel::prelude::*;
-            use diesel::sql_types::{Integer, Jsonb, Text};
-            diesel::sql_query(
-                "INSERT INTO agent_deltas (run_id, step, attempt, kind, data) VALUES ($1, $2, $3, $4, $5)",
+            shared_models::agent_journal::insert_delta(
+                conn, &t.run_id, &t.step, t.attempt, kind, &data,
             )
-            .bind::<Text, _>(&t.run_id)
-            .bind::<Text, _>(&t.step)
-            .bind::<Integer, _>(t.attempt)
-            .bind::<Text, _>(kind)
-            .bind::<Jsonb, _>(&data)
-            .execute(conn)
         })
         .await;
         if let Err(e) = written {

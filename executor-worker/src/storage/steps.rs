@@ -340,7 +340,7 @@ pub(crate) fn record_step(
             .or_else(|| previous.as_ref().and_then(|p| p.child_run_id.clone()));
         upsert_step(conn, &row)?;
         if let Some(turn) = &change.turn {
-            super::turns::insert_turn(conn, turn)?;
+            shared_models::agent_journal::insert_turn(conn, turn)?;
         }
         let mut events = Vec::new();
         if from != change.to {

@@ -8,8 +8,9 @@ use super::{Fenced, LeaseHolder};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::Error;
-use diesel::sql_types::{BigInt, Jsonb, Text};
+
 use serde_json::Value;
+use shared_models::agent_journal;
 use shared_models::schema::agent_turns;
 
 /// One recorded turn, as read back.
@@ -50,25 +51,7 @@ pub(crate) fn load_turns(
         .load(conn)
 }
 
-/// A turn to write.
-#[derive(Debug, Clone)]
-pub struct NewTurn {
-    pub run_id: String,
-    pub step: String,
-    pub turn: i32,
-    pub attempt: i32,
-    pub org_id: String,
-    pub workflow_id: String,
-    pub agent_id: String,
-    pub model: String,
-    pub messages: Value,
-    pub reply: Value,
-    pub input_tokens: i64,
-    pub output_tokens: i64,
-    pub cached_tokens: i64,
-    pub cost_picos: i64,
-    pub created_at: DateTime<Utc>,
-}
+pub use shared_models::agent_journal::NewTurn;
 
 /// Write a turn and add its usage to the run's, under the lease.
 pub(crate) fn record_turn(
@@ -80,7 +63,7 @@ pub(crate) fn record_turn(
         if touch(conn, &turn.run_id, me, turn.created_at)? == Fenced::LeaseLost {
             return Ok(Fenced::LeaseLost);
         }
-        insert_turn(conn, turn)?;
+        agent_journal::insert_turn(conn, turn)?;
         Ok(Fenced::Written)
     })
 }
@@ -90,44 +73,6 @@ pub struct TurnKey<'a> {
     pub run_id: &'a str,
     pub step: &'a str,
     pub turn: i32,
-}
-
-/// In the caller's transaction, under its lease: write a turn and add its usage to the run's.
-pub(super) fn insert_turn(conn: &mut PgConnection, turn: &NewTurn) -> Result<(), Error> {
-    use diesel::sql_types::{Integer, Timestamptz};
-    // One statement (one round trip): the turn, and its usage added to the run's.
-    diesel::sql_query(
-        "WITH turn AS (
-           INSERT INTO agent_turns (run_id, step, turn, attempt, org_id, workflow_id, agent_id,
-                                    model, messages, reply, input_tokens, output_tokens,
-                                    cached_tokens, cost_picos, created_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-           RETURNING run_id, input_tokens, output_tokens, cached_tokens, cost_picos)
-         INSERT INTO run_usage AS u (run_id, input_tokens, output_tokens, cached_tokens, cost_picos)
-         SELECT * FROM turn
-         ON CONFLICT (run_id) DO UPDATE SET
-           input_tokens = u.input_tokens + EXCLUDED.input_tokens,
-           output_tokens = u.output_tokens + EXCLUDED.output_tokens,
-           cached_tokens = u.cached_tokens + EXCLUDED.cached_tokens,
-           cost_picos = u.cost_picos + EXCLUDED.cost_picos",
-    )
-    .bind::<Text, _>(&turn.run_id)
-    .bind::<Text, _>(&turn.step)
-    .bind::<Integer, _>(turn.turn)
-    .bind::<Integer, _>(turn.attempt)
-    .bind::<Text, _>(&turn.org_id)
-    .bind::<Text, _>(&turn.workflow_id)
-    .bind::<Text, _>(&turn.agent_id)
-    .bind::<Text, _>(&turn.model)
-    .bind::<Jsonb, _>(&turn.messages)
-    .bind::<Jsonb, _>(&turn.reply)
-    .bind::<BigInt, _>(turn.input_tokens)
-    .bind::<BigInt, _>(turn.output_tokens)
-    .bind::<BigInt, _>(turn.cached_tokens)
-    .bind::<BigInt, _>(turn.cost_picos)
-    .bind::<Timestamptz, _>(turn.created_at)
-    .execute(conn)?;
-    Ok(())
 }
 
 /// Add one tool call's result (`result`, by its call id) to its turn, under the lease.
@@ -144,16 +89,7 @@ pub(crate) fn record_tool_result(
         if touch(conn, run_id, me, now)? == Fenced::LeaseLost {
             return Ok(Fenced::LeaseLost);
         }
-        diesel::sql_query(
-            "UPDATE agent_turns SET tool_results = tool_results || jsonb_build_object($4::text, $5::jsonb)
-             WHERE run_id = $1 AND step = $2 AND turn = $3",
-        )
-        .bind::<Text, _>(run_id)
-        .bind::<Text, _>(step)
-        .bind::<diesel::sql_types::Integer, _>(turn)
-        .bind::<Text, _>(call_id)
-        .bind::<Jsonb, _>(result)
-        .execute(conn)?;
+        agent_journal::add_tool_result(conn, run_id, step, turn, call_id, result)?;
         Ok(Fenced::Written)
     })
 }

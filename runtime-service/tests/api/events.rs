@@ -389,14 +389,14 @@ fn all_frames(text: &str) -> Vec<(String, Value)> {
 
 /// A live piece of step `classify`'s answer, as the worker writes it.
 fn delta(app: &TestApp, run_id: &str, attempt: i32, kind: &str, data: Value) {
-    diesel::sql_query(
-        "INSERT INTO agent_deltas (run_id, step, attempt, kind, data) VALUES ($1, 'classify', $2, $3, $4)",
+    shared_models::agent_journal::insert_delta(
+        &mut app.conn(),
+        run_id,
+        "classify",
+        attempt,
+        kind,
+        &data,
     )
-    .bind::<diesel::sql_types::Text, _>(run_id)
-    .bind::<diesel::sql_types::Integer, _>(attempt)
-    .bind::<diesel::sql_types::Text, _>(kind)
-    .bind::<diesel::sql_types::Jsonb, _>(data)
-    .execute(&mut app.conn())
     .expect("insert a live piece");
 }
 

@@ -346,32 +346,36 @@ impl<'a> Turn<'a> {
 }
 
 impl TestApp {
-    /// Insert one `agent_turns` row, straight into the database.
+    /// Write one turn as the worker does (`shared_models::agent_journal`): the turn, its
+    /// usage added to the run's, then each of its tool results.
     pub fn turn(&self, t: Turn) {
-        use diesel::sql_types::{BigInt, Integer, Jsonb, Text, Timestamptz};
-        diesel::sql_query(
-            "INSERT INTO agent_turns (run_id, step, turn, attempt, org_id, workflow_id, agent_id,
-               model, messages, reply, tool_results, input_tokens, output_tokens, cached_tokens,
-               cost_picos, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '[]'::jsonb, $9, $10, $11, $12, $13, $14, $15)",
+        use shared_models::agent_journal::{add_tool_result, insert_turn, NewTurn};
+        let mut conn = self.conn();
+        insert_turn(
+            &mut conn,
+            &NewTurn {
+                run_id: t.run_id.into(),
+                step: t.step.into(),
+                turn: t.turn,
+                attempt: t.attempt,
+                org_id: t.org_id.into(),
+                workflow_id: t.workflow_id.into(),
+                agent_id: t.agent_id.into(),
+                model: t.model.into(),
+                messages: json!([]),
+                reply: t.reply,
+                input_tokens: t.tokens.0,
+                output_tokens: t.tokens.1,
+                cached_tokens: t.tokens.2,
+                cost_picos: t.cost_picos,
+                created_at: t.at,
+            },
         )
-        .bind::<Text, _>(t.run_id)
-        .bind::<Text, _>(t.step)
-        .bind::<Integer, _>(t.turn)
-        .bind::<Integer, _>(t.attempt)
-        .bind::<Text, _>(t.org_id)
-        .bind::<Text, _>(t.workflow_id)
-        .bind::<Text, _>(t.agent_id)
-        .bind::<Text, _>(t.model)
-        .bind::<Jsonb, _>(t.reply)
-        .bind::<Jsonb, _>(t.tool_results)
-        .bind::<BigInt, _>(t.tokens.0)
-        .bind::<BigInt, _>(t.tokens.1)
-        .bind::<BigInt, _>(t.tokens.2)
-        .bind::<BigInt, _>(t.cost_picos)
-        .bind::<Timestamptz, _>(t.at)
-        .execute(&mut self.conn())
         .expect("insert a turn");
+        for (call_id, result) in t.tool_results.as_object().into_iter().flatten() {
+            add_tool_result(&mut conn, t.run_id, t.step, t.turn, call_id, result)
+                .expect("add a tool result");
+        }
     }
 }
 

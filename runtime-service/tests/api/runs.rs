@@ -176,50 +176,23 @@ async fn runs_is_never_taken_for_a_workflow_id() {
     assert_eq!(r.status, 405);
 }
 
-/// Two turns of the agent step `classify` and the run's usage, as the worker writes them.
-fn insert_turns(app: &crate::helpers::TestApp, run_id: &str) {
-    use diesel::prelude::*;
-    let mut conn = app.conn();
-    for (turn, attempt, tokens, picos, reply, results) in [
-        (
-            1,
-            1,
-            (100i64, 10i64, 40i64),
-            400_000_000i64,
-            json!({"role": "assistant", "content": "", "toolCalls": [{"id": "c1", "name": "lookup", "arguments": {"q": 1}}]}),
-            json!({"c1": {"role": "tool", "toolCallId": "c1", "name": "lookup", "content": "{\"plan\":\"pro\"}", "isError": false}}),
-        ),
-        (
-            2,
-            2,
-            (200, 20, 0),
-            700_000_000,
-            json!({"role": "assistant", "content": "billing"}),
-            json!({}),
-        ),
-    ] {
-        diesel::sql_query(
-            "INSERT INTO agent_turns (run_id, step, turn, attempt, org_id, workflow_id, agent_id, model,
-               messages, reply, tool_results, input_tokens, output_tokens, cached_tokens, cost_picos, created_at)
-             SELECT $1, 'classify', $2, $3, org_id, workflow_id, 'support-classifier', 'gpt-test',
-               '[]'::jsonb, $4, $5, $6, $7, $8, $9, now() FROM runs WHERE id = $1",
-        )
-        .bind::<diesel::sql_types::Text, _>(run_id)
-        .bind::<diesel::sql_types::Integer, _>(turn)
-        .bind::<diesel::sql_types::Integer, _>(attempt)
-        .bind::<diesel::sql_types::Jsonb, _>(reply)
-        .bind::<diesel::sql_types::Jsonb, _>(results)
-        .bind::<diesel::sql_types::BigInt, _>(tokens.0)
-        .bind::<diesel::sql_types::BigInt, _>(tokens.1)
-        .bind::<diesel::sql_types::BigInt, _>(tokens.2)
-        .bind::<diesel::sql_types::BigInt, _>(picos)
-        .execute(&mut conn)
-        .expect("insert a turn");
-    }
-    diesel::sql_query("INSERT INTO run_usage VALUES ($1, 300, 30, 40, 1100000000)")
-        .bind::<diesel::sql_types::Text, _>(run_id)
-        .execute(&mut conn)
-        .expect("insert the run's usage");
+/// Two turns of the agent step `classify` (attempts 1 and 2), as the worker writes them.
+fn insert_turns(app: &crate::helpers::TestApp, run_id: &str, workflow_id: &str) {
+    use crate::helpers::Turn;
+    let now = shared_models::time::now();
+    app.turn(Turn {
+        reply: json!({"role": "assistant", "content": "", "toolCalls": [{"id": "c1", "name": "lookup", "arguments": {"q": 1}}]}),
+        tool_results: json!({"c1": {"role": "tool", "toolCallId": "c1", "name": "lookup", "content": "{\"plan\":\"pro\"}", "isError": false}}),
+        tokens: (100, 10, 40),
+        cost_picos: 400_000_000,
+        ..Turn::of(ORG, workflow_id, run_id, 1, now)
+    });
+    app.turn(Turn {
+        attempt: 2,
+        tokens: (200, 20, 0),
+        cost_picos: 700_000_000,
+        ..Turn::of(ORG, workflow_id, run_id, 2, now)
+    });
 }
 
 #[tokio::test]
@@ -230,7 +203,7 @@ async fn an_agent_steps_turns_and_usage_are_in_run_detail_and_lists() {
     app.step(&used, 0, "classify", "agent", "COMPLETED", |s| {
         s.attempt = 2
     });
-    insert_turns(&app, &used);
+    insert_turns(&app, &used, "wf_support_triage");
     let unused = app.run_in("wf_support_triage", "PENDING");
 
     let d = app.get(&format!("/workflows/runs/{used}")).await.body["data"].clone();

@@ -311,24 +311,49 @@ async fn the_window_defaults_to_the_30_days_before_now() {
     assert_eq!(d["from"], "2026-10-04T00:00:00.000Z");
 }
 
-/// `count` turns of [`ORG`] in one statement, model `m0001`... costing 1, 2... pico-USD.
+/// A plain turn of `org_id` for the bulk tests, as the worker writes it.
+fn bulk_turn(
+    run_id: &str,
+    org_id: &str,
+    workflow_id: &str,
+    turn: i32,
+    model: String,
+    cost_picos: i64,
+    at: DateTime<Utc>,
+) -> shared_models::agent_journal::NewTurn {
+    shared_models::agent_journal::NewTurn {
+        run_id: run_id.into(),
+        step: "classify".into(),
+        turn,
+        attempt: 1,
+        org_id: org_id.into(),
+        workflow_id: workflow_id.into(),
+        agent_id: "a".into(),
+        model,
+        messages: serde_json::json!([]),
+        reply: serde_json::json!({}),
+        input_tokens: 1,
+        output_tokens: 1,
+        cached_tokens: 0,
+        cost_picos,
+        created_at: at,
+    }
+}
+
+/// `count` turns of [`ORG`] in one transaction, model `m0001`... costing 1, 2... pico-USD.
 fn many_turns(app: &TestApp, count: i32) {
     let wf = app.workflow("support_triage", true);
     let run = app.run_in(&wf, "COMPLETED");
-    diesel::sql_query(
-        "INSERT INTO agent_turns (run_id, step, turn, attempt, org_id, workflow_id, agent_id,
-           model, messages, reply, tool_results, input_tokens, output_tokens, cached_tokens,
-           cost_picos, created_at)
-         SELECT $1, 'classify', g, 1, $2, $3, 'a', 'm' || lpad(g::text, 4, '0'), '[]', '{}',
-           '{}', 1, 1, 0, g, '2026-11-01T00:00:00Z'
-         FROM generate_series(1, $4) g",
-    )
-    .bind::<Text, _>(run)
-    .bind::<Text, _>(ORG)
-    .bind::<Text, _>(wf)
-    .bind::<diesel::sql_types::Integer, _>(count)
-    .execute(&mut app.conn())
-    .expect("insert turns");
+    let at = at("2026-11-01T00:00:00Z");
+    app.conn()
+        .transaction::<_, diesel::result::Error, _>(|conn| {
+            for g in 1..=count {
+                let turn = bulk_turn(&run, ORG, &wf, g, format!("m{g:04}"), i64::from(g), at);
+                shared_models::agent_journal::insert_turn(conn, &turn)?;
+            }
+            Ok(())
+        })
+        .expect("insert turns");
 }
 
 #[tokio::test]
@@ -366,17 +391,18 @@ async fn the_sums_are_one_range_scan_of_the_org_and_time_index() {
         .get_result::<Line>(&mut conn)
         .unwrap()
         .line;
-    // 20,000 turns of 200 orgs over a year.
-    diesel::sql_query(
-        "INSERT INTO agent_turns (run_id, step, turn, attempt, org_id, workflow_id, agent_id,
-           model, messages, reply, tool_results, input_tokens, output_tokens, cached_tokens,
-           cost_picos, created_at)
-         SELECT $1, 'other', g, 1, 'org_' || (g % 200), 'wf', 'a', 'm', '[]', '{}', '{}', 1, 1,
-           0, 1, '2026-01-01T00:00:00Z'::timestamptz + g * interval '26 minutes'
-         FROM generate_series(1, 20000) g",
-    )
-    .bind::<Text, _>(run)
-    .execute(&mut conn)
+    // 20,000 turns of 200 orgs over a year (of one run: the plan is of the orgs' turns).
+    let year = at("2026-01-01T00:00:00Z");
+    conn.transaction::<_, diesel::result::Error, _>(|conn| {
+        for g in 1..=20_000 {
+            let at = year + chrono::Duration::minutes(26 * i64::from(g));
+            let org = format!("org_{}", g % 200);
+            let mut turn = bulk_turn(&run, &org, "wf", g, "m".into(), 1, at);
+            turn.step = "other".into();
+            shared_models::agent_journal::insert_turn(conn, &turn)?;
+        }
+        Ok(())
+    })
     .unwrap();
     diesel::sql_query("ANALYZE agent_turns")
         .execute(&mut conn)
