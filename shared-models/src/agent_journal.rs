@@ -4,6 +4,7 @@
 //! (under the run's lease, in its transactions); here, in one place, so that what tests put in
 //! these tables is what the worker writes.
 
+use crate::schema::agent_turns;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer, Jsonb, Text, Timestamptz};
@@ -106,4 +107,40 @@ pub fn insert_delta(
     .bind::<Text, _>(kind)
     .bind::<Jsonb, _>(data)
     .execute(conn)
+}
+
+/// One journaled turn, as read back (by the worker resuming a step, by run detail).
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = agent_turns, check_for_backend(diesel::pg::Pg))]
+pub struct TurnRow {
+    pub step: String,
+    pub turn: i32,
+    pub attempt: i32,
+    pub agent_id: String,
+    pub model: String,
+    pub messages: Value,
+    pub reply: Value,
+    pub tool_results: Value,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cached_tokens: i64,
+    pub cost_picos: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The turns of a run (of its step `step` only, when given), by step and turn.
+pub fn load_turns(
+    conn: &mut PgConnection,
+    run_id: &str,
+    step: Option<&str>,
+) -> QueryResult<Vec<TurnRow>> {
+    let mut query = agent_turns::table
+        .filter(agent_turns::run_id.eq(run_id))
+        .order((agent_turns::step, agent_turns::turn))
+        .select(TurnRow::as_select())
+        .into_boxed();
+    if let Some(step) = step {
+        query = query.filter(agent_turns::step.eq(step));
+    }
+    query.load(conn)
 }

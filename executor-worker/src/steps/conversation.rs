@@ -368,10 +368,7 @@ async fn run_tools(
                 None => tools::call(&step.tools, &call, i, turn, ctx, env).await?,
             };
             if let ToolOutcome::Done(result) = &outcome {
-                journal.record_tool_result(turn, result).await?;
-                if streams {
-                    deltas::tool_result(env, turn, result).await;
-                }
+                settle(journal, streams, env, turn, result).await?;
             }
             Ok::<_, StepFailure>((i, call, outcome))
         }))
@@ -393,10 +390,7 @@ async fn run_tools(
             let id = child.as_deref().unwrap_or_default();
             match tools::child_result(&call, id, env).await? {
                 Some(result) => {
-                    journal.record_tool_result(turn, &result).await?;
-                    if streams {
-                        deltas::tool_result(env, turn, &result).await;
-                    }
+                    settle(journal, streams, env, turn, &result).await?;
                     results.push(result);
                 }
                 None => still.push((i, call, child)),
@@ -422,6 +416,21 @@ async fn run_tools(
         pause = (pause * 2).min(Duration::from_millis(200));
     }
     Ok(results)
+}
+
+/// A tool call's result is in: journaled, and sent live when the agent streams.
+async fn settle(
+    journal: &Journal<'_>,
+    streams: bool,
+    env: &StepEnv<'_>,
+    turn: i32,
+    result: &Message,
+) -> Result<(), StepFailure> {
+    journal.record_tool_result(turn, result).await?;
+    if streams {
+        deltas::tool_result(env, turn, result).await;
+    }
+    Ok(())
 }
 
 /// Whether `conversation` cannot go on: out of turns without a final answer, or a final

@@ -11,21 +11,6 @@ use diesel::result::Error;
 
 use serde_json::Value;
 use shared_models::agent_journal;
-use shared_models::schema::agent_turns;
-
-/// One recorded turn, as read back.
-#[derive(Debug, Clone, Queryable)]
-pub struct TurnRow {
-    pub turn: i32,
-    pub attempt: i32,
-    pub messages: Value,
-    pub reply: Value,
-    pub tool_results: Value,
-    pub input_tokens: i64,
-    pub output_tokens: i64,
-    pub cached_tokens: i64,
-    pub cost_picos: i64,
-}
 
 /// The turns of one step, in order.
 pub(crate) fn load_turns(
@@ -33,25 +18,10 @@ pub(crate) fn load_turns(
     run_id: &str,
     step: &str,
 ) -> Result<Vec<TurnRow>, Error> {
-    agent_turns::table
-        .filter(agent_turns::run_id.eq(run_id))
-        .filter(agent_turns::step.eq(step))
-        .order(agent_turns::turn.asc())
-        .select((
-            agent_turns::turn,
-            agent_turns::attempt,
-            agent_turns::messages,
-            agent_turns::reply,
-            agent_turns::tool_results,
-            agent_turns::input_tokens,
-            agent_turns::output_tokens,
-            agent_turns::cached_tokens,
-            agent_turns::cost_picos,
-        ))
-        .load(conn)
+    agent_journal::load_turns(conn, run_id, Some(step))
 }
 
-pub use shared_models::agent_journal::NewTurn;
+pub use shared_models::agent_journal::{NewTurn, TurnRow};
 
 /// Write a turn and add its usage to the run's, under the lease.
 pub(crate) fn record_turn(

@@ -7,7 +7,7 @@ use diesel::result::Error;
 use serde_json::Value;
 use shared_models::models::{RunEventRow, RunRow, StepRunRow};
 use shared_models::schema::{
-    agent_turns, run_events, run_usage, runs as runs_table, step_runs, workflow_versions,
+    run_events, run_usage, runs as runs_table, step_runs, workflow_versions,
 };
 
 /// A run's usage (`run_usage`): input, output and cached tokens, and cost in pico-USD.
@@ -72,23 +72,7 @@ pub(crate) struct RunDetail {
     pub turns: Vec<TurnRow>,
 }
 
-/// One model turn of an agent step (`agent_turns`).
-#[derive(Queryable)]
-pub(crate) struct TurnRow {
-    pub step: String,
-    pub turn: i32,
-    pub attempt: i32,
-    pub agent_id: String,
-    pub model: String,
-    pub messages: Value,
-    pub reply: Value,
-    pub tool_results: Value,
-    pub input_tokens: i64,
-    pub output_tokens: i64,
-    pub cached_tokens: i64,
-    pub cost_picos: i64,
-    pub created_at: DateTime<Utc>,
-}
+pub(crate) use shared_models::agent_journal::TurnRow;
 
 pub(crate) fn get_run(
     conn: &mut PgConnection,
@@ -130,25 +114,7 @@ pub(crate) fn get_run_detail(
         .select(USAGE)
         .first(conn)
         .optional()?;
-    let turns = agent_turns::table
-        .filter(agent_turns::run_id.eq(run_id))
-        .order((agent_turns::step, agent_turns::turn))
-        .select((
-            agent_turns::step,
-            agent_turns::turn,
-            agent_turns::attempt,
-            agent_turns::agent_id,
-            agent_turns::model,
-            agent_turns::messages,
-            agent_turns::reply,
-            agent_turns::tool_results,
-            agent_turns::input_tokens,
-            agent_turns::output_tokens,
-            agent_turns::cached_tokens,
-            agent_turns::cost_picos,
-            agent_turns::created_at,
-        ))
-        .load(conn)?;
+    let turns = shared_models::agent_journal::load_turns(conn, run_id, None)?;
     Ok(Some(RunDetail {
         run,
         steps,
